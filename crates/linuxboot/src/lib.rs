@@ -1,0 +1,1 @@
+//! The Linux x86 boot protocol: zero page, e820 map, MP table.

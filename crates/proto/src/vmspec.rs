@@ -1,0 +1,84 @@
+//! What rxend asks one rxen-vmm process to run (`rxen-vmm --spec FILE`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The kernel a domain boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelSource {
+    /// A kernel embedded in rxen itself; `"testguest"` is the paravirtual test guest.
+    Builtin(String),
+    /// A kernel image on the host: an ELF (test guest or Linux vmlinux) or a bzImage.
+    Path(PathBuf),
+}
+
+/// Everything a VMM needs to run one domain. Written by rxend as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Domain name, for logs and thread names.
+    pub name: String,
+    /// Domain ID assigned by rxend.
+    pub domid: u32,
+    /// Domain UUID, as text.
+    pub uuid: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs started at boot.
+    pub vcpus: u32,
+    /// Kernel to load.
+    pub kernel: KernelSource,
+    /// Initial ramdisk for Linux kernels.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (Linux only; the test guest ignores it).
+    pub cmdline: String,
+    /// Directory owned by this VMM: control and console sockets, console log, exit record.
+    pub run_dir: PathBuf,
+    /// Create the domain with its vCPUs paused (`rxl create -p`).
+    pub start_paused: bool,
+}
+
+/// File names inside [`VmSpec::run_dir`].
+pub mod files {
+    /// The launch spec rxend writes.
+    pub const SPEC: &str = "spec.json";
+    /// Control socket (JSON lines, see [`crate::vmctl`]).
+    pub const CONTROL_SOCKET: &str = "control.sock";
+    /// Console socket: raw bytes both ways; on connect the recent output is replayed.
+    pub const CONSOLE_SOCKET: &str = "console.sock";
+    /// Everything the guest printed on its serial console.
+    pub const CONSOLE_LOG: &str = "console.log";
+    /// The VMM's own diagnostics (its stderr).
+    pub const VMM_LOG: &str = "vmm.log";
+    /// Written by the VMM just before it exits because of the guest or a request.
+    pub const EXIT_RECORD: &str = "exit.json";
+}
+
+/// Why a VMM ended; stored in [`files::EXIT_RECORD`]. A VMM that ends without
+/// writing it was killed, and rxend treats the domain as crashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest powered itself off.
+    Poweroff,
+    /// The guest asked to be rebooted: rxen reboot port, i8042 reset, or a
+    /// triple fault (Xen's default for a triple fault is a reboot too).
+    Reboot,
+    /// The guest reported a crash: the panic port (an unhandled exception in
+    /// the test guest ends there too) or an internal KVM error.
+    Crash,
+    /// The guest's watchdog fired.
+    Watchdog,
+    /// rxend destroyed the domain.
+    Destroyed,
+}
+
+/// Contents of [`files::EXIT_RECORD`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Why the VMM ended.
+    pub reason: ExitReason,
+    /// Human-readable detail ("triple fault", "panic code 3", ...).
+    pub detail: String,
+}

@@ -1,0 +1,1 @@
+//! The embedded paravirtual test guest image.

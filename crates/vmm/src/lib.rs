@@ -1,0 +1,1 @@
+//! The rxen virtual machine monitor: one process per domain.

@@ -1,0 +1,1 @@
+//! The xl.cfg domain configuration language and the typed domain model.
