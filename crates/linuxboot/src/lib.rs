@@ -449,4 +449,40 @@ mod tests {
         let initrd_addr = u32::from_le_bytes(zp(0x218, 4).try_into().expect("4"));
         assert_eq!(u64::from(initrd_addr), 0x8000_0000 - 0x3000);
     }
+
+    /// Loads a real bzImage named by `RXEN_TEST_BZIMAGE` (skipped when unset): it cannot be
+    /// booted on nested KVM, but its header and payload placement can be checked.
+    #[test]
+    fn real_bzimage_from_env() {
+        let Some(path) = std::env::var_os("RXEN_TEST_BZIMAGE") else {
+            return;
+        };
+        let path = std::path::PathBuf::from(path);
+        let image = std::fs::read(&path).expect("read kernel");
+        let mem = mem(512 * MIB);
+        let initrd = file(&initrd_bytes());
+        let boot = load_linux(&mem, &path, Some(initrd.path()), "console=ttyS0", 2)
+            .expect("load real bzImage");
+        assert_eq!(boot.entry, GuestAddress(0x10_0200));
+        let zp = |off: u64, len| read(&mem, 0x7000 + off, len);
+        let version = u16::from_le_bytes(zp(0x206, 2).try_into().expect("2"));
+        assert!(version >= 0x020c, "version {version:#x}");
+        assert_eq!(zp(0x236, 1)[0] & 1, 1, "XLF_KERNEL_64");
+        let setup_sects = match image[0x1f1] {
+            0 => 4,
+            n => usize::from(n),
+        };
+        let payload = &image[(setup_sects + 1) * 512..];
+        assert_eq!(read(&mem, 0x10_0000, payload.len()), payload);
+        let init_size = u32_at(&mem, 0x7000 + 0x260);
+        let pref = u32_at(&mem, 0x7000 + 0x258);
+        let initrd_at = u32_at(&mem, 0x7000 + 0x218);
+        assert!(u64::from(initrd_at) >= u64::from(pref) + u64::from(init_size));
+        eprintln!(
+            "real bzImage: protocol {version:#x}, payload {:#x} bytes, pref_address {pref:#x}, \
+             init_size {init_size:#x}, cmdline_size {}, initrd at {initrd_at:#x}",
+            payload.len(),
+            u32_at(&mem, 0x7000 + 0x238)
+        );
+    }
 }
