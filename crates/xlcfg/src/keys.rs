@@ -1,0 +1,122 @@
+//! What rxen knows about the keys it does not model: Xen features it lacks, harmless
+//! settings it ignores, and old xm spellings.
+
+/// How an unmodeled key is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A Xen feature rxen does not have; values in `benign` mean "off" and are only warned about.
+    Unsupported {
+        /// Why (appended to the message).
+        why: &'static str,
+        /// Values (as text; `[]` = the empty list) that leave the feature off.
+        benign: &'static [&'static str],
+    },
+    /// A Xen setting that has no meaning under rxen: accepted, ignored, warned about.
+    Ignored {
+        /// Why.
+        why: &'static str,
+    },
+    /// An old xm (or deprecated xl) key: accepted, ignored, warned about.
+    Deprecated {
+        /// What to use instead.
+        instead: &'static str,
+    },
+}
+
+const HVM: &str = "HVM firmware and emulated platform settings are not supported (rxen boots PV/PVH kernels directly)";
+const PASSTHROUGH: &str = "device passthrough is not supported";
+const DEVICES: &str = "this device class is not supported (rxen guests get a serial console and virtio block, net, console and balloon devices)";
+const XEN_ONLY: &str = "a Xen-internal limit with no meaning under KVM";
+const DM: &str = "there is no device model (qemu) in rxen";
+
+/// The class of a key rxen does not model, or `None` for a key unknown to xl too.
+pub(crate) fn classify(key: &str) -> Option<Class> {
+    use Class::*;
+    let u = |why, benign| Some(Unsupported { why, benign });
+    if key.starts_with("spice") {
+        return u("SPICE displays are not supported", &["0"]);
+    }
+    if key.starts_with("device_model") {
+        return u(DM, &[]);
+    }
+    match key {
+        // passthrough
+        "pci" | "dtdev" | "ioports" | "iomem" | "irqs" | "rdm" | "usbdev" => u(PASSTHROUGH, &["[]"]),
+        "gfx_passthru" => u(PASSTHROUGH, &["0"]),
+        "passthrough" => u(PASSTHROUGH, &["disabled"]),
+        "pci_permissive" | "pci_msitranslate" | "pci_seize" | "pci_power_mgmt"
+        | "rdm_mem_boundary" => Some(Ignored {
+            why: "only meaningful with PCI passthrough, which is not supported",
+        }),
+        // device classes
+        "usbctrl" | "vtpm" | "p9" | "pvcalls" | "vkb" | "vdispl" | "vsnd" | "channel"
+        | "virtio" | "vscsi" => u(DEVICES, &["[]"]),
+        "usb" => u(DEVICES, &["0"]),
+        "usbdevice" | "soundhw" => u(DEVICES, &["[]"]),
+        // HVM platform
+        "pae" | "acpi" | "apic" | "hap" | "nx" | "hpet" | "xen_platform_pci" | "acpi_s3"
+        | "acpi_s4" => u(HVM, &["1"]),
+        "localtime" | "viridian" | "nestedhvm" | "stdvga" | "acpi_laptop_slate"
+        | "vpmu" | "e820_host" => u(HVM, &["0"]),
+        "rtc_timeoffset" => u(HVM, &["0"]),
+        "tsc_mode" => u(HVM, &["default"]),
+        "altp2m" => u(HVM, &["disabled"]),
+        "firmware" | "bios" | "firmware_override" | "bios_path_override" | "cpuid"
+        | "smbios_firmware" | "acpi_firmware" | "mmio_hole" | "ms_vm_genid" | "timer_mode"
+        | "vendor_device" | "vga" | "mca_caps" => u(HVM, &[]),
+        "boot" | "videoram" | "nographic" | "keymap" | "vnclisten" | "vncdisplay"
+        | "vncunused" | "vncpasswd" | "opengl" | "display" | "xauthority" => Some(Ignored {
+            why: "display and firmware settings have no effect: rxen has no graphical console",
+        }),
+        // placement, security, architecture
+        "cpus_soft" => u("soft affinity is not supported; use cpus", &[]),
+        "vnuma" => u("virtual NUMA topologies are not supported", &["[]"]),
+        "pool" => u("CPU pools are not supported", &["Pool-0"]),
+        "seclabel" | "init_seclabel" => u("XSM/FLASK security labels are not supported", &[]),
+        "nomigrate" => u("marking a domain non-migratable is not supported", &["0"]),
+        "driver_domain" => u("driver domains are not supported", &["0"]),
+        "pvshim" | "pvshim_path" | "pvshim_cmdline" | "pvshim_extra" => {
+            u("the PV shim is not supported (PV guests run directly)", &["0"])
+        }
+        "device_tree" | "vuart" | "tee" | "sve" | "gic_version" | "trap_unmapped_accesses"
+        | "vpci" => u("Arm platform settings are not supported", &[]),
+        "llc_colors" => u("cache colouring is not supported", &[]),
+        "dm_restrict" => u(DM, &["0"]),
+        "max_grant_frames" | "max_maptrack_frames" | "max_grant_version"
+        | "max_event_channels" | "shadow_memory" | "claim_mode" | "xend_suspend_evtchn_compat" => {
+            Some(Ignored { why: XEN_ONLY })
+        }
+        // xm-era keys
+        "nics" => Some(Deprecated {
+            instead: "the number of network interfaces is the length of `vif`",
+        }),
+        "on_xend_start" | "on_xend_stop" => Some(Deprecated {
+            instead: "there is no xend; start domains at boot with your init system",
+        }),
+        "vncconsole" | "vncviewer" => Some(Deprecated {
+            instead: "rxen has no graphical console",
+        }),
+        "dhcp" | "netmask" | "gateway" | "hostname" | "interface" | "nfs_server" | "nfs_root"
+        | "ip" => Some(Deprecated {
+            instead: "put kernel IP settings in `extra` (e.g. extra = \"ip=dhcp\")",
+        }),
+        "restart" => Some(Deprecated {
+            instead: "use on_poweroff, on_reboot and on_crash",
+        }),
+        "cpu" => Some(Deprecated {
+            instead: "use cpus to pin vCPUs",
+        }),
+        "vcpu_avail" => Some(Deprecated {
+            instead: "use vcpus and maxvcpus",
+        }),
+        "bootargs" => Some(Deprecated {
+            instead: "use bootloader_args",
+        }),
+        "blkif" | "netif" | "tpmif" | "security" | "access_control" | "extid" => {
+            Some(Deprecated {
+                instead: "xend-only setting with no xl equivalent",
+            })
+        }
+        _ => None,
+    }
+}
