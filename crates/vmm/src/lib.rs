@@ -1,1 +1,27 @@
 //! The rxen virtual machine monitor: one process per domain.
+//!
+//! `rxen-vmm --spec RUN_DIR/spec.json` creates a KVM VM from a
+//! [`rxen_proto::vmspec::VmSpec`], boots its kernel, serves the console and
+//! control sockets in the run directory, and writes the exit record when the
+//! guest or rxend ends it. See `docs/internals.md` for the contracts.
+
+pub mod boot;
+pub mod console;
+pub mod control;
+pub mod cpuid;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod kvm_vm;
+pub mod loader;
+pub mod memory;
+pub mod stats;
+pub mod vcpu;
+pub mod vmm;
+
+pub use vmm::{run, VmmError};
+
+/// Locks `m`, carrying on with the data if another thread panicked while holding it.
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,270 @@
+//! The serial console's host side: a ring of recent output, `console.log`,
+//! and the clients of `console.sock`.
+//!
+//! Output comes from the vCPU thread that wrote the UART; it never blocks: a
+//! client whose socket is full loses those bytes, a client whose socket failed
+//! is dropped. Input from any client is queued here and fed to the UART as its
+//! small receive FIFO drains.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::lock;
+
+/// Bytes of recent output replayed to a new client.
+pub const RING_SIZE: usize = 64 * 1024;
+/// Most console input queued for the guest; more is dropped.
+pub const INPUT_QUEUE_MAX: usize = 64 * 1024;
+
+/// Errors of the console.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The console log could not be opened.
+    #[error("cannot open console log {path}: {source}")]
+    Log {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+struct Client {
+    id: u64,
+    stream: UnixStream,
+}
+
+struct HubInner {
+    ring: VecDeque<u8>,
+    log: Option<File>,
+    clients: Vec<Client>,
+}
+
+/// Where guest console output goes.
+pub struct ConsoleHub {
+    inner: Mutex<HubInner>,
+}
+
+/// Writes every byte it gets to all outputs; never blocks.
+fn send_nonblocking(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    match stream.write(bytes) {
+        Ok(_) => Ok(()),
+        // A full socket: the slow client loses these bytes.
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl ConsoleHub {
+    /// Creates the hub, appending output to the file at `log_path` (`None`: no log).
+    pub fn new(log_path: Option<&Path>) -> Result<Self, ConsoleError> {
+        let log = match log_path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|source| ConsoleError::Log {
+                        path: p.display().to_string(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            inner: Mutex::new(HubInner {
+                ring: VecDeque::with_capacity(RING_SIZE),
+                log,
+                clients: Vec::new(),
+            }),
+        })
+    }
+
+    /// Records guest output and passes it to the log and every client.
+    pub fn output(&self, bytes: &[u8]) {
+        let mut g = lock(&self.inner);
+        let inner = &mut *g;
+        inner.ring.extend(bytes);
+        let excess = inner.ring.len().saturating_sub(RING_SIZE);
+        inner.ring.drain(..excess);
+        if let Some(log) = inner.log.as_mut() {
+            if let Err(e) = log.write_all(bytes) {
+                tracing::warn!("console log write failed, closing it: {e}");
+                inner.log = None;
+            }
+        }
+        inner
+            .clients
+            .retain_mut(|c| match send_nonblocking(&mut c.stream, bytes) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(client = c.id, "dropping console client: {e}");
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    false
+                }
+            });
+    }
+
+    /// Replays the ring to `stream` and adds it as a client (the stream must be non-blocking).
+    pub fn attach(&self, id: u64, mut stream: UnixStream) {
+        let mut g = lock(&self.inner);
+        let (a, b) = g.ring.as_slices();
+        let replay = [a, b].concat();
+        let mut sent = 0;
+        while sent < replay.len() {
+            match stream.write(replay.get(sent..).unwrap_or(&[])) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        g.clients.push(Client { id, stream });
+    }
+
+    /// Removes client `id`.
+    pub fn detach(&self, id: u64) {
+        lock(&self.inner).clients.retain(|c| c.id != id);
+    }
+
+    /// The recent output (at most [`RING_SIZE`] bytes).
+    pub fn recent(&self) -> Vec<u8> {
+        let g = lock(&self.inner);
+        let (a, b) = g.ring.as_slices();
+        [a, b].concat()
+    }
+}
+
+/// The UART's output sink: hands bytes to a [`ConsoleHub`].
+pub struct ConsoleWriter(pub Arc<ConsoleHub>);
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.output(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Input typed on console clients, waiting for room in the UART FIFO.
+#[derive(Debug, Default)]
+pub struct InputQueue {
+    queue: VecDeque<u8>,
+}
+
+impl InputQueue {
+    /// Queues `bytes`, dropping what does not fit in [`INPUT_QUEUE_MAX`]; returns bytes dropped.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let room = INPUT_QUEUE_MAX.saturating_sub(self.queue.len());
+        let take = bytes.len().min(room);
+        self.queue.extend(bytes.iter().take(take));
+        bytes.len() - take
+    }
+
+    /// Moves queued bytes into the FIFO through `enqueue` (which returns how many it took).
+    pub fn feed(&mut self, mut enqueue: impl FnMut(&[u8]) -> usize) {
+        while !self.queue.is_empty() {
+            let (front, _) = self.queue.as_slices();
+            let n = enqueue(front);
+            if n == 0 {
+                break;
+            }
+            self.queue.drain(..n.min(self.queue.len()));
+        }
+    }
+
+    /// Bytes still queued.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn ring_keeps_last_64k() {
+        let hub = ConsoleHub::new(None).expect("hub");
+        let big: Vec<u8> = (0..RING_SIZE + 100).map(|i| (i % 251) as u8).collect();
+        hub.output(&big);
+        let r = hub.recent();
+        assert_eq!(r.len(), RING_SIZE);
+        assert_eq!(r[..], big[100..]);
+    }
+
+    #[test]
+    fn log_clients_and_replay() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("console.log");
+        let hub = ConsoleHub::new(Some(&log)).expect("hub");
+        hub.output(b"early ");
+        let (mine, theirs) = UnixStream::pair().expect("pair");
+        theirs.set_nonblocking(true).expect("nb");
+        hub.attach(1, theirs);
+        hub.output(b"late");
+        let mut buf = [0u8; 10];
+        let mut mine = mine;
+        mine.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"early late");
+        assert_eq!(std::fs::read(&log).expect("log"), b"early late");
+    }
+
+    #[test]
+    fn stuck_and_dead_clients_never_block() {
+        let hub = ConsoleHub::new(None).expect("hub");
+        let (stuck, theirs) = UnixStream::pair().expect("pair");
+        theirs.set_nonblocking(true).expect("nb");
+        hub.attach(1, theirs);
+        let (dead, theirs2) = UnixStream::pair().expect("pair");
+        theirs2.set_nonblocking(true).expect("nb");
+        hub.attach(2, theirs2);
+        drop(dead);
+        let chunk = vec![b'x'; 4096];
+        // Far more than any socket buffer: must return promptly.
+        for _ in 0..1024 {
+            hub.output(&chunk);
+        }
+        assert_eq!(lock(&hub.inner).clients.len(), 1);
+        drop(stuck);
+    }
+
+    #[test]
+    fn input_queue_feeds_as_fifo_drains() {
+        let mut q = InputQueue::default();
+        q.push(b"heartbeat\n");
+        let mut fifo = Vec::new();
+        q.feed(|b| {
+            let n = b.len().min(4usize.saturating_sub(fifo.len()));
+            fifo.extend_from_slice(&b[..n]);
+            n
+        });
+        assert_eq!(fifo, b"hear");
+        assert_eq!(q.len(), 6);
+        fifo.clear();
+        q.feed(|b| {
+            fifo.extend_from_slice(b);
+            b.len()
+        });
+        assert_eq!(fifo, b"tbeat\n");
+        assert!(q.is_empty());
+        assert_eq!(q.push(&vec![0; INPUT_QUEUE_MAX + 5]), 5);
+    }
+}

@@ -1,0 +1,230 @@
+//! The control protocol (`rxen_proto::vmctl`) on `control.sock`: line
+//! framing, request decoding and dispatch to a [`ControlTarget`].
+
+use rxen_proto::jsonline::MAX_LINE;
+use rxen_proto::vmctl::{VmRequest, VmResponse, VmStats};
+
+/// Errors a control operation reports back to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The operation failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The request line was too long.
+    #[error("request longer than {MAX_LINE} bytes")]
+    TooLong,
+}
+
+/// What the control socket can ask of the VM.
+pub trait ControlTarget {
+    /// Stops every vCPU; returns once none is in the guest.
+    fn pause(&mut self) -> Result<(), ControlError>;
+    /// Lets the vCPUs run again.
+    fn unpause(&mut self) -> Result<(), ControlError>;
+    /// Asks the guest to power off.
+    fn shutdown(&mut self) -> Result<(), ControlError>;
+    /// Asks the guest to reboot.
+    fn reboot(&mut self) -> Result<(), ControlError>;
+    /// Ends the VM now (the caller then writes the exit record and exits).
+    fn destroy(&mut self) -> Result<(), ControlError>;
+    /// Current counters.
+    fn stats(&mut self) -> Result<VmStats, ControlError>;
+}
+
+/// The answer to one line, and whether the VMM must end after sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The response to send.
+    pub response: VmResponse,
+    /// True after a successful `destroy`.
+    pub finish: bool,
+}
+
+fn error(message: impl std::fmt::Display) -> VmResponse {
+    VmResponse::Error {
+        message: message.to_string(),
+    }
+}
+
+/// Decodes one request line and carries it out on `target`.
+pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
+    let request: VmRequest = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return Reply {
+                response: error(format!("malformed request: {e}")),
+                finish: false,
+            }
+        }
+    };
+    tracing::info!(?request, "control request");
+    let ok = |r: Result<(), ControlError>| match r {
+        Ok(()) => VmResponse::Ok,
+        Err(e) => error(e),
+    };
+    let mut finish = false;
+    let response = match request {
+        VmRequest::Pause => ok(target.pause()),
+        VmRequest::Unpause => ok(target.unpause()),
+        VmRequest::Shutdown => ok(target.shutdown()),
+        VmRequest::Reboot => ok(target.reboot()),
+        VmRequest::Destroy => {
+            let r = target.destroy();
+            finish = r.is_ok();
+            ok(r)
+        }
+        VmRequest::Stats => match target.stats() {
+            Ok(s) => VmResponse::Stats(s),
+            Err(e) => error(e),
+        },
+    };
+    Reply { response, finish }
+}
+
+/// Encodes a response as one JSON line.
+pub fn encode(response: &VmResponse) -> Vec<u8> {
+    let mut v = serde_json::to_vec(response).unwrap_or_else(|e| {
+        format!("{{\"status\":\"error\",\"message\":\"cannot encode response: {e}\"}}").into_bytes()
+    });
+    v.push(b'\n');
+    v
+}
+
+/// Accumulates bytes from a client and splits them into lines.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the next complete line (without its `\n`, trailing `\r` removed);
+    /// `Err` when the pending partial line is over the limit (the buffer is then cleared).
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, ControlError> {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(pos) if pos <= MAX_LINE => {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Ok(Some(line))
+            }
+            Some(pos) => {
+                self.buf.drain(..=pos);
+                Err(ControlError::TooLong)
+            }
+            None if self.buf.len() > MAX_LINE => {
+                self.buf.clear();
+                Err(ControlError::TooLong)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<&'static str>,
+    }
+
+    impl ControlTarget for Fake {
+        fn pause(&mut self) -> Result<(), ControlError> {
+            self.calls.push("pause");
+            Ok(())
+        }
+        fn unpause(&mut self) -> Result<(), ControlError> {
+            self.calls.push("unpause");
+            Err(ControlError::Failed("nope".into()))
+        }
+        fn shutdown(&mut self) -> Result<(), ControlError> {
+            self.calls.push("shutdown");
+            Ok(())
+        }
+        fn reboot(&mut self) -> Result<(), ControlError> {
+            self.calls.push("reboot");
+            Ok(())
+        }
+        fn destroy(&mut self) -> Result<(), ControlError> {
+            self.calls.push("destroy");
+            Ok(())
+        }
+        fn stats(&mut self) -> Result<VmStats, ControlError> {
+            Ok(VmStats {
+                paused: true,
+                memory_mib: 1,
+                vcpus: vec![],
+                rss_kib: 2,
+            })
+        }
+    }
+
+    #[test]
+    fn requests_dispatch() {
+        let mut f = Fake::default();
+        assert_eq!(
+            handle_line(br#"{"cmd":"pause"}"#, &mut f).response,
+            VmResponse::Ok
+        );
+        let r = handle_line(br#"{"cmd":"unpause"}"#, &mut f);
+        assert_eq!(
+            r.response,
+            VmResponse::Error {
+                message: "nope".into()
+            }
+        );
+        let r = handle_line(br#"{"cmd":"destroy"}"#, &mut f);
+        assert!(r.finish);
+        let r = handle_line(br#"{"cmd":"stats"}"#, &mut f);
+        assert!(matches!(
+            r.response,
+            VmResponse::Stats(VmStats { paused: true, .. })
+        ));
+        assert_eq!(f.calls, vec!["pause", "unpause", "destroy"]);
+    }
+
+    #[test]
+    fn garbage_gets_error() {
+        let mut f = Fake::default();
+        for bad in [
+            &b"garbage"[..],
+            b"{}",
+            br#"{"cmd":"fly"}"#,
+            b"\xff\xfe",
+            b"",
+        ] {
+            let r = handle_line(bad, &mut f);
+            assert!(matches!(r.response, VmResponse::Error { .. }));
+            assert!(!r.finish);
+        }
+        assert!(f.calls.is_empty());
+        let text = String::from_utf8(encode(&handle_line(b"x", &mut f).response)).expect("utf8");
+        assert!(text.starts_with("{\"status\":\"error\""));
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn line_buffer_splits_and_limits() {
+        let mut b = LineBuffer::default();
+        b.push(b"{\"cmd\":\"st");
+        assert_eq!(b.next_line().expect("ok"), None);
+        b.push(b"ats\"}\r\nnext\n");
+        assert_eq!(
+            b.next_line().expect("ok"),
+            Some(b"{\"cmd\":\"stats\"}".to_vec())
+        );
+        assert_eq!(b.next_line().expect("ok"), Some(b"next".to_vec()));
+        assert_eq!(b.next_line().expect("ok"), None);
+        b.push(&vec![b'a'; MAX_LINE + 1]);
+        assert!(b.next_line().is_err());
+        assert_eq!(b.next_line().expect("ok"), None);
+    }
+}

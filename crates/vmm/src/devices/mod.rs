@@ -1,0 +1,8 @@
+//! Emulated devices and the bus that dispatches guest port I/O to them.
+
+pub mod i8042;
+pub mod pio_bus;
+pub mod power;
+pub mod serial;
+
+pub use pio_bus::{PioBus, PioDevice};

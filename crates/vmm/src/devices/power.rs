@@ -1,0 +1,121 @@
+//! The rxen power ports: pvpanic (0x505), power (0x510), host request (0x512).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use rxen_proto::vmspec::ExitReason;
+
+use super::PioDevice;
+use crate::exit::ExitSignal;
+
+/// pvpanic port: a non-zero write means the guest crashed.
+pub const PVPANIC_PORT: u16 = 0x505;
+/// Power port: 0 = power off, 1 = reboot.
+pub const POWER_PORT: u16 = 0x510;
+/// Host request port: 0 = none, 1 = shut down, 2 = reboot.
+pub const HOST_REQUEST_PORT: u16 = 0x512;
+/// pvpanic capability bit "panicked", read back from the pvpanic port.
+const PVPANIC_PANICKED: u8 = 1;
+
+/// What the host asks the guest to do, as read from [`HOST_REQUEST_PORT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HostRequest {
+    /// Nothing pending.
+    None = 0,
+    /// Shut down.
+    Shutdown = 1,
+    /// Reboot.
+    Reboot = 2,
+}
+
+/// The host request register, shared by the control loop and the guest.
+#[derive(Debug, Default)]
+pub struct HostRequestReg(AtomicU8);
+
+impl HostRequestReg {
+    /// Sets the pending request (it stays set until the guest acts).
+    pub fn set(&self, req: HostRequest) {
+        self.0.store(req as u8, Ordering::SeqCst);
+    }
+
+    /// The pending request as a raw value.
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The three rxen power ports as one device.
+pub struct PowerPorts {
+    exit: Arc<ExitSignal>,
+    request: Arc<HostRequestReg>,
+}
+
+impl PowerPorts {
+    /// Creates the ports; exits go to `exit`, host requests come from `request`.
+    pub fn new(exit: Arc<ExitSignal>, request: Arc<HostRequestReg>) -> Self {
+        Self { exit, request }
+    }
+}
+
+impl PioDevice for PowerPorts {
+    fn read(&mut self, base: u16, offset: u16, data: &mut [u8]) {
+        let value = match base.wrapping_add(offset) {
+            HOST_REQUEST_PORT => self.request.get(),
+            PVPANIC_PORT => PVPANIC_PANICKED,
+            _ => 0xFF,
+        };
+        data.fill(0);
+        if let Some(first) = data.first_mut() {
+            *first = value;
+        }
+    }
+
+    fn write(&mut self, base: u16, offset: u16, data: &[u8]) {
+        let Some(&value) = data.first() else { return };
+        match base.wrapping_add(offset) {
+            PVPANIC_PORT if value != 0 => self.exit.request(
+                ExitReason::Crash,
+                format!("guest panic (pvpanic {value:#x})"),
+            ),
+            POWER_PORT => match value {
+                0 => self.exit.request(ExitReason::Poweroff, "guest powered off"),
+                1 => self.exit.request(ExitReason::Reboot, "guest rebooted"),
+                other => tracing::warn!("ignoring power port value {other:#x}"),
+            },
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_behave() {
+        let exit = Arc::new(ExitSignal::new().expect("exit"));
+        let req = Arc::new(HostRequestReg::default());
+        let mut p = PowerPorts::new(exit.clone(), req.clone());
+        let mut b = [0u8; 1];
+        p.read(HOST_REQUEST_PORT, 0, &mut b);
+        assert_eq!(b, [0]);
+        req.set(HostRequest::Reboot);
+        p.read(HOST_REQUEST_PORT, 0, &mut b);
+        assert_eq!(b, [2]);
+        p.write(PVPANIC_PORT, 0, &[0]);
+        p.write(POWER_PORT, 0, &[7]);
+        p.write(POWER_PORT, 0, &[]);
+        assert!(!exit.is_requested());
+        p.write(POWER_PORT, 0, &[0]);
+        assert_eq!(exit.record().map(|r| r.reason), Some(ExitReason::Poweroff));
+    }
+
+    #[test]
+    fn pvpanic_is_crash() {
+        let exit = Arc::new(ExitSignal::new().expect("exit"));
+        let mut p = PowerPorts::new(exit.clone(), Arc::default());
+        p.write(PVPANIC_PORT, 0, &[1]);
+        assert_eq!(exit.record().map(|r| r.reason), Some(ExitReason::Crash));
+    }
+}

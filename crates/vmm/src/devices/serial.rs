@@ -1,0 +1,125 @@
+//! COM1: a 16550A UART (vm-superio) at 0x3F8, interrupting on GSI 4 through an irqfd.
+
+use std::io::Write;
+
+use vm_superio::serial::SerialEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::PioDevice;
+
+/// First port of COM1.
+pub const COM1_PORT: u16 = 0x3F8;
+/// Number of COM1 ports.
+pub const COM1_LEN: u16 = 8;
+/// Interrupt line of COM1.
+pub const COM1_GSI: u32 = 4;
+
+/// Raises the UART interrupt by signalling an irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.write(1)
+    }
+}
+
+/// Tells the console loop that the guest emptied the receive FIFO.
+pub struct InputDrained(pub EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Err(e) = self.0.write(1) {
+            tracing::warn!("cannot signal serial input drain: {e}");
+        }
+    }
+}
+
+/// The COM1 device on the port bus.
+pub struct SerialDevice<W: Write + Send> {
+    uart: Serial<IrqTrigger, InputDrained, W>,
+}
+
+impl<W: Write + Send> SerialDevice<W> {
+    /// Creates the UART; output goes to `out`.
+    pub fn new(irq: EventFd, drained: EventFd, out: W) -> Self {
+        Self {
+            uart: Serial::with_events(IrqTrigger(irq), InputDrained(drained), out),
+        }
+    }
+
+    /// Free room in the receive FIFO.
+    pub fn fifo_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Puts as much of `input` into the receive FIFO as fits; returns how many bytes were taken.
+    pub fn enqueue(&mut self, input: &[u8]) -> usize {
+        if input.is_empty() || self.uart.fifo_capacity() == 0 {
+            return 0;
+        }
+        match self.uart.enqueue_raw_bytes(input) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("serial input: {e:?}");
+                0
+            }
+        }
+    }
+}
+
+impl<W: Write + Send> PioDevice for SerialDevice<W> {
+    fn read(&mut self, _base: u16, offset: u16, data: &mut [u8]) {
+        data.fill(0);
+        if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, _base: u16, offset: u16, data: &[u8]) {
+        if let (Some(&v), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            if let Err(e) = self.uart.write(off, v) {
+                tracing::debug!("serial write: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_input_and_interrupts() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("evt");
+        let drained = EventFd::new(libc::EFD_NONBLOCK).expect("evt");
+        let mut s = SerialDevice::new(
+            irq.try_clone().expect("clone"),
+            drained.try_clone().expect("clone"),
+            Vec::new(),
+        );
+        // Enable the received-data interrupt, then feed two bytes.
+        s.write(COM1_PORT, 1, &[1]);
+        assert_eq!(s.enqueue(b"hi"), 2);
+        assert!(irq.read().expect("irq") >= 1);
+        let mut lsr = [0u8];
+        s.read(COM1_PORT, 5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1);
+        let mut b = [0u8];
+        s.read(COM1_PORT, 0, &mut b);
+        assert_eq!(b, [b'h']);
+        s.read(COM1_PORT, 0, &mut b);
+        assert_eq!(b, [b'i']);
+        assert_eq!(drained.read().expect("drained"), 1);
+        s.write(COM1_PORT, 0, b"x");
+        assert_eq!(s.uart.writer(), b"x");
+        // Out-of-range offsets are harmless.
+        s.write(COM1_PORT, 300, &[1]);
+        s.read(COM1_PORT, 300, &mut b);
+    }
+}

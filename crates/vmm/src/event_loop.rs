@@ -1,0 +1,346 @@
+//! The VMM's main loop (epoll): control and console sockets, console input,
+//! SIGTERM, and the exit of the VM.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use rxen_proto::vmctl::VmResponse;
+use rxen_proto::vmspec::{ExitReason, ExitRecord};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::console::InputQueue;
+use crate::control::{self, LineBuffer};
+use crate::exit::{write_exit_record, ExitError};
+use crate::lock;
+use crate::vmm::Vm;
+
+/// Errors of the main loop.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    /// epoll failed.
+    #[error("event loop: {0}")]
+    Epoll(#[source] io::Error),
+    /// The SIGTERM handler could not be installed.
+    #[error("cannot handle SIGTERM: {0}")]
+    Signal(String),
+    /// The exit record could not be written.
+    #[error(transparent)]
+    Exit(#[from] ExitError),
+}
+
+const TOKEN_CONTROL: u64 = 1;
+const TOKEN_CONSOLE: u64 = 2;
+const TOKEN_EXIT: u64 = 3;
+const TOKEN_DRAINED: u64 = 4;
+const TOKEN_SIGTERM: u64 = 5;
+/// Client tokens: kind in the high half, client id in the low half.
+const KIND_CONTROL_CLIENT: u64 = 1 << 32;
+const KIND_CONSOLE_CLIENT: u64 = 2 << 32;
+const KIND_MASK: u64 = !0xFFFF_FFFF;
+
+static SIGTERM_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_sigterm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = SIGTERM_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte buffer and
+        // `fd` is the eventfd installed below, which lives for the whole process.
+        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+    }
+}
+
+/// Installs a SIGTERM handler that signals the returned event fd.
+pub fn install_sigterm() -> Result<EventFd, EventLoopError> {
+    let evt =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(EventLoopError::Epoll)?;
+    let keep = evt.try_clone().map_err(EventLoopError::Epoll)?;
+    // The clone stays open for the life of the process so the handler's fd is always valid.
+    SIGTERM_FD.store(keep.as_raw_fd(), Ordering::SeqCst);
+    std::mem::forget(keep);
+    vmm_sys_util::signal::register_signal_handler(libc::SIGTERM, on_sigterm)
+        .map_err(|e| EventLoopError::Signal(e.to_string()))?;
+    Ok(evt)
+}
+
+struct ControlClient {
+    stream: UnixStream,
+    lines: LineBuffer,
+}
+
+struct Loop<'a> {
+    vm: &'a mut Vm,
+    epoll: Epoll,
+    control: UnixListener,
+    console: UnixListener,
+    next_id: u64,
+    control_clients: HashMap<u64, ControlClient>,
+    console_clients: HashMap<u64, UnixStream>,
+    input: InputQueue,
+}
+
+/// What the loop does next.
+enum Flow {
+    Continue,
+    Finish(ExitRecord),
+}
+
+fn add(epoll: &Epoll, fd: i32, token: u64) -> Result<(), EventLoopError> {
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, token),
+        )
+        .map_err(EventLoopError::Epoll)
+}
+
+/// Writes all of `bytes` to a client, giving up after a second.
+fn send_reply(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    let r = stream.write_all(bytes);
+    stream.set_nonblocking(true)?;
+    r
+}
+
+impl Loop<'_> {
+    fn accept(&mut self, console: bool) {
+        loop {
+            let listener = if console {
+                &self.console
+            } else {
+                &self.control
+            };
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = stream.set_nonblocking(true) {
+                tracing::warn!("cannot configure client: {e}");
+                continue;
+            }
+            self.next_id = self.next_id.wrapping_add(1) & 0xFFFF_FFFF;
+            let id = self.next_id;
+            let kind = if console {
+                KIND_CONSOLE_CLIENT
+            } else {
+                KIND_CONTROL_CLIENT
+            };
+            if let Err(e) = add(&self.epoll, stream.as_raw_fd(), kind | id) {
+                tracing::warn!("cannot watch client: {e}");
+                continue;
+            }
+            if console {
+                match stream.try_clone() {
+                    Ok(out) => {
+                        self.vm.console.attach(id, out);
+                        self.console_clients.insert(id, stream);
+                        tracing::info!(client = id, "console client attached");
+                    }
+                    Err(e) => tracing::warn!("cannot attach console client: {e}"),
+                }
+            } else {
+                self.control_clients.insert(
+                    id,
+                    ControlClient {
+                        stream,
+                        lines: LineBuffer::default(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Reads what a client sent; returns the bytes and whether it is gone.
+    fn drain(stream: &mut UnixStream) -> (Vec<u8>, bool) {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return (data, true),
+                Ok(n) => {
+                    data.extend_from_slice(buf.get(..n).unwrap_or(&[]));
+                    if data.len() >= 64 * 1024 {
+                        return (data, false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (data, false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return (data, true),
+            }
+        }
+    }
+
+    fn console_event(&mut self, id: u64) {
+        let Some(stream) = self.console_clients.get_mut(&id) else {
+            return;
+        };
+        let (data, gone) = Self::drain(stream);
+        if !data.is_empty() {
+            let dropped = self.input.push(&data);
+            if dropped > 0 {
+                tracing::warn!(dropped, "console input queue full");
+            }
+            self.feed_input();
+        }
+        if gone {
+            if let Some(s) = self.console_clients.remove(&id) {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    s.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+            self.vm.console.detach(id);
+            tracing::info!(client = id, "console client detached");
+        }
+    }
+
+    fn feed_input(&mut self) {
+        let mut serial = lock(&self.vm.serial);
+        self.input.feed(|bytes| serial.enqueue(bytes));
+    }
+
+    fn drop_control(&mut self, id: u64) {
+        if let Some(c) = self.control_clients.remove(&id) {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+
+    fn control_event(&mut self, id: u64) -> Result<Flow, EventLoopError> {
+        let Some(client) = self.control_clients.get_mut(&id) else {
+            return Ok(Flow::Continue);
+        };
+        let (data, gone) = Self::drain(&mut client.stream);
+        client.lines.push(&data);
+        loop {
+            let Some(client) = self.control_clients.get_mut(&id) else {
+                return Ok(Flow::Continue);
+            };
+            let reply = match client.lines.next_line() {
+                Ok(None) => break,
+                Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(Some(line)) => control::handle_line(&line, self.vm),
+                Err(e) => control::Reply {
+                    response: VmResponse::Error {
+                        message: e.to_string(),
+                    },
+                    finish: false,
+                },
+            };
+            let mut finished = None;
+            if reply.finish {
+                // The record must exist before the client hears "ok".
+                if let Some(record) = self.vm.exit.record() {
+                    write_exit_record(&self.vm.spec.run_dir, &record)?;
+                    finished = Some(record);
+                }
+            }
+            let Some(client) = self.control_clients.get_mut(&id) else {
+                return Ok(Flow::Continue);
+            };
+            if let Err(e) = send_reply(&mut client.stream, &control::encode(&reply.response)) {
+                tracing::info!(client = id, "control client lost: {e}");
+                self.drop_control(id);
+            }
+            if let Some(record) = finished {
+                return Ok(Flow::Finish(record));
+            }
+        }
+        if gone {
+            self.drop_control(id);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self) -> Result<Flow, EventLoopError> {
+        match self.vm.exit.record() {
+            Some(record) => {
+                write_exit_record(&self.vm.spec.run_dir, &record)?;
+                Ok(Flow::Finish(record))
+            }
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    fn dispatch(&mut self, token: u64) -> Result<Flow, EventLoopError> {
+        match token {
+            TOKEN_CONTROL => self.accept(false),
+            TOKEN_CONSOLE => self.accept(true),
+            TOKEN_EXIT => {
+                let _ = self.vm.exit.eventfd().read();
+                return self.finish();
+            }
+            TOKEN_DRAINED => {
+                let _ = self.vm.input_drained.read();
+                self.feed_input();
+            }
+            TOKEN_SIGTERM => {
+                tracing::info!("SIGTERM: destroying the domain");
+                self.vm.exit.request(ExitReason::Destroyed, "SIGTERM");
+                return self.finish();
+            }
+            t if t & KIND_MASK == KIND_CONSOLE_CLIENT => self.console_event(t & !KIND_MASK),
+            t if t & KIND_MASK == KIND_CONTROL_CLIENT => return self.control_event(t & !KIND_MASK),
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// Serves the sockets until the VM ends; writes and returns the exit record.
+pub fn run(
+    vm: &mut Vm,
+    control: UnixListener,
+    console: UnixListener,
+    sigterm: EventFd,
+) -> Result<ExitRecord, EventLoopError> {
+    let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
+    add(&epoll, control.as_raw_fd(), TOKEN_CONTROL)?;
+    add(&epoll, console.as_raw_fd(), TOKEN_CONSOLE)?;
+    add(&epoll, vm.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
+    add(&epoll, vm.input_drained.as_raw_fd(), TOKEN_DRAINED)?;
+    add(&epoll, sigterm.as_raw_fd(), TOKEN_SIGTERM)?;
+    let mut lp = Loop {
+        vm,
+        epoll,
+        control,
+        console,
+        next_id: 0,
+        control_clients: HashMap::new(),
+        console_clients: HashMap::new(),
+        input: InputQueue::default(),
+    };
+    // An exit may already be pending (a vCPU that failed at once).
+    if let Flow::Finish(r) = lp.finish()? {
+        return Ok(r);
+    }
+    let mut events = vec![EpollEvent::default(); 64];
+    loop {
+        let n = match lp.epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(EventLoopError::Epoll(e)),
+        };
+        for ev in events.iter().take(n) {
+            if let Flow::Finish(r) = lp.dispatch(ev.data())? {
+                return Ok(r);
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! vCPU threads: the KVM_RUN loop, exit dispatch, and pausing.
+//!
+//! Each vCPU runs on its own thread `vcpu<N>`. Pausing sets a shared flag,
+//! then kicks every thread out of KVM_RUN: the kicker sets the vCPU's
+//! `immediate_exit` byte and sends [`kick_signal`]; the thread sees EINTR,
+//! clears the byte, notices the flag and parks on a condvar. A pause is done
+//! once every vCPU is parked (or gone).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use rxen_proto::vmspec::ExitReason;
+
+use crate::devices::PioBus;
+use crate::exit::ExitSignal;
+use crate::lock;
+
+/// Errors of the vCPU machinery.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The thread could not be spawned.
+    #[error("cannot start vCPU thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Not every vCPU left the guest in time.
+    #[error("timed out waiting for vCPUs to stop")]
+    PauseTimeout,
+}
+
+/// The real-time signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal only makes KVM_RUN return EINTR.
+}
+
+/// Installs the (empty) kick signal handler; call once before starting vCPUs.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal)
+}
+
+/// Per-vCPU facts other threads need: the host thread and the `immediate_exit` byte.
+#[derive(Debug)]
+pub struct VcpuInfo {
+    /// vCPU index.
+    pub id: u32,
+    /// Host thread ID (0 until the thread runs).
+    pub tid: AtomicI32,
+    /// Address of `kvm_run.immediate_exit` (null until the thread runs).
+    immediate_exit: AtomicPtr<u8>,
+}
+
+impl VcpuInfo {
+    fn new(id: u32) -> Self {
+        Self {
+            id,
+            tid: AtomicI32::new(0),
+            immediate_exit: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    fn set_immediate_exit(&self, value: u8) {
+        let p = self.immediate_exit.load(Ordering::SeqCst);
+        if !p.is_null() {
+            // SAFETY: `p` points at the immediate_exit byte of the vCPU's kvm_run
+            // mapping, which lives as long as the VcpuFd; the thread clears this
+            // pointer before the VcpuFd is dropped. The byte is only ever accessed
+            // atomically by the VMM, and the kernel reads it on KVM_RUN entry.
+            unsafe { AtomicU8::from_ptr(p) }.store(value, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Scheduling state shared by all vCPUs and the control loop.
+#[derive(Debug)]
+struct RunState {
+    paused: bool,
+    parked: Vec<bool>,
+    gone: Vec<bool>,
+}
+
+/// Pause/unpause coordination for all vCPUs.
+#[derive(Debug)]
+pub struct RunControl {
+    flag: AtomicBool,
+    state: Mutex<RunState>,
+    cv: Condvar,
+}
+
+impl RunControl {
+    /// Creates the control for `count` vCPUs, initially paused or not.
+    pub fn new(count: usize, paused: bool) -> Self {
+        Self {
+            flag: AtomicBool::new(paused),
+            state: Mutex::new(RunState {
+                paused,
+                parked: vec![false; count],
+                gone: vec![false; count],
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// True while a pause is requested.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
+    /// True when vCPU `id` is parked by a pause.
+    pub fn is_parked(&self, id: usize) -> bool {
+        lock(&self.state).parked.get(id).copied().unwrap_or(false)
+    }
+
+    /// True when vCPU `id`'s thread has ended.
+    pub fn is_gone(&self, id: usize) -> bool {
+        lock(&self.state).gone.get(id).copied().unwrap_or(true)
+    }
+
+    fn park(&self, id: usize) {
+        let mut g = lock(&self.state);
+        if let Some(p) = g.parked.get_mut(id) {
+            *p = true;
+        }
+        self.cv.notify_all();
+        while g.paused {
+            g = self
+                .cv
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if let Some(p) = g.parked.get_mut(id) {
+            *p = false;
+        }
+    }
+
+    fn mark_gone(&self, id: usize) {
+        let mut g = lock(&self.state);
+        if let Some(p) = g.gone.get_mut(id) {
+            *p = true;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Requests a pause, kicks the vCPUs and waits until every one is out of the guest.
+    pub fn pause(&self, vcpus: &[Arc<VcpuInfo>], kick: impl Fn(usize)) -> Result<(), VcpuError> {
+        {
+            let mut g = lock(&self.state);
+            g.paused = true;
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut g = lock(&self.state);
+        loop {
+            let stopped = |s: &RunState| {
+                s.parked
+                    .iter()
+                    .zip(&s.gone)
+                    .all(|(parked, gone)| *parked || *gone)
+            };
+            if stopped(&g) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VcpuError::PauseTimeout);
+            }
+            // (Re-)kick whoever is still in the guest.
+            for (i, info) in vcpus.iter().enumerate() {
+                let running = !g.parked.get(i).copied().unwrap_or(true)
+                    && !g.gone.get(i).copied().unwrap_or(true);
+                if running {
+                    info.set_immediate_exit(1);
+                    kick(i);
+                }
+            }
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn unpause(&self) {
+        let mut g = lock(&self.state);
+        g.paused = false;
+        self.flag.store(false, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+}
+
+/// What a vCPU thread shares with the rest of the VMM.
+#[derive(Clone)]
+pub struct VcpuContext {
+    /// Port I/O dispatch.
+    pub pio: Arc<PioBus>,
+    /// Where exits are requested.
+    pub exit: Arc<ExitSignal>,
+    /// Pause coordination.
+    pub control: Arc<RunControl>,
+}
+
+/// A started vCPU thread.
+pub struct VcpuHandle {
+    /// Shared facts about the vCPU.
+    pub info: Arc<VcpuInfo>,
+    /// The POSIX thread, for signals and its CPU clock.
+    pub pthread: libc::pthread_t,
+    thread: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    /// Sends the kick signal to the thread.
+    pub fn kick(&self) {
+        if self.thread.is_finished() {
+            return;
+        }
+        // SAFETY: the JoinHandle is alive and not joined, so the pthread_t is valid.
+        let rc = unsafe { libc::pthread_kill(self.pthread, kick_signal()) };
+        if rc != 0 && rc != libc::ESRCH {
+            tracing::warn!(vcpu = self.info.id, "cannot kick vCPU: errno {rc}");
+        }
+    }
+
+    /// True once the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// What the loop does after one exit.
+enum Next {
+    Continue,
+    Stop,
+}
+
+fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            ctx.pio.read(port, data);
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(port, data);
+        }
+        VcpuExit::MmioRead(_, data) => data.fill(0),
+        VcpuExit::MmioWrite(..) => {}
+        VcpuExit::Hlt => {}
+        VcpuExit::Shutdown => {
+            ctx.exit
+                .request(ExitReason::Reboot, format!("triple fault on vcpu{id}"));
+            return Next::Stop;
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            ctx.exit.request(
+                ExitReason::Crash,
+                format!("vcpu{id}: KVM entry failed (reason {reason:#x}, host cpu {cpu})"),
+            );
+            return Next::Stop;
+        }
+        VcpuExit::InternalError => {
+            ctx.exit
+                .request(ExitReason::Crash, format!("vcpu{id}: KVM internal error"));
+            return Next::Stop;
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            let (reason, what) = match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => (ExitReason::Poweroff, "shutdown"),
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => (ExitReason::Reboot, "reset"),
+                _ => (ExitReason::Crash, "crash"),
+            };
+            ctx.exit
+                .request(reason, format!("vcpu{id}: system event {what}"));
+            return Next::Stop;
+        }
+        VcpuExit::Intr => {}
+        other => {
+            tracing::warn!(vcpu = id, "unhandled exit {other:?}");
+        }
+    }
+    Next::Continue
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
+    let id = info.id;
+    info.tid.store(gettid(), Ordering::SeqCst);
+    let run = vcpu.get_kvm_run();
+    info.immediate_exit
+        .store(std::ptr::addr_of_mut!(run.immediate_exit), Ordering::SeqCst);
+    let idx = id as usize;
+    loop {
+        if ctx.control.flag.load(Ordering::SeqCst) {
+            ctx.control.park(idx);
+        }
+        if ctx.exit.is_requested() {
+            break;
+        }
+        match vcpu.run() {
+            Ok(exit) => {
+                if let Next::Stop = handle_exit(id, exit, &ctx) {
+                    break;
+                }
+                if ctx.exit.is_requested() {
+                    break;
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                info.set_immediate_exit(0);
+            }
+            Err(e) => {
+                ctx.exit
+                    .request(ExitReason::Crash, format!("vcpu{id}: KVM_RUN failed: {e}"));
+                break;
+            }
+        }
+    }
+    info.immediate_exit
+        .store(std::ptr::null_mut(), Ordering::SeqCst);
+    ctx.control.mark_gone(idx);
+    tracing::debug!(vcpu = id, "vCPU thread ends");
+}
+
+/// Starts vCPU `id` on a thread named `vcpu<id>`.
+pub fn spawn(vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> Result<VcpuHandle, VcpuError> {
+    let info = Arc::new(VcpuInfo::new(id));
+    let thread_info = info.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run_loop(vcpu, thread_info, ctx))
+        .map_err(VcpuError::Spawn)?;
+    let pthread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread);
+    Ok(VcpuHandle {
+        info,
+        pthread,
+        thread,
+    })
+}

@@ -1,0 +1,108 @@
+//! Boots hand-assembled guest code under KVM: long mode, paging, boot info,
+//! serial output, the power port, and triple faults.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{raw_guest_elf, spec, Domain};
+use rxen_proto::vmspec::{ExitReason, KernelSource};
+
+/// Prints "B" if RSI points at the boot info magic, then "K\n", then powers off.
+const HELLO_POWEROFF: &[u8] = &[
+    0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+    0x48, 0x8B, 0x06, // mov rax, [rsi]
+    0x48, 0xBB, b'R', b'X', b'E', b'N', b'B', b'O', b'O', b'T', // mov rbx, "RXENBOOT"
+    0x48, 0x39, 0xD8, // cmp rax, rbx
+    0x75, 0x03, // jne +3
+    0xB0, b'B', 0xEE, // mov al, 'B'; out dx, al
+    0xB0, b'K', 0xEE, // mov al, 'K'; out dx, al
+    0xB0, b'\n', 0xEE, // mov al, '\n'; out dx, al
+    0x66, 0xBA, 0x10, 0x05, // mov dx, 0x510
+    0x30, 0xC0, // xor al, al
+    0xEE, // out dx, al
+    0xF4, // hlt
+    0xEB, 0xFD, // jmp hlt
+];
+
+fn start_raw(code: &[u8], vcpus: u32) -> Domain {
+    Domain::start(|dir| {
+        let kernel = dir.join("guest.elf");
+        std::fs::write(&kernel, raw_guest_elf(code)).expect("write guest");
+        spec(dir, KernelSource::Path(kernel), vcpus, 32)
+    })
+}
+
+#[test]
+fn raw_guest_prints_and_powers_off() {
+    let mut d = start_raw(HELLO_POWEROFF, 1);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(d.console_log(), "BK\n");
+    let rec = d.exit_record();
+    assert_eq!(rec.reason, ExitReason::Poweroff, "{rec:?}");
+    // The sockets were created with mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    for s in ["control.sock", "console.sock"] {
+        let mode = std::fs::metadata(d.path(s))
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{s}");
+    }
+}
+
+#[test]
+fn triple_fault_is_reboot() {
+    // ud2 with no IDT: #UD -> #GP -> double fault -> triple fault.
+    let mut d = start_raw(&[0x0F, 0x0B], 1);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    let rec = d.exit_record();
+    assert_eq!(rec.reason, ExitReason::Reboot, "{rec:?}");
+    assert!(rec.detail.contains("triple fault"), "{rec:?}");
+}
+
+#[test]
+fn pvpanic_is_crash_and_i8042_reset_is_reboot() {
+    // mov dx, 0x505; mov al, 3; out dx, al; hlt
+    let mut d = start_raw(&[0x66, 0xBA, 0x05, 0x05, 0xB0, 0x03, 0xEE, 0xF4], 1);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(d.exit_record().reason, ExitReason::Crash);
+    // mov al, 0xfe; out 0x64, al; hlt
+    let mut d = start_raw(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4], 1);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(d.exit_record().reason, ExitReason::Reboot);
+}
+
+#[test]
+fn unknown_ports_read_all_ones() {
+    // in al, 0x80 (nothing there) -> 0xFF; out it to COM1; power off.
+    let code = [
+        0xE4, 0x80, // in al, 0x80
+        0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xEE, // out dx, al
+        0x66, 0xBA, 0x10, 0x05, // mov dx, 0x510
+        0x30, 0xC0, 0xEE, 0xF4, // xor al, al; out dx, al; hlt
+    ];
+    let mut d = start_raw(&code, 1);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(
+        std::fs::read(d.path("console.log")).expect("log"),
+        vec![0xFF]
+    );
+}
+
+#[test]
+fn bad_spec_fails_with_one_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, b"{not json").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rxen-vmm"))
+        .arg("--spec")
+        .arg(&spec_path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid spec"), "{err}");
+}
