@@ -15,6 +15,7 @@ mod keys;
 mod lexer;
 mod model;
 mod number;
+mod render;
 mod spec;
 mod syntax;
 mod vif;
@@ -28,6 +29,7 @@ pub use model::{
     Action, DomainConfig, DomainType, UnknownAction, DEFAULT_CPU_WEIGHT, DEFAULT_MEMORY_MIB,
 };
 pub use number::{parse_c_long, NumberError};
+pub use render::{cpu_ranges, disk_spec_text, quote, rate_text, vif_spec_text};
 pub use spec::SpecError;
 pub use vif::{parse_rate, parse_vif_spec, MacAddr, Rate, VifSpec};
 
