@@ -139,10 +139,7 @@ pub(crate) fn parse_cpu_list_host_free(spec: &str) -> Result<HostFree, SpecError
     match items.iter().position(|(_, i)| *i == Item::All) {
         None => Ok(HostFree::Set(resolve(&items, 0).into_iter().collect())),
         Some(first_all) => {
-            let removes_after = items
-                .iter()
-                .skip(first_all)
-                .any(|(remove, _)| *remove);
+            let removes_after = items.iter().skip(first_all).any(|(remove, _)| *remove);
             Ok(if removes_after {
                 HostFree::NeedsHost
             } else {
@@ -168,12 +165,27 @@ mod tests {
             Ok((0..16).filter(|&c| c != 12).collect())
         );
         assert_eq!(parse_cpu_list("^0", 16), Ok(vec![]));
-        assert!(matches!(parse_cpu_list("foo", 16), Err(SpecError::BadCpuItem(_))));
-        assert_eq!(parse_cpu_list("8-5", 16), Err(SpecError::CpuRangeBackwards { from: 8, to: 5 }));
+        assert!(matches!(
+            parse_cpu_list("foo", 16),
+            Err(SpecError::BadCpuItem(_))
+        ));
+        assert_eq!(
+            parse_cpu_list("8-5", 16),
+            Err(SpecError::CpuRangeBackwards { from: 8, to: 5 })
+        );
         assert_eq!(parse_cpu_list("^all", 16), Err(SpecError::CaretAll));
-        assert!(matches!(parse_cpu_list("nodes:0-1", 16), Err(SpecError::NodesUnsupported(_))));
-        assert!(matches!(parse_cpu_list("node:0,^node:1", 16), Err(SpecError::NodesUnsupported(_))));
-        assert_eq!(parse_cpu_list("17", 16), Err(SpecError::CpuTooLarge { cpu: 17, limit: 16 }));
+        assert!(matches!(
+            parse_cpu_list("nodes:0-1", 16),
+            Err(SpecError::NodesUnsupported(_))
+        ));
+        assert!(matches!(
+            parse_cpu_list("node:0,^node:1", 16),
+            Err(SpecError::NodesUnsupported(_))
+        ));
+        assert_eq!(
+            parse_cpu_list("17", 16),
+            Err(SpecError::CpuTooLarge { cpu: 17, limit: 16 })
+        );
         assert_eq!(parse_cpu_list("", 16), Err(SpecError::EmptyCpuList));
         assert!(parse_cpu_list("0-99999999999", 16).is_err());
         assert!(parse_cpu_list("1-", 16).is_err());
@@ -186,6 +198,9 @@ mod tests {
         assert_eq!(parse_cpu_list_host_free("all,3"), Ok(HostFree::All));
         assert_eq!(parse_cpu_list_host_free("all,^3"), Ok(HostFree::NeedsHost));
         assert_eq!(parse_cpu_list_host_free("^3,all"), Ok(HostFree::All));
-        assert_eq!(parse_cpu_list_host_free("1,3-4,^4"), Ok(HostFree::Set(vec![1, 3])));
+        assert_eq!(
+            parse_cpu_list_host_free("1,3-4,^4"),
+            Ok(HostFree::Set(vec![1, 3]))
+        );
     }
 }

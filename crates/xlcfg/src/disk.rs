@@ -695,10 +695,16 @@ mod tests {
 
     #[test]
     fn relative_phy_paths_live_under_dev() {
-        assert_eq!(ok("phy:vg0/web,xvda,w").target.as_deref(), Some("/dev/vg0/web"));
+        assert_eq!(
+            ok("phy:vg0/web,xvda,w").target.as_deref(),
+            Some("/dev/vg0/web")
+        );
         assert_eq!(ok("sdb1,,xvdb").target.as_deref(), Some("/dev/sdb1"));
         // with a script the target is the script's business
-        assert_eq!(ok("nbd:host:1234,xvda,w").target.as_deref(), Some("host:1234"));
+        assert_eq!(
+            ok("nbd:host:1234,xvda,w").target.as_deref(),
+            Some("host:1234")
+        );
     }
 
     #[test]
@@ -713,20 +719,47 @@ mod tests {
 
     #[test]
     fn shared_write() {
-        assert_eq!(ok("phy:/dev/sdc,xvdc,w!").access, DiskAccess::ReadWriteShared);
-        assert_eq!(ok("access=rw!,vdev=xvdc,target=/dev/sdc").access, DiskAccess::ReadWriteShared);
+        assert_eq!(
+            ok("phy:/dev/sdc,xvdc,w!").access,
+            DiskAccess::ReadWriteShared
+        );
+        assert_eq!(
+            ok("access=rw!,vdev=xvdc,target=/dev/sdc").access,
+            DiskAccess::ReadWriteShared
+        );
     }
 
     #[test]
     fn errors() {
         assert_eq!(parse_disk_spec("foo"), Err(SpecError::NoVdev));
-        assert!(matches!(parse_disk_spec("foo:/x,xvda"), Err(SpecError::UnknownDiskPrefix(_))));
-        assert!(matches!(parse_disk_spec("/x,raw,xvda,w,w"), Err(SpecError::TooManyPositional(_))));
-        assert!(matches!(parse_disk_spec("/x,vmdk,xvda"), Err(SpecError::BadDiskValue { what: "format", .. })));
-        assert!(matches!(parse_disk_spec("/x,,xvda,rx"), Err(SpecError::BadDiskValue { what: "access", .. })));
-        assert!(matches!(parse_disk_spec("bogus=1,/x,,xvda"), Err(SpecError::UnknownDiskParameter(_))));
-        assert!(matches!(parse_disk_spec("vdev=xvda,vdev=xvdb,target=/x"), Err(SpecError::Respecified { .. })));
-        assert!(matches!(parse_disk_spec("/x,,xv da"), Err(SpecError::BadVdev(_))));
+        assert!(matches!(
+            parse_disk_spec("foo:/x,xvda"),
+            Err(SpecError::UnknownDiskPrefix(_))
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,raw,xvda,w,w"),
+            Err(SpecError::TooManyPositional(_))
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,vmdk,xvda"),
+            Err(SpecError::BadDiskValue { what: "format", .. })
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,,xvda,rx"),
+            Err(SpecError::BadDiskValue { what: "access", .. })
+        ));
+        assert!(matches!(
+            parse_disk_spec("bogus=1,/x,,xvda"),
+            Err(SpecError::UnknownDiskParameter(_))
+        ));
+        assert!(matches!(
+            parse_disk_spec("vdev=xvda,vdev=xvdb,target=/x"),
+            Err(SpecError::Respecified { .. })
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,,xv da"),
+            Err(SpecError::BadVdev(_))
+        ));
         assert_eq!(parse_disk_spec(",,xvda"), Err(SpecError::NoTarget));
         assert_eq!(parse_disk_spec(""), Err(SpecError::NoVdev));
     }

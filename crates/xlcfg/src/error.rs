@@ -28,7 +28,9 @@ pub enum ConfigErrorKind {
         hint: &'static str,
     },
     /// A backslash that is not right before a newline.
-    #[error("stray `\\`: outside strings a backslash may only end a line (continuing it on the next)")]
+    #[error(
+        "stray `\\`: outside strings a backslash may only end a line (continuing it on the next)"
+    )]
     StrayBackslash,
     /// A key that is not `[a-z][._0-9a-z]*`.
     #[error("invalid key `{key}`: {why}")]
@@ -70,7 +72,9 @@ pub enum ConfigErrorKind {
         found: String,
     },
     /// A `[` never closed.
-    #[error("unterminated list: the `[` at line {line}, column {column} is never closed; expected `]`")]
+    #[error(
+        "unterminated list: the `[` at line {line}, column {column} is never closed; expected `]`"
+    )]
     UnterminatedList {
         /// Line of the `[`.
         line: u32,
@@ -189,7 +193,9 @@ pub enum ConfigErrorKind {
         first: usize,
     },
     /// maxvcpus < vcpus.
-    #[error("maxvcpus < vcpus: maxvcpus = {maxvcpus} but vcpus = {vcpus}; expected maxvcpus >= vcpus")]
+    #[error(
+        "maxvcpus < vcpus: maxvcpus = {maxvcpus} but vcpus = {vcpus}; expected maxvcpus >= vcpus"
+    )]
     MaxvcpusBelowVcpus {
         /// vcpus.
         vcpus: u32,

@@ -26,10 +26,16 @@ struct Cx<'a> {
 
 type R<T> = Result<T, ConfigError>;
 
+/// Strings with their positions, and the position of the whole value.
+type Located = (Vec<(String, Pos)>, Pos);
+
 fn found(v: &Value) -> String {
     match v {
         Value::Atom { text, quoted: true } => format!("string \"{}\"", text.escape_debug()),
-        Value::Atom { text, quoted: false } => format!("`{text}`"),
+        Value::Atom {
+            text,
+            quoted: false,
+        } => format!("`{text}`"),
         Value::List(_) => "a list".into(),
     }
 }
@@ -115,7 +121,13 @@ impl Cx<'_> {
     }
 
     /// A number in `lo..=hi`.
-    fn ranged(&mut self, key: &str, expected: &'static str, lo: i64, hi: i64) -> R<Option<(i64, Pos)>> {
+    fn ranged(
+        &mut self,
+        key: &str,
+        expected: &'static str,
+        lo: i64,
+        hi: i64,
+    ) -> R<Option<(i64, Pos)>> {
         match self.long(key, expected)? {
             Some((n, pos)) if n < lo || n > hi => Err(self.err(
                 pos,
@@ -134,7 +146,12 @@ impl Cx<'_> {
     }
 
     /// A list of single values (or, with `single_ok`, one value), each with its position.
-    fn strings(&mut self, key: &str, expected: &'static str, single_ok: bool) -> R<Option<(Vec<(String, Pos)>, Pos)>> {
+    fn strings(
+        &mut self,
+        key: &str,
+        expected: &'static str,
+        single_ok: bool,
+    ) -> R<Option<Located>> {
         let Some(v) = self.take(key) else {
             return Ok(None);
         };
@@ -250,7 +267,10 @@ fn valid_uuid(s: &str) -> bool {
 }
 
 /// Parses `type`/`builder` prefixes as xl does: `strncmp(value, name, strlen(value))`.
-fn type_prefix(value: &str, names: &[(&'static str, DomainType)]) -> Option<(&'static str, DomainType)> {
+fn type_prefix(
+    value: &str,
+    names: &[(&'static str, DomainType)],
+) -> Option<(&'static str, DomainType)> {
     if value.is_empty() {
         return None;
     }
@@ -324,7 +344,14 @@ pub(crate) fn interpret(
             ));
         };
         if full != t {
-            cx.diag(pos, DiagnosticKind::Warning, "type", format!("type \"{t}\" is read as \"{full}\" (xl accepts a prefix); write it in full"));
+            cx.diag(
+                pos,
+                DiagnosticKind::Warning,
+                "type",
+                format!(
+                    "type \"{t}\" is read as \"{full}\" (xl accepts a prefix); write it in full"
+                ),
+            );
         }
         domain_type = Some(ty);
     }
@@ -352,11 +379,21 @@ pub(crate) fn interpret(
             }
         }
         let instead = if ty == DomainType::Hvm { "hvm" } else { "pv" };
-        cx.diag(pos, DiagnosticKind::Deprecated, "builder", format!("builder = \"{full}\" is deprecated; use type = \"{instead}\""));
+        cx.diag(
+            pos,
+            DiagnosticKind::Deprecated,
+            "builder",
+            format!("builder = \"{full}\" is deprecated; use type = \"{instead}\""),
+        );
         domain_type = Some(ty);
     }
     if let Some((on, pos)) = cx.boolean("pvh")? {
-        cx.diag(pos, DiagnosticKind::Deprecated, "pvh", "pvh = 1 is deprecated; use type = \"pvh\"".into());
+        cx.diag(
+            pos,
+            DiagnosticKind::Deprecated,
+            "pvh",
+            "pvh = 1 is deprecated; use type = \"pvh\"".into(),
+        );
         if on {
             if domain_type.is_some_and(|t| t != DomainType::Pvh) {
                 return Err(cx.err(
@@ -373,7 +410,10 @@ pub(crate) fn interpret(
     }
     let domain_type = domain_type.unwrap_or(DomainType::Pv);
     if domain_type == DomainType::Hvm {
-        let pos = cx.key_pos("type").or(cx.key_pos("builder")).unwrap_or(start);
+        let pos = cx
+            .key_pos("type")
+            .or(cx.key_pos("builder"))
+            .unwrap_or(start);
         cx.diag(pos, DiagnosticKind::Unsupported, "type", "HVM guests (firmware, emulated devices) are not supported; rxen boots PV/PVH guests from `kernel`".into());
     }
 
@@ -403,7 +443,12 @@ pub(crate) fn interpret(
     let vcpus = match cx.ranged("vcpus", "a number of vCPUs", i64::MIN, i64::from(MAX_CPUS))? {
         None => 1,
         Some((n, pos)) if n < 1 => {
-            cx.diag(pos, DiagnosticKind::Warning, "vcpus", format!("vcpus = {n} is read as 1, as xl does"));
+            cx.diag(
+                pos,
+                DiagnosticKind::Warning,
+                "vcpus",
+                format!("vcpus = {n} is read as 1, as xl does"),
+            );
             1
         }
         Some((n, _)) => n as u32,
@@ -415,10 +460,7 @@ pub(crate) fn interpret(
             if n < vcpus {
                 return Err(cx.err(
                     pos,
-                    ConfigErrorKind::MaxvcpusBelowVcpus {
-                        vcpus,
-                        maxvcpus: n,
-                    },
+                    ConfigErrorKind::MaxvcpusBelowVcpus { vcpus, maxvcpus: n },
                 ));
             }
             n
@@ -433,7 +475,12 @@ pub(crate) fn interpret(
         .ranged("cpu_weight", "a weight", 1, 65535)?
         .map_or(DEFAULT_CPU_WEIGHT, |(n, _)| n as u32);
     let cap = cx
-        .ranged("cap", "a percentage of one CPU (0 = no cap)", 0, i64::from(maxvcpus) * 100)?
+        .ranged(
+            "cap",
+            "a percentage of one CPU (0 = no cap)",
+            0,
+            i64::from(maxvcpus) * 100,
+        )?
         .map_or(0, |(n, _)| n as u32);
 
     // boot
@@ -445,7 +492,12 @@ pub(crate) fn interpret(
     let cmdline = match cmdline_v {
         Some((c, pos)) => {
             if root.is_some() || extra.is_some() {
-                cx.diag(pos, DiagnosticKind::Warning, "cmdline", "ignoring root= and extra= in favour of cmdline=".into());
+                cx.diag(
+                    pos,
+                    DiagnosticKind::Warning,
+                    "cmdline",
+                    "ignoring root= and extra= in favour of cmdline=".into(),
+                );
             }
             Some(c)
         }
@@ -465,12 +517,20 @@ pub(crate) fn interpret(
         .strings("bootloader_args", "a list of bootloader arguments", true)?
         .map(|(v, pos)| {
             if bootloader.is_none() {
-                cx.diag(pos, DiagnosticKind::Warning, "bootloader_args", "bootloader_args without bootloader is ignored".into());
+                cx.diag(
+                    pos,
+                    DiagnosticKind::Warning,
+                    "bootloader_args",
+                    "bootloader_args without bootloader is ignored".into(),
+                );
             }
             v.into_iter().map(|(s, _)| s).collect()
         })
         .unwrap_or_default();
-    if matches!(domain_type, DomainType::Pv | DomainType::Pvh) && kernel.is_none() && bootloader.is_none() {
+    if matches!(domain_type, DomainType::Pv | DomainType::Pvh)
+        && kernel.is_none()
+        && bootloader.is_none()
+    {
         return Err(cx.err(
             start,
             ConfigErrorKind::NoKernel {
@@ -493,11 +553,21 @@ pub(crate) fn interpret(
     // display and serial
     let vnc = cx.boolean("vnc")?;
     if let Some((true, pos)) = vnc {
-        cx.diag(pos, DiagnosticKind::Unsupported, "vnc", "vnc = 1 is not supported: rxen has no graphical console (use `rxl console`)".into());
+        cx.diag(
+            pos,
+            DiagnosticKind::Unsupported,
+            "vnc",
+            "vnc = 1 is not supported: rxen has no graphical console (use `rxl console`)".into(),
+        );
     }
     let sdl = cx.boolean("sdl")?;
     if let Some((true, pos)) = sdl {
-        cx.diag(pos, DiagnosticKind::Unsupported, "sdl", "sdl = 1 is not supported: rxen has no graphical console (use `rxl console`)".into());
+        cx.diag(
+            pos,
+            DiagnosticKind::Unsupported,
+            "sdl",
+            "sdl = 1 is not supported: rxen has no graphical console (use `rxl console`)".into(),
+        );
     }
     let vfb: Vec<String> = match cx.strings("vfb", "a list of framebuffer specs", false)? {
         None => Vec::new(),
@@ -508,7 +578,11 @@ pub(crate) fn interpret(
             v.into_iter().map(|(s, _)| s).collect()
         }
     };
-    let serial: Vec<String> = match cx.strings("serial", "a serial device or a list of them", true)? {
+    let serial: Vec<String> = match cx.strings(
+        "serial",
+        "a serial device or a list of them",
+        true,
+    )? {
         None => Vec::new(),
         Some((v, _)) => {
             for (s, pos) in &v {
@@ -523,12 +597,19 @@ pub(crate) fn interpret(
     };
 
     // rxen-shell users
-    let xen_shell: Vec<String> = match cx.strings("xen_shell", "a user name or a list of user names", true)? {
+    let xen_shell: Vec<String> = match cx.strings(
+        "xen_shell",
+        "a user name or a list of user names",
+        true,
+    )? {
         None => Vec::new(),
         Some((v, _)) => {
             let mut users = Vec::new();
             for (s, pos) in v {
-                for u in s.split(|c: char| c == ',' || c.is_whitespace()).filter(|u| !u.is_empty()) {
+                for u in s
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|u| !u.is_empty())
+                {
                     if !valid_user(u) {
                         return Err(cx.err(
                             pos,
@@ -558,19 +639,47 @@ pub(crate) fn interpret(
         match classify(&s.key) {
             Some(Class::Unsupported { why, benign }) => {
                 if text.as_deref().is_some_and(|t| benign.contains(&t)) {
-                    cx.diag(s.key_pos, DiagnosticKind::Warning, &s.key, format!("`{}` is ignored (its value leaves the feature off)", s.key));
+                    cx.diag(
+                        s.key_pos,
+                        DiagnosticKind::Warning,
+                        &s.key,
+                        format!("`{}` is ignored (its value leaves the feature off)", s.key),
+                    );
                 } else {
-                    cx.diag(s.key_pos, DiagnosticKind::Unsupported, &s.key, format!("`{}` is not supported: {why}", s.key));
+                    cx.diag(
+                        s.key_pos,
+                        DiagnosticKind::Unsupported,
+                        &s.key,
+                        format!("`{}` is not supported: {why}", s.key),
+                    );
                 }
             }
             Some(Class::Ignored { why }) => {
-                cx.diag(s.key_pos, DiagnosticKind::Warning, &s.key, format!("`{}` is ignored: {why}", s.key));
+                cx.diag(
+                    s.key_pos,
+                    DiagnosticKind::Warning,
+                    &s.key,
+                    format!("`{}` is ignored: {why}", s.key),
+                );
             }
             Some(Class::Deprecated { instead }) => {
-                cx.diag(s.key_pos, DiagnosticKind::Deprecated, &s.key, format!("`{}` is an old xm setting, accepted and ignored: {instead}", s.key));
+                cx.diag(
+                    s.key_pos,
+                    DiagnosticKind::Deprecated,
+                    &s.key,
+                    format!(
+                        "`{}` is an old xm setting, accepted and ignored: {instead}",
+                        s.key
+                    ),
+                );
             }
             None => {
-                cx.diag(s.key_pos, DiagnosticKind::Unknown, &s.key, format!("unknown key `{}` is kept but not used", s.key));
+                cx.diag(
+                    s.key_pos,
+                    DiagnosticKind::Unknown,
+                    &s.key,
+                    format!("unknown key `{}` is kept but not used", s.key),
+                );
             }
         }
     }
@@ -583,8 +692,16 @@ pub(crate) fn interpret(
 
     let mut diags = cx.diags;
     diags.sort_by(|a, b| {
-        (a.file != files.first().cloned().unwrap_or_default(), a.line, a.column)
-            .cmp(&(b.file != files.first().cloned().unwrap_or_default(), b.line, b.column))
+        (
+            a.file != files.first().cloned().unwrap_or_default(),
+            a.line,
+            a.column,
+        )
+            .cmp(&(
+                b.file != files.first().cloned().unwrap_or_default(),
+                b.line,
+                b.column,
+            ))
     });
     let config = DomainConfig {
         name,
@@ -635,7 +752,12 @@ fn cpu_item(cx: &mut Cx<'_>, spec: &str, pos: Pos) -> R<Option<HostFree>> {
         )),
         Ok(h) => Ok(Some(h)),
         Err(e @ SpecError::NodesUnsupported(_)) => {
-            cx.diag(pos, DiagnosticKind::Unsupported, "cpus", format!("cpus \"{spec}\": {e}"));
+            cx.diag(
+                pos,
+                DiagnosticKind::Unsupported,
+                "cpus",
+                format!("cpus \"{spec}\": {e}"),
+            );
             Ok(None)
         }
         Err(source) => Err(cx.err(
@@ -661,7 +783,12 @@ fn read_cpus(cx: &mut Cx<'_>, maxvcpus: u32) -> R<Option<CpuAffinity>> {
         },
         Value::List(items) => {
             if items.is_empty() {
-                cx.diag(v.pos, DiagnosticKind::Warning, "cpus", "cpus = [] pins nothing and is ignored".into());
+                cx.diag(
+                    v.pos,
+                    DiagnosticKind::Warning,
+                    "cpus",
+                    "cpus = [] pins nothing and is ignored".into(),
+                );
                 return Ok(None);
             }
             let mut per = Vec::new();
@@ -703,7 +830,12 @@ fn read_cpus(cx: &mut Cx<'_>, maxvcpus: u32) -> R<Option<CpuAffinity>> {
 }
 
 fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
-    let Some((specs, _)) = cx.strings("disk", "a list of disk specs, e.g. disk = [ 'phy:/dev/vg/guest,xvda,w' ]", false)? else {
+    let Some((specs, _)) = cx.strings(
+        "disk",
+        "a list of disk specs, e.g. disk = [ 'phy:/dev/vg/guest,xvda,w' ]",
+        false,
+    )?
+    else {
         return Ok(Vec::new());
     };
     let mut disks: Vec<DiskSpec> = Vec::new();
@@ -729,24 +861,49 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
             ));
         }
         let mut refuse = |what: String| {
-            cx.diag(pos, DiagnosticKind::Unsupported, "disk", format!("disk entry {} ({}): {what}", i + 1, d.vdev));
+            cx.diag(
+                pos,
+                DiagnosticKind::Unsupported,
+                "disk",
+                format!("disk entry {} ({}): {what}", i + 1, d.vdev),
+            );
         };
         if d.is_cdrom {
-            refuse("cdrom drives are not supported (rxen's virtio disks have no removable media)".into());
+            refuse(
+                "cdrom drives are not supported (rxen's virtio disks have no removable media)"
+                    .into(),
+            );
         } else if d.format != DiskFormat::Raw {
-            refuse(format!("format {} is not supported: rxen serves raw images and block devices only", d.format));
+            refuse(format!(
+                "format {} is not supported: rxen serves raw images and block devices only",
+                d.format
+            ));
         }
         if let Some(s) = &d.script {
-            refuse(format!("hotplug script \"{s}\" is not supported: rxen opens the target path itself"));
+            refuse(format!(
+                "hotplug script \"{s}\" is not supported: rxen opens the target path itself"
+            ));
         }
         if let Some(b) = &d.backend {
-            refuse(format!("backend domain \"{b}\" is not supported: rxen serves every disk itself"));
+            refuse(format!(
+                "backend domain \"{b}\" is not supported: rxen serves every disk itself"
+            ));
         }
         if !d.colo.is_empty() {
             refuse("COLO replication is not supported".into());
         }
         if let Some(t) = d.backend_type {
-            cx.diag(pos, DiagnosticKind::Warning, "disk", format!("disk entry {} ({}): backendtype={} is ignored: rxen serves every disk itself", i + 1, d.vdev, t.as_str()));
+            cx.diag(
+                pos,
+                DiagnosticKind::Warning,
+                "disk",
+                format!(
+                    "disk entry {} ({}): backendtype={} is ignored: rxen serves every disk itself",
+                    i + 1,
+                    d.vdev,
+                    t.as_str()
+                ),
+            );
         }
         disks.push(d);
     }
@@ -754,7 +911,12 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
 }
 
 fn read_vifs(cx: &mut Cx<'_>) -> R<Vec<VifSpec>> {
-    let Some((specs, _)) = cx.strings("vif", "a list of vif specs, e.g. vif = [ 'bridge=xenbr0' ]", false)? else {
+    let Some((specs, _)) = cx.strings(
+        "vif",
+        "a list of vif specs, e.g. vif = [ 'bridge=xenbr0' ]",
+        false,
+    )?
+    else {
         return Ok(Vec::new());
     };
     let mut vifs: Vec<VifSpec> = Vec::new();
@@ -775,11 +937,17 @@ fn read_vifs(cx: &mut Cx<'_>) -> R<Vec<VifSpec>> {
         };
         if let Some(m) = v.mac {
             if vifs.iter().any(|o| o.mac == Some(m)) {
-                say(DiagnosticKind::Warning, format!("MAC {m} is also used by an earlier vif"));
+                say(
+                    DiagnosticKind::Warning,
+                    format!("MAC {m} is also used by an earlier vif"),
+                );
             }
         }
         if let Some(b) = &v.backend {
-            say(DiagnosticKind::Unsupported, format!("backend domain \"{b}\" is not supported: rxen serves every vif itself"));
+            say(
+                DiagnosticKind::Unsupported,
+                format!("backend domain \"{b}\" is not supported: rxen serves every vif itself"),
+            );
         }
         if let Some(s) = &v.script {
             let base = s.rsplit('/').next().unwrap_or(s);
@@ -788,19 +956,31 @@ fn read_vifs(cx: &mut Cx<'_>) -> R<Vec<VifSpec>> {
             }
         }
         if let Some(g) = &v.gatewaydev {
-            say(DiagnosticKind::Unsupported, format!("gatewaydev \"{g}\" is not supported (routed/NAT networking)"));
+            say(
+                DiagnosticKind::Unsupported,
+                format!("gatewaydev \"{g}\" is not supported (routed/NAT networking)"),
+            );
         }
         if let Some(vl) = &v.vlan {
-            say(DiagnosticKind::Unsupported, format!("vlan \"{vl}\" is not supported"));
+            say(
+                DiagnosticKind::Unsupported,
+                format!("vlan \"{vl}\" is not supported"),
+            );
         }
         for k in v.other.keys() {
             say(DiagnosticKind::Unsupported, format!("{k} is not supported"));
         }
         if v.accel.is_some() {
-            say(DiagnosticKind::Warning, "the accel parameter for vifs is currently not supported".into());
+            say(
+                DiagnosticKind::Warning,
+                "the accel parameter for vifs is currently not supported".into(),
+            );
         }
         if let Some(m) = &v.model {
-            say(DiagnosticKind::Warning, format!("model \"{m}\" is ignored: rxen guests get a virtio network device"));
+            say(
+                DiagnosticKind::Warning,
+                format!("model \"{m}\" is ignored: rxen guests get a virtio network device"),
+            );
         }
         vifs.push(v);
     }

@@ -41,7 +41,9 @@ pub(crate) fn classify(key: &str) -> Option<Class> {
     }
     match key {
         // passthrough
-        "pci" | "dtdev" | "ioports" | "iomem" | "irqs" | "rdm" | "usbdev" => u(PASSTHROUGH, &["[]"]),
+        "pci" | "dtdev" | "ioports" | "iomem" | "irqs" | "rdm" | "usbdev" => {
+            u(PASSTHROUGH, &["[]"])
+        }
         "gfx_passthru" => u(PASSTHROUGH, &["0"]),
         "passthrough" => u(PASSTHROUGH, &["disabled"]),
         "pci_permissive" | "pci_msitranslate" | "pci_seize" | "pci_power_mgmt"
@@ -56,16 +58,16 @@ pub(crate) fn classify(key: &str) -> Option<Class> {
         // HVM platform
         "pae" | "acpi" | "apic" | "hap" | "nx" | "hpet" | "xen_platform_pci" | "acpi_s3"
         | "acpi_s4" => u(HVM, &["1"]),
-        "localtime" | "viridian" | "nestedhvm" | "stdvga" | "acpi_laptop_slate"
-        | "vpmu" | "e820_host" => u(HVM, &["0"]),
+        "localtime" | "viridian" | "nestedhvm" | "stdvga" | "acpi_laptop_slate" | "vpmu"
+        | "e820_host" => u(HVM, &["0"]),
         "rtc_timeoffset" => u(HVM, &["0"]),
         "tsc_mode" => u(HVM, &["default"]),
         "altp2m" => u(HVM, &["disabled"]),
         "firmware" | "bios" | "firmware_override" | "bios_path_override" | "cpuid"
         | "smbios_firmware" | "acpi_firmware" | "mmio_hole" | "ms_vm_genid" | "timer_mode"
         | "vendor_device" | "vga" | "mca_caps" => u(HVM, &[]),
-        "boot" | "videoram" | "nographic" | "keymap" | "vnclisten" | "vncdisplay"
-        | "vncunused" | "vncpasswd" | "opengl" | "display" | "xauthority" => Some(Ignored {
+        "boot" | "videoram" | "nographic" | "keymap" | "vnclisten" | "vncdisplay" | "vncunused"
+        | "vncpasswd" | "opengl" | "display" | "xauthority" => Some(Ignored {
             why: "display and firmware settings have no effect: rxen has no graphical console",
         }),
         // placement, security, architecture
@@ -75,17 +77,26 @@ pub(crate) fn classify(key: &str) -> Option<Class> {
         "seclabel" | "init_seclabel" => u("XSM/FLASK security labels are not supported", &[]),
         "nomigrate" => u("marking a domain non-migratable is not supported", &["0"]),
         "driver_domain" => u("driver domains are not supported", &["0"]),
-        "pvshim" | "pvshim_path" | "pvshim_cmdline" | "pvshim_extra" => {
-            u("the PV shim is not supported (PV guests run directly)", &["0"])
-        }
-        "device_tree" | "vuart" | "tee" | "sve" | "gic_version" | "trap_unmapped_accesses"
+        "pvshim" | "pvshim_path" | "pvshim_cmdline" | "pvshim_extra" => u(
+            "the PV shim is not supported (PV guests run directly)",
+            &["0"],
+        ),
+        "device_tree"
+        | "vuart"
+        | "tee"
+        | "sve"
+        | "gic_version"
+        | "trap_unmapped_accesses"
         | "vpci" => u("Arm platform settings are not supported", &[]),
         "llc_colors" => u("cache colouring is not supported", &[]),
         "dm_restrict" => u(DM, &["0"]),
-        "max_grant_frames" | "max_maptrack_frames" | "max_grant_version"
-        | "max_event_channels" | "shadow_memory" | "claim_mode" | "xend_suspend_evtchn_compat" => {
-            Some(Ignored { why: XEN_ONLY })
-        }
+        "max_grant_frames"
+        | "max_maptrack_frames"
+        | "max_grant_version"
+        | "max_event_channels"
+        | "shadow_memory"
+        | "claim_mode"
+        | "xend_suspend_evtchn_compat" => Some(Ignored { why: XEN_ONLY }),
         // xm-era keys
         "nics" => Some(Deprecated {
             instead: "the number of network interfaces is the length of `vif`",
@@ -112,11 +123,9 @@ pub(crate) fn classify(key: &str) -> Option<Class> {
         "bootargs" => Some(Deprecated {
             instead: "use bootloader_args",
         }),
-        "blkif" | "netif" | "tpmif" | "security" | "access_control" | "extid" => {
-            Some(Deprecated {
-                instead: "xend-only setting with no xl equivalent",
-            })
-        }
+        "blkif" | "netif" | "tpmif" | "security" | "access_control" | "extid" => Some(Deprecated {
+            instead: "xend-only setting with no xl equivalent",
+        }),
         _ => None,
     }
 }

@@ -293,7 +293,8 @@ pub(crate) fn tokenize(text: &str, src: usize) -> Result<Vec<Token>, LexError> {
                         pos,
                         ConfigErrorKind::UnexpectedChar {
                             found: '+',
-                            hint: " (this looks like Python/xm syntax; xl.cfg has only `=` and `+=`)",
+                            hint:
+                                " (this looks like Python/xm syntax; xl.cfg has only `=` and `+=`)",
                         },
                     ));
                 }
@@ -308,7 +309,10 @@ pub(crate) fn tokenize(text: &str, src: usize) -> Result<Vec<Token>, LexError> {
                     lx.bump();
                     s.push(d);
                 }
-                if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'x') {
+                if !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'x')
+                {
                     return Err((pos, ConfigErrorKind::MalformedNumber { text: s }));
                 }
                 Tok::Number(s)

@@ -204,13 +204,22 @@ impl DomainConfig {
             }
         }
         if !self.bootloader_args.is_empty() {
-            line("bootloader_args", list(self.bootloader_args.iter().map(|s| quote(s))));
+            line(
+                "bootloader_args",
+                list(self.bootloader_args.iter().map(|s| quote(s))),
+            );
         }
         if !self.disks.is_empty() {
-            line("disk", list(self.disks.iter().map(|d| quote(&disk_spec_text(d)))));
+            line(
+                "disk",
+                list(self.disks.iter().map(|d| quote(&disk_spec_text(d)))),
+            );
         }
         if !self.vifs.is_empty() {
-            line("vif", list(self.vifs.iter().map(|v| quote(&vif_spec_text(v)))));
+            line(
+                "vif",
+                list(self.vifs.iter().map(|v| quote(&vif_spec_text(v)))),
+            );
         }
         let act = |a: Action| quote(a.as_str());
         line("on_poweroff", act(self.on_poweroff));
@@ -252,7 +261,14 @@ mod tests {
 
     #[test]
     fn rates_read_back() {
-        for spec in ["10Mb/s@20ms", "1B/s@1us", "8Gb/s", "1B/s@4294s", "3B/s@7us", "100Mb/s"] {
+        for spec in [
+            "10Mb/s@20ms",
+            "1B/s@1us",
+            "8Gb/s",
+            "1B/s@4294s",
+            "3B/s@7us",
+            "100Mb/s",
+        ] {
             let r = crate::vif::parse_rate(spec).expect("valid");
             assert_eq!(crate::vif::parse_rate(&rate_text(&r)), Ok(r), "{spec}");
         }

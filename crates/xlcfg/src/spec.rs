@@ -46,7 +46,9 @@ pub enum SpecError {
     #[error("unrecognized vif argument `{0}`; expected key=value with key one of mac, bridge, ip, script, vifname, rate, model, type, backend, mtu, devid, gatewaydev, vlan, accel, or trusted/untrusted")]
     UnknownVifArgument(String),
     /// A MAC address that is not six hex bytes, or a multicast one.
-    #[error("invalid MAC address `{value}`: {why}; expected six hex bytes such as 00:16:3e:12:34:56")]
+    #[error(
+        "invalid MAC address `{value}`: {why}; expected six hex bytes such as 00:16:3e:12:34:56"
+    )]
     BadMac {
         /// The text found.
         value: String,
@@ -78,7 +80,9 @@ pub enum SpecError {
     #[error("invalid CPU list item `{0}`; expected N, N-M, ^N, ^N-M or all")]
     BadCpuItem(String),
     /// A range `N-M` with M < N.
-    #[error("CPU range `{from}-{to}` runs backwards; expected the smaller number first ({to}-{from})")]
+    #[error(
+        "CPU range `{from}-{to}` runs backwards; expected the smaller number first ({to}-{from})"
+    )]
     CpuRangeBackwards {
         /// The first number.
         from: u32,

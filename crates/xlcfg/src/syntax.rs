@@ -54,7 +54,13 @@ impl Settings {
         self.list.iter().find(|s| s.key == key)
     }
 
-    fn assign(&mut self, key: String, key_pos: Pos, value: Spanned, add: bool) -> Result<(), LexError> {
+    fn assign(
+        &mut self,
+        key: String,
+        key_pos: Pos,
+        value: Spanned,
+        add: bool,
+    ) -> Result<(), LexError> {
         let Some(i) = self.index(&key) else {
             self.list.push(Setting {
                 key,
@@ -72,7 +78,13 @@ impl Settings {
             return Ok(());
         }
         match (&mut slot.value.value, value.value) {
-            (Value::Atom { text, quoted }, Value::Atom { text: t2, quoted: q2 }) => {
+            (
+                Value::Atom { text, quoted },
+                Value::Atom {
+                    text: t2,
+                    quoted: q2,
+                },
+            ) => {
                 text.push_str(&t2);
                 *quoted = *quoted || q2;
             }
@@ -92,7 +104,10 @@ struct Parser {
 impl Parser {
     fn peek(&self) -> &Token {
         // tokenize always ends with Eof, and next() never moves past it
-        self.toks.get(self.i).or_else(|| self.toks.last()).unwrap_or(&EOF)
+        self.toks
+            .get(self.i)
+            .or_else(|| self.toks.last())
+            .unwrap_or(&EOF)
     }
 
     fn next(&mut self) -> Token {

@@ -39,7 +39,9 @@ impl FromStr for MacAddr {
             return Err(bad("fewer than six bytes"));
         }
         if out[0] & 1 == 1 {
-            return Err(bad("a multicast address (odd first byte) cannot be a NIC's address"));
+            return Err(bad(
+                "a multicast address (odd first byte) cannot be a NIC's address",
+            ));
         }
         Ok(MacAddr(out))
     }
@@ -114,14 +116,20 @@ pub struct VifSpec {
 /// strtoull(s, &end, 0) on a leading run of digits: (value, bytes consumed); value saturates.
 fn c_strtoull_digits(s: &str) -> (u64, usize) {
     let b = s.as_bytes();
-    let (radix, start) = if b.len() > 1 && b[0] == b'0' { (8u32, 1) } else { (10, 0) };
+    let (radix, start) = if b.len() > 1 && b[0] == b'0' {
+        (8u32, 1)
+    } else {
+        (10, 0)
+    };
     let mut v: u64 = 0;
     let mut n = start;
     for &c in b.get(start..).unwrap_or(&[]) {
         let Some(d) = char::from(c).to_digit(radix) else {
             break;
         };
-        v = v.saturating_mul(u64::from(radix)).saturating_add(u64::from(d));
+        v = v
+            .saturating_mul(u64::from(radix))
+            .saturating_add(u64::from(d));
         n += 1;
     }
     (v, n)
@@ -165,7 +173,9 @@ pub fn parse_rate(rate: &str) -> Result<Rate, SpecError> {
         return Err(bad("no rate specified; expected e.g. 10Mb/s or 1MB/s@20ms"));
     }
     if !matches_rate_re(r) {
-        return Err(bad("expected NUMBER[K|M|G]B/s (bytes) or NUMBER[K|M|G]b/s (bits)"));
+        return Err(bad(
+            "expected NUMBER[K|M|G]B/s (bytes) or NUMBER[K|M|G]b/s (bits)",
+        ));
     }
     let (mut bytes_per_sec, n) = c_strtoull_digits(r);
     if bytes_per_sec == 0 || bytes_per_sec > U32_MAX {
@@ -189,7 +199,9 @@ pub fn parse_rate(rate: &str) -> Result<Rate, SpecError> {
         }
         let (mut v, n) = c_strtoull_digits(i);
         if v == 0 || v > U32_MAX {
-            return Err(bad("invalid interval; it must be between 1 and 4294967295 units"));
+            return Err(bad(
+                "invalid interval; it must be between 1 and 4294967295 units",
+            ));
         }
         match i.as_bytes().get(n) {
             Some(b's') | None => v = v.saturating_mul(1_000_000),
@@ -197,7 +209,9 @@ pub fn parse_rate(rate: &str) -> Result<Rate, SpecError> {
             _ => {}
         }
         if v > U32_MAX {
-            return Err(bad("interval overflow; the interval must be below 4294967296 us"));
+            return Err(bad(
+                "interval overflow; the interval must be below 4294967296 us",
+            ));
         }
         interval_us = v;
     }
@@ -293,11 +307,20 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(v.mac, Some(MacAddr([0, 0x16, 0x3e, 1, 2, 0x0a])));
-        assert_eq!(v.mac.map(|m| m.to_string()).as_deref(), Some("00:16:3e:01:02:0a"));
+        assert_eq!(
+            v.mac.map(|m| m.to_string()).as_deref(),
+            Some("00:16:3e:01:02:0a")
+        );
         assert_eq!(v.bridge.as_deref(), Some("xenbr1"));
         assert_eq!(v.ip, vec!["10.0.0.2", "10.0.0.3"]);
         assert_eq!(v.vifname.as_deref(), Some("web0"));
-        assert_eq!(v.rate, Some(Rate { bytes_per_interval: 25_000, interval_us: 20_000 }));
+        assert_eq!(
+            v.rate,
+            Some(Rate {
+                bytes_per_interval: 25_000,
+                interval_us: 20_000
+            })
+        );
         assert_eq!(v.model.as_deref(), Some("e1000"));
         assert_eq!(v.vif_type.as_deref(), Some("ioemu"));
         assert_eq!(v.backend.as_deref(), Some("netdom"));
@@ -313,15 +336,36 @@ mod tests {
         assert!("00:16:3e:aa:bb:xx".parse::<MacAddr>().is_err());
         assert!("01:16:3e:aa:bb:cc".parse::<MacAddr>().is_err());
         assert!("00:16:3e:aa:bb:1cc".parse::<MacAddr>().is_err());
-        assert_eq!("0:16:3e:a:b:c".parse::<MacAddr>(), Ok(MacAddr([0, 0x16, 0x3e, 10, 11, 12])));
+        assert_eq!(
+            "0:16:3e:a:b:c".parse::<MacAddr>(),
+            Ok(MacAddr([0, 0x16, 0x3e, 10, 11, 12]))
+        );
     }
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate("1MB/s@20ms"), Ok(Rate { bytes_per_interval: 20_000, interval_us: 20_000 }));
-        assert_eq!(parse_rate("250KB/s"), Ok(Rate { bytes_per_interval: 12_500, interval_us: 50_000 }));
+        assert_eq!(
+            parse_rate("1MB/s@20ms"),
+            Ok(Rate {
+                bytes_per_interval: 20_000,
+                interval_us: 20_000
+            })
+        );
+        assert_eq!(
+            parse_rate("250KB/s"),
+            Ok(Rate {
+                bytes_per_interval: 12_500,
+                interval_us: 50_000
+            })
+        );
         // strtoull base 0: a leading zero is octal
-        assert_eq!(parse_rate("010B/s@1s"), Ok(Rate { bytes_per_interval: 8, interval_us: 1_000_000 }));
+        assert_eq!(
+            parse_rate("010B/s@1s"),
+            Ok(Rate {
+                bytes_per_interval: 8,
+                interval_us: 1_000_000
+            })
+        );
         assert!(parse_rate("10Mb/s@").is_err());
         assert!(parse_rate("").is_err());
     }

@@ -29,16 +29,29 @@ fn pv_guest_on_lvm() {
     assert_eq!(c.domain_type, DomainType::Pv);
     assert_eq!((c.memory_mib, c.vcpus), (1024, 2));
     assert_eq!(c.kernel.as_deref(), Some("/boot/vmlinuz-6.1.0-18-amd64"));
-    assert_eq!(c.ramdisk.as_deref(), Some("/boot/initrd.img-6.1.0-18-amd64"));
+    assert_eq!(
+        c.ramdisk.as_deref(),
+        Some("/boot/initrd.img-6.1.0-18-amd64")
+    );
     assert_eq!(c.cmdline.as_deref(), Some("root=/dev/xvda2 ro"));
     assert_eq!(c.disks.len(), 2);
     assert_eq!(c.disks[0].target.as_deref(), Some("/dev/vg0/web01-disk"));
     assert_eq!(c.disks[1].vdev, "xvda1");
-    assert_eq!(c.vifs[0].mac, Some(MacAddr([0x00, 0x16, 0x3e, 0x6b, 0x1c, 0x2d])));
+    assert_eq!(
+        c.vifs[0].mac,
+        Some(MacAddr([0x00, 0x16, 0x3e, 0x6b, 0x1c, 0x2d]))
+    );
     assert_eq!(c.vifs[0].bridge.as_deref(), Some("xenbr0"));
-    assert_eq!((c.on_poweroff, c.on_reboot, c.on_crash), (Action::Destroy, Action::Restart, Action::Restart));
+    assert_eq!(
+        (c.on_poweroff, c.on_reboot, c.on_crash),
+        (Action::Destroy, Action::Restart, Action::Restart)
+    );
     // xm's dhcp is accepted with a warning and kept
-    let d: Vec<_> = p.diagnostics.iter().map(|d| (d.key.as_str(), d.kind, d.line)).collect();
+    let d: Vec<_> = p
+        .diagnostics
+        .iter()
+        .map(|d| (d.key.as_str(), d.kind, d.line))
+        .collect();
     assert_eq!(d, vec![("dhcp", DiagnosticKind::Deprecated, 20)]);
     assert_eq!(c.other_keys["dhcp"], serde_json::json!("dhcp"));
     round_trip(c);
@@ -50,19 +63,52 @@ fn file_backed_pinned_pvh_guest() {
     let c = &p.config;
     assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
     assert_eq!(c.name, "db1");
-    assert_eq!(c.uuid.as_deref(), Some("b3a4c5d6-1234-4abc-8def-0123456789ab"));
+    assert_eq!(
+        c.uuid.as_deref(),
+        Some("b3a4c5d6-1234-4abc-8def-0123456789ab")
+    );
     assert_eq!(c.domain_type, DomainType::Pvh);
-    assert_eq!((c.memory_mib, c.maxmem_mib, c.vcpus, c.maxvcpus), (2048, 4096, 2, 4));
+    assert_eq!(
+        (c.memory_mib, c.maxmem_mib, c.vcpus, c.maxvcpus),
+        (2048, 4096, 2, 4)
+    );
     assert_eq!(c.cpus, Some(CpuAffinity::PerVcpu(vec![vec![2], vec![3]])));
     assert_eq!((c.cpu_weight, c.cap), (512, 150));
-    assert_eq!(c.cmdline.as_deref(), Some("root=/dev/xvda1 console=hvc0 elevator=noop"));
-    assert_eq!(c.disks[0].target.as_deref(), Some("/var/lib/xen/images/db1/disk.img"));
-    assert_eq!(c.disks[1].target.as_deref(), Some("/var/lib/xen/images/db1/data.img"));
-    assert_eq!((c.disks[2].vdev.as_str(), c.disks[2].access), ("xvdc", DiskAccess::ReadOnly));
-    assert_eq!(c.vifs[0].rate, Some(Rate { bytes_per_interval: 625_000, interval_us: 50_000 }));
+    assert_eq!(
+        c.cmdline.as_deref(),
+        Some("root=/dev/xvda1 console=hvc0 elevator=noop")
+    );
+    assert_eq!(
+        c.disks[0].target.as_deref(),
+        Some("/var/lib/xen/images/db1/disk.img")
+    );
+    assert_eq!(
+        c.disks[1].target.as_deref(),
+        Some("/var/lib/xen/images/db1/data.img")
+    );
+    assert_eq!(
+        (c.disks[2].vdev.as_str(), c.disks[2].access),
+        ("xvdc", DiskAccess::ReadOnly)
+    );
+    assert_eq!(
+        c.vifs[0].rate,
+        Some(Rate {
+            bytes_per_interval: 625_000,
+            interval_us: 50_000
+        })
+    );
     assert_eq!(c.vifs[0].vifname.as_deref(), Some("db1.0"));
-    assert_eq!(c.vifs[1].rate, Some(Rate { bytes_per_interval: 1_000_000, interval_us: 100_000 }));
-    assert_eq!((c.on_watchdog, c.on_crash), (Action::CoredumpRestart, Action::RenameRestart));
+    assert_eq!(
+        c.vifs[1].rate,
+        Some(Rate {
+            bytes_per_interval: 1_000_000,
+            interval_us: 100_000
+        })
+    );
+    assert_eq!(
+        (c.on_watchdog, c.on_crash),
+        (Action::CoredumpRestart, Action::RenameRestart)
+    );
     assert_eq!(c.xen_shell, vec!["alice", "bob"]);
     round_trip(c);
 }
@@ -76,11 +122,24 @@ fn old_xm_file() {
     assert_eq!(c.disks[0].target.as_deref(), Some("/dev/vg/legacy-root"));
     assert_eq!(c.disks[1].target.as_deref(), Some("/dev/vg/legacy-swap"));
     assert_eq!(c.cpus, Some(CpuAffinity::Set(vec![0, 2, 3])));
-    assert_eq!(c.cmdline.as_deref(), Some("root=/dev/sda1 ro console=hvc0 xencons=tty"));
+    assert_eq!(
+        c.cmdline.as_deref(),
+        Some("root=/dev/sda1 ro console=hvc0 xencons=tty")
+    );
     assert_eq!(c.vifs[0].ip, vec!["10.0.0.5"]);
     assert_eq!(c.on_crash, Action::Preserve);
-    let d: Vec<_> = p.diagnostics.iter().map(|d| (d.key.as_str(), d.kind)).collect();
-    assert_eq!(d, vec![("builder", DiagnosticKind::Deprecated), ("nics", DiagnosticKind::Deprecated)]);
+    let d: Vec<_> = p
+        .diagnostics
+        .iter()
+        .map(|d| (d.key.as_str(), d.kind))
+        .collect();
+    assert_eq!(
+        d,
+        vec![
+            ("builder", DiagnosticKind::Deprecated),
+            ("nics", DiagnosticKind::Deprecated)
+        ]
+    );
     assert_eq!(p.unsupported().count(), 0);
     round_trip(c);
 }
@@ -90,7 +149,10 @@ fn xen_examples() {
     let p = load("xlexample.pvlinux");
     let c = &p.config;
     assert!(p.diagnostics.is_empty());
-    assert_eq!((c.name.as_str(), c.memory_mib, c.vcpus), ("example.pvlinux", 128, 2));
+    assert_eq!(
+        (c.name.as_str(), c.memory_mib, c.vcpus),
+        ("example.pvlinux", 128, 2)
+    );
     assert_eq!(c.cmdline.as_deref(), Some("root=/dev/xvda1"));
     assert_eq!(c.vifs, vec![xlcfg::VifSpec::default()]);
     assert_eq!(c.disks[0].target.as_deref(), Some("/dev/vg/guest-volume"));

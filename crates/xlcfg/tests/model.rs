@@ -21,7 +21,11 @@ fn err(extra: &str) -> ConfigError {
 }
 
 fn kinds(p: &Parsed, key: &str) -> Vec<DiagnosticKind> {
-    p.diagnostics.iter().filter(|d| d.key == key).map(|d| d.kind).collect()
+    p.diagnostics
+        .iter()
+        .filter(|d| d.key == key)
+        .map(|d| d.kind)
+        .collect()
 }
 
 #[test]
@@ -36,11 +40,30 @@ fn defaults_are_xens() {
     assert_eq!(c.cpus, None);
     assert_eq!((c.cpu_weight, c.cap), (256, 0));
     assert_eq!(c.kernel.as_deref(), Some("/boot/vmlinuz"));
-    assert_eq!((c.ramdisk.as_deref(), c.cmdline.as_deref(), c.bootloader.as_deref()), (None, None, None));
+    assert_eq!(
+        (
+            c.ramdisk.as_deref(),
+            c.cmdline.as_deref(),
+            c.bootloader.as_deref()
+        ),
+        (None, None, None)
+    );
     assert!(c.disks.is_empty() && c.vifs.is_empty() && c.xen_shell.is_empty());
     assert_eq!(
-        (c.on_poweroff, c.on_reboot, c.on_watchdog, c.on_crash, c.on_soft_reset),
-        (Action::Destroy, Action::Restart, Action::Destroy, Action::Destroy, Action::SoftReset)
+        (
+            c.on_poweroff,
+            c.on_reboot,
+            c.on_watchdog,
+            c.on_crash,
+            c.on_soft_reset
+        ),
+        (
+            Action::Destroy,
+            Action::Restart,
+            Action::Destroy,
+            Action::Destroy,
+            Action::SoftReset
+        )
     );
     assert!(!c.vnc && !c.sdl && c.vfb.is_empty() && c.serial.is_empty());
     assert!(c.other_keys.is_empty());
@@ -55,8 +78,22 @@ fn builtin_test_guest_kernel_is_kept() {
 
 #[test]
 fn name_rules() {
-    for (name, bad) in [("web-1", false), ("a.b_c", false), ("", true), ("42", true), ("a/b", true), ("a b", true), ("Domain-0", true), ("x--incoming", true), ("tab\there", true)] {
-        let r = parse(&format!("name = \"{}\"\nkernel='/k'\n", name.escape_default()), "n.cfg", &[]);
+    for (name, bad) in [
+        ("web-1", false),
+        ("a.b_c", false),
+        ("", true),
+        ("42", true),
+        ("a/b", true),
+        ("a b", true),
+        ("Domain-0", true),
+        ("x--incoming", true),
+        ("tab\there", true),
+    ] {
+        let r = parse(
+            &format!("name = \"{}\"\nkernel='/k'\n", name.escape_default()),
+            "n.cfg",
+            &[],
+        );
         assert_eq!(r.is_err(), bad, "{name:?}: {r:?}");
         if let Err(e) = r {
             assert!(matches!(e.kind, ConfigErrorKind::BadName { .. }), "{e}");
@@ -65,15 +102,24 @@ fn name_rules() {
     }
     let e = parse("kernel = '/k'\n", "n.cfg", &[]).expect_err("no name");
     assert_eq!(e.kind, ConfigErrorKind::MissingName);
-    assert_eq!(e.to_string(), "n.cfg:1:1: error: Domain name must be specified: expected name = \"...\"");
+    assert_eq!(
+        e.to_string(),
+        "n.cfg:1:1: error: Domain name must be specified: expected name = \"...\""
+    );
     let e = parse("name = ['a']\nkernel = '/k'\n", "n.cfg", &[]).expect_err("list name");
-    assert!(matches!(e.kind, ConfigErrorKind::ExpectedSingleValue { .. }));
+    assert!(matches!(
+        e.kind,
+        ConfigErrorKind::ExpectedSingleValue { .. }
+    ));
 }
 
 #[test]
 fn uuid() {
     let p = ok("uuid = '3F2504E0-4F89-11D3-9A0C-0305E82C3301'\n");
-    assert_eq!(p.config.uuid.as_deref(), Some("3f2504e0-4f89-11d3-9a0c-0305e82c3301"));
+    assert_eq!(
+        p.config.uuid.as_deref(),
+        Some("3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+    );
     let e = err("uuid = '3f2504e0-4f89-11d3-9a0c'\n");
     assert!(matches!(e.kind, ConfigErrorKind::BadUuid { .. }));
     assert_eq!((e.line, e.column), (3, 8));
@@ -90,14 +136,23 @@ fn type_and_builder() {
     let p = ok("type = 'p'");
     assert_eq!(p.config.domain_type, DomainType::Pv);
     assert_eq!(kinds(&p, "type"), vec![DiagnosticKind::Warning]);
-    assert!(matches!(err("type = 'xen'").kind, ConfigErrorKind::BadValue { .. }));
-    assert!(matches!(err("type = ''").kind, ConfigErrorKind::BadValue { .. }));
+    assert!(matches!(
+        err("type = 'xen'").kind,
+        ConfigErrorKind::BadValue { .. }
+    ));
+    assert!(matches!(
+        err("type = ''").kind,
+        ConfigErrorKind::BadValue { .. }
+    ));
     let p = ok("builder = 'generic'");
     assert_eq!(p.config.domain_type, DomainType::Pv);
     assert_eq!(kinds(&p, "builder"), vec![DiagnosticKind::Deprecated]);
     assert!(!p.config.other_keys.contains_key("builder"));
     let e = err("type = 'pv'\nbuilder = 'hvm'");
-    assert!(matches!(e.kind, ConfigErrorKind::BuilderTypeConflict { .. }));
+    assert!(matches!(
+        e.kind,
+        ConfigErrorKind::BuilderTypeConflict { .. }
+    ));
     assert_eq!((e.line, e.column), (4, 11));
     let p = ok("pvh = 1");
     assert_eq!(p.config.domain_type, DomainType::Pvh);
@@ -120,13 +175,34 @@ fn memory_and_maxmem() {
     let e = err("memory = 'lots'");
     assert!(matches!(e.kind, ConfigErrorKind::NotANumber { .. }), "{e}");
     assert_eq!((e.line, e.column), (3, 10));
-    assert!(e.to_string().contains("`memory` must be a number of MiB"), "{e}");
-    assert!(matches!(err("memory = 0").kind, ConfigErrorKind::OutOfRange { .. }));
-    assert!(matches!(err("memory = '-5'").kind, ConfigErrorKind::OutOfRange { .. }));
-    assert!(matches!(err("memory = 08").kind, ConfigErrorKind::NotANumber { .. }));
-    assert!(matches!(err("memory = [512]").kind, ConfigErrorKind::ExpectedSingleValue { .. }));
+    assert!(
+        e.to_string().contains("`memory` must be a number of MiB"),
+        "{e}"
+    );
+    assert!(matches!(
+        err("memory = 0").kind,
+        ConfigErrorKind::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        err("memory = '-5'").kind,
+        ConfigErrorKind::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        err("memory = 08").kind,
+        ConfigErrorKind::NotANumber { .. }
+    ));
+    assert!(matches!(
+        err("memory = [512]").kind,
+        ConfigErrorKind::ExpectedSingleValue { .. }
+    ));
     let e = err("memory = 1024\nmaxmem = 512");
-    assert_eq!(e.kind, ConfigErrorKind::MaxmemBelowMemory { memory: 1024, maxmem: 512 });
+    assert_eq!(
+        e.kind,
+        ConfigErrorKind::MaxmemBelowMemory {
+            memory: 1024,
+            maxmem: 512
+        }
+    );
     assert_eq!(e.line, 4);
 }
 
@@ -140,39 +216,79 @@ fn vcpus_and_maxvcpus() {
     assert_eq!(p.config.vcpus, 1);
     assert_eq!(kinds(&p, "vcpus"), vec![DiagnosticKind::Warning]);
     let e = err("vcpus = 4\nmaxvcpus = 2");
-    assert_eq!(e.kind, ConfigErrorKind::MaxvcpusBelowVcpus { vcpus: 4, maxvcpus: 2 });
+    assert_eq!(
+        e.kind,
+        ConfigErrorKind::MaxvcpusBelowVcpus {
+            vcpus: 4,
+            maxvcpus: 2
+        }
+    );
     assert!(e.to_string().contains("maxvcpus < vcpus"));
-    assert!(matches!(err("vcpus = 100000").kind, ConfigErrorKind::OutOfRange { .. }));
+    assert!(matches!(
+        err("vcpus = 100000").kind,
+        ConfigErrorKind::OutOfRange { .. }
+    ));
 }
 
 #[test]
 fn cpus_forms() {
-    assert_eq!(ok("cpus = '3,5-8,^6'").config.cpus, Some(CpuAffinity::Set(vec![3, 5, 7, 8])));
+    assert_eq!(
+        ok("cpus = '3,5-8,^6'").config.cpus,
+        Some(CpuAffinity::Set(vec![3, 5, 7, 8]))
+    );
     assert_eq!(ok("cpus = 'all'").config.cpus, Some(CpuAffinity::All));
-    assert_eq!(ok("cpus = '2,1,2'").config.cpus, Some(CpuAffinity::Set(vec![1, 2])));
+    assert_eq!(
+        ok("cpus = '2,1,2'").config.cpus,
+        Some(CpuAffinity::Set(vec![1, 2]))
+    );
     assert_eq!(ok("cpus = 3").config.cpus, Some(CpuAffinity::Set(vec![3])));
     let c = ok("vcpus = 2\ncpus = [0, 2]").config;
     assert_eq!(c.cpus, Some(CpuAffinity::PerVcpu(vec![vec![0], vec![2]])));
     let c = ok("vcpus = 2\ncpus = ['2', '3-8,^5']").config;
-    assert_eq!(c.cpus, Some(CpuAffinity::PerVcpu(vec![vec![2], vec![3, 4, 6, 7, 8]])));
+    assert_eq!(
+        c.cpus,
+        Some(CpuAffinity::PerVcpu(vec![vec![2], vec![3, 4, 6, 7, 8]]))
+    );
     // nodes and "all,^N" are refused as unsupported, and kept
     for spec in ["nodes:0-1", "all,^7", "node:0"] {
         let p = ok(&format!("cpus = '{spec}'"));
         assert_eq!(p.config.cpus, None, "{spec}");
-        assert_eq!(kinds(&p, "cpus"), vec![DiagnosticKind::Unsupported], "{spec}");
+        assert_eq!(
+            kinds(&p, "cpus"),
+            vec![DiagnosticKind::Unsupported],
+            "{spec}"
+        );
         assert_eq!(p.config.other_keys["cpus"], serde_json::json!(spec));
         assert_eq!(p.unsupported().count(), 1);
     }
     let e = err("cpus = '8-5'");
     assert_eq!(
         e.kind,
-        ConfigErrorKind::Cpus { spec: "8-5".into(), source: SpecError::CpuRangeBackwards { from: 8, to: 5 } }
+        ConfigErrorKind::Cpus {
+            spec: "8-5".into(),
+            source: SpecError::CpuRangeBackwards { from: 8, to: 5 }
+        }
     );
     assert_eq!((e.line, e.column), (3, 8));
     assert!(e.to_string().contains("runs backwards"), "{e}");
-    assert!(matches!(err("cpus = '^all'").kind, ConfigErrorKind::Cpus { source: SpecError::CaretAll, .. }));
-    assert!(matches!(err("cpus = 'foo'").kind, ConfigErrorKind::Cpus { .. }));
-    assert!(matches!(err("cpus = '^3'").kind, ConfigErrorKind::Cpus { source: SpecError::EmptyCpuList, .. }));
+    assert!(matches!(
+        err("cpus = '^all'").kind,
+        ConfigErrorKind::Cpus {
+            source: SpecError::CaretAll,
+            ..
+        }
+    ));
+    assert!(matches!(
+        err("cpus = 'foo'").kind,
+        ConfigErrorKind::Cpus { .. }
+    ));
+    assert!(matches!(
+        err("cpus = '^3'").kind,
+        ConfigErrorKind::Cpus {
+            source: SpecError::EmptyCpuList,
+            ..
+        }
+    ));
     let e = err("cpus = ['1', '4-2']");
     assert_eq!((e.line, e.column), (3, 14));
 }
@@ -181,23 +297,57 @@ fn cpus_forms() {
 fn weight_and_cap() {
     let c = ok("cpu_weight = 512\ncap = 150\nvcpus = 2").config;
     assert_eq!((c.cpu_weight, c.cap), (512, 150));
-    assert!(matches!(err("cpu_weight = 0").kind, ConfigErrorKind::OutOfRange { .. }));
-    assert!(matches!(err("cpu_weight = 65536").kind, ConfigErrorKind::OutOfRange { .. }));
-    assert!(matches!(err("cap = 101").kind, ConfigErrorKind::OutOfRange { .. }));
-    assert!(matches!(err("cap = -1").kind, ConfigErrorKind::Expected { .. } | ConfigErrorKind::UnexpectedChar { .. }));
+    assert!(matches!(
+        err("cpu_weight = 0").kind,
+        ConfigErrorKind::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        err("cpu_weight = 65536").kind,
+        ConfigErrorKind::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        err("cap = 101").kind,
+        ConfigErrorKind::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        err("cap = -1").kind,
+        ConfigErrorKind::Expected { .. } | ConfigErrorKind::UnexpectedChar { .. }
+    ));
 }
 
 #[test]
 fn cmdline_root_extra() {
-    assert_eq!(ok("root = '/dev/xvda1 ro'\nextra = 'console=hvc0'").config.cmdline.as_deref(), Some("root=/dev/xvda1 ro console=hvc0"));
-    assert_eq!(ok("root = '/dev/xvda1'").config.cmdline.as_deref(), Some("root=/dev/xvda1"));
-    assert_eq!(ok("extra = 'quiet'").config.cmdline.as_deref(), Some("quiet"));
+    assert_eq!(
+        ok("root = '/dev/xvda1 ro'\nextra = 'console=hvc0'")
+            .config
+            .cmdline
+            .as_deref(),
+        Some("root=/dev/xvda1 ro console=hvc0")
+    );
+    assert_eq!(
+        ok("root = '/dev/xvda1'").config.cmdline.as_deref(),
+        Some("root=/dev/xvda1")
+    );
+    assert_eq!(
+        ok("extra = 'quiet'").config.cmdline.as_deref(),
+        Some("quiet")
+    );
     let p = ok("cmdline = 'a b'\nroot = '/dev/xvda1'\nextra = 'c'");
     assert_eq!(p.config.cmdline.as_deref(), Some("a b"));
-    let d: Vec<_> = p.diagnostics.iter().filter(|d| d.key == "cmdline").collect();
+    let d: Vec<_> = p
+        .diagnostics
+        .iter()
+        .filter(|d| d.key == "cmdline")
+        .collect();
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].message, "ignoring root= and extra= in favour of cmdline=");
-    assert_eq!(d[0].to_string(), "t.cfg:3:11: warning: ignoring root= and extra= in favour of cmdline=");
+    assert_eq!(
+        d[0].message,
+        "ignoring root= and extra= in favour of cmdline="
+    );
+    assert_eq!(
+        d[0].to_string(),
+        "t.cfg:3:11: warning: ignoring root= and extra= in favour of cmdline="
+    );
     assert!(p.config.other_keys.is_empty());
 }
 
@@ -212,26 +362,60 @@ fn kernel_ramdisk_bootloader() {
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].key, "bootloader");
     assert_eq!((u[0].line, u[0].column), (3, 14));
-    assert!(u[0].to_string().starts_with("t.cfg:3:14: unsupported: bootloader = \"pygrub\""), "{}", u[0]);
+    assert!(
+        u[0].to_string()
+            .starts_with("t.cfg:3:14: unsupported: bootloader = \"pygrub\""),
+        "{}",
+        u[0]
+    );
 }
 
 #[test]
 fn actions() {
     let c = ok("on_poweroff = 'preserve'\non_reboot = 'rename-restart'\non_watchdog = 'coredump-destroy'\non_crash = 'coredump-restart'\non_soft_reset = 'destroy'").config;
     assert_eq!(
-        (c.on_poweroff, c.on_reboot, c.on_watchdog, c.on_crash, c.on_soft_reset),
-        (Action::Preserve, Action::RenameRestart, Action::CoredumpDestroy, Action::CoredumpRestart, Action::Destroy)
+        (
+            c.on_poweroff,
+            c.on_reboot,
+            c.on_watchdog,
+            c.on_crash,
+            c.on_soft_reset
+        ),
+        (
+            Action::Preserve,
+            Action::RenameRestart,
+            Action::CoredumpDestroy,
+            Action::CoredumpRestart,
+            Action::Destroy
+        )
     );
-    assert_eq!(ok("on_crash = 'soft-reset'").config.on_crash, Action::SoftReset);
+    assert_eq!(
+        ok("on_crash = 'soft-reset'").config.on_crash,
+        Action::SoftReset
+    );
     assert_eq!(ok("on_crash = 'restart'").config.on_crash, Action::Restart);
     let e = err("on_crash = 'Restart'");
-    assert_eq!(e.kind, ConfigErrorKind::UnknownAction { key: "on_crash".into(), value: "Restart".into() });
+    assert_eq!(
+        e.kind,
+        ConfigErrorKind::UnknownAction {
+            key: "on_crash".into(),
+            value: "Restart".into()
+        }
+    );
     assert_eq!((e.line, e.column), (3, 12));
-    assert!(e.to_string().contains("Unknown on_crash action \"Restart\" specified"));
-    assert!(matches!(err("on_crash = 'rename_restart'").kind, ConfigErrorKind::UnknownAction { .. }));
+    assert!(e
+        .to_string()
+        .contains("Unknown on_crash action \"Restart\" specified"));
+    assert!(matches!(
+        err("on_crash = 'rename_restart'").kind,
+        ConfigErrorKind::UnknownAction { .. }
+    ));
     for a in Action::ALL {
         assert_eq!(a.to_string().parse::<Action>(), Ok(a));
-        assert_eq!(serde_json::to_value(a).expect("json"), serde_json::json!(a.to_string()));
+        assert_eq!(
+            serde_json::to_value(a).expect("json"),
+            serde_json::json!(a.to_string())
+        );
     }
 }
 
@@ -240,20 +424,49 @@ fn disks() {
     let c = ok("disk = [ 'phy:/dev/vg0/web-root,xvda1,w', 'file:/srv/xen/web-swap.img,xvda2,w', 'tap:aio:/srv/xen/data.img,xvdb,r', 'format=raw, vdev=xvdc, access=w, target=/dev/sdc' ]").config;
     let d = &c.disks;
     assert_eq!(d.len(), 4);
-    assert_eq!((d[0].target.as_deref(), d[0].vdev.as_str(), d[0].access), (Some("/dev/vg0/web-root"), "xvda1", DiskAccess::ReadWrite));
+    assert_eq!(
+        (d[0].target.as_deref(), d[0].vdev.as_str(), d[0].access),
+        (Some("/dev/vg0/web-root"), "xvda1", DiskAccess::ReadWrite)
+    );
     assert_eq!(d[1].target.as_deref(), Some("/srv/xen/web-swap.img"));
-    assert_eq!((d[2].target.as_deref(), d[2].access), (Some("/srv/xen/data.img"), DiskAccess::ReadOnly));
-    assert_eq!((d[3].target.as_deref(), d[3].format), (Some("/dev/sdc"), DiskFormat::Raw));
+    assert_eq!(
+        (d[2].target.as_deref(), d[2].access),
+        (Some("/srv/xen/data.img"), DiskAccess::ReadOnly)
+    );
+    assert_eq!(
+        (d[3].target.as_deref(), d[3].format),
+        (Some("/dev/sdc"), DiskFormat::Raw)
+    );
     // duplicate vdev
     let e = err("disk = [ 'phy:/dev/vg/a,xvda,w',\n 'phy:/dev/vg/b,xvda,w' ]");
-    assert_eq!(e.kind, ConfigErrorKind::DuplicateVdev { vdev: "xvda".into(), index: 2, first: 1 });
+    assert_eq!(
+        e.kind,
+        ConfigErrorKind::DuplicateVdev {
+            vdev: "xvda".into(),
+            index: 2,
+            first: 1
+        }
+    );
     assert_eq!((e.line, e.column), (4, 2));
     // a bad spec names the entry and the spec error
     let e = err("disk = [ 'phy:/dev/vg/a,xvda,w', '/dev/vg/b' ]");
-    assert!(matches!(e.kind, ConfigErrorKind::Disk { index: 2, source: SpecError::NoVdev, .. }), "{e}");
+    assert!(
+        matches!(
+            e.kind,
+            ConfigErrorKind::Disk {
+                index: 2,
+                source: SpecError::NoVdev,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!((e.line, e.column), (3, 34));
     // a string instead of a list
-    assert!(matches!(err("disk = 'phy:/dev/vg/a,xvda,w'").kind, ConfigErrorKind::ExpectedList { .. }));
+    assert!(matches!(
+        err("disk = 'phy:/dev/vg/a,xvda,w'").kind,
+        ConfigErrorKind::ExpectedList { .. }
+    ));
     // what rxen lacks is reported, not dropped
     let p = ok("disk = [ 'tap:qcow2:/srv/a.qcow2,xvda,w', '/root/x.iso,,hdc,cdrom', 'iscsi:iqn.2001-05.com.example:t1,xvdb,w' ]");
     assert_eq!(p.config.disks.len(), 3);
@@ -270,18 +483,56 @@ fn vifs() {
     assert_eq!(v[0].bridge.as_deref(), Some("xenbr0"));
     assert_eq!(v[0].ip, vec!["192.0.2.10"]);
     assert_eq!(v[0].vifname.as_deref(), Some("web0"));
-    assert_eq!(v[0].rate, Some(Rate { bytes_per_interval: 25_000, interval_us: 20_000 }));
+    assert_eq!(
+        v[0].rate,
+        Some(Rate {
+            bytes_per_interval: 25_000,
+            interval_us: 20_000
+        })
+    );
     assert_eq!(v[1], xlcfg::VifSpec::default());
-    assert_eq!(v[2].mac.map(|m| m.to_string()).as_deref(), Some("00:16:3e:aa:bb:cc"));
+    assert_eq!(
+        v[2].mac.map(|m| m.to_string()).as_deref(),
+        Some("00:16:3e:aa:bb:cc")
+    );
     let e = err("vif = [ 'mac=00:16:3e:00:00' ]");
-    assert!(matches!(e.kind, ConfigErrorKind::Vif { index: 1, source: SpecError::BadMac { .. }, .. }), "{e}");
+    assert!(
+        matches!(
+            e.kind,
+            ConfigErrorKind::Vif {
+                index: 1,
+                source: SpecError::BadMac { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!((e.line, e.column), (3, 9));
     assert!(e.to_string().contains("invalid MAC address"));
-    assert!(matches!(err("vif = [ 'rate=10MB' ]").kind, ConfigErrorKind::Vif { source: SpecError::BadRate { .. }, .. }));
-    assert!(matches!(err("vif = [ 'colour=blue' ]").kind, ConfigErrorKind::Vif { source: SpecError::UnknownVifArgument(_), .. }));
+    assert!(matches!(
+        err("vif = [ 'rate=10MB' ]").kind,
+        ConfigErrorKind::Vif {
+            source: SpecError::BadRate { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        err("vif = [ 'colour=blue' ]").kind,
+        ConfigErrorKind::Vif {
+            source: SpecError::UnknownVifArgument(_),
+            ..
+        }
+    ));
     let p = ok("vif = [ 'script=vif-route,bridge=br0', 'backend=netdom', 'model=e1000' ]");
     assert_eq!(p.unsupported().count(), 2);
-    assert_eq!(kinds(&p, "vif"), vec![DiagnosticKind::Unsupported, DiagnosticKind::Unsupported, DiagnosticKind::Warning]);
+    assert_eq!(
+        kinds(&p, "vif"),
+        vec![
+            DiagnosticKind::Unsupported,
+            DiagnosticKind::Unsupported,
+            DiagnosticKind::Warning
+        ]
+    );
 }
 
 #[test]
@@ -300,7 +551,10 @@ fn display_and_serial() {
 
 #[test]
 fn xen_shell_users() {
-    assert_eq!(ok("xen_shell = 'alice, bob'").config.xen_shell, vec!["alice", "bob"]);
+    assert_eq!(
+        ok("xen_shell = 'alice, bob'").config.xen_shell,
+        vec!["alice", "bob"]
+    );
     let e = err("xen_shell = 'Alice'");
     assert!(matches!(e.kind, ConfigErrorKind::BadValue { .. }));
     assert_eq!((e.line, e.column), (3, 13));
@@ -318,16 +572,31 @@ fn unknown_unsupported_and_deprecated_keys_are_kept_and_reported() {
     assert_eq!(k("localtime"), vec![DiagnosticKind::Unsupported]);
     assert_eq!(k("vtpm"), vec![DiagnosticKind::Warning]);
     assert_eq!(k("on_xend_start"), vec![DiagnosticKind::Deprecated]);
-    for key in ["frobnicate", "pci", "nics", "max_grant_frames", "acpi", "localtime", "vtpm", "on_xend_start"] {
+    for key in [
+        "frobnicate",
+        "pci",
+        "nics",
+        "max_grant_frames",
+        "acpi",
+        "localtime",
+        "vtpm",
+        "on_xend_start",
+    ] {
         assert!(p.config.other_keys.contains_key(key), "{key} kept");
     }
-    assert_eq!(p.config.other_keys["pci"], serde_json::json!(["0000:01:00.0"]));
+    assert_eq!(
+        p.config.other_keys["pci"],
+        serde_json::json!(["0000:01:00.0"])
+    );
     assert_eq!(p.config.other_keys["frobnicate"], serde_json::json!(1));
     // diagnostics are in file order with the key's position
     let lines: Vec<u32> = p.diagnostics.iter().map(|d| d.line).collect();
     assert_eq!(lines, vec![3, 4, 5, 6, 7, 8, 9, 10]);
     let f = &p.diagnostics[0];
-    assert_eq!(f.to_string(), "t.cfg:3:1: warning: unknown key `frobnicate` is kept but not used");
+    assert_eq!(
+        f.to_string(),
+        "t.cfg:3:1: warning: unknown key `frobnicate` is kept but not used"
+    );
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use xlcfg::{parse_disk_spec, parse_vif_spec, DiskAccess};
 
 fn vectors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peer-tests/xl-parse-vectors.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/peer-tests/xl-parse-vectors.json")
 }
 
 fn load() -> Value {
@@ -34,7 +35,10 @@ fn expected(expect: &Value, field: &str) -> Value {
 fn disk_fields(spec: &str) -> Result<serde_json::Map<String, Value>, String> {
     let d = parse_disk_spec(spec).map_err(|e| e.to_string())?;
     let mut m = serde_json::Map::new();
-    m.insert("pdev_path".into(), d.target.clone().map_or(Value::Null, Value::from));
+    m.insert(
+        "pdev_path".into(),
+        d.target.clone().map_or(Value::Null, Value::from),
+    );
     m.insert("vdev".into(), Value::from(d.vdev.clone()));
     m.insert("format".into(), Value::from(d.format.as_str()));
     m.insert(
@@ -45,10 +49,17 @@ fn disk_fields(spec: &str) -> Result<serde_json::Map<String, Value>, String> {
     m.insert("removable".into(), Value::from(u8::from(d.removable())));
     m.insert(
         "backend".into(),
-        d.backend_type.map_or(Value::Null, |b| Value::from(b.as_str())),
+        d.backend_type
+            .map_or(Value::Null, |b| Value::from(b.as_str())),
     );
-    m.insert("script".into(), d.script.clone().map_or(Value::Null, Value::from));
-    m.insert("discard_enable".into(), d.discard.map_or(Value::Null, Value::from));
+    m.insert(
+        "script".into(),
+        d.script.clone().map_or(Value::Null, Value::from),
+    );
+    m.insert(
+        "discard_enable".into(),
+        d.discard.map_or(Value::Null, Value::from),
+    );
     m.insert("trusted".into(), d.trusted.map_or(Value::Null, Value::from));
     Ok(m)
 }
@@ -58,7 +69,8 @@ fn vif_fields(spec: &str) -> Result<serde_json::Map<String, Value>, String> {
     let mut m = serde_json::Map::new();
     m.insert(
         "rate_bytes_per_interval".into(),
-        v.rate.map_or(Value::Null, |r| Value::from(r.bytes_per_interval)),
+        v.rate
+            .map_or(Value::Null, |r| Value::from(r.bytes_per_interval)),
     );
     m.insert(
         "rate_interval_usecs".into(),
@@ -69,8 +81,16 @@ fn vif_fields(spec: &str) -> Result<serde_json::Map<String, Value>, String> {
 }
 
 const DISK_FIELDS: &[&str] = &[
-    "pdev_path", "vdev", "format", "readwrite", "is_cdrom", "removable", "backend", "script",
-    "discard_enable", "trusted",
+    "pdev_path",
+    "vdev",
+    "format",
+    "readwrite",
+    "is_cdrom",
+    "removable",
+    "backend",
+    "script",
+    "discard_enable",
+    "trusted",
 ];
 const VIF_FIELDS: &[&str] = &["rate_bytes_per_interval", "rate_interval_usecs", "trusted"];
 
@@ -102,26 +122,40 @@ fn every_xen_vector_agrees() {
             other => panic!("case {i}: unknown kind {other}"),
         };
         match (&got, ok) {
-            (Err(e), true) => failures.push(format!("case {i} {kind} {spec:?}: Xen accepts it, we refuse: {e}")),
-            (Ok(_), false) => failures.push(format!("case {i} {kind} {spec:?}: Xen refuses it, we accept it")),
+            (Err(e), true) => failures.push(format!(
+                "case {i} {kind} {spec:?}: Xen accepts it, we refuse: {e}"
+            )),
+            (Ok(_), false) => failures.push(format!(
+                "case {i} {kind} {spec:?}: Xen refuses it, we accept it"
+            )),
             (Err(_), false) => {}
             (Ok(m), true) => {
                 let expect = &case["expect"];
                 if let Some(obj) = expect.as_object() {
                     for k in obj.keys() {
-                        assert!(fields.contains(&k.as_str()), "case {i}: unhandled expect field {k}");
+                        assert!(
+                            fields.contains(&k.as_str()),
+                            "case {i}: unhandled expect field {k}"
+                        );
                     }
                 }
                 for f in fields {
                     let want = expected(expect, f);
                     let have = m.get(*f).cloned().unwrap_or(Value::Null);
                     if want != have {
-                        failures.push(format!("case {i} {kind} {spec:?}: {f}: Xen has {want}, we have {have}"));
+                        failures.push(format!(
+                            "case {i} {kind} {spec:?}: {f}: Xen has {want}, we have {have}"
+                        ));
                     }
                 }
             }
         }
     }
     assert_eq!((disks, vifs), (27, 43), "case counts by kind");
-    assert!(failures.is_empty(), "{} disagreements with Xen:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} disagreements with Xen:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -44,7 +44,12 @@ fn separators_comments_and_last_assignment_wins() {
     assert_eq!(ok("name='a'\nkernel='/k'").config.name, "a");
     assert_eq!(ok("name='a'\nkernel='/k' # end").config.name, "a");
     // CRLF line ends are tolerated
-    assert_eq!(ok("name='a'\r\nkernel='/k'\r\nmemory=64\r\n").config.memory_mib, 64);
+    assert_eq!(
+        ok("name='a'\r\nkernel='/k'\r\nmemory=64\r\n")
+            .config
+            .memory_mib,
+        64
+    );
 }
 
 #[test]
@@ -54,18 +59,35 @@ fn strings_and_escapes() {
     let p = with_base(r"extra = 'single \'quoted\' \n'");
     assert_eq!(p.config.cmdline.as_deref(), Some("single 'quoted' \n"));
     // the other quote needs no escape
-    assert_eq!(with_base(r#"extra = 'say "hi"'"#).config.cmdline.as_deref(), Some("say \"hi\""));
+    assert_eq!(
+        with_base(r#"extra = 'say "hi"'"#).config.cmdline.as_deref(),
+        Some("say \"hi\"")
+    );
     // \a \b \f \r \v
-    assert_eq!(with_base(r"extra = '\a\b\f\r\v'").config.cmdline.as_deref(), Some("\x07\x08\x0c\r\x0b"));
+    assert_eq!(
+        with_base(r"extra = '\a\b\f\r\v'").config.cmdline.as_deref(),
+        Some("\x07\x08\x0c\r\x0b")
+    );
     // UTF-8 passes through
-    assert_eq!(with_base("extra = 'café'").config.cmdline.as_deref(), Some("café"));
+    assert_eq!(
+        with_base("extra = 'café'").config.cmdline.as_deref(),
+        Some("café")
+    );
 }
 
 #[test]
 fn bad_escapes_are_errors() {
-    for (s, col) in [(r"extra = 'a\qb'", 11), (r"extra = '\xZZ'", 10), (r"extra = '\0'", 10), (r"extra = '\300'", 10)] {
+    for (s, col) in [
+        (r"extra = 'a\qb'", 11),
+        (r"extra = '\xZZ'", 10),
+        (r"extra = '\0'", 10),
+        (r"extra = '\300'", 10),
+    ] {
         let e = err_base(s);
-        assert!(matches!(e.kind, ConfigErrorKind::BadEscape { .. }), "{s}: {e}");
+        assert!(
+            matches!(e.kind, ConfigErrorKind::BadEscape { .. }),
+            "{s}: {e}"
+        );
         assert_eq!((e.line, e.column), (3, col), "{s}: {e}");
     }
 }
@@ -78,10 +100,16 @@ fn lists_span_lines_nest_and_take_trailing_commas() {
     assert_eq!(p.config.disks.len(), 2);
     assert_eq!(p.config.disks[1].vdev, "xvdb");
     assert!(p.config.vifs.is_empty());
-    assert_eq!(p.config.cpus, Some(CpuAffinity::PerVcpu(vec![vec![0], vec![2]])));
+    assert_eq!(
+        p.config.cpus,
+        Some(CpuAffinity::PerVcpu(vec![vec![0], vec![2]]))
+    );
     // nested lists parse (and are kept for keys rxen does not know)
     let p = with_base("foo = [ [1, 'a'], [], 'b' ]");
-    assert_eq!(p.config.other_keys["foo"], serde_json::json!([[1, "a"], [], "b"]));
+    assert_eq!(
+        p.config.other_keys["foo"],
+        serde_json::json!([[1, "a"], [], "b"])
+    );
 }
 
 #[test]
@@ -120,26 +148,44 @@ fn overrides_come_after_the_file() {
     let p = parse(
         &format!("{BASE}memory = 128\nvif = ['bridge=br0']\n"),
         "t.cfg",
-        &["memory=256".to_string(), "vif+=['bridge=br1']".to_string(), "bogus=1".to_string()],
+        &[
+            "memory=256".to_string(),
+            "vif+=['bridge=br1']".to_string(),
+            "bogus=1".to_string(),
+        ],
     )
     .expect("parses");
     assert_eq!(p.config.memory_mib, 256);
     assert_eq!(p.config.vifs.len(), 2);
-    let d = p.diagnostics.iter().find(|d| d.key == "bogus").expect("bogus warned");
+    let d = p
+        .diagnostics
+        .iter()
+        .find(|d| d.key == "bogus")
+        .expect("bogus warned");
     assert_eq!((d.file.as_str(), d.line), ("<command line>", 3));
     let e = parse(BASE, "t.cfg", &["memory=lots".to_string()]).expect_err("not a number");
     assert_eq!(e.file, "<command line>");
     assert_eq!((e.line, e.column), (1, 8));
-    assert!(e.to_string().starts_with("<command line>:1:8: error: "), "{e}");
+    assert!(
+        e.to_string().starts_with("<command line>:1:8: error: "),
+        "{e}"
+    );
 }
 
 #[test]
 fn syntax_errors_name_line_column_and_expectation() {
     // unterminated list
     let e = err_base("disk = [ 'a,,xvda',\n  'b,,xvdb'\n");
-    assert_eq!(e.kind, ConfigErrorKind::UnterminatedList { line: 3, column: 8 });
+    assert_eq!(
+        e.kind,
+        ConfigErrorKind::UnterminatedList { line: 3, column: 8 }
+    );
     assert_eq!((e.file.as_str(), e.line, e.column), ("t.cfg", 3, 8));
-    assert!(e.to_string().starts_with("t.cfg:3:8: error: unterminated list"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("t.cfg:3:8: error: unterminated list"),
+        "{e}"
+    );
     // a key where the list should go on
     let e = err_base("disk = [ 'a,,xvda'\nmemory = 5\n");
     assert!(matches!(e.kind, ConfigErrorKind::Expected { .. }), "{e}");
@@ -159,7 +205,10 @@ fn syntax_errors_name_line_column_and_expectation() {
     assert_eq!((e.line, e.column), (3, 12));
     // python syntax
     let e = err_base("memory = (5)\n");
-    assert!(matches!(e.kind, ConfigErrorKind::UnexpectedChar { found: '(', .. }));
+    assert!(matches!(
+        e.kind,
+        ConfigErrorKind::UnexpectedChar { found: '(', .. }
+    ));
     // bad keys
     let e = err_base("Memory = 5\n");
     assert!(matches!(e.kind, ConfigErrorKind::BadKey { .. }));
@@ -175,6 +224,9 @@ fn syntax_errors_name_line_column_and_expectation() {
 #[test]
 fn dotted_keys_are_keys() {
     let p = with_base("vif.default.bridge = 'xenbr1'\n");
-    assert_eq!(p.config.other_keys["vif.default.bridge"], serde_json::json!("xenbr1"));
+    assert_eq!(
+        p.config.other_keys["vif.default.bridge"],
+        serde_json::json!("xenbr1")
+    );
     assert_eq!(p.diagnostics[0].kind, DiagnosticKind::Unknown);
 }
