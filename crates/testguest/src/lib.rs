@@ -1,1 +1,83 @@
 //! The embedded paravirtual test guest image.
+//!
+//! `build.rs` builds the no_std kernel in `guest/` and this crate embeds the
+//! resulting ELF, so every rxen binary can boot it without any files on disk.
+//! Its boot protocol, I/O ports and console language are in
+//! `docs/internals.md`.
+
+/// The name that selects it in a config: `kernel = "builtin:testguest"`.
+pub const BUILTIN_NAME: &str = "testguest";
+
+static IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.elf"));
+
+/// The test guest's ELF image.
+pub fn image() -> &'static [u8] {
+    IMAGE
+}
+
+#[cfg(test)]
+mod elf;
+
+#[cfg(test)]
+mod tests {
+    use super::elf::{self, EM_X86_64, ET_EXEC, PT_LOAD, PT_NOTE};
+    use super::{image, BUILTIN_NAME};
+
+    const ONE_MIB: u64 = 1 << 20;
+
+    #[test]
+    fn image_is_an_x86_64_executable_entered_at_or_above_1_mib() {
+        let elf = elf::parse(image()).expect("the embedded image parses as ELF64");
+        assert_eq!(elf.machine, EM_X86_64);
+        assert_eq!(elf.kind, ET_EXEC);
+        assert!(
+            elf.entry >= ONE_MIB,
+            "entry {:#x} is below 1 MiB",
+            elf.entry
+        );
+    }
+
+    #[test]
+    fn loadable_segments_sit_at_or_above_1_mib_and_hold_the_entry() {
+        let elf = elf::parse(image()).expect("the embedded image parses as ELF64");
+        let loads: Vec<_> = elf.segments.iter().filter(|s| s.kind == PT_LOAD).collect();
+        assert!(!loads.is_empty(), "no PT_LOAD segments");
+        for segment in &loads {
+            assert!(
+                segment.paddr >= ONE_MIB,
+                "segment at {:#x} is below 1 MiB",
+                segment.paddr
+            );
+            assert_eq!(segment.paddr, segment.vaddr, "the image is identity-mapped");
+            assert!(segment.memsz >= segment.filesz);
+            elf::segment_bytes(image(), segment).expect("segment bytes lie inside the file");
+        }
+        assert!(loads
+            .iter()
+            .any(|s| (s.paddr..s.paddr + s.memsz).contains(&elf.entry)));
+        // The 64 per-vCPU stacks live in memsz only, so the image stays small.
+        assert!(image().len() < 1 << 20, "image is {} bytes", image().len());
+    }
+
+    #[test]
+    fn image_carries_the_rxen_note() {
+        let elf = elf::parse(image()).expect("the embedded image parses as ELF64");
+        let notes: Vec<_> = elf
+            .segments
+            .iter()
+            .filter(|s| s.kind == PT_NOTE)
+            .flat_map(|s| elf::notes(image(), s).expect("notes parse"))
+            .collect();
+        let rxen = notes
+            .iter()
+            .find(|n| n.name == b"RXEN" && n.kind == 1)
+            .unwrap_or_else(|| panic!("no RXEN note of type 1 among {notes:?}"));
+        assert_eq!(rxen.desc, [1, 0, 0, 0], "the RXEN note carries version 1");
+    }
+
+    #[test]
+    fn builtin_name_is_testguest() {
+        assert_eq!(BUILTIN_NAME, "testguest");
+        assert_eq!(format!("builtin:{BUILTIN_NAME}"), "builtin:testguest");
+    }
+}

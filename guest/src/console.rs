@@ -1,0 +1,204 @@
+//! The console language (docs/internals.md), run by vCPU 0 between ticks.
+
+use core::sync::atomic::Ordering;
+
+use crate::cpu::{halt_forever, inb, outb};
+use crate::idt::PVPANIC_PORT;
+use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
+use crate::work::Vcpu;
+use crate::{print, println, serial};
+
+/// The rxen power port: 0 = power off, 1 = reboot.
+const POWER_PORT: u16 = 0x510;
+/// The host request port: 0 = none, 1 = shut down, 2 = reboot.
+const HOST_REQUEST_PORT: u16 = 0x512;
+/// Ticks vCPU 0 waits for the others to check in before printing the banner anyway.
+const CHECK_IN_TIMEOUT_TICKS: u64 = 300;
+/// Longest command line kept; further characters are dropped.
+const LINE_MAX: usize = 120;
+
+const HELP: &str = "\
+commands:
+  heartbeat    print the heartbeat (100 ms ticks of running time)
+  shutdown     power off
+  reboot       reboot
+  crash        crash (pvpanic)
+  burn S [V]   spin vCPU V (default: the last) for S seconds
+  dirty R      rewrite free memory at R MiB/s (0 stops)
+  help         this list";
+
+/// The line editor and command interpreter.
+struct Console {
+    line: [u8; LINE_MAX],
+    len: usize,
+    after_cr: bool,
+}
+
+/// Runs vCPU 0: prints the banner, then serves the console and host requests forever.
+pub fn run(mut vcpu: Vcpu) -> ! {
+    let info = mailbox::boot_info();
+    let expected = info.vcpus as u32;
+    while CHECKED_IN.load(Ordering::Acquire) < expected
+        && TICKS.load(Ordering::Relaxed) < CHECK_IN_TIMEOUT_TICKS
+    {
+        vcpu.next_tick();
+    }
+    println!(
+        "rxen testguest: booted on {} vCPUs with {} MiB",
+        CHECKED_IN.load(Ordering::Acquire),
+        info.mem_bytes >> 20
+    );
+    let mut console = Console {
+        line: [0; LINE_MAX],
+        len: 0,
+        after_cr: false,
+    };
+    loop {
+        match inb(HOST_REQUEST_PORT) {
+            1 => {
+                println!("shutdown requested by host");
+                power_off();
+            }
+            2 => {
+                println!("reboot requested by host");
+                reboot();
+            }
+            _ => {}
+        }
+        while let Some(byte) = serial::try_read() {
+            console.input(byte, &mut vcpu);
+        }
+        vcpu.next_tick();
+    }
+}
+
+impl Console {
+    /// Handles one received byte: echo, edit, or run the line.
+    fn input(&mut self, byte: u8, vcpu: &mut Vcpu) {
+        let after_cr = core::mem::replace(&mut self.after_cr, byte == b'\r');
+        match byte {
+            b'\n' if after_cr => {}
+            b'\r' | b'\n' => {
+                print!("\n");
+                let len = core::mem::take(&mut self.len);
+                // Only printable ASCII is ever stored, so this is valid UTF-8.
+                let line = self.line.get(..len).unwrap_or_default();
+                execute(core::str::from_utf8(line).unwrap_or_default(), vcpu);
+            }
+            0x08 | 0x7F => {
+                if self.len > 0 {
+                    self.len -= 1;
+                    print!("\x08 \x08");
+                }
+            }
+            0x20..=0x7E => {
+                if let Some(slot) = self.line.get_mut(self.len) {
+                    *slot = byte;
+                    self.len += 1;
+                    let echo = [byte];
+                    print!("{}", core::str::from_utf8(&echo).unwrap_or("?"));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs one command line.
+fn execute(line: &str, vcpu: &mut Vcpu) {
+    let mut words = line.split_ascii_whitespace();
+    let Some(command) = words.next() else {
+        return;
+    };
+    let args: Args = Args::collect(words);
+    match (command, args.count) {
+        ("heartbeat", 0) => println!("heartbeat {}", TICKS.load(Ordering::Relaxed) / 10),
+        ("shutdown", 0) => power_off(),
+        ("reboot", 0) => reboot(),
+        ("crash", 0) => {
+            println!("crashing");
+            outb(PVPANIC_PORT, 1);
+            halt_forever();
+        }
+        ("burn", 1 | 2) => burn(&args, vcpu),
+        ("dirty", 1) => match args.number(0) {
+            Some(0) => {
+                DIRTY_MIB_PER_S.store(0, Ordering::Relaxed);
+                println!("dirty stopped");
+            }
+            Some(rate) => {
+                DIRTY_MIB_PER_S.store(rate, Ordering::Relaxed);
+                println!("dirtying {rate} MiB/s");
+            }
+            None => println!("usage: dirty R"),
+        },
+        ("help", 0) => println!("{HELP}"),
+        ("burn", _) => println!("usage: burn S [V]"),
+        ("dirty", _) => println!("usage: dirty R"),
+        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help", _) => {
+            println!("usage: {command}")
+        }
+        _ => println!("unknown command: {command}"),
+    }
+}
+
+/// `burn S [V]`: vCPU V (default: the last) spins for S seconds.
+fn burn(args: &Args, vcpu: &mut Vcpu) {
+    let vcpus = mailbox::boot_info().vcpus;
+    let seconds = args.number(0);
+    let target = if args.count == 2 {
+        args.number(1).and_then(|v| usize::try_from(v).ok())
+    } else {
+        Some(vcpus - 1)
+    };
+    match (seconds, target) {
+        (Some(seconds), Some(target)) if target < vcpus => {
+            println!("burning vcpu {target} for {seconds} s");
+            if target == vcpu.index {
+                vcpu.burn(seconds);
+            } else {
+                mailbox::request_burn(target, seconds);
+            }
+        }
+        _ => println!("usage: burn S [V] (V < {vcpus})"),
+    }
+}
+
+fn power_off() -> ! {
+    println!("powering off");
+    outb(POWER_PORT, 0);
+    halt_forever()
+}
+
+fn reboot() -> ! {
+    println!("rebooting");
+    outb(POWER_PORT, 1);
+    halt_forever()
+}
+
+/// Up to two numeric-or-not arguments, kept as text.
+struct Args<'a> {
+    words: [&'a str; 2],
+    count: usize,
+}
+
+impl<'a> Args<'a> {
+    fn collect(words: impl Iterator<Item = &'a str>) -> Args<'a> {
+        let mut args = Args {
+            words: [""; 2],
+            count: 0,
+        };
+        for word in words {
+            if let Some(slot) = args.words.get_mut(args.count) {
+                *slot = word;
+            }
+            args.count += 1;
+        }
+        args
+    }
+
+    /// The argument at `index` as a decimal number.
+    fn number(&self, index: usize) -> Option<u64> {
+        self.words.get(index)?.parse().ok()
+    }
+}

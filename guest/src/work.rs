@@ -1,0 +1,131 @@
+//! What a vCPU does on each tick: count the heartbeat, dirty memory, burn CPU.
+
+use core::hint::spin_loop;
+use core::sync::atomic::Ordering;
+
+use crate::apic::Timer;
+use crate::cpu::rdtsc;
+use crate::mailbox::{self, DIRTY_MIB_PER_S, TICKS};
+use crate::println;
+
+const PAGE: u64 = 4096;
+const MIB: u64 = 1 << 20;
+/// Free memory starts this far past the end of the image.
+const DIRTY_MARGIN: u64 = MIB;
+/// Only memory below the PCI hole (3 GiB) is dirtied for now.
+const LOW_MEMORY_END: u64 = 0xC000_0000;
+
+/// The pages `dirty R` rewrites, and where it is in them.
+struct Dirtier {
+    start: u64,
+    pages: u64,
+    next: u64,
+    /// Page-rate credit in 1/100 pages (R MiB/s = R * 256 pages/s).
+    credit: u64,
+    value: u64,
+}
+
+impl Dirtier {
+    fn new() -> Dirtier {
+        let info = mailbox::boot_info();
+        let start = info
+            .kernel_end
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .saturating_add(DIRTY_MARGIN);
+        let end = info.mem_bytes.min(LOW_MEMORY_END) / PAGE * PAGE;
+        Dirtier {
+            start,
+            pages: end.saturating_sub(start) / PAGE,
+            next: 0,
+            credit: 0,
+            value: 0,
+        }
+    }
+
+    /// Rewrites one tick's worth of pages at `mib_per_s`.
+    fn tick(&mut self, mib_per_s: u64) {
+        if mib_per_s == 0 || self.pages == 0 {
+            self.credit = 0;
+            return;
+        }
+        // Pages per 10 ms tick = R MiB/s * 256 pages/MiB / 100 ticks/s.
+        self.credit = self
+            .credit
+            .saturating_add(mib_per_s.saturating_mul(MIB / PAGE));
+        let count = self.credit / 100;
+        self.credit %= 100;
+        for _ in 0..count {
+            self.value = self.value.wrapping_add(1);
+            let addr = self.start + self.next * PAGE;
+            // SAFETY: addr is a page inside [start, end): RAM that is
+            // identity-mapped and holds nothing of the guest's (it lies past
+            // the image and its stacks, below mem_bytes and the 3 GiB hole).
+            unsafe { core::ptr::write_volatile(addr as *mut u64, self.value) };
+            self.next += 1;
+            if self.next >= self.pages {
+                self.next = 0;
+            }
+        }
+    }
+}
+
+/// One vCPU's view of the machine: its index, its timer and its chores.
+pub struct Vcpu {
+    /// This vCPU's index (0 is the bootstrap vCPU).
+    pub index: usize,
+    /// This vCPU's 10 ms tick source.
+    pub timer: Timer,
+    dirtier: Option<Dirtier>,
+}
+
+impl Vcpu {
+    /// Creates the per-vCPU state (after the boot info has been published).
+    pub fn new(index: usize, timer: Timer) -> Vcpu {
+        let dirtier = (index == mailbox::dirty_vcpu()).then(Dirtier::new);
+        Vcpu {
+            index,
+            timer,
+            dirtier,
+        }
+    }
+
+    /// The work due once per 10 ms tick.
+    pub fn on_tick(&mut self) {
+        if self.index == 0 {
+            TICKS.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(dirtier) = self.dirtier.as_mut() {
+            dirtier.tick(DIRTY_MIB_PER_S.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Sleeps until the next tick and does its work.
+    pub fn next_tick(&mut self) {
+        self.timer.wait();
+        self.on_tick();
+    }
+
+    /// Spins with interrupts off for `seconds`, still doing each tick's work.
+    pub fn burn(&mut self, seconds: u64) {
+        let ticks = seconds.saturating_mul(1000 / crate::apic::TICK_MS);
+        let end = rdtsc().saturating_add(ticks.saturating_mul(self.timer.period()));
+        while rdtsc() < end {
+            if self.timer.poll() {
+                self.on_tick();
+            }
+            spin_loop();
+        }
+        println!("burn done on vcpu {}", self.index);
+    }
+
+    /// The loop of every vCPU but 0: tick, and burn when asked.
+    pub fn run_secondary(&mut self) -> ! {
+        loop {
+            self.next_tick();
+            if let Some(seconds) = mailbox::take_burn(self.index) {
+                self.burn(seconds);
+            }
+        }
+    }
+}
