@@ -81,6 +81,12 @@ pub enum ConfigErrorKind {
         /// Column of the `[`.
         column: u32,
     },
+    /// Lists nested deeper than rxen reads.
+    #[error("lists nested more than {max} deep; expected a flatter value")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
     /// `+=` mixing a list and a single value.
     #[error("can't add [list] to \"string\" or vice versa: `{key} +=` must add the same kind of value that `{key}` has")]
     AddMismatch {

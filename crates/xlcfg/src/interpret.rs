@@ -440,8 +440,18 @@ pub(crate) fn interpret(
     };
 
     // vcpus
-    let vcpus = match cx.ranged("vcpus", "a number of vCPUs", i64::MIN, i64::from(MAX_CPUS))? {
+    let vcpus = match cx.long("vcpus", "a number of vCPUs")? {
         None => 1,
+        Some((n, pos)) if n > i64::from(MAX_CPUS) => {
+            return Err(cx.err(
+                pos,
+                ConfigErrorKind::OutOfRange {
+                    key: "vcpus".into(),
+                    value: n,
+                    expected: format!("a number of vCPUs between 1 and {MAX_CPUS}"),
+                },
+            ))
+        }
         Some((n, pos)) if n < 1 => {
             cx.diag(
                 pos,

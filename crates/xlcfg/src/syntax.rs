@@ -2,6 +2,10 @@
 
 use crate::error::ConfigErrorKind;
 use crate::lexer::{tokenize, LexError, Pos, Tok, Token};
+use std::collections::HashMap;
+
+/// How deeply lists may nest (Xen has no limit; this keeps the parser's stack bounded).
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// A value as written: atoms (strings and numbers, both kept as text) and lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +46,18 @@ pub(crate) struct Setting {
 pub(crate) struct Settings {
     /// The settings.
     pub list: Vec<Setting>,
+    /// Key → index in `list`.
+    by_key: HashMap<String, usize>,
 }
 
 impl Settings {
     fn index(&self, key: &str) -> Option<usize> {
-        self.list.iter().position(|s| s.key == key)
+        self.by_key.get(key).copied()
     }
 
     /// The setting of `key`, if any.
     pub(crate) fn get(&self, key: &str) -> Option<&Setting> {
-        self.list.iter().find(|s| s.key == key)
+        self.index(key).and_then(|i| self.list.get(i))
     }
 
     fn assign(
@@ -62,6 +68,7 @@ impl Settings {
         add: bool,
     ) -> Result<(), LexError> {
         let Some(i) = self.index(&key) else {
+            self.by_key.insert(key.clone(), self.list.len());
             self.list.push(Setting {
                 key,
                 key_pos,
@@ -99,6 +106,7 @@ impl Settings {
 struct Parser {
     toks: Vec<Token>,
     i: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -132,7 +140,15 @@ impl Parser {
                 text,
                 quoted: false,
             },
-            Tok::LBracket => return self.list(t.pos),
+            Tok::LBracket => {
+                if self.depth >= MAX_DEPTH {
+                    return Err((t.pos, ConfigErrorKind::TooDeep { max: MAX_DEPTH }));
+                }
+                self.depth += 1;
+                let list = self.list(t.pos);
+                self.depth -= 1;
+                return list;
+            }
             other => {
                 return Err((
                     t.pos,
@@ -268,5 +284,10 @@ static EOF: Token = Token {
 /// Parses one source (number `src`) into `settings`, later assignments overriding earlier ones.
 pub(crate) fn parse_into(text: &str, src: usize, settings: &mut Settings) -> Result<(), LexError> {
     let toks = tokenize(text, src)?;
-    Parser { toks, i: 0 }.file(settings)
+    Parser {
+        toks,
+        i: 0,
+        depth: 0,
+    }
+    .file(settings)
 }

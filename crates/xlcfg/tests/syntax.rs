@@ -230,3 +230,23 @@ fn dotted_keys_are_keys() {
     );
     assert_eq!(p.diagnostics[0].kind, DiagnosticKind::Unknown);
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let deep = format!("{BASE}x = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let e = err(&deep);
+    assert!(matches!(e.kind, ConfigErrorKind::TooDeep { .. }), "{e}");
+    // 32 levels are fine
+    let ok_deep = format!("{BASE}x = {}{}\n", "[".repeat(32), "]".repeat(32));
+    assert!(parse(&ok_deep, "t.cfg", &[]).is_ok());
+}
+
+#[test]
+fn many_keys_parse_quickly() {
+    let mut text = String::from(BASE);
+    for i in 0..50_000 {
+        text.push_str(&format!("key{i} = {i}\n"));
+    }
+    let p = ok(&text);
+    assert_eq!(p.config.other_keys.len(), 50_000);
+}
