@@ -762,5 +762,43 @@ mod tests {
         ));
         assert_eq!(parse_disk_spec(",,xvda"), Err(SpecError::NoTarget));
         assert_eq!(parse_disk_spec(""), Err(SpecError::NoVdev));
+        assert!(matches!(
+            parse_disk_spec("=x,xvda"),
+            Err(SpecError::BadDiskSyntax(_))
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,,xvda:floppy"),
+            Err(SpecError::BadDiskValue { .. })
+        ));
+    }
+
+    #[test]
+    fn flags_and_keys() {
+        let d = ok("/x,,xvda,backend=drv,backendtype=qdisk,specification=virtio,direct-io-safe,discard,untrusted,grant_usage=1,colo,colo-port=7000");
+        assert_eq!(d.backend.as_deref(), Some("drv"));
+        assert_eq!(d.backend_type, Some(DiskBackendType::Qdisk));
+        assert_eq!(d.specification.as_deref(), Some("virtio"));
+        assert!(d.direct_io_safe);
+        assert_eq!(
+            (d.discard, d.trusted, d.grant_usage),
+            (Some(true), Some(false), Some(true))
+        );
+        assert_eq!(d.colo.get("colo-port").map(String::as_str), Some("7000"));
+        // devtype=disk undoes cdrom; a cdrom is read-only whatever the access says
+        assert!(!ok("cdrom,devtype=disk,/x,,xvda").is_cdrom);
+        let c = ok("/x.iso,,hdc,w,cdrom");
+        assert_eq!((c.access, c.removable()), (DiskAccess::ReadOnly, true));
+        assert!(matches!(
+            parse_disk_spec("/x,,xvda,backendtype=nvme"),
+            Err(SpecError::BadDiskValue { .. })
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,,xvda,devtype=floppy"),
+            Err(SpecError::BadDiskValue { .. })
+        ));
+        assert!(matches!(
+            parse_disk_spec("/x,raw,xvda,format=qcow2"),
+            Err(SpecError::Respecified { .. })
+        ));
     }
 }

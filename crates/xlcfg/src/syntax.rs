@@ -150,13 +150,17 @@ impl Parser {
                 return list;
             }
             other => {
+                let found = match &other {
+                    Tok::Ident(s) => format!("`{s}` (strings must be quoted, e.g. \"{s}\")"),
+                    o => o.describe(),
+                };
                 return Err((
                     t.pos,
                     ConfigErrorKind::Expected {
                         expected: "a value (a number, a quoted string or a `[` list)",
-                        found: other.describe(),
+                        found,
                     },
-                ))
+                ));
             }
         };
         Ok(Spanned { value, pos: t.pos })

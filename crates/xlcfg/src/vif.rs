@@ -369,4 +369,31 @@ mod tests {
         assert!(parse_rate("10Mb/s@").is_err());
         assert!(parse_rate("").is_err());
     }
+
+    #[test]
+    fn bad_values() {
+        assert!(matches!(
+            parse_vif_spec("type=tap"),
+            Err(SpecError::BadVifValue { key: "type", .. })
+        ));
+        assert!(matches!(
+            parse_vif_spec("mtu=big"),
+            Err(SpecError::BadVifValue { key: "mtu", .. })
+        ));
+        assert!(matches!(
+            parse_vif_spec("mtu=20"),
+            Err(SpecError::BadVifValue { key: "mtu", .. })
+        ));
+        assert!(matches!(
+            parse_vif_spec("devid=-1"),
+            Err(SpecError::BadVifValue { key: "devid", .. })
+        ));
+        let v =
+            parse_vif_spec("netdev=eth1,vlan=10p/20,accel=x,forwarddev=eth2,colo_sock_mirror_id=1")
+                .expect("valid");
+        assert_eq!(v.gatewaydev.as_deref(), Some("eth1"));
+        assert_eq!(v.vlan.as_deref(), Some("10p/20"));
+        assert_eq!(v.accel.as_deref(), Some("x"));
+        assert_eq!(v.other.len(), 2);
+    }
 }

@@ -250,3 +250,33 @@ fn many_keys_parse_quickly() {
     let p = ok(&text);
     assert_eq!(p.config.other_keys.len(), 50_000);
 }
+
+#[test]
+fn escapes_build_utf8_or_fail_clearly() {
+    assert_eq!(
+        with_base(r"extra = '\195\169'").config.cmdline.as_deref(),
+        Some("é")
+    );
+    let e = err_base(r"extra = 'x\200'");
+    assert_eq!(e.kind, ConfigErrorKind::NotUtf8);
+    assert_eq!((e.line, e.column), (3, 9));
+}
+
+#[test]
+fn hashes_inside_strings_are_not_comments() {
+    assert_eq!(
+        with_base("extra = \"a # b\" # c").config.cmdline.as_deref(),
+        Some("a # b")
+    );
+}
+
+#[test]
+fn unquoted_words_get_a_hint() {
+    let e = err_base("type = hvm\n");
+    assert!(
+        e.to_string()
+            .contains("strings must be quoted, e.g. \"hvm\""),
+        "{e}"
+    );
+    assert_eq!((e.line, e.column), (3, 8));
+}
