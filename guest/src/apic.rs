@@ -75,9 +75,18 @@ impl Timer {
         timer
     }
 
-    /// Sets the next deadline one period from now (so ticks never catch up after a pause).
+    /// Sets the next deadline one period after the last one, or one period
+    /// from now if that has already passed: a late tick keeps the 10 ms
+    /// rhythm, but periods missed while the vCPU did not run (a pause) are
+    /// never made up.
     fn arm(&mut self) {
-        self.deadline = rdtsc().wrapping_add(self.period);
+        let now = rdtsc();
+        let next = self.deadline.wrapping_add(self.period);
+        self.deadline = if self.deadline != 0 && next > now {
+            next
+        } else {
+            now.wrapping_add(self.period)
+        };
         if self.mode == Mode::Deadline {
             wrmsr(IA32_TSC_DEADLINE, self.deadline);
         }

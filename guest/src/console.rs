@@ -85,11 +85,9 @@ impl Console {
                 let line = self.line.get(..len).unwrap_or_default();
                 execute(core::str::from_utf8(line).unwrap_or_default(), vcpu);
             }
-            0x08 | 0x7F => {
-                if self.len > 0 {
-                    self.len -= 1;
-                    print!("\x08 \x08");
-                }
+            0x08 | 0x7F if self.len > 0 => {
+                self.len -= 1;
+                print!("\x08 \x08");
             }
             0x20..=0x7E => {
                 if let Some(slot) = self.line.get_mut(self.len) {

@@ -8,6 +8,8 @@ pub const ET_EXEC: u16 = 2;
 pub const PT_LOAD: u32 = 1;
 /// Program header type of a note segment.
 pub const PT_NOTE: u32 = 4;
+/// Section header type of a symbol table.
+const SHT_SYMTAB: u32 = 2;
 
 /// The parts of an ELF64 file the tests look at.
 #[derive(Debug)]
@@ -133,4 +135,40 @@ pub fn notes(data: &[u8], segment: &Segment) -> Result<Vec<Note>, String> {
         at = desc_at + align4(descsz);
     }
     Ok(notes)
+}
+
+/// Looks up a symbol's value in the file's symbol table (if it was not stripped).
+pub fn symbol(data: &[u8], name: &str) -> Result<Option<u64>, String> {
+    let shoff = u64_at(data, 0x28)?;
+    let shentsize = u64::from(u16_at(data, 0x3A)?);
+    let shnum = u64::from(u16_at(data, 0x3C)?);
+    let section = |i: u64| -> Result<(u32, u64, u64, u32, u64), String> {
+        let at = shoff + i * shentsize;
+        // (sh_type, sh_offset, sh_size, sh_link, sh_entsize)
+        Ok((
+            u32_at(data, at + 4)?,
+            u64_at(data, at + 24)?,
+            u64_at(data, at + 32)?,
+            u32_at(data, at + 40)?,
+            u64_at(data, at + 56)?,
+        ))
+    };
+    for i in 0..shnum {
+        let (kind, offset, size, link, entsize) = section(i)?;
+        if kind != SHT_SYMTAB || entsize == 0 {
+            continue;
+        }
+        let (_, strings, strings_size, _, _) = section(u64::from(link))?;
+        let strings = bytes_at(data, strings, strings_size)?;
+        for entry in 0..size / entsize {
+            let at = offset + entry * entsize;
+            let name_at = usize::try_from(u32_at(data, at)?).map_err(|e| e.to_string())?;
+            let symbol_name = strings.get(name_at..).unwrap_or_default();
+            let symbol_name = symbol_name.split(|&b| b == 0).next().unwrap_or_default();
+            if symbol_name == name.as_bytes() {
+                return Ok(Some(u64_at(data, at + 8)?));
+            }
+        }
+    }
+    Ok(None)
 }

@@ -76,6 +76,17 @@ mod tests {
     }
 
     #[test]
+    fn symbols_are_kept_and_start_is_the_entry() {
+        let elf = elf::parse(image()).expect("the embedded image parses as ELF64");
+        let start = elf::symbol(image(), "_start").expect("symbol table parses");
+        assert_eq!(start, Some(elf.entry));
+        assert_eq!(
+            elf::symbol(image(), "no_such_symbol").expect("symbol table parses"),
+            None
+        );
+    }
+
+    #[test]
     fn builtin_name_is_testguest() {
         assert_eq!(BUILTIN_NAME, "testguest");
         assert_eq!(format!("builtin:{BUILTIN_NAME}"), "builtin:testguest");
