@@ -9,6 +9,7 @@
 // `ConfigError` is returned by value as the crate's contract with rxl and rxend promises; it is
 // built once per failed parse, so its size does not matter.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 mod cpus;
 mod diag;
@@ -70,6 +71,8 @@ pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Parsed, Con
         column: pos.col,
         kind,
     };
+    // a UTF-8 byte-order mark, as some editors write, is not part of the text
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     syntax::parse_into(text, 0, &mut settings).map_err(|e| to_error(&files, e))?;
     for (i, o) in overrides.iter().enumerate() {
         files.push(COMMAND_LINE.to_string());

@@ -280,3 +280,12 @@ fn unquoted_words_get_a_hint() {
     );
     assert_eq!((e.line, e.column), (3, 8));
 }
+
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    assert_eq!(ok("\u{feff}name = 'a'\nkernel = '/k'\n").config.name, "a");
+    // elsewhere it is an error with its position
+    let e = err_base("memory = 5\u{feff}\n");
+    assert!(matches!(e.kind, ConfigErrorKind::UnexpectedChar { found: '\u{feff}', .. }), "{e}");
+    assert_eq!((e.line, e.column), (3, 11));
+}
