@@ -660,7 +660,7 @@ pub(crate) fn interpret(
                         s.key_pos,
                         DiagnosticKind::Unsupported,
                         &s.key,
-                        format!("`{}` is not supported: {why}", s.key),
+                        format!("`{}`: {why}", s.key),
                     );
                 }
             }

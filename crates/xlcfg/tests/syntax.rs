@@ -286,6 +286,15 @@ fn a_byte_order_mark_is_skipped() {
     assert_eq!(ok("\u{feff}name = 'a'\nkernel = '/k'\n").config.name, "a");
     // elsewhere it is an error with its position
     let e = err_base("memory = 5\u{feff}\n");
-    assert!(matches!(e.kind, ConfigErrorKind::UnexpectedChar { found: '\u{feff}', .. }), "{e}");
+    assert!(
+        matches!(
+            e.kind,
+            ConfigErrorKind::UnexpectedChar {
+                found: '\u{feff}',
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!((e.line, e.column), (3, 11));
 }
