@@ -57,6 +57,10 @@ struct State {
     dlab: bool,
     host_request: u8,
     events: Vec<Event>,
+    /// While set, vCPU threads stay out of KVM_RUN (the VM is paused).
+    paused: bool,
+    /// vCPU threads currently parked because of `paused`.
+    parked: usize,
 }
 
 struct Shared {
@@ -282,8 +286,23 @@ fn handle_exit(shared: &Shared, exit: VcpuExit<'_>) -> Option<Event> {
     }
 }
 
+/// Parks the calling vCPU thread while the VM is paused.
+fn park_while_paused(shared: &Shared) {
+    let mut state = shared.lock();
+    if !state.paused {
+        return;
+    }
+    state.parked += 1;
+    shared.changed.notify_all();
+    while state.paused && !shared.stop.load(Ordering::SeqCst) {
+        state = shared.changed.wait(state).expect("harness state lock");
+    }
+    state.parked -= 1;
+}
+
 fn run_vcpu(mut vcpu: VcpuFd, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
+        park_while_paused(&shared);
         let ended = match vcpu.run() {
             Ok(exit) => {
                 if std::env::var_os("RXEN_TRACE").is_some() {
@@ -453,6 +472,31 @@ impl Machine {
         }
     }
 
+    /// Interrupts SIGUSR1 into every vCPU thread still inside KVM_RUN.
+    fn kick(&self) {
+        for thread in self.threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the thread is alive (not finished) and SIGUSR1 has a no-op handler.
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+        }
+    }
+
+    /// Stops every vCPU (as a VMM's pause does) and waits until all are out of KVM_RUN.
+    fn pause(&self) {
+        self.shared.lock().paused = true;
+        let deadline = Instant::now() + LONG_WAIT;
+        while self.shared.lock().parked < self.threads.len() {
+            assert!(Instant::now() < deadline, "vCPUs did not stop");
+            self.kick();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Lets the vCPUs run again.
+    fn resume(&self) {
+        self.shared.lock().paused = false;
+        self.shared.changed.notify_all();
+    }
+
     /// CPU time used so far by all vCPU threads together.
     fn vcpu_cpu_time(&self) -> Duration {
         self.cpu_clocks
@@ -503,12 +547,12 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            self.kick();
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for thread in self.threads.drain(..) {
-            while !thread.is_finished() {
-                // SAFETY: the thread is alive (not finished) and SIGUSR1 has a no-op handler.
-                unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
-                std::thread::sleep(Duration::from_millis(5));
-            }
             let _ = thread.join();
         }
     }
@@ -758,4 +802,24 @@ fn exception_is_reported_with_vector_and_rip_then_pvpanic() {
     let line = machine.expect_line("exception", LONG_WAIT);
     assert_eq!(line, format!("exception 6 at {isr:#x}"));
     assert_eq!(machine.expect_end(LONG_WAIT), Event::Panic(1));
+}
+
+#[test]
+fn heartbeat_does_not_catch_up_after_a_pause() {
+    let machine = Machine::booted();
+    let before = heartbeat(&machine);
+    machine.pause();
+    std::thread::sleep(Duration::from_millis(1500));
+    machine.resume();
+    let after = heartbeat(&machine);
+    // 1.5 s paused would be 15 heartbeats if the guest made up for lost ticks.
+    assert!(
+        after <= before + 2,
+        "the heartbeat caught up after a pause: {before} then {after}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        heartbeat(&machine) > after,
+        "the heartbeat stopped after the pause"
+    );
 }
