@@ -19,7 +19,7 @@ impl fmt::Display for MacAddr {
 
 impl FromStr for MacAddr {
     type Err = SpecError;
-    /// Six hex bytes of one or two digits joined by `:`; multicast addresses are refused.
+    /// Six hex bytes of one or two digits joined by `:` (or `-`); multicast addresses are refused.
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let bad = |why| SpecError::BadMac {
             value: s.to_string(),
@@ -27,7 +27,8 @@ impl FromStr for MacAddr {
         };
         let mut out = [0u8; 6];
         let mut n = 0usize;
-        for part in s.split(':') {
+        // xl skips any one character between bytes; `:` and `-` are the ones people write
+        for part in s.split([':', '-']) {
             let slot = out.get_mut(n).ok_or_else(|| bad("more than six bytes"))?;
             if part.is_empty() || part.len() > 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad("each byte must be one or two hex digits"));
