@@ -239,6 +239,8 @@ impl VcpuHandle {
 enum Next {
     Continue,
     Stop,
+    /// KVM could not emulate something: report it with the vCPU's state.
+    InternalError,
 }
 
 fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
@@ -264,11 +266,7 @@ fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
             );
             return Next::Stop;
         }
-        VcpuExit::InternalError => {
-            ctx.exit
-                .request(ExitReason::Crash, format!("vcpu{id}: KVM internal error"));
-            return Next::Stop;
-        }
+        VcpuExit::InternalError => return Next::InternalError,
         VcpuExit::SystemEvent(kind, _) => {
             let (reason, what) = match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => (ExitReason::Poweroff, "shutdown"),
@@ -285,6 +283,29 @@ fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         }
     }
     Next::Continue
+}
+
+/// Describes a KVM internal error: suberror, its data, and where the vCPU was.
+fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the active union field.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    let data: Vec<String> = internal
+        .data
+        .iter()
+        .take(n)
+        .map(|d| format!("{d:#x}"))
+        .collect();
+    let rip = vcpu
+        .get_regs()
+        .map(|r| format!("{:#x}", r.rip))
+        .unwrap_or_else(|_| "?".into());
+    format!(
+        "suberror {}, data [{}], rip {rip}",
+        internal.suberror,
+        data.join(", ")
+    )
 }
 
 fn gettid() -> i32 {
@@ -308,8 +329,17 @@ fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
         }
         match vcpu.run() {
             Ok(exit) => {
-                if let Next::Stop = handle_exit(id, exit, &ctx) {
-                    break;
+                match handle_exit(id, exit, &ctx) {
+                    Next::Continue => {}
+                    Next::Stop => break,
+                    Next::InternalError => {
+                        let detail = internal_error_detail(&mut vcpu);
+                        ctx.exit.request(
+                            ExitReason::Crash,
+                            format!("vcpu{id}: KVM internal error ({detail})"),
+                        );
+                        break;
+                    }
                 }
                 if ctx.exit.is_requested() {
                     break;

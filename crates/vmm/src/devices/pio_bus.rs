@@ -140,7 +140,7 @@ mod tests {
         assert!(!bus.read(0x400, &mut w));
         assert_eq!(w, [0xFF, 0xFF]);
         assert!(!bus.read(0x3F7, &mut b));
-        assert!(bus.write(0x3F8, &[b'x']));
+        assert!(bus.write(0x3F8, b"x"));
         assert!(!bus.write(0x61, &[1]));
         assert_eq!(lock(&dev).0, vec![(0x3F8, 0, b'x')]);
     }

@@ -203,6 +203,14 @@ impl Console {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
 
+    /// Reads whatever arrives during `d`.
+    pub fn pump_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.pump();
+        }
+    }
+
     fn pump(&mut self) {
         let mut buf = [0u8; 4096];
         match self.stream.read(&mut buf) {
