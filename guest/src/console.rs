@@ -93,8 +93,7 @@ impl Console {
                 if let Some(slot) = self.line.get_mut(self.len) {
                     *slot = byte;
                     self.len += 1;
-                    let echo = [byte];
-                    print!("{}", core::str::from_utf8(&echo).unwrap_or("?"));
+                    print!("{}", char::from(byte));
                 }
             }
             _ => {}
