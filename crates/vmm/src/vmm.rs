@@ -318,6 +318,25 @@ impl Vm {
         Ok(())
     }
 
+    /// Passes a shutdown or reboot request to the guest.
+    fn host_request(&self, req: HostRequest) -> Result<(), ControlError> {
+        match self.kind {
+            KernelKind::TestGuest => {
+                self.host_request.set(req);
+                Ok(())
+            }
+            // Linux needs ACPI (power button) or an i8042 keyboard (Ctrl-Alt-Del) for these.
+            KernelKind::Linux => Err(ControlError::Failed(format!(
+                "{} requests are not supported for Linux guests yet",
+                if req == HostRequest::Shutdown {
+                    "shutdown"
+                } else {
+                    "reboot"
+                }
+            ))),
+        }
+    }
+
     /// Current counters.
     pub fn vm_stats(&self) -> VmStats {
         let vcpus = self
@@ -377,13 +396,11 @@ impl ControlTarget for Vm {
     }
 
     fn shutdown(&mut self) -> Result<(), ControlError> {
-        self.host_request.set(HostRequest::Shutdown);
-        Ok(())
+        self.host_request(HostRequest::Shutdown)
     }
 
     fn reboot(&mut self) -> Result<(), ControlError> {
-        self.host_request.set(HostRequest::Reboot);
-        Ok(())
+        self.host_request(HostRequest::Reboot)
     }
 
     fn destroy(&mut self) -> Result<(), ControlError> {

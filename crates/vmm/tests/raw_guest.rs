@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{raw_guest_elf, spec, Domain};
+use common::{raw_elf, raw_guest_elf, spec, Domain};
 use rxen_proto::vmspec::{ExitReason, KernelSource};
 
 /// Prints "B" if RSI points at the boot info magic, then "K\n", then powers off.
@@ -105,4 +105,33 @@ fn bad_spec_fails_with_one_line() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid spec"), "{err}");
+}
+
+/// Prints "L\n" if RSI is the zero page, waits a little (so that a wrongly
+/// runnable AP would print too), then powers off.
+const LINUX_LIKE: &[u8] = &[
+    0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+    0x48, 0x81, 0xFE, 0x00, 0x70, 0x00, 0x00, // cmp rsi, 0x7000
+    0x75, 0x03, // jne +3
+    0xB0, b'L', 0xEE, // mov al, 'L'; out dx, al
+    0xB0, b'\n', 0xEE, // mov al, '\n'; out dx, al
+    0xB9, 0x20, 0x4E, 0x00, 0x00, // mov ecx, 20000
+    0xFF, 0xC9, // dec ecx
+    0x75, 0xFC, // jnz -4
+    0x66, 0xBA, 0x10, 0x05, // mov dx, 0x510
+    0x30, 0xC0, 0xEE, 0xF4, // xor al, al; out dx, al; hlt
+];
+
+#[test]
+fn non_rxen_elf_boots_with_the_linux_protocol_on_the_bsp_only() {
+    let mut d = Domain::start(|dir| {
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, raw_elf(LINUX_LIKE, 0x100_0000, false)).expect("write");
+        let mut s = spec(dir, KernelSource::Path(kernel), 2, 64);
+        s.cmdline = "console=ttyS0".into();
+        s
+    });
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(d.console_log(), "L\n");
+    assert_eq!(d.exit_record().reason, ExitReason::Poweroff);
 }

@@ -52,9 +52,12 @@ pub enum LoaderError {
     /// Writing into guest memory failed.
     #[error("cannot write the kernel into guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
-    /// Linux boot is recognised but not implemented in this VMM yet.
-    #[error("Linux boot not wired yet (kernel is a Linux image; rxen-linuxboot is not connected)")]
-    LinuxNotWired,
+    /// The Linux boot protocol failed.
+    #[error(transparent)]
+    Linux(#[from] rxen_linuxboot::LinuxBootError),
+    /// Too many vCPUs for the Linux MP table.
+    #[error("{0} vCPUs is too many for a Linux guest")]
+    LinuxVcpus(u32),
 }
 
 /// Which boot protocol a kernel image follows.
@@ -212,15 +215,27 @@ pub fn load_test_guest(mem: &GuestMemoryMmap, bytes: &[u8]) -> Result<LoadedKern
     })
 }
 
-/// The hook for the Linux boot protocol (rxen-linuxboot).
+/// Loads a Linux kernel (vmlinux or bzImage) with the Linux boot protocol (rxen-linuxboot).
 pub fn load_linux(
-    _mem: &GuestMemoryMmap,
-    _image: &KernelImage,
-    _initrd: Option<&Path>,
-    _cmdline: &str,
-    _vcpus: u32,
+    mem: &GuestMemoryMmap,
+    image: &KernelImage,
+    initrd: Option<&Path>,
+    cmdline: &str,
+    vcpus: u32,
 ) -> Result<LoadedKernel, LoaderError> {
-    Err(LoaderError::LinuxNotWired)
+    let vcpus = u8::try_from(vcpus).map_err(|_| LoaderError::LinuxVcpus(vcpus))?;
+    let name = image
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(built-in kernel)"));
+    let mut reader = std::io::Cursor::new(image.bytes.as_slice());
+    let boot = rxen_linuxboot::load_linux_from(mem, &mut reader, &name, initrd, cmdline, vcpus)?;
+    Ok(LoadedKernel {
+        kind: KernelKind::Linux,
+        entry: boot.entry.0,
+        kernel_end: 0,
+        boot_params: Some(boot.boot_params.0),
+    })
 }
 
 /// Places `image` in guest memory according to its protocol.
@@ -285,14 +300,28 @@ mod tests {
     }
 
     #[test]
-    fn linux_hook_reports_not_wired() {
-        let mem = create_guest_memory(16).expect("memory");
+    fn linux_elf_goes_through_the_linux_protocol() {
+        let mem = create_guest_memory(64).expect("memory");
         let image = KernelImage {
             kind: KernelKind::Linux,
-            bytes: KernelBytes::Owned(elf::tests::build_elf(&[1], 0x100_0000, 0, false)),
+            bytes: KernelBytes::Owned(elf::tests::build_elf(&[0xF4], 0x100_0000, 0, false)),
             path: None,
         };
-        let err = load(&mem, &image, None, "", 1).expect_err("not wired");
-        assert!(err.to_string().contains("Linux boot not wired yet"));
+        let k = load(&mem, &image, None, "console=ttyS0", 2).expect("load");
+        assert_eq!(k.kind, KernelKind::Linux);
+        assert_eq!(k.entry, 0x100_0000);
+        assert_eq!(k.boot_params, Some(0x7000));
+        let mut b = [0u8; 1];
+        mem.read_slice(&mut b, GuestAddress(0x100_0000))
+            .expect("read");
+        assert_eq!(b, [0xF4]);
+        let mut cmdline = [0u8; 13];
+        mem.read_slice(&mut cmdline, GuestAddress(0x20000))
+            .expect("read");
+        assert_eq!(&cmdline, b"console=ttyS0");
+        assert!(matches!(
+            load(&mem, &image, None, "", 300),
+            Err(LoaderError::LinuxVcpus(300))
+        ));
     }
 }

@@ -252,12 +252,21 @@ impl Console {
 
 /// Builds a minimal x86_64 ELF: `code` loaded and entered at 1 MiB, with the RXEN note.
 pub fn raw_guest_elf(code: &[u8]) -> Vec<u8> {
-    let paddr: u64 = 0x10_0000;
+    raw_elf(code, 0x10_0000, true)
+}
+
+/// Builds a minimal x86_64 ELF with `code` at `paddr`; with the RXEN note or (as a
+/// Linux vmlinux would be) a different note.
+pub fn raw_elf(code: &[u8], paddr: u64, rxen_note: bool) -> Vec<u8> {
     let mut note = Vec::new();
     note.extend_from_slice(&5u32.to_le_bytes());
     note.extend_from_slice(&4u32.to_le_bytes());
     note.extend_from_slice(&1u32.to_le_bytes());
-    note.extend_from_slice(b"RXEN\0\0\0\0");
+    note.extend_from_slice(if rxen_note {
+        b"RXEN\0\0\0\0"
+    } else {
+        b"XNUL\0\0\0\0"
+    });
     note.extend_from_slice(&1u32.to_le_bytes());
     let data_off: u64 = 64 + 56 * 2;
     let note_off = data_off + code.len() as u64;
