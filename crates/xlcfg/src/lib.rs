@@ -62,6 +62,18 @@ impl Parsed {
 /// Parses xl.cfg text. `file` is only used in messages. `overrides` are xl's trailing
 /// KEY=VALUE command-line arguments, each parsed as one extra config line after the file
 /// (diagnostics for them name the file "<command line>", with the argument's number as line).
+///
+/// ```
+/// let text = "name = 'web'\nkernel = '/boot/vmlinuz'\nmemory = 512\nbootloader = 'pygrub'\n";
+/// let parsed = xlcfg::parse(text, "web.cfg", &["vcpus=2".to_string()]).unwrap();
+/// assert_eq!(parsed.config.memory_mib, 512);
+/// assert_eq!(parsed.config.vcpus, 2);
+/// let refused: Vec<String> = parsed.unsupported().map(|d| d.to_string()).collect();
+/// assert!(refused[0].starts_with("web.cfg:4:14: unsupported: bootloader"));
+///
+/// let err = xlcfg::parse("name = 'web'\nmemory = 'lots'\n", "web.cfg", &[]).unwrap_err();
+/// assert_eq!((err.line, err.column), (2, 10));
+/// ```
 pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Parsed, ConfigError> {
     let mut files = vec![file.to_string()];
     let mut settings = syntax::Settings::default();
