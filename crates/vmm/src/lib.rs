@@ -5,6 +5,8 @@
 //! control sockets in the run directory, and writes the exit record when the
 //! guest or rxend ends it. See `docs/internals.md` for the contracts.
 
+#![deny(missing_docs)]
+
 pub mod boot;
 pub mod console;
 pub mod control;

@@ -446,6 +446,18 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         });
     }
+    // A record left by an earlier run of this domain must not describe this one.
+    let stale = run_dir.join(files::EXIT_RECORD);
+    match std::fs::remove_file(&stale) {
+        Ok(()) => tracing::info!("removed a stale {}", files::EXIT_RECORD),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(VmmError::RunDir {
+                path: stale,
+                source,
+            })
+        }
+    }
     let sigterm = event_loop::install_sigterm()?;
     let mut vm = Vm::create(spec)?;
     let control = bind_socket(&run_dir.join(files::CONTROL_SOCKET))?;

@@ -135,3 +135,22 @@ fn non_rxen_elf_boots_with_the_linux_protocol_on_the_bsp_only() {
     assert_eq!(d.console_log(), "L\n");
     assert_eq!(d.exit_record().reason, ExitReason::Poweroff);
 }
+
+#[test]
+fn stale_exit_record_is_removed_and_kill_leaves_none() {
+    // jmp $ : runs until killed.
+    let mut d = Domain::start(|dir| {
+        std::fs::write(
+            dir.join("exit.json"),
+            br#"{"reason":"poweroff","detail":"old"}"#,
+        )
+        .expect("stale");
+        let kernel = dir.join("guest.elf");
+        std::fs::write(&kernel, raw_guest_elf(&[0xEB, 0xFE])).expect("write guest");
+        spec(dir, KernelSource::Path(kernel), 1, 32)
+    });
+    assert!(!d.path("exit.json").exists());
+    d.child.kill().expect("kill");
+    d.child.wait().expect("wait");
+    assert!(!d.path("exit.json").exists());
+}

@@ -73,7 +73,9 @@ fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
     let s = b
         .get(off..off + 2)
         .ok_or(ElfError::Malformed("short field"))?;
-    Ok(u16::from_le_bytes([s[0], s[1]]))
+    let mut a = [0u8; 2];
+    a.copy_from_slice(s);
+    Ok(u16::from_le_bytes(a))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
@@ -137,9 +139,10 @@ impl ElfImage {
         if !is_elf(bytes) {
             return Err(ElfError::NotElf);
         }
-        let ident = bytes.get(..64).ok_or(ElfError::Malformed("header"))?;
+        let ident = bytes.get(4..6).ok_or(ElfError::Malformed("header"))?;
+        bytes.get(..64).ok_or(ElfError::Malformed("header"))?;
         // ELFCLASS64, ELFDATA2LSB.
-        if ident[4] != 2 || ident[5] != 1 || u16_at(bytes, 18)? != EM_X86_64 {
+        if ident != [2, 1] || u16_at(bytes, 18)? != EM_X86_64 {
             return Err(ElfError::WrongKind);
         }
         // ET_EXEC or ET_DYN are both loaded at their physical addresses.

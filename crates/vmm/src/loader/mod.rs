@@ -175,7 +175,8 @@ fn zero_fill(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Result<(), LoaderErr
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(CHUNK);
-        mem.write_slice(&zeros[..n as usize], GuestAddress(addr + done))?;
+        let chunk = zeros.get(..n as usize).unwrap_or(&zeros);
+        mem.write_slice(chunk, GuestAddress(addr + done))?;
         done += n;
     }
     Ok(())
