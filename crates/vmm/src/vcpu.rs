@@ -376,3 +376,73 @@ pub fn spawn(vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> Result<VcpuHandle, Vcpu
         thread,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Threads that behave like vCPU loops: park when the flag is up.
+    fn fake_vcpus(control: &Arc<RunControl>, n: usize, spins: &Arc<AtomicUsize>) {
+        for id in 0..n {
+            let c = control.clone();
+            let spins = spins.clone();
+            std::thread::spawn(move || loop {
+                if c.flag.load(Ordering::SeqCst) {
+                    c.park(id);
+                }
+                spins.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            });
+        }
+    }
+
+    #[test]
+    fn pause_waits_for_every_vcpu_and_unpause_releases_them() {
+        let control = Arc::new(RunControl::new(2, false));
+        let spins = Arc::new(AtomicUsize::new(0));
+        fake_vcpus(&control, 2, &spins);
+        let infos: Vec<_> = (0..2).map(|i| Arc::new(VcpuInfo::new(i))).collect();
+        let kicks = AtomicUsize::new(0);
+        control
+            .pause(&infos, |_| {
+                kicks.fetch_add(1, Ordering::SeqCst);
+            })
+            .expect("pause");
+        assert!(control.is_paused());
+        assert!(control.is_parked(0) && control.is_parked(1));
+        let frozen = spins.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            spins.load(Ordering::SeqCst),
+            frozen,
+            "a vCPU ran while paused"
+        );
+        control.unpause();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(spins.load(Ordering::SeqCst) > frozen);
+        assert!(!control.is_parked(0) && !control.is_parked(1));
+    }
+
+    #[test]
+    fn gone_vcpus_count_as_stopped() {
+        let control = RunControl::new(1, false);
+        control.mark_gone(0);
+        assert!(control.is_gone(0));
+        control.pause(&[], |_| {}).expect("pause");
+        assert!(control.is_paused());
+    }
+
+    #[test]
+    fn start_paused_parks_at_once() {
+        let control = Arc::new(RunControl::new(1, true));
+        let spins = Arc::new(AtomicUsize::new(0));
+        fake_vcpus(&control, 1, &spins);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(spins.load(Ordering::SeqCst), 0);
+        assert!(control.is_parked(0));
+        control.unpause();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(spins.load(Ordering::SeqCst) > 0);
+    }
+}

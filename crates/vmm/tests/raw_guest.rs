@@ -107,6 +107,39 @@ fn bad_spec_fails_with_one_line() {
     assert!(err.contains("invalid spec"), "{err}");
 }
 
+#[test]
+fn startup_errors_exit_1_without_ready() {
+    type Tweak = fn(&mut rxen_proto::vmspec::VmSpec);
+    let cases: [(&str, Tweak); 3] = [
+        ("unknown built-in kernel", |s| {
+            s.kernel = KernelSource::Builtin("nope".into())
+        }),
+        ("out of range", |s| s.memory_mib = 0),
+        ("vCPUs requested", |s| s.vcpus = 0),
+    ];
+    for (needle, tweak) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = spec(dir.path(), KernelSource::Builtin("testguest".into()), 1, 32);
+        tweak(&mut s);
+        let spec_path = dir.path().join("spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec(&s).expect("json")).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rxen-vmm"))
+            .arg("--spec")
+            .arg(&spec_path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{needle}");
+        assert!(out.stdout.is_empty(), "{needle}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("rxen-vmm: ") && last.contains(needle),
+            "{needle}: {err}"
+        );
+        assert!(!dir.path().join("exit.json").exists());
+    }
+}
+
 /// Prints "L\n" if RSI is the zero page, waits a little (so that a wrongly
 /// runnable AP would print too), then powers off.
 const LINUX_LIKE: &[u8] = &[
