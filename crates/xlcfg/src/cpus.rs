@@ -133,6 +133,14 @@ pub(crate) enum HostFree {
     NeedsHost,
 }
 
+/// Checks a CPU list's syntax without expanding it (for entries that are then ignored).
+pub(crate) fn check_cpu_list_syntax(spec: &str) -> Result<(), SpecError> {
+    match items(spec) {
+        Ok(_) | Err(SpecError::NodesUnsupported(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads a CPU list for a config file, where the host is not known.
 pub(crate) fn parse_cpu_list_host_free(spec: &str) -> Result<HostFree, SpecError> {
     let items = items(spec)?;

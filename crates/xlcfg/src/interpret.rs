@@ -1,6 +1,8 @@
 //! From settings to a [`DomainConfig`]: types, defaults and checks as xl's parse_config_data.
 
-use crate::cpus::{parse_cpu_list_host_free, CpuAffinity, HostFree, MAX_CPUS};
+use crate::cpus::{
+    check_cpu_list_syntax, parse_cpu_list_host_free, CpuAffinity, HostFree, MAX_CPUS,
+};
 use crate::diag::{Diagnostic, DiagnosticKind};
 use crate::disk::{parse_disk_spec, DiskFormat, DiskSpec};
 use crate::error::{ConfigError, ConfigErrorKind};
@@ -10,8 +12,8 @@ use crate::model::{Action, DomainConfig, DomainType, DEFAULT_CPU_WEIGHT, DEFAULT
 use crate::number::parse_c_long;
 use crate::spec::SpecError;
 use crate::syntax::{Settings, Spanned, Value};
-use crate::vif::{parse_vif_spec, VifSpec};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::vif::{parse_vif_spec, MacAddr, VifSpec};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The largest `memory`/`maxmem` rxen accepts, MiB (16 TiB).
 pub const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
@@ -803,7 +805,7 @@ fn read_cpus(cx: &mut Cx<'_>, maxvcpus: u32) -> R<Option<CpuAffinity>> {
             }
             let mut per = Vec::new();
             let mut refused = false;
-            for it in items {
+            for (i, it) in items.iter().enumerate() {
                 let Value::Atom { text, .. } = &it.value else {
                     return Err(cx.err(
                         it.pos,
@@ -814,6 +816,19 @@ fn read_cpus(cx: &mut Cx<'_>, maxvcpus: u32) -> R<Option<CpuAffinity>> {
                         },
                     ));
                 };
+                if i >= maxvcpus as usize {
+                    // entries for vCPUs the domain cannot have are checked, then ignored
+                    check_cpu_list_syntax(text).map_err(|source| {
+                        cx.err(
+                            it.pos,
+                            ConfigErrorKind::Cpus {
+                                spec: text.clone(),
+                                source,
+                            },
+                        )
+                    })?;
+                    continue;
+                }
                 match cpu_item(cx, text, it.pos)? {
                     Some(HostFree::Set(s)) => per.push(s),
                     Some(HostFree::All) => {
@@ -823,8 +838,8 @@ fn read_cpus(cx: &mut Cx<'_>, maxvcpus: u32) -> R<Option<CpuAffinity>> {
                     _ => refused = true,
                 }
             }
-            if per.len() > maxvcpus as usize {
-                cx.diag(v.pos, DiagnosticKind::Warning, "cpus", format!("cpus lists {} entries but the domain has at most {maxvcpus} vCPUs; the extra entries are ignored", per.len()));
+            if items.len() > maxvcpus as usize {
+                cx.diag(v.pos, DiagnosticKind::Warning, "cpus", format!("cpus lists {} entries but the domain has at most {maxvcpus} vCPUs; the extra entries are ignored", items.len()));
             }
             if refused {
                 None
@@ -849,6 +864,7 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
         return Ok(Vec::new());
     };
     let mut disks: Vec<DiskSpec> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, (spec, pos)) in specs.into_iter().enumerate() {
         let d = parse_disk_spec(&spec).map_err(|source| {
             cx.err(
@@ -860,7 +876,7 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
                 },
             )
         })?;
-        if let Some(first) = disks.iter().position(|o| o.vdev == d.vdev) {
+        if let Some(&first) = seen.get(&d.vdev) {
             return Err(cx.err(
                 pos,
                 ConfigErrorKind::DuplicateVdev {
@@ -870,6 +886,7 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
                 },
             ));
         }
+        seen.insert(d.vdev.clone(), i);
         let mut refuse = |what: String| {
             cx.diag(
                 pos,
@@ -930,6 +947,7 @@ fn read_vifs(cx: &mut Cx<'_>) -> R<Vec<VifSpec>> {
         return Ok(Vec::new());
     };
     let mut vifs: Vec<VifSpec> = Vec::new();
+    let mut macs: HashSet<MacAddr> = HashSet::new();
     for (i, (spec, pos)) in specs.into_iter().enumerate() {
         let v = parse_vif_spec(&spec).map_err(|source| {
             cx.err(
@@ -946,7 +964,7 @@ fn read_vifs(cx: &mut Cx<'_>) -> R<Vec<VifSpec>> {
             cx.diag(pos, kind, "vif", format!("vif entry {n}: {what}"));
         };
         if let Some(m) = v.mac {
-            if vifs.iter().any(|o| o.mac == Some(m)) {
+            if !macs.insert(m) {
                 say(
                     DiagnosticKind::Warning,
                     format!("MAC {m} is also used by an earlier vif"),

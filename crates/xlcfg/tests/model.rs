@@ -611,3 +611,49 @@ fn config_round_trips_through_json() {
     assert_eq!(v["vifs"][0]["mac"], "00:16:3e:00:00:01");
     assert_eq!(v["disks"][0]["access"], "w");
 }
+
+#[test]
+fn cpus_entries_past_maxvcpus_are_ignored() {
+    let p = ok("vcpus = 1\ncpus = [0, 1, 'nodes:1']");
+    assert_eq!(p.config.cpus, Some(CpuAffinity::PerVcpu(vec![vec![0]])));
+    assert_eq!(kinds(&p, "cpus"), vec![DiagnosticKind::Warning]);
+    // but they must still be CPU lists
+    assert!(matches!(
+        err("vcpus = 1\ncpus = [0, 'junk']").kind,
+        ConfigErrorKind::Cpus { .. }
+    ));
+}
+
+#[test]
+fn long_device_lists_parse_in_linear_time() {
+    let disks: Vec<String> = (0..20_000)
+        .map(|i| format!("'/dev/vg/d{i},,xvda{i}'"))
+        .collect();
+    let vifs: Vec<String> = (0..20_000)
+        .map(|i| format!("'mac=00:16:3e:00:{:02x}:{:02x}'", i / 256, i % 256))
+        .collect();
+    let p = ok(&format!(
+        "disk = [{}]\nvif = [{}]\n",
+        disks.join(","),
+        vifs.join(",")
+    ));
+    assert_eq!(
+        (p.config.disks.len(), p.config.vifs.len()),
+        (20_000, 20_000)
+    );
+    // the duplicate is still found at the end of a long list
+    let mut dup = disks.clone();
+    dup.push("'/dev/vg/x,,xvda7'".into());
+    let e = err(&format!("disk = [{}]\n", dup.join(",")));
+    assert!(
+        matches!(
+            e.kind,
+            ConfigErrorKind::DuplicateVdev {
+                index: 20_001,
+                first: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
