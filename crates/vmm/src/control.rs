@@ -57,7 +57,11 @@ pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
             }
         }
     };
-    tracing::info!(?request, "control request");
+    if request == VmRequest::Stats {
+        tracing::debug!(?request, "control request");
+    } else {
+        tracing::info!(?request, "control request");
+    }
     let ok = |r: Result<(), ControlError>| match r {
         Ok(()) => VmResponse::Ok,
         Err(e) => error(e),

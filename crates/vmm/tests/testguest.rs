@@ -227,3 +227,10 @@ fn stuck_console_client_does_not_block_the_guest() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(heartbeat(&mut con) > a);
 }
+
+#[test]
+fn guest_above_3_gib_gets_the_split_layout() {
+    let d = Domain::start(|dir| spec(dir, KernelSource::Builtin("testguest".into()), 1, 4096));
+    d.console()
+        .wait_text(0, "rxen testguest: booted on 1 vCPUs with 4096 MiB", T);
+}
