@@ -234,3 +234,30 @@ fn guest_above_3_gib_gets_the_split_layout() {
     d.console()
         .wait_text(0, "rxen testguest: booted on 1 vCPUs with 4096 MiB", T);
 }
+
+#[test]
+fn stats_show_a_burning_vcpu_running_and_its_cpu_time() {
+    let (d, mut con) = booted();
+    let idle = stats(&d);
+    con.send("burn 2 1\n");
+    con.wait_text(0, "burning vcpu 1 for 2 s", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut running = false;
+    for _ in 0..20 {
+        let s = stats(&d);
+        if s.vcpus[1].state == VcpuState::Running {
+            running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(running, "vCPU 1 never showed as running while burning");
+    let busy = stats(&d);
+    let spent = busy.vcpus[1].cpu_time_ns - idle.vcpus[1].cpu_time_ns;
+    assert!(
+        spent > 100_000_000,
+        "vCPU 1 used only {spent} ns while burning"
+    );
+    assert!(busy.vcpus[1].host_cpu.is_some());
+    con.wait_text(0, "burn done on vcpu 1", T);
+}
