@@ -73,6 +73,9 @@ fn pause_stops_vcpus_and_heartbeat_does_not_jump() {
     for (i, v) in s.vcpus.iter().enumerate() {
         assert_eq!(v.id as usize, i);
         assert!(v.tid > 0);
+        let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", d.child.id(), v.tid))
+            .expect("vCPU thread");
+        assert_eq!(comm.trim(), format!("vcpu{i}"));
         assert!(
             matches!(v.state, VcpuState::Running | VcpuState::Blocked),
             "{v:?}"
