@@ -6,7 +6,7 @@ use crate::cpus::{
 use crate::diag::{Diagnostic, DiagnosticKind};
 use crate::disk::{parse_disk_spec, DiskFormat, DiskSpec};
 use crate::error::{ConfigError, ConfigErrorKind};
-use crate::keys::{classify, Class};
+use crate::keys::{classify, suggest, Class};
 use crate::lexer::Pos;
 use crate::model::{Action, DomainConfig, DomainType, DEFAULT_CPU_WEIGHT, DEFAULT_MEMORY_MIB};
 use crate::number::parse_c_long;
@@ -642,6 +642,7 @@ pub(crate) fn interpret(
     };
 
     // everything else
+    let mut unknown = 0usize;
     for s in &settings.list {
         if cx.used.contains(&s.key) {
             continue;
@@ -690,7 +691,15 @@ pub(crate) fn interpret(
                     s.key_pos,
                     DiagnosticKind::Unknown,
                     &s.key,
-                    format!("unknown key `{}` is kept but not used", s.key),
+                    format!("unknown key `{}` is kept but not used{}", s.key, {
+                        unknown += 1;
+                        // suggestions are for typos, not for files full of unknown keys
+                        (unknown <= 64)
+                            .then(|| suggest(&s.key))
+                            .flatten()
+                            .map(|k| format!(" (did you mean `{k}`?)"))
+                            .unwrap_or_default()
+                    }),
                 );
             }
         }

@@ -129,3 +129,101 @@ pub(crate) fn classify(key: &str) -> Option<Class> {
         _ => None,
     }
 }
+
+/// The keys rxen models.
+pub(crate) const MODELED: &[&str] = &[
+    "name",
+    "uuid",
+    "type",
+    "builder",
+    "pvh",
+    "memory",
+    "maxmem",
+    "vcpus",
+    "maxvcpus",
+    "cpus",
+    "cpu_weight",
+    "cap",
+    "kernel",
+    "ramdisk",
+    "cmdline",
+    "root",
+    "extra",
+    "bootloader",
+    "bootloader_args",
+    "disk",
+    "vif",
+    "on_poweroff",
+    "on_reboot",
+    "on_watchdog",
+    "on_crash",
+    "on_soft_reset",
+    "vnc",
+    "sdl",
+    "vfb",
+    "serial",
+    "xen_shell",
+];
+
+/// Edit distance (insertions, deletions, substitutions, adjacent swaps), capped at `max + 1`.
+fn distance(a: &str, b: &str, max: usize) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > max {
+        return max + 1;
+    }
+    // rows of the Damerau-Levenshtein (optimal string alignment) table
+    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let (ai, bj) = (a.get(i - 1), b.get(j - 1));
+            let cost = usize::from(ai != bj);
+            let mut d = (prev.get(j).copied().unwrap_or(0) + 1)
+                .min(cur.get(j - 1).copied().unwrap_or(0) + 1)
+                .min(prev.get(j - 1).copied().unwrap_or(0) + cost);
+            if i > 1 && j > 1 && ai == b.get(j - 2) && a.get(i - 2) == bj {
+                d = d.min(prev2.get(j - 2).copied().unwrap_or(0) + 1);
+            }
+            if let Some(c) = cur.get_mut(j) {
+                *c = d;
+            }
+        }
+        prev2 = std::mem::replace(&mut prev, cur);
+    }
+    prev.last().copied().unwrap_or(0)
+}
+
+/// A modeled key close to `key` (a likely typo), if there is one.
+pub(crate) fn suggest(key: &str) -> Option<&'static str> {
+    let max = if key.len() <= 4 { 1 } else { 2 };
+    MODELED
+        .iter()
+        .map(|k| (distance(key, k, max), *k))
+        .filter(|(d, _)| *d <= max)
+        .min()
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_suggestions() {
+        assert_eq!(suggest("memroy"), Some("memory"));
+        assert_eq!(suggest("vcpu"), Some("vcpus"));
+        assert_eq!(suggest("on_crsh"), Some("on_crash"));
+        assert_eq!(suggest("kernal"), Some("kernel"));
+        assert_eq!(suggest("frobnicate"), None);
+        assert_eq!(suggest("x"), None);
+    }
+
+    #[test]
+    fn modeled_keys_are_not_classified() {
+        for k in MODELED {
+            assert_eq!(classify(k), None, "{k}");
+        }
+    }
+}

@@ -657,3 +657,15 @@ fn long_device_lists_parse_in_linear_time() {
         "{e}"
     );
 }
+
+#[test]
+fn typos_in_keys_get_a_suggestion() {
+    let p = ok("memroy = 512");
+    assert_eq!(p.config.memory_mib, 32);
+    let d = &p.diagnostics[0];
+    assert_eq!(d.kind, DiagnosticKind::Unknown);
+    assert_eq!(
+        d.to_string(),
+        "t.cfg:3:1: warning: unknown key `memroy` is kept but not used (did you mean `memory`?)"
+    );
+}
