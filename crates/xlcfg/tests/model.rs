@@ -669,3 +669,54 @@ fn typos_in_keys_get_a_suggestion() {
         "t.cfg:3:1: warning: unknown key `memroy` is kept but not used (did you mean `memory`?)"
     );
 }
+
+#[test]
+fn every_class_of_unmodeled_key() {
+    use DiagnosticKind::*;
+    let cases: &[(&str, &str, DiagnosticKind)] = &[
+        ("pci", "['01:00.0']", Unsupported),
+        ("pci", "[]", Warning),
+        ("gfx_passthru", "1", Unsupported),
+        ("pci_permissive", "1", Warning),
+        ("usbctrl", "['version=2']", Unsupported),
+        ("usb", "0", Warning),
+        ("usb", "1", Unsupported),
+        ("vtpm", "['backend=0']", Unsupported),
+        ("p9", "[]", Warning),
+        ("channel", "['name=x']", Unsupported),
+        ("acpi", "0", Unsupported),
+        ("apic", "1", Warning),
+        ("viridian", "1", Unsupported),
+        ("tsc_mode", "'native'", Unsupported),
+        ("tsc_mode", "'default'", Warning),
+        ("firmware", "'ovmf'", Unsupported),
+        ("boot", "'c'", Warning),
+        ("keymap", "'de'", Warning),
+        ("spicehost", "'0.0.0.0'", Unsupported),
+        ("device_model_version", "'qemu-xen'", Unsupported),
+        ("cpus_soft", "'0-3'", Unsupported),
+        ("pool", "'Pool-0'", Warning),
+        ("pool", "'fast'", Unsupported),
+        ("seclabel", "'system_u:system_r:domU_t'", Unsupported),
+        ("nomigrate", "1", Unsupported),
+        ("pvshim", "1", Unsupported),
+        ("vuart", "'sbsa_uart'", Unsupported),
+        ("max_grant_frames", "64", Warning),
+        ("shadow_memory", "8", Warning),
+        ("nics", "2", Deprecated),
+        ("on_xend_stop", "'shutdown'", Deprecated),
+        ("vncconsole", "1", Deprecated),
+        ("netmask", "'255.255.255.0'", Deprecated),
+        ("restart", "'onreboot'", Deprecated),
+        ("bootargs", "'--entry=xvda1:/vmlinuz'", Deprecated),
+        ("blkif", "1", Deprecated),
+        ("totally_new_key", "1", Unknown),
+    ];
+    for (key, value, kind) in cases {
+        let p = ok(&format!("{key} = {value}"));
+        assert_eq!(kinds(&p, key), vec![*kind], "{key} = {value}");
+        assert!(p.config.other_keys.contains_key(*key), "{key} kept");
+        let d = &p.diagnostics[0];
+        assert_eq!((d.line, d.column), (3, 1), "{key}");
+    }
+}
