@@ -61,7 +61,7 @@ impl Parsed {
 
 /// Parses xl.cfg text. `file` is only used in messages. `overrides` are xl's trailing
 /// KEY=VALUE command-line arguments, each parsed as one extra config line after the file
-/// (diagnostics for them name the file "<command line>", with the argument's number as line).
+/// (diagnostics for them name the file `<command line>`, with the argument's number as line).
 ///
 /// ```
 /// let text = "name = 'web'\nkernel = '/boot/vmlinuz'\nmemory = 512\nbootloader = 'pygrub'\n";
