@@ -1,1 +1,58 @@
-fn main() {}
+//! `rxend`: the rxen host daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rxend::daemon::Daemon;
+use rxend::paths::{Paths, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use rxend::server;
+
+/// The rxen host daemon: it runs and supervises domains for rxl and rxen-shell.
+#[derive(Parser, Debug)]
+#[command(name = "rxend", version)]
+struct Args {
+    /// Unix socket that clients connect to.
+    #[arg(long, env = "RXEN_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Directory for domain records, run directories and the log.
+    #[arg(long, env = "RXEN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let paths = Paths {
+        socket: args.socket,
+        state_dir: args.state_dir,
+    };
+    let daemon = match Daemon::open(paths.clone()) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            eprintln!("rxend: cannot open state directory {}: {e}", paths.state_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match server::bind(&paths.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("rxend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    daemon.log.info(format!(
+        "rxend {} listening on {} (state in {})",
+        env!("CARGO_PKG_VERSION"),
+        paths.socket.display(),
+        paths.state_dir.display()
+    ));
+    let sup = Arc::clone(&daemon);
+    std::thread::spawn(move || loop {
+        sup.supervise();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    server::serve(daemon, listener);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,950 @@
+//! The domain table and every operation on it. Locks are held only for
+//! bookkeeping, never while a VMM starts or answers.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rxen_proto::api::DomainInfo;
+use rxen_proto::vmctl::VmRequest;
+use rxen_proto::vmspec::{ExitReason, KernelSource, VmSpec};
+use xlcfg::{Action, DomainConfig};
+
+use crate::auth::Caller;
+use crate::hostinfo;
+use crate::log::Log;
+use crate::paths::Paths;
+use crate::procfs;
+use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
+use crate::vmm::{self, VmmError};
+
+/// Built-in kernels that `kernel = "builtin:NAME"` may name.
+pub const BUILTIN_KERNELS: &[&str] = &["testguest"];
+
+/// Errors of domain operations; each is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// No domain has this name or ID (xl's own wording).
+    #[error("{0} is an invalid domain identifier (rc=-6)")]
+    NoSuchDomain(String),
+    /// The name is in use.
+    #[error("domain name \"{0}\" is already in use")]
+    NameTaken(String),
+    /// The name cannot be a domain name.
+    #[error("invalid domain name \"{0}\": {1}")]
+    BadName(String, &'static str),
+    /// The configuration was refused.
+    #[error("{0}")]
+    Config(String),
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// The operation makes no sense for Domain-0.
+    #[error("Domain-0 cannot be {0}")]
+    Dom0(&'static str),
+    /// The domain has no running VMM.
+    #[error("domain {0} is not running")]
+    NotRunning(String),
+    /// Another operation on the domain is in progress.
+    #[error("domain {0} is busy ({1})")]
+    Busy(String, &'static str),
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// State could not be written.
+    #[error("cannot write {path}: {source}")]
+    Persist {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// An operation in progress that keeps the supervisor away from a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy {
+    Starting,
+    Destroying,
+    Exiting,
+}
+
+impl Busy {
+    fn what(self) -> &'static str {
+        match self {
+            Busy::Starting => "starting",
+            Busy::Destroying => "being destroyed",
+            Busy::Exiting => "shutting down",
+        }
+    }
+}
+
+struct Entry {
+    rec: DomainRecord,
+    busy: Option<Busy>,
+    /// vCPU time of the current VMM, sampled by the supervisor, in nanoseconds.
+    live_cpu_ns: u64,
+}
+
+struct Table {
+    domains: BTreeMap<u32, Entry>,
+    next_domid: u32,
+}
+
+/// A domain successfully created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// Its ID.
+    pub domid: u32,
+    /// Its name.
+    pub name: String,
+    /// Warnings for the user.
+    pub warnings: Vec<String>,
+}
+
+/// The daemon: paths, log, records and the domain table.
+pub struct Daemon {
+    /// Where things live.
+    pub paths: Paths,
+    /// The daemon's log.
+    pub log: Log,
+    store: RecordStore,
+    table: Mutex<Table>,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Checks a domain name with the config parser's rules (non-empty, printable, no `/`, not a number, ...).
+pub fn check_name(name: &str) -> Result<(), DaemonError> {
+    xlcfg::check_name(name).map_err(|why| DaemonError::BadName(name.to_string(), why))
+}
+
+impl Daemon {
+    /// Opens the state directory, loads every record and adopts domains whose VMM still runs.
+    pub fn open(paths: Paths) -> std::io::Result<Daemon> {
+        fs::create_dir_all(&paths.state_dir)?;
+        fs::create_dir_all(paths.state_dir.join("dom"))?;
+        let log = Log::open(&paths.log_file());
+        let store = RecordStore::open(&paths.records_dir())?;
+        let mut domains = BTreeMap::new();
+        let mut max_id = 0;
+        for loaded in store.load_all() {
+            match loaded {
+                Ok(rec) => {
+                    max_id = max_id.max(rec.domid);
+                    match &rec.state {
+                        DomainState::Running { pid, start_ticks, .. }
+                            if procfs::alive(*pid, *start_ticks) =>
+                        {
+                            log.info(format!(
+                                "adopted domain {} ({}), VMM pid {pid}",
+                                rec.domid, rec.name
+                            ));
+                        }
+                        DomainState::Running { .. } => log.warn(format!(
+                            "domain {} ({}) lost its VMM while rxend was away",
+                            rec.domid, rec.name
+                        )),
+                        DomainState::Shutdown { .. } => {}
+                    }
+                    domains.insert(
+                        rec.domid,
+                        Entry {
+                            rec,
+                            busy: None,
+                            live_cpu_ns: 0,
+                        },
+                    );
+                }
+                Err(e) => log.error(format!("skipping unreadable record {e}")),
+            }
+        }
+        let stored_next = fs::read_to_string(paths.next_domid_file())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(1);
+        let next_domid = stored_next.max(max_id + 1).max(1);
+        Ok(Daemon {
+            paths,
+            log,
+            store,
+            table: Mutex::new(Table {
+                domains,
+                next_domid,
+            }),
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        match self.table.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn save(&self, rec: &DomainRecord) -> Result<(), DaemonError> {
+        self.store.save(rec).map_err(|source| DaemonError::Persist {
+            path: self.paths.records_dir(),
+            source,
+        })
+    }
+
+    /// Finds a domain by name or ID that `caller` may manage; `Ok(0)` is Domain-0.
+    fn resolve(&self, t: &Table, caller: &Caller, r: &str) -> Result<u32, DaemonError> {
+        let found = if r.bytes().all(|b| b.is_ascii_digit()) && !r.is_empty() {
+            match r.parse::<u32>() {
+                Ok(0) => return Ok(0),
+                Ok(id) if t.domains.contains_key(&id) => Some(id),
+                _ => None,
+            }
+        } else if r == "Domain-0" {
+            return Ok(0);
+        } else {
+            t.domains
+                .values()
+                .find(|e| e.rec.name == r)
+                .map(|e| e.rec.domid)
+        };
+        match found {
+            Some(id) => {
+                let visible = t.domains.get(&id).is_some_and(|e| caller.may_manage(&e.rec));
+                if visible {
+                    Ok(id)
+                } else {
+                    self.log.warn(format!(
+                        "refused: {} may not manage domain {r}",
+                        caller.describe()
+                    ));
+                    Err(DaemonError::NoSuchDomain(r.to_string()))
+                }
+            }
+            None => Err(DaemonError::NoSuchDomain(r.to_string())),
+        }
+    }
+
+    /// Resolves a domain that must be a guest (not Domain-0) and returns its ID and run directory.
+    fn guest(
+        &self,
+        caller: &Caller,
+        r: &str,
+        verb: &'static str,
+    ) -> Result<(u32, PathBuf), DaemonError> {
+        let t = self.table();
+        let id = self.resolve(&t, caller, r)?;
+        if id == 0 {
+            return Err(DaemonError::Dom0(verb));
+        }
+        Ok((id, self.paths.run_dir(id)))
+    }
+
+    /// Resolves a guest with a running, idle VMM.
+    fn running_guest(
+        &self,
+        caller: &Caller,
+        r: &str,
+        verb: &'static str,
+    ) -> Result<(u32, PathBuf), DaemonError> {
+        let (id, dir) = self.guest(caller, r, verb)?;
+        let t = self.table();
+        let e = t
+            .domains
+            .get(&id)
+            .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+        if let Some(b) = e.busy {
+            return Err(DaemonError::Busy(e.rec.name.clone(), b.what()));
+        }
+        match e.rec.state {
+            DomainState::Running { .. } => Ok((id, dir)),
+            DomainState::Shutdown { .. } => Err(DaemonError::NotRunning(e.rec.name.clone())),
+        }
+    }
+
+    /// Creates a domain from config text (`rxl create`).
+    pub fn create(
+        &self,
+        caller: &Caller,
+        path: &str,
+        text: &str,
+        overrides: &[String],
+        paused: bool,
+        ignore_unsupported: bool,
+    ) -> Result<Created, DaemonError> {
+        if !caller.is_root() {
+            self.log.warn(format!(
+                "refused: {} may not create domains from {path}",
+                caller.describe()
+            ));
+            return Err(DaemonError::Denied(
+                "only root may create domains from a file".into(),
+            ));
+        }
+        let parsed = xlcfg::parse(text, path, overrides)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let mut warnings: Vec<String> = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
+        for d in &parsed.diagnostics {
+            if matches!(d.kind, xlcfg::DiagnosticKind::Unsupported) {
+                refused.push(d.to_string());
+            } else {
+                warnings.push(d.to_string());
+            }
+        }
+        let config = parsed.config;
+        refused.extend(unsupported_by_this_version(&config, path));
+        if !refused.is_empty() {
+            if !ignore_unsupported {
+                return Err(DaemonError::Config(format!(
+                    "refusing to create domain \"{}\": this configuration uses what rxen does not support:\n  {}\n(pass --ignore-unsupported to start it without them)",
+                    config.name,
+                    refused.join("\n  ")
+                )));
+            }
+            warnings.extend(refused.into_iter().map(|r| format!("ignored: {r}")));
+        }
+        warnings.extend(not_enforced_yet(&config));
+        let created = self.start(config, Some(path.to_string()), paused)?;
+        Ok(Created {
+            warnings,
+            ..created
+        })
+    }
+
+    /// Reserves an ID and name, starts a VMM, and records the domain.
+    fn start(
+        &self,
+        config: DomainConfig,
+        config_path: Option<String>,
+        paused: bool,
+    ) -> Result<Created, DaemonError> {
+        check_name(&config.name)?;
+        let kernel = kernel_source(&config, config_path.as_deref())?;
+        let uuid = config
+            .uuid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let name = config.name.clone();
+        let domid = {
+            let mut t = self.table();
+            if t.domains.values().any(|e| e.rec.name == name) {
+                return Err(DaemonError::NameTaken(name));
+            }
+            let domid = t.next_domid;
+            t.next_domid = domid.checked_add(1).unwrap_or(1).max(1);
+            let next_file = self.paths.next_domid_file();
+            write_atomic(&next_file, t.next_domid.to_string().as_bytes()).map_err(
+                |source| DaemonError::Persist {
+                    path: next_file.clone(),
+                    source,
+                },
+            )?;
+            let rec = DomainRecord {
+                domid,
+                name: name.clone(),
+                uuid: uuid.clone(),
+                config: config.clone(),
+                config_path,
+                created_at: now_secs(),
+                cpu_time_ns: 0,
+                state: DomainState::Running {
+                    pid: 0,
+                    start_ticks: 0,
+                    paused,
+                },
+            };
+            t.domains.insert(
+                domid,
+                Entry {
+                    rec,
+                    busy: Some(Busy::Starting),
+                    live_cpu_ns: 0,
+                },
+            );
+            domid
+        };
+        let run_dir = self.paths.run_dir(domid);
+        let _ = fs::remove_dir_all(&run_dir);
+        let spec = VmSpec {
+            name: name.clone(),
+            domid,
+            uuid,
+            memory_mib: config.memory_mib,
+            vcpus: config.vcpus,
+            kernel,
+            initrd: config.ramdisk.as_ref().map(|r| resolve_path(r, None)),
+            cmdline: config.cmdline.clone().unwrap_or_default(),
+            run_dir: run_dir.clone(),
+            start_paused: paused,
+        };
+        match vmm::launch(&spec) {
+            Ok(l) => {
+                let mut t = self.table();
+                let Some(e) = t.domains.get_mut(&domid) else {
+                    return Err(DaemonError::NoSuchDomain(domid.to_string()));
+                };
+                e.rec.state = DomainState::Running {
+                    pid: l.pid,
+                    start_ticks: l.start_ticks,
+                    paused,
+                };
+                e.busy = None;
+                let rec = e.rec.clone();
+                drop(t);
+                self.save(&rec)?;
+                self.log.info(format!(
+                    "domain {domid} ({name}) started: VMM pid {}, {} MiB, {} vCPUs{}",
+                    l.pid,
+                    config.memory_mib,
+                    config.vcpus,
+                    if paused { ", paused" } else { "" }
+                ));
+                Ok(Created {
+                    domid,
+                    name,
+                    warnings: Vec::new(),
+                })
+            }
+            Err(err) => {
+                self.table().domains.remove(&domid);
+                let _ = fs::remove_dir_all(&run_dir);
+                self.log
+                    .error(format!("domain {domid} ({name}) failed to start: {err}"));
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The domains `caller` may see (all when `refs` is empty), Domain-0 first for root.
+    pub fn list(&self, caller: &Caller, refs: &[String]) -> Result<Vec<DomainInfo>, DaemonError> {
+        let t = self.table();
+        let ids: Vec<u32> = if refs.is_empty() {
+            let mut v = Vec::new();
+            if caller.is_root() {
+                v.push(0);
+            }
+            v.extend(
+                t.domains
+                    .values()
+                    .filter(|e| caller.may_manage(&e.rec))
+                    .map(|e| e.rec.domid),
+            );
+            v
+        } else {
+            refs.iter()
+                .map(|r| self.resolve(&t, caller, r))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                if id == 0 {
+                    Some(dom0_info())
+                } else {
+                    t.domains.get(&id).map(domain_info)
+                }
+            })
+            .collect())
+    }
+
+    /// Looks a domain up by name or ID.
+    pub fn lookup(&self, caller: &Caller, r: &str) -> Result<(u32, String), DaemonError> {
+        let t = self.table();
+        let id = self.resolve(&t, caller, r)?;
+        if id == 0 {
+            return Ok((0, "Domain-0".into()));
+        }
+        let name = t
+            .domains
+            .get(&id)
+            .map(|e| e.rec.name.clone())
+            .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+        Ok((id, name))
+    }
+
+    /// Pauses (`true`) or unpauses a domain.
+    pub fn set_paused(&self, caller: &Caller, r: &str, pause: bool) -> Result<(), DaemonError> {
+        let verb = if pause { "paused" } else { "unpaused" };
+        let (id, dir) = self.running_guest(caller, r, verb)?;
+        vmm::command(
+            &dir,
+            if pause {
+                &VmRequest::Pause
+            } else {
+                &VmRequest::Unpause
+            },
+        )?;
+        let rec = {
+            let mut t = self.table();
+            let Some(e) = t.domains.get_mut(&id) else {
+                return Ok(());
+            };
+            if let DomainState::Running { paused, .. } = &mut e.rec.state {
+                *paused = pause;
+            }
+            e.rec.clone()
+        };
+        self.save(&rec)?;
+        self.log
+            .info(format!("domain {id} ({}) {verb} by {}", rec.name, caller.describe()));
+        Ok(())
+    }
+
+    /// Asks the guest to power off (`reboot = false`) or reboot.
+    pub fn request_shutdown(
+        &self,
+        caller: &Caller,
+        r: &str,
+        reboot: bool,
+    ) -> Result<(), DaemonError> {
+        let (id, dir) = self.running_guest(caller, r, "shut down")?;
+        let req = if reboot {
+            VmRequest::Reboot
+        } else {
+            VmRequest::Shutdown
+        };
+        vmm::command(&dir, &req)?;
+        self.log.info(format!(
+            "domain {id}: {} requested by {}",
+            if reboot { "reboot" } else { "shutdown" },
+            caller.describe()
+        ));
+        Ok(())
+    }
+
+    /// Destroys a domain at once: its VMM is stopped and its record removed.
+    pub fn destroy(&self, caller: &Caller, r: &str) -> Result<(), DaemonError> {
+        let (id, dir) = self.guest(caller, r, "destroyed")?;
+        let (name, vmm_proc) = {
+            let mut t = self.table();
+            let Some(e) = t.domains.get_mut(&id) else {
+                return Err(DaemonError::NoSuchDomain(r.to_string()));
+            };
+            if let Some(b @ (Busy::Starting | Busy::Destroying)) = e.busy {
+                return Err(DaemonError::Busy(e.rec.name.clone(), b.what()));
+            }
+            e.busy = Some(Busy::Destroying);
+            let p = match e.rec.state {
+                DomainState::Running {
+                    pid, start_ticks, ..
+                } => Some((pid, start_ticks)),
+                DomainState::Shutdown { .. } => None,
+            };
+            (e.rec.name.clone(), p)
+        };
+        if let Some((pid, start)) = vmm_proc {
+            if vmm::command(&dir, &VmRequest::Destroy).is_err() {
+                kill_vmm(pid, start);
+            }
+            if !wait_gone(pid, start, Duration::from_secs(5)) {
+                kill_vmm(pid, start);
+                wait_gone(pid, start, Duration::from_secs(5));
+            }
+        }
+        self.forget(id);
+        self.log
+            .info(format!("domain {id} ({name}) destroyed by {}", caller.describe()));
+        Ok(())
+    }
+
+    /// Removes a domain's entry, record and run directory.
+    fn forget(&self, id: u32) {
+        self.table().domains.remove(&id);
+        if let Err(e) = self.store.remove(id) {
+            self.log.error(format!("cannot remove record of domain {id}: {e}"));
+        }
+        let _ = fs::remove_dir_all(self.paths.run_dir(id));
+    }
+
+    /// Renames a domain.
+    pub fn rename(&self, caller: &Caller, r: &str, new_name: &str) -> Result<(), DaemonError> {
+        check_name(new_name)?;
+        let (id, _) = self.guest(caller, r, "renamed")?;
+        let rec = {
+            let mut t = self.table();
+            if t
+                .domains
+                .values()
+                .any(|e| e.rec.name == new_name && e.rec.domid != id)
+            {
+                return Err(DaemonError::NameTaken(new_name.to_string()));
+            }
+            let Some(e) = t.domains.get_mut(&id) else {
+                return Err(DaemonError::NoSuchDomain(r.to_string()));
+            };
+            let old = std::mem::replace(&mut e.rec.name, new_name.to_string());
+            e.rec.config.name = new_name.to_string();
+            self.log.info(format!("domain {id} renamed from {old} to {new_name}"));
+            e.rec.clone()
+        };
+        self.save(&rec)
+    }
+
+    /// Opens a domain's console: the live console socket of a running
+    /// domain, or the console log of a preserved one.
+    pub fn console(&self, caller: &Caller, r: &str) -> Result<OwnedFd, DaemonError> {
+        let (id, dir) = self.guest(caller, r, "attached to")?;
+        // Like `xl console`, wait for the console of a domain that is still being built.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let running = loop {
+            let starting = {
+                let t = self.table();
+                match t.domains.get(&id) {
+                    None => return Err(DaemonError::NoSuchDomain(r.to_string())),
+                    Some(e) if e.busy == Some(Busy::Starting) => true,
+                    Some(e) => break matches!(e.rec.state, DomainState::Running { .. }),
+                }
+            };
+            if starting && Instant::now() >= deadline {
+                return Err(DaemonError::Busy(r.to_string(), Busy::Starting.what()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let fd: OwnedFd = if running {
+            vmm::connect_console(&dir)
+                .map_err(|e| DaemonError::Vmm(VmmError::Control(format!("console: {e}"))))?
+                .into()
+        } else {
+            vmm::open_console_log(&dir)
+                .map_err(|e| DaemonError::Vmm(VmmError::Control(format!("console log: {e}"))))?
+                .into()
+        };
+        Ok(fd)
+    }
+
+    /// One round of supervision: reap children, sample CPU time, and handle
+    /// every domain whose VMM has gone.
+    pub fn supervise(&self) {
+        reap_children();
+        let ticks = procfs::clock_ticks().max(1);
+        let mut gone = Vec::new();
+        {
+            let mut t = self.table();
+            for e in t.domains.values_mut() {
+                if e.busy.is_some() {
+                    continue;
+                }
+                if let DomainState::Running {
+                    pid, start_ticks, ..
+                } = e.rec.state
+                {
+                    if procfs::alive(pid, start_ticks) {
+                        e.live_cpu_ns = vcpu_cpu_ns(pid, ticks);
+                    } else {
+                        e.busy = Some(Busy::Exiting);
+                        gone.push(e.rec.domid);
+                    }
+                }
+            }
+        }
+        for id in gone {
+            self.handle_exit(id);
+        }
+    }
+
+    /// Applies the domain's `on_*` policy after its VMM ended.
+    fn handle_exit(&self, id: u32) {
+        let dir = self.paths.run_dir(id);
+        let (reason, detail) = match vmm::exit_record(&dir) {
+            Some(r) => (r.reason, r.detail),
+            None => (ExitReason::Crash, "the VMM process died".to_string()),
+        };
+        let Some(mut rec) = self.table().domains.get(&id).map(|e| {
+            let mut r = e.rec.clone();
+            r.cpu_time_ns += e.live_cpu_ns;
+            r
+        }) else {
+            return;
+        };
+        let action = match reason {
+            ExitReason::Poweroff => rec.config.on_poweroff,
+            ExitReason::Reboot => rec.config.on_reboot,
+            ExitReason::Crash => rec.config.on_crash,
+            ExitReason::Watchdog => rec.config.on_watchdog,
+            ExitReason::Destroyed => Action::Destroy,
+        };
+        self.log.info(format!(
+            "domain {id} ({}): {} ({detail}); action {action}",
+            rec.name,
+            reason_word(reason)
+        ));
+        let preserve = |rec: &mut DomainRecord| {
+            rec.state = DomainState::Shutdown { reason };
+            let mut t = self.table();
+            if let Some(e) = t.domains.get_mut(&id) {
+                e.rec = rec.clone();
+                e.busy = None;
+                e.live_cpu_ns = 0;
+            }
+            drop(t);
+            if let Err(e) = self.save(rec) {
+                self.log.error(e);
+            }
+        };
+        match action {
+            Action::Destroy => self.forget(id),
+            Action::CoredumpDestroy => {
+                self.log
+                    .warn(format!("domain {id}: core dumps are not supported; destroying"));
+                self.forget(id);
+            }
+            Action::Preserve => preserve(&mut rec),
+            Action::Restart | Action::CoredumpRestart | Action::SoftReset => {
+                if action != Action::Restart {
+                    self.log.warn(format!(
+                        "domain {id}: {action} is carried out as a plain restart"
+                    ));
+                }
+                self.forget(id);
+                self.restart(rec.config, rec.config_path);
+            }
+            Action::RenameRestart => {
+                let original = rec.name.clone();
+                let stamp = chrono::Utc::now().format("-%Y%m%dT%H%MZ");
+                rec.name = format!("{original}{stamp}");
+                rec.config.name = rec.name.clone();
+                preserve(&mut rec);
+                let mut config = rec.config;
+                config.name = original;
+                self.restart(config, rec.config_path);
+            }
+        }
+    }
+
+    fn restart(&self, config: DomainConfig, path: Option<String>) {
+        let name = config.name.clone();
+        match self.start(config, path, false) {
+            Ok(c) => self
+                .log
+                .info(format!("domain {name} restarted as domain {}", c.domid)),
+            Err(e) => self.log.error(format!("cannot restart domain {name}: {e}")),
+        }
+    }
+}
+
+/// Kills a VMM process if it is still the one we started.
+fn kill_vmm(pid: i32, start_ticks: u64) {
+    if procfs::alive(pid, start_ticks) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Waits until a process is gone; true if it went within `timeout`.
+fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        reap_children();
+        if !procfs::alive(pid, start_ticks) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reaps every exited child so that none lingers as a zombie.
+fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+fn vcpu_cpu_ns(pid: i32, ticks: u64) -> u64 {
+    procfs::threads(pid, "vcpu")
+        .iter()
+        .map(|t| (t.stat.utime + t.stat.stime) * 1_000_000_000 / ticks)
+        .sum()
+}
+
+fn reason_word(r: ExitReason) -> &'static str {
+    match r {
+        ExitReason::Poweroff => "powered off",
+        ExitReason::Reboot => "rebooted",
+        ExitReason::Crash => "crashed",
+        ExitReason::Watchdog => "watchdog fired",
+        ExitReason::Destroyed => "destroyed",
+    }
+}
+
+/// xl's six-letter state: running, blocked, paused, shutdown, reason, dying.
+fn state_string(e: &Entry) -> String {
+    let mut s = *b"------";
+    match (&e.rec.state, e.busy) {
+        (_, Some(Busy::Destroying)) => s[5] = b'd',
+        (_, Some(Busy::Starting)) => s[2] = b'p',
+        (DomainState::Running { paused: true, .. }, _) => s[2] = b'p',
+        (DomainState::Running { pid, .. }, _) => {
+            let threads = procfs::threads(*pid, "vcpu");
+            if threads.iter().any(|t| t.stat.state == 'R') {
+                s[0] = b'r';
+            } else {
+                s[1] = b'b';
+            }
+        }
+        (DomainState::Shutdown { reason }, _) => {
+            s[3] = b's';
+            s[4] = match reason {
+                ExitReason::Poweroff | ExitReason::Destroyed => b'-',
+                ExitReason::Reboot => b'r',
+                ExitReason::Crash => b'c',
+                ExitReason::Watchdog => b'w',
+            };
+        }
+    }
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+fn domain_info(e: &Entry) -> DomainInfo {
+    let live = match e.rec.state {
+        DomainState::Running { pid, .. } if e.busy.is_none() => {
+            vcpu_cpu_ns(pid, procfs::clock_ticks().max(1))
+        }
+        _ => e.live_cpu_ns,
+    };
+    let online = matches!(e.rec.state, DomainState::Running { .. });
+    DomainInfo {
+        domid: e.rec.domid,
+        name: e.rec.name.clone(),
+        uuid: e.rec.uuid.clone(),
+        memory_mib: e.rec.config.memory_mib,
+        maxmem_mib: e.rec.config.maxmem_mib,
+        vcpus: if online { e.rec.config.vcpus } else { 0 },
+        state: state_string(e),
+        cpu_time_s: (e.rec.cpu_time_ns + live) as f64 / 1e9,
+        uptime_s: (now_secs() - e.rec.created_at).max(0.0),
+        config: serde_json::to_value(&e.rec.config).ok(),
+        config_path: e.rec.config_path.clone(),
+    }
+}
+
+fn dom0_info() -> DomainInfo {
+    let mem = hostinfo::memory();
+    DomainInfo {
+        domid: 0,
+        name: "Domain-0".into(),
+        uuid: "00000000-0000-0000-0000-000000000000".into(),
+        memory_mib: mem.total_kib / 1024,
+        maxmem_mib: mem.total_kib / 1024,
+        vcpus: hostinfo::nr_cpus(),
+        state: "r-----".into(),
+        cpu_time_s: hostinfo::busy_seconds(),
+        uptime_s: hostinfo::host_uptime(),
+        config: None,
+        config_path: None,
+    }
+}
+
+/// Resolves a path from a config file: absolute as is, relative to the file's directory.
+fn resolve_path(p: &str, config_path: Option<&str>) -> PathBuf {
+    let path = Path::new(p);
+    match config_path.and_then(|c| Path::new(c).parent()) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The kernel a config names.
+fn kernel_source(config: &DomainConfig, config_path: Option<&str>) -> Result<KernelSource, DaemonError> {
+    let Some(kernel) = config.kernel.as_deref() else {
+        return Err(DaemonError::Config(format!(
+            "domain \"{}\" has no kernel: set kernel = \"builtin:testguest\" or the path of a kernel image",
+            config.name
+        )));
+    };
+    if let Some(name) = kernel.strip_prefix("builtin:") {
+        if BUILTIN_KERNELS.contains(&name) {
+            return Ok(KernelSource::Builtin(name.to_string()));
+        }
+        return Err(DaemonError::Config(format!(
+            "unknown built-in kernel \"{name}\" (built in: {})",
+            BUILTIN_KERNELS.join(", ")
+        )));
+    }
+    let path = resolve_path(kernel, config_path);
+    if !path.is_file() {
+        return Err(DaemonError::Config(format!(
+            "kernel {}: no such file",
+            path.display()
+        )));
+    }
+    Ok(KernelSource::Path(path))
+}
+
+/// Config features that parse but that this rxen cannot provide yet.
+fn unsupported_by_this_version(config: &DomainConfig, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if !config.disks.is_empty() {
+        out.push(format!(
+            "{path}: disk: {} virtual disk(s): virtual disks are not supported by this rxen version yet",
+            config.disks.len()
+        ));
+    }
+    if !config.vifs.is_empty() {
+        out.push(format!(
+            "{path}: vif: {} network interface(s): virtual networks are not supported by this rxen version yet",
+            config.vifs.len()
+        ));
+    }
+    out
+}
+
+/// Settings that are accepted but not enforced yet; the user is told.
+fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.cpu_weight != 256 || config.cap != 0 || config.cpus.is_some() {
+        out.push("cpu_weight, cap and cpus are recorded but not enforced yet".to_string());
+    }
+    if config.maxmem_mib > config.memory_mib {
+        out.push(format!(
+            "maxmem ({} MiB) above memory ({} MiB) needs ballooning, which is not supported yet: the guest gets {} MiB",
+            config.maxmem_mib, config.memory_mib, config.memory_mib
+        ));
+    }
+    if config.maxvcpus > config.vcpus {
+        out.push(format!(
+            "maxvcpus ({}) above vcpus ({}): vCPU hotplug is not supported yet",
+            config.maxvcpus, config.vcpus
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_as_xl_does() {
+        assert!(check_name("web-1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("42").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("a b").is_err());
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        assert_eq!(
+            resolve_path("vmlinux", Some("/etc/xen/web.cfg")),
+            PathBuf::from("/etc/xen/vmlinux")
+        );
+        assert_eq!(
+            resolve_path("/boot/vmlinux", Some("/etc/xen/web.cfg")),
+            PathBuf::from("/boot/vmlinux")
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! rxend, the rxen host daemon: it owns the domain registry, assigns domain
+//! IDs, persists every domain's record, spawns and supervises one `rxen-vmm`
+//! per running domain, applies the `on_*` policies and decides who may do
+//! what. Clients (`rxl`, `rxen-shell`) talk to it over a Unix socket.
+
+pub mod auth;
+pub mod daemon;
+pub mod hostinfo;
+pub mod log;
+pub mod paths;
+pub mod procfs;
+pub mod record;
+pub mod server;
+pub mod vmm;

@@ -1,0 +1,123 @@
+//! Persisted domain records: one JSON file per domain, written atomically,
+//! so that a restarted rxend finds and adopts every domain it left.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rxen_proto::vmspec::ExitReason;
+use serde::{Deserialize, Serialize};
+use xlcfg::DomainConfig;
+
+/// Where a domain is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DomainState {
+    /// A VMM runs it.
+    Running {
+        /// PID of its rxen-vmm.
+        pid: i32,
+        /// Start time of that process (clock ticks after boot), against PID reuse.
+        start_ticks: u64,
+        /// Paused by `rxl pause`.
+        paused: bool,
+    },
+    /// The guest stopped and the domain was preserved (`on_* = "preserve"`).
+    Shutdown {
+        /// Why it stopped.
+        reason: ExitReason,
+    },
+}
+
+/// Everything rxend remembers about one domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    /// Domain ID.
+    pub domid: u32,
+    /// Current name.
+    pub name: String,
+    /// UUID as text.
+    pub uuid: String,
+    /// The resolved configuration.
+    pub config: DomainConfig,
+    /// The config file the domain was created from.
+    pub config_path: Option<String>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: f64,
+    /// CPU time used by earlier VMM processes of this record, in nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Current state.
+    pub state: DomainState,
+}
+
+/// The directory of records.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    dir: PathBuf,
+}
+
+impl RecordStore {
+    /// A store in `dir`, created if needed.
+    pub fn open(dir: &Path) -> io::Result<RecordStore> {
+        fs::create_dir_all(dir)?;
+        Ok(RecordStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, domid: u32) -> PathBuf {
+        self.dir.join(format!("{domid}.json"))
+    }
+
+    /// Writes a record atomically: a temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self, rec: &DomainRecord) -> io::Result<()> {
+        let data = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+        write_atomic(&self.path(rec.domid), &data)
+    }
+
+    /// Removes a record; a missing one is not an error.
+    pub fn remove(&self, domid: u32) -> io::Result<()> {
+        match fs::remove_file(self.path(domid)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads every record; unreadable files are returned as errors with their path.
+    pub fn load_all(&self) -> Vec<Result<DomainRecord, String>> {
+        let mut out = Vec::new();
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return out;
+        };
+        let mut paths: Vec<PathBuf> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            out.push(
+                fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("{}: {e}", p.display())),
+            );
+        }
+        out
+    }
+}
+
+/// Replaces `path` with `data` so that a crash leaves either the old or the new file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Spawning `rxen-vmm` processes and talking to their control sockets.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rxen_proto::jsonline;
+use rxen_proto::vmctl::{VmRequest, VmResponse};
+use rxen_proto::vmspec::{files, ExitRecord, VmSpec};
+
+use crate::procfs;
+
+/// How long a new VMM may take to say `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a control request may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors while starting or talking to a VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The run directory or spec file could not be written.
+    #[error("cannot prepare {path}: {source}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The VMM binary could not be started.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The VMM exited or failed before it was ready.
+    #[error("the VMM failed to start the domain: {0}")]
+    Failed(String),
+    /// The VMM did not become ready in time.
+    #[error("the VMM did not become ready within {0:?}")]
+    Timeout(Duration),
+    /// The control socket failed.
+    #[error("VMM control socket: {0}")]
+    Control(String),
+}
+
+/// A VMM that has started its guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launched {
+    /// Its PID.
+    pub pid: i32,
+    /// Its start time, against PID reuse.
+    pub start_ticks: u64,
+}
+
+/// The rxen-vmm binary to run: `$RXEN_VMM`, else the one beside this executable, else `$PATH`.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RXEN_VMM") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let sibling = dir.join("rxen-vmm");
+            if sibling.exists() {
+                return sibling;
+            }
+        }
+    }
+    PathBuf::from("rxen-vmm")
+}
+
+/// Writes the spec into its run directory, starts a VMM in a session of its
+/// own (so it outlives rxend), and waits until it reports `ready`.
+pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
+    let prep = |path: &Path, source| VmmError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    };
+    let run_dir = &spec.run_dir;
+    fs::create_dir_all(run_dir).map_err(|e| prep(run_dir, e))?;
+    let spec_path = run_dir.join(files::SPEC);
+    let data = serde_json::to_vec_pretty(spec).map_err(|e| prep(&spec_path, e.into()))?;
+    fs::write(&spec_path, data).map_err(|e| prep(&spec_path, e))?;
+    let log_path = run_dir.join(files::VMM_LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| prep(&log_path, e))?;
+
+    let bin = binary();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--spec")
+        .arg(&spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+        binary: bin.clone(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    let Some(stdout) = child.stdout.take() else {
+        return Err(VmmError::Failed("no stdout pipe".into()));
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let r = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+        let _ = tx.send(r);
+    });
+    let outcome = rx.recv_timeout(READY_TIMEOUT);
+    match outcome {
+        Ok(Ok(line)) if line.trim_end() == "ready" => {
+            let start_ticks = procfs::process(pid)
+                .map(|s| s.start_ticks)
+                .ok_or_else(|| VmmError::Failed(last_error_line(&log_path)))?;
+            Ok(Launched { pid, start_ticks })
+        }
+        Ok(_) => {
+            let _ = child.wait();
+            Err(VmmError::Failed(last_error_line(&log_path)))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(VmmError::Timeout(READY_TIMEOUT))
+        }
+    }
+}
+
+/// The last non-empty line of the VMM's log, which holds its startup error.
+fn last_error_line(log_path: &Path) -> String {
+    fs::read_to_string(log_path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "it exited without saying why".to_string())
+}
+
+/// Sends one control request and returns the answer.
+pub fn request(run_dir: &Path, req: &VmRequest) -> Result<VmResponse, VmmError> {
+    let path = run_dir.join(files::CONTROL_SOCKET);
+    let ctl = |e: String| VmmError::Control(e);
+    let stream = UnixStream::connect(&path).map_err(|e| ctl(format!("{}: {e}", path.display())))?;
+    stream
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .map_err(|e| ctl(e.to_string()))?;
+    let mut w = &stream;
+    jsonline::write(&mut w, req).map_err(|e| ctl(e.to_string()))?;
+    let mut r = BufReader::new(&stream);
+    jsonline::read(&mut r).map_err(|e| ctl(e.to_string()))
+}
+
+/// Sends a request that only needs an acknowledgement.
+pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
+    match request(run_dir, req)? {
+        VmResponse::Ok | VmResponse::Stats(_) => Ok(()),
+        VmResponse::Error { message } => Err(VmmError::Control(message)),
+    }
+}
+
+/// The exit record a VMM left, if any.
+pub fn exit_record(run_dir: &Path) -> Option<ExitRecord> {
+    let data = fs::read(run_dir.join(files::EXIT_RECORD)).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+/// Opens the console of a running VMM.
+pub fn connect_console(run_dir: &Path) -> std::io::Result<UnixStream> {
+    UnixStream::connect(run_dir.join(files::CONSOLE_SOCKET))
+}
+
+/// Opens the console log of a domain for reading.
+pub fn open_console_log(run_dir: &Path) -> std::io::Result<File> {
+    File::open(run_dir.join(files::CONSOLE_LOG))
+}
