@@ -1,1 +1,412 @@
-fn main() {}
+//! `rxl`: the xl-compatible command line of rxen.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{ArgAction, Parser, Subcommand};
+use rxen_proto::api::{DomainInfo, Request, Response};
+use rxl::client::{Client, ClientError, DEFAULT_SOCKET};
+use rxl::{console, format};
+
+/// xl-compatible management of rxen domains.
+#[derive(Parser, Debug)]
+#[command(name = "rxl", version, about, propagate_version = true)]
+struct Cli {
+    /// rxend's socket.
+    #[arg(long, global = true, env = "RXEN_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a domain from a config file.
+    Create {
+        /// Attach to the console after creating the domain.
+        #[arg(short = 'c')]
+        console: bool,
+        /// Leave the domain paused after creating it.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Dry run: print the resolved configuration as JSON and create nothing.
+        #[arg(short = 'n', long = "dryrun")]
+        dry_run: bool,
+        /// Quiet: print no "Parsing config" line.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Start the domain even if its config uses keys rxen does not support (they are ignored).
+        #[arg(long)]
+        ignore_unsupported: bool,
+        /// The config file (looked up in /etc/xen/ if it has no slash and is not here).
+        file: String,
+        /// KEY=VALUE settings that override the file, as extra config lines.
+        overrides: Vec<String>,
+    },
+    /// List domains in xl's format.
+    List {
+        /// Print the full configuration as JSON.
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        /// Add UUID, reason code and security label columns.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
+        /// Domains to show (all when none).
+        domains: Vec<String>,
+    },
+    /// Attach to a domain's console (Ctrl-] detaches).
+    Console {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Ask a domain to shut down.
+    Shutdown {
+        /// Wait for the domain to finish shutting down.
+        #[arg(short = 'w', long = "wait", action = ArgAction::Count)]
+        wait: u8,
+        /// Shut down every domain.
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        /// The domain (name or ID).
+        domain: Option<String>,
+    },
+    /// Ask a domain to reboot.
+    Reboot {
+        /// Wait for the domain to finish rebooting.
+        #[arg(short = 'w', long = "wait", action = ArgAction::Count)]
+        wait: u8,
+        /// Reboot every domain.
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        /// The domain (name or ID).
+        domain: Option<String>,
+    },
+    /// Destroy a domain at once.
+    Destroy {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Pause a domain.
+    Pause {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Unpause a domain.
+    Unpause {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Rename a domain.
+    Rename {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new name.
+        new_name: String,
+    },
+    /// Print a domain's ID.
+    Domid {
+        /// The domain's name.
+        name: String,
+    },
+    /// Print a domain's name.
+    Domname {
+        /// The domain's ID.
+        id: String,
+    },
+    /// Print how long domains have been up.
+    Uptime {
+        /// Short form, like uptime(1).
+        #[arg(short = 's')]
+        short: bool,
+        /// Domains to show (all when none).
+        domains: Vec<String>,
+    },
+    /// Print information about the host.
+    Info {
+        /// Print only this field's value.
+        field: Option<String>,
+    },
+    /// Print rxend's log.
+    Dmesg {
+        /// Clear the log after printing it.
+        #[arg(short = 'c', long = "clear")]
+        clear: bool,
+    },
+}
+
+/// A failure to report: one line on stderr and exit status 1.
+struct Failure(String);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Outcome {
+    let socket = cli.socket;
+    let connect = || Client::connect_or_start(&socket).map_err(Failure::from);
+    match cli.cmd {
+        Cmd::Create {
+            console,
+            paused,
+            dry_run,
+            quiet,
+            ignore_unsupported,
+            file,
+            overrides,
+        } => {
+            let path = config_path(&file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Failure(format!("cannot read config file {}: {e}", path.display())))?;
+            if !quiet {
+                eprintln!("Parsing config from {}", path.display());
+            }
+            if dry_run {
+                return dry_run_create(&path, &text, &overrides);
+            }
+            let abs = std::path::absolute(&path).unwrap_or(path);
+            let mut c = connect()?;
+            let resp = c.call(&Request::Create {
+                path: abs.display().to_string(),
+                text,
+                overrides,
+                paused,
+                ignore_unsupported,
+            })?;
+            let Response::Domain {
+                name, warnings, ..
+            } = resp
+            else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if console {
+                attach(&mut c, &name)?;
+            }
+            Ok(())
+        }
+        Cmd::List {
+            long,
+            verbose,
+            domains,
+        } => {
+            let list = list(&mut connect()?, domains)?;
+            if long {
+                let out: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "domid": d.domid,
+                            "config": d.config.clone().unwrap_or_else(|| serde_json::json!({"name": d.name})),
+                        })
+                    })
+                    .collect();
+                let text = serde_json::to_string_pretty(&out)
+                    .map_err(|e| Failure(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", format::list_table(&list, verbose));
+            }
+            Ok(())
+        }
+        Cmd::Console { domain } => attach(&mut connect()?, &domain),
+        Cmd::Shutdown { wait, all, domain } => power(&mut connect()?, wait, all, domain, false),
+        Cmd::Reboot { wait, all, domain } => power(&mut connect()?, wait, all, domain, true),
+        Cmd::Destroy { domain } => Ok(connect()?.call_ok(&Request::Destroy { domain })?),
+        Cmd::Pause { domain } => Ok(connect()?.call_ok(&Request::Pause { domain })?),
+        Cmd::Unpause { domain } => Ok(connect()?.call_ok(&Request::Unpause { domain })?),
+        Cmd::Rename { domain, new_name } => {
+            Ok(connect()?.call_ok(&Request::Rename { domain, new_name })?)
+        }
+        Cmd::Domid { name } => {
+            let (id, _) = lookup(&mut connect()?, &name)?;
+            println!("{id}");
+            Ok(())
+        }
+        Cmd::Domname { id } => {
+            let (_, name) = lookup(&mut connect()?, &id)?;
+            println!("{name}");
+            Ok(())
+        }
+        Cmd::Uptime { short, domains } => {
+            let list = list(&mut connect()?, domains)?;
+            if short {
+                for d in &list {
+                    println!("{}", short_uptime(d));
+                }
+            } else {
+                print!("{}", format::uptime_table(&list));
+            }
+            Ok(())
+        }
+        Cmd::Info { field } => {
+            let resp = connect()?.call(&Request::Info)?;
+            let Response::Host(host) = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            match field {
+                Some(f) => match format::info_field(&host.fields, &f) {
+                    Some(v) => println!("{v}"),
+                    None => return Err(Failure(format!("no field {f} in rxl info"))),
+                },
+                None => print!("{}", format::info_lines(&host.fields)),
+            }
+            Ok(())
+        }
+        Cmd::Dmesg { clear } => {
+            let resp = connect()?.call(&Request::Dmesg { clear })?;
+            let Response::Log { text } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// Finds the config file as xl does: as given, else under /etc/xen/ when the name has no slash.
+fn config_path(file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if !file.contains('/') && !p.exists() {
+        let etc = Path::new("/etc/xen").join(file);
+        if etc.exists() {
+            return etc;
+        }
+    }
+    p.to_path_buf()
+}
+
+/// `rxl create -n`: parse locally and print the resolved configuration.
+fn dry_run_create(path: &Path, text: &str, overrides: &[String]) -> Outcome {
+    let parsed = xlcfg::parse(text, &path.display().to_string(), overrides)
+        .map_err(|e| Failure(e.to_string()))?;
+    for d in &parsed.diagnostics {
+        eprintln!("{d}");
+    }
+    let json = serde_json::to_string_pretty(&parsed.config).map_err(|e| Failure(e.to_string()))?;
+    println!("{json}");
+    Ok(())
+}
+
+fn list(c: &mut Client, domains: Vec<String>) -> Result<Vec<DomainInfo>, Failure> {
+    match c.call(&Request::List { domains })? {
+        Response::Domains { domains } => Ok(domains),
+        other => Err(Failure(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+fn lookup(c: &mut Client, domain: &str) -> Result<(u32, String), Failure> {
+    match c.call(&Request::Lookup {
+        domain: domain.to_string(),
+    })? {
+        Response::Domain { domid, name, .. } => Ok((domid, name)),
+        other => Err(Failure(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+fn attach(c: &mut Client, domain: &str) -> Outcome {
+    let fd = c.call_fd(&Request::Console {
+        domain: domain.to_string(),
+    })?;
+    console::attach(fd).map_err(|e| Failure(format!("console: {e}")))?;
+    Ok(())
+}
+
+/// `shutdown`/`reboot` with xl's `-a` and `-w`.
+fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bool) -> Outcome {
+    let targets: Vec<(u32, String)> = if all {
+        list(c, Vec::new())?
+            .into_iter()
+            .filter(|d| d.domid != 0 && d.state.as_bytes().get(3) != Some(&b's'))
+            .map(|d| (d.domid, d.name))
+            .collect()
+    } else {
+        let Some(d) = domain else {
+            return Err(Failure("a domain is required (or -a for all)".into()));
+        };
+        vec![lookup(c, &d)?]
+    };
+    for (id, _) in &targets {
+        if reboot {
+            eprintln!("Rebooting domain {id}");
+            c.call_ok(&Request::Reboot {
+                domain: id.to_string(),
+            })?;
+        } else {
+            eprintln!("Shutting down domain {id}");
+            c.call_ok(&Request::Shutdown {
+                domain: id.to_string(),
+            })?;
+        }
+    }
+    if wait == 0 || targets.is_empty() {
+        return Ok(());
+    }
+    eprintln!("Waiting for {} domains", targets.len());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut pending = targets;
+    while !pending.is_empty() {
+        let now = list(c, Vec::new())?;
+        pending.retain(|(id, _)| {
+            let done = match now.iter().find(|d| d.domid == *id) {
+                None => true,
+                // One -w also returns when the domain is shut down but kept; -ww waits for death.
+                Some(d) => wait < 2 && d.state.as_bytes().get(3) == Some(&b's'),
+            };
+            if done {
+                eprintln!("Domain {id} has been shut down");
+            }
+            !done
+        });
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure("timed out waiting for the domains".into()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// `xl uptime -s`: ` HH:MM:SS up <d days, H:MM>, <name> (<id>)`.
+fn short_uptime(d: &DomainInfo) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|x| x.as_secs())
+        .unwrap_or(0);
+    let clock = now % 86400;
+    let up = d.uptime_s as u64;
+    let days = up / 86400;
+    let hm = format!("{}:{:02}", (up / 3600) % 24, (up / 60) % 60);
+    let up_text = match days {
+        0 => hm,
+        1 => format!("1 day, {hm}"),
+        n => format!("{n} days, {hm}"),
+    };
+    format!(
+        " {:02}:{:02}:{:02} up {up_text}, {} ({})",
+        clock / 3600,
+        (clock / 60) % 60,
+        clock % 60,
+        d.name,
+        d.domid
+    )
+}

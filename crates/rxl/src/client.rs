@@ -1,0 +1,197 @@
+//! A connection to rxend: one JSON request per line, one response per line,
+//! and rxend started on demand when none is listening.
+
+use std::io::{BufRead, BufReader, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use rxen_proto::api::{Request, Response};
+use rxen_proto::jsonline::{self, FrameError};
+
+/// Default path of rxend's socket.
+pub const DEFAULT_SOCKET: &str = "/run/rxen/rxend.sock";
+
+/// Errors talking to rxend.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No rxend could be reached or started.
+    #[error("cannot reach rxend at {path}: {reason}")]
+    Unreachable {
+        /// The socket path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed mid-request.
+    #[error("lost connection to rxend: {0}")]
+    Frame(#[from] FrameError),
+    /// rxend refused the request; the message is for the user.
+    #[error("{0}")]
+    Refused(String),
+    /// rxend answered something unexpected.
+    #[error("unexpected answer from rxend: {0}")]
+    Unexpected(String),
+}
+
+/// An open connection to rxend.
+pub struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+fn rxend_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RXEND") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let sibling = dir.join("rxend");
+            if sibling.exists() {
+                return sibling;
+            }
+        }
+    }
+    PathBuf::from("rxend")
+}
+
+impl Client {
+    /// Connects to rxend at `socket`, starting one (in the background, in a
+    /// session of its own) if nothing listens there.
+    pub fn connect_or_start(socket: &Path) -> Result<Client, ClientError> {
+        match Client::connect(socket) {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ClientError::Unreachable {
+                    path: socket.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {}
+        }
+        let bin = rxend_binary();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let unreachable = |reason: String| ClientError::Unreachable {
+            path: socket.display().to_string(),
+            reason,
+        };
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| unreachable(format!("starting {} failed: {e}", bin.display())))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = Client::connect(socket) {
+                return Ok(c);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(unreachable(format!(
+                    "{} exited ({status}); see its log in the state directory",
+                    bin.display()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(unreachable("started rxend but it did not listen".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Connects to a running rxend.
+    pub fn connect(socket: &Path) -> std::io::Result<Client> {
+        let stream = UnixStream::connect(socket)?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Client { stream, reader })
+    }
+
+    /// Sends a request and returns rxend's response; an error response becomes `Refused`.
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        jsonline::write(&mut self.stream, req)?;
+        match jsonline::read(&mut self.reader)? {
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            r => Ok(r),
+        }
+    }
+
+    /// Sends a request that needs no answer beyond success.
+    pub fn call_ok(&mut self, req: &Request) -> Result<(), ClientError> {
+        match self.call(req)? {
+            Response::Ok => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a request whose answer carries a file descriptor (console attach).
+    pub fn call_fd(&mut self, req: &Request) -> Result<OwnedFd, ClientError> {
+        jsonline::write(&mut self.stream, req)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(|e| FrameError::Io(e.into()))?;
+            let mut fd = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for raw in fds {
+                            // SAFETY: the kernel just installed this descriptor in our
+                            // table for us; nothing else owns it.
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            if fd.is_none() {
+                                fd = Some(owned);
+                            }
+                        }
+                    }
+                }
+            }
+            (msg.bytes, fd)
+        };
+        if n == 0 {
+            return Err(FrameError::Closed.into());
+        }
+        let mut line = buf.get(..n).unwrap_or_default().to_vec();
+        if line.last() != Some(&b'\n') {
+            self.reader
+                .read_until(b'\n', &mut line)
+                .map_err(FrameError::Io)?;
+        }
+        let resp: Response = serde_json::from_slice(&line).map_err(FrameError::Json)?;
+        match (resp, fd) {
+            (Response::Error { message }, _) => Err(ClientError::Refused(message)),
+            (Response::Ok, Some(fd)) => Ok(fd),
+            (other, _) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.stream.flush();
+    }
+}
