@@ -1,1 +1,343 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for rxen's end-to-end tests: an isolated rxend per test (its own
+//! socket and state directory), `rxl` runs against it, and console sessions
+//! that send commands to real guests and wait for their answers.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The directory holding the built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    for b in ["rxl", "rxend", "rxen-vmm"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the binaries first (scripts/test.sh does, or `cargo build --workspace --bins`)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// Path of one built binary.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// One rxen "host": an rxend with its own socket and state directory.
+pub struct Host {
+    /// Temporary directory holding everything of this host.
+    pub dir: tempfile::TempDir,
+    /// rxend's process, while we run it.
+    pub rxend: Option<Child>,
+}
+
+impl Host {
+    /// Starts a fresh rxend.
+    pub fn start() -> Host {
+        assert!(
+            Path::new("/dev/kvm").exists(),
+            "/dev/kvm is missing: these tests boot real guests"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("rxen-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let mut h = Host { dir, rxend: None };
+        h.start_rxend();
+        h
+    }
+
+    /// rxend's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("rxend.sock")
+    }
+
+    /// rxend's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// (Re)starts rxend on this host's socket and state directory.
+    pub fn start_rxend(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("rxend.stderr"))
+            .expect("rxend stderr file");
+        let child = Command::new(bin("rxend"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rxend");
+        self.rxend = Some(child);
+        wait_until(Duration::from_secs(10), "rxend listens", || {
+            std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+        });
+    }
+
+    /// Kills rxend with SIGKILL, as a crash would.
+    pub fn kill_rxend(&mut self) {
+        if let Some(mut c) = self.rxend.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `rxl ARGS` against this host.
+    pub fn rxl(&self, args: &[&str]) -> Output {
+        Command::new(bin("rxl"))
+            .args(args)
+            .env("RXEN_SOCKET", self.socket())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rxl")
+    }
+
+    /// Runs `rxl ARGS`, asserts success, and returns stdout.
+    pub fn rxl_ok(&self, args: &[&str]) -> String {
+        let out = self.rxl(args);
+        assert!(
+            out.status.success(),
+            "rxl {args:?} failed: {}\nstdout: {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a config file into the host's directory and returns its path.
+    pub fn config(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(file);
+        fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// Creates a test-guest domain with the given extra config lines and waits for its banner.
+    pub fn create_guest(&self, name: &str, vcpus: u32, memory: u32, extra: &str) -> Console {
+        let cfg = self.config(
+            &format!("{name}.cfg"),
+            &format!(
+                "name = \"{name}\"\nkernel = \"builtin:testguest\"\nmemory = {memory}\nvcpus = {vcpus}\n{extra}\n"
+            ),
+        );
+        self.rxl_ok(&["create", cfg.to_str().expect("utf-8 path")]);
+        let con = self.console(name);
+        con.wait_for(
+            &format!("booted on {vcpus} vCPUs with {memory} MiB"),
+            Duration::from_secs(30),
+        );
+        con
+    }
+
+    /// Attaches `rxl console NAME` with pipes.
+    pub fn console(&self, name: &str) -> Console {
+        Console::attach(self, name)
+    }
+
+    /// The `rxl list` row of a domain, split into fields (name, id, mem, vcpus, state, time).
+    pub fn list_row(&self, name: &str) -> Option<Vec<String>> {
+        let out = self.rxl(&["list"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(name))
+    }
+
+    /// PID of a domain's VMM, from rxend's record.
+    pub fn vmm_pid(&self, domid: u32) -> i32 {
+        let rec: serde_json::Value = serde_json::from_slice(
+            &fs::read(self.state_dir().join("domains").join(format!("{domid}.json")))
+                .expect("record"),
+        )
+        .expect("record json");
+        rec["state"]["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// rxend's log file.
+    pub fn rxend_log(&self) -> String {
+        fs::read_to_string(self.state_dir().join("rxend.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Kill every VMM started for this host, then rxend.
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(procs) = fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("rxen-vmm") && cmdline.contains(&marker) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        self.kill_rxend();
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An `rxl console` process with its output collected.
+pub struct Console {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Mutex<String>>,
+    /// Output before this offset has been consumed by `wait_for`.
+    seen: Mutex<usize>,
+}
+
+impl Console {
+    /// Runs `rxl console NAME` against `host`.
+    pub fn attach(host: &Host, name: &str) -> Console {
+        Console::spawn(
+            Command::new(bin("rxl"))
+                .args(["console", name])
+                .env("RXEN_SOCKET", host.socket()),
+        )
+    }
+
+    /// Runs a command whose stdin and stdout are a guest console (`rxl console`, `rxl create -c`).
+    pub fn spawn(cmd: &mut Command) -> Console {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rxl console");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Console {
+            child,
+            stdin,
+            out,
+            seen: Mutex::new(0),
+        }
+    }
+
+    /// Everything received so far.
+    pub fn output(&self) -> String {
+        self.out.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Types a line on the guest's console.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("console stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to console");
+        stdin.flush().expect("flush console");
+    }
+
+    /// Waits until `needle` appears in output not yet consumed, and returns
+    /// the line that holds it; later calls look only after it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            let mut seen = self.seen.lock().expect("seen");
+            let start = (*seen).min(out.len());
+            if let Some(pos) = out.get(start..).and_then(|s| s.find(needle)) {
+                let at = start + pos;
+                let line_start = out[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
+                let line_end = out[at..].find('\n').map(|i| at + i).unwrap_or(out.len());
+                *seen = line_end;
+                return out[line_start..line_end].trim_end_matches('\r').to_string();
+            }
+            drop(seen);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?} on the console; got:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Skips everything printed so far (including the replay of earlier
+    /// output on attach): sends a unique word and waits for the guest to
+    /// reject it.
+    pub fn sync(&mut self) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let token = format!(
+            "sync{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.send(&token);
+        self.wait_for(&format!("unknown command: {token}"), Duration::from_secs(10));
+    }
+
+    /// Sends `heartbeat` and returns the guest's counter.
+    pub fn heartbeat(&mut self) -> u64 {
+        self.sync();
+        self.send("heartbeat");
+        let line = self.wait_for("heartbeat ", Duration::from_secs(10));
+        // The echo of the command is "heartbeat" alone; the answer carries the number.
+        line.rsplit(' ')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no heartbeat count in {line:?}"))
+    }
+
+    /// Waits for the console to close (the domain went away) and returns rxl's exit status.
+    pub fn wait_closed(mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.stdin.take();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "console did not close; got:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every rxen test on this machine: unit tests, parser peer vectors,
+# property tests, and the end-to-end tests that boot real guests under
+# /dev/kvm. Needs root (KVM, and later TAP devices and cgroups).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -e /dev/kvm ]; then
+    echo "scripts/test.sh: /dev/kvm is missing; rxen's tests boot real guests" >&2
+    exit 1
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "scripts/test.sh: cargo is missing; install Rust (rustup) first" >&2
+    exit 1
+fi
+
+# The end-to-end tests drive the real binaries: build them first.
+cargo build --workspace --bins
+# Each end-to-end test boots its own guests; two at a time suits small hosts.
+cargo test --workspace -- --test-threads="${RXEN_TEST_THREADS:-2}"
