@@ -16,6 +16,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio as reg;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
 
 use crate::device::{Activation, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptKind, IrqLine};
@@ -257,8 +258,8 @@ impl MmioTransport {
                 if let (Some(queue), Ok(size)) =
                     (self.configurable_queue(false), u16::try_from(value))
                 {
-                    // Queue::set_size ignores sizes that are zero, too large or not a power of two.
-                    queue.set_size(size);
+                    // Sizes that are zero, too large or not a power of two are ignored.
+                    let _ = queue.try_set_size(size);
                 }
             }
             reg::VIRTIO_MMIO_QUEUE_READY => {
@@ -277,34 +278,40 @@ impl MmioTransport {
             }
             reg::VIRTIO_MMIO_INTERRUPT_ACK => self.irq.ack(value),
             reg::VIRTIO_MMIO_STATUS => self.write_status(value),
-            reg::VIRTIO_MMIO_QUEUE_DESC_LOW => {
-                self.set_queue_address(|q| q.set_desc_table_address(Some(value), None))
-            }
-            reg::VIRTIO_MMIO_QUEUE_DESC_HIGH => {
-                self.set_queue_address(|q| q.set_desc_table_address(None, Some(value)))
-            }
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
-                self.set_queue_address(|q| q.set_avail_ring_address(Some(value), None))
-            }
-            reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
-                self.set_queue_address(|q| q.set_avail_ring_address(None, Some(value)))
-            }
-            reg::VIRTIO_MMIO_QUEUE_USED_LOW => {
-                self.set_queue_address(|q| q.set_used_ring_address(Some(value), None))
-            }
-            reg::VIRTIO_MMIO_QUEUE_USED_HIGH => {
-                self.set_queue_address(|q| q.set_used_ring_address(None, Some(value)))
-            }
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW
+            | reg::VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | reg::VIRTIO_MMIO_QUEUE_USED_LOW
+            | reg::VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_address(offset, value),
             reg::VIRTIO_MMIO_SHM_SEL => self.shm_sel = value,
             _ => {}
         }
     }
 
-    fn set_queue_address(&mut self, set: impl FnOnce(&mut Queue)) {
-        // Queue::set_*_address ignores misaligned addresses; ranges are checked at DRIVER_OK.
-        if let Some(queue) = self.configurable_queue(false) {
-            set(queue);
-        }
+    /// Writes half of one of the selected queue's ring addresses. Misaligned addresses are
+    /// ignored; whether the rings fit in guest memory is checked at DRIVER_OK.
+    fn write_queue_address(&mut self, offset: u32, value: u32) {
+        let Some(queue) = self.configurable_queue(false) else {
+            return;
+        };
+        let high = offset % 8 == 4;
+        let merge = |old: u64| {
+            if high {
+                (old & 0xffff_ffff) | (u64::from(value) << 32)
+            } else {
+                (old & !0xffff_ffff) | u64::from(value)
+            }
+        };
+        let _ = match offset & !4 {
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                queue.try_set_desc_table_address(GuestAddress(merge(queue.desc_table())))
+            }
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                queue.try_set_avail_ring_address(GuestAddress(merge(queue.avail_ring())))
+            }
+            _ => queue.try_set_used_ring_address(GuestAddress(merge(queue.used_ring()))),
+        };
     }
 
     fn write_driver_features(&mut self, value: u32) {
@@ -720,6 +727,43 @@ mod tests {
             )]
         );
         assert!(rec.seen().is_empty());
+    }
+
+    #[test]
+    fn queue_addresses_combine_halves_and_ignore_misalignment() {
+        let (mut t, seen, _) = transport();
+        assert!(negotiate(&mut t, VERSION_1));
+        setup_queue(&mut t, 0, 16, 0x1_0000_1000, 0x2000, 0x3000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 1);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0x4000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0x4008);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x5000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x5001);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_USED_HIGH, 2);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_USED_LOW, 0x6000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_USED_LOW, 0x6002);
+        // Queue 0 is beyond guest memory: nothing is activated...
+        driver_ok(&mut t);
+        assert_ne!(status(&mut t) & STATUS_NEEDS_RESET, 0);
+        // ...so look at the addresses through a second, valid bring-up of queue 1's values.
+        assert!(seen.lock().expect("lock").activations.is_empty());
+        wr(&mut t, reg::VIRTIO_MMIO_STATUS, 0);
+        assert!(negotiate(&mut t, VERSION_1));
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_SEL, 1);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0x4000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, 0x4008);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x5000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x5001);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_USED_HIGH, 2);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_USED_LOW, 0x6000);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_USED_LOW, 0x6002);
+        driver_ok(&mut t);
+        let seen = seen.lock().expect("lock");
+        let queue1 = seen.activations[0].1[1];
+        assert_eq!(
+            (queue1.2, queue1.3, queue1.4),
+            (0x4000, 0x5000, 0x2_0000_6000)
+        );
     }
 
     #[test]
