@@ -13,7 +13,8 @@
 //! 1. Build the device and its transport:
 //!    `MmioTransport::new(Box::new(Block::new(file, config)?), mem.clone(), Box::new(irq))?`,
 //!    where `irq` implements [`Interrupt`] by writing to an irqfd registered with KVM for the
-//!    device's GSI (`KVM_IRQFD`); use one GSI per device.
+//!    device's GSI (`KVM_IRQFD`); use one GSI per device. Take `block.stats()` before boxing
+//!    the device if the counters are to be reported.
 //! 2. Give each device an MMIO window of [`MMIO_WINDOW_SIZE`] (0x1000) bytes outside RAM (for
 //!    instance from 0xD000_0000 upwards, in the hole below 4 GiB) and route every MMIO exit in
 //!    the window to [`MmioTransport::read`] / [`MmioTransport::write`] with the offset from the

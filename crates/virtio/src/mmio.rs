@@ -575,6 +575,14 @@ mod tests {
     }
 
     #[test]
+    fn the_transport_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MmioTransport>();
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<IrqLine>();
+    }
+
+    #[test]
     fn identification_registers() {
         let (mut t, _, _) = transport();
         assert_eq!(rd(&mut t, reg::VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
