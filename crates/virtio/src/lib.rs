@@ -55,8 +55,8 @@ pub use device::{Activation, DeviceError, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptKind, IrqLine};
 pub use mmio::{MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
-/// The guest memory type devices work on (the VMM's `vm_memory::GuestMemoryMmap`).
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap;
+/// The guest memory type devices work on: the VMM's, with a dirty bitmap so that device writes are tracked for migration.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 #[cfg(test)]
 mod testutil;

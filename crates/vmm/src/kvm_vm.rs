@@ -1,11 +1,11 @@
 //! The KVM VM: `/dev/kvm`, the VM fd, in-kernel irqchip and PIT, memory slots.
 
+use crate::memory::GuestMemory;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::{memslots, MemSlot};
@@ -105,7 +105,7 @@ impl KvmVm {
     /// Registers all of `mem` as KVM memory slots; returns the slots.
     pub fn register_memory(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMemory,
         flags: u32,
     ) -> Result<Vec<MemSlot>, KvmVmError> {
         let slots = memslots(mem);

@@ -4,10 +4,14 @@
 //! in guest physical space, and [`memslots`] turns the mapped regions into the
 //! KVM memory slots that [`crate::kvm_vm`] registers.
 
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+
+/// Guest memory as the VMM maps it: every page written by the VMM itself
+/// (device emulation) is marked in an [`AtomicBitmap`], so that dirty
+/// tracking for live migration sees those writes as well as the vCPUs' (KVM's log).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
 /// One MiB in bytes.
 pub const MIB: u64 = 1 << 20;
@@ -58,22 +62,22 @@ pub fn ram_ranges(memory_mib: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryErr
 }
 
 /// Maps anonymous, unreserved (`MAP_NORESERVE`) host memory for a guest of `memory_mib` MiB.
-pub fn create_guest_memory(memory_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create_guest_memory(memory_mib: u64) -> Result<GuestMemory, MemoryError> {
     let mut regions = Vec::new();
     for (addr, len) in ram_ranges(memory_mib)? {
         let size = usize::try_from(len).map_err(|_| MemoryError::BadSize(memory_mib))?;
-        let mapping = MmapRegionBuilder::new(size)
+        let mapping = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::with_len(size))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .build()?;
         let region = GuestRegionMmap::new(mapping, addr).ok_or(MemoryError::Region(addr.0))?;
         regions.push(region);
     }
-    Ok(GuestMemoryMmap::from_regions(regions)?)
+    Ok(GuestMemory::from_regions(regions)?)
 }
 
 /// First guest physical address after the end of RAM.
-pub fn ram_end(mem: &GuestMemoryMmap) -> u64 {
+pub fn ram_end(mem: &GuestMemory) -> u64 {
     mem.iter()
         .map(|r| r.start_addr().0.saturating_add(r.len()))
         .max()
@@ -81,7 +85,7 @@ pub fn ram_end(mem: &GuestMemoryMmap) -> u64 {
 }
 
 /// Total RAM in bytes.
-pub fn ram_bytes(mem: &GuestMemoryMmap) -> u64 {
+pub fn ram_bytes(mem: &GuestMemory) -> u64 {
     mem.iter().map(|r| r.len()).sum()
 }
 
@@ -99,7 +103,7 @@ pub struct MemSlot {
 }
 
 /// The memory slots for `mem`: one per region, numbered from 0 in address order.
-pub fn memslots(mem: &GuestMemoryMmap) -> Vec<MemSlot> {
+pub fn memslots(mem: &GuestMemory) -> Vec<MemSlot> {
     mem.iter()
         .zip(0u32..)
         .map(|(region, slot)| MemSlot {

@@ -1,5 +1,6 @@
 //! The VM as a whole: builds it from a [`VmSpec`], starts it, and answers the control socket.
 
+use crate::memory::GuestMemory;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZ
 use kvm_ioctls::VcpuFd;
 use rxen_proto::vmctl::{VcpuState, VcpuStats, VmStats};
 use rxen_proto::vmspec::{files, ExitReason, ExitRecord, VmSpec};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::bootinfo::{BootInfoError, RxenBootInfo};
@@ -126,7 +127,7 @@ pub struct Vm {
     /// The KVM VM (kept open for the VM's lifetime).
     pub kvm: KvmVm,
     /// Guest memory.
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMemory,
     /// The boot protocol of the kernel.
     pub kind: KernelKind,
     /// Pause coordination.

@@ -1,6 +1,7 @@
 //! `RxenBootInfo`, the test guest's boot information at [`super::BOOT_INFO_ADDR`].
 
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemory;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 /// The bytes `RXENBOOT`, little-endian.
 pub const BOOT_INFO_MAGIC: u64 = 0x544F_4F42_4E45_5852;
@@ -50,7 +51,7 @@ impl RxenBootInfo {
     }
 
     /// Writes the block at `addr`.
-    pub fn write(&self, mem: &GuestMemoryMmap, addr: GuestAddress) -> Result<(), BootInfoError> {
+    pub fn write(&self, mem: &GuestMemory, addr: GuestAddress) -> Result<(), BootInfoError> {
         mem.write_obj(*self, addr)?;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The boot GDT at [`super::GDT_ADDR`]: null, 64-bit code (0x08), data (0x10), TSS (0x18).
 
+use crate::memory::GuestMemory;
 use kvm_bindings::kvm_segment;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Selector of the 64-bit code segment.
 pub const CODE_SELECTOR: u16 = 0x08;
@@ -82,7 +83,7 @@ pub fn segment(descriptor: u64, selector: u16) -> kvm_segment {
 }
 
 /// Writes the boot GDT at `addr`.
-pub fn write(mem: &GuestMemoryMmap, addr: GuestAddress) -> Result<(), GdtError> {
+pub fn write(mem: &GuestMemory, addr: GuestAddress) -> Result<(), GdtError> {
     let mut bytes = [0u8; 32];
     for (chunk, desc) in bytes.chunks_exact_mut(8).zip(table()) {
         chunk.copy_from_slice(&desc.to_le_bytes());

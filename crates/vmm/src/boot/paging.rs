@@ -1,7 +1,8 @@
 //! Identity-mapping boot page tables: PML4 at 0x9000, PDPT at 0xA000, page
 //! directories of 2 MiB pages from 0xB000.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{PDPT_ADDR, PD_ADDR, PML4_ADDR};
 use crate::memory::GIB;
@@ -31,7 +32,7 @@ pub fn mapped_gib(ram_end: u64, tables_limit: u64) -> u64 {
 }
 
 /// Writes the identity map of the first `gib` GiB (see [`mapped_gib`]).
-pub fn write(mem: &GuestMemoryMmap, gib: u64) -> Result<(), PagingError> {
+pub fn write(mem: &GuestMemory, gib: u64) -> Result<(), PagingError> {
     let gib = gib.clamp(1, MAX_MAPPED / GIB);
     mem.write_obj(PDPT_ADDR | PRESENT_RW, GuestAddress(PML4_ADDR))?;
     let mut pd = vec![0u8; 4096];
@@ -53,12 +54,12 @@ mod tests {
     use crate::boot::{CMDLINE_ADDR, KERNEL_MIN_ADDR};
     use crate::memory::{create_guest_memory, MIB};
 
-    fn read(mem: &GuestMemoryMmap, addr: u64) -> u64 {
+    fn read(mem: &GuestMemory, addr: u64) -> u64 {
         mem.read_obj(GuestAddress(addr)).expect("read")
     }
 
     /// Walks the tables like the MMU would, for a 2 MiB mapping.
-    fn translate(mem: &GuestMemoryMmap, va: u64) -> Option<u64> {
+    fn translate(mem: &GuestMemory, va: u64) -> Option<u64> {
         let pml4e = read(mem, PML4_ADDR + ((va >> 39) & 511) * 8);
         if pml4e & 1 == 0 {
             return None;

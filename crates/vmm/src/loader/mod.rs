@@ -4,10 +4,11 @@
 pub mod builtin;
 pub mod elf;
 
+use crate::memory::GuestMemory;
 use std::path::{Path, PathBuf};
 
 use rxen_proto::vmspec::KernelSource;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::KERNEL_MIN_ADDR;
 use elf::{ElfError, ElfImage};
@@ -169,7 +170,7 @@ pub fn read_kernel(source: &KernelSource) -> Result<KernelImage, LoaderError> {
 }
 
 /// Writes `len` zero bytes at `addr`.
-fn zero_fill(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Result<(), LoaderError> {
+fn zero_fill(mem: &GuestMemory, addr: u64, len: u64) -> Result<(), LoaderError> {
     const CHUNK: u64 = 64 * 1024;
     let zeros = vec![0u8; CHUNK as usize];
     let mut done = 0u64;
@@ -183,7 +184,7 @@ fn zero_fill(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Result<(), LoaderErr
 }
 
 /// Loads a test guest ELF at its physical addresses.
-pub fn load_test_guest(mem: &GuestMemoryMmap, bytes: &[u8]) -> Result<LoadedKernel, LoaderError> {
+pub fn load_test_guest(mem: &GuestMemory, bytes: &[u8]) -> Result<LoadedKernel, LoaderError> {
     let img = ElfImage::parse(bytes)?;
     let ram_end = crate::memory::ram_end(mem);
     for seg in &img.segments {
@@ -218,7 +219,7 @@ pub fn load_test_guest(mem: &GuestMemoryMmap, bytes: &[u8]) -> Result<LoadedKern
 
 /// Loads a Linux kernel (vmlinux or bzImage) with the Linux boot protocol (rxen-linuxboot).
 pub fn load_linux(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     image: &KernelImage,
     initrd: Option<&Path>,
     cmdline: &str,
@@ -241,7 +242,7 @@ pub fn load_linux(
 
 /// Places `image` in guest memory according to its protocol.
 pub fn load(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     image: &KernelImage,
     initrd: Option<&Path>,
     cmdline: &str,
