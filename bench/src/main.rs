@@ -86,9 +86,14 @@ impl Host {
             .expect("rxl create -c");
         let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout).read_line(&mut line).expect("console line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("console line");
         let t = start.elapsed().as_secs_f64();
-        assert!(line.contains("rxen testguest"), "unexpected first line {line:?}");
+        assert!(
+            line.contains("rxen testguest"),
+            "unexpected first line {line:?}"
+        );
         let _ = child.kill();
         let _ = child.wait();
         t
@@ -97,8 +102,13 @@ impl Host {
     fn vmm_rss_kib(&self, name: &str) -> u64 {
         let id = self.rxl(&["domid", name]);
         let rec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(self.dir.path().join("state/domains").join(format!("{}.json", id.trim())))
-                .expect("record"),
+            &std::fs::read(
+                self.dir
+                    .path()
+                    .join("state/domains")
+                    .join(format!("{}.json", id.trim())),
+            )
+            .expect("record"),
         )
         .expect("record json");
         let pid = rec["state"]["pid"].as_i64().unwrap_or(0);

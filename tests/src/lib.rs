@@ -162,8 +162,12 @@ impl Host {
     /// PID of a domain's VMM, from rxend's record.
     pub fn vmm_pid(&self, domid: u32) -> i32 {
         let rec: serde_json::Value = serde_json::from_slice(
-            &fs::read(self.state_dir().join("domains").join(format!("{domid}.json")))
-                .expect("record"),
+            &fs::read(
+                self.state_dir()
+                    .join("domains")
+                    .join(format!("{domid}.json")),
+            )
+            .expect("record"),
         )
         .expect("record json");
         rec["state"]["pid"].as_i64().expect("pid") as i32
@@ -306,7 +310,10 @@ impl Console {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         self.send(&token);
-        self.wait_for(&format!("unknown command: {token}"), Duration::from_secs(10));
+        self.wait_for(
+            &format!("unknown command: {token}"),
+            Duration::from_secs(10),
+        );
     }
 
     /// Sends `heartbeat` and returns the guest's counter.
@@ -329,7 +336,11 @@ impl Console {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "console did not close; got:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "console did not close; got:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -46,14 +46,19 @@ fn two_domains_run_side_by_side_and_use_cpu() {
         lines.next(),
         Some("Name                                        ID   Mem VCPUs\tState\tTime(s)")
     );
-    assert!(lines.next().is_some_and(|l| l.starts_with("Domain-0 ")), "{list}");
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("Domain-0 ")),
+        "{list}"
+    );
     for name in ["alpha", "beta"] {
         let row = host.list_row(name).expect("listed");
         assert_eq!(row[2], "64", "{row:?}");
         assert_eq!(row[3], "2", "{row:?}");
         assert!(row[4] == "-b----" || row[4] == "r-----", "{row:?}");
     }
-    let t0: f64 = host.list_row("alpha").expect("alpha")[5].parse().expect("time");
+    let t0: f64 = host.list_row("alpha").expect("alpha")[5]
+        .parse()
+        .expect("time");
     a.send("burn 2 1");
     b.send("burn 2 1");
     a.wait_for("burning vcpu 1 for 2 s", BOOT);
@@ -61,7 +66,9 @@ fn two_domains_run_side_by_side_and_use_cpu() {
     assert_eq!(row[4], "r-----", "a burning domain is running: {row:?}");
     a.wait_for("burn done on vcpu 1", BOOT);
     b.wait_for("burn done on vcpu 1", BOOT);
-    let t1: f64 = host.list_row("alpha").expect("alpha")[5].parse().expect("time");
+    let t1: f64 = host.list_row("alpha").expect("alpha")[5]
+        .parse()
+        .expect("time");
     // A 2 s burn; on a loaded host it gets less than 2 s of CPU, but clearly some.
     assert!(t1 >= t0 + 0.3, "CPU time grew from {t0} to only {t1}");
     // Both still answer.
@@ -93,8 +100,15 @@ fn shutdown_wait_returns_once_the_guest_powered_off() {
     let host = Host::start();
     let con = host.create_guest("polite", 2, 64, "");
     let out = host.rxl(&["shutdown", "-w", "polite"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(host.list_row("polite").is_none(), "still listed after shutdown -w");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        host.list_row("polite").is_none(),
+        "still listed after shutdown -w"
+    );
     con.wait_for("shutdown requested by host", Duration::from_secs(5));
     assert!(host.rxend_log().contains("powered off"));
 }
@@ -201,11 +215,17 @@ fn a_killed_vmm_crashes_only_its_domain() {
 #[test]
 fn bad_configs_start_nothing_and_say_where() {
     let host = Host::start();
-    let cfg = host.config("broken.cfg", "name = \"broken\"\nmemory = \"lots\"\nkernel = \"builtin:testguest\"\n");
+    let cfg = host.config(
+        "broken.cfg",
+        "name = \"broken\"\nmemory = \"lots\"\nkernel = \"builtin:testguest\"\n",
+    );
     let out = host.rxl(&["create", cfg.to_str().expect("path")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken.cfg:2:"), "error does not name file and line: {err}");
+    assert!(
+        err.contains("broken.cfg:2:"),
+        "error does not name file and line: {err}"
+    );
     assert!(host.list_row("broken").is_none());
     // A key rxen cannot honour is refused unless explicitly ignored.
     let cfg = host.config(
@@ -233,18 +253,33 @@ fn names_ids_rename_uptime_info_and_dmesg() {
         "name = \"first\"\nkernel = \"builtin:testguest\"\nmemory = 64\n",
     );
     let out = host.rxl(&["create", cfg.to_str().expect("path")]);
-    assert!(!out.status.success(), "a second domain named first was created");
+    assert!(
+        !out.status.success(),
+        "a second domain named first was created"
+    );
     let id = domid(&host, "first");
     assert_eq!(host.rxl_ok(&["domname", &id.to_string()]).trim(), "first");
     host.rxl_ok(&["rename", "first", "second"]);
     assert_eq!(domid(&host, "second"), id);
     assert!(host.list_row("first").is_none());
     let up = host.rxl_ok(&["uptime"]);
-    assert!(up.starts_with("Name                                ID Uptime\n"), "{up}");
+    assert!(
+        up.starts_with("Name                                ID Uptime\n"),
+        "{up}"
+    );
     assert!(up.lines().any(|l| l.starts_with("second ")), "{up}");
     let info = host.rxl_ok(&["info"]);
-    assert!(info.lines().next().is_some_and(|l| l.starts_with("host                   : ")), "{info}");
-    let cpus: u32 = host.rxl_ok(&["info", "nr_cpus"]).trim().parse().expect("nr_cpus");
+    assert!(
+        info.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("host                   : ")),
+        "{info}"
+    );
+    let cpus: u32 = host
+        .rxl_ok(&["info", "nr_cpus"])
+        .trim()
+        .parse()
+        .expect("nr_cpus");
     assert!(cpus >= 1);
     let dmesg = host.rxl_ok(&["dmesg"]);
     assert!(dmesg.contains("renamed from first to second"), "{dmesg}");
@@ -265,7 +300,11 @@ fn create_paused_holds_the_guest_until_unpause() {
     assert_eq!(host.list_row("frozen").expect("listed")[4], "--p---");
     let con = host.console("frozen");
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!con.output().contains("booted"), "a paused guest printed: {}", con.output());
+    assert!(
+        !con.output().contains("booted"),
+        "a paused guest printed: {}",
+        con.output()
+    );
     host.rxl_ok(&["unpause", "frozen"]);
     con.wait_for("booted on 1 vCPUs with 64 MiB", BOOT);
 }
@@ -277,7 +316,9 @@ fn rename_restart_keeps_the_crashed_domain_under_a_dated_name() {
     let old = domid(&host, "lazarus");
     con.send("crash");
     wait_until(BOOT, "the old domain is renamed", || {
-        host.rxl_ok(&["list"]).lines().any(|l| l.starts_with("lazarus-"))
+        host.rxl_ok(&["list"])
+            .lines()
+            .any(|l| l.starts_with("lazarus-"))
     });
     let list = host.rxl_ok(&["list"]);
     let kept = list
@@ -288,7 +329,10 @@ fn rename_restart_keeps_the_crashed_domain_under_a_dated_name() {
     // xl's suffix: -%Y%m%dT%H%MZ
     let suffix = f[0].trim_start_matches("lazarus-");
     assert_eq!(suffix.len(), 14, "{kept}");
-    assert!(suffix.ends_with('Z') && suffix.as_bytes()[8] == b'T', "{kept}");
+    assert!(
+        suffix.ends_with('Z') && suffix.as_bytes()[8] == b'T',
+        "{kept}"
+    );
     assert_eq!(f[1], old.to_string());
     assert_eq!(f[4], "---sc-");
     host.console("lazarus")
@@ -310,10 +354,22 @@ fn rxl_starts_rxend_on_demand() {
             .expect("rxl")
     };
     let out = run(&["list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("Domain-0 ")), "{text}");
-    assert!(state.join("rxend.log").exists(), "rxend did not use the state directory");
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("Domain-0 ")),
+        "{text}"
+    );
+    assert!(
+        state.join("rxend.log").exists(),
+        "rxend did not use the state directory"
+    );
     // Stop the daemon it started.
     let mut c = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
     std::io::Write::write_all(&mut c, b"{\"op\":\"quit\"}\n").expect("quit");
@@ -330,7 +386,11 @@ fn dry_run_prints_the_resolved_config_and_refuses_bad_files() {
         "name = \"web\"\nkernel = \"builtin:testguest\"\nmemory = 256\nvcpus = 2\ncpus = \"0-1\"\n",
     );
     let out = host.rxl(&["create", "-n", cfg.to_str().expect("path"), "memory=512"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v["name"], "web");
     assert_eq!(v["memory_mib"], 512, "the override wins");
@@ -373,7 +433,9 @@ fn console_on_a_terminal_detaches_with_ctrl_bracket() {
             if n == 0 {
                 break;
             }
-            sink.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     wait_until(BOOT, "the replayed banner shows", || {

@@ -157,10 +157,18 @@ mod tests {
 
     #[test]
     fn requests_are_tagged_by_op() {
-        let json = serde_json::to_string(&Request::Pause { domain: "web".into() }).expect("json");
+        let json = serde_json::to_string(&Request::Pause {
+            domain: "web".into(),
+        })
+        .expect("json");
         assert_eq!(json, r#"{"op":"pause","domain":"web"}"#);
         let back: Request = serde_json::from_str(&json).expect("parse");
-        assert_eq!(back, Request::Pause { domain: "web".into() });
+        assert_eq!(
+            back,
+            Request::Pause {
+                domain: "web".into()
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
     }
 }

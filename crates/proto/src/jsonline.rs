@@ -66,10 +66,19 @@ mod tests {
         assert_eq!(v, vec![1, 2, 3]);
         let s: String = read(&mut cur).expect("second");
         assert_eq!(s, "x");
-        assert!(matches!(read::<_, String>(&mut cur), Err(FrameError::Closed)));
+        assert!(matches!(
+            read::<_, String>(&mut cur),
+            Err(FrameError::Closed)
+        ));
         let mut half = Cursor::new(b"{\"a\":".to_vec());
-        assert!(matches!(read::<_, String>(&mut half), Err(FrameError::Closed)));
+        assert!(matches!(
+            read::<_, String>(&mut half),
+            Err(FrameError::Closed)
+        ));
         let mut bad = Cursor::new(b"nope\n".to_vec());
-        assert!(matches!(read::<_, String>(&mut bad), Err(FrameError::Json(_))));
+        assert!(matches!(
+            read::<_, String>(&mut bad),
+            Err(FrameError::Json(_))
+        ));
     }
 }

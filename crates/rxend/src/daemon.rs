@@ -141,9 +141,9 @@ impl Daemon {
                 Ok(rec) => {
                     max_id = max_id.max(rec.domid);
                     match &rec.state {
-                        DomainState::Running { pid, start_ticks, .. }
-                            if procfs::alive(*pid, *start_ticks) =>
-                        {
+                        DomainState::Running {
+                            pid, start_ticks, ..
+                        } if procfs::alive(*pid, *start_ticks) => {
                             log.info(format!(
                                 "adopted domain {} ({}), VMM pid {pid}",
                                 rec.domid, rec.name
@@ -215,7 +215,10 @@ impl Daemon {
         };
         match found {
             Some(id) => {
-                let visible = t.domains.get(&id).is_some_and(|e| caller.may_manage(&e.rec));
+                let visible = t
+                    .domains
+                    .get(&id)
+                    .is_some_and(|e| caller.may_manage(&e.rec));
                 if visible {
                     Ok(id)
                 } else {
@@ -286,8 +289,8 @@ impl Daemon {
                 "only root may create domains from a file".into(),
             ));
         }
-        let parsed = xlcfg::parse(text, path, overrides)
-            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let parsed =
+            xlcfg::parse(text, path, overrides).map_err(|e| DaemonError::Config(e.to_string()))?;
         let mut warnings: Vec<String> = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for d in &parsed.diagnostics {
@@ -339,12 +342,12 @@ impl Daemon {
             let domid = t.next_domid;
             t.next_domid = domid.checked_add(1).unwrap_or(1).max(1);
             let next_file = self.paths.next_domid_file();
-            write_atomic(&next_file, t.next_domid.to_string().as_bytes()).map_err(
-                |source| DaemonError::Persist {
+            write_atomic(&next_file, t.next_domid.to_string().as_bytes()).map_err(|source| {
+                DaemonError::Persist {
                     path: next_file.clone(),
                     source,
-                },
-            )?;
+                }
+            })?;
             let rec = DomainRecord {
                 domid,
                 name: name.clone(),
@@ -491,8 +494,11 @@ impl Daemon {
             e.rec.clone()
         };
         self.save(&rec)?;
-        self.log
-            .info(format!("domain {id} ({}) {verb} by {}", rec.name, caller.describe()));
+        self.log.info(format!(
+            "domain {id} ({}) {verb} by {}",
+            rec.name,
+            caller.describe()
+        ));
         Ok(())
     }
 
@@ -548,8 +554,10 @@ impl Daemon {
             }
         }
         self.forget(id);
-        self.log
-            .info(format!("domain {id} ({name}) destroyed by {}", caller.describe()));
+        self.log.info(format!(
+            "domain {id} ({name}) destroyed by {}",
+            caller.describe()
+        ));
         Ok(())
     }
 
@@ -557,7 +565,8 @@ impl Daemon {
     fn forget(&self, id: u32) {
         self.table().domains.remove(&id);
         if let Err(e) = self.store.remove(id) {
-            self.log.error(format!("cannot remove record of domain {id}: {e}"));
+            self.log
+                .error(format!("cannot remove record of domain {id}: {e}"));
         }
         let _ = fs::remove_dir_all(self.paths.run_dir(id));
     }
@@ -568,8 +577,7 @@ impl Daemon {
         let (id, _) = self.guest(caller, r, "renamed")?;
         let rec = {
             let mut t = self.table();
-            if t
-                .domains
+            if t.domains
                 .values()
                 .any(|e| e.rec.name == new_name && e.rec.domid != id)
             {
@@ -580,7 +588,8 @@ impl Daemon {
             };
             let old = std::mem::replace(&mut e.rec.name, new_name.to_string());
             e.rec.config.name = new_name.to_string();
-            self.log.info(format!("domain {id} renamed from {old} to {new_name}"));
+            self.log
+                .info(format!("domain {id} renamed from {old} to {new_name}"));
             e.rec.clone()
         };
         self.save(&rec)
@@ -690,8 +699,9 @@ impl Daemon {
         match action {
             Action::Destroy => self.forget(id),
             Action::CoredumpDestroy => {
-                self.log
-                    .warn(format!("domain {id}: core dumps are not supported; destroying"));
+                self.log.warn(format!(
+                    "domain {id}: core dumps are not supported; destroying"
+                ));
                 self.forget(id);
             }
             Action::Preserve => preserve(&mut rec),
@@ -858,7 +868,10 @@ fn resolve_path(p: &str, config_path: Option<&str>) -> PathBuf {
 }
 
 /// The kernel a config names.
-fn kernel_source(config: &DomainConfig, config_path: Option<&str>) -> Result<KernelSource, DaemonError> {
+fn kernel_source(
+    config: &DomainConfig,
+    config_path: Option<&str>,
+) -> Result<KernelSource, DaemonError> {
     let Some(kernel) = config.kernel.as_deref() else {
         return Err(DaemonError::Config(format!(
             "domain \"{}\" has no kernel: set kernel = \"builtin:testguest\" or the path of a kernel image",

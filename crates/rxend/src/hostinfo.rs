@@ -171,7 +171,13 @@ mod tests {
     #[test]
     fn meminfo_prefers_available() {
         let m = parse_meminfo("MemTotal:  1000 kB\nMemFree: 100 kB\nMemAvailable: 600 kB\n");
-        assert_eq!(m, Memory { total_kib: 1000, free_kib: 600 });
+        assert_eq!(
+            m,
+            Memory {
+                total_kib: 1000,
+                free_kib: 600
+            }
+        );
         let m = parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\n");
         assert_eq!(m.free_kib, 100);
     }
@@ -180,7 +186,10 @@ mod tests {
     fn info_has_xl_fields_in_order() {
         let f = info_fields(0);
         let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(&names[..5], &["host", "release", "version", "machine", "nr_cpus"]);
+        assert_eq!(
+            &names[..5],
+            &["host", "release", "version", "machine", "nr_cpus"]
+        );
         assert_eq!(names.last(), Some(&"xend_config_format"));
         let total: u64 = f
             .iter()

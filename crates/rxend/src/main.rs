@@ -31,7 +31,10 @@ fn main() -> ExitCode {
     let daemon = match Daemon::open(paths.clone()) {
         Ok(d) => Arc::new(d),
         Err(e) => {
-            eprintln!("rxend: cannot open state directory {}: {e}", paths.state_dir.display());
+            eprintln!(
+                "rxend: cannot open state directory {}: {e}",
+                paths.state_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -78,7 +78,9 @@ fn handle_client(daemon: &Daemon, stream: UnixStream) {
     let caller = match getsockopt(&stream, sockopt::PeerCredentials) {
         Ok(c) => Caller::from_uid(c.uid()),
         Err(e) => {
-            daemon.log.error(format!("cannot read peer credentials: {e}"));
+            daemon
+                .log
+                .error(format!("cannot read peer credentials: {e}"));
             return;
         }
     };

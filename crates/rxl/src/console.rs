@@ -73,8 +73,9 @@ pub fn attach(console: OwnedFd) -> io::Result<Detach> {
             Err(e) => return Err(e.into()),
         }
         let ready = |f: &PollFd| {
-            f.revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR))
+            f.revents().is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            })
         };
         let con_ready = fds.first().is_some_and(ready);
         let in_ready = fds.get(1).is_some_and(ready);

@@ -4,10 +4,12 @@
 use rxen_proto::api::DomainInfo;
 
 /// The header of `xl list` (with real tabs before State and Time(s)).
-pub const LIST_HEADER: &str = "Name                                        ID   Mem VCPUs\tState\tTime(s)";
+pub const LIST_HEADER: &str =
+    "Name                                        ID   Mem VCPUs\tState\tTime(s)";
 
 /// The extra header of `xl list -v`.
-pub const LIST_VERBOSE_HEADER: &str = "   UUID                            Reason-Code\tSecurity Label";
+pub const LIST_VERBOSE_HEADER: &str =
+    "   UUID                            Reason-Code\tSecurity Label";
 
 /// One `xl list` row: `"%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f"`.
 pub fn list_row(d: &DomainInfo) -> String {

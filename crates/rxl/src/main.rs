@@ -188,10 +188,7 @@ fn run(cli: Cli) -> Outcome {
                 paused,
                 ignore_unsupported,
             })?;
-            let Response::Domain {
-                name, warnings, ..
-            } = resp
-            else {
+            let Response::Domain { name, warnings, .. } = resp else {
                 return Err(Failure(format!("unexpected answer: {resp:?}")));
             };
             for w in warnings {
@@ -218,8 +215,8 @@ fn run(cli: Cli) -> Outcome {
                         })
                     })
                     .collect();
-                let text = serde_json::to_string_pretty(&out)
-                    .map_err(|e| Failure(e.to_string()))?;
+                let text =
+                    serde_json::to_string_pretty(&out).map_err(|e| Failure(e.to_string()))?;
                 println!("{text}");
             } else {
                 print!("{}", format::list_table(&list, verbose));
