@@ -42,6 +42,9 @@ pub type Com1 = SerialDevice<ConsoleWriter>;
 /// Errors while creating or running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    /// The vCPU threads did not come up (register, and park when starting paused) in time.
+    #[error("the vCPU threads did not start within {0:?}")]
+    VcpusNotStarted(std::time::Duration),
     /// The spec could not be read.
     #[error("cannot read spec {path}: {source}")]
     SpecRead {
@@ -315,6 +318,22 @@ impl Vm {
             let handle = vcpu::spawn(fd, id, ctx.clone())?;
             self.infos.push(handle.info.clone());
             self.vcpus.push(handle);
+        }
+        // "ready" promises that every vCPU thread exists (its tid is known to
+        // stats) and, for a paused start, that it is parked.
+        let timeout = std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + timeout;
+        let pending = |vm: &Self| {
+            vm.infos.iter().enumerate().any(|(i, info)| {
+                info.tid.load(std::sync::atomic::Ordering::SeqCst) == 0
+                    || (vm.spec.start_paused && !vm.control.is_parked(i))
+            })
+        };
+        while pending(self) {
+            if std::time::Instant::now() >= deadline {
+                return Err(VmmError::VcpusNotStarted(timeout));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         Ok(())
     }
