@@ -33,8 +33,9 @@ pub enum ServerError {
     },
 }
 
-/// Binds the client socket, replacing a stale one, with mode 0660.
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+/// Binds the client socket, replacing a stale one, with mode 0660 and,
+/// when `group` is given, owned by that group (whose members may connect).
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ServerError> {
     let shown = path.display().to_string();
     let bind_err = |source| ServerError::Bind {
         path: shown.clone(),
@@ -51,6 +52,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| bind_err(e.into()))?;
+    }
     Ok(listener)
 }
 
@@ -158,8 +163,28 @@ fn error(e: DaemonError) -> Reply {
     })
 }
 
+/// Refuses a request that only root may make, and logs it.
+fn root_only(daemon: &Daemon, caller: &Caller, what: &str) -> Reply {
+    daemon
+        .log
+        .warn(format!("refused: {} may not {what}", caller.describe()));
+    error(DaemonError::Denied(format!("only root may {what}")))
+}
+
 fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
     match req {
+        Request::Boot { domain } => match daemon.boot(caller, &domain) {
+            Ok(c) => Reply::Plain(Response::Domain {
+                domid: c.domid,
+                name: c.name,
+                warnings: c.warnings,
+            }),
+            Err(e) => error(e),
+        },
+        Request::Known { domain } => Reply::Plain(Response::Known {
+            domains: daemon.known(caller, domain.as_deref()),
+        }),
+        Request::Info if !caller.is_root() => root_only(daemon, caller, "read host information"),
         Request::Create {
             path,
             text,
@@ -204,7 +229,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
         },
         Request::Dmesg { clear } => {
             if !caller.is_root() {
-                return error(DaemonError::Denied("only root may read rxend's log".into()));
+                return root_only(daemon, caller, "read rxend's log");
             }
             Reply::Plain(Response::Log {
                 text: daemon.log.text(clear),
@@ -218,7 +243,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
             if caller.is_root() {
                 Reply::Quit
             } else {
-                error(DaemonError::Denied("only root may stop rxend".into()))
+                root_only(daemon, caller, "stop rxend")
             }
         }
     }
