@@ -238,10 +238,18 @@ impl Daemon {
                     .domains
                     .get(&id)
                     .is_some_and(|e| caller.may_manage(&e.rec));
-                if visible {
-                    Ok(id)
-                } else {
-                    Err(refuse(r))
+                match t.domains.get(&id) {
+                    _ if visible => Ok(id),
+                    // Named by ID: the log names the domain too.
+                    Some(e) if e.rec.name != r => {
+                        self.log.warn(format!(
+                            "refused: {} may not manage domain {r} ({})",
+                            caller.describe(),
+                            e.rec.name
+                        ));
+                        Err(DaemonError::NoSuchDomain(r.to_string()))
+                    }
+                    _ => Err(refuse(r)),
                 }
             }
             None => Err(DaemonError::NoSuchDomain(r.to_string())),
