@@ -1124,6 +1124,83 @@ mod tests {
         assert!(check_name("a b").is_err());
     }
 
+    fn daemon(dir: &Path) -> Daemon {
+        Daemon::open(Paths {
+            socket: dir.join("rxend.sock"),
+            state_dir: dir.join("state"),
+        })
+        .expect("open")
+    }
+
+    fn customer(name: &str) -> Caller {
+        Caller {
+            uid: 4242,
+            user: Some(name.to_string()),
+        }
+    }
+
+    /// Writes a config naming `users` and registers it as root's create would.
+    fn known_config(d: &Daemon, dir: &Path, name: &str, users: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.cfg"));
+        fs::write(
+            &path,
+            format!("name = \"{name}\"\nkernel = \"builtin:testguest\"\nxen_shell = {users}\n"),
+        )
+        .expect("write config");
+        d.known
+            .remember(
+                name,
+                KnownConfig {
+                    path: path.display().to_string(),
+                    overrides: Vec::new(),
+                    ignore_unsupported: false,
+                },
+            )
+            .expect("remember");
+        path
+    }
+
+    #[test]
+    fn customers_know_only_the_domains_their_files_name_them_in() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // files a customer may boot must be root's
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = daemon(dir.path());
+        known_config(&d, dir.path(), "goneril", "\"marlowe\"");
+        known_config(&d, dir.path(), "regan", "[\"kent\", \"marlowe\"]");
+        known_config(&d, dir.path(), "cordelia", "\"france\"");
+        let names = |v: Vec<KnownDomain>| v.into_iter().map(|k| k.name).collect::<Vec<_>>();
+        let marlowe = customer("marlowe");
+        assert_eq!(names(d.known(&marlowe, None)), ["goneril", "regan"]);
+        assert!(d.known(&customer("edgar"), None).is_empty());
+        let root = Caller { uid: 0, user: None };
+        assert_eq!(names(d.known(&root, None)).len(), 3);
+        assert!(d.known(&marlowe, Some("cordelia")).is_empty());
+        assert_eq!(names(d.known(&marlowe, Some("regan"))), ["regan"]);
+        assert!(d
+            .log
+            .text(false)
+            .contains("refused: marlowe (uid 4242) may not manage domain cordelia"));
+
+        // Booting someone else's domain is refused before anything starts.
+        let err = d.boot(&marlowe, "cordelia").expect_err("not his");
+        assert!(matches!(err, DaemonError::NoSuchDomain(_)), "{err}");
+        let err = d.boot(&marlowe, "lear").expect_err("unknown");
+        assert!(matches!(err, DaemonError::NoSuchDomain(_)), "{err}");
+        let log = d.log.text(false);
+        assert!(log.contains("may not boot domain cordelia"), "{log}");
+        assert!(log.contains("may not boot domain lear"), "{log}");
+        assert!(
+            d.list(&root, &[]).expect("list").len() == 1,
+            "only Domain-0"
+        );
+        // Nor may a customer see or name Domain-0.
+        assert!(d.list(&marlowe, &[]).expect("list").is_empty());
+        assert!(d.list(&marlowe, &["Domain-0".into()]).is_err());
+        assert!(d.list(&marlowe, &["0".into()]).is_err());
+    }
+
     #[test]
     fn relative_paths_follow_the_config_file() {
         assert_eq!(
