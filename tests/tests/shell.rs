@@ -544,6 +544,11 @@ fn a_user_named_nowhere_sees_no_domains() {
     let list = sh.cmd("list");
     assert!(list.contains("Name"), "{list}");
     assert!(!list.contains("edmund"), "{list}");
+    // History: Up recalls the last line.
+    sh.keys(b"\x1b[A\r");
+    sh.expect("\n", STEP);
+    let again = sh.expect_prompt();
+    assert!(again.contains("Name"), "{again}");
     let help = sh.cmd("help");
     assert!(
         !help.contains("control"),
@@ -603,7 +608,7 @@ fn a_user_named_nowhere_sees_no_domains() {
 fn boot_reads_the_file_again_and_refuses_files_a_customer_could_change() {
     let group = Group::new();
     let kent = User::new("kent", Some(&group));
-    let host = Host::start_with(&["--socket-group", &group.name]);
+    let mut host = Host::start_with(&["--socket-group", &group.name]);
     let named = guest_config("albany", "xen_shell", &format!("\"{}\"", kent.name));
     let cfg = host.config("albany.cfg", &named);
     register(&host, &cfg, "albany");
@@ -633,6 +638,9 @@ fn boot_reads_the_file_again_and_refuses_files_a_customer_could_change() {
         "{err}"
     );
 
+    // rxend remembers the file across its own restarts.
+    host.kill_rxend();
+    host.start_rxend();
     let out = kent.rxl(&host, &["boot", "albany"]);
     assert!(
         out.status.success(),
