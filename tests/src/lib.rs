@@ -39,6 +39,8 @@ pub struct Host {
     pub dir: tempfile::TempDir,
     /// rxend's process, while we run it.
     pub rxend: Option<Child>,
+    /// Extra arguments rxend is started with (e.g. `--socket-group`).
+    pub rxend_args: Vec<String>,
 }
 
 impl Host {
@@ -52,7 +54,24 @@ impl Host {
             .prefix("rxen-e2e-")
             .tempdir()
             .expect("tempdir");
-        let mut h = Host { dir, rxend: None };
+        let mut h = Host {
+            dir,
+            rxend: None,
+            rxend_args: Vec::new(),
+        };
+        h.start_rxend();
+        h
+    }
+
+    /// Starts a fresh rxend with extra arguments, its directory open to
+    /// other users (mode 0755) so that customers can reach the socket.
+    pub fn start_with(args: &[&str]) -> Host {
+        use std::os::unix::fs::PermissionsExt;
+        let mut h = Host::start();
+        h.kill_rxend();
+        fs::set_permissions(h.dir.path(), fs::Permissions::from_mode(0o755))
+            .expect("open the host directory");
+        h.rxend_args = args.iter().map(|a| a.to_string()).collect();
         h.start_rxend();
         h
     }
@@ -79,6 +98,7 @@ impl Host {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state_dir())
+            .args(&self.rxend_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -4,8 +4,10 @@
 //! what. Clients (`rxl`, `rxen-shell`) talk to it over a Unix socket.
 
 pub mod auth;
+pub mod cfgfile;
 pub mod daemon;
 pub mod hostinfo;
+pub mod known;
 pub mod log;
 pub mod paths;
 pub mod procfs;
