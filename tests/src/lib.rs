@@ -304,11 +304,15 @@ impl Console {
             let mut seen = self.seen.lock().expect("seen");
             let start = (*seen).min(out.len());
             if let Some(pos) = out.get(start..).and_then(|s| s.find(needle)) {
-                let at = start + pos;
+                // A needle may begin with "\n" to anchor it at a line start.
+                let at = start + pos + (needle.len() - needle.trim_start_matches('\n').len());
                 let line_start = out[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
-                let line_end = out[at..].find('\n').map(|i| at + i).unwrap_or(out.len());
-                *seen = line_end;
-                return out[line_start..line_end].trim_end_matches('\r').to_string();
+                // Only a whole line counts: the rest of it may still be in flight.
+                if let Some(end) = out[at..].find('\n') {
+                    let line_end = at + end;
+                    *seen = line_end;
+                    return out[line_start..line_end].trim_end_matches('\r').to_string();
+                }
             }
             drop(seen);
             assert!(
@@ -340,7 +344,9 @@ impl Console {
     pub fn heartbeat(&mut self) -> u64 {
         self.sync();
         self.send("heartbeat");
-        let line = self.wait_for("heartbeat ", Duration::from_secs(10));
+        // The answer is a line of its own, "heartbeat N" (the echo of the
+        // command has no number).
+        let line = self.wait_for("\nheartbeat ", Duration::from_secs(10));
         // The echo of the command is "heartbeat" alone; the answer carries the number.
         line.rsplit(' ')
             .next()
