@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 use crate::blkcmd;
 use crate::cpu::{halt_forever, inb, outb};
 use crate::devices::Devices;
+use crate::freemem;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
 use crate::work::Vcpu;
@@ -27,6 +28,8 @@ commands:
   crash        crash (pvpanic)
   burn S [V]   spin vCPU V (default: the last) for S seconds
   dirty R      rewrite free memory at R MiB/s (0 stops)
+  memsum       hash the free memory
+  memfill SEED fill the free memory with a pattern
   disks        list the disks
   blkwrite SERIAL SECTOR COUNT SEED   write a pattern
   blkread SERIAL SECTOR COUNT         read and print the CRC-32
@@ -164,6 +167,12 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
             _ => println!("usage: blkbench SERIAL read|write MIB"),
         },
         ("blkbad", 1) => blkcmd::blkbad(devices, args.word(0)),
+        ("memsum", 0) => freemem::memsum(vcpu),
+        ("memfill", 1) => match args.number(0) {
+            Some(seed) => freemem::memfill(seed, vcpu),
+            None => println!("usage: memfill SEED"),
+        },
+        ("memfill", _) => println!("usage: memfill SEED"),
         ("help", 0) => println!("{HELP}"),
         ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
         ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
@@ -172,7 +181,7 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("blkbad", _) => println!("usage: blkbad SERIAL"),
         ("burn", _) => println!("usage: burn S [V]"),
         ("dirty", _) => println!("usage: dirty R"),
-        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help" | "disks", _) => {
+        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help" | "disks" | "memsum", _) => {
             println!("usage: {command}")
         }
         _ => println!("unknown command: {command}"),

@@ -14,6 +14,7 @@ mod crc32;
 mod devices;
 mod dma;
 mod entry;
+mod freemem;
 mod idt;
 mod mailbox;
 mod mem;
