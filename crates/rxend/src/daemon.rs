@@ -1,6 +1,8 @@
 //! The domain table and every operation on it. Locks are held only for
 //! bookkeeping, never while a VMM starts or answers.
 
+mod hotplug;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::OwnedFd;
