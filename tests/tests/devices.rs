@@ -347,3 +347,85 @@ fn a_disk_hot_plugged_into_a_running_guest_works_and_detaches_cleanly() {
         &format!("disk = [ 'file:{},xvda,w' ]", img.display()),
     );
 }
+
+fn iface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn master_of(name: &str) -> Option<String> {
+    fs::read_link(Path::new("/sys/class/net").join(name).join("master"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+#[test]
+fn vifs_get_taps_on_their_bridge_and_lose_them_however_the_domain_ends() {
+    let mut host = Host::start();
+    let br = Bridge::new(None);
+    let tap = format!("rxt{}", unique());
+    let _con = host.create_guest(
+        "plugged",
+        1,
+        64,
+        &format!(
+            "vif = [ 'bridge={},mac=00:16:3e:12:34:56', 'bridge={},vifname={tap}' ]",
+            br.name, br.name
+        ),
+    );
+    let domid: u32 = host
+        .rxl_ok(&["domid", "plugged"])
+        .trim()
+        .parse()
+        .expect("domid");
+    let first = format!("vif{domid}.0");
+    assert_eq!(master_of(&first).as_deref(), Some(br.name.as_str()));
+    assert_eq!(master_of(&tap).as_deref(), Some(br.name.as_str()));
+    let list = host.rxl_ok(&["network-list", "plugged"]);
+    let rows: Vec<&str> = list.lines().collect();
+    assert_eq!(rows.len(), 3, "{list}");
+    assert!(
+        rows[1].starts_with("0   0  00:16:3e:12:34:56     0     4"),
+        "{list}"
+    );
+    assert!(rows[2].starts_with("1   0  00:16:3e:"), "{list}");
+    // Destroyed: both TAPs go.
+    host.rxl_ok(&["destroy", "plugged"]);
+    assert!(!iface_exists(&first) && !iface_exists(&tap));
+
+    // A VMM killed while rxend is down: the TAP goes when rxend comes back.
+    let _con = host.create_guest("killed", 1, 64, &format!("vif = [ 'bridge={}' ]", br.name));
+    let domid: u32 = host
+        .rxl_ok(&["domid", "killed"])
+        .trim()
+        .parse()
+        .expect("domid");
+    let vif = format!("vif{domid}.0");
+    assert!(iface_exists(&vif));
+    let pid = host.vmm_pid(domid);
+    host.kill_rxend();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the VMM");
+    host.start_rxend();
+    rxen_e2e::wait_until(
+        Duration::from_secs(20),
+        "the dead domain's TAP is removed",
+        || !iface_exists(&vif),
+    );
+}
+
+#[test]
+fn a_missing_bridge_is_a_clear_error() {
+    let host = Host::start();
+    let cfg = host.config(
+        "nobr.cfg",
+        "name = \"nobr\"\nkernel = \"builtin:testguest\"\nmemory = 64\nvif = [ 'bridge=rxnosuchbr0' ]\n",
+    );
+    let out = host.rxl(&["create", cfg.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bridge rxnosuchbr0 does not exist"), "{err}");
+    assert!(host.list_row("nobr").is_none());
+}
