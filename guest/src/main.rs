@@ -18,6 +18,8 @@ mod freemem;
 mod idt;
 mod mailbox;
 mod mem;
+mod net;
+mod netcmd;
 mod serial;
 mod time;
 mod virtio;
