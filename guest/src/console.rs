@@ -6,6 +6,7 @@ use crate::blkcmd;
 use crate::cpu::{halt_forever, inb, outb};
 use crate::devices::Devices;
 use crate::freemem;
+use crate::hotplug::Hotplug;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
 use crate::netcmd;
@@ -18,6 +19,8 @@ const POWER_PORT: u16 = 0x510;
 const HOST_REQUEST_PORT: u16 = 0x512;
 /// Ticks vCPU 0 waits for the others to check in before printing the banner anyway.
 const CHECK_IN_TIMEOUT_TICKS: u64 = 300;
+/// Ticks between polls of the hotplug, balloon and vCPU ports (100 ms).
+const SLOW_POLL_TICKS: u64 = 10;
 /// Longest command line kept; further characters are dropped.
 const LINE_MAX: usize = 120;
 
@@ -72,7 +75,9 @@ pub fn run(mut vcpu: Vcpu) -> ! {
         after_cr: false,
         devices: Devices::new(),
     };
-    console.devices.scan(false);
+    let mut hotplug = Hotplug::new();
+    let mut last_slow_poll = TICKS.load(Ordering::Relaxed);
+    console.devices.scan(false, 0);
     loop {
         match inb(HOST_REQUEST_PORT) {
             1 => {
@@ -86,6 +91,11 @@ pub fn run(mut vcpu: Vcpu) -> ! {
             _ => {}
         }
         netcmd::poll(&mut console.devices);
+        let ticks = TICKS.load(Ordering::Relaxed);
+        if ticks.wrapping_sub(last_slow_poll) >= SLOW_POLL_TICKS {
+            last_slow_poll = ticks;
+            hotplug.poll(&mut console.devices);
+        }
         while let Some(byte) = serial::try_read() {
             console.input(byte, &mut vcpu);
         }

@@ -56,8 +56,12 @@ impl Devices {
 
     /// Probes every empty slot and binds drivers; with `announce`, prints a hotplug line for each new device.
     /// A slot whose device disappeared (reads empty) is forgotten.
-    pub fn scan(&mut self, announce: bool) {
+    /// Slots whose bit is set in `skip` are left alone (the host asked the guest to let go of them).
+    pub fn scan(&mut self, announce: bool, skip: u32) {
         for slot in 0..SLOTS {
+            if skip & (1 << slot) != 0 {
+                continue;
+            }
             let present = Mmio::slot(slot).probe();
             let Some(entry) = self.slots.get_mut(slot) else {
                 continue;
@@ -102,6 +106,7 @@ impl Devices {
         };
         let line_name = name(&device);
         let kind = device.kind();
+        // Reset before saying so: the host removes the device once it reads Status 0.
         device.release(&mut self.dma, slot);
         if kind != "device" {
             println!("hotplug: {kind} {slot} {line_name} detached");

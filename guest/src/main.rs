@@ -15,6 +15,7 @@ mod devices;
 mod dma;
 mod entry;
 mod freemem;
+mod hotplug;
 mod idt;
 mod mailbox;
 mod mem;
