@@ -46,6 +46,16 @@ pub struct DomainRecord {
     pub created_at: f64,
     /// CPU time used by earlier VMM processes of this record, in nanoseconds.
     pub cpu_time_ns: u64,
+    /// CPU time of the current VMM's vCPUs when last sampled, in nanoseconds
+    /// (saved periodically, so that accounting survives an rxend restart).
+    #[serde(default)]
+    pub vmm_cpu_ns: u64,
+    /// Bytes the guest sent on its network interfaces, over its life.
+    #[serde(default)]
+    pub net_tx_bytes: u64,
+    /// Bytes the guest received on its network interfaces, over its life.
+    #[serde(default)]
+    pub net_rx_bytes: u64,
     /// Current state.
     pub state: DomainState,
 }
