@@ -56,6 +56,12 @@ pub struct DomainRecord {
     /// Bytes the guest received on its network interfaces, over its life.
     #[serde(default)]
     pub net_rx_bytes: u64,
+    /// Bytes sent through the current VMM's NICs when last sampled (not yet in `net_tx_bytes`).
+    #[serde(default)]
+    pub vmm_net_tx_bytes: u64,
+    /// Bytes received through the current VMM's NICs when last sampled (not yet in `net_rx_bytes`).
+    #[serde(default)]
+    pub vmm_net_rx_bytes: u64,
     /// Current state.
     pub state: DomainState,
 }

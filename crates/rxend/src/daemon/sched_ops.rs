@@ -2,10 +2,13 @@
 //! caps on cgroups (`rxl sched-credit`), vCPU lists and pinning, and the
 //! counters behind `rxl top` and the metrics listener.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rxen_proto::api::{Counters, DomainCounters, HostCounters, SchedEntry, VcpuInfo};
+use rxen_proto::vmctl::{DiskStats, NicStats, VmRequest, VmResponse};
 use xlcfg::DomainConfig;
 
 use super::{state_string, vcpu_cpu_ns, Daemon, DaemonError, Table};
@@ -14,8 +17,9 @@ use crate::cgroup::Cgroups;
 use crate::hostinfo;
 use crate::log::Log;
 use crate::procfs;
-use crate::record::DomainState;
+use crate::record::{DomainRecord, DomainState};
 use crate::sched::{self, vcpu_threads};
+use crate::vmm;
 
 /// Domain-0's default credit weight: four times a guest's default (256), so
 /// that the host's own work (rxend, device threads) wins under contention,
@@ -72,6 +76,20 @@ pub(super) fn open_cgroups(opts: &SchedOptions, log: &Log) -> Option<Cgroups> {
 
 fn host_cpus() -> u32 {
     hostinfo::nr_cpus()
+}
+
+/// A running VMM's device counters; `None` when it does not answer.
+fn device_stats(run_dir: &Path) -> Option<(Vec<DiskStats>, Vec<NicStats>)> {
+    match vmm::request(run_dir, &VmRequest::Stats) {
+        Ok(VmResponse::Stats(s)) => Some((s.disks, s.nics)),
+        _ => None,
+    }
+}
+
+/// Bytes sent and received by the guest over these NICs.
+fn net_bytes(nics: &[NicStats]) -> (u64, u64) {
+    nics.iter()
+        .fold((0, 0), |(t, r), n| (t + n.tx_bytes, r + n.rx_bytes))
 }
 
 impl Daemon {
@@ -407,8 +425,44 @@ impl Daemon {
         Ok(())
     }
 
+    /// Samples the network counters of the records about to be saved (their
+    /// VMMs run), so that the bytes survive an rxend restart with the CPU time.
+    pub(super) fn account_devices(&self, recs: &mut [DomainRecord]) {
+        for rec in recs {
+            let Some((_, nics)) = device_stats(&self.paths.run_dir(rec.domid)) else {
+                continue;
+            };
+            let (tx, rx) = net_bytes(&nics);
+            rec.vmm_net_tx_bytes = tx;
+            rec.vmm_net_rx_bytes = rx;
+            if let Some(e) = self.table().domains.get_mut(&rec.domid) {
+                e.rec.vmm_net_tx_bytes = tx;
+                e.rec.vmm_net_rx_bytes = rx;
+            }
+        }
+    }
+
     /// Every counter: host figures and one entry per visible domain, Domain-0 first.
     pub fn counters(&self, caller: &Caller) -> Counters {
+        // Ask the running VMMs for their device counters without holding the table.
+        let running: Vec<u32> = {
+            let t = self.table();
+            self.visible_ids(&t, caller, &[])
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| {
+                    t.domains.get(id).is_some_and(|e| {
+                        e.busy.is_none() && matches!(e.rec.state, DomainState::Running { .. })
+                    })
+                })
+                .collect()
+        };
+        let mut devices: HashMap<u32, (Vec<DiskStats>, Vec<NicStats>)> = HashMap::new();
+        for id in running {
+            if let Some(d) = device_stats(&self.paths.run_dir(id)) {
+                devices.insert(id, d);
+            }
+        }
         let mem = hostinfo::memory();
         let nr_cpus = host_cpus();
         let host = HostCounters {
@@ -417,7 +471,7 @@ impl Daemon {
             nr_cpus,
             cpu_mhz: hostinfo::cpu_mhz(),
         };
-        let t = self.table();
+        let mut t = self.table();
         let ids = self.visible_ids(&t, caller, &[]).unwrap_or_default();
         let ticks = procfs::clock_ticks().max(1);
         let mut domains = Vec::new();
@@ -446,9 +500,15 @@ impl Daemon {
                 });
                 continue;
             }
-            let Some(e) = t.domains.get(&id) else {
+            let Some(e) = t.domains.get_mut(&id) else {
                 continue;
             };
+            let (disks, nics) = devices.remove(&id).unwrap_or_default();
+            if !nics.is_empty() {
+                let (tx, rx) = net_bytes(&nics);
+                e.rec.vmm_net_tx_bytes = tx;
+                e.rec.vmm_net_rx_bytes = rx;
+            }
             let (live, vcpu_ns, vcpus) = match e.rec.state {
                 DomainState::Running { pid, .. } if e.busy.is_none() => {
                     let threads = vcpu_threads(pid);
@@ -474,15 +534,15 @@ impl Daemon {
                 vcpu_ns,
                 weight: c.cpu_weight,
                 cap: c.cap,
-                nets: c.vifs.len() as u32,
-                net_tx_bytes: e.rec.net_tx_bytes,
-                net_rx_bytes: e.rec.net_rx_bytes,
-                vbds: c.disks.len() as u32,
+                nets: nics.len() as u32,
+                net_tx_bytes: e.rec.net_tx_bytes + e.rec.vmm_net_tx_bytes,
+                net_rx_bytes: e.rec.net_rx_bytes + e.rec.vmm_net_rx_bytes,
+                vbds: disks.len() as u32,
                 vbd_oo: 0,
-                vbd_rd: 0,
-                vbd_wr: 0,
-                vbd_rsect: 0,
-                vbd_wsect: 0,
+                vbd_rd: disks.iter().map(|d| d.read_reqs).sum(),
+                vbd_wr: disks.iter().map(|d| d.write_reqs).sum(),
+                vbd_rsect: disks.iter().map(|d| d.read_sectors).sum(),
+                vbd_wsect: disks.iter().map(|d| d.write_sectors).sum(),
             });
         }
         Counters { host, domains }
