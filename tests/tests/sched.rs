@@ -501,3 +501,32 @@ fn metrics_listener_serves_prometheus_text() {
     let missing = get("/nothing").expect("404");
     assert!(missing.starts_with("HTTP/1.0 404"), "{missing}");
 }
+
+#[test]
+fn top_shows_the_disk_counters_of_the_device() {
+    let host = Host::start();
+    let img = host.dir.path().join("top-disk.img");
+    fs::write(&img, vec![0u8; 4 << 20]).expect("image");
+    let mut con = host.create_guest(
+        "disky",
+        1,
+        64,
+        &format!("disk = [ 'file:{},xvda,w' ]", img.display()),
+    );
+    con.send("blkwrite xvda 0 16 3");
+    con.wait_for("blkwrite ok", BOOT);
+    con.send("blkread xvda 0 8");
+    con.wait_for("blkread crc32=", BOOT);
+    let out = host.rxl_ok(&["top", "-b", "-i", "1"]);
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("disky "))
+        .unwrap_or_else(|| panic!("no row in {out}"))
+        .split_whitespace()
+        .collect();
+    // VBDS VBD_OO VBD_RD VBD_WR VBD_RSECT VBD_WSECT
+    assert_eq!(row[12], "1", "{out}");
+    let n = |i: usize| -> u64 { row[i].parse().expect("number") };
+    assert!(n(14) >= 1 && n(15) >= 1, "{out}");
+    assert!(n(16) >= 8 && n(17) >= 16, "{out}");
+}
