@@ -139,6 +139,20 @@ pub enum Request {
     },
     /// Every counter rxend keeps, for `rxl top` and metrics.
     Counters,
+    /// Set a domain's memory target through its balloon (`rxl mem-set`).
+    MemSet {
+        /// The domain.
+        domain: DomainRef,
+        /// The target in MiB.
+        mib: u64,
+    },
+    /// Set a domain's maximum memory (`rxl mem-max`).
+    MemMax {
+        /// The domain.
+        domain: DomainRef,
+        /// The maximum in MiB.
+        mib: u64,
+    },
 }
 
 /// One row of `xl sched-credit`.

@@ -25,6 +25,7 @@ use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
 use crate::storage;
 use crate::vmm::{self, VmmError};
 
+mod memory_ops;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
 
@@ -385,6 +386,7 @@ impl Daemon {
                 net_rx_bytes: 0,
                 vmm_net_tx_bytes: 0,
                 vmm_net_rx_bytes: 0,
+                mem_target_mib: None,
                 state: DomainState::Running {
                     pid: 0,
                     start_ticks: 0,
@@ -426,6 +428,7 @@ impl Daemon {
             cmdline: config.cmdline.clone().unwrap_or_default(),
             run_dir: run_dir.clone(),
             start_paused: paused,
+            balloon: true,
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
@@ -972,7 +975,7 @@ fn domain_info(e: &Entry) -> DomainInfo {
         domid: e.rec.domid,
         name: e.rec.name.clone(),
         uuid: e.rec.uuid.clone(),
-        memory_mib: e.rec.config.memory_mib,
+        memory_mib: e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib),
         maxmem_mib: e.rec.config.maxmem_mib,
         vcpus: if online { e.rec.config.vcpus } else { 0 },
         state: state_string(e),

@@ -62,6 +62,9 @@ pub struct DomainRecord {
     /// Bytes received through the current VMM's NICs when last sampled (not yet in `net_rx_bytes`).
     #[serde(default)]
     pub vmm_net_rx_bytes: u64,
+    /// The balloon target set by `rxl mem-set`, in MiB; `None` = the boot size.
+    #[serde(default)]
+    pub mem_target_mib: Option<u64>,
     /// Current state.
     pub state: DomainState,
 }

@@ -158,6 +158,22 @@ enum Cmd {
         /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
         soft: Option<String>,
     },
+    /// Set a domain's memory through its balloon.
+    #[command(name = "mem-set")]
+    MemSet {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new size: a number of MiB, or with a suffix b, k, m, g or t.
+        size: String,
+    },
+    /// Set a domain's maximum memory.
+    #[command(name = "mem-max")]
+    MemMax {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new maximum: a number of MiB, or with a suffix b, k, m, g or t.
+        size: String,
+    },
     /// Show domains and their use of CPU, memory, network and disks, as xentop does.
     Top {
         /// Seconds between refreshes.
@@ -411,6 +427,16 @@ fn run(cli: Cli) -> Outcome {
                 }
             }
             Ok(connect()?.call_ok(&Request::VcpuPin { domain, vcpu, hard })?)
+        }
+        Cmd::MemSet { domain, size } => {
+            let mib = sched::parse_mem_size_mib(&size)
+                .ok_or_else(|| Failure(format!("invalid memory size: {size}")))?;
+            Ok(connect()?.call_ok(&Request::MemSet { domain, mib })?)
+        }
+        Cmd::MemMax { domain, size } => {
+            let mib = sched::parse_mem_size_mib(&size)
+                .ok_or_else(|| Failure(format!("invalid memory size: {size}")))?;
+            Ok(connect()?.call_ok(&Request::MemMax { domain, mib })?)
         }
         Cmd::Top {
             delay,

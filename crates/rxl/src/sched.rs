@@ -34,6 +34,30 @@ pub fn sched_table(entries: &[SchedEntry], with_pool: bool) -> String {
     out
 }
 
+/// xl's memory size for `mem-set`/`mem-max` in MiB: a number with an
+/// optional suffix `b`, `k`, `m`, `g`, `t` (no suffix = MiB, as xl's code
+/// has it); `None` for anything else or for less than one MiB.
+pub fn parse_mem_size_mib(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit_kib): (&str, u64) = match s.chars().last()?.to_ascii_lowercase() {
+        'b' => (&s[..s.len() - 1], 0),
+        'k' => (&s[..s.len() - 1], 1),
+        'm' => (&s[..s.len() - 1], 1 << 10),
+        'g' => (&s[..s.len() - 1], 1 << 20),
+        't' => (&s[..s.len() - 1], 1 << 30),
+        c if c.is_ascii_digit() => (s, 1 << 10),
+        _ => return None,
+    };
+    let n: u64 = num.parse().ok()?;
+    let kib = if unit_kib == 0 {
+        n / 1024
+    } else {
+        n.checked_mul(unit_kib)?
+    };
+    let mib = kib / 1024;
+    (mib > 0).then_some(mib)
+}
+
 /// The header of `xl vcpu-list`: `"%-32s %5s %5s %5s %5s %9s %s"`.
 pub fn vcpu_header() -> String {
     format!(
@@ -119,6 +143,20 @@ mod tests {
              Domain-0                             0     0    2   r--      15.3  all / all\n\
              guest1                               3     1    -   --p       0.0  0-3 / all\n"
         );
+    }
+
+    #[test]
+    fn memory_sizes_as_xl_reads_them() {
+        assert_eq!(parse_mem_size_mib("256"), Some(256));
+        assert_eq!(parse_mem_size_mib("256m"), Some(256));
+        assert_eq!(parse_mem_size_mib("1g"), Some(1024));
+        assert_eq!(parse_mem_size_mib("1G"), Some(1024));
+        assert_eq!(parse_mem_size_mib("65536k"), Some(64));
+        assert_eq!(parse_mem_size_mib("1048576b"), Some(1));
+        assert_eq!(parse_mem_size_mib("1k"), None);
+        assert_eq!(parse_mem_size_mib("x"), None);
+        assert_eq!(parse_mem_size_mib(""), None);
+        assert_eq!(parse_mem_size_mib("99999999999999t"), None);
     }
 
     #[test]

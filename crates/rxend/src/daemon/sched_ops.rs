@@ -528,7 +528,7 @@ impl Daemon {
                 name: e.rec.name.clone(),
                 state: state_string(e),
                 cpu_ns: e.rec.cpu_time_ns + live,
-                mem_kib: c.memory_mib * 1024,
+                mem_kib: e.rec.mem_target_mib.unwrap_or(c.memory_mib) * 1024,
                 maxmem_kib: Some(c.maxmem_mib.max(c.memory_mib) * 1024),
                 vcpus,
                 vcpu_ns,
