@@ -530,3 +530,48 @@ fn top_shows_the_disk_counters_of_the_device() {
     assert!(n(14) >= 1 && n(15) >= 1, "{out}");
     assert!(n(16) >= 8 && n(17) >= 16, "{out}");
 }
+
+/// The VMM's own answer to a stats request, from its control socket.
+fn vmm_stats(host: &Host, id: u32) -> serde_json::Value {
+    let sock = host.state_dir().join(format!("dom/{id}/control.sock"));
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("control socket");
+    s.write_all(b"{\"cmd\":\"stats\"}\n").expect("request");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).expect("answer");
+    serde_json::from_str(&line).expect("json")
+}
+
+#[test]
+fn mem_set_moves_the_balloon_target_within_maxmem() {
+    let host = Host::start();
+    let _con = host.create_guest("bal", 1, 64, "maxmem = 64");
+    let id = domid(&host, "bal");
+    // Every domain has a balloon in the last slot, empty at boot.
+    let st = vmm_stats(&host, id);
+    assert_eq!(st["balloon"]["target_pages"], 0, "{st}");
+    host.rxl_ok(&["mem-set", "bal", "48"]);
+    let st = vmm_stats(&host, id);
+    assert_eq!(st["balloon"]["target_pages"], 16 * 256, "{st}");
+    assert_eq!(host.list_row("bal").expect("listed")[2], "48");
+    // xl's units: no suffix is MiB; k, m, g are accepted.
+    host.rxl_ok(&["mem-set", "bal", "56m"]);
+    assert_eq!(vmm_stats(&host, id)["balloon"]["target_pages"], 8 * 256);
+    host.rxl_ok(&["mem-set", "bal", "65536k"]);
+    assert_eq!(vmm_stats(&host, id)["balloon"]["target_pages"], 0);
+    assert_eq!(host.list_row("bal").expect("listed")[2], "64");
+    // Bounds: not above maxmem or the boot size, not zero; mem-max not below the current size.
+    assert!(!host.rxl(&["mem-set", "bal", "128"]).status.success());
+    assert!(!host.rxl(&["mem-set", "bal", "0"]).status.success());
+    host.rxl_ok(&["mem-set", "bal", "40"]);
+    let low = host.rxl(&["mem-max", "bal", "32"]);
+    assert!(!low.status.success());
+    assert!(String::from_utf8_lossy(&low.stderr).contains("below the current memory"));
+    host.rxl_ok(&["mem-max", "bal", "40"]);
+    assert!(!host.rxl(&["mem-set", "bal", "48"]).status.success());
+    let rec: serde_json::Value = serde_json::from_slice(
+        &fs::read(host.state_dir().join(format!("domains/{id}.json"))).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(rec["config"]["maxmem_mib"], 40);
+    assert_eq!(rec["mem_target_mib"], 40);
+}
