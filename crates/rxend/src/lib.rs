@@ -5,12 +5,17 @@
 
 pub mod auth;
 pub mod cfgfile;
+pub mod cgroup;
 pub mod daemon;
 pub mod hostinfo;
 pub mod known;
 pub mod log;
+pub mod metrics;
+pub mod network;
 pub mod paths;
 pub mod procfs;
 pub mod record;
+pub mod sched;
 pub mod server;
+pub mod storage;
 pub mod vmm;

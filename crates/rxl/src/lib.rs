@@ -6,3 +6,5 @@ pub mod client;
 pub mod console;
 pub mod format;
 pub mod shell;
+pub mod sched;
+pub mod top;
