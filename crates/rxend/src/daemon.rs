@@ -1048,7 +1048,7 @@ fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
     let mut out = Vec::new();
     if config.maxmem_mib > config.memory_mib {
         out.push(format!(
-            "maxmem ({} MiB) above memory ({} MiB) needs ballooning, which is not supported yet: the guest gets {} MiB",
+            "maxmem ({} MiB) above memory ({} MiB): growing a domain above its boot memory is not supported yet; the guest gets {} MiB (rxl mem-set works below it)",
             config.maxmem_mib, config.memory_mib, config.memory_mib
         ));
     }
