@@ -250,7 +250,8 @@ fn cpus_pin_at_create_and_vcpu_pin_moves_a_thread() {
     let id = domid(&host, "pinned");
     let pid = host.vmm_pid(id);
     let tids = vcpu_tids(pid);
-    assert_eq!(tids.len(), 2, "{tids:?}");
+    // maxvcpus threads exist; the third is offline (and not pinned: the list has two entries).
+    assert_eq!(tids.len(), 3, "{tids:?}");
     assert_eq!(allowed(pid, tids[0].0), last.to_string());
     assert_eq!(allowed(pid, tids[1].0), "0");
 
@@ -574,4 +575,44 @@ fn mem_set_moves_the_balloon_target_within_maxmem() {
     .expect("json");
     assert_eq!(rec["config"]["maxmem_mib"], 40);
     assert_eq!(rec["mem_target_mib"], 40);
+}
+
+#[test]
+fn vcpu_set_brings_vcpus_online_and_offline_up_to_maxvcpus() {
+    let host = Host::start();
+    let mut con = host.create_guest("hot", 1, 32, "maxvcpus = 3");
+    let id = domid(&host, "hot");
+    con.send("vcpus");
+    con.wait_for("vcpus online=1 mask=0x1", BOOT);
+    assert_eq!(host.list_row("hot").expect("listed")[3], "1");
+
+    // Three vCPUs on a two-CPU host is overcommitting: xl wants -i for that.
+    assert!(!host.rxl(&["vcpu-set", "hot", "3"]).status.success() || nr_cpus() >= 3);
+    host.rxl_ok(&["vcpu-set", "-i", "hot", "3"]);
+    con.wait_for("vcpu 2 online", BOOT);
+    con.sync();
+    con.send("vcpus");
+    con.wait_for("vcpus online=3 mask=0x7", BOOT);
+    // The guest reported its mask to the VMM; xl list counts online vCPUs.
+    wait_until(Duration::from_secs(5), "the guest reports 3 online", || {
+        vmm_stats(&host, id)["online_mask"] == 7
+    });
+    assert_eq!(host.list_row("hot").expect("listed")[3], "3");
+    let vl = host.rxl_ok(&["vcpu-list", "hot"]);
+    assert_eq!(vl.lines().filter(|l| l.contains("--p")).count(), 0, "{vl}");
+    // A newly online vCPU does work.
+    con.send("burn 1 2");
+    con.wait_for("burn done on vcpu 2", BOOT);
+
+    host.rxl_ok(&["vcpu-set", "hot", "1"]);
+    con.wait_for("vcpu 2 offline", BOOT);
+    con.sync();
+    con.send("vcpus");
+    con.wait_for("vcpus online=1 mask=0x1", BOOT);
+    assert_eq!(host.list_row("hot").expect("listed")[3], "1");
+    let vl = host.rxl_ok(&["vcpu-list", "hot"]);
+    assert_eq!(vl.lines().filter(|l| l.contains("--p")).count(), 2, "{vl}");
+    // Bounds: 1..=maxvcpus.
+    assert!(!host.rxl(&["vcpu-set", "hot", "0"]).status.success());
+    assert!(!host.rxl(&["vcpu-set", "-i", "hot", "4"]).status.success());
 }

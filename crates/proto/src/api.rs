@@ -151,6 +151,13 @@ pub enum Request {
     },
     /// Every counter rxend keeps, for `rxl top` and metrics.
     Counters,
+    /// Set how many vCPUs are online (`rxl vcpu-set`), up to `maxvcpus`.
+    VcpuSet {
+        /// The domain.
+        domain: DomainRef,
+        /// vCPUs wanted online.
+        count: u32,
+    },
     /// Set a domain's memory target through its balloon (`rxl mem-set`).
     MemSet {
         /// The domain.

@@ -19,6 +19,11 @@ pub enum VmRequest {
     Destroy,
     /// Report state and counters.
     Stats,
+    /// Ask the guest to have its first `online` vCPUs online (ports 0x516/0x517).
+    SetVcpus {
+        /// vCPUs wanted online.
+        online: u32,
+    },
     /// Set the balloon's target: the guest should keep `target_mib` MiB and give the rest back.
     SetBalloon {
         /// Memory the guest keeps, in MiB (at most the boot size).
@@ -95,6 +100,9 @@ pub struct VmStats {
     /// The balloon, when the VM has one.
     #[serde(default)]
     pub balloon: Option<BalloonStats>,
+    /// The vCPUs the guest reports online (port 0x517), if it has reported.
+    #[serde(default)]
+    pub online_mask: Option<u32>,
 }
 
 /// The state of the virtio-balloon, in 4 KiB pages.

@@ -46,6 +46,10 @@ pub struct VmSpec {
     /// Give the guest a virtio-balloon device in the last slot (15), for `rxl mem-set`.
     #[serde(default)]
     pub balloon: bool,
+    /// vCPUs to create (`maxvcpus`; 0 = `vcpus`): the test guest starts with `vcpus` of them
+    /// online and the others offline (ports 0x516/0x517), for `rxl vcpu-set`.
+    #[serde(default)]
+    pub max_vcpus: u32,
 }
 
 /// One virtual disk as the VMM opens it (rxend has resolved the path and checked access).

@@ -554,6 +554,7 @@ impl Daemon {
                 vmm_net_tx_bytes: 0,
                 vmm_net_rx_bytes: 0,
                 mem_target_mib: None,
+                online_vcpus: None,
                 state: DomainState::Running {
                     pid: 0,
                     start_ticks: 0,
@@ -596,6 +597,7 @@ impl Daemon {
             run_dir: run_dir.clone(),
             start_paused: paused,
             balloon: true,
+            max_vcpus: config.maxvcpus,
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
@@ -1152,7 +1154,11 @@ fn domain_info(e: &Entry) -> DomainInfo {
         uuid: e.rec.uuid.clone(),
         memory_mib: e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib),
         maxmem_mib: e.rec.config.maxmem_mib,
-        vcpus: if online { e.rec.config.vcpus } else { 0 },
+        vcpus: if online {
+            e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus)
+        } else {
+            0
+        },
         state: state_string(e),
         cpu_time_s: (e.rec.cpu_time_ns + live) as f64 / 1e9,
         uptime_s: (now_secs() - e.rec.created_at).max(0.0),
@@ -1223,14 +1229,8 @@ fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
     let mut out = Vec::new();
     if config.maxmem_mib > config.memory_mib {
         out.push(format!(
-            "maxmem ({} MiB) above memory ({} MiB) needs ballooning, which is not supported yet: the guest gets {} MiB",
+            "maxmem ({} MiB) above memory ({} MiB): growing a domain above its boot memory is not supported yet; the guest gets {} MiB (rxl mem-set works below it)",
             config.maxmem_mib, config.memory_mib, config.memory_mib
-        ));
-    }
-    if config.maxvcpus > config.vcpus {
-        out.push(format!(
-            "maxvcpus ({}) above vcpus ({}): vCPU hotplug is not supported yet",
-            config.maxvcpus, config.vcpus
         ));
     }
     out

@@ -65,6 +65,9 @@ pub struct DomainRecord {
     /// The balloon target set by `rxl mem-set`, in MiB; `None` = the boot size.
     #[serde(default)]
     pub mem_target_mib: Option<u64>,
+    /// vCPUs wanted online after `rxl vcpu-set`; `None` = `vcpus` from the config.
+    #[serde(default)]
+    pub online_vcpus: Option<u32>,
     /// Current state.
     pub state: DomainState,
 }

@@ -166,6 +166,17 @@ enum Cmd {
         /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
         soft: Option<String>,
     },
+    /// Set how many vCPUs a domain has online (up to maxvcpus).
+    #[command(name = "vcpu-set")]
+    VcpuSet {
+        /// Allow more vCPUs than the host has CPUs.
+        #[arg(short = 'i', long = "ignore-host")]
+        ignore_host: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// vCPUs to have online.
+        count: u32,
+    },
     /// Set a domain's memory through its balloon.
     #[command(name = "mem-set")]
     MemSet {
@@ -449,6 +460,19 @@ fn run(cli: Cli) -> Outcome {
                 }
             }
             Ok(connect()?.call_ok(&Request::VcpuPin { domain, vcpu, hard })?)
+        }
+        Cmd::VcpuSet {
+            ignore_host,
+            domain,
+            count,
+        } => {
+            let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            if count > host && !ignore_host {
+                return Err(Failure(format!(
+                    "You are overcommmitting! You have {host} physical CPUs and want {count} vCPUs! Aborting, use --ignore-host to continue"
+                )));
+            }
+            Ok(connect()?.call_ok(&Request::VcpuSet { domain, count })?)
         }
         Cmd::MemSet { domain, size } => {
             let mib = sched::parse_mem_size_mib(&size)

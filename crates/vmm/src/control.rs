@@ -30,6 +30,10 @@ pub trait ControlTarget {
     fn destroy(&mut self) -> Result<(), ControlError>;
     /// Current counters.
     fn stats(&mut self) -> Result<VmStats, ControlError>;
+    /// Asks the guest to have its first `online` vCPUs online.
+    fn set_vcpus(&mut self, _online: u32) -> Result<(), ControlError> {
+        Err(ControlError::Failed("vCPU hotplug is not supported".into()))
+    }
     /// Sets the balloon so that the guest keeps `target_mib` MiB.
     fn set_balloon(&mut self, _target_mib: u64) -> Result<(), ControlError> {
         Err(ControlError::Failed("ballooning is not supported".into()))
@@ -105,6 +109,7 @@ pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
             Err(e) => error(e),
         },
         VmRequest::SetBalloon { target_mib } => ok(target.set_balloon(target_mib)),
+        VmRequest::SetVcpus { online } => ok(target.set_vcpus(online)),
         VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk)),
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
@@ -198,6 +203,7 @@ mod tests {
                 disks: vec![],
                 nics: vec![],
                 balloon: None,
+                online_mask: None,
             })
         }
     }

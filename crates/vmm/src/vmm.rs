@@ -27,6 +27,7 @@ use crate::devices::power::{
     HostRequest, HostRequestReg, PowerPorts, HOST_REQUEST_PORT, POWER_PORT, PVPANIC_PORT,
 };
 use crate::devices::serial::{SerialDevice, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::vcpu_ports::{VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
 use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
 use crate::devices::PioBus;
 use crate::event_loop::{self, EventLoopError};
@@ -155,6 +156,8 @@ pub struct Vm {
     pub slots: Arc<VirtioSlots>,
     /// The balloon in the last slot, when the spec asks for one.
     pub balloon: Option<rxen_virtio::BalloonHandle>,
+    /// The vCPU online masks (ports 0x516/0x517).
+    pub vcpu_masks: Arc<VcpuMasks>,
     vcpus: Vec<VcpuHandle>,
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
@@ -217,6 +220,17 @@ fn setup_vcpu(
 impl Vm {
     /// Builds the VM described by `spec`: memory, kernel, boot state, devices, vCPUs (not started).
     pub fn create(spec: VmSpec) -> Result<Self, VmmError> {
+        // The test guest gets `maxvcpus` vCPUs with the first `vcpus` online (ports
+        // 0x516/0x517); other kernels get `vcpus`.
+        let mut spec = spec;
+        let online = spec.vcpus;
+        if spec.max_vcpus > spec.vcpus {
+            let image = loader::read_kernel(&spec.kernel)?;
+            if image.kind == KernelKind::TestGuest {
+                spec.vcpus = spec.max_vcpus;
+            }
+        }
+        let vcpu_masks = VcpuMasks::new(online);
         let kvm = KvmVm::new()?;
         kvm.check_vcpus(spec.vcpus)?;
         let mem = memory::create_guest_memory(spec.memory_mib)?;
@@ -327,6 +341,11 @@ impl Vm {
             2,
             Arc::new(Mutex::new(HotplugPorts(slots.clone()))),
         )?;
+        pio.insert(
+            VCPU_WANTED_PORT,
+            2,
+            Arc::new(Mutex::new(VcpuPorts(vcpu_masks.clone()))),
+        )?;
 
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
         Ok(Self {
@@ -343,6 +362,7 @@ impl Vm {
             pio: Arc::new(pio),
             slots,
             balloon,
+            vcpu_masks,
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
@@ -446,6 +466,7 @@ impl Vm {
                 actual_pages: b.actual_pages(),
                 inflated_pages: b.inflated_pages(),
             }),
+            online_mask: self.vcpu_masks.reported(),
         }
     }
 }
@@ -483,6 +504,17 @@ impl ControlTarget for Vm {
 
     fn stats(&mut self) -> Result<VmStats, ControlError> {
         Ok(self.vm_stats())
+    }
+
+    fn set_vcpus(&mut self, online: u32) -> Result<(), ControlError> {
+        if online == 0 || online > self.spec.vcpus {
+            return Err(ControlError::Failed(format!(
+                "{online} vCPUs: this domain has 1 to {} (maxvcpus)",
+                self.spec.vcpus
+            )));
+        }
+        self.vcpu_masks.set_online(online);
+        Ok(())
     }
 
     fn set_balloon(&mut self, target_mib: u64) -> Result<(), ControlError> {

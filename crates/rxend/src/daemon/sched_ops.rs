@@ -331,7 +331,8 @@ impl Daemon {
                 continue;
             };
             let threads = vcpu_threads(pid);
-            for th in &threads {
+            let online_n = e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus);
+            for th in threads.iter().filter(|t| t.index < online_n) {
                 let st = th.thread.stat;
                 let hard = sched::affinity(th.thread.tid)
                     .map(|c| sched::bitmap_text(&c, host))
@@ -350,7 +351,7 @@ impl Daemon {
                 });
             }
             // vCPUs up to maxvcpus that are not online.
-            let online = threads.len() as u32;
+            let online = online_n.min(threads.len() as u32);
             for v in online..e.rec.config.maxvcpus.max(online) {
                 let hard = e
                     .rec
@@ -374,6 +375,42 @@ impl Daemon {
             }
         }
         Ok(out)
+    }
+
+    /// `rxl vcpu-set`: asks the guest to have `count` vCPUs online (1..=maxvcpus).
+    pub fn vcpu_set(&self, caller: &Caller, domain: &str, count: u32) -> Result<(), DaemonError> {
+        if !caller.is_root() {
+            return Err(DaemonError::Denied("only root may change vCPUs".into()));
+        }
+        let (id, dir) = self.running_guest(caller, domain, "given vCPUs")?;
+        let max = {
+            let t = self.table();
+            t.domains
+                .get(&id)
+                .map(|e| e.rec.config.maxvcpus.max(e.rec.config.vcpus))
+                .unwrap_or(0)
+        };
+        if count == 0 || count > max {
+            return Err(DaemonError::Config(format!(
+                "cannot set {count} vCPUs: domain {domain} has 1 to {max} (maxvcpus)"
+            )));
+        }
+        vmm::command(&dir, &VmRequest::SetVcpus { online: count })?;
+        let rec = {
+            let mut t = self.table();
+            let Some(e) = t.domains.get_mut(&id) else {
+                return Err(DaemonError::NoSuchDomain(domain.to_string()));
+            };
+            e.rec.online_vcpus = Some(count);
+            e.rec.clone()
+        };
+        self.save(&rec)?;
+        self.log.info(format!(
+            "domain {id} ({}): {count} vCPUs online, set by {}",
+            rec.name,
+            caller.describe()
+        ));
+        Ok(())
     }
 
     /// `rxl vcpu-pin`: sets the hard affinity of one vCPU thread, or of all.
@@ -518,7 +555,12 @@ impl Daemon {
                             (t.thread.stat.utime + t.thread.stat.stime) * 1_000_000_000 / ticks
                         })
                         .collect();
-                    (vcpu_cpu_ns(pid, ticks), ns, threads.len() as u32)
+                    let online = e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus);
+                    (
+                        vcpu_cpu_ns(pid, ticks),
+                        ns,
+                        online.min(threads.len() as u32),
+                    )
                 }
                 _ => (e.live_cpu_ns, Vec::new(), 0),
             };

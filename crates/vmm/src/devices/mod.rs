@@ -4,6 +4,7 @@ pub mod i8042;
 pub mod pio_bus;
 pub mod power;
 pub mod serial;
+pub mod vcpu_ports;
 pub mod virtio_slots;
 
 pub use pio_bus::{PioBus, PioDevice};
