@@ -721,3 +721,67 @@ fn a_nic_hot_plugged_into_a_running_guest_works_and_detaches_cleanly() {
     assert!(!iface_exists(&tap));
     assert_eq!(host.rxl_ok(&["network-list", "hotnic"]).lines().count(), 1);
 }
+
+#[test]
+fn vif_route_routes_the_guest_addresses_and_scripts_run_as_xen_runs_them() {
+    let host = Host::start();
+    let net = subnet();
+    let _con = host.create_guest(
+        "routed",
+        1,
+        64,
+        &format!("vif = [ 'script=vif-route,ip={net}.7' ]"),
+    );
+    let tap = format!("vif{}.0", domid(&host, "routed"));
+    assert!(iface_exists(&tap) && master_of(&tap).is_none());
+    let route = String::from_utf8_lossy(&run("ip", &["route", "show", &format!("{net}.7")]).stdout)
+        .into_owned();
+    assert!(route.contains(&format!("dev {tap}")), "{route}");
+    let proxy =
+        fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{tap}/proxy_arp")).expect("proxy_arp");
+    assert_eq!(proxy.trim(), "1");
+    host.rxl_ok(&["destroy", "routed"]);
+    assert!(!iface_exists(&tap));
+    let route = String::from_utf8_lossy(&run("ip", &["route", "show", &format!("{net}.7")]).stdout)
+        .into_owned();
+    assert!(route.trim().is_empty(), "{route}");
+
+    // An external hotplug script: called with online/offline and the vif in its environment.
+    let br = Bridge::new(None);
+    let log = host.dir.path().join("script.log");
+    let script = host.dir.path().join("my-vif-script");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 vif=$vif bridge=$bridge ip=$ip mac=$mac\" >> {log}\nif [ \"$1\" = online ]; then ip link set dev \"$vif\" master \"$bridge\" && ip link set dev \"$vif\" up; fi\n",
+            log = log.display()
+        ),
+    )
+    .expect("script");
+    run_ok("chmod", &["755", script.to_str().expect("path")]);
+    let _con = host.create_guest(
+        "scripted",
+        1,
+        64,
+        &format!(
+            "vif = [ 'script={},bridge={},ip={net}.8,mac=00:16:3e:00:cc:01' ]",
+            script.display(),
+            br.name
+        ),
+    );
+    let tap = format!("vif{}.0", domid(&host, "scripted"));
+    assert_eq!(master_of(&tap).as_deref(), Some(br.name.as_str()));
+    host.rxl_ok(&["destroy", "scripted"]);
+    let text = fs::read_to_string(&log).expect("script log");
+    let want = |word: &str| {
+        format!(
+            "{word} vif={tap} bridge={} ip={net}.8 mac=00:16:3e:00:cc:01",
+            br.name
+        )
+    };
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec![want("online"), want("offline")]
+    );
+    assert!(!iface_exists(&tap));
+}
