@@ -105,7 +105,12 @@ impl Drop for Bridge {
 /// Waits for an answer starting with `needle` and returns its whole line (the console may
 /// deliver a line in pieces).
 fn answer(con: &Console, needle: &str) -> String {
-    con.wait_for(needle, CMD);
+    answer_within(con, needle, CMD)
+}
+
+/// [`answer`] with its own timeout.
+fn answer_within(con: &Console, needle: &str, timeout: Duration) -> String {
+    con.wait_for(needle, timeout);
     let deadline = Instant::now() + CMD;
     loop {
         let out = con.output();
@@ -297,8 +302,7 @@ fn bad_descriptors_get_an_error_status_and_the_vmm_lives_on() {
     );
     con.sync();
     con.send("blkbad xvda");
-    con.wait_for("blkbad: ", Duration::from_secs(90));
-    let line = answer(&con, "blkbad: ");
+    let line = answer_within(&con, "blkbad: ", Duration::from_secs(90));
     assert!(line.ends_with("device ok"), "{line}");
     let counts: Vec<&str> = line.split_whitespace().collect();
     // "blkbad: N sent, N failed cleanly, device ok"
