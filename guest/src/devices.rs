@@ -1,14 +1,19 @@
 //! The table of virtio-mmio slots and the drivers bound to them (vCPU 0 only).
 
 use crate::dma::Dma;
+use crate::net::{Link, Stack};
+use crate::netcmd::MacText;
 use crate::println;
 use crate::virtio::blk::{self, Disk};
 use crate::virtio::mmio::{Mmio, SLOTS};
+use crate::virtio::net::{self, Nic};
 
 /// What sits in a slot.
 pub enum Device {
     /// A virtio-blk disk.
     Disk(Disk),
+    /// A virtio-net card and its stack.
+    Nic(Link),
     /// A device this guest has no driver for (its type), or one whose driver failed.
     Other(u32),
 }
@@ -18,6 +23,7 @@ impl Device {
     pub fn kind(&self) -> &'static str {
         match self {
             Device::Disk(_) => "disk",
+            Device::Nic(_) => "nic",
             Device::Other(_) => "device",
         }
     }
@@ -26,6 +32,7 @@ impl Device {
     fn release(self, dma: &mut Dma, slot: usize) {
         match self {
             Device::Disk(disk) => disk.release(dma),
+            Device::Nic(link) => link.nic.release(dma),
             Device::Other(_) => Mmio::slot(slot).reset(),
         }
     }
@@ -49,8 +56,12 @@ impl Devices {
 
     /// Probes every empty slot and binds drivers; with `announce`, prints a hotplug line for each new device.
     /// A slot whose device disappeared (reads empty) is forgotten.
-    pub fn scan(&mut self, announce: bool) {
+    /// Slots whose bit is set in `skip` are left alone (the host asked the guest to let go of them).
+    pub fn scan(&mut self, announce: bool, skip: u32) {
         for slot in 0..SLOTS {
+            if skip & (1 << slot) != 0 {
+                continue;
+            }
             let present = Mmio::slot(slot).probe();
             let Some(entry) = self.slots.get_mut(slot) else {
                 continue;
@@ -75,6 +86,9 @@ impl Devices {
                             Device::Disk(disk) => {
                                 println!("hotplug: disk {slot} {} attached", disk.serial())
                             }
+                            Device::Nic(link) => {
+                                println!("hotplug: nic {slot} {} attached", MacText(link.nic.mac))
+                            }
                             Device::Other(_) => {}
                         }
                     }
@@ -92,6 +106,7 @@ impl Devices {
         };
         let line_name = name(&device);
         let kind = device.kind();
+        // Reset before saying so: the host removes the device once it reads Status 0.
         device.release(&mut self.dma, slot);
         if kind != "device" {
             println!("hotplug: {kind} {slot} {line_name} detached");
@@ -102,6 +117,14 @@ impl Devices {
     pub fn disks(&self) -> impl Iterator<Item = &Disk> {
         self.slots.iter().filter_map(|slot| match slot {
             Some(Device::Disk(disk)) => Some(disk),
+            _ => None,
+        })
+    }
+
+    /// The network cards, in slot order.
+    pub fn links(&mut self) -> impl Iterator<Item = &mut Link> {
+        self.slots.iter_mut().filter_map(|slot| match slot {
+            Some(Device::Nic(link)) => Some(link),
             _ => None,
         })
     }
@@ -120,6 +143,10 @@ fn name(device: &Device) -> Name {
     let mut out = Name::default();
     match device {
         Device::Disk(disk) => out.push(disk.serial()),
+        Device::Nic(link) => {
+            let _ =
+                core::fmt::Write::write_fmt(&mut out, format_args!("{}", MacText(link.nic.mac)));
+        }
         Device::Other(kind) => {
             let _ = core::fmt::Write::write_fmt(&mut out, format_args!("type{kind}"));
         }
@@ -134,6 +161,16 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             Ok(disk) => Device::Disk(disk),
             Err(error) => {
                 println!("virtio: disk in slot {slot} failed to start: {error:?}");
+                Device::Other(kind)
+            }
+        },
+        net::DEVICE_TYPE => match Nic::init(slot, dma) {
+            Ok(nic) => Device::Nic(Link {
+                nic,
+                stack: Stack::new(),
+            }),
+            Err(error) => {
+                println!("virtio: nic in slot {slot} failed to start: {error:?}");
                 Device::Other(kind)
             }
         },
