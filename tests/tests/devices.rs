@@ -314,7 +314,6 @@ fn bad_descriptors_get_an_error_status_and_the_vmm_lives_on() {
 }
 
 #[test]
-#[ignore = "needs the test guest's hotplug polling (guest2)"]
 fn a_disk_hot_plugged_into_a_running_guest_works_and_detaches_cleanly() {
     let host = Host::start();
     let img = image(&host, "hot.img", 2);
@@ -565,12 +564,17 @@ fn set_ip(con: &mut Console, addr: &str) {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver (guest2)"]
 fn the_host_pings_a_guest_over_a_bridge_and_two_guests_ping_each_other() {
     let host = Host::start();
     let net = subnet();
     let br = Bridge::new(Some(&format!("{net}.1/24")));
-    let vif = |mac: &str| format!("vif = [ 'bridge={},mac={mac}' ]", br.name);
+    let vif = |mac: &str| {
+        format!(
+            "vif = [ 'bridge={},mac={mac},vifname=rxv{}' ]",
+            br.name,
+            unique()
+        )
+    };
     let mut a = host.create_guest("pinga", 1, 64, &vif("00:16:3e:00:aa:01"));
     let mut b = host.create_guest("pingb", 1, 64, &vif("00:16:3e:00:aa:02"));
     a.sync();
@@ -608,7 +612,6 @@ fn the_host_pings_a_guest_over_a_bridge_and_two_guests_ping_each_other() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver (guest2)"]
 fn a_spoofed_source_address_is_dropped_and_counted() {
     let host = Host::start();
     let net = subnet();
@@ -617,7 +620,11 @@ fn a_spoofed_source_address_is_dropped_and_counted() {
         "spoofer",
         1,
         64,
-        &format!("vif = [ 'bridge={},ip={net}.2' ]", br.name),
+        &format!(
+            "vif = [ 'bridge={},ip={net}.2,vifname=rxv{}' ]",
+            br.name,
+            unique()
+        ),
     );
     set_ip(&mut con, &format!("{net}.2/24"));
     let icmp = Icmp::new();
@@ -645,7 +652,12 @@ fn a_spoofed_source_address_is_dropped_and_counted() {
         .unwrap_or(0);
     assert!(after >= before + 3, "spoof drops {before} -> {after}");
     // The same forged frame from a guest without ip= does arrive (the test sees spoofing).
-    let mut free = host.create_guest("free", 1, 64, &format!("vif = [ 'bridge={}' ]", br.name));
+    let mut free = host.create_guest(
+        "free",
+        1,
+        64,
+        &format!("vif = [ 'bridge={},vifname=rxv{}' ]", br.name, unique()),
+    );
     set_ip(&mut free, &format!("{net}.3/24"));
     free.send(&format!("ping {net}.1 1"));
     answer(&free, &format!("ping {net}.1: "));
@@ -656,7 +668,6 @@ fn a_spoofed_source_address_is_dropped_and_counted() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver (guest2)"]
 fn a_rate_limit_holds_for_guest_traffic() {
     let host = Host::start();
     let net = subnet();
@@ -666,7 +677,11 @@ fn a_rate_limit_holds_for_guest_traffic() {
         "limited",
         1,
         64,
-        &format!("vif = [ 'bridge={},rate=4Mb/s@50ms' ]", br.name),
+        &format!(
+            "vif = [ 'bridge={},rate=4Mb/s@50ms,vifname=rxv{}' ]",
+            br.name,
+            unique()
+        ),
     );
     set_ip(&mut con, &format!("{net}.2/24"));
     let sock = std::net::UdpSocket::bind(format!("{net}.1:0")).expect("bind");
@@ -697,23 +712,22 @@ fn a_rate_limit_holds_for_guest_traffic() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver (guest2)"]
 fn a_nic_hot_plugged_into_a_running_guest_works_and_detaches_cleanly() {
     let host = Host::start();
     let net = subnet();
     let br = Bridge::new(Some(&format!("{net}.1/24")));
     let mut con = host.create_guest("hotnic", 1, 64, "");
+    let tap = format!("rxv{}", unique());
     con.sync();
     host.rxl_ok(&[
         "network-attach",
         "hotnic",
         &format!("bridge={}", br.name),
         "mac=00:16:3e:00:bb:07",
+        &format!("vifname={tap}"),
     ]);
     let line = answer(&con, "hotplug: nic ");
     assert!(line.ends_with("00:16:3e:00:bb:07 attached"), "{line}");
-    let id = domid(&host, "hotnic");
-    let tap = format!("vif{id}.0");
     assert_eq!(master_of(&tap).as_deref(), Some(br.name.as_str()));
     set_ip(&mut con, &format!("{net}.2/24"));
     assert!(Icmp::new().ping(&format!("{net}.2"), 3) >= 2);
@@ -734,9 +748,18 @@ fn vif_route_routes_the_guest_addresses_and_scripts_run_as_xen_runs_them() {
         "routed",
         1,
         64,
-        &format!("vif = [ 'script=vif-route,ip={net}.7' ]"),
+        &format!(
+            "vif = [ 'script=vif-route,ip={net}.7,vifname=rxv{}' ]",
+            unique()
+        ),
     );
-    let tap = format!("vif{}.0", domid(&host, "routed"));
+    let tap =
+        String::from_utf8_lossy(&run("ip", &["-o", "route", "show", &format!("{net}.7")]).stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+            .map(str::to_string)
+            .expect("a route to the guest");
     assert!(iface_exists(&tap) && master_of(&tap).is_none());
     let route = String::from_utf8_lossy(&run("ip", &["route", "show", &format!("{net}.7")]).stdout)
         .into_owned();
@@ -753,6 +776,7 @@ fn vif_route_routes_the_guest_addresses_and_scripts_run_as_xen_runs_them() {
     // An external hotplug script: called with online/offline and the vif in its environment.
     let br = Bridge::new(None);
     let log = host.dir.path().join("script.log");
+    let tap = format!("rxv{}", unique());
     let script = host.dir.path().join("my-vif-script");
     fs::write(
         &script,
@@ -768,12 +792,11 @@ fn vif_route_routes_the_guest_addresses_and_scripts_run_as_xen_runs_them() {
         1,
         64,
         &format!(
-            "vif = [ 'script={},bridge={},ip={net}.8,mac=00:16:3e:00:cc:01' ]",
+            "vif = [ 'script={},bridge={},ip={net}.8,mac=00:16:3e:00:cc:01,vifname={tap}' ]",
             script.display(),
             br.name
         ),
     );
-    let tap = format!("vif{}.0", domid(&host, "scripted"));
     assert_eq!(master_of(&tap).as_deref(), Some(br.name.as_str()));
     host.rxl_ok(&["destroy", "scripted"]);
     let text = fs::read_to_string(&log).expect("script log");
