@@ -252,6 +252,87 @@ fn disk(rows: &mut Vec<String>, mib: u64) {
     ));
 }
 
+/// A bridge with a host address, removed on drop.
+struct Bridge(String);
+
+impl Bridge {
+    fn new(name: &str, addr: &str) -> Bridge {
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "ip {args:?} failed");
+        };
+        ip(&["link", "add", name, "type", "bridge"]);
+        let b = Bridge(name.to_string());
+        ip(&["addr", "add", addr, "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        b
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Receives UDP until `idle` passes without a datagram; returns bytes and first-to-last time.
+fn receive(sock: &std::net::UdpSocket, idle: Duration) -> (u64, Duration) {
+    sock.set_read_timeout(Some(idle)).expect("timeout");
+    let mut buf = [0u8; 2048];
+    let mut bytes = 0u64;
+    let mut first = None;
+    let mut last = Instant::now();
+    while let Ok(n) = sock.recv(&mut buf) {
+        let now = Instant::now();
+        first.get_or_insert(now);
+        last = now;
+        bytes += n as u64;
+    }
+    (
+        bytes,
+        first.map(|f| last.duration_since(f)).unwrap_or_default(),
+    )
+}
+
+fn network(rows: &mut Vec<String>, mib: u64) {
+    let host = Host::start();
+    let br = Bridge::new(
+        &format!("rxbench{}", std::process::id() % 10000),
+        "10.250.77.1/24",
+    );
+    let mut con = host.guest("bench-net", &format!("vif = [ 'bridge={}' ]", br.0));
+    con.send("ip 10.250.77.2/24");
+    con.until("ip 10.250.77.2/24 on nic", Duration::from_secs(30));
+    let sock = std::net::UdpSocket::bind("10.250.77.1:0").expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    con.send(&format!("udpsend 10.250.77.1 {port} {mib}"));
+    let (bytes, took) = receive(&sock, Duration::from_secs(3));
+    let done = con.until("udpsend done", Duration::from_secs(600));
+    drop(con);
+    // The same volume sent by the host itself to the same receiver, through its own stack.
+    let tx = std::net::UdpSocket::bind("10.250.77.1:0").expect("bind");
+    let payload = vec![0u8; 1400];
+    let count = (mib << 20) / 1400;
+    let sender = std::thread::spawn(move || {
+        for _ in 0..count {
+            let _ = tx.send_to(&payload, ("10.250.77.1", port));
+        }
+    });
+    let (h_bytes, h_took) = receive(&sock, Duration::from_secs(1));
+    let _ = sender.join();
+    let g = rate(bytes, took);
+    let h = rate(h_bytes, h_took);
+    rows.push(format!(
+        "| UDP guest to host, {mib} MiB in 1400-byte datagrams (received {:.1} MiB; guest: `{done}`) | {g:.1} MiB/s | {h:.1} MiB/s (host to itself, same receiver) | {:.2} |",
+        bytes as f64 / (1 << 20) as f64,
+        g / h
+    ));
+}
+
 fn main() {
     let mib: u64 = std::env::args()
         .nth(1)
@@ -259,6 +340,9 @@ fn main() {
         .unwrap_or(64);
     let mut rows = Vec::new();
     disk(&mut rows, mib);
+    if std::env::args().nth(2).as_deref() != Some("disk-only") {
+        network(&mut rows, mib.min(64));
+    }
     println!("| measurement | guest | host directly | guest / host |");
     println!("|---|---|---|---|");
     for r in rows {

@@ -231,6 +231,20 @@ impl Drop for Host {
             }
         }
         self.kill_rxend();
+        // rxend is gone without cleaning up: remove the TAPs it created (listed per domain).
+        if let Ok(doms) = fs::read_dir(self.state_dir().join("dom")) {
+            for d in doms.flatten() {
+                let Ok(text) = fs::read(d.path().join("vifs.json")) else {
+                    continue;
+                };
+                let vifs: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                for v in vifs.as_array().into_iter().flatten() {
+                    if let Some(tap) = v["nic"]["tap"].as_str() {
+                        let _ = Command::new("ip").args(["link", "del", tap]).output();
+                    }
+                }
+            }
+        }
         remove_cgroups(&self.cgroup_name());
     }
 }

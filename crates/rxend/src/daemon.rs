@@ -1087,12 +1087,7 @@ fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
 
 /// Reaps every exited child so that none lingers as a zombie.
 fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
+    vmm::reap_children();
 }
 
 fn vcpu_cpu_ns(pid: i32, ticks: u64) -> u64 {

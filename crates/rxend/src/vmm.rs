@@ -115,6 +115,7 @@ pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
         source,
     })?;
     let pid = child.id() as i32;
+    note_child(pid);
     let Some(stdout) = child.stdout.take() else {
         return Err(VmmError::Failed("no stdout pipe".into()));
     };
@@ -155,6 +156,31 @@ fn last_error_line(log_path: &Path) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "it exited without saying why".to_string())
+}
+
+/// VMM processes this rxend started and has not reaped yet.
+static CHILDREN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+fn note_child(pid: i32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(pid);
+}
+
+/// Reaps the VMMs this rxend started that have exited. Only those: a `waitpid(-1)` would also
+/// take the exit status of helper commands (`ip`, hotplug scripts) from the threads that run them.
+pub fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut children = CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    children.retain(|&pid| {
+        !matches!(
+            waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
+        )
+    });
 }
 
 /// Sends one control request and returns the answer.
