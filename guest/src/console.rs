@@ -47,6 +47,7 @@ commands:
   udpsend ADDR PORT MIB               send UDP datagrams
   spoof SRC DST                       one echo request from a forged source
   vcpus                               list the vCPUs online
+  balloon                             pages given back to the host
   help         this list";
 
 /// The line editor and command interpreter.
@@ -99,6 +100,9 @@ pub fn run(mut vcpu: Vcpu) -> ! {
             last_slow_poll = ticks;
             hotplug.poll(&mut console.devices);
             vcpus::poll();
+            if let Some(balloon) = console.devices.balloon() {
+                balloon.poll();
+            }
         }
         while let Some(byte) = serial::try_read() {
             console.input(byte, &mut vcpu);
@@ -228,6 +232,10 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("udpsend", _) => println!("usage: udpsend ADDR PORT MIB"),
         ("spoof", _) => println!("usage: spoof SRC DST"),
         ("vcpus", 0) => vcpus::show(),
+        ("balloon", 0) => {
+            let pages = devices.balloon().map_or(0, |b| b.inflated());
+            println!("balloon {pages} pages ({} MiB) given back", pages >> 8);
+        }
         ("help", 0) => println!("{HELP}"),
         ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
         ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),

@@ -4,6 +4,7 @@ use crate::dma::Dma;
 use crate::net::{Link, Stack};
 use crate::netcmd::MacText;
 use crate::println;
+use crate::virtio::balloon::{self, Balloon};
 use crate::virtio::blk::{self, Disk};
 use crate::virtio::mmio::{Mmio, SLOTS};
 use crate::virtio::net::{self, Nic};
@@ -14,6 +15,8 @@ pub enum Device {
     Disk(Disk),
     /// A virtio-net card and its stack.
     Nic(Link),
+    /// The memory balloon.
+    Balloon(Balloon),
     /// A device this guest has no driver for (its type), or one whose driver failed.
     Other(u32),
 }
@@ -24,6 +27,7 @@ impl Device {
         match self {
             Device::Disk(_) => "disk",
             Device::Nic(_) => "nic",
+            Device::Balloon(_) => "balloon",
             Device::Other(_) => "device",
         }
     }
@@ -33,6 +37,7 @@ impl Device {
         match self {
             Device::Disk(disk) => disk.release(dma),
             Device::Nic(link) => link.nic.release(dma),
+            Device::Balloon(balloon) => balloon.release(dma),
             Device::Other(_) => Mmio::slot(slot).reset(),
         }
     }
@@ -89,6 +94,9 @@ impl Devices {
                             Device::Nic(link) => {
                                 println!("hotplug: nic {slot} {} attached", MacText(link.nic.mac))
                             }
+                            Device::Balloon(_) => {
+                                println!("hotplug: balloon {slot} attached")
+                            }
                             Device::Other(_) => {}
                         }
                     }
@@ -129,6 +137,14 @@ impl Devices {
         })
     }
 
+    /// The balloon, if there is one.
+    pub fn balloon(&mut self) -> Option<&mut Balloon> {
+        self.slots.iter_mut().find_map(|slot| match slot {
+            Some(Device::Balloon(balloon)) => Some(balloon),
+            _ => None,
+        })
+    }
+
     /// The disk whose serial is `serial`.
     pub fn disk(&mut self, serial: &str) -> Option<&mut Disk> {
         self.slots.iter_mut().find_map(|slot| match slot {
@@ -143,6 +159,7 @@ fn name(device: &Device) -> Name {
     let mut out = Name::default();
     match device {
         Device::Disk(disk) => out.push(disk.serial()),
+        Device::Balloon(_) => out.push("balloon"),
         Device::Nic(link) => {
             let _ =
                 core::fmt::Write::write_fmt(&mut out, format_args!("{}", MacText(link.nic.mac)));
@@ -171,6 +188,13 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             }),
             Err(error) => {
                 println!("virtio: nic in slot {slot} failed to start: {error:?}");
+                Device::Other(kind)
+            }
+        },
+        balloon::DEVICE_TYPE => match Balloon::init(slot, dma) {
+            Ok(balloon) => Device::Balloon(balloon),
+            Err(error) => {
+                println!("virtio: balloon in slot {slot} failed to start: {error:?}");
                 Device::Other(kind)
             }
         },
