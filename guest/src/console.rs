@@ -10,6 +10,7 @@ use crate::hotplug::Hotplug;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
 use crate::netcmd;
+use crate::pvh;
 use crate::vcpus;
 use crate::work::Vcpu;
 use crate::{print, println, serial};
@@ -282,12 +283,20 @@ fn burn(args: &Args, vcpu: &mut Vcpu) {
 fn power_off() -> ! {
     println!("powering off");
     outb(POWER_PORT, 0);
-    halt_forever()
+    after_power_port()
 }
 
 fn reboot() -> ! {
     println!("rebooting");
     outb(POWER_PORT, 1);
+    after_power_port()
+}
+
+/// Under rxen the power port ends the guest; under another PVH loader (QEMU) a triple fault does.
+fn after_power_port() -> ! {
+    if pvh::booted_via_pvh() {
+        pvh::triple_fault()
+    }
     halt_forever()
 }
 
