@@ -1,5 +1,7 @@
 //! The table of virtio-mmio slots and the drivers bound to them (vCPU 0 only).
 
+use core::fmt::Write;
+
 use crate::dma::Dma;
 use crate::net::{Link, Stack};
 use crate::netcmd::MacText;
@@ -17,28 +19,18 @@ pub enum Device {
     Nic(Link),
     /// The memory balloon.
     Balloon(Balloon),
-    /// A device this guest has no driver for (its type), or one whose driver failed.
-    Other(u32),
+    /// A device this guest has no driver for, or one whose driver failed to start.
+    Other,
 }
 
 impl Device {
-    /// The kind word used in hotplug lines.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Device::Disk(_) => "disk",
-            Device::Nic(_) => "nic",
-            Device::Balloon(_) => "balloon",
-            Device::Other(_) => "device",
-        }
-    }
-
     /// Resets the device and frees its memory.
     fn release(self, dma: &mut Dma, slot: usize) {
         match self {
             Device::Disk(disk) => disk.release(dma),
             Device::Nic(link) => link.nic.release(dma),
             Device::Balloon(balloon) => balloon.release(dma),
-            Device::Other(_) => Mmio::slot(slot).reset(),
+            Device::Other => Mmio::slot(slot).reset(),
         }
     }
 }
@@ -74,31 +66,17 @@ impl Devices {
             match (present, entry.is_some()) {
                 (None, true) => {
                     if let Some(device) = entry.take() {
-                        if announce {
-                            println!(
-                                "hotplug: {} {slot} {} detached",
-                                device.kind(),
-                                name(&device)
-                            );
-                        }
+                        let label = label(&device, slot);
                         device.release(&mut self.dma, slot);
+                        if let (true, Some(label)) = (announce, label) {
+                            println!("hotplug: {label} detached");
+                        }
                     }
                 }
                 (Some(kind), false) => {
                     let device = bind(slot, kind, &mut self.dma);
-                    if announce {
-                        match &device {
-                            Device::Disk(disk) => {
-                                println!("hotplug: disk {slot} {} attached", disk.serial())
-                            }
-                            Device::Nic(link) => {
-                                println!("hotplug: nic {slot} {} attached", MacText(link.nic.mac))
-                            }
-                            Device::Balloon(_) => {
-                                println!("hotplug: balloon {slot} attached")
-                            }
-                            Device::Other(_) => {}
-                        }
+                    if let (true, Some(label)) = (announce, label(&device, slot)) {
+                        println!("hotplug: {label} attached");
                     }
                     *entry = Some(device);
                 }
@@ -112,12 +90,11 @@ impl Devices {
         let Some(device) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        let line_name = name(&device);
-        let kind = device.kind();
+        let label = label(&device, slot);
         // Reset before saying so: the host removes the device once it reads Status 0.
         device.release(&mut self.dma, slot);
-        if kind != "device" {
-            println!("hotplug: {kind} {slot} {line_name} detached");
+        if let Some(label) = label {
+            println!("hotplug: {label} detached");
         }
     }
 
@@ -154,21 +131,17 @@ impl Devices {
     }
 }
 
-/// A short name for hotplug lines: a disk's serial, a NIC's MAC.
-fn name(device: &Device) -> Name {
+/// What hotplug lines call a device: `disk SLOT SERIAL`, `nic SLOT MAC`, `balloon SLOT`;
+/// devices without a driver get no lines.
+fn label(device: &Device, slot: usize) -> Option<Name> {
     let mut out = Name::default();
-    match device {
-        Device::Disk(disk) => out.push(disk.serial()),
-        Device::Balloon(_) => out.push("balloon"),
-        Device::Nic(link) => {
-            let _ =
-                core::fmt::Write::write_fmt(&mut out, format_args!("{}", MacText(link.nic.mac)));
-        }
-        Device::Other(kind) => {
-            let _ = core::fmt::Write::write_fmt(&mut out, format_args!("type{kind}"));
-        }
-    }
-    out
+    let written = match device {
+        Device::Disk(disk) => write!(out, "disk {slot} {}", disk.serial()),
+        Device::Nic(link) => write!(out, "nic {slot} {}", MacText(link.nic.mac)),
+        Device::Balloon(_) => write!(out, "balloon {slot}"),
+        Device::Other => return None,
+    };
+    written.ok().map(|()| out)
 }
 
 /// Binds the driver for a device of type `kind` in `slot`.
@@ -178,7 +151,7 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             Ok(disk) => Device::Disk(disk),
             Err(error) => {
                 println!("virtio: disk in slot {slot} failed to start: {error:?}");
-                Device::Other(kind)
+                Device::Other
             }
         },
         net::DEVICE_TYPE => match Nic::init(slot, dma) {
@@ -188,34 +161,28 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             }),
             Err(error) => {
                 println!("virtio: nic in slot {slot} failed to start: {error:?}");
-                Device::Other(kind)
+                Device::Other
             }
         },
         balloon::DEVICE_TYPE => match Balloon::init(slot, dma) {
             Ok(balloon) => Device::Balloon(balloon),
             Err(error) => {
                 println!("virtio: balloon in slot {slot} failed to start: {error:?}");
-                Device::Other(kind)
+                Device::Other
             }
         },
-        other => Device::Other(other),
+        _ => Device::Other,
     }
 }
 
 /// A small inline string (device names).
 #[derive(Default)]
 pub struct Name {
-    bytes: [u8; 24],
+    bytes: [u8; 32],
     len: usize,
 }
 
-impl Name {
-    fn push(&mut self, s: &str) {
-        let _ = core::fmt::Write::write_str(self, s);
-    }
-}
-
-impl core::fmt::Write for Name {
+impl Write for Name {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         for &byte in s.as_bytes() {
             if let Some(slot) = self.bytes.get_mut(self.len) {
