@@ -39,6 +39,8 @@ pub struct Host {
     pub dir: tempfile::TempDir,
     /// rxend's process, while we run it.
     pub rxend: Option<Child>,
+    /// Extra arguments rxend is started with (e.g. `--socket-group`).
+    pub rxend_args: Vec<String>,
 }
 
 impl Host {
@@ -52,7 +54,24 @@ impl Host {
             .prefix("rxen-e2e-")
             .tempdir()
             .expect("tempdir");
-        let mut h = Host { dir, rxend: None };
+        let mut h = Host {
+            dir,
+            rxend: None,
+            rxend_args: Vec::new(),
+        };
+        h.start_rxend();
+        h
+    }
+
+    /// Starts a fresh rxend with extra arguments, its directory open to
+    /// other users (mode 0755) so that customers can reach the socket.
+    pub fn start_with(args: &[&str]) -> Host {
+        use std::os::unix::fs::PermissionsExt;
+        let mut h = Host::start();
+        h.kill_rxend();
+        fs::set_permissions(h.dir.path(), fs::Permissions::from_mode(0o755))
+            .expect("open the host directory");
+        h.rxend_args = args.iter().map(|a| a.to_string()).collect();
         h.start_rxend();
         h
     }
@@ -89,6 +108,7 @@ impl Host {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state_dir())
+            .args(&self.rxend_args)
             .arg("--cgroup")
             .arg(self.cgroup_name())
             .stdin(Stdio::null())
@@ -332,11 +352,15 @@ impl Console {
             let mut seen = self.seen.lock().expect("seen");
             let start = (*seen).min(out.len());
             if let Some(pos) = out.get(start..).and_then(|s| s.find(needle)) {
-                let at = start + pos;
+                // A needle may begin with "\n" to anchor it at a line start.
+                let at = start + pos + (needle.len() - needle.trim_start_matches('\n').len());
                 let line_start = out[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
-                let line_end = out[at..].find('\n').map(|i| at + i).unwrap_or(out.len());
-                *seen = line_end;
-                return out[line_start..line_end].trim_end_matches('\r').to_string();
+                // Only a whole line counts: the rest of it may still be in flight.
+                if let Some(end) = out[at..].find('\n') {
+                    let line_end = at + end;
+                    *seen = line_end;
+                    return out[line_start..line_end].trim_end_matches('\r').to_string();
+                }
             }
             drop(seen);
             assert!(
@@ -368,7 +392,9 @@ impl Console {
     pub fn heartbeat(&mut self) -> u64 {
         self.sync();
         self.send("heartbeat");
-        let line = self.wait_for("heartbeat ", Duration::from_secs(10));
+        // The answer is a line of its own, "heartbeat N" (the echo of the
+        // command has no number).
+        let line = self.wait_for("\nheartbeat ", Duration::from_secs(10));
         // The echo of the command is "heartbeat" alone; the answer carries the number.
         line.rsplit(' ')
             .next()

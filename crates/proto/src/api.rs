@@ -81,6 +81,18 @@ pub enum Request {
     },
     /// Ask rxend to exit (running domains keep running).
     Quit,
+    /// Create a domain from the config file rxend remembers for it
+    /// (`boot` in rxen-shell, `rxl boot`); the file is read again now.
+    Boot {
+        /// The domain's name.
+        domain: String,
+    },
+    /// The domains the caller may manage, running or not (rxen-shell).
+    Known {
+        /// Only this domain: empty answer (and a logged refusal) unless the caller may manage it.
+        #[serde(default)]
+        domain: Option<String>,
+    },
     /// Hot-plug a disk (`rxl block-attach`); `spec` is an xl disk spec.
     BlockAttach {
         /// The domain.
@@ -292,6 +304,15 @@ pub struct DomainInfo {
     pub config_path: Option<String>,
 }
 
+/// A domain that rxend knows a config file for, or that runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownDomain {
+    /// Its name.
+    pub name: String,
+    /// Its ID while it exists (running, paused or preserved), else none.
+    pub domid: Option<u32>,
+}
+
 /// Host facts for `rxl info`, in xl's field names and order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
@@ -325,6 +346,11 @@ pub enum Response {
     Log {
         /// The log text.
         text: String,
+    },
+    /// The answer to `Known`, sorted by name.
+    Known {
+        /// The domains.
+        domains: Vec<KnownDomain>,
     },
     /// The answer to [`Request::DeviceList`].
     Devices {
@@ -373,5 +399,13 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+        let boot: Request =
+            serde_json::from_str(r#"{"op":"boot","domain":"goneril"}"#).expect("boot");
+        assert_eq!(
+            boot,
+            Request::Boot {
+                domain: "goneril".into()
+            }
+        );
     }
 }

@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rxen_proto::api::DomainInfo;
+use rxen_proto::api::{DomainInfo, KnownDomain};
 use rxen_proto::vmctl::VmRequest;
 use rxen_proto::vmspec::{DiskDevice, ExitReason, KernelSource, VmSpec};
 use xlcfg::{Action, DomainConfig};
 
 use crate::auth::Caller;
+use crate::cfgfile;
 use crate::hostinfo;
+use crate::known::{KnownConfig, KnownConfigs};
 use crate::log::Log;
 use crate::network::{self, PluggedVif};
 use crate::paths::Paths;
@@ -122,6 +124,7 @@ pub struct Daemon {
     /// The daemon's log.
     pub log: Log,
     store: RecordStore,
+    known: KnownConfigs,
     table: Mutex<Table>,
     /// CPU cgroups (`None` when the host has none or they are turned off).
     cgroups: Option<crate::cgroup::Cgroups>,
@@ -153,6 +156,10 @@ impl Daemon {
         fs::create_dir_all(paths.state_dir.join("dom"))?;
         let log = Log::open(&paths.log_file());
         let store = RecordStore::open(&paths.records_dir())?;
+        let (known, known_err) = KnownConfigs::open(&paths.known_configs_file());
+        if let Some(e) = known_err {
+            log.error(format!("{e}; starting with no known config files"));
+        }
         let mut domains = BTreeMap::new();
         let mut max_id = 0;
         for loaded in store.load_all() {
@@ -197,6 +204,7 @@ impl Daemon {
             paths,
             log,
             store,
+            known,
             table: Mutex::new(Table {
                 domains,
                 next_domid,
@@ -224,14 +232,25 @@ impl Daemon {
 
     /// Finds a domain by name or ID that `caller` may manage; `Ok(0)` is Domain-0.
     fn resolve(&self, t: &Table, caller: &Caller, r: &str) -> Result<u32, DaemonError> {
+        let refuse = |r: &str| {
+            self.log.warn(format!(
+                "refused: {} may not manage domain {r}",
+                caller.describe()
+            ));
+            DaemonError::NoSuchDomain(r.to_string())
+        };
         let found = if r.bytes().all(|b| b.is_ascii_digit()) && !r.is_empty() {
             match r.parse::<u32>() {
-                Ok(0) => return Ok(0),
+                Ok(0) if caller.is_root() => return Ok(0),
+                Ok(0) => return Err(refuse(r)),
                 Ok(id) if t.domains.contains_key(&id) => Some(id),
                 _ => None,
             }
         } else if r == "Domain-0" {
-            return Ok(0);
+            if caller.is_root() {
+                return Ok(0);
+            }
+            return Err(refuse(r));
         } else {
             t.domains
                 .values()
@@ -244,14 +263,18 @@ impl Daemon {
                     .domains
                     .get(&id)
                     .is_some_and(|e| caller.may_manage(&e.rec));
-                if visible {
-                    Ok(id)
-                } else {
-                    self.log.warn(format!(
-                        "refused: {} may not manage domain {r}",
-                        caller.describe()
-                    ));
-                    Err(DaemonError::NoSuchDomain(r.to_string()))
+                match t.domains.get(&id) {
+                    _ if visible => Ok(id),
+                    // Named by ID: the log names the domain too.
+                    Some(e) if e.rec.name != r => {
+                        self.log.warn(format!(
+                            "refused: {} may not manage domain {r} ({})",
+                            caller.describe(),
+                            e.rec.name
+                        ));
+                        Err(DaemonError::NoSuchDomain(r.to_string()))
+                    }
+                    _ => Err(refuse(r)),
                 }
             }
             None => Err(DaemonError::NoSuchDomain(r.to_string())),
@@ -316,6 +339,23 @@ impl Daemon {
         }
         let parsed =
             xlcfg::parse(text, path, overrides).map_err(|e| DaemonError::Config(e.to_string()))?;
+        let known = KnownConfig {
+            path: path.to_string(),
+            overrides: overrides.to_vec(),
+            ignore_unsupported,
+        };
+        self.create_parsed(parsed, known, paused)
+    }
+
+    /// Creates a domain from a parsed config and remembers the file it came from.
+    fn create_parsed(
+        &self,
+        parsed: xlcfg::Parsed,
+        known: KnownConfig,
+        paused: bool,
+    ) -> Result<Created, DaemonError> {
+        let path = known.path.as_str();
+        let ignore_unsupported = known.ignore_unsupported;
         let mut warnings: Vec<String> = Vec::new();
         let mut refused: Vec<String> = Vec::new();
         for d in &parsed.diagnostics {
@@ -338,11 +378,138 @@ impl Daemon {
         }
         warnings.extend(not_enforced_yet(&config));
         let created = self.start(config, Some(path.to_string()), paused)?;
+        if let Err(e) = self.known.remember(&created.name, known) {
+            self.log.error(format!(
+                "domain {} runs, but rxend cannot remember its config file for boot: {e}",
+                created.name
+            ));
+        }
         warnings.extend(created.warnings.iter().cloned());
         Ok(Created {
             warnings,
             ..created
         })
+    }
+
+    /// Creates a domain again from the config file rxend remembers for it,
+    /// read now; a non-root caller must be named in `xen_shell` in the file
+    /// as it reads now, and the file must be one that only root can change.
+    pub fn boot(&self, caller: &Caller, name: &str) -> Result<Created, DaemonError> {
+        let refuse = |why: String| {
+            self.log.warn(format!(
+                "refused: {} may not boot domain {name}: {why}",
+                caller.describe()
+            ));
+            DaemonError::NoSuchDomain(name.to_string())
+        };
+        let Some(known) = self.known.get(name) else {
+            if caller.is_root() {
+                return Err(DaemonError::Config(format!(
+                    "rxend knows no config file for domain \"{name}\": create it once with rxl create FILE"
+                )));
+            }
+            return Err(refuse("no config file is known for it".into()));
+        };
+        let text = if caller.is_root() {
+            fs::read_to_string(&known.path).map_err(|e| {
+                DaemonError::Config(format!("cannot read config file {}: {e}", known.path))
+            })?
+        } else {
+            match cfgfile::read_root_only(Path::new(&known.path)) {
+                Ok((_, text)) => text,
+                Err(e) => return Err(refuse(e.to_string())),
+            }
+        };
+        let parsed = match xlcfg::parse(&text, &known.path, &known.overrides) {
+            Ok(p) => p,
+            Err(e) if caller.is_root() => return Err(DaemonError::Config(e.to_string())),
+            Err(e) => return Err(refuse(e.to_string())),
+        };
+        let allowed = caller.is_root()
+            || caller
+                .user
+                .as_ref()
+                .is_some_and(|u| parsed.config.xen_shell.iter().any(|s| s == u));
+        if !allowed {
+            return Err(refuse(format!(
+                "{} does not name the user in xen_shell",
+                known.path
+            )));
+        }
+        if parsed.config.name != name {
+            return Err(DaemonError::Config(format!(
+                "config file {} now names domain \"{}\", not \"{name}\"; ask the administrator to create it again",
+                known.path, parsed.config.name
+            )));
+        }
+        if let Some(id) = self
+            .table()
+            .domains
+            .values()
+            .find(|e| e.rec.name == name)
+            .map(|e| e.rec.domid)
+        {
+            return Err(DaemonError::Config(format!(
+                "domain {name} already exists (ID {id})"
+            )));
+        }
+        let created = self.create_parsed(parsed, known, false)?;
+        self.log.info(format!(
+            "domain {} ({}) booted by {}",
+            created.domid,
+            created.name,
+            caller.describe()
+        ));
+        Ok(created)
+    }
+
+    /// The domains `caller` may manage, running or not, by name: those that
+    /// exist, and those whose remembered config file names him in `xen_shell`.
+    /// With `only`, just that domain; asking for one he may not manage is
+    /// logged as a refusal.
+    pub fn known(&self, caller: &Caller, only: Option<&str>) -> Vec<KnownDomain> {
+        let wanted = |name: &str| only.is_none_or(|o| o == name);
+        let mut out: BTreeMap<String, Option<u32>> = BTreeMap::new();
+        // Names of existing domains: their records, not the files, say who manages them.
+        let existing: std::collections::BTreeSet<String> = {
+            let t = self.table();
+            for e in t.domains.values() {
+                if wanted(&e.rec.name) && caller.may_manage(&e.rec) {
+                    out.insert(e.rec.name.clone(), Some(e.rec.domid));
+                }
+            }
+            t.domains.values().map(|e| e.rec.name.clone()).collect()
+        };
+        let mut exists = only.is_some_and(|o| existing.contains(o));
+        for (name, known) in self.known.all() {
+            if existing.contains(&name) || !wanted(&name) {
+                continue;
+            }
+            exists = true;
+            let allowed = caller.is_root()
+                || caller.user.as_ref().is_some_and(|u| {
+                    cfgfile::read_root_only(Path::new(&known.path))
+                        .ok()
+                        .and_then(|(_, text)| {
+                            xlcfg::parse(&text, &known.path, &known.overrides).ok()
+                        })
+                        .is_some_and(|p| p.config.name == name && p.config.xen_shell.contains(u))
+                });
+            if allowed {
+                out.insert(name, None);
+            }
+        }
+        if let Some(name) = only {
+            if out.is_empty() && exists {
+                self.log.warn(format!(
+                    "refused: {} may not manage domain {name}",
+                    caller.describe()
+                ));
+            }
+        }
+        out.into_iter()
+            .map(|(name, domid)| KnownDomain { name, domid })
+            .collect()
     }
 
     /// Reserves an ID and name, starts a VMM, and records the domain.
@@ -695,6 +862,14 @@ impl Daemon {
 
     /// Renames a domain.
     pub fn rename(&self, caller: &Caller, r: &str, new_name: &str) -> Result<(), DaemonError> {
+        if !caller.is_root() {
+            // A customer could otherwise take the name of another customer's stopped domain.
+            self.log.warn(format!(
+                "refused: {} may not rename domain {r}",
+                caller.describe()
+            ));
+            return Err(DaemonError::Denied("only root may rename domains".into()));
+        }
         check_name(new_name)?;
         let (id, _) = self.guest(caller, r, "renamed")?;
         let rec = {
@@ -1072,6 +1247,83 @@ mod tests {
         assert!(check_name("42").is_err());
         assert!(check_name("a/b").is_err());
         assert!(check_name("a b").is_err());
+    }
+
+    fn daemon(dir: &Path) -> Daemon {
+        Daemon::open(Paths {
+            socket: dir.join("rxend.sock"),
+            state_dir: dir.join("state"),
+        })
+        .expect("open")
+    }
+
+    fn customer(name: &str) -> Caller {
+        Caller {
+            uid: 4242,
+            user: Some(name.to_string()),
+        }
+    }
+
+    /// Writes a config naming `users` and registers it as root's create would.
+    fn known_config(d: &Daemon, dir: &Path, name: &str, users: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.cfg"));
+        fs::write(
+            &path,
+            format!("name = \"{name}\"\nkernel = \"builtin:testguest\"\nxen_shell = {users}\n"),
+        )
+        .expect("write config");
+        d.known
+            .remember(
+                name,
+                KnownConfig {
+                    path: path.display().to_string(),
+                    overrides: Vec::new(),
+                    ignore_unsupported: false,
+                },
+            )
+            .expect("remember");
+        path
+    }
+
+    #[test]
+    fn customers_know_only_the_domains_their_files_name_them_in() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // files a customer may boot must be root's
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = daemon(dir.path());
+        known_config(&d, dir.path(), "goneril", "\"marlowe\"");
+        known_config(&d, dir.path(), "regan", "[\"kent\", \"marlowe\"]");
+        known_config(&d, dir.path(), "cordelia", "\"france\"");
+        let names = |v: Vec<KnownDomain>| v.into_iter().map(|k| k.name).collect::<Vec<_>>();
+        let marlowe = customer("marlowe");
+        assert_eq!(names(d.known(&marlowe, None)), ["goneril", "regan"]);
+        assert!(d.known(&customer("edgar"), None).is_empty());
+        let root = Caller { uid: 0, user: None };
+        assert_eq!(names(d.known(&root, None)).len(), 3);
+        assert!(d.known(&marlowe, Some("cordelia")).is_empty());
+        assert_eq!(names(d.known(&marlowe, Some("regan"))), ["regan"]);
+        assert!(d
+            .log
+            .text(false)
+            .contains("refused: marlowe (uid 4242) may not manage domain cordelia"));
+
+        // Booting someone else's domain is refused before anything starts.
+        let err = d.boot(&marlowe, "cordelia").expect_err("not his");
+        assert!(matches!(err, DaemonError::NoSuchDomain(_)), "{err}");
+        let err = d.boot(&marlowe, "lear").expect_err("unknown");
+        assert!(matches!(err, DaemonError::NoSuchDomain(_)), "{err}");
+        let log = d.log.text(false);
+        assert!(log.contains("may not boot domain cordelia"), "{log}");
+        assert!(log.contains("may not boot domain lear"), "{log}");
+        assert!(
+            d.list(&root, &[]).expect("list").len() == 1,
+            "only Domain-0"
+        );
+        // Nor may a customer see or name Domain-0.
+        assert!(d.list(&marlowe, &[]).expect("list").is_empty());
+        assert!(d.list(&marlowe, &["Domain-0".into()]).is_err());
+        assert!(d.list(&marlowe, &["0".into()]).is_err());
     }
 
     #[test]

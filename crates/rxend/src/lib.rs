@@ -4,9 +4,11 @@
 //! what. Clients (`rxl`, `rxen-shell`) talk to it over a Unix socket.
 
 pub mod auth;
+pub mod cfgfile;
 pub mod cgroup;
 pub mod daemon;
 pub mod hostinfo;
+pub mod known;
 pub mod log;
 pub mod metrics;
 pub mod network;

@@ -50,6 +50,16 @@ impl Log {
 
     fn line(&self, level: &str, msg: impl Display) {
         let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.3f");
+        // One entry per line: names typed by clients cannot forge lines or send escapes.
+        let mut clean = String::new();
+        for c in msg.to_string().chars() {
+            if c.is_control() && c != '\t' {
+                clean.extend(c.escape_default());
+            } else {
+                clean.push(c);
+            }
+        }
+        let msg = clean;
         let line = format!("[{now}] {level}: {msg}");
         eprintln!("{line}");
         let mut inner = match self.inner.lock() {
@@ -101,5 +111,18 @@ mod tests {
         assert_eq!(log.text(false), "");
         let file = std::fs::read_to_string(&path).expect("log file");
         assert_eq!(file.lines().count(), 2);
+    }
+
+    #[test]
+    fn names_from_clients_cannot_forge_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(&dir.path().join("rxend.log"));
+        log.warn(
+            "refused: marlowe may not manage domain x\n[2030-01-01] info: all is well\u{1b}[2J",
+        );
+        let text = log.text(false);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("domain x\\n[2030"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
     }
 }

@@ -20,6 +20,10 @@ struct Args {
     /// Directory for domain records, run directories and the log.
     #[arg(long, env = "RXEN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Group that owns the socket (mode 0660): its members may connect, as
+    /// rxen-shell's customers must; rxend still decides every request.
+    #[arg(long, env = "RXEN_SOCKET_GROUP")]
+    socket_group: Option<String>,
     /// Name of rxend's top CPU cgroup; domains get `NAME/dom<ID>`, Domain-0 `NAME/dom0`.
     #[arg(long, env = "RXEN_CGROUP", default_value = "rxen")]
     cgroup: String,
@@ -54,7 +58,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match server::bind(&paths.socket) {
+    let group = match args.socket_group.as_deref().map(socket_group) {
+        None => None,
+        Some(Ok(gid)) => Some(gid),
+        Some(Err(msg)) => {
+            eprintln!("rxend: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match server::bind(&paths.socket, group) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("rxend: {e}");
@@ -67,6 +79,11 @@ fn main() -> ExitCode {
         paths.socket.display(),
         paths.state_dir.display()
     ));
+    if let Some(g) = &args.socket_group {
+        daemon
+            .log
+            .info(format!("the socket is open to group {g} (mode 0660)"));
+    }
     if let Some(addr) = &args.metrics_listen {
         match metrics::bind(addr) {
             Ok(l) => {
@@ -87,4 +104,16 @@ fn main() -> ExitCode {
     });
     server::serve(daemon, listener);
     ExitCode::SUCCESS
+}
+
+/// The group ID of `--socket-group`: a group name, or a number.
+fn socket_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("--socket-group: no group named {name}")),
+        Err(e) => Err(format!("--socket-group {name}: {e}")),
+    }
 }

@@ -36,4 +36,9 @@ impl Paths {
     pub fn next_domid_file(&self) -> PathBuf {
         self.state_dir.join("next-domid")
     }
+
+    /// The registry of config files that domains were created from (for `boot`).
+    pub fn known_configs_file(&self) -> PathBuf {
+        self.state_dir.join("known-configs.json")
+    }
 }

@@ -1,13 +1,14 @@
 //! rxend's client socket: one thread per connection, one JSON request per
 //! line, the caller identified by the socket's peer credentials.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufReader, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 use rxen_proto::api::{HostInfo, Request, Response};
@@ -33,8 +34,9 @@ pub enum ServerError {
     },
 }
 
-/// Binds the client socket, replacing a stale one, with mode 0660.
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+/// Binds the client socket, replacing a stale one, with mode 0660 and,
+/// when `group` is given, owned by that group (whose members may connect).
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ServerError> {
     let shown = path.display().to_string();
     let bind_err = |source| ServerError::Bind {
         path: shown.clone(),
@@ -51,16 +53,73 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| bind_err(e.into()))?;
+    }
     Ok(listener)
+}
+
+/// Connections one user other than root may hold open at once, so that a
+/// member of the socket's group cannot exhaust rxend's threads.
+pub const MAX_CONNECTIONS_PER_USER: usize = 32;
+
+/// Open connections per user ID.
+#[derive(Default)]
+struct Connections {
+    per_uid: Mutex<BTreeMap<u32, usize>>,
+}
+
+/// One counted connection; uncounted when dropped.
+struct Counted<'a> {
+    conns: &'a Connections,
+    uid: u32,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, usize>> {
+        match self.per_uid.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Counts a connection of `caller`, unless a non-root caller has too many.
+    fn enter(&self, caller: &Caller) -> Option<Counted<'_>> {
+        let mut map = self.lock();
+        let n = map.entry(caller.uid).or_insert(0);
+        if !caller.is_root() && *n >= MAX_CONNECTIONS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            conns: self,
+            uid: caller.uid,
+        })
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut map = self.conns.lock();
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Accepts clients forever, each in a thread of its own.
 pub fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    let conns = Arc::new(Connections::default());
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
                 let d = Arc::clone(&daemon);
-                std::thread::spawn(move || handle_client(&d, stream));
+                let c = Arc::clone(&conns);
+                std::thread::spawn(move || handle_client(&d, &c, stream));
             }
             Err(e) => daemon.log.error(format!("accept: {e}")),
         }
@@ -74,7 +133,7 @@ enum Reply {
     Quit,
 }
 
-fn handle_client(daemon: &Daemon, stream: UnixStream) {
+fn handle_client(daemon: &Daemon, conns: &Connections, stream: UnixStream) {
     let caller = match getsockopt(&stream, sockopt::PeerCredentials) {
         Ok(c) => Caller::from_uid(c.uid()),
         Err(e) => {
@@ -83,6 +142,20 @@ fn handle_client(daemon: &Daemon, stream: UnixStream) {
                 .error(format!("cannot read peer credentials: {e}"));
             return;
         }
+    };
+    let Some(_counted) = conns.enter(&caller) else {
+        daemon.log.warn(format!(
+            "refused: {} may not open more than {MAX_CONNECTIONS_PER_USER} connections",
+            caller.describe()
+        ));
+        let mut w = &stream;
+        let _ = jsonline::write(
+            &mut w,
+            &Response::Error {
+                message: "too many connections to rxend".into(),
+            },
+        );
+        return;
     };
     let Ok(read_half) = stream.try_clone() else {
         return;
@@ -158,8 +231,28 @@ fn error(e: DaemonError) -> Reply {
     })
 }
 
+/// Refuses a request that only root may make, and logs it.
+fn root_only(daemon: &Daemon, caller: &Caller, what: &str) -> Reply {
+    daemon
+        .log
+        .warn(format!("refused: {} may not {what}", caller.describe()));
+    error(DaemonError::Denied(format!("only root may {what}")))
+}
+
 fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
     match req {
+        Request::Boot { domain } => match daemon.boot(caller, &domain) {
+            Ok(c) => Reply::Plain(Response::Domain {
+                domid: c.domid,
+                name: c.name,
+                warnings: c.warnings,
+            }),
+            Err(e) => error(e),
+        },
+        Request::Known { domain } => Reply::Plain(Response::Known {
+            domains: daemon.known(caller, domain.as_deref()),
+        }),
+        Request::Info if !caller.is_root() => root_only(daemon, caller, "read host information"),
         Request::Create {
             path,
             text,
@@ -204,7 +297,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
         },
         Request::Dmesg { clear } => {
             if !caller.is_root() {
-                return error(DaemonError::Denied("only root may read rxend's log".into()));
+                return root_only(daemon, caller, "read rxend's log");
             }
             Reply::Plain(Response::Log {
                 text: daemon.log.text(clear),
@@ -253,8 +346,31 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
             if caller.is_root() {
                 Reply::Quit
             } else {
-                error(DaemonError::Denied("only root may stop rxend".into()))
+                root_only(daemon, caller, "stop rxend")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_may_hold_only_so_many_connections() {
+        let conns = Connections::default();
+        let user = Caller {
+            uid: 4242,
+            user: Some("marlowe".into()),
+        };
+        let held: Vec<_> = (0..MAX_CONNECTIONS_PER_USER)
+            .map(|_| conns.enter(&user).expect("under the limit"))
+            .collect();
+        assert!(conns.enter(&user).is_none());
+        let root = Caller { uid: 0, user: None };
+        assert!(conns.enter(&root).is_some(), "root is never limited");
+        drop(held);
+        assert!(conns.enter(&user).is_some());
+        assert!(conns.lock().is_empty(), "counts return to zero");
     }
 }

@@ -76,6 +76,13 @@ impl Client {
                     reason: e.to_string(),
                 });
             }
+            Err(e) if !nix::unistd::geteuid().is_root() => {
+                // Only root runs rxend; anyone else just reports that it is down.
+                return Err(ClientError::Unreachable {
+                    path: socket.display().to_string(),
+                    reason: format!("{e} (is rxend running?)"),
+                });
+            }
             Err(_) => {}
         }
         let bin = rxend_binary();

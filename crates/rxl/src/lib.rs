@@ -1,8 +1,10 @@
 //! The pieces of `rxl`, the xl-compatible command line of rxen: talking to
-//! rxend, printing in xl's formats, and attaching to consoles.
+//! rxend, printing in xl's formats, and attaching to consoles; and of
+//! `rxen-shell`, the customers' restricted login shell.
 
 pub mod client;
 pub mod console;
 pub mod format;
 pub mod sched;
+pub mod shell;
 pub mod top;

@@ -44,6 +44,14 @@ enum Cmd {
         /// KEY=VALUE settings that override the file, as extra config lines.
         overrides: Vec<String>,
     },
+    /// Create a domain again from the config file rxend remembers for it (rxen).
+    Boot {
+        /// Attach to the console after booting the domain.
+        #[arg(short = 'c')]
+        console: bool,
+        /// The domain's name.
+        domain: String,
+    },
     /// List domains in xl's format.
     List {
         /// Print the full configuration as JSON.
@@ -346,6 +354,20 @@ fn run(cli: Cli) -> Outcome {
                 println!("{text}");
             } else {
                 print!("{}", format::list_table(&list, verbose));
+            }
+            Ok(())
+        }
+        Cmd::Boot { console, domain } => {
+            let mut c = connect()?;
+            let resp = c.call(&Request::Boot { domain })?;
+            let Response::Domain { name, warnings, .. } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if console {
+                attach(&mut c, &name)?;
             }
             Ok(())
         }
