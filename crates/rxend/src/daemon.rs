@@ -927,7 +927,16 @@ impl Daemon {
     /// One round of supervision: reap children, sample CPU time, and handle
     /// every domain whose VMM has gone.
     pub fn supervise(&self) {
-        reap_children();
+        let vmm_pids: Vec<i32> = self
+            .table()
+            .domains
+            .values()
+            .filter_map(|e| match e.rec.state {
+                DomainState::Running { pid, .. } if pid > 0 => Some(pid),
+                _ => None,
+            })
+            .collect();
+        reap_children(&vmm_pids);
         let ticks = procfs::clock_ticks().max(1);
         let mut gone = Vec::new();
         let mut to_save = Vec::new();
@@ -1074,7 +1083,7 @@ fn kill_vmm(pid: i32, start_ticks: u64) {
 fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        reap_children();
+        reap_children(&[pid]);
         if !procfs::alive(pid, start_ticks) {
             return true;
         }
@@ -1085,13 +1094,14 @@ fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
     }
 }
 
-/// Reaps every exited child so that none lingers as a zombie.
-fn reap_children() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
+/// Reaps those of `pids` (VMMs) that have exited, so that none lingers as a
+/// zombie. Only these: reaping any child (`waitpid(-1)`) would steal the exit
+/// status of helpers that other threads run and wait for (`ip`, hotplug
+/// scripts), which then fail with ECHILD.
+fn reap_children(pids: &[i32]) {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    for &pid in pids {
+        let _ = waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 
