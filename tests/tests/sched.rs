@@ -616,3 +616,83 @@ fn vcpu_set_brings_vcpus_online_and_offline_up_to_maxvcpus() {
     assert!(!host.rxl(&["vcpu-set", "hot", "0"]).status.success());
     assert!(!host.rxl(&["vcpu-set", "-i", "hot", "4"]).status.success());
 }
+
+fn vmm_rss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pages the guest says it has given back (`balloon` on its console).
+fn ballooned_pages(con: &mut rxen_e2e::Console) -> u64 {
+    con.sync();
+    con.send("balloon");
+    let line = con.wait_for("pages (", BOOT);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in {line:?}"))
+}
+
+#[test]
+fn mem_set_down_returns_memory_to_the_host_and_up_gives_it_back() {
+    let host = Host::start();
+    let mut con = host.create_guest("squeeze", 1, 48, "maxmem = 48");
+    let id = domid(&host, "squeeze");
+    let pid = host.vmm_pid(id);
+    // The guest's loops are slow under PVM: give memfill time.
+    let fill = Duration::from_secs(240);
+    let t0 = Instant::now();
+    con.send("memfill 1");
+    con.wait_for("memfill done", fill);
+    eprintln!(
+        "memfill of a 48 MiB guest took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let full = vmm_rss_kib(pid);
+    // Down to 16 MiB: the guest inflates its balloon and the VMM drops the pages.
+    host.rxl_ok(&["mem-set", "squeeze", "16"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the guest gives 32 MiB back",
+        || {
+            vmm_stats(&host, id)["balloon"]["inflated_pages"]
+                .as_u64()
+                .is_some_and(|p| p >= 30 * 256)
+        },
+    );
+    let given = ballooned_pages(&mut con);
+    let squeezed = vmm_rss_kib(pid);
+    eprintln!(
+        "VMM RSS {} MiB with memory filled, {} MiB after mem-set 16 ({} pages ballooned)",
+        full / 1024,
+        squeezed / 1024,
+        given
+    );
+    assert!(given >= 30 * 256, "{given} pages");
+    assert!(
+        squeezed + 20 * 1024 < full,
+        "RSS fell only from {full} KiB to {squeezed} KiB"
+    );
+    assert_eq!(host.list_row("squeeze").expect("listed")[2], "16");
+    // Back up: the guest deflates and can use (and the host backs) the memory again.
+    host.rxl_ok(&["mem-set", "squeeze", "48"]);
+    wait_until(Duration::from_secs(30), "the balloon is empty", || {
+        vmm_stats(&host, id)["balloon"]["inflated_pages"].as_u64() == Some(0)
+    });
+    assert_eq!(ballooned_pages(&mut con), 0);
+    con.send("memfill 2");
+    con.wait_for("memfill done", fill);
+    let refilled = vmm_rss_kib(pid);
+    eprintln!(
+        "VMM RSS {} MiB after mem-set 48 and memfill",
+        refilled / 1024
+    );
+    assert!(
+        refilled > squeezed + 20 * 1024,
+        "the guest did not use its memory again: {squeezed} -> {refilled} KiB"
+    );
+}

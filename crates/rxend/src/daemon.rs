@@ -927,7 +927,9 @@ impl Daemon {
     /// One round of supervision: reap children, sample CPU time, and handle
     /// every domain whose VMM has gone.
     pub fn supervise(&self) {
-        reap_children();
+        // Only the VMMs rxend spawned: reaping any child would steal the exit
+        // status of helpers other threads wait for (`ip`, hotplug scripts).
+        vmm::reap_children();
         let ticks = procfs::clock_ticks().max(1);
         let mut gone = Vec::new();
         let mut to_save = Vec::new();
@@ -1074,7 +1076,7 @@ fn kill_vmm(pid: i32, start_ticks: u64) {
 fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        reap_children();
+        vmm::reap_children();
         if !procfs::alive(pid, start_ticks) {
             return true;
         }
@@ -1083,11 +1085,6 @@ fn wait_gone(pid: i32, start_ticks: u64, timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Reaps every exited child so that none lingers as a zombie.
-fn reap_children() {
-    vmm::reap_children();
 }
 
 fn vcpu_cpu_ns(pid: i32, ticks: u64) -> u64 {

@@ -5,6 +5,6 @@
 pub mod client;
 pub mod console;
 pub mod format;
-pub mod shell;
 pub mod sched;
+pub mod shell;
 pub mod top;
