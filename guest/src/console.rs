@@ -10,6 +10,8 @@ use crate::hotplug::Hotplug;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
 use crate::netcmd;
+use crate::pvh;
+use crate::vcpus;
 use crate::work::Vcpu;
 use crate::{print, println, serial};
 
@@ -45,6 +47,8 @@ commands:
   ping ADDR [COUNT]                   ICMP echo
   udpsend ADDR PORT MIB               send UDP datagrams
   spoof SRC DST                       one echo request from a forged source
+  vcpus                               list the vCPUs online
+  balloon                             pages given back to the host
   help         this list";
 
 /// The line editor and command interpreter.
@@ -64,11 +68,12 @@ pub fn run(mut vcpu: Vcpu) -> ! {
     {
         vcpu.next_tick();
     }
+    let online = vcpus::online().min(CHECKED_IN.load(Ordering::Acquire));
     println!(
-        "rxen testguest: booted on {} vCPUs with {} MiB",
-        CHECKED_IN.load(Ordering::Acquire),
+        "rxen testguest: booted on {online} vCPUs with {} MiB",
         info.mem_bytes >> 20
     );
+    vcpus::report();
     let mut console = Console {
         line: [0; LINE_MAX],
         len: 0,
@@ -95,6 +100,10 @@ pub fn run(mut vcpu: Vcpu) -> ! {
         if ticks.wrapping_sub(last_slow_poll) >= SLOW_POLL_TICKS {
             last_slow_poll = ticks;
             hotplug.poll(&mut console.devices);
+            vcpus::poll();
+            if let Some(balloon) = console.devices.balloon() {
+                balloon.poll();
+            }
         }
         while let Some(byte) = serial::try_read() {
             console.input(byte, &mut vcpu);
@@ -223,6 +232,11 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("ping", _) => println!("usage: ping ADDR [COUNT]"),
         ("udpsend", _) => println!("usage: udpsend ADDR PORT MIB"),
         ("spoof", _) => println!("usage: spoof SRC DST"),
+        ("vcpus", 0) => vcpus::show(),
+        ("balloon", 0) => {
+            let pages = devices.balloon().map_or(0, |b| b.inflated());
+            println!("balloon {pages} pages ({} MiB) given back", pages >> 8);
+        }
         ("help", 0) => println!("{HELP}"),
         ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
         ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
@@ -248,9 +262,12 @@ fn burn(args: &Args, vcpu: &mut Vcpu) {
     let target = if args.count == 2 {
         args.number(1).and_then(|v| usize::try_from(v).ok())
     } else {
-        Some(vcpus - 1)
+        Some(mailbox::dirty_vcpu())
     };
     match (seconds, target) {
+        (Some(_), Some(target)) if target < vcpus && !mailbox::wanted(target) => {
+            println!("burn: vcpu {target} is offline")
+        }
         (Some(seconds), Some(target)) if target < vcpus => {
             println!("burning vcpu {target} for {seconds} s");
             if target == vcpu.index {
@@ -266,12 +283,20 @@ fn burn(args: &Args, vcpu: &mut Vcpu) {
 fn power_off() -> ! {
     println!("powering off");
     outb(POWER_PORT, 0);
-    halt_forever()
+    after_power_port()
 }
 
 fn reboot() -> ! {
     println!("rebooting");
     outb(POWER_PORT, 1);
+    after_power_port()
+}
+
+/// Under rxen the power port ends the guest; under another PVH loader (QEMU) a triple fault does.
+fn after_power_port() -> ! {
+    if pvh::booted_via_pvh() {
+        pvh::triple_fault()
+    }
     halt_forever()
 }
 

@@ -21,8 +21,10 @@ mod mailbox;
 mod mem;
 mod net;
 mod netcmd;
+mod pvh;
 mod serial;
 mod time;
+mod vcpus;
 mod virtio;
 mod work;
 
@@ -87,6 +89,7 @@ fn setup(boot_info: u64) {
     outb(0xA1, 0xFF);
     idt::build();
     mailbox::set_boot_info(info);
+    vcpus::init();
     if !apic::has_deadline_timer() {
         println!("rxen testguest: no x2APIC TSC-deadline timer, polling with pause");
     }

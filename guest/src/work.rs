@@ -11,6 +11,8 @@ use crate::println;
 
 const PAGE: u64 = freemem::PAGE;
 const MIB: u64 = 1 << 20;
+/// Ticks between wake-ups of a parked (offline) vCPU: 100 ms.
+const PARKED_TICKS: u64 = 10;
 
 /// The pages `dirty R` rewrites (the free region), and where it is in them.
 struct Dirtier {
@@ -43,6 +45,10 @@ impl Dirtier {
         let count = self.credit / 100;
         self.credit %= 100;
         for _ in 0..count {
+            // `dirty 0` takes effect at once, even in the middle of a tick.
+            if DIRTY_MIB_PER_S.load(Ordering::Relaxed) == 0 {
+                break;
+            }
             self.value = self.value.wrapping_add(1);
             // The end is reread for every page: the balloon may lower it meanwhile.
             let pages = freemem::end().saturating_sub(start) / PAGE;
@@ -68,17 +74,16 @@ pub struct Vcpu {
     pub index: usize,
     /// This vCPU's 10 ms tick source.
     pub timer: Timer,
-    dirtier: Option<Dirtier>,
+    dirtier: Dirtier,
 }
 
 impl Vcpu {
     /// Creates the per-vCPU state (after the boot info has been published).
     pub fn new(index: usize, timer: Timer) -> Vcpu {
-        let dirtier = (index == mailbox::dirty_vcpu()).then(Dirtier::new);
         Vcpu {
             index,
             timer,
-            dirtier,
+            dirtier: Dirtier::new(),
         }
     }
 
@@ -87,8 +92,8 @@ impl Vcpu {
         if self.index == 0 {
             TICKS.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(dirtier) = self.dirtier.as_mut() {
-            dirtier.tick(DIRTY_MIB_PER_S.load(Ordering::Relaxed));
+        if self.index == mailbox::dirty_vcpu() {
+            self.dirtier.tick(DIRTY_MIB_PER_S.load(Ordering::Relaxed));
         }
     }
 
@@ -118,11 +123,23 @@ impl Vcpu {
         println!("burn done on vcpu {}", self.index);
     }
 
-    /// The loop of every vCPU but 0: tick, and burn when asked.
+    /// The loop of every vCPU but 0: tick, and burn when asked; while the host wants this
+    /// vCPU offline (port 0x516), it is parked: it wakes every 100 ms only to check again.
     pub fn run_secondary(&mut self) -> ! {
+        let tsc_khz = mailbox::boot_info().tsc_khz;
+        let mut parked = false;
         loop {
             self.next_tick();
-            if let Some(seconds) = mailbox::take_burn(self.index) {
+            let wanted = mailbox::wanted(self.index);
+            if wanted == parked {
+                parked = !wanted;
+                self.timer
+                    .set_ticks_per_wakeup(if parked { PARKED_TICKS } else { 1 }, tsc_khz);
+            }
+            if parked {
+                // A burn asked of an offline vCPU is dropped.
+                let _ = mailbox::take_burn(self.index);
+            } else if let Some(seconds) = mailbox::take_burn(self.index) {
                 self.burn(seconds);
             }
         }

@@ -19,6 +19,11 @@ pub enum VmRequest {
     Destroy,
     /// Report state and counters.
     Stats,
+    /// Set the balloon's target: the guest should keep `target_mib` MiB and give the rest back.
+    SetBalloon {
+        /// Memory the guest keeps, in MiB (at most the boot size).
+        target_mib: u64,
+    },
     /// Hot-plug a disk into the lowest free slot.
     AttachDisk {
         /// The disk.
@@ -87,6 +92,20 @@ pub struct VmStats {
     /// One entry per NIC.
     #[serde(default)]
     pub nics: Vec<NicStats>,
+    /// The balloon, when the VM has one.
+    #[serde(default)]
+    pub balloon: Option<BalloonStats>,
+}
+
+/// The state of the virtio-balloon, in 4 KiB pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStats {
+    /// Pages the host asked for.
+    pub target_pages: u32,
+    /// Pages the guest driver says it holds.
+    pub actual_pages: u32,
+    /// Pages given back to the host (dropped from the VMM's memory).
+    pub inflated_pages: u64,
 }
 
 /// Counters of one virtual disk.

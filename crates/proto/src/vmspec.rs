@@ -43,6 +43,9 @@ pub struct VmSpec {
     /// Network interfaces, in slot order after the disks.
     #[serde(default)]
     pub nics: Vec<NicDevice>,
+    /// Give the guest a virtio-balloon device in the last slot (15), for `rxl mem-set`.
+    #[serde(default)]
+    pub balloon: bool,
 }
 
 /// One virtual disk as the VMM opens it (rxend has resolved the path and checked access).

@@ -25,6 +25,10 @@ use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
 use crate::storage;
 use crate::vmm::{self, VmmError};
 
+mod memory_ops;
+mod sched_ops;
+pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
+
 /// Built-in kernels that `kernel = "builtin:NAME"` may name.
 pub const BUILTIN_KERNELS: &[&str] = &["testguest"];
 
@@ -91,6 +95,8 @@ struct Entry {
     busy: Option<Busy>,
     /// vCPU time of the current VMM, sampled by the supervisor, in nanoseconds.
     live_cpu_ns: u64,
+    /// When `live_cpu_ns` was last written to the record.
+    saved_at: Instant,
 }
 
 struct Table {
@@ -117,6 +123,10 @@ pub struct Daemon {
     pub log: Log,
     store: RecordStore,
     table: Mutex<Table>,
+    /// CPU cgroups (`None` when the host has none or they are turned off).
+    cgroups: Option<crate::cgroup::Cgroups>,
+    /// Domain-0's credit weight.
+    dom0_weight: std::sync::atomic::AtomicU32,
 }
 
 fn now_secs() -> f64 {
@@ -134,6 +144,11 @@ pub fn check_name(name: &str) -> Result<(), DaemonError> {
 impl Daemon {
     /// Opens the state directory, loads every record and adopts domains whose VMM still runs.
     pub fn open(paths: Paths) -> std::io::Result<Daemon> {
+        Daemon::open_with(paths, SchedOptions::default())
+    }
+
+    /// [`Daemon::open`] with scheduler options (cgroup name, Domain-0's weight).
+    pub fn open_with(paths: Paths, sched: SchedOptions) -> std::io::Result<Daemon> {
         fs::create_dir_all(&paths.state_dir)?;
         fs::create_dir_all(paths.state_dir.join("dom"))?;
         let log = Log::open(&paths.log_file());
@@ -162,9 +177,10 @@ impl Daemon {
                     domains.insert(
                         rec.domid,
                         Entry {
+                            live_cpu_ns: rec.vmm_cpu_ns,
                             rec,
                             busy: None,
-                            live_cpu_ns: 0,
+                            saved_at: Instant::now(),
                         },
                     );
                 }
@@ -176,7 +192,8 @@ impl Daemon {
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or(1);
         let next_domid = stored_next.max(max_id + 1).max(1);
-        Ok(Daemon {
+        let cgroups = sched_ops::open_cgroups(&sched, &log);
+        let daemon = Daemon {
             paths,
             log,
             store,
@@ -184,7 +201,11 @@ impl Daemon {
                 domains,
                 next_domid,
             }),
-        })
+            cgroups,
+            dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
+        };
+        daemon.adopt_sched();
+        Ok(daemon)
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -317,6 +338,7 @@ impl Daemon {
         }
         warnings.extend(not_enforced_yet(&config));
         let created = self.start(config, Some(path.to_string()), paused)?;
+        warnings.extend(created.warnings.iter().cloned());
         Ok(Created {
             warnings,
             ..created
@@ -359,6 +381,12 @@ impl Daemon {
                 config_path,
                 created_at: now_secs(),
                 cpu_time_ns: 0,
+                vmm_cpu_ns: 0,
+                net_tx_bytes: 0,
+                net_rx_bytes: 0,
+                vmm_net_tx_bytes: 0,
+                vmm_net_rx_bytes: 0,
+                mem_target_mib: None,
                 state: DomainState::Running {
                     pid: 0,
                     start_ticks: 0,
@@ -371,6 +399,7 @@ impl Daemon {
                     rec,
                     busy: Some(Busy::Starting),
                     live_cpu_ns: 0,
+                    saved_at: Instant::now(),
                 },
             );
             domid
@@ -399,6 +428,7 @@ impl Daemon {
             cmdline: config.cmdline.clone().unwrap_or_default(),
             run_dir: run_dir.clone(),
             start_paused: paused,
+            balloon: true,
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
@@ -417,6 +447,7 @@ impl Daemon {
                 let rec = e.rec.clone();
                 drop(t);
                 self.save(&rec)?;
+                let sched_warnings = self.apply_sched(domid, l.pid, &config, true);
                 self.log.info(format!(
                     "domain {domid} ({name}) started: VMM pid {}, {} MiB, {} vCPUs{}",
                     l.pid,
@@ -427,7 +458,7 @@ impl Daemon {
                 Ok(Created {
                     domid,
                     name,
-                    warnings: Vec::new(),
+                    warnings: sched_warnings,
                 })
             }
             Err(err) => {
@@ -652,6 +683,7 @@ impl Daemon {
     fn forget(&self, id: u32) {
         self.unplug_devices(id, &self.paths.run_dir(id));
         self.table().domains.remove(&id);
+        self.remove_sched(id);
         if let Err(e) = self.store.remove(id) {
             self.log
                 .error(format!("cannot remove record of domain {id}: {e}"));
@@ -721,6 +753,7 @@ impl Daemon {
         reap_children();
         let ticks = procfs::clock_ticks().max(1);
         let mut gone = Vec::new();
+        let mut to_save = Vec::new();
         {
             let mut t = self.table();
             for e in t.domains.values_mut() {
@@ -733,11 +766,24 @@ impl Daemon {
                 {
                     if procfs::alive(pid, start_ticks) {
                         e.live_cpu_ns = vcpu_cpu_ns(pid, ticks);
+                        if e.rec.vmm_cpu_ns != e.live_cpu_ns
+                            && e.saved_at.elapsed() >= ACCOUNTING_SAVE_INTERVAL
+                        {
+                            e.rec.vmm_cpu_ns = e.live_cpu_ns;
+                            e.saved_at = Instant::now();
+                            to_save.push(e.rec.clone());
+                        }
                     } else {
                         e.busy = Some(Busy::Exiting);
                         gone.push(e.rec.domid);
                     }
                 }
+            }
+        }
+        self.account_devices(&mut to_save);
+        for rec in to_save {
+            if let Err(e) = self.save(&rec) {
+                self.log.error(e);
             }
         }
         for id in gone {
@@ -755,10 +801,16 @@ impl Daemon {
         let Some(mut rec) = self.table().domains.get(&id).map(|e| {
             let mut r = e.rec.clone();
             r.cpu_time_ns += e.live_cpu_ns;
+            r.vmm_cpu_ns = 0;
+            r.net_tx_bytes += r.vmm_net_tx_bytes;
+            r.net_rx_bytes += r.vmm_net_rx_bytes;
+            r.vmm_net_tx_bytes = 0;
+            r.vmm_net_rx_bytes = 0;
             r
         }) else {
             return;
         };
+        self.remove_sched(id);
         let action = match reason {
             ExitReason::Poweroff => rec.config.on_poweroff,
             ExitReason::Reboot => rec.config.on_reboot,
@@ -825,6 +877,11 @@ impl Daemon {
         }
     }
 }
+
+/// How often the supervisor writes a running domain's CPU time to its record,
+/// so that the figure survives an rxend restart (and a VMM that ends while
+/// rxend is away).
+const ACCOUNTING_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Kills a VMM process if it is still the one we started.
 fn kill_vmm(pid: i32, start_ticks: u64) {
@@ -913,7 +970,7 @@ fn domain_info(e: &Entry) -> DomainInfo {
         domid: e.rec.domid,
         name: e.rec.name.clone(),
         uuid: e.rec.uuid.clone(),
-        memory_mib: e.rec.config.memory_mib,
+        memory_mib: e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib),
         maxmem_mib: e.rec.config.maxmem_mib,
         vcpus: if online { e.rec.config.vcpus } else { 0 },
         state: state_string(e),
@@ -984,9 +1041,6 @@ fn kernel_source(
 /// Settings that are accepted but not enforced yet; the user is told.
 fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
     let mut out = Vec::new();
-    if config.cpu_weight != 256 || config.cap != 0 || config.cpus.is_some() {
-        out.push("cpu_weight, cap and cpus are recorded but not enforced yet".to_string());
-    }
     if config.maxmem_mib > config.memory_mib {
         out.push(format!(
             "maxmem ({} MiB) above memory ({} MiB) needs ballooning, which is not supported yet: the guest gets {} MiB",

@@ -45,6 +45,25 @@ fn rfc1071_example() {
 }
 
 #[test]
+fn word_checksum_equals_the_bytewise_sum_for_every_length() {
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 37 + 11) as u8).collect();
+    for len in 0..data.len() {
+        let mut sum = 0u64;
+        for pair in data[..len].chunks(2) {
+            sum += u64::from(pair[0]) << 8 | u64::from(*pair.get(1).unwrap_or(&0));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xFFFF) + (sum >> 16);
+        }
+        assert_eq!(
+            proto::checksum(&data[..len], 0),
+            !(sum as u16),
+            "length {len}"
+        );
+    }
+}
+
+#[test]
 fn echo_request_gets_a_valid_reply() {
     let frame = echo_request();
     let mut out = [0u8; 1514];

@@ -103,7 +103,11 @@ fn udpsend_delivers_datagrams_with_correct_checksums() {
     socket
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
-    let line = machine.command(&format!("udpsend {} 9999 1", host(n)), "udpsend ");
+    // A whole MiB takes a while under this project's PVM (the guest's loops run slowly there).
+    let command = format!("udpsend {} 9999 1", host(n));
+    machine.send(&format!("{command}\n"));
+    assert_eq!(machine.expect_line(&command, harness::LONG_WAIT), command);
+    let line = machine.expect_line("udpsend ", Duration::from_secs(180));
     assert!(
         line.starts_with("udpsend done 1048576 bytes in "),
         "bad line {line:?}"

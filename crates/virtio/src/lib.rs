@@ -46,12 +46,14 @@
 
 #![deny(missing_docs)]
 
+pub mod balloon;
 pub mod block;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
 
+pub use balloon::{Balloon, BalloonError, BalloonHandle, BALLOON_PAGE};
 pub use block::{Block, BlockConfig, BlockError, BlockStats, BlockStatsSnapshot};
 pub use device::{Activation, DeviceError, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptKind, IrqLine};

@@ -30,6 +30,10 @@ pub trait ControlTarget {
     fn destroy(&mut self) -> Result<(), ControlError>;
     /// Current counters.
     fn stats(&mut self) -> Result<VmStats, ControlError>;
+    /// Sets the balloon so that the guest keeps `target_mib` MiB.
+    fn set_balloon(&mut self, _target_mib: u64) -> Result<(), ControlError> {
+        Err(ControlError::Failed("ballooning is not supported".into()))
+    }
     /// Hot-plugs a disk.
     fn attach_disk(&mut self, _disk: &DiskDevice) -> Result<(), ControlError> {
         Err(ControlError::Failed(
@@ -100,6 +104,7 @@ pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
             Ok(s) => VmResponse::Stats(s),
             Err(e) => error(e),
         },
+        VmRequest::SetBalloon { target_mib } => ok(target.set_balloon(target_mib)),
         VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk)),
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
@@ -192,6 +197,7 @@ mod tests {
                 rss_kib: 2,
                 disks: vec![],
                 nics: vec![],
+                balloon: None,
             })
         }
     }

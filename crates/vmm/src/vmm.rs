@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
-use rxen_proto::vmctl::{VcpuState, VcpuStats, VmStats};
+use rxen_proto::vmctl::{BalloonStats, VcpuState, VcpuStats, VmStats};
 use rxen_proto::vmspec::{files, DiskDevice, ExitReason, ExitRecord, NicDevice, VmSpec};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -153,6 +153,8 @@ pub struct Vm {
     pub pio: Arc<PioBus>,
     /// The virtio-mmio slots and their devices.
     pub slots: Arc<VirtioSlots>,
+    /// The balloon in the last slot, when the spec asks for one.
+    pub balloon: Option<rxen_virtio::BalloonHandle>,
     vcpus: Vec<VcpuHandle>,
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
@@ -231,11 +233,21 @@ impl Vm {
             let slot = slots.add_nic(&kvm.fd, n)?;
             tracing::info!(slot, mac = %n.mac, tap = %n.tap, "nic attached");
         }
-        let cmdline = format!(
+        let mut cmdline = format!(
             "{}{}",
             spec.cmdline,
             virtio_slots::linux_cmdline_entries(slots.occupied())
         );
+        let balloon = if spec.balloon {
+            let handle = slots.add_balloon(&kvm.fd, 0)?;
+            tracing::info!(slot = virtio_slots::BALLOON_SLOT, "balloon attached");
+            cmdline.push_str(&VirtioSlots::linux_cmdline_entry(
+                virtio_slots::BALLOON_SLOT,
+            ));
+            Some(handle)
+        } else {
+            None
+        };
 
         let image = loader::read_kernel(&spec.kernel)?;
         let kernel = loader::load(
@@ -330,6 +342,7 @@ impl Vm {
             input_drained,
             pio: Arc::new(pio),
             slots,
+            balloon,
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
@@ -428,6 +441,11 @@ impl Vm {
             rss_kib: stats::rss_kib().unwrap_or(0),
             disks,
             nics,
+            balloon: self.balloon.as_ref().map(|b| BalloonStats {
+                target_pages: b.target_pages(),
+                actual_pages: b.actual_pages(),
+                inflated_pages: b.inflated_pages(),
+            }),
         }
     }
 }
@@ -465,6 +483,21 @@ impl ControlTarget for Vm {
 
     fn stats(&mut self) -> Result<VmStats, ControlError> {
         Ok(self.vm_stats())
+    }
+
+    fn set_balloon(&mut self, target_mib: u64) -> Result<(), ControlError> {
+        let Some(b) = &self.balloon else {
+            return Err(ControlError::Failed("this domain has no balloon".into()));
+        };
+        if target_mib == 0 || target_mib > self.spec.memory_mib {
+            return Err(ControlError::Failed(format!(
+                "memory target {target_mib} MiB is outside 1..={} MiB",
+                self.spec.memory_mib
+            )));
+        }
+        let pages = (self.spec.memory_mib - target_mib) * (1 << 20) / rxen_virtio::BALLOON_PAGE;
+        b.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        Ok(())
     }
 
     fn attach_disk(&mut self, disk: &DiskDevice) -> Result<(), ControlError> {

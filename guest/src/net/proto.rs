@@ -75,11 +75,17 @@ fn array<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
 /// The Internet checksum (RFC 1071) of `data`, continuing from the partial sum `sum`.
 pub fn checksum(data: &[u8], sum: u32) -> u16 {
     let mut sum = u64::from(sum);
-    let mut chunks = data.chunks_exact(2);
-    for pair in &mut chunks {
+    // Summing 32-bit big-endian words and folding later gives the same one's-complement sum
+    // (2^16 = 1 modulo 0xFFFF) with half the additions.
+    let mut words = data.chunks_exact(4);
+    for word in &mut words {
+        sum += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+    }
+    let mut pairs = words.remainder().chunks_exact(2);
+    for pair in &mut pairs {
         sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
     }
-    if let Some(&last) = chunks.remainder().first() {
+    if let Some(&last) = pairs.remainder().first() {
         sum += u64::from(last) << 8;
     }
     while sum >> 16 != 0 {

@@ -146,7 +146,15 @@ pub enum SlotKind {
         /// Its counters.
         stats: Arc<NetStats>,
     },
+    /// The virtio-balloon (in [`BALLOON_SLOT`]).
+    Balloon {
+        /// The VMM's side of it.
+        handle: rxen_virtio::BalloonHandle,
+    },
 }
+
+/// The slot the balloon takes: the last one, so that disks and NICs keep slots from 0.
+pub const BALLOON_SLOT: usize = SLOT_COUNT - 1;
 
 struct SlotDev {
     transport: Arc<Mutex<MmioTransport>>,
@@ -343,15 +351,29 @@ impl VirtioSlots {
         }
     }
 
-    /// The number of occupied slots (boot devices take slots 0..n).
+    /// The number of occupied slots (boot devices take slots 0..n; the balloon is not counted).
     pub fn occupied(&self) -> usize {
-        self.read_slots().iter().filter(|s| s.is_some()).count()
+        self.read_slots()
+            .iter()
+            .flatten()
+            .filter(|d| !matches!(d.kind, SlotKind::Balloon { .. }))
+            .count()
+    }
+
+    /// The `virtio_mmio.device=` entry of one slot, for a Linux command line.
+    pub fn linux_cmdline_entry(slot: usize) -> String {
+        format!(
+            " virtio_mmio.device=4K@{:#x}:{}",
+            slot_addr(slot),
+            GSI_BASE + slot as u32
+        )
     }
 
     fn has(&self, disk: bool, devid: u32) -> bool {
         self.read_slots().iter().flatten().any(|d| match &d.kind {
             SlotKind::Disk { spec, .. } => disk && spec.devid == devid,
             SlotKind::Nic { spec, .. } => !disk && spec.devid == devid,
+            SlotKind::Balloon { .. } => false,
         })
     }
 
@@ -425,6 +447,26 @@ impl VirtioSlots {
         )
     }
 
+    /// Puts a virtio-balloon with an initial target of `pages` 4 KiB pages in [`BALLOON_SLOT`].
+    pub fn add_balloon(
+        &self,
+        vm: &VmFd,
+        pages: u32,
+    ) -> Result<rxen_virtio::BalloonHandle, SlotError> {
+        let balloon = rxen_virtio::Balloon::new(pages);
+        let handle = balloon.handle();
+        self.install_in(
+            vm,
+            Box::new(balloon),
+            SlotKind::Balloon {
+                handle: handle.clone(),
+            },
+            Vec::new(),
+            Some(BALLOON_SLOT),
+        )?;
+        Ok(handle)
+    }
+
     /// Wires a device into the lowest free slot. `extra` fds (owned by the device, which outlives
     /// the I/O thread) are watched too.
     fn install(
@@ -434,11 +476,24 @@ impl VirtioSlots {
         kind: SlotKind,
         extra: Vec<(RawFd, u64, bool)>,
     ) -> Result<usize, SlotError> {
+        self.install_in(vm, device, kind, extra, None)
+    }
+
+    /// [`VirtioSlots::install`] into slot `at` (which must be free), or the lowest free one.
+    fn install_in(
+        &self,
+        vm: &VmFd,
+        device: Box<dyn rxen_virtio::VirtioDevice>,
+        kind: SlotKind,
+        extra: Vec<(RawFd, u64, bool)>,
+        at: Option<usize>,
+    ) -> Result<usize, SlotError> {
         let mut slots = self.write_slots();
-        let idx = slots
-            .iter()
-            .position(Option::is_none)
-            .ok_or(SlotError::Full)?;
+        let idx = match at {
+            Some(i) => Some(i).filter(|&i| slots.get(i).is_some_and(Option::is_none)),
+            None => slots.iter().position(Option::is_none),
+        }
+        .ok_or(SlotError::Full)?;
         let gsi = GSI_BASE + idx as u32;
         let new_evt = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
         let irq = new_evt().map_err(sys("create an event fd"))?;
@@ -489,6 +544,7 @@ impl VirtioSlots {
         let name = match &kind {
             SlotKind::Disk { spec, .. } => format!("blk-{}", spec.vdev),
             SlotKind::Nic { spec, .. } => format!("net-{}", spec.devid),
+            SlotKind::Balloon { .. } => "balloon".to_string(),
         };
         let thread = std::thread::Builder::new()
             .name(name)
@@ -526,6 +582,7 @@ impl VirtioSlots {
                 s.as_ref().is_some_and(|d| match &d.kind {
                     SlotKind::Disk { spec, .. } => disk && spec.devid == devid,
                     SlotKind::Nic { spec, .. } => !disk && spec.devid == devid,
+                    SlotKind::Balloon { .. } => false,
                 })
             })
             .ok_or(SlotError::NotFound {
@@ -639,6 +696,7 @@ impl VirtioSlots {
                         rx_drops: s.rx_drops,
                     });
                 }
+                SlotKind::Balloon { .. } => {}
             }
         }
         (disks, nics)

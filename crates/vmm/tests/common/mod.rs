@@ -42,6 +42,7 @@ pub fn spec(dir: &Path, kernel: KernelSource, vcpus: u32, memory_mib: u64) -> Vm
         start_paused: false,
         disks: Vec::new(),
         nics: Vec::new(),
+        balloon: false,
     }
 }
 
