@@ -6,7 +6,9 @@
 //! VMM's buffered reads see, and with `O_DIRECT`). Network: the guest's `udpsend` (1400-byte UDP
 //! datagrams through virtio-net, a TAP and a bridge) to a receiver on the host, counted at the
 //! receiver. Run it as root on a host with /dev/kvm, after
-//! `cargo build --release --workspace --bins`: `target/release/rxen-devbench`.
+//! `cargo build --release --workspace --bins`: `target/release/rxen-devbench [DISK_MIB [NET_MIB]]`. Each measurement runs twice: with
+//! queue notifications through ioeventfds and a device thread (the default), and handled inline by
+//! the notifying vCPU (`RXEN_VIRTIO_NOTIFY=inline`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -31,7 +33,7 @@ struct Host {
 }
 
 impl Host {
-    fn start() -> Host {
+    fn start(mode: &str) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("rxen-devbench-")
             .tempdir()
@@ -41,6 +43,7 @@ impl Host {
             .arg(dir.path().join("rxend.sock"))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .env("RXEN_VIRTIO_NOTIFY", mode)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -216,8 +219,8 @@ fn libc_o_direct() -> i32 {
     0o40000
 }
 
-fn disk(rows: &mut Vec<String>, mib: u64) {
-    let host = Host::start();
+fn disk(rows: &mut Vec<String>, mib: u64, mode: &str) {
+    let host = Host::start(mode);
     let img = host.dir.path().join("bench.img");
     File::create(&img)
         .and_then(|f| f.set_len(mib << 20))
@@ -239,15 +242,15 @@ fn disk(rows: &mut Vec<String>, mib: u64) {
     let h_r = rate(bytes, host_read(&img, mib, false));
     let h_rd = rate(bytes, host_read(&img, mib, true));
     rows.push(format!(
-        "| disk write, {mib} MiB sequential, 64 KiB requests | {g_w:.1} MiB/s | {h_w:.1} MiB/s (pwrite + fdatasync) | {:.2} |",
+        "| {mode}: disk write, {mib} MiB sequential, 64 KiB requests | {g_w:.1} MiB/s | {h_w:.1} MiB/s (pwrite + fdatasync) | {:.2} |",
         g_w / h_w
     ));
     rows.push(format!(
-        "| disk read, {mib} MiB sequential, 64 KiB requests | {g_r:.1} MiB/s | {h_r:.1} MiB/s (page cache) | {:.2} |",
+        "| {mode}: disk read, {mib} MiB sequential, 64 KiB requests | {g_r:.1} MiB/s | {h_r:.1} MiB/s (page cache) | {:.2} |",
         g_r / h_r
     ));
     rows.push(format!(
-        "| disk read, same, host with O_DIRECT | {g_r:.1} MiB/s | {h_rd:.1} MiB/s (O_DIRECT) | {:.2} |",
+        "| {mode}: disk read, same, host with O_DIRECT | {g_r:.1} MiB/s | {h_rd:.1} MiB/s (O_DIRECT) | {:.2} |",
         g_r / h_rd
     ));
 }
@@ -298,8 +301,8 @@ fn receive(sock: &std::net::UdpSocket, idle: Duration) -> (u64, Duration) {
     )
 }
 
-fn network(rows: &mut Vec<String>, mib: u64) {
-    let host = Host::start();
+fn network(rows: &mut Vec<String>, mib: u64, mode: &str) {
+    let host = Host::start(mode);
     let br = Bridge::new(
         &format!("rxbench{}", std::process::id() % 10000),
         "10.250.77.1/24",
@@ -309,8 +312,10 @@ fn network(rows: &mut Vec<String>, mib: u64) {
     con.until("ip 10.250.77.2/24 on nic", Duration::from_secs(30));
     let sock = std::net::UdpSocket::bind("10.250.77.1:0").expect("bind");
     let port = sock.local_addr().expect("addr").port();
+    eprintln!("network: guest up, sending {mib} MiB");
     con.send(&format!("udpsend 10.250.77.1 {port} {mib}"));
     let (bytes, took) = receive(&sock, Duration::from_secs(3));
+    eprintln!("network: received {bytes} bytes");
     let done = con.until("udpsend done", Duration::from_secs(600));
     drop(con);
     // The same volume sent by the host itself to the same receiver, through its own stack.
@@ -327,7 +332,7 @@ fn network(rows: &mut Vec<String>, mib: u64) {
     let g = rate(bytes, took);
     let h = rate(h_bytes, h_took);
     rows.push(format!(
-        "| UDP guest to host, {mib} MiB in 1400-byte datagrams (received {:.1} MiB; guest: `{done}`) | {g:.1} MiB/s | {h:.1} MiB/s (host to itself, same receiver) | {:.2} |",
+        "| {mode}: UDP guest to host, {mib} MiB in 1400-byte datagrams (received {:.1} MiB; guest: `{done}`) | {g:.1} MiB/s | {h:.1} MiB/s (host to itself, same receiver) | {:.2} |",
         bytes as f64 / (1 << 20) as f64,
         g / h
     ));
@@ -339,9 +344,15 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(64);
     let mut rows = Vec::new();
-    disk(&mut rows, mib);
-    if std::env::args().nth(2).as_deref() != Some("disk-only") {
-        network(&mut rows, mib.min(64));
+    let net_mib: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(4);
+    // Queue notifications through ioeventfds and a device thread (rxen's default), and
+    // handled by the notifying vCPU itself, for comparison.
+    for mode in ["ioeventfd", "inline"] {
+        disk(&mut rows, mib, mode);
+        network(&mut rows, net_mib, mode);
     }
     println!("| measurement | guest | host directly | guest / host |");
     println!("|---|---|---|---|");

@@ -365,22 +365,20 @@ fn master_of(name: &str) -> Option<String> {
 fn vifs_get_taps_on_their_bridge_and_lose_them_however_the_domain_ends() {
     let mut host = Host::start();
     let br = Bridge::new(None);
+    // Named TAPs: other rxends on this host (tests run side by side) number their domains from
+    // 1 too, so the default `vif<domid>.<devid>` names would collide; rxend's unit tests check
+    // the default names.
+    let first = format!("rxv{}", unique());
     let tap = format!("rxt{}", unique());
     let _con = host.create_guest(
         "plugged",
         1,
         64,
         &format!(
-            "vif = [ 'bridge={},mac=00:16:3e:12:34:56', 'bridge={},vifname={tap}' ]",
+            "vif = [ 'bridge={},mac=00:16:3e:12:34:56,vifname={first}', 'bridge={},vifname={tap}' ]",
             br.name, br.name
         ),
     );
-    let domid: u32 = host
-        .rxl_ok(&["domid", "plugged"])
-        .trim()
-        .parse()
-        .expect("domid");
-    let first = format!("vif{domid}.0");
     assert_eq!(master_of(&first).as_deref(), Some(br.name.as_str()));
     assert_eq!(master_of(&tap).as_deref(), Some(br.name.as_str()));
     let list = host.rxl_ok(&["network-list", "plugged"]);
@@ -396,13 +394,14 @@ fn vifs_get_taps_on_their_bridge_and_lose_them_however_the_domain_ends() {
     assert!(!iface_exists(&first) && !iface_exists(&tap));
 
     // A VMM killed while rxend is down: the TAP goes when rxend comes back.
-    let _con = host.create_guest("killed", 1, 64, &format!("vif = [ 'bridge={}' ]", br.name));
-    let domid: u32 = host
-        .rxl_ok(&["domid", "killed"])
-        .trim()
-        .parse()
-        .expect("domid");
-    let vif = format!("vif{domid}.0");
+    let vif = format!("rxv{}", unique());
+    let _con = host.create_guest(
+        "killed",
+        1,
+        64,
+        &format!("vif = [ 'bridge={},vifname={vif}' ]", br.name),
+    );
+    let domid = domid(&host, "killed");
     assert!(iface_exists(&vif));
     let pid = host.vmm_pid(domid);
     host.kill_rxend();

@@ -234,6 +234,25 @@ fn epoll_add(epoll: &Epoll, fd: RawFd, token: u64, edge: bool) -> io::Result<()>
     epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
 }
 
+/// Where queue notifications are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyMode {
+    /// An ioeventfd per queue wakes the device's I/O thread (the default).
+    IoEventFd,
+    /// The vCPU that writes QueueNotify runs the device itself (`RXEN_VIRTIO_NOTIFY=inline`,
+    /// for measurements).
+    Inline,
+}
+
+/// The notification mode of this VMM, from `RXEN_VIRTIO_NOTIFY`.
+pub fn notify_mode() -> NotifyMode {
+    static MODE: std::sync::OnceLock<NotifyMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("RXEN_VIRTIO_NOTIFY").as_deref() {
+        Ok("inline") => NotifyMode::Inline,
+        _ => NotifyMode::IoEventFd,
+    })
+}
+
 /// Token of the stop event in an I/O thread's epoll.
 const TOKEN_STOP: u64 = u64::MAX;
 /// Token of a NIC's TAP.
@@ -501,7 +520,12 @@ impl VirtioSlots {
         // KVM registrations last, undone on failure.
         vm.register_irqfd(&irq, gsi)
             .map_err(kvm_err("register an irqfd"))?;
-        for (q, evt) in notifies.iter().enumerate() {
+        let registered = if notify_mode() == NotifyMode::Inline {
+            &notifies[..0]
+        } else {
+            &notifies[..]
+        };
+        for (q, evt) in registered.iter().enumerate() {
             if let Err(e) = vm.register_ioevent(evt, &notify_addr, q as u32) {
                 for (q, evt) in notifies.iter().enumerate().take(q) {
                     let _ = vm.unregister_ioevent(evt, &notify_addr, q as u32);
@@ -597,7 +621,12 @@ impl VirtioSlots {
         };
         let gsi = GSI_BASE + slot as u32;
         let notify_addr = IoEventAddress::Mmio(slot_addr(slot) + QUEUE_NOTIFY_OFFSET);
-        for (q, evt) in dev.notifies.iter().enumerate() {
+        let registered = if notify_mode() == NotifyMode::Inline {
+            &dev.notifies[..0]
+        } else {
+            &dev.notifies[..]
+        };
+        for (q, evt) in registered.iter().enumerate() {
             if let Err(e) = vm.unregister_ioevent(evt, &notify_addr, q as u32) {
                 tracing::warn!(slot, "cannot unregister an ioeventfd: {e}");
             }
