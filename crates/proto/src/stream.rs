@@ -396,12 +396,15 @@ pub struct ConfigRecord {
 }
 
 /// The shape of the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmInfo {
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// vCPUs.
     pub vcpus: u32,
+    /// The boot protocol of the kernel that runs ("testguest" or "linux").
+    #[serde(default)]
+    pub kernel: String,
 }
 
 /// One device's saved state.

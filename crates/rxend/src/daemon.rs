@@ -385,6 +385,8 @@ impl Daemon {
             cmdline: config.cmdline.clone().unwrap_or_default(),
             run_dir: run_dir.clone(),
             start_paused: paused,
+            restore_from: None,
+            incoming_fd: None,
         };
         match vmm::launch(&spec) {
             Ok(l) => {
@@ -676,7 +678,8 @@ impl Daemon {
             ExitReason::Reboot => rec.config.on_reboot,
             ExitReason::Crash => rec.config.on_crash,
             ExitReason::Watchdog => rec.config.on_watchdog,
-            ExitReason::Destroyed => Action::Destroy,
+            // The domain lives on in a save file or on another host.
+            ExitReason::Destroyed | ExitReason::Saved | ExitReason::Migrated => Action::Destroy,
         };
         self.log.info(format!(
             "domain {id} ({}): {} ({detail}); action {action}",
@@ -787,6 +790,8 @@ fn reason_word(r: ExitReason) -> &'static str {
         ExitReason::Crash => "crashed",
         ExitReason::Watchdog => "watchdog fired",
         ExitReason::Destroyed => "destroyed",
+        ExitReason::Saved => "saved",
+        ExitReason::Migrated => "migrated",
     }
 }
 
@@ -808,7 +813,10 @@ fn state_string(e: &Entry) -> String {
         (DomainState::Shutdown { reason }, _) => {
             s[3] = b's';
             s[4] = match reason {
-                ExitReason::Poweroff | ExitReason::Destroyed => b'-',
+                ExitReason::Poweroff
+                | ExitReason::Destroyed
+                | ExitReason::Saved
+                | ExitReason::Migrated => b'-',
                 ExitReason::Reboot => b'r',
                 ExitReason::Crash => b'c',
                 ExitReason::Watchdog => b'w',

@@ -174,7 +174,7 @@ pub fn request(run_dir: &Path, req: &VmRequest) -> Result<VmResponse, VmmError> 
 /// Sends a request that only needs an acknowledgement.
 pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
     match request(run_dir, req)? {
-        VmResponse::Ok | VmResponse::Stats(_) => Ok(()),
+        VmResponse::Ok | VmResponse::Stats(_) | VmResponse::Transferred(_) => Ok(()),
         VmResponse::Error { message } => Err(VmmError::Control(message)),
     }
 }

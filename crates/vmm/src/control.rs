@@ -1,8 +1,12 @@
 //! The control protocol (`rxen_proto::vmctl`) on `control.sock`: line
 //! framing, request decoding and dispatch to a [`ControlTarget`].
 
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
 use rxen_proto::jsonline::MAX_LINE;
-use rxen_proto::vmctl::{VmRequest, VmResponse, VmStats};
+use rxen_proto::stream::ConfigRecord;
+use rxen_proto::vmctl::{AfterSave, TransferStats, VmRequest, VmResponse, VmStats};
 
 /// Errors a control operation reports back to the client.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +33,30 @@ pub trait ControlTarget {
     fn destroy(&mut self) -> Result<(), ControlError>;
     /// Current counters.
     fn stats(&mut self) -> Result<VmStats, ControlError>;
+    /// Writes the save stream to `path`, then exits, resumes or stays paused.
+    fn save(
+        &mut self,
+        _path: &Path,
+        _config: &ConfigRecord,
+        _then: AfterSave,
+    ) -> Result<TransferStats, ControlError> {
+        Err(ControlError::Failed("save is not supported".into()))
+    }
+    /// Sends the domain over `sock`; on success the VMM must exit.
+    fn migrate(
+        &mut self,
+        _sock: Option<OwnedFd>,
+        _config: &ConfigRecord,
+        _live: bool,
+        _max_rounds: u32,
+        _downtime_ms: u64,
+    ) -> Result<TransferStats, ControlError> {
+        Err(ControlError::Failed("migration is not supported".into()))
+    }
 }
 
 /// The answer to one line, and whether the VMM must end after sending it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     /// The response to send.
     pub response: VmResponse,
@@ -48,6 +72,15 @@ fn error(message: impl std::fmt::Display) -> VmResponse {
 
 /// Decodes one request line and carries it out on `target`.
 pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
+    handle_line_with_fd(line, target, None)
+}
+
+/// Like [`handle_line`], with a file descriptor that came with the line (SCM_RIGHTS).
+pub fn handle_line_with_fd(
+    line: &[u8],
+    target: &mut impl ControlTarget,
+    fd: Option<OwnedFd>,
+) -> Reply {
     let request: VmRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
@@ -79,6 +112,25 @@ pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
         }
         VmRequest::Stats => match target.stats() {
             Ok(s) => VmResponse::Stats(s),
+            Err(e) => error(e),
+        },
+        VmRequest::Save { path, config, then } => match target.save(&path, &config, then) {
+            Ok(s) => {
+                finish = then == AfterSave::Exit;
+                VmResponse::Transferred(s)
+            }
+            Err(e) => error(e),
+        },
+        VmRequest::MigrateSend {
+            config,
+            live,
+            max_rounds,
+            downtime_ms,
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms) {
+            Ok(s) => {
+                finish = true;
+                VmResponse::Transferred(s)
+            }
             Err(e) => error(e),
         },
     };
