@@ -21,6 +21,9 @@ use crate::procfs;
 use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
 use crate::vmm::{self, VmmError};
 
+mod transfer;
+pub use transfer::{MigrateOptions, Reservation};
+
 /// Built-in kernels that `kernel = "builtin:NAME"` may name.
 pub const BUILTIN_KERNELS: &[&str] = &["testguest"];
 
@@ -70,6 +73,8 @@ enum Busy {
     Starting,
     Destroying,
     Exiting,
+    Saving,
+    Migrating,
 }
 
 impl Busy {
@@ -78,6 +83,8 @@ impl Busy {
             Busy::Starting => "starting",
             Busy::Destroying => "being destroyed",
             Busy::Exiting => "shutting down",
+            Busy::Saving => "being saved",
+            Busy::Migrating => "migrating",
         }
     }
 }
@@ -113,6 +120,8 @@ pub struct Daemon {
     pub log: Log,
     store: RecordStore,
     table: Mutex<Table>,
+    /// The relocation key file from rxend's config, used when `rxl migrate` names none.
+    relocation_key: Mutex<Option<PathBuf>>,
 }
 
 fn now_secs() -> f64 {
@@ -180,7 +189,24 @@ impl Daemon {
                 domains,
                 next_domid,
             }),
+            relocation_key: Mutex::new(None),
         })
+    }
+
+    /// Sets the relocation key file (from rxend's config).
+    pub fn set_relocation_key_file(&self, path: Option<PathBuf>) {
+        *self
+            .relocation_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = path;
+    }
+
+    /// The relocation key file from rxend's config.
+    pub fn relocation_key_file(&self) -> Option<PathBuf> {
+        self.relocation_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -327,6 +353,18 @@ impl Daemon {
         config_path: Option<String>,
         paused: bool,
     ) -> Result<Created, DaemonError> {
+        self.start_from(config, config_path, paused, None, None)
+    }
+
+    /// Like [`Self::start`], restoring from a save file or receiving on a migration connection.
+    fn start_from(
+        &self,
+        config: DomainConfig,
+        config_path: Option<String>,
+        paused: bool,
+        restore_from: Option<PathBuf>,
+        incoming: Option<OwnedFd>,
+    ) -> Result<Created, DaemonError> {
         check_name(&config.name)?;
         let kernel = kernel_source(&config, config_path.as_deref())?;
         let uuid = config
@@ -385,10 +423,10 @@ impl Daemon {
             cmdline: config.cmdline.clone().unwrap_or_default(),
             run_dir: run_dir.clone(),
             start_paused: paused,
-            restore_from: None,
+            restore_from,
             incoming_fd: None,
         };
-        match vmm::launch(&spec) {
+        match vmm::launch_with(&spec, incoming) {
             Ok(l) => {
                 let mut t = self.table();
                 let Some(e) = t.domains.get_mut(&domid) else {
@@ -836,7 +874,11 @@ fn domain_info(e: &Entry) -> DomainInfo {
     let online = matches!(e.rec.state, DomainState::Running { .. });
     DomainInfo {
         domid: e.rec.domid,
-        name: e.rec.name.clone(),
+        name: if e.busy == Some(Busy::Migrating) {
+            format!("migrating-{}", e.rec.name)
+        } else {
+            e.rec.name.clone()
+        },
         uuid: e.rec.uuid.clone(),
         memory_mib: e.rec.config.memory_mib,
         maxmem_mib: e.rec.config.maxmem_mib,

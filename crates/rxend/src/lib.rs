@@ -10,5 +10,6 @@ pub mod log;
 pub mod paths;
 pub mod procfs;
 pub mod record;
+pub mod relocation;
 pub mod server;
 pub mod vmm;

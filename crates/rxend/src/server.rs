@@ -103,7 +103,34 @@ fn handle_client(daemon: &Daemon, stream: UnixStream) {
                 return;
             }
         };
-        let sent = match dispatch(daemon, &caller, req) {
+        // Requests that come with a connection: acknowledge, then receive it
+        // in a message of its own (SCM_RIGHTS), so that no buffered read loses it.
+        let wants_fd = matches!(
+            req,
+            Request::Migrate { ssh: true, .. } | Request::MigrateReceive { .. }
+        );
+        let fd = if wants_fd {
+            let mut w = &stream;
+            if jsonline::write(&mut w, &Response::Ok).is_err() {
+                return;
+            }
+            match recv_fd(&stream) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    let mut w = &stream;
+                    let _ = jsonline::write(
+                        &mut w,
+                        &Response::Error {
+                            message: format!("no connection passed with the request: {e}"),
+                        },
+                    );
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let sent = match dispatch(daemon, &caller, req, fd) {
             Reply::Plain(resp) => {
                 let mut w = &stream;
                 jsonline::write(&mut w, &resp).is_ok()
@@ -143,6 +170,40 @@ fn send_with_fd(stream: &UnixStream, resp: &Response, fd: &OwnedFd) -> std::io::
     Ok(())
 }
 
+/// Receives one descriptor sent in a message of its own.
+fn recv_fd(stream: &UnixStream) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut out = None;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                out.get_or_insert(fd);
+            }
+        }
+    }
+    out.ok_or_else(|| std::io::Error::other("no descriptor in the message"))
+}
+
+fn transferred(r: Result<(String, rxen_proto::vmctl::TransferStats), DaemonError>) -> Reply {
+    match r {
+        Ok((name, stats)) => Reply::Plain(Response::Transferred { name, stats }),
+        Err(e) => error(e),
+    }
+}
+
 fn result(r: Result<(), DaemonError>) -> Reply {
     Reply::Plain(match r {
         Ok(()) => Response::Ok,
@@ -158,7 +219,7 @@ fn error(e: DaemonError) -> Reply {
     })
 }
 
-fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
+fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>) -> Reply {
     match req {
         Request::Create {
             path,
@@ -214,6 +275,70 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
             Ok(fd) => Reply::WithFd(Response::Ok, fd),
             Err(e) => error(e),
         },
+        Request::Save {
+            domain,
+            path,
+            checkpoint,
+            paused,
+            config,
+        } => transferred(daemon.save_domain(
+            caller,
+            &domain,
+            &path,
+            checkpoint,
+            paused,
+            config.as_ref(),
+        )),
+        Request::Restore {
+            path,
+            config,
+            paused,
+        } => match daemon.restore_domain(caller, &path, config.as_ref(), paused) {
+            Ok(c) => Reply::Plain(Response::Domain {
+                domid: c.domid,
+                name: c.name,
+                warnings: c.warnings,
+            }),
+            Err(e) => error(e),
+        },
+        Request::Migrate {
+            domain,
+            host,
+            port,
+            key_file,
+            live,
+            max_rounds,
+            downtime_ms,
+            paused,
+            ssh: _,
+        } => transferred(daemon.migrate_domain(
+            caller,
+            &domain,
+            crate::daemon::MigrateOptions {
+                host,
+                port,
+                key_file,
+                live,
+                max_rounds,
+                downtime_ms,
+                paused,
+                channel: fd,
+            },
+        )),
+        Request::MigrateReceive { paused } => {
+            if !caller.is_root() {
+                return error(DaemonError::Denied(
+                    "only root may receive migrated domains".into(),
+                ));
+            }
+            let Some(fd) = fd else {
+                return error(DaemonError::Config("no connection to receive on".into()));
+            };
+            match crate::relocation::receive_over_ssh(daemon, fd, paused) {
+                Ok(()) => Reply::Plain(Response::Ok),
+                Err(e) => Reply::Plain(Response::Error { message: e }),
+            }
+        }
         Request::Quit => {
             if caller.is_root() {
                 Reply::Quit

@@ -4,3 +4,4 @@
 pub mod client;
 pub mod console;
 pub mod format;
+pub mod transfer;
