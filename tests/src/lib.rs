@@ -39,6 +39,8 @@ pub struct Host {
     pub dir: tempfile::TempDir,
     /// rxend's process, while we run it.
     pub rxend: Option<Child>,
+    /// The network namespace rxend (and so its VMMs) runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl Host {
@@ -52,7 +54,31 @@ impl Host {
             .prefix("rxen-e2e-")
             .tempdir()
             .expect("tempdir");
-        let mut h = Host { dir, rxend: None };
+        let mut h = Host {
+            dir,
+            rxend: None,
+            netns: None,
+        };
+        h.start_rxend();
+        h
+    }
+
+    /// Starts an rxend inside network namespace `netns`, with `config` as its config file (TOML).
+    pub fn start_in(netns: &str, config: &str) -> Host {
+        assert!(
+            Path::new("/dev/kvm").exists(),
+            "/dev/kvm is missing: these tests boot real guests"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("rxen-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        fs::write(dir.path().join("rxend.toml"), config).expect("rxend config");
+        let mut h = Host {
+            dir,
+            rxend: None,
+            netns: Some(netns.to_string()),
+        };
         h.start_rxend();
         h
     }
@@ -74,7 +100,16 @@ impl Host {
             .append(true)
             .open(self.dir.path().join("rxend.stderr"))
             .expect("rxend stderr file");
-        let child = Command::new(bin("rxend"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("rxend"));
+                c.arg("--config").arg(self.dir.path().join("rxend.toml"));
+                c
+            }
+            None => Command::new(bin("rxend")),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
@@ -202,6 +237,87 @@ impl Drop for Host {
     }
 }
 
+/// Two network namespaces joined by a veth pair, as two hosts on one link;
+/// removed (with the link) on drop.
+pub struct NetPair {
+    /// The first namespace ("host A").
+    pub a: String,
+    /// The second namespace ("host B").
+    pub b: String,
+    /// A's address on the link.
+    pub addr_a: &'static str,
+    /// B's address on the link.
+    pub addr_b: &'static str,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetPair {
+    /// Creates the namespaces (unique names) and the link, with 10.77.0.1/24 and 10.77.0.2/24.
+    pub fn new() -> NetPair {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id());
+        let pair = NetPair {
+            a: format!("rxa{tag}"),
+            b: format!("rxb{tag}"),
+            addr_a: "10.77.0.1",
+            addr_b: "10.77.0.2",
+        };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &pair.a]);
+        ip(&["link", "set", &vb, "netns", &pair.b]);
+        for (ns, dev, addr) in [(&pair.a, &va, pair.addr_a), (&pair.b, &vb, pair.addr_b)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+}
+
+impl Default for NetPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// PIDs of processes whose command line contains every one of `needles`.
+pub fn pids_with(needles: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if needles.iter().all(|n| cmdline.contains(n)) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Polls `cond` until it holds, failing the test after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -321,7 +437,24 @@ impl Console {
         self.sync();
         self.send("heartbeat");
         let line = self.wait_for("heartbeat ", Duration::from_secs(10));
-        // The echo of the command is "heartbeat" alone; the answer carries the number.
+        // The echo of the command is "heartbeat" alone; the answer carries the
+        // number. A busy guest may not have printed all of it yet: wait for the
+        // end of its line.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut line = line;
+        loop {
+            let out = self.output();
+            if let Some(at) = out.rfind(&line) {
+                if let Some(end) = out[at..].find('\n') {
+                    line = out[at..at + end].trim_end_matches('\r').to_string();
+                    let mut seen = self.seen.lock().expect("seen");
+                    *seen = (*seen).max(at + end);
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "no end to the line {line:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         line.rsplit(' ')
             .next()
             .and_then(|n| n.trim().parse().ok())
