@@ -242,9 +242,9 @@ fn killing_the_target_mid_migration_leaves_the_source_running() {
     let killer = std::thread::spawn(move || {
         // Kill the receiving VMM as soon as it exists.
         for _ in 0..20_000 {
-            for pid in rxen_e2e::pids_with(&["rxen-vmm", &marker]) {
+            if let Some(pid) = rxen_e2e::pids_with(&["rxen-vmm", &marker]).first() {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
+                    nix::unistd::Pid::from_raw(*pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 return true;
