@@ -2,7 +2,9 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::blkcmd;
 use crate::cpu::{halt_forever, inb, outb};
+use crate::devices::Devices;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
 use crate::work::Vcpu;
@@ -25,6 +27,12 @@ commands:
   crash        crash (pvpanic)
   burn S [V]   spin vCPU V (default: the last) for S seconds
   dirty R      rewrite free memory at R MiB/s (0 stops)
+  disks        list the disks
+  blkwrite SERIAL SECTOR COUNT SEED   write a pattern
+  blkread SERIAL SECTOR COUNT         read and print the CRC-32
+  blkflush SERIAL                     flush the disk
+  blkbench SERIAL read|write MIB      measure throughput
+  blkbad SERIAL                       send malformed requests
   help         this list";
 
 /// The line editor and command interpreter.
@@ -32,6 +40,7 @@ struct Console {
     line: [u8; LINE_MAX],
     len: usize,
     after_cr: bool,
+    devices: Devices,
 }
 
 /// Runs vCPU 0: prints the banner, then serves the console and host requests forever.
@@ -52,7 +61,9 @@ pub fn run(mut vcpu: Vcpu) -> ! {
         line: [0; LINE_MAX],
         len: 0,
         after_cr: false,
+        devices: Devices::new(),
     };
+    console.devices.scan(false);
     loop {
         match inb(HOST_REQUEST_PORT) {
             1 => {
@@ -83,7 +94,11 @@ impl Console {
                 let len = core::mem::take(&mut self.len);
                 // Only printable ASCII is ever stored, so this is valid UTF-8.
                 let line = self.line.get(..len).unwrap_or_default();
-                execute(core::str::from_utf8(line).unwrap_or_default(), vcpu);
+                execute(
+                    core::str::from_utf8(line).unwrap_or_default(),
+                    vcpu,
+                    &mut self.devices,
+                );
             }
             0x08 | 0x7F if self.len > 0 => {
                 self.len -= 1;
@@ -102,7 +117,7 @@ impl Console {
 }
 
 /// Runs one command line.
-fn execute(line: &str, vcpu: &mut Vcpu) {
+fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
     let mut words = line.split_ascii_whitespace();
     let Some(command) = words.next() else {
         return;
@@ -129,10 +144,35 @@ fn execute(line: &str, vcpu: &mut Vcpu) {
             }
             None => println!("usage: dirty R"),
         },
+        ("disks", 0) => blkcmd::disks(devices),
+        ("blkwrite", 4) => match (args.number(1), args.number(2), args.number(3)) {
+            (Some(sector), Some(count), Some(seed)) => {
+                blkcmd::blkwrite(devices, args.word(0), sector, count, seed, vcpu)
+            }
+            _ => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
+        },
+        ("blkread", 3) => match (args.number(1), args.number(2)) {
+            (Some(sector), Some(count)) => {
+                blkcmd::blkread(devices, args.word(0), sector, count, vcpu)
+            }
+            _ => println!("usage: blkread SERIAL SECTOR COUNT"),
+        },
+        ("blkflush", 1) => blkcmd::blkflush(devices, args.word(0)),
+        ("blkbench", 3) => match (args.word(1), args.number(2)) {
+            ("read", Some(mib)) => blkcmd::blkbench(devices, args.word(0), false, mib, vcpu),
+            ("write", Some(mib)) => blkcmd::blkbench(devices, args.word(0), true, mib, vcpu),
+            _ => println!("usage: blkbench SERIAL read|write MIB"),
+        },
+        ("blkbad", 1) => blkcmd::blkbad(devices, args.word(0)),
         ("help", 0) => println!("{HELP}"),
+        ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
+        ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
+        ("blkflush", _) => println!("usage: blkflush SERIAL"),
+        ("blkbench", _) => println!("usage: blkbench SERIAL read|write MIB"),
+        ("blkbad", _) => println!("usage: blkbad SERIAL"),
         ("burn", _) => println!("usage: burn S [V]"),
         ("dirty", _) => println!("usage: dirty R"),
-        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help", _) => {
+        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help" | "disks", _) => {
             println!("usage: {command}")
         }
         _ => println!("unknown command: {command}"),
@@ -173,16 +213,19 @@ fn reboot() -> ! {
     halt_forever()
 }
 
-/// Up to two numeric-or-not arguments, kept as text.
+/// Most arguments a command takes.
+const MAX_ARGS: usize = 4;
+
+/// Up to `MAX_ARGS` arguments, kept as text, and how many were given.
 struct Args<'a> {
-    words: [&'a str; 2],
+    words: [&'a str; MAX_ARGS],
     count: usize,
 }
 
 impl<'a> Args<'a> {
     fn collect(words: impl Iterator<Item = &'a str>) -> Args<'a> {
         let mut args = Args {
-            words: [""; 2],
+            words: [""; MAX_ARGS],
             count: 0,
         };
         for word in words {
@@ -192,6 +235,11 @@ impl<'a> Args<'a> {
             args.count += 1;
         }
         args
+    }
+
+    /// The argument at `index` ("" if absent).
+    fn word(&self, index: usize) -> &'a str {
+        self.words.get(index).copied().unwrap_or_default()
     }
 
     /// The argument at `index` as a decimal number.

@@ -6,14 +6,20 @@
 #![no_main]
 
 mod apic;
+mod blkcmd;
 mod bootinfo;
 mod console;
 mod cpu;
+mod crc32;
+mod devices;
+mod dma;
 mod entry;
 mod idt;
 mod mailbox;
 mod mem;
 mod serial;
+mod time;
+mod virtio;
 mod work;
 
 use core::hint::spin_loop;

@@ -100,6 +100,13 @@ impl Vcpu {
         }
     }
 
+    /// Does the tick's work if a tick is due (for long commands on vCPU 0).
+    pub fn poll_tick(&mut self) {
+        if self.timer.poll() {
+            self.on_tick();
+        }
+    }
+
     /// Sleeps until the next tick and does its work.
     pub fn next_tick(&mut self) {
         self.timer.wait();

@@ -81,6 +81,39 @@ pub enum Request {
     },
     /// Ask rxend to exit (running domains keep running).
     Quit,
+    /// Hot-plug a disk (`rxl block-attach`); `spec` is an xl disk spec.
+    BlockAttach {
+        /// The domain.
+        domain: DomainRef,
+        /// The disk spec, e.g. `file:/img,xvdb,w`.
+        spec: String,
+    },
+    /// Hot-unplug a disk (`rxl block-detach`) by vdev name or device ID.
+    BlockDetach {
+        /// The domain.
+        domain: DomainRef,
+        /// `xvdb` or `51728`.
+        vdev: String,
+    },
+    /// Hot-plug a NIC (`rxl network-attach`); `spec` is an xl vif spec.
+    NetworkAttach {
+        /// The domain.
+        domain: DomainRef,
+        /// The vif spec, e.g. `bridge=xenbr0,mac=00:16:3e:00:00:01`.
+        spec: String,
+    },
+    /// Hot-unplug a NIC (`rxl network-detach`) by device ID or MAC.
+    NetworkDetach {
+        /// The domain.
+        domain: DomainRef,
+        /// `1` or `00:16:3e:00:00:01`.
+        device: String,
+    },
+    /// The disks and NICs of a running domain with their counters.
+    DeviceList {
+        /// The domain.
+        domain: DomainRef,
+    },
     /// Save a domain to a file (`rxl save`).
     Save {
         /// The domain.
@@ -214,6 +247,15 @@ pub enum Response {
         name: String,
         /// The figures.
         stats: crate::vmctl::TransferStats,
+    },
+    /// The answer to [`Request::DeviceList`].
+    Devices {
+        /// The domain's ID.
+        domid: u32,
+        /// Its disks.
+        disks: Vec<crate::vmctl::DiskStats>,
+        /// Its NICs.
+        nics: Vec<crate::vmctl::NicStats>,
     },
     /// The request failed; `message` is one line for the user.
     Error {

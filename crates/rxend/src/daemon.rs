@@ -1,6 +1,8 @@
 //! The domain table and every operation on it. Locks are held only for
 //! bookkeeping, never while a VMM starts or answers.
 
+mod hotplug;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -10,15 +12,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rxen_proto::api::DomainInfo;
 use rxen_proto::vmctl::VmRequest;
-use rxen_proto::vmspec::{ExitReason, KernelSource, VmSpec};
+use rxen_proto::vmspec::{DiskDevice, ExitReason, KernelSource, VmSpec};
 use xlcfg::{Action, DomainConfig};
 
 use crate::auth::Caller;
 use crate::hostinfo;
 use crate::log::Log;
+use crate::network::{self, PluggedVif};
 use crate::paths::Paths;
 use crate::procfs;
 use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
+use crate::storage;
 use crate::vmm::{self, VmmError};
 
 mod transfer;
@@ -327,7 +331,6 @@ impl Daemon {
             }
         }
         let config = parsed.config;
-        refused.extend(unsupported_by_this_version(&config, path));
         if !refused.is_empty() {
             if !ignore_unsupported {
                 return Err(DaemonError::Config(format!(
@@ -412,6 +415,17 @@ impl Daemon {
         };
         let run_dir = self.paths.run_dir(domid);
         let _ = fs::remove_dir_all(&run_dir);
+        let devices = self.plug_devices(&config, domid, &uuid, &run_dir);
+        let (disks, vifs) = match devices {
+            Ok(d) => d,
+            Err(err) => {
+                self.table().domains.remove(&domid);
+                let _ = fs::remove_dir_all(&run_dir);
+                self.log
+                    .error(format!("domain {domid} ({name}) failed to start: {err}"));
+                return Err(err);
+            }
+        };
         let spec = VmSpec {
             name: name.clone(),
             domid,
@@ -425,6 +439,8 @@ impl Daemon {
             start_paused: paused,
             restore_from,
             incoming_fd: None,
+            disks,
+            nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
         match vmm::launch_with(&spec, incoming) {
             Ok(l) => {
@@ -456,6 +472,7 @@ impl Daemon {
             }
             Err(err) => {
                 self.table().domains.remove(&domid);
+                self.unplug_devices(domid, &run_dir);
                 let _ = fs::remove_dir_all(&run_dir);
                 self.log
                     .error(format!("domain {domid} ({name}) failed to start: {err}"));
@@ -601,8 +618,79 @@ impl Daemon {
         Ok(())
     }
 
+    /// Checks the disks and creates and wires the TAPs of a domain about to start; records the
+    /// vifs in its run directory so that whoever ends the domain can unplug them.
+    fn plug_devices(
+        &self,
+        config: &DomainConfig,
+        domid: u32,
+        uuid: &str,
+        run_dir: &std::path::Path,
+    ) -> Result<(Vec<DiskDevice>, Vec<PluggedVif>), DaemonError> {
+        let disks = storage::prepare_disks(&config.disks)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let mut described = Vec::new();
+        for (i, vif) in config.vifs.iter().enumerate() {
+            let v = network::describe_vif(vif, domid, i as u32, uuid)
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            if described
+                .iter()
+                .any(|o: &PluggedVif| o.nic.devid == v.nic.devid)
+            {
+                return Err(DaemonError::Config(
+                    network::NetworkError::Duplicate(v.nic.devid).to_string(),
+                ));
+            }
+            described.push(v);
+        }
+        fs::create_dir_all(run_dir).map_err(|source| DaemonError::Persist {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
+        let mut plugged: Vec<PluggedVif> = Vec::new();
+        for v in described {
+            // Record before plugging, so that a crash in between still cleans up.
+            let mut next = plugged.clone();
+            next.push(v.clone());
+            let saved = network::save_vifs(run_dir, &next);
+            let result = saved
+                .map_err(|source| DaemonError::Persist {
+                    path: run_dir.join(network::VIFS_FILE),
+                    source,
+                })
+                .and_then(|()| network::plug(&v).map_err(|e| DaemonError::Config(e.to_string())));
+            if let Err(e) = result {
+                for p in &plugged {
+                    network::unplug(p);
+                }
+                let _ = fs::remove_file(run_dir.join(network::VIFS_FILE));
+                return Err(e);
+            }
+            self.log.info(format!(
+                "domain {domid}: vif {} ({}) plugged, MAC {}",
+                v.nic.devid, v.nic.tap, v.nic.mac
+            ));
+            plugged.push(v);
+        }
+        Ok((disks, plugged))
+    }
+
+    /// Unplugs every vif recorded in a run directory.
+    fn unplug_devices(&self, domid: u32, run_dir: &Path) {
+        for v in network::load_vifs(run_dir) {
+            for problem in network::unplug(&v) {
+                self.log.warn(format!(
+                    "domain {domid}: unplugging vif {}: {problem}",
+                    v.nic.tap
+                ));
+            }
+        }
+        let _ = fs::remove_file(run_dir.join(network::VIFS_FILE));
+    }
+
     /// Removes a domain's entry, record and run directory.
     fn forget(&self, id: u32) {
+        self.unplug_devices(id, &self.paths.run_dir(id));
         self.table().domains.remove(&id);
         if let Err(e) = self.store.remove(id) {
             self.log
@@ -948,23 +1036,6 @@ fn kernel_source(
 }
 
 /// Config features that parse but that this rxen cannot provide yet.
-fn unsupported_by_this_version(config: &DomainConfig, path: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if !config.disks.is_empty() {
-        out.push(format!(
-            "{path}: disk: {} virtual disk(s): virtual disks are not supported by this rxen version yet",
-            config.disks.len()
-        ));
-    }
-    if !config.vifs.is_empty() {
-        out.push(format!(
-            "{path}: vif: {} network interface(s): virtual networks are not supported by this rxen version yet",
-            config.vifs.len()
-        ));
-    }
-    out
-}
-
 /// Settings that are accepted but not enforced yet; the user is told.
 fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
     let mut out = Vec::new();

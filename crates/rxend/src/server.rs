@@ -339,6 +339,22 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
                 Err(e) => Reply::Plain(Response::Error { message: e }),
             }
         }
+        Request::BlockAttach { domain, spec } => {
+            result(daemon.block_attach(caller, &domain, &spec))
+        }
+        Request::BlockDetach { domain, vdev } => {
+            result(daemon.block_detach(caller, &domain, &vdev))
+        }
+        Request::NetworkAttach { domain, spec } => {
+            result(daemon.network_attach(caller, &domain, &spec))
+        }
+        Request::NetworkDetach { domain, device } => {
+            result(daemon.network_detach(caller, &domain, &device))
+        }
+        Request::DeviceList { domain } => match daemon.devices(caller, &domain) {
+            Ok((domid, disks, nics)) => Reply::Plain(Response::Devices { domid, disks, nics }),
+            Err(e) => error(e),
+        },
         Request::Quit => {
             if caller.is_root() {
                 Reply::Quit

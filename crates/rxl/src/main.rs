@@ -210,6 +210,56 @@ enum Cmd {
         #[arg(short = 'd')]
         debug: bool,
     },
+    /// Attach a disk to a running domain.
+    #[command(name = "block-attach")]
+    BlockAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The disk spec (its parts may be given as separate arguments, as with xl).
+        #[arg(required = true)]
+        spec: Vec<String>,
+    },
+    /// Detach a disk from a running domain.
+    #[command(name = "block-detach")]
+    BlockDetach {
+        /// Accepted for xl compatibility (a device the guest holds is removed after 5 s anyway).
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// The virtual device (xvdb) or its device ID.
+        vdev: String,
+    },
+    /// List a domain's disks.
+    #[command(name = "block-list")]
+    BlockList {
+        /// The domains (name or ID).
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Attach a network interface to a running domain.
+    #[command(name = "network-attach")]
+    NetworkAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// vif settings as key=value (mac=, bridge=, ip=, script=, vifname=, rate=, ...).
+        settings: Vec<String>,
+    },
+    /// Detach a network interface from a running domain.
+    #[command(name = "network-detach")]
+    NetworkDetach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The device ID or MAC address.
+        device: String,
+    },
+    /// List a domain's network interfaces.
+    #[command(name = "network-list")]
+    NetworkList {
+        /// The domains (name or ID).
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
     /// Print rxend's log.
     Dmesg {
         /// Clear the log after printing it.
@@ -477,6 +527,24 @@ fn run(cli: Cli) -> Outcome {
             }
             Ok(())
         }
+        Cmd::BlockAttach { domain, spec } => Ok(connect()?.call_ok(&Request::BlockAttach {
+            domain,
+            spec: spec.join(","),
+        })?),
+        Cmd::BlockDetach { domain, vdev, .. } => {
+            Ok(connect()?.call_ok(&Request::BlockDetach { domain, vdev })?)
+        }
+        Cmd::NetworkAttach { domain, settings } => {
+            Ok(connect()?.call_ok(&Request::NetworkAttach {
+                domain,
+                spec: settings.join(","),
+            })?)
+        }
+        Cmd::NetworkDetach { domain, device } => {
+            Ok(connect()?.call_ok(&Request::NetworkDetach { domain, device })?)
+        }
+        Cmd::BlockList { domains } => device_lists(&mut connect()?, &domains, true),
+        Cmd::NetworkList { domains } => device_lists(&mut connect()?, &domains, false),
         Cmd::Dmesg { clear } => {
             let resp = connect()?.call(&Request::Dmesg { clear })?;
             let Response::Log { text } = resp else {
@@ -486,6 +554,39 @@ fn run(cli: Cli) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// `rxl block-list` / `network-list`: the header once, then each domain's devices.
+fn device_lists(c: &mut Client, domains: &[String], disks: bool) -> Outcome {
+    println!(
+        "{}",
+        if disks {
+            format::block_list_header()
+        } else {
+            format::network_list_header()
+        }
+    );
+    for d in domains {
+        let resp = c.call(&Request::DeviceList { domain: d.clone() })?;
+        let Response::Devices {
+            domid,
+            disks: ds,
+            nics,
+        } = resp
+        else {
+            return Err(Failure(format!("unexpected answer: {resp:?}")));
+        };
+        if disks {
+            for disk in ds {
+                println!("{}", format::block_list_row(domid, disk.devid));
+            }
+        } else {
+            for nic in nics {
+                println!("{}", format::network_list_row(domid, nic.devid, &nic.mac));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Finds the config file as xl does: as given, else under /etc/xen/ when the name has no slash.

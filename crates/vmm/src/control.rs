@@ -7,6 +7,7 @@ use std::path::Path;
 use rxen_proto::jsonline::MAX_LINE;
 use rxen_proto::stream::ConfigRecord;
 use rxen_proto::vmctl::{AfterSave, TransferStats, VmRequest, VmResponse, VmStats};
+use rxen_proto::vmspec::{DiskDevice, NicDevice};
 
 /// Errors a control operation reports back to the client.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,24 @@ pub trait ControlTarget {
         _downtime_ms: u64,
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
+    }
+    /// Hot-plugs a disk.
+    fn attach_disk(&mut self, _disk: &DiskDevice) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "device hotplug is not supported".into(),
+        ))
+    }
+    /// Hot-plugs a NIC.
+    fn attach_nic(&mut self, _nic: &NicDevice) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "device hotplug is not supported".into(),
+        ))
+    }
+    /// Hot-unplugs the disk (`disk`) or NIC with device ID `devid`.
+    fn detach(&mut self, _disk: bool, _devid: u32) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "device hotplug is not supported".into(),
+        ))
     }
 }
 
@@ -133,6 +152,10 @@ pub fn handle_line_with_fd(
             }
             Err(e) => error(e),
         },
+        VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk)),
+        VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic)),
+        VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
+        VmRequest::DetachNic { devid } => ok(target.detach(false, devid)),
     };
     Reply { response, finish }
 }
@@ -219,6 +242,8 @@ mod tests {
                 memory_mib: 1,
                 vcpus: vec![],
                 rss_kib: 2,
+                disks: vec![],
+                nics: vec![],
             })
         }
     }

@@ -16,7 +16,7 @@ use rxen_proto::stream::{
     self as pstream, ConfigRecord, DeviceRecord, Header, RecordType, StreamWriter, VmInfo,
 };
 use rxen_proto::vmctl::{AfterSave, TransferStats, VcpuState, VcpuStats, VmStats};
-use rxen_proto::vmspec::{files, ExitReason, ExitRecord, VmSpec};
+use rxen_proto::vmspec::{files, DiskDevice, ExitReason, ExitRecord, NicDevice, VmSpec};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,6 +34,7 @@ use crate::devices::power::{
     HostRequest, HostRequestReg, PowerPorts, HOST_REQUEST_PORT, POWER_PORT, PVPANIC_PORT,
 };
 use crate::devices::serial::{SerialDevice, SerialSnapshot, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
 use crate::devices::PioBus;
 use crate::event_loop::{self, EventLoopError};
 use crate::exit::{ExitError, ExitSignal};
@@ -159,6 +160,9 @@ pub enum VmmError {
     /// The incoming migration connection failed.
     #[error("incoming migration: {0}")]
     Incoming(String),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Device(#[from] SlotError),
 }
 
 /// A running VM and everything the control loop needs to drive it.
@@ -185,6 +189,8 @@ pub struct Vm {
     pub input_drained: EventFd,
     /// The port bus.
     pub pio: Arc<PioBus>,
+    /// The virtio-mmio slots and their devices.
+    pub slots: Arc<VirtioSlots>,
     vcpus: Vec<VcpuHandle>,
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
@@ -288,6 +294,22 @@ impl Vm {
         let mem = memory::create_guest_memory(spec.memory_mib)?;
         kvm.register_memory(&mem, 0)?;
 
+        // Devices first: a disk or TAP that cannot be opened fails the start cleanly.
+        let slots = Arc::new(VirtioSlots::new(Arc::new(mem.clone())));
+        for d in &spec.disks {
+            let shared = d.shared_writable;
+            let slot = slots.add_disk(&kvm.fd, d, shared)?;
+            tracing::info!(slot, vdev = %d.vdev, path = %d.path.display(), ro = d.read_only, "disk attached");
+        }
+        for n in &spec.nics {
+            let slot = slots.add_nic(&kvm.fd, n)?;
+            tracing::info!(slot, mac = %n.mac, tap = %n.tap, "nic attached");
+        }
+        let cmdline = format!(
+            "{}{}",
+            spec.cmdline,
+            virtio_slots::linux_cmdline_entries(slots.occupied())
+        );
         let restored = if let Some(path) = &spec.restore_from {
             let f = File::open(path).map_err(|source| VmmError::SaveFile {
                 path: path.clone(),
@@ -314,7 +336,7 @@ impl Vm {
             None
         };
         if let Some(r) = restored {
-            return Self::assemble(spec, kvm, mem, Restore::Saved(Box::new(r)));
+            return Self::assemble(spec, kvm, mem, slots, Restore::Saved(Box::new(r)));
         }
 
         let image = loader::read_kernel(&spec.kernel)?;
@@ -322,7 +344,7 @@ impl Vm {
             &mem,
             &image,
             spec.initrd.as_deref(),
-            &spec.cmdline,
+            cmdline.trim_start(),
             spec.vcpus,
         )?;
         tracing::info!(kind = ?kernel.kind, entry = format_args!("{:#x}", kernel.entry), "kernel loaded");
@@ -337,7 +359,7 @@ impl Vm {
         }
         boot::paging::write(&mem, gib)?;
 
-        Self::assemble(spec, kvm, mem, Restore::Boot(kernel))
+        Self::assemble(spec, kvm, mem, slots, Restore::Boot(kernel))
     }
 
     /// Creates the vCPUs and devices, set up for boot or from saved state.
@@ -345,6 +367,7 @@ impl Vm {
         spec: VmSpec,
         kvm: KvmVm,
         mem: GuestMemory,
+        slots: Arc<VirtioSlots>,
         from: Restore,
     ) -> Result<Self, VmmError> {
         let mut pending = Vec::new();
@@ -402,10 +425,10 @@ impl Vm {
             spec,
             kvm,
             mem,
+            slots,
             kind,
             pending,
-            serial_state,
-            host_request_value,
+            (serial_state, host_request_value),
         )
     }
 
@@ -438,10 +461,10 @@ impl Vm {
         spec: VmSpec,
         kvm: KvmVm,
         mem: GuestMemory,
+        slots: Arc<VirtioSlots>,
         kind: KernelKind,
         pending: Vec<VcpuFd>,
-        serial_state: Option<SerialSnapshot>,
-        host_request_value: u8,
+        (serial_state, host_request_value): (Option<SerialSnapshot>, u8),
     ) -> Result<Self, VmmError> {
         let exit = Arc::new(ExitSignal::new()?);
         let host_request = Arc::new(HostRequestReg::default());
@@ -480,6 +503,12 @@ impl Vm {
             pio.insert(port, 1, i8042.clone())?;
         }
 
+        pio.insert(
+            HOTPLUG_GEN_PORT,
+            2,
+            Arc::new(Mutex::new(HotplugPorts(slots.clone()))),
+        )?;
+
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
         Ok(Self {
             spec,
@@ -493,6 +522,7 @@ impl Vm {
             console,
             input_drained,
             pio: Arc::new(pio),
+            slots,
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
@@ -506,6 +536,7 @@ impl Vm {
             pio: self.pio.clone(),
             exit: self.exit.clone(),
             control: self.control.clone(),
+            mmio: self.slots.clone(),
         };
         for (id, fd) in (0u32..).zip(std::mem::take(&mut self.pending)) {
             let handle = vcpu::spawn(fd, id, ctx.clone())?;
@@ -582,11 +613,14 @@ impl Vm {
                 }
             })
             .collect();
+        let (disks, nics) = self.slots.stats();
         VmStats {
             paused: self.control.is_paused(),
             memory_mib: self.spec.memory_mib,
             vcpus,
             rss_kib: stats::rss_kib().unwrap_or(0),
+            disks,
+            nics,
         }
     }
 
@@ -654,6 +688,13 @@ impl Vm {
         out: W,
         opts: &SendOptions<'_>,
     ) -> Result<Sent<W>, TransferError> {
+        if self.slots.occupied() > 0 {
+            // Virtio queues and their I/O threads are not in the stream yet.
+            return Err(TransferError::Mismatch(
+                "saving or migrating a domain with virtual disks or NICs is not supported yet"
+                    .into(),
+            ));
+        }
         let started = Instant::now();
         let was_paused = self.control.is_paused();
         let mut log = None;
@@ -961,6 +1002,41 @@ impl ControlTarget for Vm {
         };
         self.migrate_to(sock, &opts)
             .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
+    fn attach_disk(&mut self, disk: &DiskDevice) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .add_disk(&self.kvm.fd, disk, disk.shared_writable)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
+        self.slots.announce_attach();
+        Ok(())
+    }
+
+    fn attach_nic(&mut self, nic: &NicDevice) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .add_nic(&self.kvm.fd, nic)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        tracing::info!(slot, mac = %nic.mac, "nic hot-plugged");
+        self.slots.announce_attach();
+        Ok(())
+    }
+
+    fn detach(&mut self, disk: bool, devid: u32) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .slot_of(disk, devid)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        let clean = self.slots.detach(&self.kvm.fd, slot);
+        if !clean {
+            tracing::warn!(
+                slot,
+                "the guest did not let go of the device in time; removed anyway"
+            );
+        }
+        Ok(())
     }
 }
 

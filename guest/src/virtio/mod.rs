@@ -1,0 +1,5 @@
+//! virtio over virtio-mmio: the transport, split virtqueues and the device drivers.
+
+pub mod blk;
+pub mod mmio;
+pub mod queue;
