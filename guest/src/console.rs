@@ -5,8 +5,10 @@ use core::sync::atomic::Ordering;
 use crate::blkcmd;
 use crate::cpu::{halt_forever, inb, outb};
 use crate::devices::Devices;
+use crate::freemem;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
+use crate::netcmd;
 use crate::work::Vcpu;
 use crate::{print, println, serial};
 
@@ -27,12 +29,19 @@ commands:
   crash        crash (pvpanic)
   burn S [V]   spin vCPU V (default: the last) for S seconds
   dirty R      rewrite free memory at R MiB/s (0 stops)
+  memsum       hash the free memory
+  memfill SEED fill the free memory with a pattern
   disks        list the disks
   blkwrite SERIAL SECTOR COUNT SEED   write a pattern
   blkread SERIAL SECTOR COUNT         read and print the CRC-32
   blkflush SERIAL                     flush the disk
   blkbench SERIAL read|write MIB      measure throughput
   blkbad SERIAL                       send malformed requests
+  nics                                list the network cards
+  ip ADDR/PREFIX [SLOT]               set a card's address
+  ping ADDR [COUNT]                   ICMP echo
+  udpsend ADDR PORT MIB               send UDP datagrams
+  spoof SRC DST                       one echo request from a forged source
   help         this list";
 
 /// The line editor and command interpreter.
@@ -76,6 +85,7 @@ pub fn run(mut vcpu: Vcpu) -> ! {
             }
             _ => {}
         }
+        netcmd::poll(&mut console.devices);
         while let Some(byte) = serial::try_read() {
             console.input(byte, &mut vcpu);
         }
@@ -164,6 +174,45 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
             _ => println!("usage: blkbench SERIAL read|write MIB"),
         },
         ("blkbad", 1) => blkcmd::blkbad(devices, args.word(0)),
+        ("memsum", 0) => freemem::memsum(vcpu),
+        ("memfill", 1) => match args.number(0) {
+            Some(seed) => freemem::memfill(seed, vcpu),
+            None => println!("usage: memfill SEED"),
+        },
+        ("memfill", _) => println!("usage: memfill SEED"),
+        ("nics", 0) => netcmd::nics(devices),
+        ("ip", 1 | 2) => {
+            let slot = if args.count == 2 {
+                args.number(1)
+            } else {
+                None
+            };
+            if args.count == 2 && slot.is_none() {
+                println!("usage: ip ADDR/PREFIX [SLOT]");
+            } else {
+                netcmd::ip(devices, args.word(0), slot);
+            }
+        }
+        ("ping", 1 | 2) => {
+            let count = if args.count == 2 {
+                args.number(1)
+            } else {
+                Some(4)
+            };
+            match count {
+                Some(count) => netcmd::ping(devices, args.word(0), count, vcpu),
+                None => println!("usage: ping ADDR [COUNT]"),
+            }
+        }
+        ("udpsend", 3) => match (args.number(1), args.number(2)) {
+            (Some(port), Some(mib)) => netcmd::udpsend(devices, args.word(0), port, mib, vcpu),
+            _ => println!("usage: udpsend ADDR PORT MIB"),
+        },
+        ("spoof", 2) => netcmd::spoof(devices, args.word(0), args.word(1), vcpu),
+        ("ip", _) => println!("usage: ip ADDR/PREFIX [SLOT]"),
+        ("ping", _) => println!("usage: ping ADDR [COUNT]"),
+        ("udpsend", _) => println!("usage: udpsend ADDR PORT MIB"),
+        ("spoof", _) => println!("usage: spoof SRC DST"),
         ("help", 0) => println!("{HELP}"),
         ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
         ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
@@ -172,7 +221,10 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("blkbad", _) => println!("usage: blkbad SERIAL"),
         ("burn", _) => println!("usage: burn S [V]"),
         ("dirty", _) => println!("usage: dirty R"),
-        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help" | "disks", _) => {
+        (
+            "heartbeat" | "shutdown" | "reboot" | "crash" | "help" | "disks" | "memsum" | "nics",
+            _,
+        ) => {
             println!("usage: {command}")
         }
         _ => println!("unknown command: {command}"),

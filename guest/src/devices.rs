@@ -1,14 +1,19 @@
 //! The table of virtio-mmio slots and the drivers bound to them (vCPU 0 only).
 
 use crate::dma::Dma;
+use crate::net::{Link, Stack};
+use crate::netcmd::MacText;
 use crate::println;
 use crate::virtio::blk::{self, Disk};
 use crate::virtio::mmio::{Mmio, SLOTS};
+use crate::virtio::net::{self, Nic};
 
 /// What sits in a slot.
 pub enum Device {
     /// A virtio-blk disk.
     Disk(Disk),
+    /// A virtio-net card and its stack.
+    Nic(Link),
     /// A device this guest has no driver for (its type), or one whose driver failed.
     Other(u32),
 }
@@ -18,6 +23,7 @@ impl Device {
     pub fn kind(&self) -> &'static str {
         match self {
             Device::Disk(_) => "disk",
+            Device::Nic(_) => "nic",
             Device::Other(_) => "device",
         }
     }
@@ -26,6 +32,7 @@ impl Device {
     fn release(self, dma: &mut Dma, slot: usize) {
         match self {
             Device::Disk(disk) => disk.release(dma),
+            Device::Nic(link) => link.nic.release(dma),
             Device::Other(_) => Mmio::slot(slot).reset(),
         }
     }
@@ -75,6 +82,9 @@ impl Devices {
                             Device::Disk(disk) => {
                                 println!("hotplug: disk {slot} {} attached", disk.serial())
                             }
+                            Device::Nic(link) => {
+                                println!("hotplug: nic {slot} {} attached", MacText(link.nic.mac))
+                            }
                             Device::Other(_) => {}
                         }
                     }
@@ -106,6 +116,14 @@ impl Devices {
         })
     }
 
+    /// The network cards, in slot order.
+    pub fn links(&mut self) -> impl Iterator<Item = &mut Link> {
+        self.slots.iter_mut().filter_map(|slot| match slot {
+            Some(Device::Nic(link)) => Some(link),
+            _ => None,
+        })
+    }
+
     /// The disk whose serial is `serial`.
     pub fn disk(&mut self, serial: &str) -> Option<&mut Disk> {
         self.slots.iter_mut().find_map(|slot| match slot {
@@ -120,6 +138,10 @@ fn name(device: &Device) -> Name {
     let mut out = Name::default();
     match device {
         Device::Disk(disk) => out.push(disk.serial()),
+        Device::Nic(link) => {
+            let _ =
+                core::fmt::Write::write_fmt(&mut out, format_args!("{}", MacText(link.nic.mac)));
+        }
         Device::Other(kind) => {
             let _ = core::fmt::Write::write_fmt(&mut out, format_args!("type{kind}"));
         }
@@ -134,6 +156,16 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             Ok(disk) => Device::Disk(disk),
             Err(error) => {
                 println!("virtio: disk in slot {slot} failed to start: {error:?}");
+                Device::Other(kind)
+            }
+        },
+        net::DEVICE_TYPE => match Nic::init(slot, dma) {
+            Ok(nic) => Device::Nic(Link {
+                nic,
+                stack: Stack::new(),
+            }),
+            Err(error) => {
+                println!("virtio: nic in slot {slot} failed to start: {error:?}");
                 Device::Other(kind)
             }
         },

@@ -5,20 +5,15 @@ use core::sync::atomic::Ordering;
 
 use crate::apic::Timer;
 use crate::cpu::rdtsc;
+use crate::freemem;
 use crate::mailbox::{self, DIRTY_MIB_PER_S, TICKS};
 use crate::println;
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = freemem::PAGE;
 const MIB: u64 = 1 << 20;
-/// Free memory starts this far past the end of the image.
-const DIRTY_MARGIN: u64 = MIB;
-/// Only memory below the PCI hole (3 GiB) is dirtied for now.
-const LOW_MEMORY_END: u64 = 0xC000_0000;
 
-/// The pages `dirty R` rewrites, and where it is in them.
+/// The pages `dirty R` rewrites (the free region), and where it is in them.
 struct Dirtier {
-    start: u64,
-    pages: u64,
     next: u64,
     /// Page-rate credit in 1/100 pages (R MiB/s = R * 256 pages/s).
     credit: u64,
@@ -27,16 +22,7 @@ struct Dirtier {
 
 impl Dirtier {
     fn new() -> Dirtier {
-        let info = mailbox::boot_info();
-        let start = info
-            .kernel_end
-            .div_ceil(PAGE)
-            .saturating_mul(PAGE)
-            .saturating_add(DIRTY_MARGIN);
-        let end = info.mem_bytes.min(LOW_MEMORY_END) / PAGE * PAGE;
         Dirtier {
-            start,
-            pages: end.saturating_sub(start) / PAGE,
             next: 0,
             credit: 0,
             value: 0,
@@ -45,7 +31,8 @@ impl Dirtier {
 
     /// Rewrites one tick's worth of pages at `mib_per_s`.
     fn tick(&mut self, mib_per_s: u64) {
-        if mib_per_s == 0 || self.pages == 0 {
+        let start = freemem::start();
+        if mib_per_s == 0 || freemem::end() <= start {
             self.credit = 0;
             return;
         }
@@ -57,15 +44,20 @@ impl Dirtier {
         self.credit %= 100;
         for _ in 0..count {
             self.value = self.value.wrapping_add(1);
-            let addr = self.start + self.next * PAGE;
-            // SAFETY: addr is a page inside [start, end): RAM that is
-            // identity-mapped and holds nothing of the guest's (it lies past
-            // the image and its stacks, below mem_bytes and the 3 GiB hole).
-            unsafe { core::ptr::write_volatile(addr as *mut u64, self.value) };
-            self.next += 1;
-            if self.next >= self.pages {
+            // The end is reread for every page: the balloon may lower it meanwhile.
+            let pages = freemem::end().saturating_sub(start) / PAGE;
+            if self.next >= pages {
                 self.next = 0;
             }
+            if pages == 0 {
+                break;
+            }
+            let addr = start + self.next * PAGE;
+            // SAFETY: addr is a page inside the free region: RAM that is identity-mapped
+            // and holds nothing of the guest's (past the image, its stacks and device
+            // memory, below mem_bytes and the 3 GiB hole, below the balloon's pages).
+            unsafe { core::ptr::write_volatile(addr as *mut u64, self.value) };
+            self.next += 1;
         }
     }
 }

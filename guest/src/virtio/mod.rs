@@ -2,4 +2,5 @@
 
 pub mod blk;
 pub mod mmio;
+pub mod net;
 pub mod queue;

@@ -506,6 +506,20 @@ impl Machine {
             .map(f)
     }
 
+    /// Calls `notify(queue)` on the device in `slot` every millisecond until the guest ends,
+    /// as a VMM does when a TAP becomes readable.
+    pub fn pump(&self, slot: usize, queue: u16) {
+        let shared = Arc::clone(&self.shared);
+        std::thread::spawn(move || {
+            while !shared.stop.load(Ordering::SeqCst) {
+                if let Some(Some(device)) = shared.slots.lock().expect("slots lock").get_mut(slot) {
+                    device.notify(queue);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+
     /// Sets the value the guest reads from a 32-bit host port.
     pub fn set_port(&self, port: u16, value: u32) {
         self.shared.lock().ports.insert(port, value);
