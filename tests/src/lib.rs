@@ -432,29 +432,51 @@ impl Console {
         );
     }
 
-    /// Sends `heartbeat` and returns the guest's counter.
-    pub fn heartbeat(&mut self) -> u64 {
-        self.sync();
-        self.send("heartbeat");
-        let line = self.wait_for("heartbeat ", Duration::from_secs(10));
-        // The echo of the command is "heartbeat" alone; the answer carries the
-        // number. A busy guest may not have printed all of it yet: wait for the
-        // end of its line.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut line = line;
+    /// Like [`Console::wait_for`], but returns the line only once it is
+    /// complete (a busy guest prints slowly).
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let line = self.wait_for(needle, timeout);
+        let deadline = Instant::now() + timeout;
         loop {
             let out = self.output();
             if let Some(at) = out.rfind(&line) {
                 if let Some(end) = out[at..].find('\n') {
-                    line = out[at..at + end].trim_end_matches('\r').to_string();
                     let mut seen = self.seen.lock().expect("seen");
                     *seen = (*seen).max(at + end);
-                    break;
+                    return out[at..at + end].trim_end_matches('\r').to_string();
                 }
             }
             assert!(Instant::now() < deadline, "no end to the line {line:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `memsum` and returns the guest's checksum of its free memory.
+    pub fn memsum(&mut self) -> String {
+        // No sync first: the guest may still be busy with a memfill, and
+        // answers once it is done; only the answer has "memsum 0x".
+        self.send("memsum");
+        let line = self.wait_line("memsum 0x", Duration::from_secs(300));
+        line.rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Fills the guest's free memory from `seed` and waits until it is done.
+    pub fn memfill(&mut self, seed: u64) {
+        self.sync();
+        self.send(&format!("memfill {seed}"));
+        self.wait_for("memfill done", Duration::from_secs(300));
+    }
+
+    /// Sends `heartbeat` and returns the guest's counter.
+    pub fn heartbeat(&mut self) -> u64 {
+        self.sync();
+        self.send("heartbeat");
+        // The echo of the command is "heartbeat" alone; the answer carries the number.
+        let line = self.wait_line("heartbeat ", Duration::from_secs(10));
         line.rsplit(' ')
             .next()
             .and_then(|n| n.trim().parse().ok())

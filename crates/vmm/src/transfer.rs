@@ -116,6 +116,26 @@ impl DirtyLog {
     }
 }
 
+/// Copies the guest page at `addr` (4 KiB aligned, inside RAM) into `buf`.
+fn read_page(mem: &GuestMemory, addr: u64, buf: &mut [u8]) -> Result<(), TransferError> {
+    let in_ram = buf.len() == PAGE_SIZE
+        && addr % PAGE_SIZE as u64 == 0
+        && mem.address_in_range(GuestAddress(addr + PAGE_SIZE as u64 - 1));
+    let host = mem
+        .get_host_address(GuestAddress(addr))
+        .ok()
+        .filter(|_| in_ram)
+        .ok_or_else(|| TransferError::Memory {
+            addr,
+            why: "not a page of guest RAM".into(),
+        })?;
+    // SAFETY: `host` maps the whole 4 KiB page (regions are page-aligned and
+    // the page's last byte is in the same RAM), and the mapping lives as long as
+    // `mem`. vCPUs may write the page meanwhile; dirty logging resends it then.
+    unsafe { std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), PAGE_SIZE) };
+    Ok(())
+}
+
 fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(8).fold(0u64, |acc, c| {
         acc | u64::from_ne_bytes(c.try_into().unwrap_or([0xFF; 8]))
@@ -147,11 +167,7 @@ impl PageSender {
             self.data.clear();
             for &pfn in chunk {
                 let addr = pfn << stream::PAGE_SHIFT;
-                mem.read_slice(&mut self.page, GuestAddress(addr))
-                    .map_err(|e| TransferError::Memory {
-                        addr,
-                        why: e.to_string(),
-                    })?;
+                read_page(mem, addr, &mut self.page)?;
                 if is_zero(&self.page) {
                     self.entries.push(pfn | ZERO_PAGE);
                     stats.zero_pages += 1;
