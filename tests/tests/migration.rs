@@ -79,7 +79,7 @@ fn pair() -> Pair {
 #[test]
 fn save_restore_twice_keeps_the_heartbeat_and_a_flipped_byte_is_refused() {
     let host = Host::start();
-    let mut con = host.create_guest("saved1", 2, 32, "");
+    let mut con = host.create_guest("saved1", 2, 12, "");
     con.memfill(42);
     let sum = con.memsum();
     let before = heartbeat_beyond(&mut con, 3);
@@ -102,7 +102,7 @@ fn save_restore_twice_keeps_the_heartbeat_and_a_flipped_byte_is_refused() {
         "the saved domain still runs"
     );
     let size = std::fs::metadata(&file).expect("save file").len();
-    assert!(size < 48 << 20, "a 32 MiB guest saved into {size} bytes");
+    assert!(size < 12 << 20, "a 12 MiB guest saved into {size} bytes");
     drop(con);
 
     for round in 0..2 {
@@ -145,7 +145,7 @@ fn save_restore_twice_keeps_the_heartbeat_and_a_flipped_byte_is_refused() {
 #[test]
 fn checkpoint_keeps_the_domain_running_and_restores_later() {
     let host = Host::start();
-    let mut con = host.create_guest("ckpt1", 1, 32, "");
+    let mut con = host.create_guest("ckpt1", 1, 12, "");
     con.memfill(9);
     let sum = con.memsum();
     let before = heartbeat_beyond(&mut con, 2);
@@ -209,7 +209,7 @@ fn live_migration_of_a_dirtying_guest_continues_on_the_target() {
 #[test]
 fn memory_rewritten_during_a_live_migration_arrives_intact() {
     let p = pair();
-    let mut con = p.a.create_guest("mig6", 2, 32, "");
+    let mut con = p.a.create_guest("mig6", 2, 12, "");
     con.memfill(42);
     let expected = con.memsum();
     con.memfill(7);
@@ -243,7 +243,7 @@ fn memory_rewritten_during_a_live_migration_arrives_intact() {
 #[test]
 fn non_live_and_ssh_transport_migrations() {
     let p = pair();
-    let mut con = p.a.create_guest("mig2", 1, 32, "");
+    let mut con = p.a.create_guest("mig2", 1, 12, "");
     con.memfill(5);
     let sum = con.memsum();
     let before = heartbeat_beyond(&mut con, 2);
