@@ -216,6 +216,28 @@ fn field(line: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Saves `name` to a file and restores it; returns the figures.
+fn save_restore(
+    host: &Host,
+    name: &str,
+    mib: u32,
+    phase: &'static str,
+) -> (u32, &'static str, u64, f64, f64) {
+    let file = host.dir.path().join(format!("{name}.save"));
+    let f = file.to_str().unwrap_or_default().to_string();
+    let t = Instant::now();
+    let (ok, _, err) = host.rxl(&["save", name, &f]);
+    let save_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert!(ok, "save: {err}");
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let t = Instant::now();
+    let (ok, _, err) = host.rxl(&["restore", &f]);
+    let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert!(ok, "restore: {err}");
+    let _ = std::fs::remove_file(&file);
+    (mib, phase, size, save_ms, restore_ms)
+}
+
 fn main() {
     assert!(Path::new("/dev/kvm").exists(), "needs /dev/kvm");
     let net = Net::new();
@@ -248,6 +270,7 @@ fn main() {
         let con = hosts[0].console(&name);
         assert!(con.wait_for("booted", Duration::from_secs(60)), "no banner");
         drop(con);
+        saves.push(save_restore(&hosts[0], &name, mib, "just booted"));
         let mut at = 0usize;
         for &rate in &rates {
             let mut con = hosts[at].console(&name);
@@ -280,32 +303,14 @@ fn main() {
             );
             at = to;
         }
-        // Save and restore, idle (little memory in use) and after dirtying (most of it).
-        for phase in ["idle", "after dirtying"] {
-            let mut con = hosts[at].console(&name);
-            con.send(if phase == "idle" {
-                "dirty 0"
-            } else {
-                "dirty 512"
-            });
-            std::thread::sleep(Duration::from_secs(if phase == "idle" { 1 } else { 4 }));
-            con.send("dirty 0");
-            std::thread::sleep(Duration::from_millis(300));
-            drop(con);
-            let file = hosts[at].dir.path().join(format!("{name}.save"));
-            let f = file.to_str().unwrap_or_default().to_string();
-            let t = Instant::now();
-            let (ok, _, err) = hosts[at].rxl(&["save", &name, &f]);
-            let save_ms = t.elapsed().as_secs_f64() * 1000.0;
-            assert!(ok, "save: {err}");
-            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            let t = Instant::now();
-            let (ok, _, err) = hosts[at].rxl(&["restore", &f]);
-            let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
-            assert!(ok, "restore: {err}");
-            let _ = std::fs::remove_file(&file);
-            saves.push((mib, phase, size, save_ms, restore_ms));
-        }
+        // Save and restore once most of the memory has been written.
+        let mut con = hosts[at].console(&name);
+        con.send("dirty 512");
+        std::thread::sleep(Duration::from_secs(4));
+        con.send("dirty 0");
+        std::thread::sleep(Duration::from_millis(300));
+        drop(con);
+        saves.push(save_restore(&hosts[at], &name, mib, "after dirtying"));
         let _ = hosts[at].rxl(&["destroy", &name]);
     }
     println!("\n## Save and restore (rxl save / rxl restore, wall time of the command)\n");

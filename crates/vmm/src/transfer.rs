@@ -222,6 +222,9 @@ pub fn receive<R: Read>(
     let mut vm = None;
     let mut devices = Vec::new();
     let mut page = vec![0u8; PAGE_SIZE];
+    // Pages this stream has written: any other page is still fresh (zero), so
+    // a zero page there needs no work, and reading it would fault it in.
+    let mut written = vec![0u64; (ram_end >> stream::PAGE_SHIFT).div_ceil(64) as usize];
     loop {
         let rec = r.next_record()?;
         match rec.kind {
@@ -242,17 +245,20 @@ pub fn receive<R: Read>(
                         addr,
                         why: e.to_string(),
                     };
+                    let pfn = (addr >> stream::PAGE_SHIFT) as usize;
+                    let (word, bit) = (pfn / 64, 1u64 << (pfn % 64));
+                    let seen = written.get(word).is_some_and(|w| w & bit != 0);
                     if e & ZERO_PAGE != 0 {
-                        // Only pages that hold something need clearing; reading an
-                        // untouched page costs no memory.
-                        mem.read_slice(&mut page, GuestAddress(addr))
-                            .map_err(mem_err)?;
-                        if !is_zero(&page) {
+                        // Only a page this stream filled before needs clearing.
+                        if seen {
                             page.fill(0);
                             mem.write_slice(&page, GuestAddress(addr))
                                 .map_err(mem_err)?;
                         }
                     } else {
+                        if let Some(w) = written.get_mut(word) {
+                            *w |= bit;
+                        }
                         let d = data.next().ok_or_else(|| {
                             TransferError::Peer("page batch shorter than its table".into())
                         })?;
