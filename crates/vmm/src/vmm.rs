@@ -634,34 +634,53 @@ impl Vm {
         })
     }
 
-    /// Captures every vCPU's state on its own (parked) thread.
-    fn capture_vcpus(&self) -> Result<Vec<Vec<u8>>, TransferError> {
-        let msrs = Arc::new(snapshot::msr_list(&self.kvm.kvm));
+    /// Runs `job` on every parked vCPU's own thread and collects the results.
+    fn on_each_vcpu<T: Send + 'static>(
+        &self,
+        job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
+    ) -> Result<Vec<T>, TransferError> {
+        let job = Arc::new(job);
         let mut out = Vec::with_capacity(self.vcpus.len());
         for (i, h) in self.vcpus.iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
-            let msrs = msrs.clone();
             let id = h.info.id;
+            let job = job.clone();
             self.control
                 .post(
                     i,
                     Box::new(move |v: &mut VcpuFd| {
-                        // Re-enter KVM_RUN with immediate_exit set so that KVM
-                        // completes any port I/O the vCPU is in the middle of
-                        // without running guest code; then the state is consistent.
-                        v.set_kvm_immediate_exit(1);
-                        let _ = v.run();
-                        v.set_kvm_immediate_exit(0);
-                        let _ = tx.send(snapshot::capture_vcpu(v, id, &msrs));
+                        let _ = tx.send(job(v, id));
                     }),
                 )
                 .map_err(|e| TransferError::Peer(e.to_string()))?;
-            let body = rx.recv_timeout(Duration::from_secs(5)).map_err(|_| {
-                TransferError::Peer(format!("vCPU {id} did not report its state"))
-            })??;
-            out.push(body);
+            let r = rx
+                .recv_timeout(Duration::from_secs(5))
+                .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer")))?;
+            out.push(r);
         }
         Ok(out)
+    }
+
+    /// Lets KVM complete any port I/O a paused vCPU is in the middle of:
+    /// re-enter KVM_RUN with `immediate_exit` set. PVM may emulate a few
+    /// instructions on the way (guest writes), so this comes before the last
+    /// dirty pages are collected.
+    fn settle_vcpus(&self) -> Result<(), TransferError> {
+        self.on_each_vcpu(|v, _| {
+            v.set_kvm_immediate_exit(1);
+            let _ = v.run();
+            v.set_kvm_immediate_exit(0);
+        })
+        .map(|_| ())
+    }
+
+    /// Captures every vCPU's state on its own (parked, settled) thread.
+    fn capture_vcpus(&self) -> Result<Vec<Vec<u8>>, TransferError> {
+        let msrs = Arc::new(snapshot::msr_list(&self.kvm.kvm));
+        self.on_each_vcpu(move |v, id| snapshot::capture_vcpu(v, id, &msrs))?
+            .into_iter()
+            .map(|r| r.map_err(TransferError::from))
+            .collect()
     }
 
     /// The device records.
@@ -771,6 +790,7 @@ impl Vm {
         self.pause_all()
             .map_err(|e| TransferError::Peer(e.to_string()))?;
         let paused_at = Instant::now();
+        self.settle_vcpus()?;
         let last = match log.as_ref() {
             Some(d) => d.collect(&self.kvm, &self.mem)?,
             None => transfer::all_pfns(&self.mem),
