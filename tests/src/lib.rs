@@ -41,6 +41,8 @@ pub struct Host {
     pub rxend: Option<Child>,
     /// Extra arguments rxend is started with (e.g. `--socket-group`).
     pub rxend_args: Vec<String>,
+    /// The network namespace rxend (and so its VMMs) runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl Host {
@@ -58,6 +60,7 @@ impl Host {
             dir,
             rxend: None,
             rxend_args: Vec::new(),
+            netns: None,
         };
         h.start_rxend();
         h
@@ -72,6 +75,27 @@ impl Host {
         fs::set_permissions(h.dir.path(), fs::Permissions::from_mode(0o755))
             .expect("open the host directory");
         h.rxend_args = args.iter().map(|a| a.to_string()).collect();
+        h.start_rxend();
+        h
+    }
+
+    /// Starts an rxend inside network namespace `netns`, with `config` as its config file (TOML).
+    pub fn start_in(netns: &str, config: &str) -> Host {
+        assert!(
+            Path::new("/dev/kvm").exists(),
+            "/dev/kvm is missing: these tests boot real guests"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("rxen-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        fs::write(dir.path().join("rxend.toml"), config).expect("rxend config");
+        let mut h = Host {
+            dir,
+            rxend: None,
+            netns: Some(netns.to_string()),
+            rxend_args: Vec::new(),
+        };
         h.start_rxend();
         h
     }
@@ -103,7 +127,16 @@ impl Host {
             .append(true)
             .open(self.dir.path().join("rxend.stderr"))
             .expect("rxend stderr file");
-        let child = Command::new(bin("rxend"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("rxend"));
+                c.arg("--config").arg(self.dir.path().join("rxend.toml"));
+                c
+            }
+            None => Command::new(bin("rxend")),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
@@ -284,6 +317,87 @@ pub fn remove_cgroups(name: &str) {
     }
 }
 
+/// Two network namespaces joined by a veth pair, as two hosts on one link;
+/// removed (with the link) on drop.
+pub struct NetPair {
+    /// The first namespace ("host A").
+    pub a: String,
+    /// The second namespace ("host B").
+    pub b: String,
+    /// A's address on the link.
+    pub addr_a: &'static str,
+    /// B's address on the link.
+    pub addr_b: &'static str,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetPair {
+    /// Creates the namespaces (unique names) and the link, with 10.77.0.1/24 and 10.77.0.2/24.
+    pub fn new() -> NetPair {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id());
+        let pair = NetPair {
+            a: format!("rxa{tag}"),
+            b: format!("rxb{tag}"),
+            addr_a: "10.77.0.1",
+            addr_b: "10.77.0.2",
+        };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &pair.a]);
+        ip(&["link", "set", &vb, "netns", &pair.b]);
+        for (ns, dev, addr) in [(&pair.a, &va, pair.addr_a), (&pair.b, &vb, pair.addr_b)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+}
+
+impl Default for NetPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// PIDs of processes whose command line contains every one of `needles`.
+pub fn pids_with(needles: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if needles.iter().all(|n| cmdline.contains(n)) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Polls `cond` until it holds, failing the test after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -402,6 +516,45 @@ impl Console {
         );
     }
 
+    /// Like [`Console::wait_for`], but returns the line only once it is
+    /// complete (a busy guest prints slowly).
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let line = self.wait_for(needle, timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if let Some(at) = out.rfind(&line) {
+                if let Some(end) = out[at..].find('\n') {
+                    let mut seen = self.seen.lock().expect("seen");
+                    *seen = (*seen).max(at + end);
+                    return out[at..at + end].trim_end_matches('\r').to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "no end to the line {line:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `memsum` and returns the guest's checksum of its free memory.
+    pub fn memsum(&mut self) -> String {
+        // No sync first: the guest may still be busy with a memfill, and
+        // answers once it is done; only the answer has "memsum 0x".
+        self.send("memsum");
+        let line = self.wait_line("memsum 0x", Duration::from_secs(300));
+        line.rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Fills the guest's free memory from `seed` and waits until it is done.
+    pub fn memfill(&mut self, seed: u64) {
+        self.sync();
+        self.send(&format!("memfill {seed}"));
+        self.wait_for("memfill done", Duration::from_secs(300));
+    }
+
     /// Sends `heartbeat` and returns the guest's counter.
     pub fn heartbeat(&mut self) -> u64 {
         self.sync();
@@ -409,7 +562,6 @@ impl Console {
         // The answer is a line of its own, "heartbeat N" (the echo of the
         // command has no number).
         let line = self.wait_for("\nheartbeat ", Duration::from_secs(10));
-        // The echo of the command is "heartbeat" alone; the answer carries the number.
         line.rsplit(' ')
             .next()
             .and_then(|n| n.trim().parse().ok())

@@ -172,6 +172,70 @@ pub enum Request {
         /// The maximum in MiB.
         mib: u64,
     },
+    /// Save a domain to a file (`rxl save`).
+    Save {
+        /// The domain.
+        domain: DomainRef,
+        /// Absolute path of the save file.
+        path: String,
+        /// Keep the domain running afterwards (`-c`).
+        checkpoint: bool,
+        /// Leave the domain paused afterwards (`-p`).
+        paused: bool,
+        /// A config to store instead of the domain's own.
+        #[serde(default)]
+        config: Option<ConfigText>,
+    },
+    /// Restore a domain from a save file (`rxl restore`).
+    Restore {
+        /// Absolute path of the save file.
+        path: String,
+        /// A config to use instead of the one in the file.
+        #[serde(default)]
+        config: Option<ConfigText>,
+        /// Leave the restored domain paused (`-p`).
+        paused: bool,
+    },
+    /// Move a domain to another host (`rxl migrate`). With `ssh`, the
+    /// connection to the receiver comes with this request (SCM_RIGHTS);
+    /// otherwise rxend connects to `host`'s relocation server.
+    Migrate {
+        /// The domain.
+        domain: DomainRef,
+        /// The target host (name or address).
+        host: String,
+        /// The relocation server's port.
+        port: u16,
+        /// The shared key file (default: rxend's configured key).
+        #[serde(default)]
+        key_file: Option<String>,
+        /// Pre-copy while the domain runs (else pause, copy, resume there).
+        live: bool,
+        /// Most pre-copy rounds.
+        max_rounds: u32,
+        /// Downtime target in milliseconds.
+        downtime_ms: u64,
+        /// Leave the domain paused on the target.
+        paused: bool,
+        /// The connection to the receiver is passed with the request (ssh transport).
+        #[serde(default)]
+        ssh: bool,
+    },
+    /// Receive a domain on the connection passed with this request (SCM_RIGHTS):
+    /// `rxl migrate-receive`, run by ssh on the target.
+    MigrateReceive {
+        /// Leave the received domain paused.
+        paused: bool,
+    },
+}
+
+/// A config file given on the command line: its absolute path and text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigText {
+    /// Absolute path.
+    pub path: String,
+    /// The file's text.
+    pub text: String,
 }
 
 /// One row of `xl sched-credit`.
@@ -351,6 +415,13 @@ pub enum Response {
     Known {
         /// The domains.
         domains: Vec<KnownDomain>,
+    },
+    /// A save or migration finished, with its figures.
+    Transferred {
+        /// The domain's name.
+        name: String,
+        /// The figures.
+        stats: crate::vmctl::TransferStats,
     },
     /// The answer to [`Request::DeviceList`].
     Devices {

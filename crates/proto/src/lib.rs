@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod jsonline;
+pub mod stream;
 pub mod vmctl;
 pub mod vmspec;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A request from rxend to a running VMM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum VmRequest {
     /// Stop every vCPU (they leave KVM_RUN and wait).
@@ -49,6 +49,59 @@ pub enum VmRequest {
         /// Its Xen device ID.
         devid: u32,
     },
+    /// Write the save stream to `path` (`rxl save`), then do `then`.
+    Save {
+        /// The save file to create.
+        path: std::path::PathBuf,
+        /// The config that rides in the stream.
+        config: crate::stream::ConfigRecord,
+        /// What the domain does once saved.
+        then: AfterSave,
+    },
+    /// Send the domain over the connected socket passed with this request
+    /// (SCM_RIGHTS); the VMM exits once the target says it resumed, and
+    /// resumes locally on any failure before that.
+    MigrateSend {
+        /// The config that rides in the stream.
+        config: crate::stream::ConfigRecord,
+        /// Pre-copy while the guest runs (else pause, copy, resume there).
+        live: bool,
+        /// Most pre-copy rounds before stop-and-copy.
+        max_rounds: u32,
+        /// Go to stop-and-copy once the dirty set can be sent within this many milliseconds.
+        downtime_ms: u64,
+    },
+}
+
+/// What a domain does after `Save`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterSave {
+    /// The VMM exits (plain `rxl save`).
+    Exit,
+    /// The domain keeps running (`rxl save -c`).
+    Resume,
+    /// The domain stays paused (`rxl save -p`).
+    Pause,
+}
+
+/// Figures of one save or migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransferStats {
+    /// Pre-copy rounds (the stop-and-copy round included); 1 for a save.
+    pub rounds: u32,
+    /// Stream bytes written.
+    pub bytes: u64,
+    /// Pages sent with data.
+    pub pages: u64,
+    /// Zero pages sent as a flag only.
+    pub zero_pages: u64,
+    /// Pages sent in the last (stop-and-copy) round.
+    pub last_round_pages: u64,
+    /// From the request to the end, in milliseconds.
+    pub total_ms: f64,
+    /// From pausing the guest to its run on the target (migration) or here (checkpoint), in milliseconds.
+    pub downtime_ms: f64,
 }
 
 /// What a vCPU is doing, as `xl vcpu-list` shows it.
@@ -169,13 +222,15 @@ pub struct NicStats {
 }
 
 /// The VMM's answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum VmResponse {
     /// The request was carried out.
     Ok,
     /// Statistics, the answer to [`VmRequest::Stats`].
     Stats(VmStats),
+    /// A save or migration finished.
+    Transferred(TransferStats),
     /// The request failed.
     Error {
         /// What went wrong.

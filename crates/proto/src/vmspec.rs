@@ -37,6 +37,12 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Create the domain with its vCPUs paused (`rxl create -p`).
     pub start_paused: bool,
+    /// Restore the domain from this save file instead of booting the kernel.
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
+    /// Receive the domain from the migration stream on this inherited file descriptor.
+    #[serde(default)]
+    pub incoming_fd: Option<i32>,
     /// Virtual disks, in slot order (disks take virtio-mmio slots from 0).
     #[serde(default)]
     pub disks: Vec<DiskDevice>,
@@ -130,6 +136,10 @@ pub enum ExitReason {
     Watchdog,
     /// rxend destroyed the domain.
     Destroyed,
+    /// The domain was saved to a file and stopped (`rxl save`).
+    Saved,
+    /// The domain now runs on another host.
+    Migrated,
 }
 
 /// Contents of [`files::EXIT_RECORD`].

@@ -30,6 +30,8 @@ use crate::vmm::{self, VmmError};
 mod memory_ops;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
+mod transfer;
+pub use transfer::{MigrateOptions, Reservation};
 
 /// Built-in kernels that `kernel = "builtin:NAME"` may name.
 pub const BUILTIN_KERNELS: &[&str] = &["testguest"];
@@ -80,6 +82,8 @@ enum Busy {
     Starting,
     Destroying,
     Exiting,
+    Saving,
+    Migrating,
 }
 
 impl Busy {
@@ -88,6 +92,8 @@ impl Busy {
             Busy::Starting => "starting",
             Busy::Destroying => "being destroyed",
             Busy::Exiting => "shutting down",
+            Busy::Saving => "being saved",
+            Busy::Migrating => "migrating",
         }
     }
 }
@@ -130,6 +136,8 @@ pub struct Daemon {
     cgroups: Option<crate::cgroup::Cgroups>,
     /// Domain-0's credit weight.
     dom0_weight: std::sync::atomic::AtomicU32,
+    /// The relocation key file from rxend's config, used when `rxl migrate` names none.
+    relocation_key: Mutex<Option<PathBuf>>,
 }
 
 fn now_secs() -> f64 {
@@ -209,11 +217,28 @@ impl Daemon {
                 domains,
                 next_domid,
             }),
+            relocation_key: Mutex::new(None),
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
         };
         daemon.adopt_sched();
         Ok(daemon)
+    }
+
+    /// Sets the relocation key file (from rxend's config).
+    pub fn set_relocation_key_file(&self, path: Option<PathBuf>) {
+        *self
+            .relocation_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = path;
+    }
+
+    /// The relocation key file from rxend's config.
+    pub fn relocation_key_file(&self) -> Option<PathBuf> {
+        self.relocation_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -519,6 +544,18 @@ impl Daemon {
         config_path: Option<String>,
         paused: bool,
     ) -> Result<Created, DaemonError> {
+        self.start_from(config, config_path, paused, None, None)
+    }
+
+    /// Like [`Self::start`], restoring from a save file or receiving on a migration connection.
+    fn start_from(
+        &self,
+        config: DomainConfig,
+        config_path: Option<String>,
+        paused: bool,
+        restore_from: Option<PathBuf>,
+        incoming: Option<OwnedFd>,
+    ) -> Result<Created, DaemonError> {
         check_name(&config.name)?;
         let kernel = kernel_source(&config, config_path.as_deref())?;
         let uuid = config
@@ -598,10 +635,12 @@ impl Daemon {
             start_paused: paused,
             balloon: true,
             max_vcpus: config.maxvcpus,
+            restore_from,
+            incoming_fd: None,
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
-        match vmm::launch(&spec) {
+        match vmm::launch_with(&spec, incoming) {
             Ok(l) => {
                 let mut t = self.table();
                 let Some(e) = t.domains.get_mut(&domid) else {
@@ -995,7 +1034,8 @@ impl Daemon {
             ExitReason::Reboot => rec.config.on_reboot,
             ExitReason::Crash => rec.config.on_crash,
             ExitReason::Watchdog => rec.config.on_watchdog,
-            ExitReason::Destroyed => Action::Destroy,
+            // The domain lives on in a save file or on another host.
+            ExitReason::Destroyed | ExitReason::Saved | ExitReason::Migrated => Action::Destroy,
         };
         self.log.info(format!(
             "domain {id} ({}): {} ({detail}); action {action}",
@@ -1101,6 +1141,8 @@ fn reason_word(r: ExitReason) -> &'static str {
         ExitReason::Crash => "crashed",
         ExitReason::Watchdog => "watchdog fired",
         ExitReason::Destroyed => "destroyed",
+        ExitReason::Saved => "saved",
+        ExitReason::Migrated => "migrated",
     }
 }
 
@@ -1122,7 +1164,10 @@ fn state_string(e: &Entry) -> String {
         (DomainState::Shutdown { reason }, _) => {
             s[3] = b's';
             s[4] = match reason {
-                ExitReason::Poweroff | ExitReason::Destroyed => b'-',
+                ExitReason::Poweroff
+                | ExitReason::Destroyed
+                | ExitReason::Saved
+                | ExitReason::Migrated => b'-',
                 ExitReason::Reboot => b'r',
                 ExitReason::Crash => b'c',
                 ExitReason::Watchdog => b'w',
@@ -1142,7 +1187,11 @@ fn domain_info(e: &Entry) -> DomainInfo {
     let online = matches!(e.rec.state, DomainState::Running { .. });
     DomainInfo {
         domid: e.rec.domid,
-        name: e.rec.name.clone(),
+        name: if e.busy == Some(Busy::Migrating) {
+            format!("migrating-{}", e.rec.name)
+        } else {
+            e.rec.name.clone()
+        },
         uuid: e.rec.uuid.clone(),
         memory_mib: e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib),
         maxmem_mib: e.rec.config.maxmem_mib,

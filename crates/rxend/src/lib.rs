@@ -15,6 +15,7 @@ pub mod network;
 pub mod paths;
 pub mod procfs;
 pub mod record;
+pub mod relocation;
 pub mod sched;
 pub mod server;
 pub mod storage;

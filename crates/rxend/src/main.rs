@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use rxend::daemon::{Daemon, SchedOptions, DEFAULT_DOM0_WEIGHT};
 use rxend::paths::{Paths, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use rxend::relocation::{self, RxendConfig};
 use rxend::{metrics, server};
 
 /// The rxen host daemon: it runs and supervises domains for rxl and rxen-shell.
@@ -36,10 +37,33 @@ struct Args {
     /// Serve every counter in Prometheus text format at http://ADDR:PORT/metrics (off by default).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
+    /// rxend's config file (TOML: the relocation server); /etc/rxen/rxend.toml if it exists.
+    #[arg(long, env = "RXEN_CONFIG")]
+    config: Option<PathBuf>,
 }
+
+/// The config file rxend reads when none is named.
+const DEFAULT_CONFIG: &str = "/etc/rxen/rxend.toml";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let config_path = args.config.clone().or_else(|| {
+        let p = PathBuf::from(DEFAULT_CONFIG);
+        p.exists().then_some(p)
+    });
+    let config = match &config_path {
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| RxendConfig::parse(&t))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("rxend: config file {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => RxendConfig::default(),
+    };
     let paths = Paths {
         socket: args.socket,
         state_dir: args.state_dir,
@@ -95,6 +119,14 @@ fn main() -> ExitCode {
                 eprintln!("rxend: {e}");
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    daemon.set_relocation_key_file(config.relocation.key_file.clone());
+    if config.relocation.server {
+        if let Err(e) = relocation::serve(Arc::clone(&daemon), &config.relocation) {
+            daemon.log.error(format!("relocation server: {e}"));
+            eprintln!("rxend: relocation server: {e}");
+            return ExitCode::FAILURE;
         }
     }
     let sup = Arc::clone(&daemon);

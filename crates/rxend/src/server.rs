@@ -176,7 +176,34 @@ fn handle_client(daemon: &Daemon, conns: &Connections, stream: UnixStream) {
                 return;
             }
         };
-        let sent = match dispatch(daemon, &caller, req) {
+        // Requests that come with a connection: acknowledge, then receive it
+        // in a message of its own (SCM_RIGHTS), so that no buffered read loses it.
+        let wants_fd = matches!(
+            req,
+            Request::Migrate { ssh: true, .. } | Request::MigrateReceive { .. }
+        );
+        let fd = if wants_fd {
+            let mut w = &stream;
+            if jsonline::write(&mut w, &Response::Ok).is_err() {
+                return;
+            }
+            match recv_fd(&stream) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    let mut w = &stream;
+                    let _ = jsonline::write(
+                        &mut w,
+                        &Response::Error {
+                            message: format!("no connection passed with the request: {e}"),
+                        },
+                    );
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let sent = match dispatch(daemon, &caller, req, fd) {
             Reply::Plain(resp) => {
                 let mut w = &stream;
                 jsonline::write(&mut w, &resp).is_ok()
@@ -216,6 +243,40 @@ fn send_with_fd(stream: &UnixStream, resp: &Response, fd: &OwnedFd) -> std::io::
     Ok(())
 }
 
+/// Receives one descriptor sent in a message of its own.
+fn recv_fd(stream: &UnixStream) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut out = None;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                out.get_or_insert(fd);
+            }
+        }
+    }
+    out.ok_or_else(|| std::io::Error::other("no descriptor in the message"))
+}
+
+fn transferred(r: Result<(String, rxen_proto::vmctl::TransferStats), DaemonError>) -> Reply {
+    match r {
+        Ok((name, stats)) => Reply::Plain(Response::Transferred { name, stats }),
+        Err(e) => error(e),
+    }
+}
+
 fn result(r: Result<(), DaemonError>) -> Reply {
     Reply::Plain(match r {
         Ok(()) => Response::Ok,
@@ -239,7 +300,7 @@ fn root_only(daemon: &Daemon, caller: &Caller, what: &str) -> Reply {
     error(DaemonError::Denied(format!("only root may {what}")))
 }
 
-fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
+fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>) -> Reply {
     match req {
         Request::Boot { domain } => match daemon.boot(caller, &domain) {
             Ok(c) => Reply::Plain(Response::Domain {
@@ -326,6 +387,70 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
         Request::VcpuSet { domain, count } => result(daemon.vcpu_set(caller, &domain, count)),
         Request::MemSet { domain, mib } => result(daemon.mem_set(caller, &domain, mib)),
         Request::MemMax { domain, mib } => result(daemon.mem_max(caller, &domain, mib)),
+        Request::Save {
+            domain,
+            path,
+            checkpoint,
+            paused,
+            config,
+        } => transferred(daemon.save_domain(
+            caller,
+            &domain,
+            &path,
+            checkpoint,
+            paused,
+            config.as_ref(),
+        )),
+        Request::Restore {
+            path,
+            config,
+            paused,
+        } => match daemon.restore_domain(caller, &path, config.as_ref(), paused) {
+            Ok(c) => Reply::Plain(Response::Domain {
+                domid: c.domid,
+                name: c.name,
+                warnings: c.warnings,
+            }),
+            Err(e) => error(e),
+        },
+        Request::Migrate {
+            domain,
+            host,
+            port,
+            key_file,
+            live,
+            max_rounds,
+            downtime_ms,
+            paused,
+            ssh: _,
+        } => transferred(daemon.migrate_domain(
+            caller,
+            &domain,
+            crate::daemon::MigrateOptions {
+                host,
+                port,
+                key_file,
+                live,
+                max_rounds,
+                downtime_ms,
+                paused,
+                channel: fd,
+            },
+        )),
+        Request::MigrateReceive { paused } => {
+            if !caller.is_root() {
+                return error(DaemonError::Denied(
+                    "only root may receive migrated domains".into(),
+                ));
+            }
+            let Some(fd) = fd else {
+                return error(DaemonError::Config("no connection to receive on".into()));
+            };
+            match crate::relocation::receive_over_ssh(daemon, fd, paused) {
+                Ok(()) => Reply::Plain(Response::Ok),
+                Err(e) => Reply::Plain(Response::Error { message: e }),
+            }
+        }
         Request::BlockAttach { domain, spec } => {
             result(daemon.block_attach(caller, &domain, &spec))
         }

@@ -1,7 +1,8 @@
 //! Spawning `rxen-vmm` processes and talking to their control sockets.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -10,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use rxen_proto::jsonline;
 use rxen_proto::vmctl::{VmRequest, VmResponse};
 use rxen_proto::vmspec::{files, ExitRecord, VmSpec};
@@ -76,9 +78,26 @@ pub fn binary() -> PathBuf {
     PathBuf::from("rxen-vmm")
 }
 
+/// The descriptor number a receiving VMM finds its migration connection on.
+pub const INCOMING_FD: i32 = 3;
+/// How long a receiving VMM may take to get the whole domain and say `ready`.
+const INCOMING_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Writes the spec into its run directory, starts a VMM in a session of its
 /// own (so it outlives rxend), and waits until it reports `ready`.
 pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
+    launch_with(spec, None)
+}
+
+/// Like [`launch`]; with `incoming`, the VMM receives the domain on that
+/// connection (as descriptor [`INCOMING_FD`]). rxend's own copy is closed
+/// as soon as the VMM has it, so that the peer sees the VMM's end alone.
+pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched, VmmError> {
+    let mut spec = spec.clone();
+    if incoming.is_some() {
+        spec.incoming_fd = Some(INCOMING_FD);
+    }
+    let spec = &spec;
     let prep = |path: &Path, source| VmmError::Prepare {
         path: path.to_path_buf(),
         source,
@@ -103,10 +122,20 @@ pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    let inherit = incoming.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: setsid, dup2 and fcntl are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(fd) = inherit {
+                if fd == INCOMING_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, INCOMING_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -114,6 +143,7 @@ pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
         binary: bin.clone(),
         source,
     })?;
+    drop(incoming);
     let pid = child.id() as i32;
     note_child(pid);
     let Some(stdout) = child.stdout.take() else {
@@ -125,7 +155,12 @@ pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
         let r = BufReader::new(stdout).read_line(&mut line).map(|_| line);
         let _ = tx.send(r);
     });
-    let outcome = rx.recv_timeout(READY_TIMEOUT);
+    let timeout = if spec.incoming_fd.is_some() {
+        INCOMING_TIMEOUT
+    } else {
+        READY_TIMEOUT
+    };
+    let outcome = rx.recv_timeout(timeout);
     match outcome {
         Ok(Ok(line)) if line.trim_end() == "ready" => {
             let start_ticks = procfs::process(pid)
@@ -140,7 +175,7 @@ pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(VmmError::Timeout(READY_TIMEOUT))
+            Err(VmmError::Timeout(timeout))
         }
     }
 }
@@ -197,10 +232,46 @@ pub fn request(run_dir: &Path, req: &VmRequest) -> Result<VmResponse, VmmError> 
     jsonline::read(&mut r).map_err(|e| ctl(e.to_string()))
 }
 
+/// Sends one control request that may take long (save, migration), with
+/// `fd` attached when given, and returns the answer.
+pub fn request_long(
+    run_dir: &Path,
+    req: &VmRequest,
+    fd: Option<&OwnedFd>,
+    timeout: Duration,
+) -> Result<VmResponse, VmmError> {
+    let path = run_dir.join(files::CONTROL_SOCKET);
+    let ctl = |e: String| VmmError::Control(e);
+    let stream = UnixStream::connect(&path).map_err(|e| ctl(format!("{}: {e}", path.display())))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| ctl(e.to_string()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ctl(e.to_string()))?;
+    line.push(b'\n');
+    match fd {
+        Some(fd) => {
+            let fds = [fd.as_raw_fd()];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let iov = [IoSlice::new(&line)];
+            let n = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(|e| ctl(e.to_string()))?;
+            let mut w = &stream;
+            w.write_all(line.get(n..).unwrap_or_default())
+                .map_err(|e| ctl(e.to_string()))?;
+        }
+        None => {
+            let mut w = &stream;
+            w.write_all(&line).map_err(|e| ctl(e.to_string()))?;
+        }
+    }
+    let mut r = BufReader::new(&stream);
+    jsonline::read(&mut r).map_err(|e| ctl(e.to_string()))
+}
+
 /// Sends a request that only needs an acknowledgement.
 pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
     match request(run_dir, req)? {
-        VmResponse::Ok | VmResponse::Stats(_) => Ok(()),
+        VmResponse::Ok | VmResponse::Stats(_) | VmResponse::Transferred(_) => Ok(()),
         VmResponse::Error { message } => Err(VmmError::Control(message)),
     }
 }

@@ -148,6 +148,31 @@ impl Client {
         }
     }
 
+    /// Sends a request that hands rxend a connection: rxend acknowledges the
+    /// request, then receives `fd` in a message of its own, then answers.
+    pub fn call_with_fd(&mut self, req: &Request, fd: &OwnedFd) -> Result<Response, ClientError> {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        match self.call(req)? {
+            Response::Ok => {}
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"F")];
+        sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| FrameError::Io(e.into()))?;
+        match jsonline::read(&mut self.reader)? {
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            r => Ok(r),
+        }
+    }
+
     /// Sends a request whose answer carries a file descriptor (console attach).
     pub fn call_fd(&mut self, req: &Request) -> Result<OwnedFd, ClientError> {
         jsonline::write(&mut self.stream, req)?;

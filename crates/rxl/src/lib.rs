@@ -8,3 +8,4 @@ pub mod format;
 pub mod sched;
 pub mod shell;
 pub mod top;
+pub mod transfer;

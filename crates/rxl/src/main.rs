@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{ArgAction, Parser, Subcommand};
-use rxen_proto::api::{DomainInfo, Request, Response};
+use rxen_proto::api::{ConfigText, DomainInfo, Request, Response};
 use rxl::client::{Client, ClientError, DEFAULT_SOCKET};
+use rxl::transfer::{self, Progress};
 use rxl::{console, format, sched, top};
 
 /// xl-compatible management of rxen domains.
@@ -211,6 +212,88 @@ enum Cmd {
         #[arg(short = 'z', long = "dom0-first")]
         dom0_first: bool,
     },
+    /// Save a domain to a file (it stops, unless -c or -p).
+    Save {
+        /// Checkpoint: leave the domain running after saving it.
+        #[arg(short = 'c')]
+        checkpoint: bool,
+        /// Leave the domain paused after saving it.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// The save file.
+        file: PathBuf,
+        /// A config file to store instead of the domain's own.
+        config: Option<String>,
+    },
+    /// Restore a domain from a save file.
+    Restore {
+        /// Leave the restored domain paused.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Do not wait in the background for the death of the domain (accepted for xl compatibility).
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Attach to the console after restoring.
+        #[arg(short = 'c')]
+        console: bool,
+        /// The save file.
+        file: PathBuf,
+        /// A config file to use instead of the one in the save file.
+        config: Option<String>,
+    },
+    /// Move a domain to another host: live by default. Over ssh as xl does
+    /// (`ssh HOST rxl migrate-receive`), or to HOST's relocation server
+    /// (rxend, TCP port 8002) with --relocation, --port or --key.
+    Migrate {
+        /// Use this command instead of ssh; with '', run HOST itself as the command (as xl).
+        #[arg(short = 's')]
+        ssh: Option<String>,
+        /// Do not wait in the background for the death of the domain on the target (xl compatibility).
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Leave the domain paused on the target.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Live migration (the default).
+        #[arg(long, conflicts_with = "non_live")]
+        live: bool,
+        /// Pause the domain, copy it, resume it on the target (as xm migrate without --live).
+        #[arg(long = "non-live")]
+        non_live: bool,
+        /// Use HOST's relocation server (rxend) instead of ssh.
+        #[arg(long)]
+        relocation: bool,
+        /// The relocation server's port (implies --relocation).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The relocation key file (implies --relocation; default: rxend's configured key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Most pre-copy rounds before stop-and-copy.
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
+        /// Stop-and-copy once the dirty pages can be sent within this many milliseconds.
+        #[arg(long, default_value_t = 20)]
+        downtime_ms: u64,
+        /// The domain (name or ID).
+        domain: String,
+        /// The target host.
+        host: String,
+    },
+    /// Receive a migrating domain on stdin/stdout (run by `rxl migrate` through ssh).
+    MigrateReceive {
+        /// Leave the received domain paused.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Accepted for xl compatibility.
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Accepted for xl compatibility (debug).
+        #[arg(short = 'd')]
+        debug: bool,
+    },
     /// Attach a disk to a running domain.
     #[command(name = "block-attach")]
     BlockAttach {
@@ -379,6 +462,133 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Unpause { domain } => Ok(connect()?.call_ok(&Request::Unpause { domain })?),
         Cmd::Rename { domain, new_name } => {
             Ok(connect()?.call_ok(&Request::Rename { domain, new_name })?)
+        }
+        Cmd::Save {
+            checkpoint,
+            paused,
+            domain,
+            file,
+            config,
+        } => {
+            let abs = std::path::absolute(&file).unwrap_or(file);
+            let config = config.map(|c| read_config(&c)).transpose()?;
+            let mut c = connect()?;
+            eprintln!("Saving to {} new rxl format", abs.display());
+            let p = Progress::start(format!("saving {domain}"));
+            let r = c.call(&Request::Save {
+                domain,
+                path: abs.display().to_string(),
+                checkpoint,
+                paused,
+                config,
+            });
+            p.finish();
+            match r? {
+                Response::Transferred { name, stats } => {
+                    eprintln!("Saved domain {name}: {}", transfer::figures(&stats));
+                    Ok(())
+                }
+                other => Err(Failure(format!("unexpected answer: {other:?}"))),
+            }
+        }
+        Cmd::Restore {
+            paused,
+            no_wait: _,
+            console,
+            file,
+            config,
+        } => {
+            let abs = std::path::absolute(&file).unwrap_or(file);
+            let config = config.map(|c| read_config(&c)).transpose()?;
+            let mut c = connect()?;
+            eprintln!("Loading new save file {} (new rxl fmt)", abs.display());
+            let p = Progress::start(format!("restoring {}", abs.display()));
+            let r = c.call(&Request::Restore {
+                path: abs.display().to_string(),
+                config,
+                paused,
+            });
+            p.finish();
+            let Response::Domain { name, warnings, .. } = r? else {
+                return Err(Failure("unexpected answer from rxend".into()));
+            };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if console {
+                attach(&mut c, &name)?;
+            }
+            Ok(())
+        }
+        Cmd::Migrate {
+            ssh,
+            no_wait: _,
+            paused,
+            live: _,
+            non_live,
+            relocation,
+            port,
+            key,
+            max_rounds,
+            downtime_ms,
+            domain,
+            host,
+        } => {
+            let tcp = relocation || port.is_some() || key.is_some();
+            let mut req = Request::Migrate {
+                domain: domain.clone(),
+                host: host.clone(),
+                port: port.unwrap_or(8002),
+                key_file: key.map(|k| std::path::absolute(&k).unwrap_or(k).display().to_string()),
+                live: !non_live,
+                max_rounds,
+                downtime_ms,
+                paused,
+                ssh: false,
+            };
+            let mut c = connect()?;
+            let p = Progress::start(format!("migrating {domain} to {host}"));
+            let r = if tcp {
+                c.call(&req)
+            } else {
+                if let Request::Migrate { ssh, .. } = &mut req {
+                    *ssh = true;
+                }
+                let cmd = ssh.unwrap_or_else(|| "ssh".into());
+                let (mut child, channel) =
+                    transfer::spawn_ssh(&cmd, &host, paused).map_err(|e| Failure(e.to_string()))?;
+                let r = c.call_with_fd(&req, &channel);
+                drop(channel);
+                let _ = child.wait();
+                r
+            };
+            p.finish();
+            match r? {
+                Response::Transferred { name, stats } => {
+                    eprintln!("Migration successful.");
+                    println!("migrated {name} to {host}: {}", transfer::figures(&stats));
+                    Ok(())
+                }
+                other => Err(Failure(format!("unexpected answer: {other:?}"))),
+            }
+        }
+        Cmd::MigrateReceive {
+            paused,
+            no_wait: _,
+            debug: _,
+        } => {
+            let (channel, out) = transfer::stdio_channel().map_err(|e| Failure(e.to_string()))?;
+            let mut c = connect()?;
+            let r = c.call_with_fd(&Request::MigrateReceive { paused }, &channel);
+            drop(channel);
+            // Let the last words to the sender ("resumed") reach stdout.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !out.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r?;
+            eprintln!("migration target: domain received and running");
+            Ok(())
         }
         Cmd::Domid { name } => {
             let (id, _) = lookup(&mut connect()?, &name)?;
@@ -582,6 +792,19 @@ fn device_lists(c: &mut Client, domains: &[String], disks: bool) -> Outcome {
 }
 
 /// Finds the config file as xl does: as given, else under /etc/xen/ when the name has no slash.
+/// Reads a config file named on the command line, for save and restore.
+fn read_config(file: &str) -> Result<ConfigText, Failure> {
+    let path = config_path(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure(format!("cannot read config file {}: {e}", path.display())))?;
+    eprintln!("Parsing config from {}", path.display());
+    let abs = std::path::absolute(&path).unwrap_or(path);
+    Ok(ConfigText {
+        path: abs.display().to_string(),
+        text,
+    })
+}
+
 fn config_path(file: &str) -> PathBuf {
     let p = Path::new(file);
     if !file.contains('/') && !p.exists() {

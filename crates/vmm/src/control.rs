@@ -1,8 +1,12 @@
 //! The control protocol (`rxen_proto::vmctl`) on `control.sock`: line
 //! framing, request decoding and dispatch to a [`ControlTarget`].
 
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
 use rxen_proto::jsonline::MAX_LINE;
-use rxen_proto::vmctl::{VmRequest, VmResponse, VmStats};
+use rxen_proto::stream::ConfigRecord;
+use rxen_proto::vmctl::{AfterSave, TransferStats, VmRequest, VmResponse, VmStats};
 use rxen_proto::vmspec::{DiskDevice, NicDevice};
 
 /// Errors a control operation reports back to the client.
@@ -38,6 +42,26 @@ pub trait ControlTarget {
     fn set_balloon(&mut self, _target_mib: u64) -> Result<(), ControlError> {
         Err(ControlError::Failed("ballooning is not supported".into()))
     }
+    /// Writes the save stream to `path`, then exits, resumes or stays paused.
+    fn save(
+        &mut self,
+        _path: &Path,
+        _config: &ConfigRecord,
+        _then: AfterSave,
+    ) -> Result<TransferStats, ControlError> {
+        Err(ControlError::Failed("save is not supported".into()))
+    }
+    /// Sends the domain over `sock`; on success the VMM must exit.
+    fn migrate(
+        &mut self,
+        _sock: Option<OwnedFd>,
+        _config: &ConfigRecord,
+        _live: bool,
+        _max_rounds: u32,
+        _downtime_ms: u64,
+    ) -> Result<TransferStats, ControlError> {
+        Err(ControlError::Failed("migration is not supported".into()))
+    }
     /// Hot-plugs a disk.
     fn attach_disk(&mut self, _disk: &DiskDevice) -> Result<(), ControlError> {
         Err(ControlError::Failed(
@@ -59,7 +83,7 @@ pub trait ControlTarget {
 }
 
 /// The answer to one line, and whether the VMM must end after sending it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     /// The response to send.
     pub response: VmResponse,
@@ -75,6 +99,15 @@ fn error(message: impl std::fmt::Display) -> VmResponse {
 
 /// Decodes one request line and carries it out on `target`.
 pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
+    handle_line_with_fd(line, target, None)
+}
+
+/// Like [`handle_line`], with a file descriptor that came with the line (SCM_RIGHTS).
+pub fn handle_line_with_fd(
+    line: &[u8],
+    target: &mut impl ControlTarget,
+    fd: Option<OwnedFd>,
+) -> Reply {
     let request: VmRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
@@ -110,6 +143,25 @@ pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
         },
         VmRequest::SetBalloon { target_mib } => ok(target.set_balloon(target_mib)),
         VmRequest::SetVcpus { online } => ok(target.set_vcpus(online)),
+        VmRequest::Save { path, config, then } => match target.save(&path, &config, then) {
+            Ok(s) => {
+                finish = then == AfterSave::Exit;
+                VmResponse::Transferred(s)
+            }
+            Err(e) => error(e),
+        },
+        VmRequest::MigrateSend {
+            config,
+            live,
+            max_rounds,
+            downtime_ms,
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms) {
+            Ok(s) => {
+                finish = true;
+                VmResponse::Transferred(s)
+            }
+            Err(e) => error(e),
+        },
         VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk)),
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),

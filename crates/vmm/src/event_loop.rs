@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
@@ -71,6 +71,8 @@ pub fn install_sigterm() -> Result<EventFd, EventLoopError> {
 struct ControlClient {
     stream: UnixStream,
     lines: LineBuffer,
+    /// Descriptors received with the client's bytes (SCM_RIGHTS), oldest first.
+    fds: Vec<OwnedFd>,
 }
 
 struct Loop<'a> {
@@ -156,6 +158,7 @@ impl Loop<'_> {
                     ControlClient {
                         stream,
                         lines: LineBuffer::default(),
+                        fds: Vec::new(),
                     },
                 );
             }
@@ -178,6 +181,49 @@ impl Loop<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (data, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return (data, true),
+            }
+        }
+    }
+
+    /// Like [`Self::drain`], and collects descriptors passed with the bytes.
+    fn drain_with_fds(stream: &mut UnixStream, fds: &mut Vec<OwnedFd>) -> (Vec<u8>, bool) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let r = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            );
+            let n = match r {
+                Ok(msg) => {
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(received) = c {
+                                for fd in received {
+                                    // SAFETY: the kernel just installed `fd` in this
+                                    // process for us; nothing else owns it.
+                                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                                }
+                            }
+                        }
+                    }
+                    msg.bytes
+                }
+                Err(nix::errno::Errno::EAGAIN) => return (data, false),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return (data, true),
+            };
+            if n == 0 {
+                return (data, true);
+            }
+            data.extend_from_slice(buf.get(..n).unwrap_or(&[]));
+            if data.len() >= 64 * 1024 {
+                return (data, false);
             }
         }
     }
@@ -226,7 +272,7 @@ impl Loop<'_> {
         let Some(client) = self.control_clients.get_mut(&id) else {
             return Ok(Flow::Continue);
         };
-        let (data, gone) = Self::drain(&mut client.stream);
+        let (data, gone) = Self::drain_with_fds(&mut client.stream, &mut client.fds);
         client.lines.push(&data);
         loop {
             let Some(client) = self.control_clients.get_mut(&id) else {
@@ -235,7 +281,10 @@ impl Loop<'_> {
             let reply = match client.lines.next_line() {
                 Ok(None) => break,
                 Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(Some(line)) => control::handle_line(&line, self.vm),
+                Ok(Some(line)) => {
+                    let fd = (!client.fds.is_empty()).then(|| client.fds.remove(0));
+                    control::handle_line_with_fd(&line, self.vm, fd)
+                }
                 Err(e) => control::Reply {
                     response: VmResponse::Error {
                         message: e.to_string(),

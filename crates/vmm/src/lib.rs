@@ -17,7 +17,9 @@ pub mod exit;
 pub mod kvm_vm;
 pub mod loader;
 pub mod memory;
+pub mod snapshot;
 pub mod stats;
+pub mod transfer;
 pub mod vcpu;
 pub mod vmm;
 

@@ -30,6 +30,22 @@ pub enum VcpuError {
     /// Not every vCPU left the guest in time.
     #[error("timed out waiting for vCPUs to stop")]
     PauseTimeout,
+    /// A job was posted to a vCPU that is not parked.
+    #[error("vCPU {0} is not parked")]
+    NotParked(usize),
+}
+
+/// Work for a parked vCPU thread, run with its `VcpuFd` (state capture for save and migration).
+pub type VcpuJob = Box<dyn FnOnce(&mut VcpuFd) + Send>;
+
+/// Jobs waiting for parked vCPU threads, one slot per vCPU.
+#[derive(Default)]
+struct Jobs(Vec<Option<VcpuJob>>);
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jobs({} pending)", self.0.iter().flatten().count())
+    }
 }
 
 /// The real-time signal used to kick vCPU threads out of KVM_RUN.
@@ -84,6 +100,7 @@ struct RunState {
     paused: bool,
     parked: Vec<bool>,
     gone: Vec<bool>,
+    jobs: Jobs,
 }
 
 /// Pause/unpause coordination for all vCPUs.
@@ -103,6 +120,7 @@ impl RunControl {
                 paused,
                 parked: vec![false; count],
                 gone: vec![false; count],
+                jobs: Jobs((0..count).map(|_| None).collect()),
             }),
             cv: Condvar::new(),
         }
@@ -123,13 +141,21 @@ impl RunControl {
         lock(&self.state).gone.get(id).copied().unwrap_or(true)
     }
 
-    fn park(&self, id: usize) {
+    fn park(&self, id: usize, mut vcpu: Option<&mut VcpuFd>) {
         let mut g = lock(&self.state);
         if let Some(p) = g.parked.get_mut(id) {
             *p = true;
         }
         self.cv.notify_all();
         while g.paused {
+            if let Some(job) = g.jobs.0.get_mut(id).and_then(Option::take) {
+                drop(g);
+                if let Some(v) = vcpu.as_deref_mut() {
+                    job(v);
+                }
+                g = lock(&self.state);
+                continue;
+            }
             g = self
                 .cv
                 .wait(g)
@@ -185,6 +211,19 @@ impl RunControl {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Runs `job` on parked vCPU `id`'s thread (the VM must be paused).
+    pub fn post(&self, id: usize, job: VcpuJob) -> Result<(), VcpuError> {
+        let mut g = lock(&self.state);
+        if !g.paused || !g.parked.get(id).copied().unwrap_or(false) {
+            return Err(VcpuError::NotParked(id));
+        }
+        if let Some(slot) = g.jobs.0.get_mut(id) {
+            *slot = Some(job);
+        }
+        self.cv.notify_all();
+        Ok(())
     }
 
     /// Lets the vCPUs run again.
@@ -324,7 +363,7 @@ fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
     let idx = id as usize;
     loop {
         if ctx.control.flag.load(Ordering::SeqCst) {
-            ctx.control.park(idx);
+            ctx.control.park(idx, Some(&mut vcpu));
         }
         if ctx.exit.is_requested() {
             break;
@@ -391,7 +430,7 @@ mod tests {
             let spins = spins.clone();
             std::thread::spawn(move || loop {
                 if c.flag.load(Ordering::SeqCst) {
-                    c.park(id);
+                    c.park(id, None);
                 }
                 spins.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(1));

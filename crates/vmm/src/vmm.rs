@@ -1,14 +1,21 @@
 //! The VM as a whole: builds it from a [`VmSpec`], starts it, and answers the control socket.
 
 use crate::memory::GuestMemory;
-use std::os::unix::fs::PermissionsExt;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
-use rxen_proto::vmctl::{BalloonStats, VcpuState, VcpuStats, VmStats};
+use rxen_proto::stream::{
+    self as pstream, ConfigRecord, DeviceRecord, Header, RecordType, StreamWriter, VmInfo,
+};
+use rxen_proto::vmctl::{AfterSave, BalloonStats, TransferStats, VcpuState, VcpuStats, VmStats};
 use rxen_proto::vmspec::{files, DiskDevice, ExitReason, ExitRecord, NicDevice, VmSpec};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -26,7 +33,7 @@ use crate::devices::pio_bus::PioBusError;
 use crate::devices::power::{
     HostRequest, HostRequestReg, PowerPorts, HOST_REQUEST_PORT, POWER_PORT, PVPANIC_PORT,
 };
-use crate::devices::serial::{SerialDevice, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::serial::{SerialDevice, SerialSnapshot, COM1_GSI, COM1_LEN, COM1_PORT};
 use crate::devices::vcpu_ports::{VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
 use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
 use crate::devices::PioBus;
@@ -35,8 +42,26 @@ use crate::exit::{ExitError, ExitSignal};
 use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
+use crate::snapshot::{self, SnapshotError};
+use crate::transfer::{self, DirtyLog, PageSender, Received, TransferError};
 use crate::vcpu::{self, RunControl, VcpuContext, VcpuError, VcpuHandle, VcpuInfo};
 use crate::{cpuid, stats};
+
+/// Devices made before the VM is assembled: the balloon (if any) and the
+/// online-vCPU masks behind ports 0x516/0x517.
+type VmExtras = (Option<rxen_virtio::BalloonHandle>, Arc<VcpuMasks>);
+
+/// Where a VM's state comes from.
+enum Restore {
+    /// A fresh boot of this kernel.
+    Boot(LoadedKernel),
+    /// A save file or migration stream, already read and checked.
+    Saved(Box<Received>),
+}
+
+fn bad_device(name: &str, why: impl std::fmt::Display) -> VmmError {
+    VmmError::Restore(TransferError::Mismatch(format!("device {name}: {why}")))
+}
 
 /// The UART type of COM1.
 pub type Com1 = SerialDevice<ConsoleWriter>;
@@ -123,6 +148,23 @@ pub enum VmmError {
     /// The event loop failed.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// The save file or migration stream could not be used.
+    #[error("cannot restore the domain: {0}")]
+    Restore(#[from] TransferError),
+    /// Saved vCPU, VM or device state could not be applied.
+    #[error("cannot restore the domain: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The save file could not be opened.
+    #[error("cannot open save file {path}: {source}")]
+    SaveFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The incoming migration connection failed.
+    #[error("incoming migration: {0}")]
+    Incoming(String),
     /// A virtio device could not be set up.
     #[error(transparent)]
     Device(#[from] SlotError),
@@ -162,6 +204,35 @@ pub struct Vm {
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
 }
+
+/// What [`Vm::send_stream`] leaves behind once the stream is written: the guest is paused.
+pub struct Sent<W> {
+    /// The writer, flushed.
+    pub writer: W,
+    /// The figures so far.
+    pub stats: TransferStats,
+    /// When the guest was paused for the last round.
+    pub paused_at: Instant,
+    /// Whether the guest was paused before the transfer began.
+    pub was_paused: bool,
+    /// When the transfer began.
+    pub started: Instant,
+}
+
+/// How to send the stream.
+pub struct SendOptions<'a> {
+    /// The config record.
+    pub config: &'a ConfigRecord,
+    /// Pre-copy while the guest runs.
+    pub live: bool,
+    /// Most pre-copy rounds.
+    pub max_rounds: u32,
+    /// Downtime target in milliseconds.
+    pub downtime_ms: u64,
+}
+
+/// Fewer dirty pages than this go straight to stop-and-copy (Xen's threshold).
+const DIRTY_THRESHOLD: usize = 50;
 
 fn vcpu_err(id: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::VcpuIoctl { id, what, source }
@@ -220,6 +291,13 @@ fn setup_vcpu(
 impl Vm {
     /// Builds the VM described by `spec`: memory, kernel, boot state, devices, vCPUs (not started).
     pub fn create(spec: VmSpec) -> Result<Self, VmmError> {
+        Self::create_with(spec, None)
+    }
+
+    /// Builds the VM of `spec`, booting its kernel, or restoring it from
+    /// `spec.restore_from` or from `incoming` (a migration stream). A restored
+    /// VM is checked in full before this returns; nothing has run yet.
+    pub fn create_with(spec: VmSpec, incoming: Option<&File>) -> Result<Self, VmmError> {
         // The test guest gets `maxvcpus` vCPUs with the first `vcpus` online (ports
         // 0x516/0x517); other kernels get `vcpus`.
         let mut spec = spec;
@@ -262,6 +340,41 @@ impl Vm {
         } else {
             None
         };
+        let restored = if let Some(path) = &spec.restore_from {
+            let f = File::open(path).map_err(|source| VmmError::SaveFile {
+                path: path.clone(),
+                source,
+            })?;
+            let r = transfer::receive(
+                BufReader::with_capacity(1 << 20, f),
+                &mem,
+                spec.memory_mib,
+                spec.vcpus,
+            )?;
+            tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
+            Some(r)
+        } else if let Some(sock) = incoming {
+            let r = transfer::receive(
+                BufReader::with_capacity(1 << 20, sock),
+                &mem,
+                spec.memory_mib,
+                spec.vcpus,
+            )?;
+            tracing::info!(bytes = r.bytes, "migration stream received");
+            Some(r)
+        } else {
+            None
+        };
+        if let Some(r) = restored {
+            return Self::assemble(
+                spec,
+                kvm,
+                mem,
+                slots,
+                Restore::Saved(Box::new(r)),
+                (balloon, vcpu_masks),
+            );
+        }
 
         let image = loader::read_kernel(&spec.kernel)?;
         let kernel = loader::load(
@@ -283,12 +396,93 @@ impl Vm {
         }
         boot::paging::write(&mem, gib)?;
 
+        Self::assemble(
+            spec,
+            kvm,
+            mem,
+            slots,
+            Restore::Boot(kernel),
+            (balloon, vcpu_masks),
+        )
+    }
+
+    /// Creates the vCPUs and devices, set up for boot or from saved state.
+    fn assemble(
+        spec: VmSpec,
+        kvm: KvmVm,
+        mem: GuestMemory,
+        slots: Arc<VirtioSlots>,
+        from: Restore,
+        extras: VmExtras,
+    ) -> Result<Self, VmmError> {
         let mut pending = Vec::new();
         for id in 0..spec.vcpus {
             let vcpu = kvm.create_vcpu(id)?;
-            setup_vcpu(&kvm, &vcpu, id, spec.vcpus, &kernel)?;
+            match &from {
+                Restore::Boot(kernel) => setup_vcpu(&kvm, &vcpu, id, spec.vcpus, kernel)?,
+                Restore::Saved(r) => {
+                    let cpuid =
+                        cpuid::for_vcpu(&kvm.supported_cpuid, id, spec.vcpus, kvm.tsc_deadline);
+                    vcpu.set_cpuid2(&cpuid).map_err(vcpu_err(id, "set CPUID"))?;
+                    if let Some(st) = r.vcpus.get(id as usize) {
+                        snapshot::restore_vcpu(&vcpu, st)?;
+                    }
+                }
+            }
             pending.push(vcpu);
         }
+        let mut serial_state = None;
+        let mut host_request_value = 0u8;
+        let kind = match &from {
+            Restore::Boot(kernel) => kernel.kind,
+            Restore::Saved(r) => {
+                snapshot::restore_vm(&kvm.fd, &r.vm)?;
+                for d in &r.devices {
+                    match d.name.as_str() {
+                        "serial" => {
+                            serial_state = Some(
+                                serde_json::from_value::<SerialSnapshot>(d.state.clone())
+                                    .map_err(|e| bad_device("serial", e))?,
+                            )
+                        }
+                        "power" => {
+                            host_request_value = d
+                                .state
+                                .get("host_request")
+                                .and_then(serde_json::Value::as_u64)
+                                .and_then(|v| u8::try_from(v).ok())
+                                .ok_or_else(|| bad_device("power", "no host_request"))?
+                        }
+                        other => return Err(bad_device(other, "unknown device")),
+                    }
+                }
+                if r.info.kernel == "linux" {
+                    KernelKind::Linux
+                } else {
+                    KernelKind::TestGuest
+                }
+            }
+        };
+        if let Restore::Boot(kernel) = &from {
+            Self::write_boot_info(&spec, &mem, kernel, &pending)?;
+        }
+        Self::finish(
+            spec,
+            kvm,
+            mem,
+            slots,
+            kind,
+            pending,
+            ((serial_state, host_request_value), extras),
+        )
+    }
+
+    fn write_boot_info(
+        spec: &VmSpec,
+        mem: &GuestMemory,
+        kernel: &LoadedKernel,
+        pending: &[VcpuFd],
+    ) -> Result<(), VmmError> {
         if kernel.kind == KernelKind::TestGuest {
             let tsc_khz = pending
                 .first()
@@ -298,16 +492,31 @@ impl Vm {
                 .unwrap_or(0);
             RxenBootInfo::new(
                 spec.vcpus,
-                memory::ram_bytes(&mem),
+                memory::ram_bytes(mem),
                 u64::from(tsc_khz),
                 kernel.kernel_end,
             )
-            .write(&mem, GuestAddress(BOOT_INFO_ADDR))?;
+            .write(mem, GuestAddress(BOOT_INFO_ADDR))?;
             tracing::info!(tsc_khz, "boot info written");
         }
+        Ok(())
+    }
 
+    fn finish(
+        spec: VmSpec,
+        kvm: KvmVm,
+        mem: GuestMemory,
+        slots: Arc<VirtioSlots>,
+        kind: KernelKind,
+        pending: Vec<VcpuFd>,
+        ((serial_state, host_request_value), (balloon, vcpu_masks)): (
+            (Option<SerialSnapshot>, u8),
+            VmExtras,
+        ),
+    ) -> Result<Self, VmmError> {
         let exit = Arc::new(ExitSignal::new()?);
         let host_request = Arc::new(HostRequestReg::default());
+        host_request.set_raw(host_request_value);
         let console = Arc::new(ConsoleHub::new(Some(
             &spec.run_dir.join(files::CONSOLE_LOG),
         ))?);
@@ -317,11 +526,17 @@ impl Vm {
         kvm.register_irqfd(&irq, COM1_GSI)?;
         let input_drained = evt()?;
         let drained_for_uart = input_drained.try_clone().map_err(VmmError::EventFd)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            irq,
-            drained_for_uart,
-            ConsoleWriter(console.clone()),
-        )));
+        let serial = match &serial_state {
+            Some(st) => SerialDevice::from_snapshot(
+                irq,
+                drained_for_uart,
+                ConsoleWriter(console.clone()),
+                st,
+            )
+            .map_err(|e| bad_device("serial", e))?,
+            None => SerialDevice::new(irq, drained_for_uart, ConsoleWriter(console.clone())),
+        };
+        let serial = Arc::new(Mutex::new(serial));
         let mut pio = PioBus::new();
         pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
         let power = Arc::new(Mutex::new(PowerPorts::new(
@@ -352,7 +567,7 @@ impl Vm {
             spec,
             kvm,
             mem,
-            kind: kernel.kind,
+            kind,
             control,
             exit,
             host_request,
@@ -469,6 +684,339 @@ impl Vm {
             online_mask: self.vcpu_masks.reported(),
         }
     }
+
+    /// Pauses every vCPU.
+    fn pause_all(&self) -> Result<(), VcpuError> {
+        let vcpus = &self.vcpus;
+        self.control.pause(&self.infos, |i| {
+            if let Some(v) = vcpus.get(i) {
+                v.kick();
+            }
+        })
+    }
+
+    /// Runs `job` on every parked vCPU's own thread and collects the results.
+    fn on_each_vcpu<T: Send + 'static>(
+        &self,
+        job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
+    ) -> Result<Vec<T>, TransferError> {
+        let job = Arc::new(job);
+        let mut out = Vec::with_capacity(self.vcpus.len());
+        for (i, h) in self.vcpus.iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let id = h.info.id;
+            let job = job.clone();
+            self.control
+                .post(
+                    i,
+                    Box::new(move |v: &mut VcpuFd| {
+                        let _ = tx.send(job(v, id));
+                    }),
+                )
+                .map_err(|e| TransferError::Peer(e.to_string()))?;
+            let r = rx
+                .recv_timeout(Duration::from_secs(5))
+                .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer")))?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Lets KVM complete any port I/O a paused vCPU is in the middle of:
+    /// re-enter KVM_RUN with `immediate_exit` set. PVM may emulate a few
+    /// instructions on the way (guest writes), so this comes before the last
+    /// dirty pages are collected.
+    fn settle_vcpus(&self) -> Result<(), TransferError> {
+        self.on_each_vcpu(|v, _| {
+            v.set_kvm_immediate_exit(1);
+            let _ = v.run();
+            v.set_kvm_immediate_exit(0);
+        })
+        .map(|_| ())
+    }
+
+    /// Captures every vCPU's state on its own (parked, settled) thread.
+    fn capture_vcpus(&self) -> Result<Vec<Vec<u8>>, TransferError> {
+        let msrs = Arc::new(snapshot::msr_list(&self.kvm.kvm));
+        self.on_each_vcpu(move |v, id| snapshot::capture_vcpu(v, id, &msrs))?
+            .into_iter()
+            .map(|r| r.map_err(TransferError::from))
+            .collect()
+    }
+
+    /// The device records.
+    fn device_records(&self) -> Vec<DeviceRecord> {
+        let serial = crate::lock(&self.serial).snapshot();
+        vec![
+            DeviceRecord {
+                name: "serial".into(),
+                state: serde_json::to_value(serial).unwrap_or_default(),
+            },
+            DeviceRecord {
+                name: "power".into(),
+                state: serde_json::json!({ "host_request": self.host_request.get() }),
+            },
+        ]
+    }
+
+    /// Writes the whole stream to `out`. Live: pre-copy rounds with dirty
+    /// logging while the guest runs, then pause and the last pages; else pause
+    /// first and send every page once. Returns with the guest paused; on an
+    /// error the guest runs again as before.
+    pub fn send_stream<W: Write>(
+        &mut self,
+        out: W,
+        opts: &SendOptions<'_>,
+    ) -> Result<Sent<W>, TransferError> {
+        if self.slots.occupied() > 0 {
+            // Virtio queues and their I/O threads are not in the stream yet.
+            return Err(TransferError::Mismatch(
+                "saving or migrating a domain with virtual disks or NICs is not supported yet"
+                    .into(),
+            ));
+        }
+        let started = Instant::now();
+        let was_paused = self.control.is_paused();
+        let mut log = None;
+        let r = self.send_inner(out, opts, was_paused, &mut log);
+        if let Some(l) = log {
+            l.stop(&self.kvm);
+        }
+        match r {
+            Ok((writer, stats, paused_at)) => Ok(Sent {
+                writer,
+                stats,
+                paused_at,
+                was_paused,
+                started,
+            }),
+            Err(e) => {
+                if !was_paused {
+                    self.control.unpause();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn send_inner<W: Write>(
+        &mut self,
+        out: W,
+        opts: &SendOptions<'_>,
+        was_paused: bool,
+        log: &mut Option<DirtyLog>,
+    ) -> Result<(W, TransferStats, Instant), TransferError> {
+        let mut w = StreamWriter::new(out, Header::new(opts.live))?;
+        w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
+        let info = VmInfo {
+            memory_mib: self.spec.memory_mib,
+            vcpus: self.spec.vcpus,
+            kernel: match self.kind {
+                KernelKind::TestGuest => "testguest".into(),
+                KernelKind::Linux => "linux".into(),
+            },
+        };
+        w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
+        let mut stats = TransferStats::default();
+        let mut sender = PageSender::default();
+        if opts.live && !was_paused {
+            let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
+            let mut pfns = transfer::all_pfns(&self.mem);
+            let mut round = 1u32;
+            loop {
+                let t = Instant::now();
+                let before = w.bytes;
+                sender.send(&mut w, &self.mem, &pfns, &mut stats, |_| {})?;
+                w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
+                stats.rounds = round;
+                let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                pfns = dirty.collect(&self.kvm, &self.mem)?;
+                let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
+                tracing::info!(
+                    round,
+                    sent_mib = (w.bytes - before) >> 20,
+                    dirty = pfns.len(),
+                    estimate_ms,
+                    "pre-copy round done"
+                );
+                if pfns.len() < DIRTY_THRESHOLD
+                    || estimate_ms <= opts.downtime_ms as f64
+                    || round >= opts.max_rounds
+                {
+                    break;
+                }
+                round += 1;
+            }
+        }
+        self.pause_all()
+            .map_err(|e| TransferError::Peer(e.to_string()))?;
+        let paused_at = Instant::now();
+        self.settle_vcpus()?;
+        let last = match log.as_ref() {
+            Some(d) => d.collect(&self.kvm, &self.mem)?,
+            None => transfer::all_pfns(&self.mem),
+        };
+        stats.last_round_pages = last.len() as u64;
+        sender.send(&mut w, &self.mem, &last, &mut stats, |_| {})?;
+        stats.rounds += 1;
+        for body in self.capture_vcpus()? {
+            w.record(RecordType::Vcpu, &body)?;
+        }
+        w.record(RecordType::VmState, &snapshot::capture_vm(&self.kvm.fd)?)?;
+        for d in self.device_records() {
+            w.record(RecordType::Device, &pstream::json_body(&d)?)?;
+        }
+        w.record(RecordType::End, &[])?;
+        w.flush()?;
+        stats.bytes = w.bytes;
+        Ok((w.into_inner(), stats, paused_at))
+    }
+
+    /// Saves the domain to `path`, then exits, resumes or stays paused.
+    pub fn save_to(
+        &mut self,
+        path: &Path,
+        config: &ConfigRecord,
+        then: AfterSave,
+    ) -> Result<TransferStats, TransferError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| TransferError::Peer(format!("cannot create {}: {e}", path.display())))?;
+        let opts = SendOptions {
+            config,
+            live: false,
+            max_rounds: 1,
+            downtime_ms: 0,
+        };
+        let sent = match self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        let synced = sent
+            .writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all());
+        if let Err(e) = synced {
+            let _ = std::fs::remove_file(path);
+            if !sent.was_paused {
+                self.control.unpause();
+            }
+            return Err(TransferError::Peer(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+        let mut stats = sent.stats;
+        match then {
+            AfterSave::Exit => self
+                .exit
+                .request(ExitReason::Saved, format!("saved to {}", path.display())),
+            AfterSave::Resume if !sent.was_paused => self.control.unpause(),
+            AfterSave::Resume | AfterSave::Pause => {}
+        }
+        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
+        stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(?stats, file = %path.display(), "domain saved");
+        Ok(stats)
+    }
+
+    /// Sends the domain over `sock` to a receiving VMM. Exits once the target
+    /// says it runs the guest; any failure before the target is cleared to
+    /// resume leaves the guest running here as it was.
+    pub fn migrate_to(
+        &mut self,
+        sock: OwnedFd,
+        opts: &SendOptions<'_>,
+    ) -> Result<TransferStats, TransferError> {
+        let sock = File::from(sock);
+        set_timeout(&sock, Some(Duration::from_secs(60)));
+        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), opts)?;
+        drop(sent.writer);
+        let resume_here = |vm: &Self, e: TransferError| {
+            if !sent.was_paused {
+                vm.control.unpause();
+            }
+            tracing::warn!("migration failed, domain resumed here: {e}");
+            e
+        };
+        match read_line(&sock) {
+            Ok(l) if l == "received" => {}
+            Ok(l) => {
+                let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
+                return Err(resume_here(
+                    self,
+                    TransferError::Peer(format!("the target refused the domain: {why}")),
+                ));
+            }
+            Err(e) => {
+                return Err(resume_here(
+                    self,
+                    TransferError::Peer(format!("the target went away: {e}")),
+                ))
+            }
+        }
+        if let Err(e) = (&sock).write_all(b"go\n") {
+            return Err(resume_here(
+                self,
+                TransferError::Peer(format!("the target went away: {e}")),
+            ));
+        }
+        // From here on the target owns the domain: never resume it here.
+        match read_line(&sock) {
+            Ok(l) if l == "resumed" => {}
+            other => {
+                tracing::error!(
+                    "the target did not confirm that the domain runs ({other:?}); it stays paused here"
+                );
+                return Err(TransferError::Peer(
+                    "the target did not confirm that the domain runs there; the domain stays paused here".into(),
+                ));
+            }
+        }
+        let mut stats = sent.stats;
+        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
+        stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
+        self.exit
+            .request(ExitReason::Migrated, "migrated to another host");
+        tracing::info!(?stats, "domain migrated");
+        Ok(stats)
+    }
+}
+
+/// Sets the receive timeout of a socket (ignored for other files).
+fn set_timeout(f: &File, t: Option<Duration>) {
+    let tv = nix::sys::time::TimeVal::new(t.map(|d| d.as_secs() as i64).unwrap_or(0), 0);
+    let _ = nix::sys::socket::setsockopt(f, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
+}
+
+/// Reads one short handshake line (without its newline).
+pub fn read_line(f: &File) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match (&*f).read(&mut b) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ))
+            }
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if line.len() < 4096 => line.push(b[0]),
+            Ok(_) => return Err(std::io::Error::other("handshake line too long")),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 impl ControlTarget for Vm {
@@ -532,6 +1080,37 @@ impl ControlTarget for Vm {
         Ok(())
     }
 
+    fn save(
+        &mut self,
+        path: &Path,
+        config: &ConfigRecord,
+        then: AfterSave,
+    ) -> Result<TransferStats, ControlError> {
+        self.save_to(path, config, then)
+            .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
+    fn migrate(
+        &mut self,
+        sock: Option<OwnedFd>,
+        config: &ConfigRecord,
+        live: bool,
+        max_rounds: u32,
+        downtime_ms: u64,
+    ) -> Result<TransferStats, ControlError> {
+        let sock = sock.ok_or_else(|| {
+            ControlError::Failed("migrate_send needs a connected socket passed with it".into())
+        })?;
+        let opts = SendOptions {
+            config,
+            live,
+            max_rounds: max_rounds.max(1),
+            downtime_ms,
+        };
+        self.migrate_to(sock, &opts)
+            .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
     fn attach_disk(&mut self, disk: &DiskDevice) -> Result<(), ControlError> {
         let slot = self
             .slots
@@ -590,6 +1169,21 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, VmmError> {
     Ok(listener)
 }
 
+/// Takes ownership of the inherited migration socket `fd`.
+fn take_incoming(fd: i32) -> Result<File, VmmError> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(VmmError::Incoming(format!(
+            "file descriptor {fd} is not open"
+        )));
+    }
+    // SAFETY: rxend passed `fd` to this process for this purpose alone; nothing
+    // else in the process owns it, and it was just checked to be open.
+    let f = unsafe { File::from_raw_fd(fd) };
+    set_timeout(&f, Some(Duration::from_secs(120)));
+    Ok(f)
+}
+
 /// Runs the VM of `spec` to its end: calls `on_ready` once the vCPUs are
 /// started, serves the sockets, and returns the exit record it wrote.
 pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError> {
@@ -613,10 +1207,43 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         }
     }
     let sigterm = event_loop::install_sigterm()?;
-    let mut vm = Vm::create(spec)?;
+    let incoming = match spec.incoming_fd {
+        Some(fd) => Some(take_incoming(fd)?),
+        None => None,
+    };
+    let mut vm = match Vm::create_with(spec, incoming.as_ref()) {
+        Ok(vm) => vm,
+        Err(e) => {
+            if let Some(sock) = &incoming {
+                let _ = (&*sock).write_all(format!("error: {e}\n").as_bytes());
+            }
+            return Err(e);
+        }
+    };
     let control = bind_socket(&run_dir.join(files::CONTROL_SOCKET))?;
     let console = bind_socket(&run_dir.join(files::CONSOLE_SOCKET))?;
+    if let Some(sock) = &incoming {
+        // The source may still back out until it says "go".
+        let go = (&*sock)
+            .write_all(b"received\n")
+            .and_then(|()| read_line(sock));
+        match go {
+            Ok(l) if l == "go" => {}
+            other => {
+                return Err(VmmError::Incoming(format!(
+                    "the source did not clear the domain to run ({other:?})"
+                )))
+            }
+        }
+    }
     vm.start()?;
+    if let Some(sock) = &incoming {
+        if let Err(e) = (&*sock).write_all(b"resumed\n") {
+            tracing::warn!("cannot tell the source that the domain runs: {e}");
+        }
+        tracing::info!("incoming migration complete; the domain runs here");
+    }
+    drop(incoming);
     on_ready();
     let record = event_loop::run(&mut vm, control, console, sigterm)?;
     Ok(record)

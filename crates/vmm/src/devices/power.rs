@@ -39,6 +39,11 @@ impl HostRequestReg {
         self.0.store(req as u8, Ordering::SeqCst);
     }
 
+    /// Sets the raw register value (restored from a save file).
+    pub fn set_raw(&self, value: u8) {
+        self.0.store(value, Ordering::SeqCst);
+    }
+
     /// The pending request as a raw value.
     pub fn get(&self) -> u8 {
         self.0.load(Ordering::SeqCst)

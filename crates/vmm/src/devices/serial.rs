@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -40,6 +40,17 @@ impl SerialEvents for InputDrained {
     }
 }
 
+/// The UART's registers and receive FIFO, as saved in the stream's `serial` device record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high bytes.
+    pub divisor: [u8; 2],
+    /// IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub regs: [u8; 7],
+    /// Bytes received and not yet read by the guest.
+    pub fifo: Vec<u8>,
+}
+
 /// The COM1 device on the port bus.
 pub struct SerialDevice<W: Write + Send> {
     uart: Serial<IrqTrigger, InputDrained, W>,
@@ -50,6 +61,49 @@ impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: EventFd, drained: EventFd, out: W) -> Self {
         Self {
             uart: Serial::with_events(IrqTrigger(irq), InputDrained(drained), out),
+        }
+    }
+
+    /// Creates the UART in a saved state.
+    pub fn from_snapshot(
+        irq: EventFd,
+        drained: EventFd,
+        out: W,
+        snap: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let [ier, iir, lcr, lsr, mcr, msr, scr] = snap.regs;
+        let state = SerialState {
+            baud_divisor_low: snap.divisor[0],
+            baud_divisor_high: snap.divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: snap.fifo.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqTrigger(irq), InputDrained(drained), out)
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's state.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            regs: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            fifo: s.in_buffer,
         }
     }
 

@@ -1,0 +1,439 @@
+//! Save, restore and migration: the daemon's side (the VMM moves the bytes).
+
+use std::fs;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rxen_proto::api::ConfigText;
+use rxen_proto::stream::{self, ConfigRecord, RecordType, StreamReader};
+use rxen_proto::vmctl::{AfterSave, TransferStats, VmRequest, VmResponse};
+use serde::{Deserialize, Serialize};
+use xlcfg::DomainConfig;
+
+use super::{Busy, Created, Daemon, DaemonError};
+use crate::auth::Caller;
+use crate::record::DomainState;
+use crate::relocation;
+use crate::vmm::{self, VmmError};
+
+/// How long a save or a migration may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What the source asks the target to set aside before anything moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The domain's name (must be free on the target).
+    pub name: String,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// The domain's config (JSON of `xlcfg::DomainConfig`).
+    pub config: serde_json::Value,
+    /// The config file it came from.
+    #[serde(default)]
+    pub config_path: Option<String>,
+    /// Leave the domain paused on the target.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `rxl migrate`'s options, as rxend gets them.
+#[derive(Debug)]
+pub struct MigrateOptions {
+    /// Target host.
+    pub host: String,
+    /// Target relocation port.
+    pub port: u16,
+    /// Key file (else rxend's configured one).
+    pub key_file: Option<String>,
+    /// Live pre-copy.
+    pub live: bool,
+    /// Most pre-copy rounds.
+    pub max_rounds: u32,
+    /// Downtime target in milliseconds.
+    pub downtime_ms: u64,
+    /// Leave paused on the target.
+    pub paused: bool,
+    /// The connection to the receiver, for the ssh transport (else rxend connects).
+    pub channel: Option<OwnedFd>,
+}
+
+fn transfer_err(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Vmm(VmmError::Control(e.to_string()))
+}
+
+/// Reads the config that rides in a save file (checking only the header and that record).
+pub fn config_of_save_file(path: &Path) -> Result<ConfigRecord, DaemonError> {
+    let f = fs::File::open(path).map_err(|e| {
+        DaemonError::Config(format!("cannot open save file {}: {e}", path.display()))
+    })?;
+    let mut r = StreamReader::new(std::io::BufReader::new(f))
+        .map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))?;
+    let body = r
+        .expect(RecordType::Config)
+        .map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))?;
+    stream::from_json("config", &body)
+        .map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))
+}
+
+impl Daemon {
+    fn only_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
+        if caller.is_root() {
+            return Ok(());
+        }
+        self.log
+            .warn(format!("refused: {} may not {what}", caller.describe()));
+        Err(DaemonError::Denied(format!("only root may {what}")))
+    }
+
+    fn parse_config(&self, c: &ConfigText) -> Result<DomainConfig, DaemonError> {
+        xlcfg::parse(&c.text, &c.path, &[])
+            .map(|p| p.config)
+            .map_err(|e| DaemonError::Config(e.to_string()))
+    }
+
+    fn set_busy(&self, id: u32, busy: Option<Busy>) {
+        if let Some(e) = self.table().domains.get_mut(&id) {
+            e.busy = busy;
+        }
+    }
+
+    /// The config record and VMM process of a running, idle domain, marked `busy`.
+    fn begin(
+        &self,
+        caller: &Caller,
+        r: &str,
+        verb: &'static str,
+        busy: Busy,
+        config: Option<&ConfigText>,
+    ) -> Result<(u32, PathBuf, ConfigRecord, crate::record::DomainRecord), DaemonError> {
+        let (id, dir) = self.running_guest(caller, r, verb)?;
+        let rec = {
+            let mut t = self.table();
+            let e = t
+                .domains
+                .get_mut(&id)
+                .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+            if let Some(b) = e.busy {
+                return Err(DaemonError::Busy(e.rec.name.clone(), b.what()));
+            }
+            e.busy = Some(busy);
+            e.rec.clone()
+        };
+        let record = match config {
+            Some(c) => match self.parse_config(c) {
+                Ok(cfg) => ConfigRecord {
+                    config: serde_json::to_value(&cfg).unwrap_or_default(),
+                    config_path: Some(c.path.clone()),
+                },
+                Err(e) => {
+                    self.set_busy(id, None);
+                    return Err(e);
+                }
+            },
+            None => ConfigRecord {
+                config: serde_json::to_value(&rec.config).unwrap_or_default(),
+                config_path: rec.config_path.clone(),
+            },
+        };
+        Ok((id, dir, record, rec))
+    }
+
+    /// Waits for a VMM that is done (saved or migrated) to exit, then forgets the domain.
+    fn finish_gone(&self, id: u32, rec: &crate::record::DomainRecord) {
+        if let DomainState::Running {
+            pid, start_ticks, ..
+        } = rec.state
+        {
+            if !super::wait_gone(pid, start_ticks, Duration::from_secs(10)) {
+                super::kill_vmm(pid, start_ticks);
+                super::wait_gone(pid, start_ticks, Duration::from_secs(5));
+            }
+        }
+        self.forget(id);
+    }
+
+    /// `rxl save`: writes the domain to `path`; it then stops, keeps running (`checkpoint`) or stays paused.
+    pub fn save_domain(
+        &self,
+        caller: &Caller,
+        r: &str,
+        path: &str,
+        checkpoint: bool,
+        paused: bool,
+        config: Option<&ConfigText>,
+    ) -> Result<(String, TransferStats), DaemonError> {
+        self.only_root(caller, "save domains")?;
+        let (id, dir, record, rec) = self.begin(caller, r, "saved", Busy::Saving, config)?;
+        let then = if paused {
+            AfterSave::Pause
+        } else if checkpoint {
+            AfterSave::Resume
+        } else {
+            AfterSave::Exit
+        };
+        let req = VmRequest::Save {
+            path: PathBuf::from(path),
+            config: record,
+            then,
+        };
+        let resp = vmm::request_long(&dir, &req, None, TRANSFER_TIMEOUT);
+        let name = rec.name.clone();
+        let stats = match resp {
+            Ok(VmResponse::Transferred(s)) => s,
+            Ok(VmResponse::Error { message }) => {
+                self.set_busy(id, None);
+                self.log.error(format!(
+                    "domain {id} ({name}): save to {path} failed: {message}"
+                ));
+                return Err(transfer_err(message));
+            }
+            Ok(other) => {
+                self.set_busy(id, None);
+                return Err(transfer_err(format!("unexpected answer {other:?}")));
+            }
+            Err(e) => {
+                self.set_busy(id, None);
+                return Err(e.into());
+            }
+        };
+        self.log.info(format!(
+            "domain {id} ({name}) saved to {path}: {} bytes in {:.0} ms{}",
+            stats.bytes,
+            stats.total_ms,
+            match then {
+                AfterSave::Exit => "",
+                AfterSave::Resume => ", still running",
+                AfterSave::Pause => ", left paused",
+            }
+        ));
+        match then {
+            AfterSave::Exit => self.finish_gone(id, &rec),
+            AfterSave::Resume => self.set_busy(id, None),
+            AfterSave::Pause => {
+                let saved = {
+                    let mut t = self.table();
+                    t.domains.get_mut(&id).map(|e| {
+                        e.busy = None;
+                        if let DomainState::Running { paused, .. } = &mut e.rec.state {
+                            *paused = true;
+                        }
+                        e.rec.clone()
+                    })
+                };
+                if let Some(rec) = saved {
+                    self.save(&rec)?;
+                }
+            }
+        }
+        Ok((name, stats))
+    }
+
+    /// `rxl restore`: starts a domain from a save file (its own config, or `config`).
+    pub fn restore_domain(
+        &self,
+        caller: &Caller,
+        path: &str,
+        config: Option<&ConfigText>,
+        paused: bool,
+    ) -> Result<Created, DaemonError> {
+        self.only_root(caller, "restore domains")?;
+        let file = PathBuf::from(path);
+        let inside = config_of_save_file(&file)?;
+        let (config, config_path) = match config {
+            Some(c) => (self.parse_config(c)?, Some(c.path.clone())),
+            None => (
+                serde_json::from_value::<DomainConfig>(inside.config).map_err(|e| {
+                    DaemonError::Config(format!("{path}: the config inside is unusable: {e}"))
+                })?,
+                inside.config_path,
+            ),
+        };
+        let created = self.start_from(config, config_path, paused, Some(file), None)?;
+        self.log.info(format!(
+            "domain {} ({}) restored from {path}",
+            created.domid, created.name
+        ));
+        Ok(created)
+    }
+
+    /// `rxl migrate`: moves a domain to another host; it stops here only once it runs there.
+    pub fn migrate_domain(
+        &self,
+        caller: &Caller,
+        r: &str,
+        opts: MigrateOptions,
+    ) -> Result<(String, TransferStats), DaemonError> {
+        self.only_root(caller, "migrate domains")?;
+        let (id, dir, record, rec) = self.begin(caller, r, "migrated", Busy::Migrating, None)?;
+        let name = rec.name.clone();
+        let target = if opts.channel.is_some() {
+            "ssh".to_string()
+        } else {
+            format!("{}:{}", opts.host, opts.port)
+        };
+        let result = self.migrate_inner(id, &dir, record, &rec, &opts);
+        match result {
+            Ok(stats) => {
+                self.log.info(format!(
+                    "domain {id} ({name}) migrated to {target}: {} rounds, {} bytes sent, total {:.0} ms, downtime {:.1} ms",
+                    stats.rounds, stats.bytes, stats.total_ms, stats.downtime_ms
+                ));
+                self.finish_gone(id, &rec);
+                Ok((name, stats))
+            }
+            Err(e) => {
+                self.set_busy(id, None);
+                self.log.error(format!(
+                    "domain {id} ({name}): migration to {target} failed: {e}"
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    fn migrate_inner(
+        &self,
+        id: u32,
+        dir: &Path,
+        record: ConfigRecord,
+        rec: &crate::record::DomainRecord,
+        opts: &MigrateOptions,
+    ) -> Result<TransferStats, DaemonError> {
+        let reservation = Reservation {
+            name: rec.name.clone(),
+            memory_mib: rec.config.memory_mib,
+            vcpus: rec.config.vcpus,
+            config: record.config.clone(),
+            config_path: record.config_path.clone(),
+            paused: opts.paused,
+        };
+        let channel: OwnedFd = match &opts.channel {
+            Some(fd) => fd.try_clone().map_err(transfer_err)?,
+            None => {
+                let key_path = opts
+                    .key_file
+                    .clone()
+                    .map(PathBuf::from)
+                    .or_else(|| self.relocation_key_file())
+                    .ok_or_else(|| {
+                        DaemonError::Config(
+                            "no relocation key: pass --key FILE or set relocation.key-file in rxend's config".into(),
+                        )
+                    })?;
+                let key = relocation::read_key(&key_path).map_err(transfer_err)?;
+                let addr = (opts.host.as_str(), opts.port)
+                    .to_socket_addrs()
+                    .map_err(|e| transfer_err(format!("{}: {e}", opts.host)))?
+                    .next()
+                    .ok_or_else(|| transfer_err(format!("{}: no address", opts.host)))?;
+                let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                    .map_err(|e| transfer_err(format!("cannot connect to {addr}: {e}")))?;
+                relocation::client_handshake(&sock, &key, &reservation).map_err(transfer_err)?;
+                let _ = sock.set_nodelay(true);
+                OwnedFd::from(sock)
+            }
+        };
+        if opts.channel.is_some() {
+            relocation::ssh_sender_handshake(&channel, &reservation).map_err(transfer_err)?;
+        }
+        self.log.info(format!(
+            "domain {id} ({}): sending to {} ({} MiB, {})",
+            rec.name,
+            if opts.channel.is_some() {
+                "ssh"
+            } else {
+                &opts.host
+            },
+            rec.config.memory_mib,
+            if opts.live { "live" } else { "non-live" }
+        ));
+        let req = VmRequest::MigrateSend {
+            config: record,
+            live: opts.live,
+            max_rounds: opts.max_rounds,
+            downtime_ms: opts.downtime_ms,
+        };
+        let resp = vmm::request_long(dir, &req, Some(&channel), TRANSFER_TIMEOUT)?;
+        drop(channel);
+        match resp {
+            VmResponse::Transferred(s) => Ok(s),
+            VmResponse::Error { message } => Err(transfer_err(message)),
+            other => Err(transfer_err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Checks a reservation: name free, memory and vCPUs available, disks openable.
+    pub fn reserve(&self, r: &Reservation) -> Result<DomainConfig, String> {
+        let config: DomainConfig = serde_json::from_value(r.config.clone())
+            .map_err(|e| format!("the domain's config is unusable here: {e}"))?;
+        if config.name != r.name || config.memory_mib != r.memory_mib || config.vcpus != r.vcpus {
+            return Err("the reservation does not match the domain's config".into());
+        }
+        super::check_name(&r.name).map_err(|e| e.to_string())?;
+        if self.table().domains.values().any(|e| e.rec.name == r.name) {
+            return Err(format!("domain name \"{}\" is already in use here", r.name));
+        }
+        let free_mib = crate::hostinfo::memory().free_kib / 1024;
+        if r.memory_mib > free_mib {
+            return Err(format!(
+                "not enough memory: the domain needs {} MiB, {free_mib} MiB are available",
+                r.memory_mib
+            ));
+        }
+        let cpus = crate::hostinfo::nr_cpus();
+        if r.vcpus == 0 || r.vcpus > 255 {
+            return Err(format!("{} vCPUs cannot run here (1..=255)", r.vcpus));
+        }
+        if r.vcpus > cpus.saturating_mul(8) {
+            return Err(format!(
+                "{} vCPUs is over 8 per host CPU ({cpus} CPUs here)",
+                r.vcpus
+            ));
+        }
+        for d in &config.disks {
+            let Some(target) = d.target.as_deref().filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            let write = !matches!(d.access, xlcfg::DiskAccess::ReadOnly) && !d.is_cdrom;
+            fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(target)
+                .map_err(|e| format!("disk {} ({target}) cannot be opened here: {e}", d.vdev))?;
+        }
+        Ok(config)
+    }
+
+    /// Starts a receiving VMM for a reserved domain on the connection `channel`.
+    pub fn receive(
+        &self,
+        config: DomainConfig,
+        r: &Reservation,
+        channel: OwnedFd,
+        from: &str,
+    ) -> Result<Created, DaemonError> {
+        let created =
+            self.start_from(config, r.config_path.clone(), r.paused, None, Some(channel))?;
+        self.log.info(format!(
+            "domain {} ({}) received from {from}; it runs here now",
+            created.domid, created.name
+        ));
+        announce_macs(self, &created);
+        Ok(created)
+    }
+}
+
+/// Announces the guest's MAC addresses on its networks after it arrived, so
+/// that switches learn its new port (as QEMU does after migration).
+fn announce_macs(daemon: &Daemon, created: &Created) {
+    // rxen has no virtual NICs yet: when they come, send a gratuitous RARP
+    // from each vif's MAC on its TAP here.
+    daemon.log.info(format!(
+        "domain {} ({}): no network interfaces to announce",
+        created.domid, created.name
+    ));
+}

@@ -1,0 +1,160 @@
+//! `rxl save`, `restore`, `migrate` and `migrate-receive`: progress on a
+//! terminal, the figures at the end, and the ssh transport's plumbing.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rxen_proto::vmctl::TransferStats;
+
+/// Errors of the transfer commands.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The ssh command could not be run.
+    #[error("cannot run {cmd:?}: {source}")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A local socket could not be made.
+    #[error("cannot create a socket pair: {0}")]
+    Socket(#[source] std::io::Error),
+}
+
+/// A spinner with the elapsed time on stderr when it is a terminal; nothing otherwise.
+pub struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    /// Starts showing `message`.
+    pub fn start(message: String) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let pb = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
+            pb.set_style(style);
+        }
+        pb.set_message(message);
+        pb.enable_steady_tick(Duration::from_millis(100));
+        Progress(Some(pb))
+    }
+
+    /// Removes the spinner.
+    pub fn finish(self) {
+        if let Some(pb) = self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// The figures line printed (and logged by rxend) at the end of a transfer.
+pub fn figures(stats: &TransferStats) -> String {
+    format!(
+        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms",
+        stats.rounds,
+        stats.bytes,
+        stats.bytes as f64 / (1u64 << 20) as f64,
+        stats.pages,
+        stats.zero_pages,
+        stats.total_ms,
+        stats.downtime_ms
+    )
+}
+
+/// Quotes a word for `sh -c`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Starts the ssh transport as xl does: `sh -c "exec SSHCMD HOST rxl migrate-receive"`,
+/// or `sh -c "exec HOST"` when SSHCMD is empty; its stdin and stdout are one end
+/// of a socket pair, and the other end is returned with the child.
+pub fn spawn_ssh(
+    ssh: &str,
+    host: &str,
+    paused: bool,
+) -> Result<(std::process::Child, OwnedFd), TransferError> {
+    let (ours, theirs) = UnixStream::pair().map_err(TransferError::Socket)?;
+    let cmd = if ssh.is_empty() {
+        format!("exec {host}")
+    } else {
+        format!(
+            "exec {ssh} {} rxl migrate-receive{}",
+            sh_quote(host),
+            if paused { " -p" } else { "" }
+        )
+    };
+    let input = theirs.try_clone().map_err(TransferError::Socket)?;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .stdin(Stdio::from(OwnedFd::from(input)))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| TransferError::Spawn { cmd, source })?;
+    Ok((child, OwnedFd::from(ours)))
+}
+
+/// For `rxl migrate-receive`: a socket pair whose one end is pumped to and
+/// from stdin/stdout; returns the other end and the thread pumping towards stdout.
+pub fn stdio_channel() -> Result<(OwnedFd, std::thread::JoinHandle<()>), TransferError> {
+    let (ours, theirs) = UnixStream::pair().map_err(TransferError::Socket)?;
+    let mut to_sock = ours.try_clone().map_err(TransferError::Socket)?;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_sock.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_sock.shutdown(std::net::Shutdown::Write);
+    });
+    let mut from_sock = ours;
+    let out = std::thread::spawn(move || {
+        let mut stdout = std::io::stdout().lock();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match from_sock.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stdout
+                        .write_all(&buf[..n])
+                        .and_then(|()| stdout.flush())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok((OwnedFd::from(theirs), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_figures() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        let s = TransferStats {
+            rounds: 3,
+            bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert!(figures(&s).starts_with("rounds 3, 1048576 bytes sent (1.0 MiB"));
+    }
+}

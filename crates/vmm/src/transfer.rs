@@ -1,0 +1,357 @@
+//! Moving guest memory through the stream: dirty tracking (KVM's log and
+//! the VMM's own bitmap), page batches out, and the receiving side that
+//! checks a whole stream before anything runs.
+
+use std::io::Read;
+
+use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
+use rxen_proto::stream::{
+    self, decode_pages, encode_pages, DeviceRecord, RecordType, StreamError, StreamReader,
+    StreamWriter, VmInfo, MAX_BATCH, PAGE_SIZE, ZERO_PAGE,
+};
+use rxen_proto::vmctl::TransferStats;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::kvm_vm::{KvmVm, KvmVmError};
+use crate::memory::{self, GuestMemory, MemSlot};
+use crate::snapshot::{self, SnapshotError, VcpuState, VmState};
+
+/// Errors while sending or receiving a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The stream itself is bad or the connection failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// vCPU or VM state could not be captured or applied.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Dirty logging could not be switched.
+    #[error(transparent)]
+    Kvm(#[from] KvmVmError),
+    /// Guest memory could not be read or written.
+    #[error("guest memory at {addr:#x}: {why}")]
+    Memory {
+        /// Guest physical address.
+        addr: u64,
+        /// What failed.
+        why: String,
+    },
+    /// The stream does not fit this VM.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The peer said no, or broke the protocol.
+    #[error("{0}")]
+    Peer(String),
+}
+
+/// Every guest page frame number of `mem`.
+pub fn all_pfns(mem: &GuestMemory) -> Vec<u64> {
+    let shift = stream::PAGE_SHIFT;
+    mem.iter()
+        .flat_map(|r| {
+            let start = r.start_addr().0 >> shift;
+            start..start + (r.len() >> shift)
+        })
+        .collect()
+}
+
+/// Dirty page tracking over all memory slots: KVM's log for vCPU writes,
+/// the guest memory's bitmap for the VMM's (device) writes.
+pub struct DirtyLog {
+    slots: Vec<MemSlot>,
+}
+
+impl DirtyLog {
+    /// Turns on KVM dirty logging and clears both logs.
+    pub fn start(kvm: &KvmVm, mem: &GuestMemory) -> Result<Self, TransferError> {
+        let slots = memory::memslots(mem);
+        for s in &slots {
+            kvm.set_memslot(s, KVM_MEM_LOG_DIRTY_PAGES)?;
+        }
+        let log = Self { slots };
+        log.collect(kvm, mem)?;
+        Ok(log)
+    }
+
+    /// Page frame numbers written since the last call (or since `start`).
+    pub fn collect(&self, kvm: &KvmVm, mem: &GuestMemory) -> Result<Vec<u64>, TransferError> {
+        let mut out = Vec::new();
+        for (s, region) in self.slots.iter().zip(mem.iter()) {
+            let size = usize::try_from(s.size).map_err(|_| TransferError::Memory {
+                addr: s.guest_addr,
+                why: "slot too large".into(),
+            })?;
+            let kvm_bits =
+                kvm.fd
+                    .get_dirty_log(s.slot, size)
+                    .map_err(|source| KvmVmError::Ioctl {
+                        what: "read the dirty log",
+                        source,
+                    })?;
+            let vmm_bits = vm_memory::mmap::MmapRegion::bitmap(region).get_and_reset();
+            let base = s.guest_addr >> stream::PAGE_SHIFT;
+            let pages = s.size >> stream::PAGE_SHIFT;
+            for (w, word) in kvm_bits.iter().enumerate() {
+                let mut bits = *word | vmm_bits.get(w).copied().unwrap_or(0);
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as u64;
+                    bits &= bits - 1;
+                    let page = w as u64 * 64 + b;
+                    if page < pages {
+                        out.push(base + page);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Turns dirty logging off again.
+    pub fn stop(self, kvm: &KvmVm) {
+        for s in &self.slots {
+            if let Err(e) = kvm.set_memslot(s, 0) {
+                tracing::warn!("cannot turn dirty logging off: {e}");
+            }
+        }
+    }
+}
+
+/// Copies the guest page at `addr` (4 KiB aligned, inside RAM) into `buf`.
+fn read_page(mem: &GuestMemory, addr: u64, buf: &mut [u8]) -> Result<(), TransferError> {
+    let in_ram = buf.len() == PAGE_SIZE
+        && addr % PAGE_SIZE as u64 == 0
+        && mem.address_in_range(GuestAddress(addr + PAGE_SIZE as u64 - 1));
+    let host = mem
+        .get_host_address(GuestAddress(addr))
+        .ok()
+        .filter(|_| in_ram)
+        .ok_or_else(|| TransferError::Memory {
+            addr,
+            why: "not a page of guest RAM".into(),
+        })?;
+    // SAFETY: `host` maps the whole 4 KiB page (regions are page-aligned and
+    // the page's last byte is in the same RAM), and the mapping lives as long as
+    // `mem`. vCPUs may write the page meanwhile; dirty logging resends it then.
+    unsafe { std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), PAGE_SIZE) };
+    Ok(())
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8).fold(0u64, |acc, c| {
+        acc | u64::from_ne_bytes(c.try_into().unwrap_or([0xFF; 8]))
+    }) == 0
+}
+
+/// Buffers reused across page batches.
+#[derive(Default)]
+pub struct PageSender {
+    entries: Vec<u64>,
+    data: Vec<u8>,
+    body: Vec<u8>,
+    page: Vec<u8>,
+}
+
+impl PageSender {
+    /// Sends `pfns` in batches: zero pages as a flag, the others with their data.
+    pub fn send<W: std::io::Write>(
+        &mut self,
+        w: &mut StreamWriter<W>,
+        mem: &GuestMemory,
+        pfns: &[u64],
+        stats: &mut TransferStats,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), TransferError> {
+        self.page.resize(PAGE_SIZE, 0);
+        for chunk in pfns.chunks(MAX_BATCH) {
+            self.entries.clear();
+            self.data.clear();
+            for &pfn in chunk {
+                let addr = pfn << stream::PAGE_SHIFT;
+                read_page(mem, addr, &mut self.page)?;
+                if is_zero(&self.page) {
+                    self.entries.push(pfn | ZERO_PAGE);
+                    stats.zero_pages += 1;
+                } else {
+                    self.entries.push(pfn);
+                    self.data.extend_from_slice(&self.page);
+                    stats.pages += 1;
+                }
+            }
+            encode_pages(&self.entries, &self.data, &mut self.body);
+            w.record(RecordType::Pages, &self.body)?;
+            progress(chunk.len() as u64);
+        }
+        Ok(())
+    }
+}
+
+/// Everything a stream carried besides memory, checked and ready to apply.
+pub struct Received {
+    /// The VM's shape and kernel kind.
+    pub info: VmInfo,
+    /// One state per vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// Interrupt controllers, PIT, clock.
+    pub vm: VmState,
+    /// Device states.
+    pub devices: Vec<DeviceRecord>,
+    /// Stream bytes read.
+    pub bytes: u64,
+}
+
+/// Reads a whole stream into `mem` and returns the rest of the state. The
+/// stream must describe a VM of `memory_mib` MiB with `vcpus` vCPUs. Nothing
+/// runs until the caller applies the result, so any error here leaves no guest running.
+pub fn receive<R: Read>(
+    input: R,
+    mem: &GuestMemory,
+    memory_mib: u64,
+    vcpus: u32,
+) -> Result<Received, TransferError> {
+    let mut r = StreamReader::new(input)?;
+    r.expect(RecordType::Config)?;
+    let info: VmInfo = stream::from_json("vm info", &r.expect(RecordType::VmInfo)?)?;
+    if info.memory_mib != memory_mib || info.vcpus != vcpus {
+        return Err(TransferError::Mismatch(format!(
+            "the stream holds a domain of {} MiB with {} vCPUs, not {memory_mib} MiB with {vcpus}",
+            info.memory_mib, info.vcpus
+        )));
+    }
+    let ram_end = memory::ram_end(mem);
+    let mut states: Vec<Option<VcpuState>> = (0..vcpus).map(|_| None).collect();
+    let mut vm = None;
+    let mut devices = Vec::new();
+    let mut page = vec![0u8; PAGE_SIZE];
+    // Pages this stream has written: any other page is still fresh (zero), so
+    // a zero page there needs no work, and reading it would fault it in.
+    let mut written = vec![0u64; (ram_end >> stream::PAGE_SHIFT).div_ceil(64) as usize];
+    loop {
+        let rec = r.next_record()?;
+        match rec.kind {
+            RecordType::Pages => {
+                let batch = decode_pages(&rec.body)?;
+                let mut data = batch.data.chunks_exact(PAGE_SIZE);
+                for e in batch.entries {
+                    let addr = (e & !ZERO_PAGE) << stream::PAGE_SHIFT;
+                    let in_ram = addr < ram_end
+                        && mem.address_in_range(GuestAddress(addr))
+                        && mem.address_in_range(GuestAddress(addr + PAGE_SIZE as u64 - 1));
+                    if !in_ram {
+                        return Err(TransferError::Mismatch(format!(
+                            "the stream has a page at {addr:#x}, outside the guest's memory"
+                        )));
+                    }
+                    let mem_err = |e: vm_memory::GuestMemoryError| TransferError::Memory {
+                        addr,
+                        why: e.to_string(),
+                    };
+                    let pfn = (addr >> stream::PAGE_SHIFT) as usize;
+                    let (word, bit) = (pfn / 64, 1u64 << (pfn % 64));
+                    let seen = written.get(word).is_some_and(|w| w & bit != 0);
+                    if e & ZERO_PAGE != 0 {
+                        // Only a page this stream filled before needs clearing.
+                        if seen {
+                            page.fill(0);
+                            mem.write_slice(&page, GuestAddress(addr))
+                                .map_err(mem_err)?;
+                        }
+                    } else {
+                        if let Some(w) = written.get_mut(word) {
+                            *w |= bit;
+                        }
+                        let d = data.next().ok_or_else(|| {
+                            TransferError::Peer("page batch shorter than its table".into())
+                        })?;
+                        mem.write_slice(d, GuestAddress(addr)).map_err(mem_err)?;
+                    }
+                }
+            }
+            RecordType::Vcpu => {
+                let st = snapshot::decode_vcpu(&rec.body)?;
+                let slot = states.get_mut(st.id as usize).ok_or_else(|| {
+                    TransferError::Mismatch(format!("the stream has a vCPU {} too many", st.id))
+                })?;
+                *slot = Some(st);
+            }
+            RecordType::VmState => vm = Some(snapshot::decode_vm(&rec.body)?),
+            RecordType::Device => devices.push(stream::from_json("device", &rec.body)?),
+            RecordType::End => break,
+            RecordType::RoundEnd => {}
+            RecordType::Config | RecordType::VmInfo => {
+                return Err(StreamError::Unexpected(rec.kind.name()).into())
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(states.len());
+    for (i, s) in states.into_iter().enumerate() {
+        out.push(s.ok_or_else(|| {
+            TransferError::Mismatch(format!("the stream has no state for vCPU {i}"))
+        })?);
+    }
+    let vm = vm.ok_or_else(|| TransferError::Mismatch("the stream has no VM state".into()))?;
+    Ok(Received {
+        info,
+        vcpus: out,
+        vm,
+        devices,
+        bytes: r.bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut p = vec![0u8; PAGE_SIZE];
+        assert!(is_zero(&p));
+        p[4095] = 1;
+        assert!(!is_zero(&p));
+    }
+
+    #[test]
+    fn pages_round_trip_and_bad_pages_are_refused() {
+        let src = memory::create_guest_memory(8).expect("mem");
+        src.write_slice(&[7u8; 16], GuestAddress(0x5000))
+            .expect("w");
+        let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
+        w.record(RecordType::Config, b"{}").expect("c");
+        let info = VmInfo {
+            memory_mib: 8,
+            vcpus: 1,
+            kernel: "testguest".into(),
+        };
+        w.record(RecordType::VmInfo, &stream::json_body(&info).expect("j"))
+            .expect("i");
+        let mut stats = TransferStats::default();
+        PageSender::default()
+            .send(&mut w, &src, &all_pfns(&src), &mut stats, |_| {})
+            .expect("send");
+        assert_eq!(stats.pages, 1);
+        assert_eq!(stats.zero_pages, 8 * 256 - 1);
+        w.record(RecordType::End, &[]).expect("end");
+        let bytes = w.into_inner();
+        let dst = memory::create_guest_memory(8).expect("mem");
+        // No vCPU state: refused, though the pages were fine.
+        let e = receive(&bytes[..], &dst, 8, 1).err().expect("refused");
+        assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
+        let mut got = [0u8; 16];
+        dst.read_slice(&mut got, GuestAddress(0x5000)).expect("r");
+        assert_eq!(got, [7u8; 16]);
+        // Another shape: refused.
+        assert!(receive(&bytes[..], &dst, 16, 1).is_err());
+        // A page beyond RAM: refused.
+        let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
+        w.record(RecordType::Config, b"{}").expect("c");
+        w.record(RecordType::VmInfo, &stream::json_body(&info).expect("j"))
+            .expect("i");
+        let mut body = Vec::new();
+        encode_pages(&[(8 << 20 >> 12) | ZERO_PAGE], &[], &mut body);
+        w.record(RecordType::Pages, &body).expect("p");
+        let e = receive(&w.into_inner()[..], &dst, 8, 1)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("outside"), "{e}");
+    }
+}

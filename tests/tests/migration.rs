@@ -1,0 +1,360 @@
+//! Save, restore, checkpoint and live migration on real guests under
+//! /dev/kvm; migrations go between two rxend "hosts" in two network
+//! namespaces joined by a veth pair.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rxen_e2e::{wait_until, Console, Host, NetPair};
+
+const BOOT: Duration = Duration::from_secs(30);
+
+/// A key file both hosts share.
+fn key_file(dir: &Path, name: &str, key: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{key}\n")).expect("key");
+    p.display().to_string()
+}
+
+/// rxend's config with the relocation server on `addr`.
+fn relocation_config(addr: &str, allow: &str, key: &str) -> String {
+    format!(
+        "[relocation]\nserver = true\naddress = \"{addr}\"\nport = 8002\nhosts-allow = [{allow}]\nkey-file = \"{key}\"\n"
+    )
+}
+
+/// Heartbeats seen on `con` until it exceeds `at_least` (the guest runs), returning the last.
+fn heartbeat_beyond(con: &mut Console, at_least: u64) -> u64 {
+    let mut last = 0;
+    wait_until(BOOT, "the heartbeat grows", || {
+        last = con.heartbeat();
+        last > at_least
+    });
+    last
+}
+
+/// Asserts that the heartbeat went on from `before` (taken at `since`): it
+/// did not reset, and grew no more than the 100 ms ticks of wall time since.
+fn assert_continues(before: u64, after: u64, since: std::time::Instant) {
+    let ticks = since.elapsed().as_millis() as u64 / 100 + 20;
+    assert!(
+        after >= before && after <= before + ticks,
+        "heartbeat {before} before, {after} after (reset, or jumped beyond {ticks} ticks)"
+    );
+}
+
+/// Two hosts: A (source) and B (target, relocation server allowing A).
+struct Pair {
+    // Fields drop in order: hosts (and their VMMs) before the network.
+    a: Host,
+    b: Host,
+    net: NetPair,
+    key: String,
+    _keys: tempfile::TempDir,
+}
+
+fn pair() -> Pair {
+    let net = NetPair::new();
+    let keys = tempfile::tempdir().expect("tmp");
+    let key = key_file(
+        keys.path(),
+        "relocation.key",
+        "a shared secret of enough length",
+    );
+    let allow = format!("\"^{}$\"", net.addr_a.replace('.', "\\\\."));
+    let a = Host::start_in(&net.a, &relocation_config(net.addr_a, &allow, &key));
+    let b = Host::start_in(&net.b, &relocation_config(net.addr_b, &allow, &key));
+    wait_until(BOOT, "B's relocation server listens", || {
+        b.rxend_log().contains("relocation server listening")
+    });
+    Pair {
+        a,
+        b,
+        net,
+        key,
+        _keys: keys,
+    }
+}
+
+#[test]
+fn save_restore_twice_keeps_the_heartbeat_and_a_flipped_byte_is_refused() {
+    let host = Host::start();
+    let mut con = host.create_guest("saved1", 2, 12, "");
+    con.memfill(42);
+    let sum = con.memsum();
+    let before = heartbeat_beyond(&mut con, 3);
+    let since = std::time::Instant::now();
+    let file = host.dir.path().join("saved1.save");
+    let f = file.to_str().expect("utf-8");
+    let out = host.rxl(&["save", "saved1", f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Saved domain saved1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        host.list_row("saved1").is_none(),
+        "the saved domain still runs"
+    );
+    let size = std::fs::metadata(&file).expect("save file").len();
+    assert!(size < 12 << 20, "a 12 MiB guest saved into {size} bytes");
+    drop(con);
+
+    for round in 0..2 {
+        host.rxl_ok(&["restore", f]);
+        let mut con = host.console("saved1");
+        let after = con.heartbeat();
+        assert_continues(before, after, since);
+        assert_eq!(con.memsum(), sum, "restore {round}: memory differs");
+        heartbeat_beyond(&mut con, after);
+        host.rxl_ok(&["destroy", "saved1"]);
+        wait_until(BOOT, "saved1 is gone", || host.list_row("saved1").is_none());
+    }
+
+    let mut bytes = std::fs::read(&file).expect("read");
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x04;
+    let bad = host.dir.path().join("bad.save");
+    std::fs::write(&bad, &bytes).expect("write");
+    let out = host.rxl(&["restore", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "a corrupted save file was restored");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt"), "unclear error: {err}");
+    assert!(
+        host.list_row("saved1").is_none(),
+        "a domain runs from a corrupt file"
+    );
+
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&bad, &bytes).expect("write");
+    let out = host.rxl(&["restore", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "a truncated save file was restored");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn checkpoint_keeps_the_domain_running_and_restores_later() {
+    let host = Host::start();
+    let mut con = host.create_guest("ckpt1", 1, 12, "");
+    con.memfill(9);
+    let sum = con.memsum();
+    let before = heartbeat_beyond(&mut con, 2);
+    let file = host.dir.path().join("ckpt1.save");
+    let f = file.to_str().expect("utf-8");
+    host.rxl_ok(&["save", "-c", "ckpt1", f]);
+    let row = host.list_row("ckpt1").expect("still listed");
+    assert_ne!(row[4], "--p---", "a checkpoint left the domain paused");
+    let running = heartbeat_beyond(&mut con, before);
+    let since = std::time::Instant::now();
+    // -p: saved and left paused.
+    host.rxl_ok(&["save", "-p", "ckpt1", f]);
+    assert_eq!(host.list_row("ckpt1").expect("listed")[4], "--p---");
+    host.rxl_ok(&["destroy", "ckpt1"]);
+    wait_until(BOOT, "ckpt1 is gone", || host.list_row("ckpt1").is_none());
+    drop(con);
+    host.rxl_ok(&["restore", f]);
+    let mut con = host.console("ckpt1");
+    let after = con.heartbeat();
+    assert_continues(running, after, since);
+    assert_eq!(con.memsum(), sum, "the checkpoint's memory differs");
+    heartbeat_beyond(&mut con, after);
+}
+
+#[test]
+fn live_migration_of_a_dirtying_guest_continues_on_the_target() {
+    let p = pair();
+    let mut con = p.a.create_guest("mig1", 2, 128, "");
+    let before = heartbeat_beyond(&mut con, 3);
+    let since = std::time::Instant::now();
+    con.send("dirty 64");
+    con.wait_for("dirtying 64 MiB/s", BOOT);
+    let out = p.a.rxl(&["migrate", "--key", &p.key, "mig1", p.net.addr_b]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
+        String::from_utf8_lossy(&out.stderr),
+        p.a.rxend_log(),
+        p.b.rxend_log()
+    );
+    assert!(
+        stdout.contains("rounds ") && stdout.contains("downtime"),
+        "{stdout}"
+    );
+    assert!(p.a.list_row("mig1").is_none(), "the source still has mig1");
+    assert!(p.b.list_row("mig1").is_some(), "the target has no mig1");
+    assert!(
+        p.a.rxend_log().contains("migrated to 10.77.0.2:8002"),
+        "{}",
+        p.a.rxend_log()
+    );
+    let mut con = p.b.console("mig1");
+    let after = con.heartbeat();
+    assert_continues(before, after, since);
+    heartbeat_beyond(&mut con, after);
+    con.send("dirty 0");
+    con.wait_for("dirty stopped", BOOT);
+}
+
+#[test]
+#[ignore = "open: memory rewritten during pre-copy arrives damaged (the last round finds 0 dirty pages while memfill runs); passes now and then; run with --ignored"]
+fn memory_rewritten_during_a_live_migration_arrives_intact() {
+    let p = pair();
+    let mut con = p.a.create_guest("mig6", 2, 12, "");
+    con.memfill(42);
+    let expected = con.memsum();
+    con.memfill(7);
+    assert_ne!(con.memsum(), expected);
+    // Rewrite all free memory with seed 42 while the migration copies it:
+    // every page the guest writes after it was sent must be sent again.
+    con.sync();
+    con.send("memfill 42");
+    // The echo shows the guest took the command (input still queued in the
+    // VMM, not yet in the UART, does not move with the domain).
+    con.wait_for("memfill 42", BOOT);
+    let out = p.a.rxl(&["migrate", "--key", &p.key, "mig6", p.net.addr_b]);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\nA: {}\nB: {}",
+        String::from_utf8_lossy(&out.stderr),
+        p.a.rxend_log(),
+        p.b.rxend_log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rounds: u32 = stdout
+        .split("rounds ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no rounds in {stdout}"));
+    assert!(rounds >= 2, "{stdout}");
+    let mut con = p.b.console("mig6");
+    // The memfill finishes here (its line shows in the target's console replay).
+    con.wait_for("memfill done", Duration::from_secs(300));
+    assert_eq!(con.memsum(), expected, "memory arrived damaged ({stdout})");
+    heartbeat_beyond(&mut con, 1);
+}
+
+#[test]
+fn non_live_and_ssh_transport_migrations() {
+    let p = pair();
+    let mut con = p.a.create_guest("mig2", 1, 12, "");
+    con.memfill(5);
+    let sum = con.memsum();
+    let before = heartbeat_beyond(&mut con, 2);
+    let since = std::time::Instant::now();
+    p.a.rxl_ok(&[
+        "migrate",
+        "--non-live",
+        "--key",
+        &p.key,
+        "mig2",
+        p.net.addr_b,
+    ]);
+    let mut con = p.b.console("mig2");
+    let mid = con.heartbeat();
+    assert_continues(before, mid, since);
+    let since = std::time::Instant::now();
+    // Back over the ssh transport, as xl does it; `-s ''` runs HOST as the
+    // command, here `rxl migrate-receive` against host A's rxend.
+    let receiver = format!(
+        "ip netns exec {} env RXEN_SOCKET={} {} migrate-receive",
+        p.net.a,
+        p.a.socket().display(),
+        rxen_e2e::bin("rxl").display()
+    );
+    p.b.rxl_ok(&["migrate", "-s", "", "mig2", &receiver]);
+    assert!(p.b.list_row("mig2").is_none());
+    let mut con = p.a.console("mig2");
+    let after = con.heartbeat();
+    assert_continues(mid, after, since);
+    assert_eq!(con.memsum(), sum);
+    heartbeat_beyond(&mut con, after);
+}
+
+#[test]
+fn killing_the_target_mid_migration_leaves_the_source_running() {
+    let p = pair();
+    let mut con = p.a.create_guest("mig3", 2, 256, "");
+    let before = heartbeat_beyond(&mut con, 2);
+    con.send("dirty 256");
+    con.wait_for("dirtying 256 MiB/s", BOOT);
+    let marker = p.b.dir.path().to_string_lossy().into_owned();
+    let killer = std::thread::spawn(move || {
+        // Kill the receiving VMM as soon as it exists.
+        for _ in 0..20_000 {
+            if let Some(pid) = rxen_e2e::pids_with(&["rxen-vmm", &marker]).first() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    });
+    let out = p.a.rxl(&[
+        "migrate",
+        "--key",
+        &p.key,
+        "--downtime-ms",
+        "1",
+        "mig3",
+        p.net.addr_b,
+    ]);
+    assert!(killer.join().expect("killer"), "no receiving VMM appeared");
+    assert!(
+        !out.status.success(),
+        "the migration succeeded though the target was killed"
+    );
+    let row = p.a.list_row("mig3").expect("the source lost its domain");
+    assert!(row[4] == "-b----" || row[4] == "r-----", "{row:?}");
+    heartbeat_beyond(&mut con, before);
+    con.send("dirty 0");
+    assert!(p.b.list_row("mig3").is_none());
+}
+
+#[test]
+fn a_wrong_key_or_a_host_outside_hosts_allow_is_refused() {
+    let p = pair();
+    let mut con = p.a.create_guest("mig4", 1, 64, "");
+    let before = heartbeat_beyond(&mut con, 1);
+    let wrong = key_file(p.a.dir.path(), "wrong.key", "not the shared secret at all");
+    let out = p.a.rxl(&["migrate", "--key", &wrong, "mig4", p.net.addr_b]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(
+        p.b.rxend_log().contains("refused 10.77.0.1"),
+        "{}",
+        p.b.rxend_log()
+    );
+
+    // B only allows A; A's server allows only A too, so B is refused by A.
+    let mut other = p.b.create_guest("mig5", 1, 64, "");
+    heartbeat_beyond(&mut other, 1);
+    let out = p.b.rxl(&["migrate", "--key", &p.key, "mig5", p.net.addr_a]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not allowed"), "{err}");
+    assert!(
+        p.a.rxend_log().contains("not allowed by hosts-allow"),
+        "{}",
+        p.a.rxend_log()
+    );
+
+    // Both domains still run where they were.
+    heartbeat_beyond(&mut con, before);
+    assert!(p.b.list_row("mig4").is_none() && p.a.list_row("mig5").is_none());
+}
