@@ -74,9 +74,9 @@ fn two_domains_run_side_by_side_and_use_cpu() {
         .expect("time");
     // A 4 s burn; on a loaded host it gets less than 4 s of CPU, but clearly some.
     assert!(t1 >= t0 + 0.3, "CPU time grew from {t0} to only {t1}");
-    // Both still answer.
-    assert!(a.heartbeat() > 0);
-    assert!(b.heartbeat() > 0);
+    // Both still run: their heartbeats grow.
+    wait_until(BOOT, "alpha's heartbeat grows", || a.heartbeat() > 0);
+    wait_until(BOOT, "beta's heartbeat grows", || b.heartbeat() > 0);
 }
 
 #[test]
@@ -217,7 +217,10 @@ fn a_killed_vmm_crashes_only_its_domain() {
     });
     let row = host.list_row("bystander").expect("bystander listed");
     assert!(row[4] == "-b----" || row[4] == "r-----", "{row:?}");
-    assert!(bystander.heartbeat() > 0);
+    // The bystander keeps running: its heartbeat grows.
+    wait_until(BOOT, "the bystander's heartbeat grows", || {
+        bystander.heartbeat() > 0
+    });
 }
 
 #[test]
