@@ -118,6 +118,14 @@ impl Timer {
         self.arm();
     }
 
+    /// Sets the period to `ticks` 10 ms ticks (100 ms for a parked vCPU, 10 ms otherwise).
+    pub fn set_ticks_per_wakeup(&mut self, ticks: u64, tsc_khz: u64) {
+        self.period = tsc_khz
+            .saturating_mul(TICK_MS)
+            .saturating_mul(ticks.max(1))
+            .max(1);
+    }
+
     /// TSC ticks per 10 ms tick.
     pub fn period(&self) -> u64 {
         self.period

@@ -2,9 +2,15 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::blkcmd;
 use crate::cpu::{halt_forever, inb, outb};
+use crate::devices::Devices;
+use crate::freemem;
+use crate::hotplug::Hotplug;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
+use crate::netcmd;
+use crate::vcpus;
 use crate::work::Vcpu;
 use crate::{print, println, serial};
 
@@ -14,6 +20,8 @@ const POWER_PORT: u16 = 0x510;
 const HOST_REQUEST_PORT: u16 = 0x512;
 /// Ticks vCPU 0 waits for the others to check in before printing the banner anyway.
 const CHECK_IN_TIMEOUT_TICKS: u64 = 300;
+/// Ticks between polls of the hotplug, balloon and vCPU ports (100 ms).
+const SLOW_POLL_TICKS: u64 = 10;
 /// Longest command line kept; further characters are dropped.
 const LINE_MAX: usize = 120;
 
@@ -25,6 +33,20 @@ commands:
   crash        crash (pvpanic)
   burn S [V]   spin vCPU V (default: the last) for S seconds
   dirty R      rewrite free memory at R MiB/s (0 stops)
+  memsum       hash the free memory
+  memfill SEED fill the free memory with a pattern
+  disks        list the disks
+  blkwrite SERIAL SECTOR COUNT SEED   write a pattern
+  blkread SERIAL SECTOR COUNT         read and print the CRC-32
+  blkflush SERIAL                     flush the disk
+  blkbench SERIAL read|write MIB      measure throughput
+  blkbad SERIAL                       send malformed requests
+  nics                                list the network cards
+  ip ADDR/PREFIX [SLOT]               set a card's address
+  ping ADDR [COUNT]                   ICMP echo
+  udpsend ADDR PORT MIB               send UDP datagrams
+  spoof SRC DST                       one echo request from a forged source
+  vcpus                               list the vCPUs online
   help         this list";
 
 /// The line editor and command interpreter.
@@ -32,6 +54,7 @@ struct Console {
     line: [u8; LINE_MAX],
     len: usize,
     after_cr: bool,
+    devices: Devices,
 }
 
 /// Runs vCPU 0: prints the banner, then serves the console and host requests forever.
@@ -43,16 +66,21 @@ pub fn run(mut vcpu: Vcpu) -> ! {
     {
         vcpu.next_tick();
     }
+    let online = vcpus::online().min(CHECKED_IN.load(Ordering::Acquire));
     println!(
-        "rxen testguest: booted on {} vCPUs with {} MiB",
-        CHECKED_IN.load(Ordering::Acquire),
+        "rxen testguest: booted on {online} vCPUs with {} MiB",
         info.mem_bytes >> 20
     );
+    vcpus::report();
     let mut console = Console {
         line: [0; LINE_MAX],
         len: 0,
         after_cr: false,
+        devices: Devices::new(),
     };
+    let mut hotplug = Hotplug::new();
+    let mut last_slow_poll = TICKS.load(Ordering::Relaxed);
+    console.devices.scan(false, 0);
     loop {
         match inb(HOST_REQUEST_PORT) {
             1 => {
@@ -64,6 +92,13 @@ pub fn run(mut vcpu: Vcpu) -> ! {
                 reboot();
             }
             _ => {}
+        }
+        netcmd::poll(&mut console.devices);
+        let ticks = TICKS.load(Ordering::Relaxed);
+        if ticks.wrapping_sub(last_slow_poll) >= SLOW_POLL_TICKS {
+            last_slow_poll = ticks;
+            hotplug.poll(&mut console.devices);
+            vcpus::poll();
         }
         while let Some(byte) = serial::try_read() {
             console.input(byte, &mut vcpu);
@@ -83,7 +118,11 @@ impl Console {
                 let len = core::mem::take(&mut self.len);
                 // Only printable ASCII is ever stored, so this is valid UTF-8.
                 let line = self.line.get(..len).unwrap_or_default();
-                execute(core::str::from_utf8(line).unwrap_or_default(), vcpu);
+                execute(
+                    core::str::from_utf8(line).unwrap_or_default(),
+                    vcpu,
+                    &mut self.devices,
+                );
             }
             0x08 | 0x7F if self.len > 0 => {
                 self.len -= 1;
@@ -102,7 +141,7 @@ impl Console {
 }
 
 /// Runs one command line.
-fn execute(line: &str, vcpu: &mut Vcpu) {
+fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
     let mut words = line.split_ascii_whitespace();
     let Some(command) = words.next() else {
         return;
@@ -129,10 +168,78 @@ fn execute(line: &str, vcpu: &mut Vcpu) {
             }
             None => println!("usage: dirty R"),
         },
+        ("disks", 0) => blkcmd::disks(devices),
+        ("blkwrite", 4) => match (args.number(1), args.number(2), args.number(3)) {
+            (Some(sector), Some(count), Some(seed)) => {
+                blkcmd::blkwrite(devices, args.word(0), sector, count, seed, vcpu)
+            }
+            _ => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
+        },
+        ("blkread", 3) => match (args.number(1), args.number(2)) {
+            (Some(sector), Some(count)) => {
+                blkcmd::blkread(devices, args.word(0), sector, count, vcpu)
+            }
+            _ => println!("usage: blkread SERIAL SECTOR COUNT"),
+        },
+        ("blkflush", 1) => blkcmd::blkflush(devices, args.word(0)),
+        ("blkbench", 3) => match (args.word(1), args.number(2)) {
+            ("read", Some(mib)) => blkcmd::blkbench(devices, args.word(0), false, mib, vcpu),
+            ("write", Some(mib)) => blkcmd::blkbench(devices, args.word(0), true, mib, vcpu),
+            _ => println!("usage: blkbench SERIAL read|write MIB"),
+        },
+        ("blkbad", 1) => blkcmd::blkbad(devices, args.word(0)),
+        ("memsum", 0) => freemem::memsum(vcpu),
+        ("memfill", 1) => match args.number(0) {
+            Some(seed) => freemem::memfill(seed, vcpu),
+            None => println!("usage: memfill SEED"),
+        },
+        ("memfill", _) => println!("usage: memfill SEED"),
+        ("nics", 0) => netcmd::nics(devices),
+        ("ip", 1 | 2) => {
+            let slot = if args.count == 2 {
+                args.number(1)
+            } else {
+                None
+            };
+            if args.count == 2 && slot.is_none() {
+                println!("usage: ip ADDR/PREFIX [SLOT]");
+            } else {
+                netcmd::ip(devices, args.word(0), slot);
+            }
+        }
+        ("ping", 1 | 2) => {
+            let count = if args.count == 2 {
+                args.number(1)
+            } else {
+                Some(4)
+            };
+            match count {
+                Some(count) => netcmd::ping(devices, args.word(0), count, vcpu),
+                None => println!("usage: ping ADDR [COUNT]"),
+            }
+        }
+        ("udpsend", 3) => match (args.number(1), args.number(2)) {
+            (Some(port), Some(mib)) => netcmd::udpsend(devices, args.word(0), port, mib, vcpu),
+            _ => println!("usage: udpsend ADDR PORT MIB"),
+        },
+        ("spoof", 2) => netcmd::spoof(devices, args.word(0), args.word(1), vcpu),
+        ("ip", _) => println!("usage: ip ADDR/PREFIX [SLOT]"),
+        ("ping", _) => println!("usage: ping ADDR [COUNT]"),
+        ("udpsend", _) => println!("usage: udpsend ADDR PORT MIB"),
+        ("spoof", _) => println!("usage: spoof SRC DST"),
+        ("vcpus", 0) => vcpus::show(),
         ("help", 0) => println!("{HELP}"),
+        ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
+        ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
+        ("blkflush", _) => println!("usage: blkflush SERIAL"),
+        ("blkbench", _) => println!("usage: blkbench SERIAL read|write MIB"),
+        ("blkbad", _) => println!("usage: blkbad SERIAL"),
         ("burn", _) => println!("usage: burn S [V]"),
         ("dirty", _) => println!("usage: dirty R"),
-        ("heartbeat" | "shutdown" | "reboot" | "crash" | "help", _) => {
+        (
+            "heartbeat" | "shutdown" | "reboot" | "crash" | "help" | "disks" | "memsum" | "nics",
+            _,
+        ) => {
             println!("usage: {command}")
         }
         _ => println!("unknown command: {command}"),
@@ -146,9 +253,12 @@ fn burn(args: &Args, vcpu: &mut Vcpu) {
     let target = if args.count == 2 {
         args.number(1).and_then(|v| usize::try_from(v).ok())
     } else {
-        Some(vcpus - 1)
+        Some(mailbox::dirty_vcpu())
     };
     match (seconds, target) {
+        (Some(_), Some(target)) if target < vcpus && !mailbox::wanted(target) => {
+            println!("burn: vcpu {target} is offline")
+        }
         (Some(seconds), Some(target)) if target < vcpus => {
             println!("burning vcpu {target} for {seconds} s");
             if target == vcpu.index {
@@ -173,16 +283,19 @@ fn reboot() -> ! {
     halt_forever()
 }
 
-/// Up to two numeric-or-not arguments, kept as text.
+/// Most arguments a command takes.
+const MAX_ARGS: usize = 4;
+
+/// Up to `MAX_ARGS` arguments, kept as text, and how many were given.
 struct Args<'a> {
-    words: [&'a str; 2],
+    words: [&'a str; MAX_ARGS],
     count: usize,
 }
 
 impl<'a> Args<'a> {
     fn collect(words: impl Iterator<Item = &'a str>) -> Args<'a> {
         let mut args = Args {
-            words: [""; 2],
+            words: [""; MAX_ARGS],
             count: 0,
         };
         for word in words {
@@ -192,6 +305,11 @@ impl<'a> Args<'a> {
             args.count += 1;
         }
         args
+    }
+
+    /// The argument at `index` ("" if absent).
+    fn word(&self, index: usize) -> &'a str {
+        self.words.get(index).copied().unwrap_or_default()
     }
 
     /// The argument at `index` as a decimal number.

@@ -21,6 +21,24 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// Reads a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
+    value
+}
+
+/// Writes a 32-bit value to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Reads a model-specific register.
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);

@@ -17,6 +17,14 @@ pub static TICKS: AtomicU64 = AtomicU64::new(0);
 /// Requested memory-dirtying rate in MiB/s (0 = off).
 pub static DIRTY_MIB_PER_S: AtomicU64 = AtomicU64::new(0);
 
+/// vCPUs that should be online (bit i = vCPU i); vCPU 0 always is.
+pub static WANTED: AtomicU64 = AtomicU64::new(1);
+
+/// Whether vCPU `index` should be online.
+pub fn wanted(index: usize) -> bool {
+    index < 64 && WANTED.load(Ordering::Acquire) & (1 << index) != 0
+}
+
 /// Seconds of CPU burn requested per vCPU, plus one (0 = none).
 static BURN: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
 
@@ -41,9 +49,10 @@ pub fn boot_info() -> BootInfo {
     unsafe { *core::ptr::addr_of!(BOOT_INFO) }
 }
 
-/// The vCPU that rewrites memory for `dirty R`: the last one.
+/// The vCPU that rewrites memory for `dirty R`: the last one online.
 pub fn dirty_vcpu() -> usize {
-    boot_info().vcpus - 1
+    let mask = WANTED.load(Ordering::Acquire) | 1;
+    63 - mask.leading_zeros() as usize
 }
 
 /// Asks vCPU `vcpu` to burn for `seconds`.

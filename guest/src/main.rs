@@ -6,14 +6,25 @@
 #![no_main]
 
 mod apic;
+mod blkcmd;
 mod bootinfo;
 mod console;
 mod cpu;
+mod crc32;
+mod devices;
+mod dma;
 mod entry;
+mod freemem;
+mod hotplug;
 mod idt;
 mod mailbox;
 mod mem;
+mod net;
+mod netcmd;
 mod serial;
+mod time;
+mod vcpus;
+mod virtio;
 mod work;
 
 use core::hint::spin_loop;
@@ -77,6 +88,7 @@ fn setup(boot_info: u64) {
     outb(0xA1, 0xFF);
     idt::build();
     mailbox::set_boot_info(info);
+    vcpus::init();
     if !apic::has_deadline_timer() {
         println!("rxen testguest: no x2APIC TSC-deadline timer, polling with pause");
     }

@@ -5,20 +5,17 @@ use core::sync::atomic::Ordering;
 
 use crate::apic::Timer;
 use crate::cpu::rdtsc;
+use crate::freemem;
 use crate::mailbox::{self, DIRTY_MIB_PER_S, TICKS};
 use crate::println;
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = freemem::PAGE;
 const MIB: u64 = 1 << 20;
-/// Free memory starts this far past the end of the image.
-const DIRTY_MARGIN: u64 = MIB;
-/// Only memory below the PCI hole (3 GiB) is dirtied for now.
-const LOW_MEMORY_END: u64 = 0xC000_0000;
+/// Ticks between wake-ups of a parked (offline) vCPU: 100 ms.
+const PARKED_TICKS: u64 = 10;
 
-/// The pages `dirty R` rewrites, and where it is in them.
+/// The pages `dirty R` rewrites (the free region), and where it is in them.
 struct Dirtier {
-    start: u64,
-    pages: u64,
     next: u64,
     /// Page-rate credit in 1/100 pages (R MiB/s = R * 256 pages/s).
     credit: u64,
@@ -27,16 +24,7 @@ struct Dirtier {
 
 impl Dirtier {
     fn new() -> Dirtier {
-        let info = mailbox::boot_info();
-        let start = info
-            .kernel_end
-            .div_ceil(PAGE)
-            .saturating_mul(PAGE)
-            .saturating_add(DIRTY_MARGIN);
-        let end = info.mem_bytes.min(LOW_MEMORY_END) / PAGE * PAGE;
         Dirtier {
-            start,
-            pages: end.saturating_sub(start) / PAGE,
             next: 0,
             credit: 0,
             value: 0,
@@ -45,7 +33,8 @@ impl Dirtier {
 
     /// Rewrites one tick's worth of pages at `mib_per_s`.
     fn tick(&mut self, mib_per_s: u64) {
-        if mib_per_s == 0 || self.pages == 0 {
+        let start = freemem::start();
+        if mib_per_s == 0 || freemem::end() <= start {
             self.credit = 0;
             return;
         }
@@ -57,15 +46,20 @@ impl Dirtier {
         self.credit %= 100;
         for _ in 0..count {
             self.value = self.value.wrapping_add(1);
-            let addr = self.start + self.next * PAGE;
-            // SAFETY: addr is a page inside [start, end): RAM that is
-            // identity-mapped and holds nothing of the guest's (it lies past
-            // the image and its stacks, below mem_bytes and the 3 GiB hole).
-            unsafe { core::ptr::write_volatile(addr as *mut u64, self.value) };
-            self.next += 1;
-            if self.next >= self.pages {
+            // The end is reread for every page: the balloon may lower it meanwhile.
+            let pages = freemem::end().saturating_sub(start) / PAGE;
+            if self.next >= pages {
                 self.next = 0;
             }
+            if pages == 0 {
+                break;
+            }
+            let addr = start + self.next * PAGE;
+            // SAFETY: addr is a page inside the free region: RAM that is identity-mapped
+            // and holds nothing of the guest's (past the image, its stacks and device
+            // memory, below mem_bytes and the 3 GiB hole, below the balloon's pages).
+            unsafe { core::ptr::write_volatile(addr as *mut u64, self.value) };
+            self.next += 1;
         }
     }
 }
@@ -76,17 +70,16 @@ pub struct Vcpu {
     pub index: usize,
     /// This vCPU's 10 ms tick source.
     pub timer: Timer,
-    dirtier: Option<Dirtier>,
+    dirtier: Dirtier,
 }
 
 impl Vcpu {
     /// Creates the per-vCPU state (after the boot info has been published).
     pub fn new(index: usize, timer: Timer) -> Vcpu {
-        let dirtier = (index == mailbox::dirty_vcpu()).then(Dirtier::new);
         Vcpu {
             index,
             timer,
-            dirtier,
+            dirtier: Dirtier::new(),
         }
     }
 
@@ -95,8 +88,15 @@ impl Vcpu {
         if self.index == 0 {
             TICKS.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(dirtier) = self.dirtier.as_mut() {
-            dirtier.tick(DIRTY_MIB_PER_S.load(Ordering::Relaxed));
+        if self.index == mailbox::dirty_vcpu() {
+            self.dirtier.tick(DIRTY_MIB_PER_S.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Does the tick's work if a tick is due (for long commands on vCPU 0).
+    pub fn poll_tick(&mut self) {
+        if self.timer.poll() {
+            self.on_tick();
         }
     }
 
@@ -119,11 +119,23 @@ impl Vcpu {
         println!("burn done on vcpu {}", self.index);
     }
 
-    /// The loop of every vCPU but 0: tick, and burn when asked.
+    /// The loop of every vCPU but 0: tick, and burn when asked; while the host wants this
+    /// vCPU offline (port 0x516), it is parked: it wakes every 100 ms only to check again.
     pub fn run_secondary(&mut self) -> ! {
+        let tsc_khz = mailbox::boot_info().tsc_khz;
+        let mut parked = false;
         loop {
             self.next_tick();
-            if let Some(seconds) = mailbox::take_burn(self.index) {
+            let wanted = mailbox::wanted(self.index);
+            if wanted == parked {
+                parked = !wanted;
+                self.timer
+                    .set_ticks_per_wakeup(if parked { PARKED_TICKS } else { 1 }, tsc_khz);
+            }
+            if parked {
+                // A burn asked of an offline vCPU is dropped.
+                let _ = mailbox::take_burn(self.index);
+            } else if let Some(seconds) = mailbox::take_burn(self.index) {
                 self.burn(seconds);
             }
         }

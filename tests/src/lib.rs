@@ -67,6 +67,16 @@ impl Host {
         self.dir.path().join("state")
     }
 
+    /// Name of this host's top CPU cgroup (unique per host, so that
+    /// parallel tests never share `dom<ID>` groups).
+    pub fn cgroup_name(&self) -> String {
+        self.dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rxen-e2e".into())
+    }
+
     /// (Re)starts rxend on this host's socket and state directory.
     pub fn start_rxend(&mut self) {
         let log = fs::OpenOptions::new()
@@ -79,6 +89,8 @@ impl Host {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state_dir())
+            .arg("--cgroup")
+            .arg(self.cgroup_name())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -199,6 +211,42 @@ impl Drop for Host {
             }
         }
         self.kill_rxend();
+        remove_cgroups(&self.cgroup_name());
+    }
+}
+
+/// Removes the CPU cgroups an rxend made under `name` (in every hierarchy
+/// that has them), waiting for killed tasks to leave them.
+pub fn remove_cgroups(name: &str) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dir), Some(kind)) = (f.get(1), f.get(2)) else {
+            continue;
+        };
+        if *kind != "cgroup" && *kind != "cgroup2" {
+            continue;
+        }
+        let base = Path::new(dir).join(name);
+        if !base.is_dir() {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(children) = fs::read_dir(&base) {
+                for c in children.flatten() {
+                    if c.path().is_dir() {
+                        let _ = fs::remove_dir(c.path());
+                    }
+                }
+            }
+            if fs::remove_dir(&base).is_ok() || !base.exists() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -346,11 +346,20 @@ fn rxl_starts_rxend_on_demand() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("rxend.sock");
     let state = dir.path().join("state");
+    // The daemon rxl starts takes its CPU cgroup name from the environment too.
+    let cgroup = format!(
+        "rxen-e2e-ondemand-{}",
+        dir.path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
     let run = |args: &[&str]| {
         std::process::Command::new(rxen_e2e::bin("rxl"))
             .args(args)
             .env("RXEN_SOCKET", &socket)
             .env("RXEN_STATE_DIR", &state)
+            .env("RXEN_CGROUP", &cgroup)
             .output()
             .expect("rxl")
     };
@@ -377,6 +386,7 @@ fn rxl_starts_rxend_on_demand() {
     let mut buf = String::new();
     let _ = std::io::Read::read_to_string(&mut c, &mut buf);
     assert!(buf.contains("ok"), "{buf}");
+    rxen_e2e::remove_cgroups(&cgroup);
 }
 
 #[test]

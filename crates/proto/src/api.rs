@@ -81,6 +81,181 @@ pub enum Request {
     },
     /// Ask rxend to exit (running domains keep running).
     Quit,
+    /// Hot-plug a disk (`rxl block-attach`); `spec` is an xl disk spec.
+    BlockAttach {
+        /// The domain.
+        domain: DomainRef,
+        /// The disk spec, e.g. `file:/img,xvdb,w`.
+        spec: String,
+    },
+    /// Hot-unplug a disk (`rxl block-detach`) by vdev name or device ID.
+    BlockDetach {
+        /// The domain.
+        domain: DomainRef,
+        /// `xvdb` or `51728`.
+        vdev: String,
+    },
+    /// Hot-plug a NIC (`rxl network-attach`); `spec` is an xl vif spec.
+    NetworkAttach {
+        /// The domain.
+        domain: DomainRef,
+        /// The vif spec, e.g. `bridge=xenbr0,mac=00:16:3e:00:00:01`.
+        spec: String,
+    },
+    /// Hot-unplug a NIC (`rxl network-detach`) by device ID or MAC.
+    NetworkDetach {
+        /// The domain.
+        domain: DomainRef,
+        /// `1` or `00:16:3e:00:00:01`.
+        device: String,
+    },
+    /// The disks and NICs of a running domain with their counters.
+    DeviceList {
+        /// The domain.
+        domain: DomainRef,
+    },
+    /// Read or change credit-scheduler parameters (`rxl sched-credit`).
+    SchedCredit {
+        /// The domain; all domains when `None`.
+        domain: Option<DomainRef>,
+        /// New weight (1..=65535).
+        weight: Option<u32>,
+        /// New cap in percent of one host CPU (0 = none).
+        cap: Option<u32>,
+    },
+    /// List vCPUs (`rxl vcpu-list`); empty means all domains.
+    VcpuList {
+        /// Domains to show; all when empty.
+        domains: Vec<DomainRef>,
+    },
+    /// Set the hard affinity of vCPUs (`rxl vcpu-pin`).
+    VcpuPin {
+        /// The domain.
+        domain: DomainRef,
+        /// A vCPU number, or `all`.
+        vcpu: String,
+        /// Hard affinity: a CPU list (`3,5-8,^6`), `all`, or `-` for unchanged.
+        hard: String,
+    },
+    /// Every counter rxend keeps, for `rxl top` and metrics.
+    Counters,
+    /// Set a domain's memory target through its balloon (`rxl mem-set`).
+    MemSet {
+        /// The domain.
+        domain: DomainRef,
+        /// The target in MiB.
+        mib: u64,
+    },
+    /// Set a domain's maximum memory (`rxl mem-max`).
+    MemMax {
+        /// The domain.
+        domain: DomainRef,
+        /// The maximum in MiB.
+        mib: u64,
+    },
+}
+
+/// One row of `xl sched-credit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedEntry {
+    /// Domain name.
+    pub name: String,
+    /// Domain ID.
+    pub domid: u32,
+    /// Credit weight.
+    pub weight: u32,
+    /// Cap in percent of one host CPU, 0 = none.
+    pub cap: u32,
+}
+
+/// One row of `xl vcpu-list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VcpuInfo {
+    /// Domain name.
+    pub name: String,
+    /// Domain ID.
+    pub domid: u32,
+    /// vCPU index.
+    pub vcpu: u32,
+    /// Host CPU it last ran on; `None` when offline.
+    pub cpu: Option<u32>,
+    /// Online.
+    pub online: bool,
+    /// Running now.
+    pub running: bool,
+    /// Blocked (halted, waiting for an event).
+    pub blocked: bool,
+    /// CPU time used, in seconds.
+    pub time_s: f64,
+    /// Hard affinity as xl prints it (`all`, `0-3,5`, `none`).
+    pub hard: String,
+    /// Soft affinity as xl prints it.
+    pub soft: String,
+}
+
+/// Host-wide counters for `rxl top`'s header and metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostCounters {
+    /// Host memory in KiB.
+    pub total_kib: u64,
+    /// Free (available) host memory in KiB.
+    pub free_kib: u64,
+    /// Online host CPUs.
+    pub nr_cpus: u32,
+    /// CPU clock in MHz.
+    pub cpu_mhz: f64,
+}
+
+/// Counters of one domain for `rxl top` and metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainCounters {
+    /// Domain ID.
+    pub domid: u32,
+    /// Name.
+    pub name: String,
+    /// Six-letter xl state.
+    pub state: String,
+    /// CPU time in nanoseconds, over the domain's whole life.
+    pub cpu_ns: u64,
+    /// Current memory in KiB.
+    pub mem_kib: u64,
+    /// Maximum memory in KiB; `None` = no limit.
+    pub maxmem_kib: Option<u64>,
+    /// Online vCPUs.
+    pub vcpus: u32,
+    /// CPU time of each vCPU in nanoseconds (the current VMM's).
+    pub vcpu_ns: Vec<u64>,
+    /// Credit weight.
+    pub weight: u32,
+    /// Cap, percent of one host CPU.
+    pub cap: u32,
+    /// Network interfaces.
+    pub nets: u32,
+    /// Bytes the guest sent, over the domain's life.
+    pub net_tx_bytes: u64,
+    /// Bytes the guest received, over the domain's life.
+    pub net_rx_bytes: u64,
+    /// Virtual block devices.
+    pub vbds: u32,
+    /// Requests that found the device busy (out of requests).
+    pub vbd_oo: u64,
+    /// Read requests.
+    pub vbd_rd: u64,
+    /// Write requests.
+    pub vbd_wr: u64,
+    /// Sectors read.
+    pub vbd_rsect: u64,
+    /// Sectors written.
+    pub vbd_wsect: u64,
+}
+
+/// The answer to [`Request::Counters`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Host figures.
+    pub host: HostCounters,
+    /// Every visible domain, Domain-0 first.
+    pub domains: Vec<DomainCounters>,
 }
 
 /// A domain as `rxl list` shows it.
@@ -144,6 +319,27 @@ pub enum Response {
         /// The log text.
         text: String,
     },
+    /// The answer to [`Request::DeviceList`].
+    Devices {
+        /// The domain's ID.
+        domid: u32,
+        /// Its disks.
+        disks: Vec<crate::vmctl::DiskStats>,
+        /// Its NICs.
+        nics: Vec<crate::vmctl::NicStats>,
+    },
+    /// The answer to `SchedCredit`.
+    Sched {
+        /// One entry per domain.
+        entries: Vec<SchedEntry>,
+    },
+    /// The answer to `VcpuList`.
+    Vcpus {
+        /// One entry per vCPU.
+        vcpus: Vec<VcpuInfo>,
+    },
+    /// The answer to `Counters`.
+    Counters(Counters),
     /// The request failed; `message` is one line for the user.
     Error {
         /// What went wrong.

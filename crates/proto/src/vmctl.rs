@@ -19,6 +19,31 @@ pub enum VmRequest {
     Destroy,
     /// Report state and counters.
     Stats,
+    /// Set the balloon's target: the guest should keep `target_mib` MiB and give the rest back.
+    SetBalloon {
+        /// Memory the guest keeps, in MiB (at most the boot size).
+        target_mib: u64,
+    },
+    /// Hot-plug a disk into the lowest free slot.
+    AttachDisk {
+        /// The disk.
+        disk: crate::vmspec::DiskDevice,
+    },
+    /// Hot-unplug the disk with this device ID.
+    DetachDisk {
+        /// Its Xen device ID.
+        devid: u32,
+    },
+    /// Hot-plug a NIC into the lowest free slot (rxend has created its TAP).
+    AttachNic {
+        /// The NIC.
+        nic: crate::vmspec::NicDevice,
+    },
+    /// Hot-unplug the NIC with this device ID.
+    DetachNic {
+        /// Its Xen device ID.
+        devid: u32,
+    },
 }
 
 /// What a vCPU is doing, as `xl vcpu-list` shows it.
@@ -61,6 +86,78 @@ pub struct VmStats {
     pub vcpus: Vec<VcpuStats>,
     /// Resident memory of the VMM process, in KiB (guest pages included).
     pub rss_kib: u64,
+    /// One entry per disk.
+    #[serde(default)]
+    pub disks: Vec<DiskStats>,
+    /// One entry per NIC.
+    #[serde(default)]
+    pub nics: Vec<NicStats>,
+    /// The balloon, when the VM has one.
+    #[serde(default)]
+    pub balloon: Option<BalloonStats>,
+}
+
+/// The state of the virtio-balloon, in 4 KiB pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStats {
+    /// Pages the host asked for.
+    pub target_pages: u32,
+    /// Pages the guest driver says it holds.
+    pub actual_pages: u32,
+    /// Pages given back to the host (dropped from the VMM's memory).
+    pub inflated_pages: u64,
+}
+
+/// Counters of one virtual disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStats {
+    /// Xen device ID.
+    pub devid: u32,
+    /// Virtual device name.
+    pub vdev: String,
+    /// virtio-mmio slot.
+    pub slot: u32,
+    /// Read requests.
+    pub read_reqs: u64,
+    /// Sectors read.
+    pub read_sectors: u64,
+    /// Write requests.
+    pub write_reqs: u64,
+    /// Sectors written.
+    pub write_sectors: u64,
+    /// Flush requests.
+    #[serde(default)]
+    pub flush_reqs: u64,
+    /// Requests that failed.
+    #[serde(default)]
+    pub errors: u64,
+}
+
+/// Counters of one network interface (tx = from the guest, rx = to the guest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicStats {
+    /// Xen device ID.
+    pub devid: u32,
+    /// The guest's MAC.
+    pub mac: String,
+    /// The host TAP device.
+    pub tap: String,
+    /// virtio-mmio slot.
+    pub slot: u32,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Frames the guest sent.
+    pub tx_packets: u64,
+    /// Bytes delivered to the guest.
+    pub rx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_packets: u64,
+    /// Guest frames dropped by the `ip=` anti-spoofing filter.
+    pub tx_spoof_drops: u64,
+    /// Guest frames dropped for other reasons (bad descriptors, TAP errors).
+    pub tx_drops: u64,
+    /// Frames for the guest dropped (no buffers, too large).
+    pub rx_drops: u64,
 }
 
 /// The VMM's answer to one request.

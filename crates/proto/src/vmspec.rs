@@ -37,6 +37,60 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Create the domain with its vCPUs paused (`rxl create -p`).
     pub start_paused: bool,
+    /// Virtual disks, in slot order (disks take virtio-mmio slots from 0).
+    #[serde(default)]
+    pub disks: Vec<DiskDevice>,
+    /// Network interfaces, in slot order after the disks.
+    #[serde(default)]
+    pub nics: Vec<NicDevice>,
+    /// Give the guest a virtio-balloon device in the last slot (15), for `rxl mem-set`.
+    #[serde(default)]
+    pub balloon: bool,
+}
+
+/// One virtual disk as the VMM opens it (rxend has resolved the path and checked access).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDevice {
+    /// Xen device ID (from the vdev, e.g. 51712 for xvda).
+    pub devid: u32,
+    /// The virtual device name; also the virtio-blk serial.
+    pub vdev: String,
+    /// Raw image file or host block device.
+    pub path: PathBuf,
+    /// The guest sees a read-only disk.
+    pub read_only: bool,
+    /// A cdrom (read-only).
+    #[serde(default)]
+    pub cdrom: bool,
+    /// `w!`: writable, and other domains may use it too (no exclusive lock).
+    #[serde(default)]
+    pub shared_writable: bool,
+}
+
+/// A `rate=` limit on the guest's transmit side: `bytes` per `interval_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicRate {
+    /// Bytes allowed per interval.
+    pub bytes: u64,
+    /// Replenish interval in microseconds.
+    pub interval_us: u64,
+}
+
+/// One network interface as the VMM opens it (rxend has created the TAP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicDevice {
+    /// Xen device ID (0, 1, ...).
+    pub devid: u32,
+    /// The guest's MAC, `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    /// The host TAP device's name.
+    pub tap: String,
+    /// Transmit rate limit.
+    #[serde(default)]
+    pub rate: Option<NicRate>,
+    /// `ip=`: allowed source IPv4 addresses; empty turns anti-spoofing off.
+    #[serde(default)]
+    pub allowed_ips: Vec<std::net::Ipv4Addr>,
 }
 
 /// File names inside [`VmSpec::run_dir`].

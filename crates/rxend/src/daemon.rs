@@ -1,6 +1,8 @@
 //! The domain table and every operation on it. Locks are held only for
 //! bookkeeping, never while a VMM starts or answers.
 
+mod hotplug;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -10,16 +12,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rxen_proto::api::DomainInfo;
 use rxen_proto::vmctl::VmRequest;
-use rxen_proto::vmspec::{ExitReason, KernelSource, VmSpec};
+use rxen_proto::vmspec::{DiskDevice, ExitReason, KernelSource, VmSpec};
 use xlcfg::{Action, DomainConfig};
 
 use crate::auth::Caller;
 use crate::hostinfo;
 use crate::log::Log;
+use crate::network::{self, PluggedVif};
 use crate::paths::Paths;
 use crate::procfs;
 use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
+use crate::storage;
 use crate::vmm::{self, VmmError};
+
+mod memory_ops;
+mod sched_ops;
+pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
 
 /// Built-in kernels that `kernel = "builtin:NAME"` may name.
 pub const BUILTIN_KERNELS: &[&str] = &["testguest"];
@@ -87,6 +95,8 @@ struct Entry {
     busy: Option<Busy>,
     /// vCPU time of the current VMM, sampled by the supervisor, in nanoseconds.
     live_cpu_ns: u64,
+    /// When `live_cpu_ns` was last written to the record.
+    saved_at: Instant,
 }
 
 struct Table {
@@ -113,6 +123,10 @@ pub struct Daemon {
     pub log: Log,
     store: RecordStore,
     table: Mutex<Table>,
+    /// CPU cgroups (`None` when the host has none or they are turned off).
+    cgroups: Option<crate::cgroup::Cgroups>,
+    /// Domain-0's credit weight.
+    dom0_weight: std::sync::atomic::AtomicU32,
 }
 
 fn now_secs() -> f64 {
@@ -130,6 +144,11 @@ pub fn check_name(name: &str) -> Result<(), DaemonError> {
 impl Daemon {
     /// Opens the state directory, loads every record and adopts domains whose VMM still runs.
     pub fn open(paths: Paths) -> std::io::Result<Daemon> {
+        Daemon::open_with(paths, SchedOptions::default())
+    }
+
+    /// [`Daemon::open`] with scheduler options (cgroup name, Domain-0's weight).
+    pub fn open_with(paths: Paths, sched: SchedOptions) -> std::io::Result<Daemon> {
         fs::create_dir_all(&paths.state_dir)?;
         fs::create_dir_all(paths.state_dir.join("dom"))?;
         let log = Log::open(&paths.log_file());
@@ -158,9 +177,10 @@ impl Daemon {
                     domains.insert(
                         rec.domid,
                         Entry {
+                            live_cpu_ns: rec.vmm_cpu_ns,
                             rec,
                             busy: None,
-                            live_cpu_ns: 0,
+                            saved_at: Instant::now(),
                         },
                     );
                 }
@@ -172,7 +192,8 @@ impl Daemon {
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or(1);
         let next_domid = stored_next.max(max_id + 1).max(1);
-        Ok(Daemon {
+        let cgroups = sched_ops::open_cgroups(&sched, &log);
+        let daemon = Daemon {
             paths,
             log,
             store,
@@ -180,7 +201,11 @@ impl Daemon {
                 domains,
                 next_domid,
             }),
-        })
+            cgroups,
+            dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
+        };
+        daemon.adopt_sched();
+        Ok(daemon)
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -301,7 +326,6 @@ impl Daemon {
             }
         }
         let config = parsed.config;
-        refused.extend(unsupported_by_this_version(&config, path));
         if !refused.is_empty() {
             if !ignore_unsupported {
                 return Err(DaemonError::Config(format!(
@@ -314,6 +338,7 @@ impl Daemon {
         }
         warnings.extend(not_enforced_yet(&config));
         let created = self.start(config, Some(path.to_string()), paused)?;
+        warnings.extend(created.warnings.iter().cloned());
         Ok(Created {
             warnings,
             ..created
@@ -356,6 +381,12 @@ impl Daemon {
                 config_path,
                 created_at: now_secs(),
                 cpu_time_ns: 0,
+                vmm_cpu_ns: 0,
+                net_tx_bytes: 0,
+                net_rx_bytes: 0,
+                vmm_net_tx_bytes: 0,
+                vmm_net_rx_bytes: 0,
+                mem_target_mib: None,
                 state: DomainState::Running {
                     pid: 0,
                     start_ticks: 0,
@@ -368,12 +399,24 @@ impl Daemon {
                     rec,
                     busy: Some(Busy::Starting),
                     live_cpu_ns: 0,
+                    saved_at: Instant::now(),
                 },
             );
             domid
         };
         let run_dir = self.paths.run_dir(domid);
         let _ = fs::remove_dir_all(&run_dir);
+        let devices = self.plug_devices(&config, domid, &uuid, &run_dir);
+        let (disks, vifs) = match devices {
+            Ok(d) => d,
+            Err(err) => {
+                self.table().domains.remove(&domid);
+                let _ = fs::remove_dir_all(&run_dir);
+                self.log
+                    .error(format!("domain {domid} ({name}) failed to start: {err}"));
+                return Err(err);
+            }
+        };
         let spec = VmSpec {
             name: name.clone(),
             domid,
@@ -385,6 +428,9 @@ impl Daemon {
             cmdline: config.cmdline.clone().unwrap_or_default(),
             run_dir: run_dir.clone(),
             start_paused: paused,
+            balloon: true,
+            disks,
+            nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
         match vmm::launch(&spec) {
             Ok(l) => {
@@ -401,6 +447,7 @@ impl Daemon {
                 let rec = e.rec.clone();
                 drop(t);
                 self.save(&rec)?;
+                let sched_warnings = self.apply_sched(domid, l.pid, &config, true);
                 self.log.info(format!(
                     "domain {domid} ({name}) started: VMM pid {}, {} MiB, {} vCPUs{}",
                     l.pid,
@@ -411,11 +458,12 @@ impl Daemon {
                 Ok(Created {
                     domid,
                     name,
-                    warnings: Vec::new(),
+                    warnings: sched_warnings,
                 })
             }
             Err(err) => {
                 self.table().domains.remove(&domid);
+                self.unplug_devices(domid, &run_dir);
                 let _ = fs::remove_dir_all(&run_dir);
                 self.log
                     .error(format!("domain {domid} ({name}) failed to start: {err}"));
@@ -561,9 +609,81 @@ impl Daemon {
         Ok(())
     }
 
+    /// Checks the disks and creates and wires the TAPs of a domain about to start; records the
+    /// vifs in its run directory so that whoever ends the domain can unplug them.
+    fn plug_devices(
+        &self,
+        config: &DomainConfig,
+        domid: u32,
+        uuid: &str,
+        run_dir: &std::path::Path,
+    ) -> Result<(Vec<DiskDevice>, Vec<PluggedVif>), DaemonError> {
+        let disks = storage::prepare_disks(&config.disks)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let mut described = Vec::new();
+        for (i, vif) in config.vifs.iter().enumerate() {
+            let v = network::describe_vif(vif, domid, i as u32, uuid)
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            if described
+                .iter()
+                .any(|o: &PluggedVif| o.nic.devid == v.nic.devid)
+            {
+                return Err(DaemonError::Config(
+                    network::NetworkError::Duplicate(v.nic.devid).to_string(),
+                ));
+            }
+            described.push(v);
+        }
+        fs::create_dir_all(run_dir).map_err(|source| DaemonError::Persist {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
+        let mut plugged: Vec<PluggedVif> = Vec::new();
+        for v in described {
+            // Record before plugging, so that a crash in between still cleans up.
+            let mut next = plugged.clone();
+            next.push(v.clone());
+            let saved = network::save_vifs(run_dir, &next);
+            let result = saved
+                .map_err(|source| DaemonError::Persist {
+                    path: run_dir.join(network::VIFS_FILE),
+                    source,
+                })
+                .and_then(|()| network::plug(&v).map_err(|e| DaemonError::Config(e.to_string())));
+            if let Err(e) = result {
+                for p in &plugged {
+                    network::unplug(p);
+                }
+                let _ = fs::remove_file(run_dir.join(network::VIFS_FILE));
+                return Err(e);
+            }
+            self.log.info(format!(
+                "domain {domid}: vif {} ({}) plugged, MAC {}",
+                v.nic.devid, v.nic.tap, v.nic.mac
+            ));
+            plugged.push(v);
+        }
+        Ok((disks, plugged))
+    }
+
+    /// Unplugs every vif recorded in a run directory.
+    fn unplug_devices(&self, domid: u32, run_dir: &Path) {
+        for v in network::load_vifs(run_dir) {
+            for problem in network::unplug(&v) {
+                self.log.warn(format!(
+                    "domain {domid}: unplugging vif {}: {problem}",
+                    v.nic.tap
+                ));
+            }
+        }
+        let _ = fs::remove_file(run_dir.join(network::VIFS_FILE));
+    }
+
     /// Removes a domain's entry, record and run directory.
     fn forget(&self, id: u32) {
+        self.unplug_devices(id, &self.paths.run_dir(id));
         self.table().domains.remove(&id);
+        self.remove_sched(id);
         if let Err(e) = self.store.remove(id) {
             self.log
                 .error(format!("cannot remove record of domain {id}: {e}"));
@@ -633,6 +753,7 @@ impl Daemon {
         reap_children();
         let ticks = procfs::clock_ticks().max(1);
         let mut gone = Vec::new();
+        let mut to_save = Vec::new();
         {
             let mut t = self.table();
             for e in t.domains.values_mut() {
@@ -645,11 +766,24 @@ impl Daemon {
                 {
                     if procfs::alive(pid, start_ticks) {
                         e.live_cpu_ns = vcpu_cpu_ns(pid, ticks);
+                        if e.rec.vmm_cpu_ns != e.live_cpu_ns
+                            && e.saved_at.elapsed() >= ACCOUNTING_SAVE_INTERVAL
+                        {
+                            e.rec.vmm_cpu_ns = e.live_cpu_ns;
+                            e.saved_at = Instant::now();
+                            to_save.push(e.rec.clone());
+                        }
                     } else {
                         e.busy = Some(Busy::Exiting);
                         gone.push(e.rec.domid);
                     }
                 }
+            }
+        }
+        self.account_devices(&mut to_save);
+        for rec in to_save {
+            if let Err(e) = self.save(&rec) {
+                self.log.error(e);
             }
         }
         for id in gone {
@@ -667,10 +801,16 @@ impl Daemon {
         let Some(mut rec) = self.table().domains.get(&id).map(|e| {
             let mut r = e.rec.clone();
             r.cpu_time_ns += e.live_cpu_ns;
+            r.vmm_cpu_ns = 0;
+            r.net_tx_bytes += r.vmm_net_tx_bytes;
+            r.net_rx_bytes += r.vmm_net_rx_bytes;
+            r.vmm_net_tx_bytes = 0;
+            r.vmm_net_rx_bytes = 0;
             r
         }) else {
             return;
         };
+        self.remove_sched(id);
         let action = match reason {
             ExitReason::Poweroff => rec.config.on_poweroff,
             ExitReason::Reboot => rec.config.on_reboot,
@@ -737,6 +877,11 @@ impl Daemon {
         }
     }
 }
+
+/// How often the supervisor writes a running domain's CPU time to its record,
+/// so that the figure survives an rxend restart (and a VMM that ends while
+/// rxend is away).
+const ACCOUNTING_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Kills a VMM process if it is still the one we started.
 fn kill_vmm(pid: i32, start_ticks: u64) {
@@ -830,7 +975,7 @@ fn domain_info(e: &Entry) -> DomainInfo {
         domid: e.rec.domid,
         name: e.rec.name.clone(),
         uuid: e.rec.uuid.clone(),
-        memory_mib: e.rec.config.memory_mib,
+        memory_mib: e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib),
         maxmem_mib: e.rec.config.maxmem_mib,
         vcpus: if online { e.rec.config.vcpus } else { 0 },
         state: state_string(e),
@@ -898,32 +1043,12 @@ fn kernel_source(
 }
 
 /// Config features that parse but that this rxen cannot provide yet.
-fn unsupported_by_this_version(config: &DomainConfig, path: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if !config.disks.is_empty() {
-        out.push(format!(
-            "{path}: disk: {} virtual disk(s): virtual disks are not supported by this rxen version yet",
-            config.disks.len()
-        ));
-    }
-    if !config.vifs.is_empty() {
-        out.push(format!(
-            "{path}: vif: {} network interface(s): virtual networks are not supported by this rxen version yet",
-            config.vifs.len()
-        ));
-    }
-    out
-}
-
 /// Settings that are accepted but not enforced yet; the user is told.
 fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
     let mut out = Vec::new();
-    if config.cpu_weight != 256 || config.cap != 0 || config.cpus.is_some() {
-        out.push("cpu_weight, cap and cpus are recorded but not enforced yet".to_string());
-    }
     if config.maxmem_mib > config.memory_mib {
         out.push(format!(
-            "maxmem ({} MiB) above memory ({} MiB) needs ballooning, which is not supported yet: the guest gets {} MiB",
+            "maxmem ({} MiB) above memory ({} MiB): growing a domain above its boot memory is not supported yet; the guest gets {} MiB (rxl mem-set works below it)",
             config.maxmem_mib, config.memory_mib, config.memory_mib
         ));
     }

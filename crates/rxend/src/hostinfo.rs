@@ -87,6 +87,34 @@ fn cpuinfo_field(text: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
+/// The host CPU's clock in MHz (from `/proc/cpuinfo`), 0 when unknown.
+pub fn cpu_mhz() -> f64 {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo_field(&cpuinfo, "cpu MHz")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Busy CPU time of each host CPU, in nanoseconds (`cpuN` lines of `/proc/stat`).
+pub fn per_cpu_busy_ns() -> Vec<u64> {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks = crate::procfs::clock_ticks().max(1);
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse::<u64>().ok())
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+                .map(|(_, x)| x)
+                .sum::<u64>()
+                * 1_000_000_000
+                / ticks
+        })
+        .collect()
+}
+
 /// The `rxl info` fields, in xl's order and names.
 pub fn info_fields(free_cpus: u32) -> Vec<(String, String)> {
     let uts = nix::sys::utsname::uname().ok();

@@ -4,11 +4,16 @@
 //! what. Clients (`rxl`, `rxen-shell`) talk to it over a Unix socket.
 
 pub mod auth;
+pub mod cgroup;
 pub mod daemon;
 pub mod hostinfo;
 pub mod log;
+pub mod metrics;
+pub mod network;
 pub mod paths;
 pub mod procfs;
 pub mod record;
+pub mod sched;
 pub mod server;
+pub mod storage;
 pub mod vmm;

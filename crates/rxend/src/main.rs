@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rxend::daemon::Daemon;
+use rxend::daemon::{Daemon, SchedOptions, DEFAULT_DOM0_WEIGHT};
 use rxend::paths::{Paths, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
-use rxend::server;
+use rxend::{metrics, server};
 
 /// The rxen host daemon: it runs and supervises domains for rxl and rxen-shell.
 #[derive(Parser, Debug)]
@@ -20,6 +20,18 @@ struct Args {
     /// Directory for domain records, run directories and the log.
     #[arg(long, env = "RXEN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Name of rxend's top CPU cgroup; domains get `NAME/dom<ID>`, Domain-0 `NAME/dom0`.
+    #[arg(long, env = "RXEN_CGROUP", default_value = "rxen")]
+    cgroup: String,
+    /// Do not use cgroups (weights and caps are then not enforced).
+    #[arg(long)]
+    no_cgroups: bool,
+    /// Credit weight of Domain-0's own work (rxend, the VMMs' device threads).
+    #[arg(long, default_value_t = DEFAULT_DOM0_WEIGHT, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    dom0_weight: u32,
+    /// Serve every counter in Prometheus text format at http://ADDR:PORT/metrics (off by default).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -28,7 +40,11 @@ fn main() -> ExitCode {
         socket: args.socket,
         state_dir: args.state_dir,
     };
-    let daemon = match Daemon::open(paths.clone()) {
+    let sched = SchedOptions {
+        cgroup: (!args.no_cgroups).then_some(args.cgroup),
+        dom0_weight: args.dom0_weight,
+    };
+    let daemon = match Daemon::open_with(paths.clone(), sched) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!(
@@ -51,6 +67,19 @@ fn main() -> ExitCode {
         paths.socket.display(),
         paths.state_dir.display()
     ));
+    if let Some(addr) = &args.metrics_listen {
+        match metrics::bind(addr) {
+            Ok(l) => {
+                daemon.log.info(format!("metrics at http://{addr}/metrics"));
+                let d = Arc::clone(&daemon);
+                std::thread::spawn(move || metrics::serve(d, l));
+            }
+            Err(e) => {
+                eprintln!("rxend: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let sup = Arc::clone(&daemon);
     std::thread::spawn(move || loop {
         sup.supervise();

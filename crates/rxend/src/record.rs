@@ -46,6 +46,25 @@ pub struct DomainRecord {
     pub created_at: f64,
     /// CPU time used by earlier VMM processes of this record, in nanoseconds.
     pub cpu_time_ns: u64,
+    /// CPU time of the current VMM's vCPUs when last sampled, in nanoseconds
+    /// (saved periodically, so that accounting survives an rxend restart).
+    #[serde(default)]
+    pub vmm_cpu_ns: u64,
+    /// Bytes the guest sent on its network interfaces, over its life.
+    #[serde(default)]
+    pub net_tx_bytes: u64,
+    /// Bytes the guest received on its network interfaces, over its life.
+    #[serde(default)]
+    pub net_rx_bytes: u64,
+    /// Bytes sent through the current VMM's NICs when last sampled (not yet in `net_tx_bytes`).
+    #[serde(default)]
+    pub vmm_net_tx_bytes: u64,
+    /// Bytes received through the current VMM's NICs when last sampled (not yet in `net_rx_bytes`).
+    #[serde(default)]
+    pub vmm_net_rx_bytes: u64,
+    /// The balloon target set by `rxl mem-set`, in MiB; `None` = the boot size.
+    #[serde(default)]
+    pub mem_target_mib: Option<u64>,
     /// Current state.
     pub state: DomainState,
 }

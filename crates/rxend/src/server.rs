@@ -214,6 +214,40 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request) -> Reply {
             Ok(fd) => Reply::WithFd(Response::Ok, fd),
             Err(e) => error(e),
         },
+        Request::SchedCredit {
+            domain,
+            weight,
+            cap,
+        } => match daemon.sched_credit(caller, domain.as_deref(), weight, cap) {
+            Ok(entries) => Reply::Plain(Response::Sched { entries }),
+            Err(e) => error(e),
+        },
+        Request::VcpuList { domains } => match daemon.vcpu_list(caller, &domains) {
+            Ok(vcpus) => Reply::Plain(Response::Vcpus { vcpus }),
+            Err(e) => error(e),
+        },
+        Request::VcpuPin { domain, vcpu, hard } => {
+            result(daemon.vcpu_pin(caller, &domain, &vcpu, &hard))
+        }
+        Request::Counters => Reply::Plain(Response::Counters(daemon.counters(caller))),
+        Request::MemSet { domain, mib } => result(daemon.mem_set(caller, &domain, mib)),
+        Request::MemMax { domain, mib } => result(daemon.mem_max(caller, &domain, mib)),
+        Request::BlockAttach { domain, spec } => {
+            result(daemon.block_attach(caller, &domain, &spec))
+        }
+        Request::BlockDetach { domain, vdev } => {
+            result(daemon.block_detach(caller, &domain, &vdev))
+        }
+        Request::NetworkAttach { domain, spec } => {
+            result(daemon.network_attach(caller, &domain, &spec))
+        }
+        Request::NetworkDetach { domain, device } => {
+            result(daemon.network_detach(caller, &domain, &device))
+        }
+        Request::DeviceList { domain } => match daemon.devices(caller, &domain) {
+            Ok((domid, disks, nics)) => Reply::Plain(Response::Devices { domid, disks, nics }),
+            Err(e) => error(e),
+        },
         Request::Quit => {
             if caller.is_root() {
                 Reply::Quit

@@ -166,3 +166,79 @@ mod tests {
         );
     }
 }
+
+/// The header of `xl block-list`: `"%-5s %-3s %-6s %-5s %-6s %-8s %-30s"`.
+pub fn block_list_header() -> String {
+    format!(
+        "{:<5} {:<3} {:<6} {:<5} {:<6} {:<8} {:<30}",
+        "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"
+    )
+}
+
+/// One `xl block-list` row: `"%-5d %-3d %-6d %-5d %-6d %-8d %-30s"` (devid, backend domain 0,
+/// the domain as handle, state 4 = connected, no event channel or ring: -1, xenstore path).
+pub fn block_list_row(domid: u32, devid: u32) -> String {
+    format!(
+        "{:<5} {:<3} {:<6} {:<5} {:<6} {:<8} {:<30}",
+        devid,
+        0,
+        domid,
+        4,
+        -1,
+        -1,
+        format!("/local/domain/0/backend/vbd/{domid}/{devid}")
+    )
+}
+
+/// The header of `xl network-list`: `"%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s"`.
+pub fn network_list_header() -> String {
+    format!(
+        "{:<3} {:<2} {:<17} {:<6} {:<5} {:<6} {:>5}/{:<5} {:<30}",
+        "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref", "BE-path"
+    )
+}
+
+/// One `xl network-list` row: `"%-3d %-2d "` MAC `"%6d %5d %6d %5d/%-11d %-30s"`.
+pub fn network_list_row(domid: u32, devid: u32, mac: &str) -> String {
+    format!(
+        "{:<3} {:<2} {}{:>6} {:>5} {:>6} {:>5}/{:<11} {:<30}",
+        devid,
+        0,
+        mac,
+        devid,
+        4,
+        -1,
+        -1,
+        -1,
+        format!("/local/domain/0/backend/vif/{domid}/{devid}")
+    )
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    #[test]
+    fn block_list_matches_xl() {
+        assert_eq!(
+            block_list_header(),
+            "Vdev  BE  handle state evt-ch ring-ref BE-path                       "
+        );
+        assert_eq!(
+            block_list_row(3, 51712),
+            "51712 0   3      4     -1     -1       /local/domain/0/backend/vbd/3/51712"
+        );
+    }
+
+    #[test]
+    fn network_list_matches_xl() {
+        assert_eq!(
+            network_list_header(),
+            "Idx BE Mac Addr.         handle state evt-ch   tx-/rx-ring-ref BE-path                       "
+        );
+        assert_eq!(
+            network_list_row(3, 0, "00:16:3e:00:00:01"),
+            "0   0  00:16:3e:00:00:01     0     4     -1    -1/-1          /local/domain/0/backend/vif/3/0"
+        );
+    }
+}

@@ -4,3 +4,5 @@
 pub mod client;
 pub mod console;
 pub mod format;
+pub mod sched;
+pub mod top;

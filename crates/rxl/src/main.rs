@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{ArgAction, Parser, Subcommand};
 use rxen_proto::api::{DomainInfo, Request, Response};
 use rxl::client::{Client, ClientError, DEFAULT_SOCKET};
-use rxl::{console, format};
+use rxl::{console, format, sched, top};
 
 /// xl-compatible management of rxen domains.
 #[derive(Parser, Debug)]
@@ -126,6 +126,121 @@ enum Cmd {
     Info {
         /// Print only this field's value.
         field: Option<String>,
+    },
+    /// Show or set credit-scheduler weights and caps.
+    #[command(name = "sched-credit")]
+    SchedCredit {
+        /// The domain (name or ID); all domains when absent.
+        #[arg(short = 'd', long = "domain")]
+        domain: Option<String>,
+        /// New weight (1-65535; 256 is the default).
+        #[arg(short = 'w', long = "weight")]
+        weight: Option<u32>,
+        /// New cap in percent of one host CPU (0: no cap).
+        #[arg(short = 'c', long = "cap")]
+        cap: Option<u32>,
+    },
+    /// List the vCPUs of domains.
+    #[command(name = "vcpu-list")]
+    VcpuList {
+        /// Domains to show (all when none).
+        domains: Vec<String>,
+    },
+    /// Set the hard affinity of a domain's vCPUs.
+    #[command(name = "vcpu-pin")]
+    VcpuPin {
+        /// The domain (name or ID).
+        domain: String,
+        /// A vCPU number, or `all`.
+        vcpu: String,
+        /// Host CPUs: a list like `3,5-8,^6`, `all`, or `-` for unchanged.
+        hard: String,
+        /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
+        soft: Option<String>,
+    },
+    /// Set a domain's memory through its balloon.
+    #[command(name = "mem-set")]
+    MemSet {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new size: a number of MiB, or with a suffix b, k, m, g or t.
+        size: String,
+    },
+    /// Set a domain's maximum memory.
+    #[command(name = "mem-max")]
+    MemMax {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new maximum: a number of MiB, or with a suffix b, k, m, g or t.
+        size: String,
+    },
+    /// Show domains and their use of CPU, memory, network and disks, as xentop does.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(short = 'd', long = "delay", default_value_t = 3.0)]
+        delay: f64,
+        /// Batch mode: print plain lines for scripts instead of the screen.
+        #[arg(short = 'b', long = "batch")]
+        batch: bool,
+        /// Stop after this many refreshes.
+        #[arg(short = 'i', long = "iterations")]
+        iterations: Option<u64>,
+        /// Show full domain names.
+        #[arg(short = 'f', long = "full-name")]
+        full_name: bool,
+        /// Show Domain-0 first.
+        #[arg(short = 'z', long = "dom0-first")]
+        dom0_first: bool,
+    },
+    /// Attach a disk to a running domain.
+    #[command(name = "block-attach")]
+    BlockAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The disk spec (its parts may be given as separate arguments, as with xl).
+        #[arg(required = true)]
+        spec: Vec<String>,
+    },
+    /// Detach a disk from a running domain.
+    #[command(name = "block-detach")]
+    BlockDetach {
+        /// Accepted for xl compatibility (a device the guest holds is removed after 5 s anyway).
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// The virtual device (xvdb) or its device ID.
+        vdev: String,
+    },
+    /// List a domain's disks.
+    #[command(name = "block-list")]
+    BlockList {
+        /// The domains (name or ID).
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Attach a network interface to a running domain.
+    #[command(name = "network-attach")]
+    NetworkAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// vif settings as key=value (mac=, bridge=, ip=, script=, vifname=, rate=, ...).
+        settings: Vec<String>,
+    },
+    /// Detach a network interface from a running domain.
+    #[command(name = "network-detach")]
+    NetworkDetach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The device ID or MAC address.
+        device: String,
+    },
+    /// List a domain's network interfaces.
+    #[command(name = "network-list")]
+    NetworkList {
+        /// The domains (name or ID).
+        #[arg(required = true)]
+        domains: Vec<String>,
     },
     /// Print rxend's log.
     Dmesg {
@@ -267,6 +382,115 @@ fn run(cli: Cli) -> Outcome {
             }
             Ok(())
         }
+        Cmd::SchedCredit {
+            domain,
+            weight,
+            cap,
+        } => {
+            if domain.is_none() && (weight.is_some() || cap.is_some()) {
+                return Err(Failure("Must specify a domain.".into()));
+            }
+            let named = domain.is_some();
+            let changing = weight.is_some() || cap.is_some();
+            let resp = connect()?.call(&Request::SchedCredit {
+                domain,
+                weight,
+                cap,
+            })?;
+            let Response::Sched { entries } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            if !changing {
+                print!("{}", sched::sched_table(&entries, !named));
+            }
+            Ok(())
+        }
+        Cmd::VcpuList { domains } => {
+            let resp = connect()?.call(&Request::VcpuList { domains })?;
+            let Response::Vcpus { vcpus } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            print!("{}", sched::vcpu_table(&vcpus));
+            Ok(())
+        }
+        Cmd::VcpuPin {
+            domain,
+            vcpu,
+            hard,
+            soft,
+        } => {
+            if let Some(s) = soft.as_deref() {
+                if s != "all" && s != "-" {
+                    return Err(Failure(
+                        "soft affinity is not supported by rxen (only \"all\" or \"-\")".into(),
+                    ));
+                }
+            }
+            Ok(connect()?.call_ok(&Request::VcpuPin { domain, vcpu, hard })?)
+        }
+        Cmd::MemSet { domain, size } => {
+            let mib = sched::parse_mem_size_mib(&size)
+                .ok_or_else(|| Failure(format!("invalid memory size: {size}")))?;
+            Ok(connect()?.call_ok(&Request::MemSet { domain, mib })?)
+        }
+        Cmd::MemMax { domain, size } => {
+            let mib = sched::parse_mem_size_mib(&size)
+                .ok_or_else(|| Failure(format!("invalid memory size: {size}")))?;
+            Ok(connect()?.call_ok(&Request::MemMax { domain, mib })?)
+        }
+        Cmd::Top {
+            delay,
+            batch,
+            iterations,
+            full_name,
+            dom0_first,
+        } => {
+            if !(delay.is_finite() && delay > 0.0) {
+                return Err(Failure(format!("invalid delay {delay}")));
+            }
+            let opts = top::TopOptions {
+                delay: Duration::from_secs_f64(delay),
+                iterations,
+                full_name,
+                dom0_first,
+            };
+            let mut c = connect()?;
+            let fetch = move || match c.call(&Request::Counters) {
+                Ok(Response::Counters(counters)) => Ok(counters),
+                Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let r = if batch {
+                top::batch(fetch, opts, &mut std::io::stdout().lock())
+            } else {
+                use std::io::IsTerminal;
+                if !std::io::stdout().is_terminal() {
+                    return Err(Failure(
+                        "rxl top needs a terminal; use -b for batch mode".into(),
+                    ));
+                }
+                top::interactive(fetch, opts)
+            };
+            r.map_err(|e| Failure(e.to_string()))
+        }
+        Cmd::BlockAttach { domain, spec } => Ok(connect()?.call_ok(&Request::BlockAttach {
+            domain,
+            spec: spec.join(","),
+        })?),
+        Cmd::BlockDetach { domain, vdev, .. } => {
+            Ok(connect()?.call_ok(&Request::BlockDetach { domain, vdev })?)
+        }
+        Cmd::NetworkAttach { domain, settings } => {
+            Ok(connect()?.call_ok(&Request::NetworkAttach {
+                domain,
+                spec: settings.join(","),
+            })?)
+        }
+        Cmd::NetworkDetach { domain, device } => {
+            Ok(connect()?.call_ok(&Request::NetworkDetach { domain, device })?)
+        }
+        Cmd::BlockList { domains } => device_lists(&mut connect()?, &domains, true),
+        Cmd::NetworkList { domains } => device_lists(&mut connect()?, &domains, false),
         Cmd::Dmesg { clear } => {
             let resp = connect()?.call(&Request::Dmesg { clear })?;
             let Response::Log { text } = resp else {
@@ -276,6 +500,39 @@ fn run(cli: Cli) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// `rxl block-list` / `network-list`: the header once, then each domain's devices.
+fn device_lists(c: &mut Client, domains: &[String], disks: bool) -> Outcome {
+    println!(
+        "{}",
+        if disks {
+            format::block_list_header()
+        } else {
+            format::network_list_header()
+        }
+    );
+    for d in domains {
+        let resp = c.call(&Request::DeviceList { domain: d.clone() })?;
+        let Response::Devices {
+            domid,
+            disks: ds,
+            nics,
+        } = resp
+        else {
+            return Err(Failure(format!("unexpected answer: {resp:?}")));
+        };
+        if disks {
+            for disk in ds {
+                println!("{}", format::block_list_row(domid, disk.devid));
+            }
+        } else {
+            for nic in nics {
+                println!("{}", format::network_list_row(domid, nic.devid, &nic.mac));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Finds the config file as xl does: as given, else under /etc/xen/ when the name has no slash.

@@ -7,6 +7,7 @@
 //! - [`device::VirtioDevice`]: what a device model implements (block today; net and balloon later).
 //! - [`interrupt`]: the [`Interrupt`] trait the VMM implements, and the InterruptStatus register.
 //! - [`block::Block`]: virtio-blk over a raw image file or a host block device.
+//! - [`net::Net`]: virtio-net over a host TAP device, with the `ip=` filter and `rate=` limit.
 //!
 //! # Wiring a device into the VMM
 //!
@@ -45,15 +46,19 @@
 
 #![deny(missing_docs)]
 
+pub mod balloon;
 pub mod block;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 
+pub use balloon::{Balloon, BalloonError, BalloonHandle, BALLOON_PAGE};
 pub use block::{Block, BlockConfig, BlockError, BlockStats, BlockStatsSnapshot};
 pub use device::{Activation, DeviceError, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptKind, IrqLine};
 pub use mmio::{MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use net::{Net, NetConfig, NetError, NetStats, NetStatsSnapshot, Tap};
 
 /// The guest memory type devices work on: the VMM's, with a dirty bitmap so that device writes are tracked for migration.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

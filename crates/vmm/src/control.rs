@@ -3,6 +3,7 @@
 
 use rxen_proto::jsonline::MAX_LINE;
 use rxen_proto::vmctl::{VmRequest, VmResponse, VmStats};
+use rxen_proto::vmspec::{DiskDevice, NicDevice};
 
 /// Errors a control operation reports back to the client.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,28 @@ pub trait ControlTarget {
     fn destroy(&mut self) -> Result<(), ControlError>;
     /// Current counters.
     fn stats(&mut self) -> Result<VmStats, ControlError>;
+    /// Sets the balloon so that the guest keeps `target_mib` MiB.
+    fn set_balloon(&mut self, _target_mib: u64) -> Result<(), ControlError> {
+        Err(ControlError::Failed("ballooning is not supported".into()))
+    }
+    /// Hot-plugs a disk.
+    fn attach_disk(&mut self, _disk: &DiskDevice) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "device hotplug is not supported".into(),
+        ))
+    }
+    /// Hot-plugs a NIC.
+    fn attach_nic(&mut self, _nic: &NicDevice) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "device hotplug is not supported".into(),
+        ))
+    }
+    /// Hot-unplugs the disk (`disk`) or NIC with device ID `devid`.
+    fn detach(&mut self, _disk: bool, _devid: u32) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "device hotplug is not supported".into(),
+        ))
+    }
 }
 
 /// The answer to one line, and whether the VMM must end after sending it.
@@ -81,6 +104,11 @@ pub fn handle_line(line: &[u8], target: &mut impl ControlTarget) -> Reply {
             Ok(s) => VmResponse::Stats(s),
             Err(e) => error(e),
         },
+        VmRequest::SetBalloon { target_mib } => ok(target.set_balloon(target_mib)),
+        VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk)),
+        VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic)),
+        VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
+        VmRequest::DetachNic { devid } => ok(target.detach(false, devid)),
     };
     Reply { response, finish }
 }
@@ -167,6 +195,9 @@ mod tests {
                 memory_mib: 1,
                 vcpus: vec![],
                 rss_kib: 2,
+                disks: vec![],
+                nics: vec![],
+                balloon: None,
             })
         }
     }

@@ -205,6 +205,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitSignal>,
     /// Pause coordination.
     pub control: Arc<RunControl>,
+    /// The virtio-mmio slots.
+    pub mmio: Arc<crate::devices::virtio_slots::VirtioSlots>,
 }
 
 /// A started vCPU thread.
@@ -251,8 +253,8 @@ fn handle_exit(id: u32, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Next {
         VcpuExit::IoOut(port, data) => {
             ctx.pio.write(port, data);
         }
-        VcpuExit::MmioRead(_, data) => data.fill(0),
-        VcpuExit::MmioWrite(..) => {}
+        VcpuExit::MmioRead(addr, data) => ctx.mmio.mmio_read(addr, data),
+        VcpuExit::MmioWrite(addr, data) => ctx.mmio.mmio_write(addr, data),
         VcpuExit::Hlt => {}
         VcpuExit::Shutdown => {
             ctx.exit

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
-use rxen_proto::vmctl::{VcpuState, VcpuStats, VmStats};
-use rxen_proto::vmspec::{files, ExitReason, ExitRecord, VmSpec};
+use rxen_proto::vmctl::{BalloonStats, VcpuState, VcpuStats, VmStats};
+use rxen_proto::vmspec::{files, DiskDevice, ExitReason, ExitRecord, NicDevice, VmSpec};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -27,6 +27,7 @@ use crate::devices::power::{
     HostRequest, HostRequestReg, PowerPorts, HOST_REQUEST_PORT, POWER_PORT, PVPANIC_PORT,
 };
 use crate::devices::serial::{SerialDevice, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
 use crate::devices::PioBus;
 use crate::event_loop::{self, EventLoopError};
 use crate::exit::{ExitError, ExitSignal};
@@ -121,6 +122,9 @@ pub enum VmmError {
     /// The event loop failed.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Device(#[from] SlotError),
 }
 
 /// A running VM and everything the control loop needs to drive it.
@@ -147,6 +151,10 @@ pub struct Vm {
     pub input_drained: EventFd,
     /// The port bus.
     pub pio: Arc<PioBus>,
+    /// The virtio-mmio slots and their devices.
+    pub slots: Arc<VirtioSlots>,
+    /// The balloon in the last slot, when the spec asks for one.
+    pub balloon: Option<rxen_virtio::BalloonHandle>,
     vcpus: Vec<VcpuHandle>,
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
@@ -214,12 +222,39 @@ impl Vm {
         let mem = memory::create_guest_memory(spec.memory_mib)?;
         kvm.register_memory(&mem, 0)?;
 
+        // Devices first: a disk or TAP that cannot be opened fails the start cleanly.
+        let slots = Arc::new(VirtioSlots::new(Arc::new(mem.clone())));
+        for d in &spec.disks {
+            let shared = d.shared_writable;
+            let slot = slots.add_disk(&kvm.fd, d, shared)?;
+            tracing::info!(slot, vdev = %d.vdev, path = %d.path.display(), ro = d.read_only, "disk attached");
+        }
+        for n in &spec.nics {
+            let slot = slots.add_nic(&kvm.fd, n)?;
+            tracing::info!(slot, mac = %n.mac, tap = %n.tap, "nic attached");
+        }
+        let mut cmdline = format!(
+            "{}{}",
+            spec.cmdline,
+            virtio_slots::linux_cmdline_entries(slots.occupied())
+        );
+        let balloon = if spec.balloon {
+            let handle = slots.add_balloon(&kvm.fd, 0)?;
+            tracing::info!(slot = virtio_slots::BALLOON_SLOT, "balloon attached");
+            cmdline.push_str(&VirtioSlots::linux_cmdline_entry(
+                virtio_slots::BALLOON_SLOT,
+            ));
+            Some(handle)
+        } else {
+            None
+        };
+
         let image = loader::read_kernel(&spec.kernel)?;
         let kernel = loader::load(
             &mem,
             &image,
             spec.initrd.as_deref(),
-            &spec.cmdline,
+            cmdline.trim_start(),
             spec.vcpus,
         )?;
         tracing::info!(kind = ?kernel.kind, entry = format_args!("{:#x}", kernel.entry), "kernel loaded");
@@ -287,6 +322,12 @@ impl Vm {
             pio.insert(port, 1, i8042.clone())?;
         }
 
+        pio.insert(
+            HOTPLUG_GEN_PORT,
+            2,
+            Arc::new(Mutex::new(HotplugPorts(slots.clone()))),
+        )?;
+
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
         Ok(Self {
             spec,
@@ -300,6 +341,8 @@ impl Vm {
             console,
             input_drained,
             pio: Arc::new(pio),
+            slots,
+            balloon,
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
@@ -313,6 +356,7 @@ impl Vm {
             pio: self.pio.clone(),
             exit: self.exit.clone(),
             control: self.control.clone(),
+            mmio: self.slots.clone(),
         };
         for (id, fd) in (0u32..).zip(std::mem::take(&mut self.pending)) {
             let handle = vcpu::spawn(fd, id, ctx.clone())?;
@@ -389,11 +433,19 @@ impl Vm {
                 }
             })
             .collect();
+        let (disks, nics) = self.slots.stats();
         VmStats {
             paused: self.control.is_paused(),
             memory_mib: self.spec.memory_mib,
             vcpus,
             rss_kib: stats::rss_kib().unwrap_or(0),
+            disks,
+            nics,
+            balloon: self.balloon.as_ref().map(|b| BalloonStats {
+                target_pages: b.target_pages(),
+                actual_pages: b.actual_pages(),
+                inflated_pages: b.inflated_pages(),
+            }),
         }
     }
 }
@@ -431,6 +483,56 @@ impl ControlTarget for Vm {
 
     fn stats(&mut self) -> Result<VmStats, ControlError> {
         Ok(self.vm_stats())
+    }
+
+    fn set_balloon(&mut self, target_mib: u64) -> Result<(), ControlError> {
+        let Some(b) = &self.balloon else {
+            return Err(ControlError::Failed("this domain has no balloon".into()));
+        };
+        if target_mib == 0 || target_mib > self.spec.memory_mib {
+            return Err(ControlError::Failed(format!(
+                "memory target {target_mib} MiB is outside 1..={} MiB",
+                self.spec.memory_mib
+            )));
+        }
+        let pages = (self.spec.memory_mib - target_mib) * (1 << 20) / rxen_virtio::BALLOON_PAGE;
+        b.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    fn attach_disk(&mut self, disk: &DiskDevice) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .add_disk(&self.kvm.fd, disk, disk.shared_writable)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
+        self.slots.announce_attach();
+        Ok(())
+    }
+
+    fn attach_nic(&mut self, nic: &NicDevice) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .add_nic(&self.kvm.fd, nic)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        tracing::info!(slot, mac = %nic.mac, "nic hot-plugged");
+        self.slots.announce_attach();
+        Ok(())
+    }
+
+    fn detach(&mut self, disk: bool, devid: u32) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .slot_of(disk, devid)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        let clean = self.slots.detach(&self.kvm.fd, slot);
+        if !clean {
+            tracing::warn!(
+                slot,
+                "the guest did not let go of the device in time; removed anyway"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -904,9 +904,10 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
                 format!("disk entry {} ({}): {what}", i + 1, d.vdev),
             );
         };
-        if d.is_cdrom {
+        let empty = d.format == DiskFormat::Empty || d.target.as_deref().is_none_or(str::is_empty);
+        if d.is_cdrom && empty {
             refuse(
-                "cdrom drives are not supported (rxen's virtio disks have no removable media)"
+                "empty cdrom drives are not supported (rxen's virtio disks have no removable media; a cdrom with an image is a read-only disk)"
                     .into(),
             );
         } else if d.format != DiskFormat::Raw {
@@ -985,12 +986,6 @@ fn read_vifs(cx: &mut Cx<'_>) -> R<Vec<VifSpec>> {
                 DiagnosticKind::Unsupported,
                 format!("backend domain \"{b}\" is not supported: rxen serves every vif itself"),
             );
-        }
-        if let Some(s) = &v.script {
-            let base = s.rsplit('/').next().unwrap_or(s);
-            if base != "vif-bridge" {
-                say(DiagnosticKind::Unsupported, format!("script \"{s}\" is not supported: rxen connects vifs to a bridge itself (vif-bridge)"));
-            }
         }
         if let Some(g) = &v.gatewaydev {
             say(

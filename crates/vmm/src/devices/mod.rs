@@ -4,5 +4,6 @@ pub mod i8042;
 pub mod pio_bus;
 pub mod power;
 pub mod serial;
+pub mod virtio_slots;
 
 pub use pio_bus::{PioBus, PioDevice};

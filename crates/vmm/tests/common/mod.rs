@@ -40,6 +40,9 @@ pub fn spec(dir: &Path, kernel: KernelSource, vcpus: u32, memory_mib: u64) -> Vm
         cmdline: String::new(),
         run_dir: dir.to_path_buf(),
         start_paused: false,
+        disks: Vec::new(),
+        nics: Vec::new(),
+        balloon: false,
     }
 }
 

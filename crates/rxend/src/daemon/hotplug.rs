@@ -1,0 +1,151 @@
+//! Disks and NICs of running domains: `block-attach`/`-detach`, `network-attach`/`-detach` and
+//! the device lists.
+
+use std::path::Path;
+
+use rxen_proto::vmctl::{DiskStats, NicStats, VmRequest, VmResponse};
+
+use super::{Daemon, DaemonError};
+use crate::auth::Caller;
+use crate::network::{self, PluggedVif};
+use crate::storage;
+use crate::vmm;
+
+fn config_err(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Config(e.to_string())
+}
+
+impl Daemon {
+    fn device_guest(
+        &self,
+        caller: &Caller,
+        r: &str,
+    ) -> Result<(u32, std::path::PathBuf), DaemonError> {
+        if !caller.is_root() {
+            return Err(DaemonError::Denied(
+                "only root may change a domain's devices".into(),
+            ));
+        }
+        self.running_guest(caller, r, "given devices")
+    }
+
+    /// The disks and NICs of a running domain with their counters.
+    pub fn devices(
+        &self,
+        caller: &Caller,
+        r: &str,
+    ) -> Result<(u32, Vec<DiskStats>, Vec<NicStats>), DaemonError> {
+        let (id, dir) = self.running_guest(caller, r, "listed")?;
+        match vmm::request(&dir, &VmRequest::Stats)? {
+            VmResponse::Stats(s) => Ok((id, s.disks, s.nics)),
+            VmResponse::Error { message } => Err(DaemonError::Vmm(vmm::VmmError::Control(message))),
+            VmResponse::Ok => Ok((id, Vec::new(), Vec::new())),
+        }
+    }
+
+    /// Hot-plugs the disk described by an xl disk spec.
+    pub fn block_attach(&self, caller: &Caller, r: &str, spec: &str) -> Result<(), DaemonError> {
+        let (id, dir) = self.device_guest(caller, r)?;
+        let parsed = xlcfg::parse_disk_spec(spec).map_err(config_err)?;
+        let disk = storage::prepare_disk(&parsed).map_err(config_err)?;
+        vmm::command(&dir, &VmRequest::AttachDisk { disk: disk.clone() })?;
+        self.log.info(format!(
+            "domain {id}: disk {} ({}) attached by {}",
+            disk.vdev,
+            disk.path.display(),
+            caller.describe()
+        ));
+        Ok(())
+    }
+
+    /// Hot-unplugs a disk by vdev name or device ID.
+    pub fn block_detach(&self, caller: &Caller, r: &str, vdev: &str) -> Result<(), DaemonError> {
+        let (id, dir) = self.device_guest(caller, r)?;
+        let devid = storage::vdev_devid(vdev)
+            .ok_or_else(|| config_err(format!("Error: Device {vdev} not connected.")))?;
+        vmm::command(&dir, &VmRequest::DetachDisk { devid })?;
+        self.log.info(format!(
+            "domain {id}: disk {vdev} detached by {}",
+            caller.describe()
+        ));
+        Ok(())
+    }
+
+    /// Hot-plugs a NIC described by an xl vif spec: creates and wires its TAP, then the device.
+    pub fn network_attach(&self, caller: &Caller, r: &str, spec: &str) -> Result<(), DaemonError> {
+        let (id, dir) = self.device_guest(caller, r)?;
+        let parsed = xlcfg::parse_vif_spec(spec).map_err(config_err)?;
+        let uuid = self
+            .table()
+            .domains
+            .get(&id)
+            .map(|e| e.rec.uuid.clone())
+            .unwrap_or_default();
+        let mut vifs = network::load_vifs(&dir);
+        let next = vifs.iter().map(|v| v.nic.devid + 1).max().unwrap_or(0);
+        let v = network::describe_vif(&parsed, id, next, &uuid).map_err(config_err)?;
+        if vifs.iter().any(|o| o.nic.devid == v.nic.devid) {
+            return Err(config_err(network::NetworkError::Duplicate(v.nic.devid)));
+        }
+        vifs.push(v.clone());
+        save(&dir, &vifs)?;
+        let plugged = network::plug(&v).map_err(config_err).and_then(|()| {
+            vmm::command(&dir, &VmRequest::AttachNic { nic: v.nic.clone() })
+                .map_err(DaemonError::from)
+        });
+        if let Err(e) = plugged {
+            network::unplug(&v);
+            vifs.pop();
+            save(&dir, &vifs)?;
+            return Err(e);
+        }
+        self.log.info(format!(
+            "domain {id}: vif {} ({}, MAC {}) attached by {}",
+            v.nic.devid,
+            v.nic.tap,
+            v.nic.mac,
+            caller.describe()
+        ));
+        Ok(())
+    }
+
+    /// Hot-unplugs a NIC by device ID or MAC, then removes its TAP.
+    pub fn network_detach(
+        &self,
+        caller: &Caller,
+        r: &str,
+        device: &str,
+    ) -> Result<(), DaemonError> {
+        let (id, dir) = self.device_guest(caller, r)?;
+        let mut vifs = network::load_vifs(&dir);
+        let wanted = |v: &PluggedVif| {
+            device.parse::<u32>().ok() == Some(v.nic.devid)
+                || v.nic.mac.eq_ignore_ascii_case(device)
+        };
+        let Some(pos) = vifs.iter().position(wanted) else {
+            return Err(config_err(format!("Error: Device {device} not connected.")));
+        };
+        let v = vifs.remove(pos);
+        vmm::command(&dir, &VmRequest::DetachNic { devid: v.nic.devid })?;
+        for problem in network::unplug(&v) {
+            self.log.warn(format!(
+                "domain {id}: unplugging vif {}: {problem}",
+                v.nic.tap
+            ));
+        }
+        save(&dir, &vifs)?;
+        self.log.info(format!(
+            "domain {id}: vif {} detached by {}",
+            v.nic.devid,
+            caller.describe()
+        ));
+        Ok(())
+    }
+}
+
+fn save(dir: &Path, vifs: &[PluggedVif]) -> Result<(), DaemonError> {
+    network::save_vifs(dir, vifs).map_err(|source| DaemonError::Persist {
+        path: dir.join(network::VIFS_FILE),
+        source,
+    })
+}

@@ -1,0 +1,199 @@
+//! Disks as rxend prepares them for a VMM: `disk =` entries checked, paths resolved, device IDs
+//! computed as Xen does, and formats other than raw refused.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+
+use rxen_proto::vmspec::DiskDevice;
+use xlcfg::{DiskAccess, DiskFormat, DiskSpec};
+
+/// Why a disk cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StorageError {
+    /// A format other than raw.
+    #[error("disk {vdev}: format {format} is not supported: rxen serves raw images and block devices only (convert with `qemu-img convert -O raw`)")]
+    Format {
+        /// The vdev.
+        vdev: String,
+        /// The format's name.
+        format: String,
+    },
+    /// A disk hotplug script (`script=`, `iscsi:`, `nbd:` ...).
+    #[error("disk {vdev}: hotplug scripts for disks (script={script}) are not supported")]
+    Script {
+        /// The vdev.
+        vdev: String,
+        /// The script.
+        script: String,
+    },
+    /// An empty drive.
+    #[error("disk {0}: empty drives are not supported")]
+    Empty(String),
+    /// The image or device is missing.
+    #[error("disk {vdev}: {path}: {reason}")]
+    Path {
+        /// The vdev.
+        vdev: String,
+        /// The path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A vdev name Xen would not accept.
+    #[error("disk {0}: unrecognised virtual device name (expected xvdX, hdX, sdX or a number)")]
+    Vdev(String),
+    /// Two disks with the same device ID.
+    #[error("disk {0}: device ID already in use by another disk of this domain")]
+    Duplicate(String),
+}
+
+/// The Xen device ID of a vdev name (`xvda` = 51712, `hda` = 768, `sda` = 2048, ...).
+pub fn vdev_devid(vdev: &str) -> Option<u32> {
+    fn letters(s: &str) -> Option<(u32, &str)> {
+        let end = s.find(|c: char| !c.is_ascii_lowercase()).unwrap_or(s.len());
+        let (l, rest) = s.split_at(end);
+        if l.is_empty() || l.len() > 3 {
+            return None;
+        }
+        let mut n = 0u32;
+        for c in l.bytes() {
+            n = n * 26 + u32::from(c - b'a') + 1;
+        }
+        Some((n - 1, rest))
+    }
+    fn partition(s: &str) -> Option<u32> {
+        if s.is_empty() {
+            Some(0)
+        } else {
+            s.parse().ok()
+        }
+    }
+    if let Ok(n) = vdev.parse::<u32>() {
+        return Some(n);
+    }
+    if let Some(rest) = vdev.strip_prefix("xvd") {
+        let (disk, rest) = letters(rest)?;
+        let part = partition(rest)?;
+        return if disk < 16 && part < 16 {
+            Some((202 << 8) | (disk << 4) | part)
+        } else if part < 256 {
+            Some((1 << 28) | (disk << 8) | part)
+        } else {
+            None
+        };
+    }
+    if let Some(rest) = vdev.strip_prefix("hd") {
+        let (disk, rest) = letters(rest)?;
+        let part = partition(rest)?;
+        const MAJORS: [u32; 10] = [3, 22, 33, 34, 56, 57, 88, 89, 90, 91];
+        let major = *MAJORS.get(usize::try_from(disk / 2).ok()?)?;
+        return (part < 64).then_some((major << 8) | ((disk % 2) << 6) | part);
+    }
+    if let Some(rest) = vdev.strip_prefix("sd") {
+        let (disk, rest) = letters(rest)?;
+        let part = partition(rest)?;
+        return (disk < 16 && part < 16).then_some((8 << 8) | (disk << 4) | part);
+    }
+    None
+}
+
+/// Checks one `disk =` entry and resolves it into what the VMM opens.
+pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
+    let vdev = spec.vdev.clone();
+    if let Some(script) = &spec.script {
+        return Err(StorageError::Script {
+            vdev,
+            script: script.clone(),
+        });
+    }
+    match spec.format {
+        DiskFormat::Raw => {}
+        DiskFormat::Empty => return Err(StorageError::Empty(vdev)),
+        other => {
+            let format = format!("{other:?}").to_lowercase();
+            return Err(StorageError::Format { vdev, format });
+        }
+    }
+    let target = match spec.target.as_deref() {
+        None | Some("") => return Err(StorageError::Empty(vdev)),
+        Some(t) => t,
+    };
+    let devid = vdev_devid(&vdev).ok_or_else(|| StorageError::Vdev(vdev.clone()))?;
+    let path = PathBuf::from(target);
+    let bad = |reason: String| StorageError::Path {
+        vdev: vdev.clone(),
+        path: target.to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| bad(e.to_string()))?;
+    let ft = meta.file_type();
+    if !(ft.is_file() || ft.is_block_device()) {
+        return Err(bad("not a regular file or a block device".into()));
+    }
+    let read_only = spec.is_cdrom || spec.access == DiskAccess::ReadOnly;
+    Ok(DiskDevice {
+        devid,
+        vdev,
+        path,
+        read_only,
+        cdrom: spec.is_cdrom,
+        shared_writable: spec.access == DiskAccess::ReadWriteShared,
+    })
+}
+
+/// Prepares every disk of a domain, refusing duplicate device IDs.
+pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError> {
+    let mut out: Vec<DiskDevice> = Vec::new();
+    for s in specs {
+        let d = prepare_disk(s)?;
+        if out.iter().any(|o| o.devid == d.devid) {
+            return Err(StorageError::Duplicate(d.vdev));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devids_follow_xen() {
+        assert_eq!(vdev_devid("xvda"), Some(51712));
+        assert_eq!(vdev_devid("xvdb"), Some(51728));
+        assert_eq!(vdev_devid("xvda1"), Some(51713));
+        assert_eq!(vdev_devid("xvdq"), Some((1 << 28) | (16 << 8)));
+        assert_eq!(vdev_devid("hda"), Some(768));
+        assert_eq!(vdev_devid("hdb"), Some(832));
+        assert_eq!(vdev_devid("hdc"), Some(5632));
+        assert_eq!(vdev_devid("sda"), Some(2048));
+        assert_eq!(vdev_devid("51712"), Some(51712));
+        assert_eq!(vdev_devid("vda"), None);
+        assert_eq!(vdev_devid("xvd"), None);
+    }
+
+    #[test]
+    fn formats_and_paths() {
+        let dir = tempfile::tempdir().expect("dir");
+        let img = dir.path().join("a.img");
+        std::fs::write(&img, vec![0u8; 4096]).expect("img");
+        let d = prepare_disk(
+            &xlcfg::parse_disk_spec(&format!("file:{},xvda,r", img.display())).expect("spec"),
+        )
+        .expect("disk");
+        assert!(d.read_only);
+        assert_eq!(d.devid, 51712);
+        let q = xlcfg::parse_disk_spec(&format!("{},qcow2,xvdb,w", img.display())).expect("spec");
+        let e = prepare_disk(&q).expect_err("qcow2");
+        assert!(e.to_string().contains("qcow2 is not supported"), "{e}");
+        let m = xlcfg::parse_disk_spec("file:/nonexistent/x.img,xvdc,w").expect("spec");
+        assert!(matches!(prepare_disk(&m), Err(StorageError::Path { .. })));
+        let w = xlcfg::parse_disk_spec(&format!("phy:{},xvdd,w!", img.display())).expect("spec");
+        assert!(prepare_disk(&w).expect("disk").shared_writable);
+        let c =
+            xlcfg::parse_disk_spec(&format!("{},,hdc,devtype=cdrom", img.display())).expect("spec");
+        let c = prepare_disk(&c).expect("cdrom");
+        assert!(c.read_only && c.cdrom);
+    }
+}

@@ -1,0 +1,96 @@
+//! The guest's packet code (guest/src/net/proto.rs) built for the host: checksums, and that no
+//! frame, however truncated or corrupted, makes it panic.
+
+#[allow(dead_code)]
+#[path = "../../../guest/src/net/proto.rs"]
+mod proto;
+
+use proto::{Event, Iface};
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 1, 2, 3];
+const IP: [u8; 4] = [10, 0, 0, 2];
+
+fn iface() -> Iface {
+    Iface {
+        mac: MAC,
+        ip: Some(IP),
+    }
+}
+
+/// An echo request from 10.0.0.1 to us.
+fn echo_request() -> Vec<u8> {
+    let mut frame = vec![0u8; 1514];
+    let len = proto::icmp_echo(
+        &mut frame,
+        false,
+        MAC,
+        [2, 0, 0, 0, 0, 1],
+        [10, 0, 0, 1],
+        IP,
+        7,
+        9,
+        b"abcdefgh",
+    );
+    frame.truncate(len);
+    frame
+}
+
+#[test]
+fn rfc1071_example() {
+    // RFC 1071 §3: the sum of 0001 f203 f4f5 f6f7 is ddf2, so the checksum is 220d.
+    assert_eq!(
+        proto::checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7], 0),
+        0x220d
+    );
+}
+
+#[test]
+fn echo_request_gets_a_valid_reply() {
+    let frame = echo_request();
+    let mut out = [0u8; 1514];
+    let Event::Reply(len) = proto::handle(&iface(), &frame, &mut out) else {
+        panic!("no reply");
+    };
+    let reply = &out[..len];
+    assert_eq!(&reply[0..6], &[2, 0, 0, 0, 0, 1]);
+    assert_eq!(proto::checksum(&reply[14..34], 0), 0, "IP header checksum");
+    assert_eq!(proto::checksum(&reply[34..], 0), 0, "ICMP checksum");
+    assert_eq!(reply[34], 0, "echo reply type");
+    assert_eq!(&reply[42..], b"abcdefgh");
+}
+
+#[test]
+fn truncated_and_corrupted_frames_never_panic() {
+    let frame = echo_request();
+    let mut out = [0u8; 1514];
+    for cut in 0..frame.len() {
+        let _ = proto::handle(&iface(), &frame[..cut], &mut out);
+    }
+    let mut seed = 12345u64;
+    for _ in 0..20_000 {
+        let mut bad = frame.clone();
+        for _ in 0..4 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let at = (seed >> 33) as usize % bad.len();
+            bad[at] = (seed >> 20) as u8;
+        }
+        let _ = proto::handle(&iface(), &bad, &mut out);
+        let _ = proto::arp_sender(&bad);
+    }
+    // A corrupted IP header checksum is dropped.
+    let mut bad = frame.clone();
+    bad[24] ^= 0xFF;
+    assert_eq!(proto::handle(&iface(), &bad, &mut out), Event::Ignored);
+}
+
+#[test]
+fn addresses_parse() {
+    assert_eq!(proto::parse_cidr("10.1.2.3/24"), Some(([10, 1, 2, 3], 24)));
+    assert_eq!(proto::parse_cidr("10.1.2.3/33"), None);
+    assert_eq!(proto::parse_ip("10.1.2"), None);
+    assert_eq!(proto::parse_ip("10.1.2.3.4"), None);
+    assert!(proto::same_subnet([10, 1, 2, 3], [10, 1, 2, 200], 24));
+    assert!(!proto::same_subnet([10, 1, 2, 3], [10, 1, 3, 3], 24));
+}

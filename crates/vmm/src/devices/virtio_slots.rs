@@ -1,0 +1,721 @@
+//! The 16 virtio-mmio slots reserved at boot (0xD000_0000 + i * 0x1000, GSI 5 + i), the devices
+//! in them (virtio-blk, virtio-net), their irqfds, ioeventfds and I/O threads, and hotplug.
+//!
+//! Each device gets one I/O thread (see `docs/internals.md` for why): it waits on the device's
+//! queue ioeventfds (and, for a NIC, its TAP and rate-limit timer) and runs the device model.
+//! vCPU threads reach the register window through [`VirtioSlots::mmio_read`] / `mmio_write`.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use rxen_proto::vmctl::{DiskStats, NicStats};
+use rxen_proto::vmspec::{DiskDevice, NicDevice};
+use rxen_virtio::block::BlockStats;
+use rxen_virtio::net::tap::Tap;
+use rxen_virtio::net::{NetStats, RX_QUEUE, TX_QUEUE};
+use rxen_virtio::{
+    Block, BlockConfig, Interrupt, InterruptKind, MmioTransport, Net, NetConfig,
+    QUEUE_NOTIFY_OFFSET,
+};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::PioDevice;
+use crate::lock;
+use crate::memory::GuestMemory;
+
+/// Guest physical address of slot 0.
+pub const SLOT_BASE: u64 = 0xD000_0000;
+/// Size of one slot's window.
+pub const SLOT_SIZE: u64 = 0x1000;
+/// Number of slots.
+pub const SLOT_COUNT: usize = 16;
+/// GSI (IOAPIC pin) of slot 0.
+pub const GSI_BASE: u32 = 5;
+/// Hotplug generation port (read u32).
+pub const HOTPLUG_GEN_PORT: u16 = 0x514;
+/// Hotplug detach-request port (read u32, bit i = slot i).
+pub const HOTPLUG_DETACH_PORT: u16 = 0x515;
+/// How long a guest has to let go of a device before it is removed anyway.
+pub const DETACH_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors setting up or changing devices.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// Every slot is taken.
+    #[error("no free virtio-mmio slot (all {SLOT_COUNT} are in use)")]
+    Full,
+    /// The disk image could not be opened.
+    #[error("cannot open disk {path}: {source}")]
+    OpenDisk {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Another domain holds the disk.
+    #[error("disk {0} is already in use by another domain (a writable disk is exclusive; access 'w!' shares it)")]
+    DiskInUse(String),
+    /// The block device could not be built.
+    #[error("disk {path}: {source}")]
+    Block {
+        /// The path.
+        path: String,
+        /// The device error.
+        source: rxen_virtio::BlockError,
+    },
+    /// The TAP could not be opened.
+    #[error(transparent)]
+    Tap(#[from] rxen_virtio::net::TapError),
+    /// The NIC could not be built.
+    #[error(transparent)]
+    Net(#[from] rxen_virtio::NetError),
+    /// The MAC is not `xx:xx:xx:xx:xx:xx`.
+    #[error("bad MAC address {0:?}")]
+    BadMac(String),
+    /// The transport could not be built.
+    #[error(transparent)]
+    Mmio(#[from] rxen_virtio::MmioError),
+    /// A KVM or epoll call failed.
+    #[error("cannot {what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// A device with this ID is already attached.
+    #[error("a {kind} with device ID {devid} is already attached")]
+    Duplicate {
+        /// `disk` or `nic`.
+        kind: &'static str,
+        /// The device ID.
+        devid: u32,
+    },
+    /// No device with this ID.
+    #[error("no {kind} with device ID {devid}")]
+    NotFound {
+        /// `disk` or `nic`.
+        kind: &'static str,
+        /// The device ID.
+        devid: u32,
+    },
+}
+
+fn sys(what: &'static str) -> impl FnOnce(io::Error) -> SlotError {
+    move |source| SlotError::Sys { what, source }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SlotError {
+    move |e| SlotError::Sys {
+        what,
+        source: io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+/// Raises a device's interrupt by writing its irqfd.
+struct IrqFd(EventFd);
+
+impl Interrupt for IrqFd {
+    fn trigger(&self, _kind: InterruptKind) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// What sits in a slot, for stats and lookups.
+#[derive(Clone)]
+pub enum SlotKind {
+    /// A virtio-blk disk.
+    Disk {
+        /// Its launch description.
+        spec: DiskDevice,
+        /// Its counters.
+        stats: Arc<BlockStats>,
+    },
+    /// A virtio-net NIC.
+    Nic {
+        /// Its launch description.
+        spec: NicDevice,
+        /// Its counters.
+        stats: Arc<NetStats>,
+    },
+    /// The virtio-balloon (in [`BALLOON_SLOT`]).
+    Balloon {
+        /// The VMM's side of it.
+        handle: rxen_virtio::BalloonHandle,
+    },
+}
+
+/// The slot the balloon takes: the last one, so that disks and NICs keep slots from 0.
+pub const BALLOON_SLOT: usize = SLOT_COUNT - 1;
+
+struct SlotDev {
+    transport: Arc<Mutex<MmioTransport>>,
+    kind: SlotKind,
+    irq: EventFd,
+    notifies: Vec<EventFd>,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The reserved slots and the hotplug registers.
+pub struct VirtioSlots {
+    slots: RwLock<Vec<Option<Arc<SlotDev>>>>,
+    generation: AtomicU32,
+    detach_mask: AtomicU32,
+    mem: Arc<GuestMemory>,
+}
+
+fn slot_addr(slot: usize) -> u64 {
+    SLOT_BASE + slot as u64 * SLOT_SIZE
+}
+
+/// `virtio_mmio.device=` entries for a Linux command line, one per occupied slot.
+pub fn linux_cmdline_entries(slots: usize) -> String {
+    (0..slots.min(SLOT_COUNT))
+        .map(|i| {
+            format!(
+                " virtio_mmio.device=4K@{:#x}:{}",
+                slot_addr(i),
+                GSI_BASE + i as u32
+            )
+        })
+        .collect()
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Opens a disk and takes its sharing lock: exclusive for `w`, shared for `r`, none for `w!`.
+fn open_disk(d: &DiskDevice, shared_writable: bool) -> Result<std::fs::File, SlotError> {
+    let path = d.path.display().to_string();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!d.read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&d.path)
+        .map_err(|source| SlotError::OpenDisk {
+            path: path.clone(),
+            source,
+        })?;
+    if !shared_writable {
+        let op = if d.read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on an fd we own; no pointers.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            return Err(SlotError::DiskInUse(path));
+        }
+    }
+    Ok(file)
+}
+
+fn epoll_add(epoll: &Epoll, fd: RawFd, token: u64, edge: bool) -> io::Result<()> {
+    let mut set = EventSet::IN;
+    if edge {
+        set |= EventSet::EDGE_TRIGGERED;
+    }
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
+}
+
+/// Token of the stop event in an I/O thread's epoll.
+const TOKEN_STOP: u64 = u64::MAX;
+/// Token of a NIC's TAP.
+const TOKEN_TAP: u64 = 1000;
+/// Token of a NIC's rate timer.
+const TOKEN_TIMER: u64 = 1001;
+
+/// The loop of one device's I/O thread.
+fn io_loop(
+    epoll: Epoll,
+    transport: Arc<Mutex<MmioTransport>>,
+    notifies: Vec<EventFd>,
+    stop: EventFd,
+) {
+    let mut events = vec![EpollEvent::default(); 16];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("device I/O thread: epoll failed: {e}");
+                return;
+            }
+        };
+        for ev in events.iter().take(n) {
+            match ev.data() {
+                TOKEN_STOP => {
+                    let _ = stop.read();
+                    return;
+                }
+                TOKEN_TAP => lock(&transport).notify(RX_QUEUE),
+                TOKEN_TIMER => lock(&transport).notify(TX_QUEUE),
+                q => {
+                    if let Some(evt) = usize::try_from(q).ok().and_then(|i| notifies.get(i)) {
+                        let _ = evt.read();
+                    }
+                    if let Ok(q) = u16::try_from(q) {
+                        lock(&transport).notify(q);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl VirtioSlots {
+    /// Empty slots over guest memory `mem`.
+    pub fn new(mem: Arc<GuestMemory>) -> Self {
+        VirtioSlots {
+            slots: RwLock::new((0..SLOT_COUNT).map(|_| None).collect()),
+            generation: AtomicU32::new(0),
+            detach_mask: AtomicU32::new(0),
+            mem,
+        }
+    }
+
+    fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Arc<SlotDev>>>> {
+        self.slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Option<Arc<SlotDev>>>> {
+        self.slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `addr` is in the slot windows.
+    pub fn contains(addr: u64) -> bool {
+        (SLOT_BASE..SLOT_BASE + SLOT_COUNT as u64 * SLOT_SIZE).contains(&addr)
+    }
+
+    fn find(&self, addr: u64) -> Option<(Arc<SlotDev>, u64)> {
+        if !Self::contains(addr) {
+            return None;
+        }
+        let offset = addr - SLOT_BASE;
+        let idx = usize::try_from(offset / SLOT_SIZE).ok()?;
+        let dev = self.read_slots().get(idx)?.clone()?;
+        Some((dev, offset % SLOT_SIZE))
+    }
+
+    /// A vCPU's read in the slot windows; empty slots read as zeros.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((dev, off)) => lock(&dev.transport).read(off, data),
+            None => data.fill(0),
+        }
+    }
+
+    /// A vCPU's write in the slot windows; writes to empty slots are ignored.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some((dev, off)) = self.find(addr) {
+            lock(&dev.transport).write(off, data);
+        }
+    }
+
+    /// The number of occupied slots (boot devices take slots 0..n; the balloon is not counted).
+    pub fn occupied(&self) -> usize {
+        self.read_slots()
+            .iter()
+            .flatten()
+            .filter(|d| !matches!(d.kind, SlotKind::Balloon { .. }))
+            .count()
+    }
+
+    /// The `virtio_mmio.device=` entry of one slot, for a Linux command line.
+    pub fn linux_cmdline_entry(slot: usize) -> String {
+        format!(
+            " virtio_mmio.device=4K@{:#x}:{}",
+            slot_addr(slot),
+            GSI_BASE + slot as u32
+        )
+    }
+
+    fn has(&self, disk: bool, devid: u32) -> bool {
+        self.read_slots().iter().flatten().any(|d| match &d.kind {
+            SlotKind::Disk { spec, .. } => disk && spec.devid == devid,
+            SlotKind::Nic { spec, .. } => !disk && spec.devid == devid,
+            SlotKind::Balloon { .. } => false,
+        })
+    }
+
+    /// Opens a disk and puts it in the lowest free slot; returns the slot.
+    pub fn add_disk(&self, vm: &VmFd, d: &DiskDevice, shared: bool) -> Result<usize, SlotError> {
+        if self.has(true, d.devid) {
+            return Err(SlotError::Duplicate {
+                kind: "disk",
+                devid: d.devid,
+            });
+        }
+        let file = open_disk(d, shared)?;
+        let block = Block::new(
+            file,
+            BlockConfig {
+                read_only: d.read_only || d.cdrom,
+                serial: d.vdev.chars().take(rxen_virtio::block::ID_BYTES).collect(),
+                ..BlockConfig::default()
+            },
+        )
+        .map_err(|source| SlotError::Block {
+            path: d.path.display().to_string(),
+            source,
+        })?;
+        let stats = block.stats();
+        self.install(
+            vm,
+            Box::new(block),
+            SlotKind::Disk {
+                spec: d.clone(),
+                stats,
+            },
+            Vec::new(),
+        )
+    }
+
+    /// Opens a NIC's TAP and puts the NIC in the lowest free slot; returns the slot.
+    pub fn add_nic(&self, vm: &VmFd, n: &NicDevice) -> Result<usize, SlotError> {
+        if self.has(false, n.devid) {
+            return Err(SlotError::Duplicate {
+                kind: "nic",
+                devid: n.devid,
+            });
+        }
+        let mac = parse_mac(&n.mac).ok_or_else(|| SlotError::BadMac(n.mac.clone()))?;
+        let tap = Tap::open(&n.tap)?;
+        let tap_fd = tap.as_raw_fd();
+        let net = Net::new(
+            Box::new(tap),
+            NetConfig {
+                mac,
+                rate: n
+                    .rate
+                    .map(|r| (r.bytes, Duration::from_micros(r.interval_us.max(1)))),
+                allowed_ips: n.allowed_ips.clone(),
+            },
+        )?;
+        let stats = net.stats();
+        let mut extra = vec![(tap_fd, TOKEN_TAP, true)];
+        if let Some(fd) = net.rate_timer_fd() {
+            extra.push((fd, TOKEN_TIMER, false));
+        }
+        self.install(
+            vm,
+            Box::new(net),
+            SlotKind::Nic {
+                spec: n.clone(),
+                stats,
+            },
+            extra,
+        )
+    }
+
+    /// Puts a virtio-balloon with an initial target of `pages` 4 KiB pages in [`BALLOON_SLOT`].
+    pub fn add_balloon(
+        &self,
+        vm: &VmFd,
+        pages: u32,
+    ) -> Result<rxen_virtio::BalloonHandle, SlotError> {
+        let balloon = rxen_virtio::Balloon::new(pages);
+        let handle = balloon.handle();
+        self.install_in(
+            vm,
+            Box::new(balloon),
+            SlotKind::Balloon {
+                handle: handle.clone(),
+            },
+            Vec::new(),
+            Some(BALLOON_SLOT),
+        )?;
+        Ok(handle)
+    }
+
+    /// Wires a device into the lowest free slot. `extra` fds (owned by the device, which outlives
+    /// the I/O thread) are watched too.
+    fn install(
+        &self,
+        vm: &VmFd,
+        device: Box<dyn rxen_virtio::VirtioDevice>,
+        kind: SlotKind,
+        extra: Vec<(RawFd, u64, bool)>,
+    ) -> Result<usize, SlotError> {
+        self.install_in(vm, device, kind, extra, None)
+    }
+
+    /// [`VirtioSlots::install`] into slot `at` (which must be free), or the lowest free one.
+    fn install_in(
+        &self,
+        vm: &VmFd,
+        device: Box<dyn rxen_virtio::VirtioDevice>,
+        kind: SlotKind,
+        extra: Vec<(RawFd, u64, bool)>,
+        at: Option<usize>,
+    ) -> Result<usize, SlotError> {
+        let mut slots = self.write_slots();
+        let idx = match at {
+            Some(i) => Some(i).filter(|&i| slots.get(i).is_some_and(Option::is_none)),
+            None => slots.iter().position(Option::is_none),
+        }
+        .ok_or(SlotError::Full)?;
+        let gsi = GSI_BASE + idx as u32;
+        let new_evt = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+        let irq = new_evt().map_err(sys("create an event fd"))?;
+        let queues = device.queue_max_sizes().len();
+        let transport = MmioTransport::new(
+            device,
+            Arc::new((*self.mem).clone()),
+            Box::new(IrqFd(irq.try_clone().map_err(sys("clone an event fd"))?)),
+        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        let epoll = Epoll::new().map_err(sys("create an epoll"))?;
+        let stop = new_evt().map_err(sys("create an event fd"))?;
+        epoll_add(&epoll, stop.as_raw_fd(), TOKEN_STOP, false).map_err(sys("watch an fd"))?;
+        let notify_addr = IoEventAddress::Mmio(slot_addr(idx) + QUEUE_NOTIFY_OFFSET);
+        let mut notifies = Vec::new();
+        for q in 0..queues {
+            let evt = new_evt().map_err(sys("create an event fd"))?;
+            epoll_add(&epoll, evt.as_raw_fd(), q as u64, false).map_err(sys("watch an fd"))?;
+            notifies.push(evt);
+        }
+        for (fd, token, edge) in extra {
+            epoll_add(&epoll, fd, token, edge).map_err(sys("watch an fd"))?;
+        }
+        // KVM registrations last, undone on failure.
+        vm.register_irqfd(&irq, gsi)
+            .map_err(kvm_err("register an irqfd"))?;
+        for (q, evt) in notifies.iter().enumerate() {
+            if let Err(e) = vm.register_ioevent(evt, &notify_addr, q as u32) {
+                for (q, evt) in notifies.iter().enumerate().take(q) {
+                    let _ = vm.unregister_ioevent(evt, &notify_addr, q as u32);
+                }
+                let _ = vm.unregister_irqfd(&irq, gsi);
+                return Err(kvm_err("register an ioeventfd")(e));
+            }
+        }
+        let thread_notifies = notifies
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(sys("clone an event fd"))?;
+        let thread_stop = stop.try_clone().map_err(sys("clone an event fd"))?;
+        let thread_transport = transport.clone();
+        let name = match &kind {
+            SlotKind::Disk { spec, .. } => format!("blk-{}", spec.vdev),
+            SlotKind::Nic { spec, .. } => format!("net-{}", spec.devid),
+            SlotKind::Balloon { .. } => "balloon".to_string(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || io_loop(epoll, thread_transport, thread_notifies, thread_stop))
+            .map_err(sys("start a device thread"))?;
+        if let Some(s) = slots.get_mut(idx) {
+            *s = Some(Arc::new(SlotDev {
+                transport,
+                kind,
+                irq,
+                notifies,
+                stop,
+                thread: Some(thread),
+            }));
+        }
+        Ok(idx)
+    }
+
+    /// Asks the guest to let go of the device in `slot` (hotplug port 0x515) and bumps the generation.
+    fn request_detach(&self, slot: usize) {
+        self.detach_mask.fetch_or(1 << slot, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Announces an attach to the guest.
+    pub fn announce_attach(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Finds the slot of the disk or NIC `devid`.
+    pub fn slot_of(&self, disk: bool, devid: u32) -> Result<usize, SlotError> {
+        self.read_slots()
+            .iter()
+            .position(|s| {
+                s.as_ref().is_some_and(|d| match &d.kind {
+                    SlotKind::Disk { spec, .. } => disk && spec.devid == devid,
+                    SlotKind::Nic { spec, .. } => !disk && spec.devid == devid,
+                    SlotKind::Balloon { .. } => false,
+                })
+            })
+            .ok_or(SlotError::NotFound {
+                kind: if disk { "disk" } else { "nic" },
+                devid,
+            })
+    }
+
+    /// Detaches the device in `slot`: asks the guest, waits until it resets the device (or
+    /// [`DETACH_GRACE`] passes), then removes it. Returns whether the guest let go in time.
+    pub fn detach(&self, vm: &VmFd, slot: usize) -> bool {
+        let Some(dev) = self.read_slots().get(slot).cloned().flatten() else {
+            return true;
+        };
+        self.request_detach(slot);
+        let deadline = Instant::now() + DETACH_GRACE;
+        let mut clean = false;
+        while Instant::now() < deadline {
+            if lock(&dev.transport).status() == 0 {
+                clean = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(dev);
+        self.remove(vm, slot);
+        self.detach_mask.fetch_and(!(1 << slot), Ordering::SeqCst);
+        clean
+    }
+
+    /// Takes the device out of `slot` and undoes its wiring.
+    fn remove(&self, vm: &VmFd, slot: usize) {
+        let taken = self.write_slots().get_mut(slot).and_then(Option::take);
+        let Some(dev) = taken else {
+            return;
+        };
+        let gsi = GSI_BASE + slot as u32;
+        let notify_addr = IoEventAddress::Mmio(slot_addr(slot) + QUEUE_NOTIFY_OFFSET);
+        for (q, evt) in dev.notifies.iter().enumerate() {
+            if let Err(e) = vm.unregister_ioevent(evt, &notify_addr, q as u32) {
+                tracing::warn!(slot, "cannot unregister an ioeventfd: {e}");
+            }
+        }
+        if let Err(e) = vm.unregister_irqfd(&dev.irq, gsi) {
+            tracing::warn!(slot, "cannot unregister the irqfd: {e}");
+        }
+        let _ = dev.stop.write(1);
+        // vCPU threads may hold a clone for a moment; wait for them.
+        let mut dev = dev;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match Arc::try_unwrap(dev) {
+                Ok(mut owned) => {
+                    if let Some(t) = owned.thread.take() {
+                        let _ = t.join();
+                    }
+                    break;
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    dev = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => {
+                    tracing::warn!(slot, "device still referenced; its thread stops on its own");
+                    break;
+                }
+            }
+        }
+        tracing::info!(slot, "device removed");
+    }
+
+    /// Counters of every disk and NIC.
+    pub fn stats(&self) -> (Vec<DiskStats>, Vec<NicStats>) {
+        let mut disks = Vec::new();
+        let mut nics = Vec::new();
+        for (slot, dev) in self.read_slots().iter().enumerate() {
+            let Some(dev) = dev else { continue };
+            match &dev.kind {
+                SlotKind::Disk { spec, stats } => {
+                    let s = stats.snapshot();
+                    disks.push(DiskStats {
+                        devid: spec.devid,
+                        vdev: spec.vdev.clone(),
+                        slot: slot as u32,
+                        read_reqs: s.read_requests,
+                        read_sectors: s.read_sectors,
+                        write_reqs: s.write_requests,
+                        write_sectors: s.write_sectors,
+                        flush_reqs: s.flushes,
+                        errors: s.errors,
+                    });
+                }
+                SlotKind::Nic { spec, stats } => {
+                    let s = stats.snapshot();
+                    nics.push(NicStats {
+                        devid: spec.devid,
+                        mac: spec.mac.clone(),
+                        tap: spec.tap.clone(),
+                        slot: slot as u32,
+                        tx_bytes: s.tx_bytes,
+                        tx_packets: s.tx_packets,
+                        rx_bytes: s.rx_bytes,
+                        rx_packets: s.rx_packets,
+                        tx_spoof_drops: s.tx_spoof_drops,
+                        tx_drops: s.tx_drops,
+                        rx_drops: s.rx_drops,
+                    });
+                }
+                SlotKind::Balloon { .. } => {}
+            }
+        }
+        (disks, nics)
+    }
+}
+
+/// The hotplug ports 0x514 (generation) and 0x515 (detach requests).
+pub struct HotplugPorts(pub Arc<VirtioSlots>);
+
+impl PioDevice for HotplugPorts {
+    fn read(&mut self, _base: u16, offset: u16, data: &mut [u8]) {
+        let value = match offset {
+            0 => self.0.generation.load(Ordering::SeqCst),
+            _ => self.0.detach_mask.load(Ordering::SeqCst),
+        };
+        let bytes = value.to_le_bytes();
+        for (d, s) in data
+            .iter_mut()
+            .zip(bytes.iter().chain(std::iter::repeat(&0)))
+        {
+            *d = *s;
+        }
+    }
+
+    fn write(&mut self, _base: u16, _offset: u16, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_entries() {
+        assert_eq!(linux_cmdline_entries(0), "");
+        assert_eq!(
+            linux_cmdline_entries(2),
+            " virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("00:16:3e:0a:ff:01"),
+            Some([0, 0x16, 0x3e, 0x0a, 0xff, 1])
+        );
+        assert_eq!(parse_mac("00:16:3e:0a:ff"), None);
+        assert_eq!(parse_mac("00:16:3e:0a:ff:01:02"), None);
+        assert_eq!(parse_mac("zz:16:3e:0a:ff:01"), None);
+    }
+}

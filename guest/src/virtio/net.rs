@@ -1,0 +1,189 @@
+//! A polled virtio-net driver (virtio 1.2 §5.1): one receive and one transmit queue, one
+//! 2 KiB buffer per descriptor, the 12-byte VERSION_1 header, no offloads.
+
+use super::mmio::{InitError, Mmio};
+use super::queue::{Virtq, DESC_WRITE};
+use crate::dma::{self, Dma, PAGE};
+use crate::net::proto::{Mac, MAX_FRAME};
+
+/// virtio device type of a network card.
+pub const DEVICE_TYPE: u32 = 1;
+/// VIRTIO_NET_F_MAC.
+const F_MAC: u64 = 1 << 5;
+/// The virtio-net header with VERSION_1 (num_buffers included).
+pub const HDR: usize = 12;
+/// Bytes per buffer.
+const BUF: usize = 2048;
+/// Descriptors per queue.
+const QUEUE: u16 = 32;
+const RX: u32 = 0;
+const TX: u32 = 1;
+
+/// A virtio-net card in one slot.
+pub struct Nic {
+    /// The slot it sits in.
+    pub slot: usize,
+    /// Its MAC address.
+    pub mac: Mac,
+    mmio: Mmio,
+    rx: Virtq,
+    tx: Virtq,
+    rx_bufs: u64,
+    tx_bufs: u64,
+    /// Bit i set: transmit descriptor i is with the device.
+    tx_busy: u64,
+}
+
+const QUEUE_PAGES: usize = QUEUE as usize * BUF / PAGE;
+
+impl Nic {
+    /// Brings up the card in `slot` (already probed as a network device).
+    pub fn init(slot: usize, dma: &mut Dma) -> Result<Nic, InitError> {
+        let mmio = Mmio::slot(slot);
+        let features = mmio.negotiate(F_MAC)?;
+        let rx_size = mmio.queue_size(RX, QUEUE).ok_or(InitError::Queue)?;
+        let tx_size = mmio.queue_size(TX, QUEUE).ok_or(InitError::Queue)?;
+        let rx = Virtq::new(dma, rx_size).ok_or(InitError::NoMemory)?;
+        let Some(tx) = Virtq::new(dma, tx_size) else {
+            rx.free(dma);
+            return Err(InitError::NoMemory);
+        };
+        let (Some(rx_bufs), Some(tx_bufs)) = (dma.alloc(QUEUE_PAGES), dma.alloc(QUEUE_PAGES))
+        else {
+            rx.free(dma);
+            tx.free(dma);
+            return Err(InitError::NoMemory);
+        };
+        let mac = if features & F_MAC != 0 {
+            mmio.config::<6>(0)
+        } else {
+            [0x52, 0x54, 0x00, 0x12, 0x34, slot as u8]
+        };
+        mmio.setup_queue(RX, &rx);
+        mmio.setup_queue(TX, &tx);
+        let mut nic = Nic {
+            slot,
+            mac,
+            mmio,
+            rx,
+            tx,
+            rx_bufs,
+            tx_bufs,
+            tx_busy: 0,
+        };
+        for i in 0..nic.rx.size() {
+            nic.rx.set_desc(
+                i,
+                rx_bufs + u64::from(i) * BUF as u64,
+                BUF as u32,
+                DESC_WRITE,
+                0,
+            );
+            nic.rx.push(i);
+        }
+        if let Err(e) = mmio.driver_ok() {
+            nic.release(dma);
+            return Err(e);
+        }
+        nic.mmio.notify(RX);
+        Ok(nic)
+    }
+
+    /// Resets the device and returns its memory to the pool.
+    pub fn release(self, dma: &mut Dma) {
+        self.mmio.reset();
+        self.rx.free(dma);
+        self.tx.free(dma);
+        dma.free(self.rx_bufs, QUEUE_PAGES);
+        dma.free(self.tx_bufs, QUEUE_PAGES);
+    }
+
+    /// Hands each received frame to `f` (at most `budget` of them) and gives the buffers back.
+    pub fn poll_rx(&mut self, budget: usize, mut f: impl FnMut(&mut Nic, &[u8])) -> usize {
+        let mut seen = 0;
+        let mut scratch = [0u8; MAX_FRAME];
+        while seen < budget {
+            let Some((id, len)) = self.rx.pop_used() else {
+                break;
+            };
+            seen += 1;
+            let Ok(id) = u16::try_from(id) else { continue };
+            if id >= self.rx.size() {
+                continue;
+            }
+            let len = len as usize;
+            if (HDR + 14..=BUF).contains(&len) {
+                let frame_len = (len - HDR).min(MAX_FRAME);
+                // SAFETY: buffer `id` is ours again (the device returned it) until we
+                // push it back below; the copy leaves the device free to reuse it.
+                let buf = unsafe { dma::slice_mut(self.rx_bufs + u64::from(id) * BUF as u64, BUF) };
+                if let (Some(dst), Some(src)) =
+                    (scratch.get_mut(..frame_len), buf.get(HDR..HDR + frame_len))
+                {
+                    dst.copy_from_slice(src);
+                }
+                self.rx.push(id);
+                f(self, scratch.get(..frame_len).unwrap_or_default());
+            } else {
+                self.rx.push(id);
+            }
+        }
+        if seen > 0 {
+            self.mmio.notify(RX);
+        }
+        seen
+    }
+
+    /// Takes back the transmit buffers the device is done with.
+    fn reclaim(&mut self) {
+        while let Some((id, _)) = self.tx.pop_used() {
+            if id < u32::from(self.tx.size()) {
+                self.tx_busy &= !(1 << id);
+            }
+        }
+    }
+
+    /// Queues one frame built by `build` (which returns its length) without notifying;
+    /// returns false when every transmit buffer is busy.
+    pub fn queue_frame(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.reclaim();
+        let Some(free) = (0..self.tx.size()).find(|&i| self.tx_busy & (1 << i) == 0) else {
+            return false;
+        };
+        let addr = self.tx_bufs + u64::from(free) * BUF as u64;
+        // SAFETY: buffer `free` is not with the device (its busy bit is clear).
+        let buf = unsafe { dma::slice_mut(addr, BUF) };
+        let (header, frame) = buf.split_at_mut(HDR);
+        header.fill(0);
+        let len = build(frame.get_mut(..MAX_FRAME).unwrap_or_default()).min(MAX_FRAME);
+        self.tx.set_desc(free, addr, (HDR + len) as u32, 0, 0);
+        self.tx_busy |= 1 << free;
+        self.tx.push(free);
+        true
+    }
+
+    /// Tells the device that frames were queued.
+    pub fn kick(&self) {
+        self.mmio.notify(TX);
+    }
+
+    /// Sends one frame now; false if no buffer was free.
+    pub fn send(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let queued = self.queue_frame(build);
+        if queued {
+            self.kick();
+        }
+        queued
+    }
+
+    /// Whether every transmit buffer is back from the device.
+    pub fn tx_idle(&mut self) -> bool {
+        self.reclaim();
+        self.tx_busy == 0
+    }
+
+    /// Whether the device still works.
+    pub fn healthy(&self) -> bool {
+        self.mmio.healthy()
+    }
+}
