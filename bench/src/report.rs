@@ -106,6 +106,8 @@ pub struct Row {
     pub rxen: Cell,
     /// QEMU's samples.
     pub qemu: Cell,
+    /// The host doing the same work without a VM, where a figure has such a baseline.
+    pub host: Option<Cell>,
 }
 
 impl Row {
@@ -125,7 +127,21 @@ impl Row {
             better,
             rxen: Cell::empty(),
             qemu: Cell::empty(),
+            host: None,
         }
+    }
+
+    fn host_cell(&self) -> String {
+        let Some(h) = &self.host else {
+            return "–".to_string();
+        };
+        let mut out = h.render(self.unit, self.decimals);
+        if let (Some(r), Some(hs)) = (self.rxen.summary(), h.summary()) {
+            if hs.median != 0.0 {
+                out.push_str(&format!("; rxen/host {:.2}×", r.median / hs.median));
+            }
+        }
+        out
     }
 
     fn ratio(&self) -> String {
@@ -167,18 +183,21 @@ pub fn render(header: &[String], sections: &[SectionReport]) -> String {
         out.push('\n');
     }
     out.push('\n');
-    out.push_str("| section | figure | guest | rxen: median (min–max) | QEMU: median (min–max) | rxen/QEMU |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str(
+        "| section | figure | guest | rxen: median (min–max) | QEMU: median (min–max) | rxen/QEMU | host, no VM |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|\n");
     for s in sections {
         for r in &s.rows {
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
                 s.title,
                 r.figure,
                 r.guest,
                 r.rxen.render(r.unit, r.decimals),
                 r.qemu.render(r.unit, r.decimals),
-                r.ratio()
+                r.ratio(),
+                r.host_cell()
             ));
         }
     }

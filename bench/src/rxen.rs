@@ -134,13 +134,15 @@ impl RxenHost {
     /// `rxl create -c CFG` with its console piped; returns at once.
     pub fn create(&self, name: &str, memory: u64, vcpus: u32, extra: &str) -> Result<Domain> {
         let cfg = self.config(name, memory, vcpus, extra)?;
+        let err = std::fs::File::create(self.stderr_path(name))
+            .map_err(|e| BenchError::io("create rxl's stderr file", e))?;
         let mut child = Command::new(bin_dir().join("rxl"))
             .args(["create", "-q", "-c"])
             .arg(&cfg)
             .env("RXEN_SOCKET", self.socket())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .map_err(|source| BenchError::Spawn {
                 program: "rxl create".into(),
@@ -163,9 +165,27 @@ impl RxenHost {
     /// Creates a domain and waits for its banner.
     pub fn boot(&self, name: &str, memory: u64, vcpus: u32, extra: &str) -> Result<Domain> {
         let mut d = self.create(name, memory, vcpus, extra)?;
-        d.console
-            .wait_contains("rxen testguest: booted", Duration::from_secs(30))?;
-        Ok(d)
+        match d
+            .console
+            .wait_contains("rxen testguest: booted", Duration::from_secs(30))
+        {
+            Ok(_) => Ok(d),
+            Err(e) => {
+                let err = std::fs::read_to_string(self.stderr_path(name)).unwrap_or_default();
+                if err.trim().is_empty() {
+                    Err(e)
+                } else {
+                    Err(BenchError::Command {
+                        command: "rxl create".into(),
+                        detail: err.trim().to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn stderr_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.rxl-create.err"))
     }
 
     /// Attaches `rxl console NAME` (after a restore or migration).

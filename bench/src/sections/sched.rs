@@ -121,6 +121,7 @@ fn measure(heavy: u32, light: u32, t: &Timing) -> Result<f64> {
             h + l
         )));
     }
+    eprintln!("rxen-bench: sched: weight 2 used {h:.2} s, weight 1 used {l:.2} s");
     Ok(100.0 * h / (h + l))
 }
 
