@@ -10,6 +10,7 @@ use crate::hotplug::Hotplug;
 use crate::idt::PVPANIC_PORT;
 use crate::mailbox::{self, CHECKED_IN, DIRTY_MIB_PER_S, TICKS};
 use crate::netcmd;
+use crate::pvh;
 use crate::vcpus;
 use crate::work::Vcpu;
 use crate::{print, println, serial};
@@ -47,6 +48,7 @@ commands:
   udpsend ADDR PORT MIB               send UDP datagrams
   spoof SRC DST                       one echo request from a forged source
   vcpus                               list the vCPUs online
+  balloon                             pages given back to the host
   help         this list";
 
 /// The line editor and command interpreter.
@@ -99,6 +101,9 @@ pub fn run(mut vcpu: Vcpu) -> ! {
             last_slow_poll = ticks;
             hotplug.poll(&mut console.devices);
             vcpus::poll();
+            if let Some(balloon) = console.devices.balloon() {
+                balloon.poll();
+            }
         }
         while let Some(byte) = serial::try_read() {
             console.input(byte, &mut vcpu);
@@ -228,6 +233,10 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("udpsend", _) => println!("usage: udpsend ADDR PORT MIB"),
         ("spoof", _) => println!("usage: spoof SRC DST"),
         ("vcpus", 0) => vcpus::show(),
+        ("balloon", 0) => {
+            let pages = devices.balloon().map_or(0, |b| b.inflated());
+            println!("balloon {pages} pages ({} MiB) given back", pages >> 8);
+        }
         ("help", 0) => println!("{HELP}"),
         ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
         ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
@@ -274,12 +283,20 @@ fn burn(args: &Args, vcpu: &mut Vcpu) {
 fn power_off() -> ! {
     println!("powering off");
     outb(POWER_PORT, 0);
-    halt_forever()
+    after_power_port()
 }
 
 fn reboot() -> ! {
     println!("rebooting");
     outb(POWER_PORT, 1);
+    after_power_port()
+}
+
+/// Under rxen the power port ends the guest; under another PVH loader (QEMU) a triple fault does.
+fn after_power_port() -> ! {
+    if pvh::booted_via_pvh() {
+        pvh::triple_fault()
+    }
     halt_forever()
 }
 

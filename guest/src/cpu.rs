@@ -67,6 +67,26 @@ pub fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// Executes CPUID for `leaf` (subleaf 0) and returns EAX, EBX, ECX, EDX.
+pub fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
+    let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+    // SAFETY: cpuid has no side effects; RBX is reserved by LLVM, so it is
+    // moved through a scratch register.
+    unsafe {
+        asm!(
+            "mov {tmp:r}, rbx",
+            "cpuid",
+            "xchg {tmp:r}, rbx",
+            tmp = out(reg) ebx,
+            inout("eax") leaf => eax,
+            inout("ecx") 0u32 => ecx,
+            out("edx") edx,
+            options(nomem, nostack, preserves_flags),
+        )
+    }
+    (eax, ebx, ecx, edx)
+}
+
 /// Executes CPUID for `leaf` (subleaf 0) and returns ECX.
 pub fn cpuid_ecx(leaf: u32) -> u32 {
     let ecx: u32;

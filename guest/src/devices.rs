@@ -1,9 +1,12 @@
 //! The table of virtio-mmio slots and the drivers bound to them (vCPU 0 only).
 
+use core::fmt::Write;
+
 use crate::dma::Dma;
 use crate::net::{Link, Stack};
 use crate::netcmd::MacText;
 use crate::println;
+use crate::virtio::balloon::{self, Balloon};
 use crate::virtio::blk::{self, Disk};
 use crate::virtio::mmio::{Mmio, SLOTS};
 use crate::virtio::net::{self, Nic};
@@ -14,26 +17,20 @@ pub enum Device {
     Disk(Disk),
     /// A virtio-net card and its stack.
     Nic(Link),
-    /// A device this guest has no driver for (its type), or one whose driver failed.
-    Other(u32),
+    /// The memory balloon.
+    Balloon(Balloon),
+    /// A device this guest has no driver for, or one whose driver failed to start.
+    Other,
 }
 
 impl Device {
-    /// The kind word used in hotplug lines.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Device::Disk(_) => "disk",
-            Device::Nic(_) => "nic",
-            Device::Other(_) => "device",
-        }
-    }
-
     /// Resets the device and frees its memory.
     fn release(self, dma: &mut Dma, slot: usize) {
         match self {
             Device::Disk(disk) => disk.release(dma),
             Device::Nic(link) => link.nic.release(dma),
-            Device::Other(_) => Mmio::slot(slot).reset(),
+            Device::Balloon(balloon) => balloon.release(dma),
+            Device::Other => Mmio::slot(slot).reset(),
         }
     }
 }
@@ -69,28 +66,17 @@ impl Devices {
             match (present, entry.is_some()) {
                 (None, true) => {
                     if let Some(device) = entry.take() {
-                        if announce {
-                            println!(
-                                "hotplug: {} {slot} {} detached",
-                                device.kind(),
-                                name(&device)
-                            );
-                        }
+                        let label = label(&device, slot);
                         device.release(&mut self.dma, slot);
+                        if let (true, Some(label)) = (announce, label) {
+                            println!("hotplug: {label} detached");
+                        }
                     }
                 }
                 (Some(kind), false) => {
                     let device = bind(slot, kind, &mut self.dma);
-                    if announce {
-                        match &device {
-                            Device::Disk(disk) => {
-                                println!("hotplug: disk {slot} {} attached", disk.serial())
-                            }
-                            Device::Nic(link) => {
-                                println!("hotplug: nic {slot} {} attached", MacText(link.nic.mac))
-                            }
-                            Device::Other(_) => {}
-                        }
+                    if let (true, Some(label)) = (announce, label(&device, slot)) {
+                        println!("hotplug: {label} attached");
                     }
                     *entry = Some(device);
                 }
@@ -104,12 +90,11 @@ impl Devices {
         let Some(device) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        let line_name = name(&device);
-        let kind = device.kind();
+        let label = label(&device, slot);
         // Reset before saying so: the host removes the device once it reads Status 0.
         device.release(&mut self.dma, slot);
-        if kind != "device" {
-            println!("hotplug: {kind} {slot} {line_name} detached");
+        if let Some(label) = label {
+            println!("hotplug: {label} detached");
         }
     }
 
@@ -129,6 +114,14 @@ impl Devices {
         })
     }
 
+    /// The balloon, if there is one.
+    pub fn balloon(&mut self) -> Option<&mut Balloon> {
+        self.slots.iter_mut().find_map(|slot| match slot {
+            Some(Device::Balloon(balloon)) => Some(balloon),
+            _ => None,
+        })
+    }
+
     /// The disk whose serial is `serial`.
     pub fn disk(&mut self, serial: &str) -> Option<&mut Disk> {
         self.slots.iter_mut().find_map(|slot| match slot {
@@ -138,20 +131,17 @@ impl Devices {
     }
 }
 
-/// A short name for hotplug lines: a disk's serial, a NIC's MAC.
-fn name(device: &Device) -> Name {
+/// What hotplug lines call a device: `disk SLOT SERIAL`, `nic SLOT MAC`, `balloon SLOT`;
+/// devices without a driver get no lines.
+fn label(device: &Device, slot: usize) -> Option<Name> {
     let mut out = Name::default();
-    match device {
-        Device::Disk(disk) => out.push(disk.serial()),
-        Device::Nic(link) => {
-            let _ =
-                core::fmt::Write::write_fmt(&mut out, format_args!("{}", MacText(link.nic.mac)));
-        }
-        Device::Other(kind) => {
-            let _ = core::fmt::Write::write_fmt(&mut out, format_args!("type{kind}"));
-        }
-    }
-    out
+    let written = match device {
+        Device::Disk(disk) => write!(out, "disk {slot} {}", disk.serial()),
+        Device::Nic(link) => write!(out, "nic {slot} {}", MacText(link.nic.mac)),
+        Device::Balloon(_) => write!(out, "balloon {slot}"),
+        Device::Other => return None,
+    };
+    written.ok().map(|()| out)
 }
 
 /// Binds the driver for a device of type `kind` in `slot`.
@@ -161,7 +151,7 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             Ok(disk) => Device::Disk(disk),
             Err(error) => {
                 println!("virtio: disk in slot {slot} failed to start: {error:?}");
-                Device::Other(kind)
+                Device::Other
             }
         },
         net::DEVICE_TYPE => match Nic::init(slot, dma) {
@@ -171,27 +161,28 @@ fn bind(slot: usize, kind: u32, dma: &mut Dma) -> Device {
             }),
             Err(error) => {
                 println!("virtio: nic in slot {slot} failed to start: {error:?}");
-                Device::Other(kind)
+                Device::Other
             }
         },
-        other => Device::Other(other),
+        balloon::DEVICE_TYPE => match Balloon::init(slot, dma) {
+            Ok(balloon) => Device::Balloon(balloon),
+            Err(error) => {
+                println!("virtio: balloon in slot {slot} failed to start: {error:?}");
+                Device::Other
+            }
+        },
+        _ => Device::Other,
     }
 }
 
 /// A small inline string (device names).
 #[derive(Default)]
 pub struct Name {
-    bytes: [u8; 24],
+    bytes: [u8; 32],
     len: usize,
 }
 
-impl Name {
-    fn push(&mut self, s: &str) {
-        let _ = core::fmt::Write::write_str(self, s);
-    }
-}
-
-impl core::fmt::Write for Name {
+impl Write for Name {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         for &byte in s.as_bytes() {
             if let Some(slot) = self.bytes.get_mut(self.len) {

@@ -21,6 +21,7 @@ mod mailbox;
 mod mem;
 mod net;
 mod netcmd;
+mod pvh;
 mod serial;
 mod time;
 mod vcpus;

@@ -45,6 +45,10 @@ impl Dirtier {
         let count = self.credit / 100;
         self.credit %= 100;
         for _ in 0..count {
+            // `dirty 0` takes effect at once, even in the middle of a tick.
+            if DIRTY_MIB_PER_S.load(Ordering::Relaxed) == 0 {
+                break;
+            }
             self.value = self.value.wrapping_add(1);
             // The end is reread for every page: the balloon may lower it meanwhile.
             let pages = freemem::end().saturating_sub(start) / PAGE;

@@ -76,6 +76,25 @@ mod tests {
     }
 
     #[test]
+    fn image_carries_the_xen_pvh_entry_note() {
+        let elf = elf::parse(image()).expect("the embedded image parses as ELF64");
+        let notes: Vec<_> = elf
+            .segments
+            .iter()
+            .filter(|s| s.kind == PT_NOTE)
+            .flat_map(|s| elf::notes(image(), s).expect("notes parse"))
+            .collect();
+        let xen = notes
+            .iter()
+            .find(|n| n.name == b"Xen" && n.kind == 18)
+            .unwrap_or_else(|| panic!("no Xen PHYS32_ENTRY note among {notes:?}"));
+        let entry = u64::from_le_bytes(xen.desc.as_slice().try_into().expect("8-byte entry"));
+        let pvh = elf::symbol(image(), "rxen_pvh_start").expect("symbol table parses");
+        assert_eq!(Some(entry), pvh);
+        assert!(entry < 1 << 32, "the PVH entry must be a 32-bit address");
+    }
+
+    #[test]
     fn symbols_are_kept_and_start_is_the_entry() {
         let elf = elf::parse(image()).expect("the embedded image parses as ELF64");
         let start = elf::symbol(image(), "_start").expect("symbol table parses");
