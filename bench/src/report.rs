@@ -152,9 +152,11 @@ impl Row {
             return "–".to_string();
         }
         let ratio = r.median / q.median;
+        let overlap = r.n > 1 && q.n > 1 && r.min <= q.max && q.min <= r.max;
         let verdict = match self.better {
             Better::Neither => "",
             _ if (ratio - 1.0).abs() < 0.02 => " (even)",
+            _ if overlap => " (ranges overlap)",
             Better::Lower if ratio < 1.0 => " (rxen better)",
             Better::Higher if ratio > 1.0 => " (rxen better)",
             _ => " (QEMU better)",
@@ -226,6 +228,9 @@ mod tests {
         r.rxen.push::<String>(Ok(10.0));
         r.qemu.push::<String>(Ok(40.0));
         assert_eq!(r.ratio(), "0.25× (rxen better)");
+        r.rxen.push::<String>(Ok(35.0));
+        r.qemu.push::<String>(Ok(30.0));
+        assert_eq!(r.ratio(), "0.64× (ranges overlap)");
         r.qemu = Cell::Pending("not yet".into());
         assert_eq!(r.ratio(), "–");
         assert_eq!(r.qemu.render("ms", 1), "pending: not yet");

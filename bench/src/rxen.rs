@@ -39,6 +39,18 @@ impl Drop for Domain {
 impl RxenHost {
     /// Starts `rxend` and waits for its socket.
     pub fn start() -> Result<RxenHost> {
+        RxenHost::start_with(None)
+    }
+
+    /// Starts an `rxend` whose relocation server listens on ADDRESS:PORT with KEY.
+    pub fn start_relocation(address: &str, port: u16, key: &Path) -> Result<RxenHost> {
+        RxenHost::start_with(Some(format!(
+            "[relocation]\nserver = true\naddress = \"{address}\"\nport = {port}\nkey-file = \"{}\"\n",
+            key.display()
+        )))
+    }
+
+    fn start_with(config: Option<String>) -> Result<RxenHost> {
         let dir = tempfile::Builder::new()
             .prefix("rxen-bench-")
             .tempdir()
@@ -51,7 +63,12 @@ impl RxenHost {
             .unwrap_or_default();
         let cgroup = String::from_utf8_lossy(&help)
             .contains("--cgroup")
-            .then(|| format!("rxen-bench-{}", std::process::id()));
+            .then(|| {
+                format!(
+                    "{}",
+                    dir.path().file_name().unwrap_or_default().to_string_lossy()
+                )
+            });
         let mut cmd = Command::new(&rxend_bin);
         cmd.arg("--socket")
             .arg(dir.path().join("rxend.sock"))
@@ -59,6 +76,11 @@ impl RxenHost {
             .arg(dir.path().join("state"));
         if let Some(c) = &cgroup {
             cmd.arg("--cgroup").arg(c);
+        }
+        if let Some(text) = config {
+            let p = dir.path().join("rxend.toml");
+            std::fs::write(&p, text).map_err(|e| BenchError::io("write rxend.toml", e))?;
+            cmd.arg("--config").arg(p);
         }
         let rxend = cmd
             .stdin(Stdio::null())
@@ -103,6 +125,31 @@ impl RxenHost {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `rxl ARGS`; an error unless it exits 0. Returns stdout and stderr together.
+    pub fn rxl_all(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin_dir().join("rxl"))
+            .args(args)
+            .env("RXEN_SOCKET", self.socket())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| BenchError::Spawn {
+                program: "rxl".into(),
+                source,
+            })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(BenchError::Command {
+                command: format!("rxl {}", args.join(" ")),
+                detail: text.trim().to_string(),
+            });
+        }
+        Ok(text)
     }
 
     /// Whether `rxl` knows a subcommand (its help lists it).

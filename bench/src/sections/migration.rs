@@ -9,6 +9,7 @@ use super::Ctx;
 use crate::error::{BenchError, Result};
 use crate::qemu::{Qemu, QemuSpec};
 use crate::report::{Better, Cell, Row, SectionReport};
+use crate::rxen::RxenHost;
 
 /// One migration's figures, as the monitor reports them.
 struct Figures {
@@ -28,13 +29,30 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             .collect()
     };
     let rxen_pending = match ctx.host() {
-        Ok(h) if !h.rxl_has("migrate") => {
-            Some("`rxl migrate` has not landed (issue 5)".to_string())
-        }
-        Ok(_) => Some("`rxl migrate` exists but the benchmark does not drive it yet".to_string()),
-        Err(_) => None,
+        Ok(h) if !h.rxl_has("migrate") => Some(
+            "`rxl migrate` has not landed here (issue 5: on the snap branch, not merged yet)"
+                .to_string(),
+        ),
+        _ => None,
     };
-    let rxen_blocked = ctx.rxen_blocked(rxen_pending.as_deref());
+    let mut rxen_blocked = ctx.rxen_blocked(rxen_pending.as_deref());
+    // The target: a second rxend whose relocation server listens on 127.0.0.2.
+    let key = ctx.path().join("relocation.key");
+    let target = if rxen_blocked.is_none() {
+        let t = std::fs::write(&key, "rxen benchmark relocation key, loopback only\n")
+            .map_err(|e| BenchError::io("write the relocation key", e))
+            .and_then(|()| free_port())
+            .and_then(|port| Ok((RxenHost::start_relocation("127.0.0.2", port, &key)?, port)));
+        match t {
+            Ok(t) => Some(t),
+            Err(e) => {
+                rxen_blocked = Some(format!("the target rxend did not start: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let qemu_blocked = ctx.qemu_unavailable.clone();
     let mut rows = Vec::new();
     for (mib, rate) in cases {
@@ -48,20 +66,13 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         let mut total = Row::new("migration: total time", &guest, "ms", 0, Better::Lower);
         let mut sent = Row::new("migration: data sent", &guest, "MiB", 1, Better::Lower);
         for _ in 0..ctx.runs {
+            if let Some((t, port)) = &target {
+                let f = rxen_migrate(ctx, t, *port, &key, mib, rate);
+                push(&mut down.rxen, &mut total.rxen, &mut sent.rxen, f);
+            }
             if qemu_blocked.is_none() {
                 let f = qemu_migrate(ctx, mib, rate);
-                match f {
-                    Ok(f) => {
-                        down.qemu.push::<String>(Ok(f.downtime_ms));
-                        total.qemu.push::<String>(Ok(f.total_ms));
-                        sent.qemu.push::<String>(Ok(f.sent_mib));
-                    }
-                    Err(e) => {
-                        for r in [&mut down, &mut total, &mut sent] {
-                            r.qemu.push::<String>(Err(e.to_string()));
-                        }
-                    }
-                }
+                push(&mut down.qemu, &mut total.qemu, &mut sent.qemu, f);
             }
         }
         for r in [&mut down, &mut total, &mut sent] {
@@ -78,15 +89,92 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         title: "migration".into(),
         rows,
         method: vec![
-            "live migration to a second monitor on the same host over TCP on 127.0.0.1, after the \
+            "live migration to a second monitor on the same host over loopback TCP, after the \
              guest's banner (and, when dirtying, after `dirty R`: the guest rewrites its free memory \
              at R MiB/s). QEMU: `-incoming tcp:127.0.0.1:PORT` on the target, `migrate` with \
              max-bandwidth uncapped and the default 300 ms downtime limit; downtime, total time \
              and `ram.transferred` are QEMU's own figures from `query-migrate`. The target guest's \
              heartbeat is checked afterwards (not timed)."
                 .into(),
+            "rxen: `rxl migrate --port P --key KEY NAME 127.0.0.2` from the benchmark's rxend to a \
+             second rxend whose relocation server listens on 127.0.0.2:P (pre-copy with rxl's \
+             defaults: at most 30 rounds, 20 ms downtime target); downtime, total time and bytes \
+             sent are the figures `rxl migrate` prints."
+                .into(),
         ],
     }
+}
+
+fn push(down: &mut Cell, total: &mut Cell, sent: &mut Cell, f: Result<Figures>) {
+    match f {
+        Ok(f) => {
+            down.push::<String>(Ok(f.downtime_ms));
+            total.push::<String>(Ok(f.total_ms));
+            sent.push::<String>(Ok(f.sent_mib));
+        }
+        Err(e) => {
+            for c in [down, total, sent] {
+                c.push::<String>(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+/// The number after `key` in rxl's figures line, e.g. `downtime 12.3 ms`.
+fn field(text: &str, key: &str) -> Option<f64> {
+    text.split(key)
+        .nth(1)?
+        .trim_start()
+        .split([',', ' ', '('])
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn rxen_migrate(
+    ctx: &mut Ctx,
+    target: &RxenHost,
+    port: u16,
+    key: &std::path::Path,
+    mib: u64,
+    rate: u64,
+) -> Result<Figures> {
+    let name = ctx.name("mig");
+    let src = ctx.host()?;
+    let r = (|| {
+        let mut d = src.boot(&name, mib, 1, "")?;
+        if rate > 0 {
+            d.console.send(&format!("dirty {rate}"))?;
+            d.console
+                .wait_contains("dirtying", Duration::from_secs(10))?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        drop(d);
+        let out = src.rxl_all(&[
+            "migrate",
+            "--port",
+            &port.to_string(),
+            "--key",
+            &key.to_string_lossy(),
+            &name,
+            "127.0.0.2",
+        ])?;
+        let mut d = target.attach(&name)?;
+        d.console.heartbeat(Duration::from_secs(10))?;
+        let get = |k: &str| {
+            field(&out, k).ok_or_else(|| {
+                BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
+            })
+        };
+        Ok(Figures {
+            downtime_ms: get("downtime ")?,
+            total_ms: get("total ")?,
+            sent_mib: get("bytes sent (")?,
+        })
+    })();
+    src.destroy(&name);
+    target.destroy(&name);
+    r
 }
 
 fn free_port() -> Result<u16> {
