@@ -125,6 +125,13 @@ fn main() {
         }
     ));
     header.push(format!("- QEMU command: `{qemu_bin} -M microvm -enable-kvm -cpu {} -m M -smp N -kernel testguest.elf -nodefaults -no-user-config -display none -serial stdio -no-reboot -qmp unix:SOCK,server=on,wait=off`", qemu.cpu));
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        header.push(
+            "- QEMU on PVM: `-enable-kvm -M microvm` works; `-cpu host` and `-cpu max` abort \
+             (KVM refuses MSR 0x10a, IA32_ARCH_CAPABILITIES), so the CPU is `host,-arch-capabilities`"
+                .to_string(),
+        );
+    }
     let rxen = rxen::RxenHost::start().map_err(|e| e.to_string());
     let mut ctx = Ctx::new(opts.runs, opts.quick, rxen, qemu, qemu_unavailable, dir);
     let started = Instant::now();

@@ -237,12 +237,14 @@ impl RxenHost {
 
     /// Attaches `rxl console NAME` (after a restore or migration).
     pub fn attach(&self, name: &str) -> Result<Domain> {
+        let err = std::fs::File::create(self.dir.path().join(format!("{name}.rxl-console.err")))
+            .map_err(|e| BenchError::io("create rxl's stderr file", e))?;
         let mut child = Command::new(bin_dir().join("rxl"))
             .args(["console", name])
             .env("RXEN_SOCKET", self.socket())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .map_err(|source| BenchError::Spawn {
                 program: "rxl console".into(),
@@ -260,6 +262,14 @@ impl RxenHost {
             console: Console::new(out, input),
             child,
         })
+    }
+
+    /// The last lines of this rxend's log.
+    pub fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("state/rxend.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(6)..].join(" / ")
     }
 
     /// Destroys a domain, ignoring errors (it may be gone).

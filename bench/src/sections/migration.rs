@@ -159,8 +159,7 @@ fn rxen_migrate(
             &name,
             "127.0.0.2",
         ])?;
-        let mut d = target.attach(&name)?;
-        d.console.heartbeat(Duration::from_secs(10))?;
+        alive_on(target, &name)?;
         let get = |k: &str| {
             field(&out, k).ok_or_else(|| {
                 BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
@@ -175,6 +174,37 @@ fn rxen_migrate(
     src.destroy(&name);
     target.destroy(&name);
     r
+}
+
+/// Attaches to the migrated domain on the target and asks for its heartbeat;
+/// the target's console may take a moment to open after `rxl migrate` returns.
+fn alive_on(target: &RxenHost, name: &str) -> Result<()> {
+    let mut last = None;
+    for _ in 0..25 {
+        let r = target
+            .attach(name)
+            .and_then(|mut d| d.console.heartbeat(Duration::from_secs(5)).map(|_| ()));
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        let listed = target
+            .rxl(&["list"])
+            .map(|l| l.lines().any(|l| l.split_whitespace().next() == Some(name)))
+            .unwrap_or(false);
+        if !listed {
+            let log = target.log_tail();
+            eprintln!(
+                "rxen-bench: migration: {name} is gone from the target; its rxend log: {log}"
+            );
+            let reason = log.rsplit(" / ").next().unwrap_or("").to_string();
+            return Err(BenchError::Unexpected(format!(
+                "rxl migrate succeeded but the domain is gone from the target: {reason}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    Err(last.unwrap_or_else(|| BenchError::Unexpected("no heartbeat on the target".into())))
 }
 
 fn free_port() -> Result<u16> {
