@@ -1,0 +1,247 @@
+//! Rows, cells and the Markdown rendering of the results table.
+
+use crate::stats::Summary;
+
+/// Which direction of a figure is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Smaller is better (time, memory, bytes).
+    Lower,
+    /// Larger is better (throughput).
+    Higher,
+    /// Closer to 1 (or to the ideal) is better; the ratio gets no verdict.
+    Neither,
+}
+
+/// The repeated samples of one figure for one monitor, or why there are none.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    /// Measured samples, with the failures of the repetitions that did not give one.
+    Samples {
+        /// The measured values.
+        values: Vec<f64>,
+        /// One message per failed repetition.
+        failures: Vec<String>,
+    },
+    /// The feature has not landed (or cannot be measured yet), with why.
+    Pending(String),
+    /// The figure does not apply to this monitor, with why.
+    NotApplicable(String),
+}
+
+impl Cell {
+    /// An empty sample set, to be filled repetition by repetition.
+    pub fn empty() -> Cell {
+        Cell::Samples {
+            values: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Adds one repetition's outcome.
+    pub fn push<E: std::fmt::Display>(&mut self, r: Result<f64, E>) {
+        if let Cell::Samples { values, failures } = self {
+            match r {
+                Ok(v) => values.push(v),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+
+    /// The summary of the samples, if there are any.
+    pub fn summary(&self) -> Option<Summary> {
+        match self {
+            Cell::Samples { values, .. } => Summary::of(values),
+            _ => None,
+        }
+    }
+
+    fn render(&self, unit: &str, decimals: usize) -> String {
+        match self {
+            Cell::Pending(why) => format!("pending: {}", escape(why)),
+            Cell::NotApplicable(why) => format!("n/a: {}", escape(why)),
+            Cell::Samples { values, failures } => match Summary::of(values) {
+                None => match failures.first() {
+                    Some(f) => format!("failed: {}", escape(f)),
+                    None => "not run".to_string(),
+                },
+                Some(s) => {
+                    let mut out = if s.n == 1 {
+                        format!("{:.*} {unit}", decimals, s.median)
+                    } else {
+                        format!(
+                            "{:.*} {unit} ({:.*}–{:.*})",
+                            decimals, s.median, decimals, s.min, decimals, s.max
+                        )
+                    };
+                    if let Some(f) = failures.first() {
+                        out.push_str(&format!(
+                            "; {} of {} runs failed: {}",
+                            failures.len(),
+                            failures.len() + s.n,
+                            escape(f)
+                        ));
+                    }
+                    out
+                }
+            },
+        }
+    }
+}
+
+/// One line of the table: a figure measured for rxen and for QEMU.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What is measured.
+    pub figure: String,
+    /// The guest (size, vCPUs, load).
+    pub guest: String,
+    /// The unit printed after each number.
+    pub unit: &'static str,
+    /// Decimals printed.
+    pub decimals: usize,
+    /// Which direction is better.
+    pub better: Better,
+    /// rxen's samples.
+    pub rxen: Cell,
+    /// QEMU's samples.
+    pub qemu: Cell,
+    /// The host doing the same work without a VM, where a figure has such a baseline.
+    pub host: Option<Cell>,
+}
+
+impl Row {
+    /// A row whose cells are both empty sample sets.
+    pub fn new(
+        figure: &str,
+        guest: &str,
+        unit: &'static str,
+        decimals: usize,
+        better: Better,
+    ) -> Row {
+        Row {
+            figure: figure.to_string(),
+            guest: guest.to_string(),
+            unit,
+            decimals,
+            better,
+            rxen: Cell::empty(),
+            qemu: Cell::empty(),
+            host: None,
+        }
+    }
+
+    fn host_cell(&self) -> String {
+        let Some(h) = &self.host else {
+            return "–".to_string();
+        };
+        let mut out = h.render(self.unit, self.decimals);
+        if let (Some(r), Some(hs)) = (self.rxen.summary(), h.summary()) {
+            if hs.median != 0.0 {
+                out.push_str(&format!("; rxen/host {:.2}×", r.median / hs.median));
+            }
+        }
+        out
+    }
+
+    fn ratio(&self) -> String {
+        let (Some(r), Some(q)) = (self.rxen.summary(), self.qemu.summary()) else {
+            return "–".to_string();
+        };
+        if q.median == 0.0 {
+            return "–".to_string();
+        }
+        let ratio = r.median / q.median;
+        let overlap = r.n > 1 && q.n > 1 && r.min <= q.max && q.min <= r.max;
+        let verdict = match self.better {
+            Better::Neither => "",
+            _ if (ratio - 1.0).abs() < 0.02 => " (even)",
+            _ if overlap => " (ranges overlap)",
+            Better::Lower if ratio < 1.0 => " (rxen better)",
+            Better::Higher if ratio > 1.0 => " (rxen better)",
+            _ => " (QEMU better)",
+        };
+        format!("{ratio:.2}×{verdict}")
+    }
+}
+
+/// One section's rows and the method lines printed beneath the table.
+#[derive(Debug, Clone, Default)]
+pub struct SectionReport {
+    /// The section's title.
+    pub title: String,
+    /// Its rows.
+    pub rows: Vec<Row>,
+    /// How each figure is measured, one line each.
+    pub method: Vec<String>,
+}
+
+/// Renders the whole report as Markdown.
+pub fn render(header: &[String], sections: &[SectionReport]) -> String {
+    let mut out = String::new();
+    out.push_str("# rxen benchmarks, side by side with QEMU/KVM\n\n");
+    for h in header {
+        out.push_str(h);
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(
+        "| section | figure | guest | rxen: median (min–max) | QEMU: median (min–max) | rxen/QEMU | host, no VM |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for s in sections {
+        for r in &s.rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                s.title,
+                r.figure,
+                r.guest,
+                r.rxen.render(r.unit, r.decimals),
+                r.qemu.render(r.unit, r.decimals),
+                r.ratio(),
+                r.host_cell()
+            ));
+        }
+    }
+    out.push_str("\n## Method\n\n");
+    for s in sections {
+        for m in &s.method {
+            out.push_str(&format!("- **{}**: {}\n", s.title, m));
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    let one_line: String = s.lines().collect::<Vec<_>>().join(" ");
+    let short: String = one_line.chars().take(160).collect();
+    short.replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Better, Cell, Row};
+
+    #[test]
+    fn ratio_and_verdict() {
+        let mut r = Row::new("boot", "128 MiB", "ms", 1, Better::Lower);
+        r.rxen.push::<String>(Ok(10.0));
+        r.qemu.push::<String>(Ok(40.0));
+        assert_eq!(r.ratio(), "0.25× (rxen better)");
+        r.rxen.push::<String>(Ok(35.0));
+        r.qemu.push::<String>(Ok(30.0));
+        assert_eq!(r.ratio(), "0.64× (ranges overlap)");
+        r.qemu = Cell::Pending("not yet".into());
+        assert_eq!(r.ratio(), "–");
+        assert_eq!(r.qemu.render("ms", 1), "pending: not yet");
+    }
+
+    #[test]
+    fn failures_render_without_crashing() {
+        let mut c = Cell::empty();
+        c.push::<String>(Err("boom | bang".into()));
+        assert_eq!(c.render("ms", 1), "failed: boom \\| bang");
+        c.push::<String>(Ok(2.0));
+        assert_eq!(c.render("ms", 0), "2 ms; 1 of 2 runs failed: boom \\| bang");
+    }
+}

@@ -1,0 +1,62 @@
+//! Memory: each monitor's own resident memory beyond the guest's pages.
+
+use std::time::Duration;
+
+use super::Ctx;
+use crate::procfs;
+use crate::qemu::{Qemu, QemuSpec};
+use crate::report::{Better, Row, SectionReport};
+
+/// Boots an idle guest and reads the monitor's smaps.
+pub fn run(ctx: &mut Ctx) -> SectionReport {
+    let sizes: &[u64] = if ctx.quick { &[128] } else { &[128, 1024] };
+    let settle = Duration::from_millis(if ctx.quick { 300 } else { 1000 });
+    let mut rows = Vec::new();
+    for &mib in sizes {
+        let mut row = Row::new(
+            "monitor RSS beyond guest RAM",
+            &format!("{mib} MiB, 1 vCPU, idle"),
+            "MiB",
+            2,
+            Better::Lower,
+        );
+        ctx.alternate(
+            &mut row,
+            None,
+            |c| {
+                let name = c.name("mem");
+                let host = c.host()?;
+                let r = (|| {
+                    let _d = host.boot(&name, mib, 1, "")?;
+                    std::thread::sleep(settle);
+                    let pid = host.vmm_pid(&name)?;
+                    procfs::resident(pid, mib)
+                })();
+                host.destroy(&name);
+                Ok(r?.own_mib())
+            },
+            |c| {
+                let tag = c.name("mem");
+                let spec = QemuSpec {
+                    memory_mib: mib,
+                    vcpus: 1,
+                    incoming: None,
+                };
+                let q = Qemu::boot(&c.qemu, &spec, c.path(), &tag)?;
+                std::thread::sleep(settle);
+                Ok(procfs::resident(q.pid(), mib)?.own_mib())
+            },
+        );
+        rows.push(row);
+    }
+    SectionReport {
+        title: "memory".into(),
+        rows,
+        method: vec![format!(
+            "{} after the banner, the sum of `Rss` over the monitor process's mappings in \
+             `/proc/PID/smaps`, less the `Rss` of the anonymous mapping of exactly the guest's size \
+             (its RAM): the same rule for the rxen VMM and for QEMU. rxend itself is not counted.",
+            if ctx.quick { "0.3 s" } else { "1 s" }
+        )],
+    }
+}

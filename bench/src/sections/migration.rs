@@ -1,0 +1,258 @@
+//! Live migration over loopback: downtime, total time and bytes sent, idle and dirtying.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::saverestore::QEMU_MAX_BANDWIDTH;
+use super::Ctx;
+use crate::error::{BenchError, Result};
+use crate::qemu::{Qemu, QemuSpec};
+use crate::report::{Better, Cell, Row, SectionReport};
+use crate::rxen::RxenHost;
+
+/// One migration's figures, as the monitor reports them.
+struct Figures {
+    downtime_ms: f64,
+    total_ms: f64,
+    sent_mib: f64,
+}
+
+/// Migrates guests of 256 MiB and 1 GiB, idle and dirtying memory, with each monitor.
+pub fn run(ctx: &mut Ctx) -> SectionReport {
+    let cases: Vec<(u64, u64)> = if ctx.quick {
+        vec![(256, 0)]
+    } else {
+        [256u64, 1024]
+            .iter()
+            .flat_map(|&m| [0u64, 32, 128].map(move |r| (m, r)))
+            .collect()
+    };
+    let rxen_pending = match ctx.host() {
+        Ok(h) if !h.rxl_has("migrate") => Some(
+            "`rxl migrate` has not landed here (issue 5: on the snap branch, not merged yet)"
+                .to_string(),
+        ),
+        _ => None,
+    };
+    let mut rxen_blocked = ctx.rxen_blocked(rxen_pending.as_deref());
+    // The target: a second rxend whose relocation server listens on 127.0.0.2.
+    let key = ctx.path().join("relocation.key");
+    let target = if rxen_blocked.is_none() {
+        let t = std::fs::write(&key, "rxen benchmark relocation key, loopback only\n")
+            .map_err(|e| BenchError::io("write the relocation key", e))
+            .and_then(|()| free_port())
+            .and_then(|port| Ok((RxenHost::start_relocation("127.0.0.2", port, &key)?, port)));
+        match t {
+            Ok(t) => Some(t),
+            Err(e) => {
+                rxen_blocked = Some(format!("the target rxend did not start: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let qemu_blocked = ctx.qemu_unavailable.clone();
+    let mut rows = Vec::new();
+    for (mib, rate) in cases {
+        let load = if rate == 0 {
+            "idle".to_string()
+        } else {
+            format!("dirtying {rate} MiB/s")
+        };
+        let guest = format!("{mib} MiB, 1 vCPU, {load}");
+        let mut down = Row::new("migration: downtime", &guest, "ms", 0, Better::Lower);
+        let mut total = Row::new("migration: total time", &guest, "ms", 0, Better::Lower);
+        let mut sent = Row::new("migration: data sent", &guest, "MiB", 1, Better::Lower);
+        for _ in 0..ctx.runs {
+            if let Some((t, port)) = &target {
+                let f = rxen_migrate(ctx, t, *port, &key, mib, rate);
+                push(&mut down.rxen, &mut total.rxen, &mut sent.rxen, f);
+            }
+            if qemu_blocked.is_none() {
+                let f = qemu_migrate(ctx, mib, rate);
+                push(&mut down.qemu, &mut total.qemu, &mut sent.qemu, f);
+            }
+        }
+        for r in [&mut down, &mut total, &mut sent] {
+            if let Some(why) = &rxen_blocked {
+                r.rxen = Cell::Pending(why.clone());
+            }
+            if let Some(why) = &qemu_blocked {
+                r.qemu = Cell::Pending(why.clone());
+            }
+        }
+        rows.extend([down, total, sent]);
+    }
+    SectionReport {
+        title: "migration".into(),
+        rows,
+        method: vec![
+            "live migration to a second monitor on the same host over loopback TCP, after the \
+             guest's banner (and, when dirtying, after `dirty R`: the guest rewrites its free memory \
+             at R MiB/s). QEMU: `-incoming tcp:127.0.0.1:PORT` on the target, `migrate` with \
+             max-bandwidth uncapped and the default 300 ms downtime limit; downtime, total time \
+             and `ram.transferred` are QEMU's own figures from `query-migrate`. The target guest's \
+             heartbeat is checked afterwards (not timed)."
+                .into(),
+            "rxen: `rxl migrate --port P --key KEY NAME 127.0.0.2` from the benchmark's rxend to a \
+             second rxend whose relocation server listens on 127.0.0.2:P (pre-copy with rxl's \
+             defaults: at most 30 rounds, 20 ms downtime target); downtime, total time and bytes \
+             sent are the figures `rxl migrate` prints."
+                .into(),
+        ],
+    }
+}
+
+fn push(down: &mut Cell, total: &mut Cell, sent: &mut Cell, f: Result<Figures>) {
+    match f {
+        Ok(f) => {
+            down.push::<String>(Ok(f.downtime_ms));
+            total.push::<String>(Ok(f.total_ms));
+            sent.push::<String>(Ok(f.sent_mib));
+        }
+        Err(e) => {
+            for c in [down, total, sent] {
+                c.push::<String>(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+/// The number after `key` in rxl's figures line, e.g. `downtime 12.3 ms`.
+fn field(text: &str, key: &str) -> Option<f64> {
+    text.split(key)
+        .nth(1)?
+        .trim_start()
+        .split([',', ' ', '('])
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn rxen_migrate(
+    ctx: &mut Ctx,
+    target: &RxenHost,
+    port: u16,
+    key: &std::path::Path,
+    mib: u64,
+    rate: u64,
+) -> Result<Figures> {
+    let name = ctx.name("mig");
+    let src = ctx.host()?;
+    let r = (|| {
+        let mut d = src.boot(&name, mib, 1, "")?;
+        if rate > 0 {
+            d.console.send(&format!("dirty {rate}"))?;
+            d.console
+                .wait_contains("dirtying", Duration::from_secs(10))?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        drop(d);
+        let out = src.rxl_all(&[
+            "migrate",
+            "--port",
+            &port.to_string(),
+            "--key",
+            &key.to_string_lossy(),
+            &name,
+            "127.0.0.2",
+        ])?;
+        alive_on(target, &name)?;
+        let get = |k: &str| {
+            field(&out, k).ok_or_else(|| {
+                BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
+            })
+        };
+        Ok(Figures {
+            downtime_ms: get("downtime ")?,
+            total_ms: get("total ")?,
+            sent_mib: get("bytes sent (")?,
+        })
+    })();
+    src.destroy(&name);
+    target.destroy(&name);
+    r
+}
+
+/// Attaches to the migrated domain on the target and asks for its heartbeat;
+/// the target's console may take a moment to open after `rxl migrate` returns.
+fn alive_on(target: &RxenHost, name: &str) -> Result<()> {
+    let mut last = None;
+    for _ in 0..25 {
+        let r = target
+            .attach(name)
+            .and_then(|mut d| d.console.heartbeat(Duration::from_secs(5)).map(|_| ()));
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        let listed = target
+            .rxl(&["list"])
+            .map(|l| l.lines().any(|l| l.split_whitespace().next() == Some(name)))
+            .unwrap_or(false);
+        if !listed {
+            let log = target.log_tail();
+            eprintln!(
+                "rxen-bench: migration: {name} is gone from the target; its rxend log: {log}"
+            );
+            let reason = log.rsplit(" / ").next().unwrap_or("").to_string();
+            return Err(BenchError::Unexpected(format!(
+                "rxl migrate succeeded but the domain is gone from the target: {reason}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    Err(last.unwrap_or_else(|| BenchError::Unexpected("no heartbeat on the target".into())))
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BenchError::io("find a free port", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| BenchError::io("find a free port", e))
+}
+
+fn qemu_migrate(ctx: &mut Ctx, mib: u64, rate: u64) -> Result<Figures> {
+    let tag = ctx.name("mig");
+    let spec = QemuSpec {
+        memory_mib: mib,
+        vcpus: 1,
+        incoming: None,
+    };
+    let mut src = Qemu::boot(&ctx.qemu, &spec, ctx.path(), &tag)?;
+    if rate > 0 {
+        src.console.send(&format!("dirty {rate}"))?;
+        src.console
+            .wait_contains("dirtying", Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let port = free_port()?;
+    let dst_spec = QemuSpec {
+        incoming: Some(format!("tcp:127.0.0.1:{port}")),
+        ..spec
+    };
+    let mut dst = Qemu::spawn(&ctx.qemu, &dst_spec, ctx.path(), &format!("{tag}d"))?;
+    let r = dst.qmp("query-status", json!({}));
+    dst.explain(r)?;
+    src.qmp(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": QEMU_MAX_BANDWIDTH }),
+    )?;
+    src.qmp("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))?;
+    let v = src.wait_migration(Duration::from_secs(60))?;
+    let r = dst.wait_running(Duration::from_secs(30));
+    dst.explain(r)?;
+    dst.console.heartbeat(Duration::from_secs(10))?;
+    let num = |k: &serde_json::Value, what: &str| {
+        k.as_f64()
+            .ok_or_else(|| BenchError::Unexpected(format!("query-migrate has no {what}: {v}")))
+    };
+    Ok(Figures {
+        downtime_ms: num(&v["downtime"], "downtime")?,
+        total_ms: num(&v["total-time"], "total-time")?,
+        sent_mib: num(&v["ram"]["transferred"], "ram.transferred")? / (1u64 << 20) as f64,
+    })
+}

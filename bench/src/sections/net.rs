@@ -1,0 +1,186 @@
+//! Network: guest-to-host UDP throughput through virtio-net, a TAP and a bridge.
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Ctx;
+use crate::error::{BenchError, Result};
+use crate::report::{Better, Cell, Row, SectionReport};
+
+/// Why QEMU gets no network figure.
+const QEMU_NA: &str = "the test guest probes rxen's virtio-mmio slots at 0xD000_0000; QEMU microvm puts its devices at 0xFEB0_0000";
+
+const HOST_ADDR: &str = "10.213.77.1";
+const GUEST_ADDR: &str = "10.213.77.2";
+const PORT: u16 = 47_777;
+
+/// Sends UDP from an rxen guest to a receiver on the host and counts what arrives.
+pub fn run(ctx: &mut Ctx) -> SectionReport {
+    let mib: u64 = if ctx.quick { 8 } else { 32 };
+    let guest = format!("128 MiB, 1 vCPU; {mib} MiB of 1400-byte UDP datagrams");
+    let mut tput = Row::new(
+        "network: guest-to-host UDP, received",
+        &guest,
+        "MiB/s",
+        1,
+        Better::Higher,
+    );
+    let mut delivered = Row::new(
+        "network: datagrams delivered",
+        &guest,
+        "%",
+        1,
+        Better::Higher,
+    );
+    let rxen_pending = match ctx.host() {
+        Ok(h) if !h.rxl_has("network-attach") => {
+            Some("rxen networks (issue 4) have not landed".to_string())
+        }
+        _ => None,
+    };
+    match ctx.rxen_blocked(rxen_pending.as_deref()) {
+        Some(why) => {
+            tput.rxen = Cell::Pending(why.clone());
+            delivered.rxen = Cell::Pending(why);
+        }
+        None => {
+            if let Err(e) = measure(ctx, mib, &mut tput.rxen, &mut delivered.rxen) {
+                tput.rxen.push::<String>(Err(e.to_string()));
+                delivered.rxen.push::<String>(Err(e.to_string()));
+            }
+        }
+    }
+    tput.qemu = Cell::NotApplicable(QEMU_NA.into());
+    delivered.qemu = Cell::NotApplicable(QEMU_NA.into());
+    SectionReport {
+        title: "network".into(),
+        rows: vec![tput, delivered],
+        method: vec![format!(
+            "an rxen guest with `vif = ['bridge=BR,vifname=TAP']` on a fresh Linux bridge holding \
+             {HOST_ADDR}/24 runs `udpsend {HOST_ADDR} {PORT} {mib}` (1400-byte datagrams through \
+             virtio-net and a TAP, as fast as the guest can send); a UDP socket on the host \
+             (8 MiB receive buffer) counts the payload bytes that arrive. Throughput is those \
+             bytes over the guest's own send time; delivered is received over sent."
+        )],
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| BenchError::Spawn {
+            program: "ip".into(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Command {
+            command: format!("ip {}", args.join(" ")),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// A bridge with the host's address, removed on drop.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.0]);
+    }
+}
+
+fn measure(ctx: &mut Ctx, mib: u64, tput: &mut Cell, delivered: &mut Cell) -> Result<()> {
+    let br = Bridge(format!("rxbb{}", std::process::id() % 100_000));
+    ip(&["link", "add", &br.0, "type", "bridge"])?;
+    ip(&["addr", "add", &format!("{HOST_ADDR}/24"), "dev", &br.0])?;
+    ip(&["link", "set", &br.0, "up"])?;
+    let sock = UdpSocket::bind((HOST_ADDR, PORT))
+        .map_err(|e| BenchError::io("bind the UDP receiver", e))?;
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt reads `size` for the given length.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| BenchError::io("UDP timeout", e))?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let name = ctx.name("net");
+    let host = ctx.host()?;
+    let r = (|| {
+        let mut d = host.boot(
+            &name,
+            128,
+            1,
+            &format!(
+                "vif = [ 'bridge={},vifname=rxbv{}' ]",
+                br.0,
+                std::process::id() % 100_000
+            ),
+        )?;
+        d.console.send(&format!("ip {GUEST_ADDR}/24"))?;
+        d.console.wait_contains(
+            &format!("ip {GUEST_ADDR}/24 on nic"),
+            Duration::from_secs(10),
+        )?;
+        for _ in 0..ctx.runs {
+            let before = received.load(Ordering::Relaxed);
+            d.console
+                .send(&format!("udpsend {HOST_ADDR} {PORT} {mib}"))?;
+            let line = d.console.wait_for(
+                "udpsend's answer (the guest stopped sending)",
+                Duration::from_secs(if ctx.quick { 20 } else { 40 }),
+                |l| l.starts_with("udpsend done") || l.starts_with("udpsend error"),
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            let got = received.load(Ordering::Relaxed) - before;
+            // `udpsend done BYTES bytes in MS ms`
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (sent, ms) = match (
+                f.get(2).and_then(|x| x.parse::<f64>().ok()),
+                f.get(5).and_then(|x| x.parse::<f64>().ok()),
+            ) {
+                (Some(b), Some(ms)) if f.get(1) == Some(&"done") => (b, ms),
+                _ => {
+                    let e = format!("guest answered {line:?}");
+                    tput.push::<String>(Err(e.clone()));
+                    delivered.push::<String>(Err(e));
+                    continue;
+                }
+            };
+            tput.push::<String>(Ok(got as f64
+                / (1u64 << 20) as f64
+                / (ms.max(1.0) / 1000.0)));
+            delivered.push::<String>(Ok(100.0 * got as f64 / sent.max(1.0)));
+        }
+        Ok(())
+    })();
+    host.destroy(&name);
+    stop.store(true, Ordering::Relaxed);
+    let _ = counter.join();
+    r
+}
