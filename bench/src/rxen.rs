@@ -181,18 +181,30 @@ impl RxenHost {
     /// `rxl create -c CFG` with its console piped; returns at once.
     pub fn create(&self, name: &str, memory: u64, vcpus: u32, extra: &str) -> Result<Domain> {
         let cfg = self.config(name, memory, vcpus, extra)?;
-        let err = std::fs::File::create(self.stderr_path(name))
+        let mut args: Vec<std::ffi::OsString> = vec!["create".into(), "-q".into(), "-c".into()];
+        args.push(cfg.into_os_string());
+        self.console_command("rxl create", &args, &self.stderr_path(name))
+    }
+
+    /// Runs `rxl ARGS` whose stdin and stdout are a guest console, its
+    /// stderr going to `stderr_file`.
+    fn console_command(
+        &self,
+        what: &str,
+        args: &[std::ffi::OsString],
+        stderr_file: &std::path::Path,
+    ) -> Result<Domain> {
+        let err = std::fs::File::create(stderr_file)
             .map_err(|e| BenchError::io("create rxl's stderr file", e))?;
         let mut child = Command::new(bin_dir().join("rxl"))
-            .args(["create", "-q", "-c"])
-            .arg(&cfg)
+            .args(args)
             .env("RXEN_SOCKET", self.socket())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
             .map_err(|source| BenchError::Spawn {
-                program: "rxl create".into(),
+                program: what.into(),
                 source,
             })?;
         let out = child.stdout.take();
@@ -201,7 +213,7 @@ impl RxenHost {
             .take()
             .map(|i| Box::new(i) as Box<dyn std::io::Write + Send>);
         let Some(out) = out else {
-            return Err(BenchError::Unexpected("rxl create has no stdout".into()));
+            return Err(BenchError::Unexpected(format!("{what} has no stdout")));
         };
         Ok(Domain {
             console: Console::new(out, input),
@@ -237,31 +249,9 @@ impl RxenHost {
 
     /// Attaches `rxl console NAME` (after a restore or migration).
     pub fn attach(&self, name: &str) -> Result<Domain> {
-        let err = std::fs::File::create(self.dir.path().join(format!("{name}.rxl-console.err")))
-            .map_err(|e| BenchError::io("create rxl's stderr file", e))?;
-        let mut child = Command::new(bin_dir().join("rxl"))
-            .args(["console", name])
-            .env("RXEN_SOCKET", self.socket())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .map_err(|source| BenchError::Spawn {
-                program: "rxl console".into(),
-                source,
-            })?;
-        let out = child.stdout.take();
-        let input = child
-            .stdin
-            .take()
-            .map(|i| Box::new(i) as Box<dyn std::io::Write + Send>);
-        let Some(out) = out else {
-            return Err(BenchError::Unexpected("rxl console has no stdout".into()));
-        };
-        Ok(Domain {
-            console: Console::new(out, input),
-            child,
-        })
+        let args: Vec<std::ffi::OsString> = vec!["console".into(), name.into()];
+        let stderr_file = self.dir.path().join(format!("{name}.rxl-console.err"));
+        self.console_command("rxl console", &args, &stderr_file)
     }
 
     /// The last lines of this rxend's log.
