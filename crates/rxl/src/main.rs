@@ -405,16 +405,7 @@ fn run(cli: Cli) -> Outcome {
                 paused,
                 ignore_unsupported,
             })?;
-            let Response::Domain { name, warnings, .. } = resp else {
-                return Err(Failure(format!("unexpected answer: {resp:?}")));
-            };
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            if console {
-                attach(&mut c, &name)?;
-            }
-            Ok(())
+            started(&mut c, resp, console)
         }
         Cmd::List {
             long,
@@ -443,16 +434,7 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Boot { console, domain } => {
             let mut c = connect()?;
             let resp = c.call(&Request::Boot { domain })?;
-            let Response::Domain { name, warnings, .. } = resp else {
-                return Err(Failure(format!("unexpected answer: {resp:?}")));
-            };
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            if console {
-                attach(&mut c, &name)?;
-            }
-            Ok(())
+            started(&mut c, resp, console)
         }
         Cmd::Console { domain } => attach(&mut connect()?, &domain),
         Cmd::Shutdown { wait, all, domain } => power(&mut connect()?, wait, all, domain, false),
@@ -842,6 +824,20 @@ fn lookup(c: &mut Client, domain: &str) -> Result<(u32, String), Failure> {
         Response::Domain { domid, name, .. } => Ok((domid, name)),
         other => Err(Failure(format!("unexpected answer: {other:?}"))),
     }
+}
+
+/// After `create` or `boot`: shows rxend's warnings and, with `-c`, attaches the console.
+fn started(c: &mut Client, resp: Response, console: bool) -> Outcome {
+    let Response::Domain { name, warnings, .. } = resp else {
+        return Err(Failure(format!("unexpected answer: {resp:?}")));
+    };
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if console {
+        attach(c, &name)?;
+    }
+    Ok(())
 }
 
 fn attach(c: &mut Client, domain: &str) -> Outcome {
