@@ -98,6 +98,10 @@ pub struct TransferStats {
     pub zero_pages: u64,
     /// Pages sent in the last (stop-and-copy) round.
     pub last_round_pages: u64,
+    /// Pages whose content changed after they were sent although KVM's dirty
+    /// log did not report them: found by rehashing and sent again.
+    #[serde(default)]
+    pub unlogged_pages: u64,
     /// From the request to the end, in milliseconds.
     pub total_ms: f64,
     /// From pausing the guest to its run on the target (migration) or here (checkpoint), in milliseconds.

@@ -53,8 +53,16 @@ impl Progress {
 
 /// The figures line printed (and logged by rxend) at the end of a transfer.
 pub fn figures(stats: &TransferStats) -> String {
+    let unlogged = if stats.unlogged_pages > 0 {
+        format!(
+            "; {} pages rewritten unseen by the dirty log, resent",
+            stats.unlogged_pages
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms",
+        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms{unlogged}",
         stats.rounds,
         stats.bytes,
         stats.bytes as f64 / (1u64 << 20) as f64,

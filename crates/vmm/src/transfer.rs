@@ -116,6 +116,122 @@ impl DirtyLog {
     }
 }
 
+/// A 64-bit fingerprint of each guest page as it was last sent, so that the
+/// sender can find pages that changed without KVM's dirty log saying so.
+///
+/// On some hosts (seen on PVM) dirty logging misses writes through mappings
+/// the guest already had, so a page rewritten after it was sent would arrive
+/// stale. Rehashing all of RAM at the end of each round, and once more while
+/// the guest is paused, closes that gap at the cost of reading memory.
+pub struct PageHashes {
+    /// Indexed by page frame number; `UNSENT` where nothing was sent yet.
+    hashes: Vec<u64>,
+}
+
+/// Marks a page frame whose content has not been sent.
+const UNSENT: u64 = u64::MAX;
+
+/// The fingerprint of one 4 KiB page: CRC-32C of each half.
+fn page_hash(page: &[u8]) -> u64 {
+    let (a, b) = page.split_at(page.len() / 2);
+    let h = (u64::from(crc32c::crc32c(a)) << 32) | u64::from(crc32c::crc32c(b));
+    h.min(UNSENT - 1)
+}
+
+impl PageHashes {
+    /// Room for every page frame of `mem`, none sent yet.
+    pub fn new(mem: &GuestMemory) -> Self {
+        let end = mem
+            .iter()
+            .map(|r| (r.start_addr().0 + r.len()) >> stream::PAGE_SHIFT)
+            .max()
+            .unwrap_or(0);
+        Self {
+            hashes: vec![UNSENT; usize::try_from(end).unwrap_or(0)],
+        }
+    }
+
+    fn record(&mut self, pfn: u64, page: &[u8]) {
+        if let Some(h) = usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.hashes.get_mut(i))
+        {
+            *h = page_hash(page);
+        }
+    }
+
+    /// Page frames of `mem` whose content differs from what was last sent
+    /// (or that were never sent), leaving out those in `already` (sorted).
+    /// Reads all of RAM, split over the host's CPUs.
+    pub fn changed(&self, mem: &GuestMemory, already: &[u64]) -> Vec<u64> {
+        let mut spans = Vec::new();
+        for r in mem.iter() {
+            let start = r.start_addr().0 >> stream::PAGE_SHIFT;
+            let pages = r.len() >> stream::PAGE_SHIFT;
+            spans.push((start, pages, r.as_ptr() as usize));
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8) as u64;
+        let mut found: Vec<u64> = std::thread::scope(|s| {
+            let workers: Vec<_> = spans
+                .iter()
+                .flat_map(|&(start, pages, host)| {
+                    let per = pages.div_ceil(threads).max(1);
+                    (0..threads).filter_map(move |t| {
+                        let from = t * per;
+                        (from < pages).then(|| (start, from, (from + per).min(pages), host))
+                    })
+                })
+                .map(|(start, from, to, host)| {
+                    s.spawn(move || {
+                        let mut out = Vec::new();
+                        for p in from..to {
+                            let pfn = start + p;
+                            // SAFETY: `host` maps this region's `pages` pages for as
+                            // long as `mem` lives, which outlives this scope; vCPUs may
+                            // write meanwhile, which at worst makes the page look changed.
+                            let page = unsafe {
+                                std::slice::from_raw_parts(
+                                    (host + (p as usize) * PAGE_SIZE) as *const u8,
+                                    PAGE_SIZE,
+                                )
+                            };
+                            let sent = usize::try_from(pfn)
+                                .ok()
+                                .and_then(|i| self.hashes.get(i))
+                                .copied()
+                                .unwrap_or(UNSENT);
+                            if sent == UNSENT || sent != page_hash(page) {
+                                out.push(pfn);
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        found.retain(|pfn| already.binary_search(pfn).is_err());
+        found
+    }
+}
+
+/// The union of two sorted page lists, sorted, without repeats.
+pub fn merge_sorted(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    if b.is_empty() {
+        return a;
+    }
+    a.extend(b);
+    a.sort_unstable();
+    a.dedup();
+    a
+}
+
 /// Copies the guest page at `addr` (4 KiB aligned, inside RAM) into `buf`.
 fn read_page(mem: &GuestMemory, addr: u64, buf: &mut [u8]) -> Result<(), TransferError> {
     let in_ram = buf.len() == PAGE_SIZE
@@ -152,13 +268,15 @@ pub struct PageSender {
 }
 
 impl PageSender {
-    /// Sends `pfns` in batches: zero pages as a flag, the others with their data.
+    /// Sends `pfns` in batches: zero pages as a flag, the others with their
+    /// data; records what each page held in `hashes` when given.
     pub fn send<W: std::io::Write>(
         &mut self,
         w: &mut StreamWriter<W>,
         mem: &GuestMemory,
         pfns: &[u64],
         stats: &mut TransferStats,
+        mut hashes: Option<&mut PageHashes>,
         mut progress: impl FnMut(u64),
     ) -> Result<(), TransferError> {
         self.page.resize(PAGE_SIZE, 0);
@@ -168,6 +286,9 @@ impl PageSender {
             for &pfn in chunk {
                 let addr = pfn << stream::PAGE_SHIFT;
                 read_page(mem, addr, &mut self.page)?;
+                if let Some(h) = hashes.as_deref_mut() {
+                    h.record(pfn, &self.page);
+                }
                 if is_zero(&self.page) {
                     self.entries.push(pfn | ZERO_PAGE);
                     stats.zero_pages += 1;
@@ -326,7 +447,7 @@ mod tests {
             .expect("i");
         let mut stats = TransferStats::default();
         PageSender::default()
-            .send(&mut w, &src, &all_pfns(&src), &mut stats, |_| {})
+            .send(&mut w, &src, &all_pfns(&src), &mut stats, None, |_| {})
             .expect("send");
         assert_eq!(stats.pages, 1);
         assert_eq!(stats.zero_pages, 8 * 256 - 1);
@@ -353,5 +474,37 @@ mod tests {
             .err()
             .expect("refused");
         assert!(e.to_string().contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn rehash_finds_pages_rewritten_after_they_were_sent() {
+        let mem = memory::create_guest_memory(8).expect("mem");
+        mem.write_slice(&[1u8; 64], GuestAddress(0x3000))
+            .expect("w");
+        let mut hashes = PageHashes::new(&mem);
+        // Before anything is sent, every page counts as changed.
+        assert_eq!(hashes.changed(&mem, &[]).len(), 8 * 256);
+        let mut w = StreamWriter::new(Vec::new(), stream::Header::new(true)).expect("w");
+        let mut stats = TransferStats::default();
+        PageSender::default()
+            .send(
+                &mut w,
+                &mem,
+                &all_pfns(&mem),
+                &mut stats,
+                Some(&mut hashes),
+                |_| {},
+            )
+            .expect("send");
+        assert!(hashes.changed(&mem, &[]).is_empty());
+        // A zero page written, a data page rewritten, one byte in a third.
+        mem.write_slice(&[9u8; 8], GuestAddress(0x7000)).expect("w");
+        mem.write_slice(&[2u8; 64], GuestAddress(0x3000))
+            .expect("w");
+        mem.write_slice(&[5u8], GuestAddress(0x1F_FFFF)).expect("w");
+        assert_eq!(hashes.changed(&mem, &[]), vec![3, 7, 0x1FF]);
+        // Pages the dirty log already reported are left out.
+        assert_eq!(hashes.changed(&mem, &[3, 0x1FF]), vec![7]);
+        assert_eq!(merge_sorted(vec![3, 0x1FF], vec![7, 3]), vec![3, 7, 0x1FF]);
     }
 }

@@ -43,7 +43,9 @@ use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
 use crate::snapshot::{self, SnapshotError};
-use crate::transfer::{self, DirtyLog, PageSender, Received, TransferError};
+use crate::transfer::{
+    self, merge_sorted, DirtyLog, PageHashes, PageSender, Received, TransferError,
+};
 use crate::vcpu::{self, RunControl, VcpuContext, VcpuError, VcpuHandle, VcpuInfo};
 use crate::{cpuid, stats};
 
@@ -819,23 +821,31 @@ impl Vm {
         w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
         let mut stats = TransferStats::default();
         let mut sender = PageSender::default();
+        let mut hashes = None;
         if opts.live && !was_paused {
             let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
+            let hashes = hashes.insert(PageHashes::new(&self.mem));
             let mut pfns = transfer::all_pfns(&self.mem);
             let mut round = 1u32;
             loop {
                 let t = Instant::now();
                 let before = w.bytes;
-                sender.send(&mut w, &self.mem, &pfns, &mut stats, |_| {})?;
+                sender.send(&mut w, &self.mem, &pfns, &mut stats, Some(hashes), |_| {})?;
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
                 pfns = dirty.collect(&self.kvm, &self.mem)?;
+                // Pages written since the collect count here too: an upper
+                // bound on what the log missed, so only traced.
+                let unlogged = hashes.changed(&self.mem, &pfns);
+                let rehashed = unlogged.len();
+                pfns = merge_sorted(pfns, unlogged);
                 let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
                 tracing::info!(
                     round,
                     sent_mib = (w.bytes - before) >> 20,
                     dirty = pfns.len(),
+                    rehashed,
                     estimate_ms,
                     "pre-copy round done"
                 );
@@ -852,12 +862,24 @@ impl Vm {
             .map_err(|e| TransferError::Peer(e.to_string()))?;
         let paused_at = Instant::now();
         self.settle_vcpus()?;
-        let last = match log.as_ref() {
-            Some(d) => d.collect(&self.kvm, &self.mem)?,
-            None => transfer::all_pfns(&self.mem),
+        let last = match (log.as_ref(), hashes.as_ref()) {
+            (Some(d), Some(h)) => {
+                let logged = d.collect(&self.kvm, &self.mem)?;
+                // The guest is paused: what the rehash adds here the log missed.
+                let unlogged = h.changed(&self.mem, &logged);
+                stats.unlogged_pages = unlogged.len() as u64;
+                if !unlogged.is_empty() {
+                    tracing::warn!(
+                        pages = unlogged.len(),
+                        "dirty log missed pages the guest rewrote; sending them from the rehash"
+                    );
+                }
+                merge_sorted(logged, unlogged)
+            }
+            _ => transfer::all_pfns(&self.mem),
         };
         stats.last_round_pages = last.len() as u64;
-        sender.send(&mut w, &self.mem, &last, &mut stats, |_| {})?;
+        sender.send(&mut w, &self.mem, &last, &mut stats, None, |_| {})?;
         stats.rounds += 1;
         for body in self.capture_vcpus()? {
             w.record(RecordType::Vcpu, &body)?;
