@@ -202,8 +202,22 @@ impl Host {
         );
         self.rxl_ok(&["create", cfg.to_str().expect("utf-8 path")]);
         let con = self.console(name);
+        // The guest reports its RAM: `maxmem` when that is larger (the balloon
+        // then holds the difference).
+        let ram = extra
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("maxmem")?
+                    .trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .map_or(memory, |m: u32| m.max(memory));
         con.wait_for(
-            &format!("booted on {vcpus} vCPUs with {memory} MiB"),
+            &format!("booted on {vcpus} vCPUs with {ram} MiB"),
             Duration::from_secs(30),
         );
         con

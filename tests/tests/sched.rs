@@ -560,20 +560,28 @@ fn mem_set_moves_the_balloon_target_within_maxmem() {
     host.rxl_ok(&["mem-set", "bal", "65536k"]);
     assert_eq!(vmm_stats(&host, id)["balloon"]["target_pages"], 0);
     assert_eq!(host.list_row("bal").expect("listed")[2], "64");
-    // Bounds: not above maxmem or the boot size, not zero; mem-max not below the current size.
+    // Bounds: not above maxmem, not zero; mem-max not below the current size
+    // nor above the RAM the domain was built with.
     assert!(!host.rxl(&["mem-set", "bal", "128"]).status.success());
     assert!(!host.rxl(&["mem-set", "bal", "0"]).status.success());
     host.rxl_ok(&["mem-set", "bal", "40"]);
     let low = host.rxl(&["mem-max", "bal", "32"]);
     assert!(!low.status.success());
     assert!(String::from_utf8_lossy(&low.stderr).contains("below the current memory"));
+    let high = host.rxl(&["mem-max", "bal", "65"]);
+    assert!(!high.status.success());
+    assert!(String::from_utf8_lossy(&high.stderr).contains("of RAM the domain was built with"));
     host.rxl_ok(&["mem-max", "bal", "40"]);
     assert!(!host.rxl(&["mem-set", "bal", "48"]).status.success());
     let rec: serde_json::Value = serde_json::from_slice(
         &fs::read(host.state_dir().join(format!("domains/{id}.json"))).expect("record"),
     )
     .expect("json");
-    assert_eq!(rec["config"]["maxmem_mib"], 40);
+    assert_eq!(rec["mem_max_mib"], 40);
+    assert_eq!(
+        rec["config"]["maxmem_mib"], 64,
+        "the config keeps its maxmem"
+    );
     assert_eq!(rec["mem_target_mib"], 40);
 }
 
@@ -695,4 +703,55 @@ fn mem_set_down_returns_memory_to_the_host_and_up_gives_it_back() {
         refilled > squeezed + 20 * 1024,
         "the guest did not use its memory again: {squeezed} -> {refilled} KiB"
     );
+}
+
+#[test]
+fn a_domain_with_maxmem_above_memory_starts_ballooned_and_grows_to_maxmem() {
+    let host = Host::start();
+    // As Xen: RAM for maxmem, of which the guest starts with `memory`.
+    let mut con = host.create_guest("grow", 1, 16, "maxmem = 48");
+    let id = domid(&host, "grow");
+    let pid = host.vmm_pid(id);
+    assert_eq!(
+        vmm_stats(&host, id)["balloon"]["target_pages"],
+        32 * 256,
+        "the balloon starts holding maxmem - memory"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the guest gives the 32 MiB above its memory to the balloon",
+        || {
+            vmm_stats(&host, id)["balloon"]["inflated_pages"]
+                .as_u64()
+                .is_some_and(|p| p >= 32 * 256)
+        },
+    );
+    let row = host.list_row("grow").expect("listed");
+    assert_eq!(row[2], "16", "{row:?}");
+    let fill = Duration::from_secs(240);
+    con.send("memfill 3");
+    con.wait_for("memfill done", fill);
+    let small = vmm_rss_kib(pid);
+    // Grow to maxmem: the balloon empties and the guest fills memory it
+    // never had before, which the host now backs.
+    host.rxl_ok(&["mem-set", "grow", "48"]);
+    wait_until(Duration::from_secs(30), "the balloon is empty", || {
+        vmm_stats(&host, id)["balloon"]["inflated_pages"].as_u64() == Some(0)
+    });
+    assert_eq!(ballooned_pages(&mut con), 0);
+    assert_eq!(host.list_row("grow").expect("listed")[2], "48");
+    con.send("memfill 4");
+    con.wait_for("memfill done", fill);
+    let grown = vmm_rss_kib(pid);
+    eprintln!(
+        "VMM RSS {} MiB at memory 16, {} MiB after mem-set 48 and memfill",
+        small / 1024,
+        grown / 1024
+    );
+    assert!(
+        grown > small + 24 * 1024,
+        "the guest did not grow beyond its boot memory: {small} -> {grown} KiB"
+    );
+    // Not beyond maxmem.
+    assert!(!host.rxl(&["mem-set", "grow", "49"]).status.success());
 }

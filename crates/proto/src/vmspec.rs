@@ -52,6 +52,10 @@ pub struct VmSpec {
     /// Give the guest a virtio-balloon device in the last slot (15), for `rxl mem-set`.
     #[serde(default)]
     pub balloon: bool,
+    /// Memory the guest starts with when below `memory_mib` (`memory` under
+    /// a larger `maxmem`): the balloon starts inflated by the difference.
+    #[serde(default)]
+    pub balloon_target_mib: Option<u64>,
     /// vCPUs to create (`maxvcpus`; 0 = `vcpus`): the test guest starts with `vcpus` of them
     /// online and the others offline (ports 0x516/0x517), for `rxl vcpu-set`.
     #[serde(default)]

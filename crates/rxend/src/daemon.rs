@@ -401,7 +401,6 @@ impl Daemon {
             }
             warnings.extend(refused.into_iter().map(|r| format!("ignored: {r}")));
         }
-        warnings.extend(not_enforced_yet(&config));
         let created = self.start(config, Some(path.to_string()), paused)?;
         if let Err(e) = self.known.remember(&created.name, known) {
             self.log.error(format!(
@@ -592,6 +591,7 @@ impl Daemon {
                 vmm_net_rx_bytes: 0,
                 mem_target_mib: None,
                 online_vcpus: None,
+                mem_max_mib: None,
                 state: DomainState::Running {
                     pid: 0,
                     start_ticks: 0,
@@ -626,7 +626,9 @@ impl Daemon {
             name: name.clone(),
             domid,
             uuid,
-            memory_mib: config.memory_mib,
+            memory_mib: crate::record::ram_mib(&config),
+            balloon_target_mib: (config.maxmem_mib > config.memory_mib)
+                .then_some(config.memory_mib),
             vcpus: config.vcpus,
             kernel,
             initrd: config.ramdisk.as_ref().map(|r| resolve_path(r, None)),
@@ -1193,8 +1195,8 @@ fn domain_info(e: &Entry) -> DomainInfo {
             e.rec.name.clone()
         },
         uuid: e.rec.uuid.clone(),
-        memory_mib: e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib),
-        maxmem_mib: e.rec.config.maxmem_mib,
+        memory_mib: e.rec.current_mib(),
+        maxmem_mib: e.rec.max_mib(),
         vcpus: if online {
             e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus)
         } else {
@@ -1262,19 +1264,6 @@ fn kernel_source(
         )));
     }
     Ok(KernelSource::Path(path))
-}
-
-/// Config features that parse but that this rxen cannot provide yet.
-/// Settings that are accepted but not enforced yet; the user is told.
-fn not_enforced_yet(config: &DomainConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    if config.maxmem_mib > config.memory_mib {
-        out.push(format!(
-            "maxmem ({} MiB) above memory ({} MiB): growing a domain above its boot memory is not supported yet; the guest gets {} MiB (rxl mem-set works below it)",
-            config.maxmem_mib, config.memory_mib, config.memory_mib
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -68,8 +68,32 @@ pub struct DomainRecord {
     /// vCPUs wanted online after `rxl vcpu-set`; `None` = `vcpus` from the config.
     #[serde(default)]
     pub online_vcpus: Option<u32>,
+    /// The bound for `rxl mem-set` set by `rxl mem-max`; `None` = `maxmem` from the config.
+    #[serde(default)]
+    pub mem_max_mib: Option<u64>,
     /// Current state.
     pub state: DomainState,
+}
+
+impl DomainRecord {
+    /// The memory the domain has now: the balloon target, or `memory` from the config.
+    pub fn current_mib(&self) -> u64 {
+        self.mem_target_mib.unwrap_or(self.config.memory_mib)
+    }
+
+    /// The most `rxl mem-set` may give it: `mem-max`'s bound, or `maxmem`.
+    pub fn max_mib(&self) -> u64 {
+        self.mem_max_mib
+            .unwrap_or(self.config.maxmem_mib)
+            .min(ram_mib(&self.config))
+    }
+}
+
+/// The guest RAM a domain of `config` is built with, MiB: `maxmem` when it is
+/// above `memory` (the balloon then starts inflated by the difference, as Xen
+/// starts such a domain with `memory` populated), else `memory`.
+pub fn ram_mib(config: &DomainConfig) -> u64 {
+    config.maxmem_mib.max(config.memory_mib)
 }
 
 /// The directory of records.

@@ -333,7 +333,10 @@ impl Vm {
             virtio_slots::linux_cmdline_entries(slots.occupied())
         );
         let balloon = if spec.balloon {
-            let handle = slots.add_balloon(&kvm.fd, 0)?;
+            let start_pages = spec
+                .balloon_target_mib
+                .map_or(0, |t| balloon_pages(spec.memory_mib, t));
+            let handle = slots.add_balloon(&kvm.fd, start_pages)?;
             tracing::info!(slot = virtio_slots::BALLOON_SLOT, "balloon attached");
             cmdline.push_str(&VirtioSlots::linux_cmdline_entry(
                 virtio_slots::BALLOON_SLOT,
@@ -1097,8 +1100,7 @@ impl ControlTarget for Vm {
                 self.spec.memory_mib
             )));
         }
-        let pages = (self.spec.memory_mib - target_mib) * (1 << 20) / rxen_virtio::BALLOON_PAGE;
-        b.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        b.set_target_pages(balloon_pages(self.spec.memory_mib, target_mib));
         Ok(())
     }
 
@@ -1269,4 +1271,10 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     on_ready();
     let record = event_loop::run(&mut vm, control, console, sigterm)?;
     Ok(record)
+}
+
+/// Balloon pages that leave a guest of `ram_mib` MiB with `target_mib` MiB.
+fn balloon_pages(ram_mib: u64, target_mib: u64) -> u32 {
+    let pages = ram_mib.saturating_sub(target_mib) * (1 << 20) / rxen_virtio::BALLOON_PAGE;
+    u32::try_from(pages).unwrap_or(u32::MAX)
 }

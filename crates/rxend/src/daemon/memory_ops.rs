@@ -9,7 +9,7 @@ use crate::auth::Caller;
 use crate::vmm;
 
 impl Daemon {
-    /// `rxl mem-set`: asks the guest to keep `mib` MiB (within `maxmem` and the boot size).
+    /// `rxl mem-set`: asks the guest to keep `mib` MiB (up to `maxmem`, the RAM it was built with).
     pub fn mem_set(&self, caller: &Caller, r: &str, mib: u64) -> Result<(), DaemonError> {
         if !caller.is_root() {
             return Err(DaemonError::Denied("only root may change memory".into()));
@@ -21,17 +21,11 @@ impl Daemon {
                 .domains
                 .get(&id)
                 .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
-            (e.rec.config.memory_mib, e.rec.config.maxmem_mib)
+            (e.rec.config.memory_mib, e.rec.max_mib())
         };
         if mib == 0 || mib > maxmem {
             return Err(DaemonError::Config(format!(
                 "memory target {mib} MiB is outside 1-{maxmem} MiB (maxmem)"
-            )));
-        }
-        if mib > boot {
-            return Err(DaemonError::Config(format!(
-                "memory target {mib} MiB is above the {boot} MiB the domain booted with: \
-                 rxen balloons within the boot size"
             )));
         }
         vmm::command(&dir, &VmRequest::SetBalloon { target_mib: mib })?;
@@ -52,7 +46,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// `rxl mem-max`: sets the bound for later `mem-set`s (not below the current target).
+    /// `rxl mem-max`: sets the bound for later `mem-set`s (not below the current target, not above the RAM).
     pub fn mem_max(&self, caller: &Caller, r: &str, mib: u64) -> Result<(), DaemonError> {
         if !caller.is_root() {
             return Err(DaemonError::Denied("only root may change memory".into()));
@@ -63,13 +57,20 @@ impl Daemon {
             let Some(e) = t.domains.get_mut(&id) else {
                 return Err(DaemonError::NoSuchDomain(r.to_string()));
             };
-            let current = e.rec.mem_target_mib.unwrap_or(e.rec.config.memory_mib);
+            let current = e.rec.current_mib();
             if mib < current {
                 return Err(DaemonError::Config(format!(
                     "maximum {mib} MiB is below the current memory ({current} MiB): run mem-set first"
                 )));
             }
-            e.rec.config.maxmem_mib = mib;
+            let ram = crate::record::ram_mib(&e.rec.config);
+            if mib > ram {
+                return Err(DaemonError::Config(format!(
+                    "maximum {mib} MiB is above the {ram} MiB of RAM the domain was built with \
+                     (set maxmem in its config to allow more from its next start)"
+                )));
+            }
+            e.rec.mem_max_mib = Some(mib);
             e.rec.clone()
         };
         self.save(&rec)?;

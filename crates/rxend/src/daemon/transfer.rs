@@ -305,7 +305,7 @@ impl Daemon {
     ) -> Result<TransferStats, DaemonError> {
         let reservation = Reservation {
             name: rec.name.clone(),
-            memory_mib: rec.config.memory_mib,
+            memory_mib: crate::record::ram_mib(&rec.config),
             vcpus: rec.config.vcpus,
             config: record.config.clone(),
             config_path: record.config_path.clone(),
@@ -370,7 +370,10 @@ impl Daemon {
     pub fn reserve(&self, r: &Reservation) -> Result<DomainConfig, String> {
         let config: DomainConfig = serde_json::from_value(r.config.clone())
             .map_err(|e| format!("the domain's config is unusable here: {e}"))?;
-        if config.name != r.name || config.memory_mib != r.memory_mib || config.vcpus != r.vcpus {
+        if config.name != r.name
+            || crate::record::ram_mib(&config) != r.memory_mib
+            || config.vcpus != r.vcpus
+        {
             return Err("the reservation does not match the domain's config".into());
         }
         super::check_name(&r.name).map_err(|e| e.to_string())?;

@@ -45,6 +45,7 @@ pub fn spec(dir: &Path, kernel: KernelSource, vcpus: u32, memory_mib: u64) -> Vm
         disks: Vec::new(),
         nics: Vec::new(),
         balloon: false,
+        balloon_target_mib: None,
         max_vcpus: 0,
     }
 }
