@@ -358,3 +358,150 @@ fn a_wrong_key_or_a_host_outside_hosts_allow_is_refused() {
     heartbeat_beyond(&mut con, before);
     assert!(p.b.list_row("mig4").is_none() && p.a.list_row("mig5").is_none());
 }
+
+/// The bytes `blkwrite ... SEED` writes: byte k is `(SEED + 31 * k) mod 256`.
+fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| ((seed as usize + 31 * k) % 256) as u8)
+        .collect()
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("run in netns")
+}
+
+/// A bridge `xbr` with 10.78.0.1/24 in namespace `ns`, as each host's xenbr0.
+fn bridge_in(ns: &str) {
+    for args in [
+        &["ip", "link", "add", "xbr", "type", "bridge"][..],
+        &["ip", "addr", "add", "10.78.0.1/24", "dev", "xbr"],
+        &["ip", "link", "set", "xbr", "up"],
+    ] {
+        let out = in_ns(ns, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+}
+
+/// Whether the guest gets answers to `ping 10.78.0.1` (its host's bridge).
+fn guest_pings_its_host(con: &mut Console) -> bool {
+    con.sync();
+    con.send("ping 10.78.0.1 3");
+    let line = con.wait_for("ping 10.78.0.1: ", BOOT);
+    !line.contains(": 0/")
+}
+
+#[test]
+fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
+    let p = pair();
+    bridge_in(&p.net.a);
+    bridge_in(&p.net.b);
+    // Both "hosts" see the same image, as with shared storage.
+    let dir = tempfile::tempdir().expect("tmp");
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let mac = "00:16:3e:4d:49:47";
+    let mut con = p.a.create_guest(
+        "migdev",
+        1,
+        16,
+        &format!(
+            "disk = [ 'file:{},xvda,w' ]\nvif = [ 'bridge=xbr,mac={mac}' ]",
+            img.display()
+        ),
+    );
+    con.sync();
+    con.send("ip 10.78.0.2/24");
+    con.wait_for("ip 10.78.0.2/24 on nic", BOOT);
+    con.send("blkwrite xvda 100 16 7");
+    con.wait_for("blkwrite ok", BOOT);
+    assert!(guest_pings_its_host(&mut con), "no network on A");
+    let before = heartbeat_beyond(&mut con, 2);
+    let since = std::time::Instant::now();
+
+    let out =
+        p.a.rxl(&["migrate", "--key", &p.key, "migdev", p.net.addr_b]);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\nA: {}\nB: {}",
+        String::from_utf8_lossy(&out.stderr),
+        p.a.rxend_log(),
+        p.b.rxend_log()
+    );
+    assert!(p.a.list_row("migdev").is_none(), "still on A");
+    // The target announced the guest's MAC: B's bridge learned it on the
+    // guest's port before the guest sent anything there.
+    let fdb =
+        String::from_utf8_lossy(&in_ns(&p.net.b, &["bridge", "fdb", "show", "br", "xbr"]).stdout)
+            .into_owned();
+    assert!(fdb.contains(mac), "B's bridge did not learn {mac}: {fdb}");
+
+    let mut con = p.b.console("migdev");
+    let after = con.heartbeat();
+    assert_continues(before, after, since);
+    // The disk: what was written on A reads back on B, and B's writes land.
+    con.send("blkread xvda 100 16");
+    let line = con.wait_for("blkread crc32=", BOOT);
+    assert!(
+        line.ends_with(&format!(
+            "crc32={:08x}",
+            crc32fast::hash(&pattern(7, 16 * 512))
+        )),
+        "{line}"
+    );
+    con.send("blkwrite xvda 200 8 9");
+    con.wait_for("blkwrite ok", BOOT);
+    con.send("blkflush xvda");
+    con.wait_for("blkflush ok", BOOT);
+    let data = std::fs::read(&img).expect("read image");
+    assert_eq!(&data[200 * 512..208 * 512], &pattern(9, 8 * 512)[..]);
+    // The NIC: its queues went on where they were, on B's bridge.
+    assert!(guest_pings_its_host(&mut con), "no network on B");
+}
+
+#[test]
+fn a_domain_with_a_disk_saves_and_restores_with_its_queues() {
+    let host = Host::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let mut con = host.create_guest(
+        "savedev",
+        1,
+        16,
+        &format!("disk = [ 'file:{},xvda,w' ]", img.display()),
+    );
+    con.sync();
+    con.send("blkwrite xvda 40 8 3");
+    con.wait_for("blkwrite ok", BOOT);
+    let file = dir.path().join("savedev.save");
+    let f = file.to_str().expect("utf-8");
+    host.rxl_ok(&["save", "savedev", f]);
+    assert!(host.list_row("savedev").is_none());
+    host.rxl_ok(&["restore", f]);
+    let mut con = host.console("savedev");
+    heartbeat_beyond(&mut con, 1);
+    // The request ring goes on from where it was: reads and writes work.
+    con.send("blkread xvda 40 8");
+    let line = con.wait_for("blkread crc32=", BOOT);
+    assert!(
+        line.ends_with(&format!(
+            "crc32={:08x}",
+            crc32fast::hash(&pattern(3, 8 * 512))
+        )),
+        "{line}"
+    );
+    con.send("blkwrite xvda 60 8 4");
+    con.wait_for("blkwrite ok", BOOT);
+    con.send("blkflush xvda");
+    con.wait_for("blkflush ok", BOOT);
+    let data = std::fs::read(&img).expect("read image");
+    assert_eq!(&data[60 * 512..68 * 512], &pattern(4, 8 * 512)[..]);
+}

@@ -235,6 +235,49 @@ impl VirtioDevice for Balloon {
         self.shared.actual.store(0, Ordering::SeqCst);
     }
 
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| crate::device::positions(&a.queues))
+            .unwrap_or_default()
+    }
+
+    fn save_state(&mut self) -> serde_json::Value {
+        serde_json::json!({
+            "num_pages": self.shared.num_pages.load(Ordering::SeqCst),
+            "actual": self.shared.actual.load(Ordering::SeqCst),
+            "pages": self.pages.iter().collect::<Vec<_>>(),
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), DeviceError> {
+        let field = |name: &str| {
+            state
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| DeviceError::BadState(format!("balloon: no {name}")))
+        };
+        let pages = state
+            .get("pages")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| DeviceError::BadState("balloon: no pages".into()))?
+            .iter()
+            .map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
+            .collect::<Option<BTreeSet<u32>>>()
+            .ok_or_else(|| DeviceError::BadState("balloon: a page is not a number".into()))?;
+        self.shared
+            .num_pages
+            .store(field("num_pages")?, Ordering::SeqCst);
+        self.shared.actual.store(field("actual")?, Ordering::SeqCst);
+        // Ballooned pages arrive as zero pages: the host backs none of them.
+        self.shared
+            .inflated
+            .store(pages.len() as u64, Ordering::SeqCst);
+        self.pages = pages;
+        Ok(())
+    }
+
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
         if index != INFLATEQ && index != DEFLATEQ {
             return Err(DeviceError::NoSuchQueue(index));

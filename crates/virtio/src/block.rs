@@ -241,6 +241,22 @@ impl VirtioDevice for Block {
         self.active = None;
     }
 
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| crate::device::positions([&a.queue]))
+            .unwrap_or_default()
+    }
+
+    fn save_state(&mut self) -> serde_json::Value {
+        // Requests complete before they are marked used; what they wrote
+        // must be on stable storage before another host opens the disk.
+        if let Err(e) = self.disk.flush() {
+            tracing::warn!("virtio-blk: flush before saving state failed: {e}");
+        }
+        serde_json::Value::Null
+    }
+
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
         if index != 0 {
             return Err(DeviceError::NoSuchQueue(index));

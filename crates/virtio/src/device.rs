@@ -31,6 +31,9 @@ pub enum DeviceError {
     /// A queue index the device does not have.
     #[error("the device has no queue {0}")]
     NoSuchQueue(u16),
+    /// Saved device state that does not fit this device.
+    #[error("saved state does not fit: {0}")]
+    BadState(String),
     /// The driver broke a queue's ring (for instance an available index too far ahead).
     #[error("queue {index} is broken: {source}")]
     BrokenQueue {
@@ -80,6 +83,36 @@ pub trait VirtioDevice: Send {
 
     /// Handles the driver's notification for queue `index`: consumes available buffers and signals used ones.
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError>;
+
+    /// How far the device got in each of its active queues: `(next_avail,
+    /// next_used)` per queue, empty while it is not activated (or for a device
+    /// that cannot be saved: its queues then restart where the driver set them up).
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        Vec::new()
+    }
+
+    /// The device model's own state for a save file or a migration, taken
+    /// while its transport is frozen (a disk flushes its writes here).
+    fn save_state(&mut self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Called on a migration's target once the guest runs there (a NIC
+    /// announces its MAC, so that switches learn the new port).
+    fn after_migration(&mut self) {}
+
+    /// Applies what `save_state` returned, after the transport re-activated the device.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}
+
+/// `(next_avail, next_used)` of each queue.
+pub fn positions<'a>(queues: impl IntoIterator<Item = &'a Queue>) -> Vec<(u16, u16)> {
+    queues
+        .into_iter()
+        .map(|q| (q.next_avail(), q.next_used()))
+        .collect()
 }
 
 /// Copies `config[offset..]` into `data`, filling whatever lies beyond `config` with zeros.

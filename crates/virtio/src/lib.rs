@@ -52,13 +52,15 @@ pub mod device;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod state;
 
 pub use balloon::{Balloon, BalloonError, BalloonHandle, BALLOON_PAGE};
 pub use block::{Block, BlockConfig, BlockError, BlockStats, BlockStatsSnapshot};
 pub use device::{Activation, DeviceError, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptKind, IrqLine};
-pub use mmio::{MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use mmio::{MmioError, MmioStateError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use net::{Net, NetConfig, NetError, NetStats, NetStatsSnapshot, Tap};
+pub use state::{QueueRecord, TransportState};
 
 /// The guest memory type devices work on: the VMM's, with a dirty bitmap so that device writes are tracked for migration.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

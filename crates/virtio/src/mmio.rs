@@ -15,11 +15,12 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio as reg;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 
 use crate::device::{Activation, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptKind, IrqLine};
+use crate::state::{QueueRecord, TransportState};
 use crate::GuestMemoryMmap;
 
 /// Size of the MMIO window of one device, in bytes.
@@ -58,6 +59,11 @@ pub enum MmioError {
     TooManyQueues(usize),
 }
 
+/// Saved transport state that cannot be applied here.
+#[derive(Debug, thiserror::Error)]
+#[error("virtio device state: {0}")]
+pub struct MmioStateError(pub String);
+
 /// A virtio-mmio (version 2) transport in front of one device.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -72,6 +78,10 @@ pub struct MmioTransport {
     shm_sel: u32,
     config_generation: u32,
     activated: bool,
+    /// While frozen (for a save or migration) notifications are only noted.
+    frozen: bool,
+    /// Queues notified while frozen (bit per queue index).
+    missed: u64,
 }
 
 impl MmioTransport {
@@ -106,6 +116,8 @@ impl MmioTransport {
             shm_sel: 0,
             config_generation: 0,
             activated: false,
+            frozen: false,
+            missed: 0,
         })
     }
 
@@ -150,6 +162,10 @@ impl MmioTransport {
         {
             return;
         }
+        if self.frozen {
+            self.missed |= 1u64.checked_shl(u32::from(queue)).unwrap_or(0);
+            return;
+        }
         if let Err(e) = self.device.process_queue(queue) {
             tracing::warn!("virtio device type {}: {e}", self.device.device_type());
             self.needs_reset();
@@ -164,6 +180,159 @@ impl MmioTransport {
             self.irq.signal(InterruptKind::Config)?;
         }
         Ok(())
+    }
+
+    /// Stops the device from touching guest memory: notifications (from the
+    /// driver, the TAP, timers) are noted, not processed, until [`Self::thaw`].
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// Lets the device run again and processes what was noted meanwhile.
+    pub fn thaw(&mut self) {
+        self.frozen = false;
+        let missed = std::mem::take(&mut self.missed);
+        for q in 0..self.queues.len().min(64) {
+            if missed & (1u64 << q) != 0 {
+                if let Ok(q) = u16::try_from(q) {
+                    self.notify(q);
+                }
+            }
+        }
+    }
+
+    /// The registers, queues and device state, for a save file or migration.
+    /// Call it frozen, so that the queues' progress matches guest memory.
+    pub fn save_state(&mut self) -> TransportState {
+        let live = if self.activated {
+            self.device.queue_positions()
+        } else {
+            Vec::new()
+        };
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (next_avail, next_used) = live
+                    .get(i)
+                    .copied()
+                    .unwrap_or((q.next_avail(), q.next_used()));
+                QueueRecord {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                    next_avail,
+                    next_used,
+                }
+            })
+            .collect();
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            shm_sel: self.shm_sel,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.irq.status(),
+            queues,
+            device: if self.activated {
+                self.device.save_state()
+            } else {
+                serde_json::Value::Null
+            },
+        }
+    }
+
+    /// Puts the transport and its device where `st` says the driver left
+    /// them (on a fresh transport, before the guest runs): re-activates the
+    /// device with the saved queue positions, re-raises a pending interrupt
+    /// and processes every queue once for notifications lost on the way.
+    pub fn restore_state(&mut self, st: &TransportState) -> Result<(), MmioStateError> {
+        let kind = self.device.device_type();
+        if st.device_type != kind {
+            return Err(MmioStateError(format!(
+                "saved device type {} is not this device's ({kind})",
+                st.device_type
+            )));
+        }
+        if st.queues.len() != self.queues.len() {
+            return Err(MmioStateError(format!(
+                "{} saved queues for a device with {}",
+                st.queues.len(),
+                self.queues.len()
+            )));
+        }
+        self.reset();
+        let event_idx = st.driver_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for (q, r) in self.queues.iter_mut().zip(&st.queues) {
+            let state = QueueState {
+                max_size: q.max_size(),
+                next_avail: r.next_avail,
+                next_used: r.next_used,
+                event_idx_enabled: event_idx,
+                size: r.size,
+                ready: r.ready,
+                desc_table: r.desc_table,
+                avail_ring: r.avail_ring,
+                used_ring: r.used_ring,
+            };
+            *q = Queue::try_from(state)
+                .map_err(|e| MmioStateError(format!("saved queue is invalid: {e}")))?;
+        }
+        self.status = st.status;
+        self.driver_features = st.driver_features;
+        if !self.features_acceptable() && st.status & STATUS_FEATURES_OK != 0 {
+            return Err(MmioStateError(format!(
+                "saved features {:#x} are not offered here",
+                st.driver_features
+            )));
+        }
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.queue_sel = st.queue_sel;
+        self.shm_sel = st.shm_sel;
+        self.config_generation = st.config_generation;
+        if st.activated {
+            self.activate();
+            if !self.activated {
+                return Err(MmioStateError(
+                    "the device did not accept its saved queues".into(),
+                ));
+            }
+            self.device
+                .restore_state(&st.device)
+                .map_err(|e| MmioStateError(e.to_string()))?;
+        }
+        if st.interrupt_status != 0 {
+            for kind in [InterruptKind::Queue, InterruptKind::Config] {
+                if st.interrupt_status & kind.status_bit() != 0 {
+                    self.irq
+                        .signal(kind)
+                        .map_err(|e| MmioStateError(format!("cannot raise the interrupt: {e}")))?;
+                }
+            }
+        }
+        if self.activated {
+            for q in 0..self.queues.len() {
+                if let Ok(q) = u16::try_from(q) {
+                    self.notify(q);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the device the guest now runs on this host after a migration.
+    pub fn after_migration(&mut self) {
+        if self.activated {
+            self.device.after_migration();
+        }
     }
 
     /// The Status register as the driver sees it.
@@ -447,6 +616,8 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.shm_sel = 0;
         self.activated = false;
+        self.frozen = false;
+        self.missed = 0;
         self.irq.clear();
     }
 }
@@ -825,6 +996,50 @@ mod tests {
         assert_eq!(rd(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 1);
         wr(&mut t, reg::VIRTIO_MMIO_INTERRUPT_ACK, 1);
         assert_eq!(rd(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn frozen_notifications_wait_for_thaw() {
+        let (mut t, seen, _) = transport();
+        bring_up(&mut t);
+        t.freeze();
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        t.notify(0);
+        assert!(seen.lock().expect("lock").processed.is_empty());
+        t.thaw();
+        assert_eq!(seen.lock().expect("lock").processed, vec![0]);
+    }
+
+    #[test]
+    fn saved_state_rebuilds_an_active_transport() {
+        let (mut t, _, _) = transport();
+        bring_up(&mut t);
+        wr(&mut t, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        let st = t.save_state();
+        assert!(st.activated);
+        assert_eq!(st.interrupt_status, 1);
+        assert_eq!(st.queues[0].size, 16);
+        assert_eq!(st.queues[0].desc_table, 0x1000);
+        let json = serde_json::to_string(&st).expect("json");
+        let back: TransportState = serde_json::from_str(&json).expect("parse");
+        let (mut u, seen, rec) = transport();
+        u.restore_state(&back).expect("restore");
+        assert_eq!(status(&mut u), status(&mut t));
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.activations.len(), 1);
+        assert_eq!(seen.activations[0].1[0].0, 16);
+        assert_eq!(seen.activations[0].1[0].2, 0x1000);
+        // Every queue is processed once for notifications lost on the way,
+        // and the pending interrupt is raised again.
+        assert_eq!(seen.processed, vec![0, 1]);
+        assert!(rec.seen().contains(&InterruptKind::Queue));
+        // Another device type or shape is refused.
+        let mut other = back.clone();
+        other.device_type = 2;
+        assert!(transport().0.restore_state(&other).is_err());
+        let mut other = back;
+        other.queues.pop();
+        assert!(transport().0.restore_state(&other).is_err());
     }
 
     #[test]

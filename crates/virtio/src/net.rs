@@ -76,6 +76,22 @@ struct Active {
     irq: Arc<IrqLine>,
 }
 
+/// A reverse-ARP broadcast from `mac`, the frame QEMU sends after a
+/// migration so that bridges and switches learn the guest's new port.
+pub fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xFF; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x80, 0x35]); // EtherType RARP
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]); // Ethernet/IPv4, reverse request
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0);
+    f
+}
+
 /// A virtio-net device.
 pub struct Net {
     backend: Box<dyn NetBackend>,
@@ -470,6 +486,21 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.pending_rx = None;
+    }
+
+    fn after_migration(&mut self) {
+        let mac: [u8; 6] = self.config_space[..6].try_into().unwrap_or([0; 6]);
+        match self.backend.send(&rarp_announcement(mac)) {
+            Ok(()) => tracing::info!("virtio-net: announced {mac:02x?} after migration"),
+            Err(e) => tracing::warn!("virtio-net: cannot announce the MAC: {e}"),
+        }
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .as_ref()
+            .map(|a| crate::device::positions([&a.rx, &a.tx]))
+            .unwrap_or_default()
     }
 
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {

@@ -320,7 +320,9 @@ impl Vm {
         let slots = Arc::new(VirtioSlots::new(Arc::new(mem.clone())));
         for d in &spec.disks {
             let shared = d.shared_writable;
-            let slot = slots.add_disk(&kvm.fd, d, shared)?;
+            // An incoming migration's source still holds the disk's lock:
+            // it is taken once the stream is in.
+            let slot = slots.add_disk(&kvm.fd, d, shared, incoming.is_some())?;
             tracing::info!(slot, vdev = %d.vdev, path = %d.path.display(), ro = d.read_only, "disk attached");
         }
         for n in &spec.nics {
@@ -366,6 +368,7 @@ impl Vm {
                 spec.vcpus,
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
+            slots.take_disk_locks(Duration::from_secs(5))?;
             Some(r)
         } else {
             None
@@ -438,6 +441,7 @@ impl Vm {
         }
         let mut serial_state = None;
         let mut host_request_value = 0u8;
+        let mut slot_states = Vec::new();
         let kind = match &from {
             Restore::Boot(kernel) => kernel.kind,
             Restore::Saved(r) => {
@@ -458,6 +462,10 @@ impl Vm {
                                 .and_then(|v| u8::try_from(v).ok())
                                 .ok_or_else(|| bad_device("power", "no host_request"))?
                         }
+                        other if other.starts_with("virtio:") => slot_states.push(
+                            serde_json::from_value::<virtio_slots::SlotState>(d.state.clone())
+                                .map_err(|e| bad_device(other, e))?,
+                        ),
                         other => return Err(bad_device(other, "unknown device")),
                     }
                 }
@@ -470,6 +478,11 @@ impl Vm {
         };
         if let Restore::Boot(kernel) = &from {
             Self::write_boot_info(&spec, &mem, kernel, &pending)?;
+        }
+        // Streams from before devices were saved carry none: the devices then
+        // start fresh, as they did.
+        if !slot_states.is_empty() {
+            slots.restore_states(&slot_states)?;
         }
         Self::finish(
             spec,
@@ -749,10 +762,14 @@ impl Vm {
             .collect()
     }
 
-    /// The device records.
+    /// The device records (virtio devices frozen, guest paused).
     fn device_records(&self) -> Vec<DeviceRecord> {
         let serial = crate::lock(&self.serial).snapshot();
-        vec![
+        let virtio = self.slots.save_states().into_iter().map(|st| DeviceRecord {
+            name: format!("virtio:{}", st.slot),
+            state: serde_json::to_value(st).unwrap_or_default(),
+        });
+        let mut out = vec![
             DeviceRecord {
                 name: "serial".into(),
                 state: serde_json::to_value(serial).unwrap_or_default(),
@@ -761,7 +778,17 @@ impl Vm {
                 name: "power".into(),
                 state: serde_json::json!({ "host_request": self.host_request.get() }),
             },
-        ]
+        ];
+        out.extend(virtio);
+        out
+    }
+
+    /// Lets the devices and the vCPUs run again after a transfer stopped them.
+    fn resume_after_transfer(&self, was_paused: bool) {
+        self.slots.thaw_all();
+        if !was_paused {
+            self.control.unpause();
+        }
     }
 
     /// Writes the whole stream to `out`. Live: pre-copy rounds with dirty
@@ -773,13 +800,6 @@ impl Vm {
         out: W,
         opts: &SendOptions<'_>,
     ) -> Result<Sent<W>, TransferError> {
-        if self.slots.occupied() > 0 {
-            // Virtio queues and their I/O threads are not in the stream yet.
-            return Err(TransferError::Mismatch(
-                "saving or migrating a domain with virtual disks or NICs is not supported yet"
-                    .into(),
-            ));
-        }
         let started = Instant::now();
         let was_paused = self.control.is_paused();
         let mut log = None;
@@ -796,9 +816,7 @@ impl Vm {
                 started,
             }),
             Err(e) => {
-                if !was_paused {
-                    self.control.unpause();
-                }
+                self.resume_after_transfer(was_paused);
                 Err(e)
             }
         }
@@ -865,6 +883,9 @@ impl Vm {
             .map_err(|e| TransferError::Peer(e.to_string()))?;
         let paused_at = Instant::now();
         self.settle_vcpus()?;
+        // From here no device writes guest memory: the last pages and the
+        // queues' progress describe the same moment.
+        self.slots.freeze_all();
         let last = match (log.as_ref(), hashes.as_ref()) {
             (Some(d), Some(h)) => {
                 let logged = d.collect(&self.kvm, &self.mem)?;
@@ -931,9 +952,7 @@ impl Vm {
             .and_then(|f| f.sync_all());
         if let Err(e) = synced {
             let _ = std::fs::remove_file(path);
-            if !sent.was_paused {
-                self.control.unpause();
-            }
+            self.resume_after_transfer(sent.was_paused);
             return Err(TransferError::Peer(format!(
                 "cannot write {}: {e}",
                 path.display()
@@ -944,8 +963,8 @@ impl Vm {
             AfterSave::Exit => self
                 .exit
                 .request(ExitReason::Saved, format!("saved to {}", path.display())),
-            AfterSave::Resume if !sent.was_paused => self.control.unpause(),
-            AfterSave::Resume | AfterSave::Pause => {}
+            AfterSave::Resume => self.resume_after_transfer(sent.was_paused),
+            AfterSave::Pause => self.slots.thaw_all(),
         }
         stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
@@ -965,10 +984,13 @@ impl Vm {
         set_timeout(&sock, Some(Duration::from_secs(60)));
         let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), opts)?;
         drop(sent.writer);
+        // The target takes the disks' locks once the stream is in.
+        self.slots.release_disk_locks();
         let resume_here = |vm: &Self, e: TransferError| {
-            if !sent.was_paused {
-                vm.control.unpause();
+            if let Err(lock) = vm.slots.take_disk_locks(Duration::from_secs(5)) {
+                tracing::error!("resuming after a failed migration: {lock}");
             }
+            vm.resume_after_transfer(sent.was_paused);
             tracing::warn!("migration failed, domain resumed here: {e}");
             e
         };
@@ -1138,7 +1160,7 @@ impl ControlTarget for Vm {
     fn attach_disk(&mut self, disk: &DiskDevice) -> Result<(), ControlError> {
         let slot = self
             .slots
-            .add_disk(&self.kvm.fd, disk, disk.shared_writable)
+            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false)
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
         self.slots.announce_attach();
@@ -1266,6 +1288,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
             tracing::warn!("cannot tell the source that the domain runs: {e}");
         }
         tracing::info!("incoming migration complete; the domain runs here");
+        vm.slots.after_migration();
     }
     drop(incoming);
     on_ready();

@@ -419,24 +419,21 @@ impl Daemon {
         channel: OwnedFd,
         from: &str,
     ) -> Result<Created, DaemonError> {
+        let vifs = config.vifs.len();
         let created =
             self.start_from(config, r.config_path.clone(), r.paused, None, Some(channel))?;
+        // The VMM announces each NIC's MAC (a RARP broadcast into its TAP, as
+        // QEMU does) once the guest runs, so that bridges learn the new port.
         self.log.info(format!(
-            "domain {} ({}) received from {from}; it runs here now",
-            created.domid, created.name
+            "domain {} ({}) received from {from}; it runs here now{}",
+            created.domid,
+            created.name,
+            if vifs > 0 {
+                format!(" and its {vifs} NIC(s) announced their MACs")
+            } else {
+                String::new()
+            }
         ));
-        announce_macs(self, &created);
         Ok(created)
     }
-}
-
-/// Announces the guest's MAC addresses on its networks after it arrived, so
-/// that switches learn its new port (as QEMU does after migration).
-fn announce_macs(daemon: &Daemon, created: &Created) {
-    // rxen has no virtual NICs yet: when they come, send a gratuitous RARP
-    // from each vif's MAC on its TAP here.
-    daemon.log.info(format!(
-        "domain {} ({}): no network interfaces to announce",
-        created.domid, created.name
-    ));
 }

@@ -99,6 +99,14 @@ pub enum SlotError {
         /// The device ID.
         devid: u32,
     },
+    /// A saved device state does not fit the device here.
+    #[error("virtio slot {slot}: {why}")]
+    Restore {
+        /// The slot.
+        slot: usize,
+        /// What does not fit.
+        why: String,
+    },
     /// No device with this ID.
     #[error("no {kind} with device ID {devid}")]
     NotFound {
@@ -138,6 +146,8 @@ pub enum SlotKind {
         spec: DiskDevice,
         /// Its counters.
         stats: Arc<BlockStats>,
+        /// The open image that carries its sharing lock (none for `w!`).
+        lock: Option<Arc<std::fs::File>>,
     },
     /// A virtio-net NIC.
     Nic {
@@ -151,6 +161,26 @@ pub enum SlotKind {
         /// The VMM's side of it.
         handle: rxen_virtio::BalloonHandle,
     },
+}
+
+/// How a slot's device is named in saved state: `disk:xvda`, `nic:0`, `balloon`.
+fn describe(kind: &SlotKind) -> String {
+    match kind {
+        SlotKind::Disk { spec, .. } => format!("disk:{}", spec.vdev),
+        SlotKind::Nic { spec, .. } => format!("nic:{}", spec.devid),
+        SlotKind::Balloon { .. } => "balloon".into(),
+    }
+}
+
+/// One slot's saved device.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SlotState {
+    /// The slot.
+    pub slot: usize,
+    /// Which device (`disk:xvda`, `nic:0`, `balloon`), checked on restore.
+    pub device: String,
+    /// Its registers, queues and model state.
+    pub transport: rxen_virtio::TransportState,
 }
 
 /// The slot the balloon takes: the last one, so that disks and NICs keep slots from 0.
@@ -200,6 +230,24 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// The `flock` operation that guards disk `d`: exclusive for `w`, shared for `r`.
+fn lock_op(d: &DiskDevice) -> libc::c_int {
+    if d.read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    }
+}
+
+/// Takes (or with `LOCK_UN` drops) the sharing lock of an open disk.
+fn flock(file: &std::fs::File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on an fd we own; no pointers.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Opens a disk and takes its sharing lock: exclusive for `w`, shared for `r`, none for `w!`.
 fn open_disk(d: &DiskDevice, shared_writable: bool) -> Result<std::fs::File, SlotError> {
     let path = d.path.display().to_string();
@@ -212,16 +260,8 @@ fn open_disk(d: &DiskDevice, shared_writable: bool) -> Result<std::fs::File, Slo
             path: path.clone(),
             source,
         })?;
-    if !shared_writable {
-        let op = if d.read_only {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        // SAFETY: flock on an fd we own; no pointers.
-        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            return Err(SlotError::DiskInUse(path));
-        }
+    if !shared_writable && flock(&file, lock_op(d)).is_err() {
+        return Err(SlotError::DiskInUse(path));
     }
     Ok(file)
 }
@@ -378,14 +418,30 @@ impl VirtioSlots {
     }
 
     /// Opens a disk and puts it in the lowest free slot; returns the slot.
-    pub fn add_disk(&self, vm: &VmFd, d: &DiskDevice, shared: bool) -> Result<usize, SlotError> {
+    /// `shared` (`w!`) takes no lock; `defer_lock` opens it without the lock
+    /// for now (an incoming migration, whose source still holds it), to be
+    /// taken by [`Self::take_disk_locks`].
+    pub fn add_disk(
+        &self,
+        vm: &VmFd,
+        d: &DiskDevice,
+        shared: bool,
+        defer_lock: bool,
+    ) -> Result<usize, SlotError> {
         if self.has(true, d.devid) {
             return Err(SlotError::Duplicate {
                 kind: "disk",
                 devid: d.devid,
             });
         }
-        let file = open_disk(d, shared)?;
+        let file = open_disk(d, shared || defer_lock)?;
+        let lock = if shared {
+            None
+        } else {
+            Some(Arc::new(
+                file.try_clone().map_err(sys("duplicate a disk fd"))?,
+            ))
+        };
         let block = Block::new(
             file,
             BlockConfig {
@@ -405,6 +461,7 @@ impl VirtioSlots {
             SlotKind::Disk {
                 spec: d.clone(),
                 stats,
+                lock,
             },
             Vec::new(),
         )
@@ -563,6 +620,115 @@ impl VirtioSlots {
         Ok(idx)
     }
 
+    fn devices(&self) -> Vec<(usize, Arc<SlotDev>)> {
+        self.read_slots()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i, d.clone()?)))
+            .collect()
+    }
+
+    /// Stops every device from touching guest memory (see [`MmioTransport::freeze`]).
+    pub fn freeze_all(&self) {
+        for (_, d) in self.devices() {
+            lock(&d.transport).freeze();
+        }
+    }
+
+    /// Lets every device run again.
+    pub fn thaw_all(&self) {
+        for (_, d) in self.devices() {
+            lock(&d.transport).thaw();
+        }
+    }
+
+    /// Every device's state, in slot order (devices frozen, guest paused).
+    pub fn save_states(&self) -> Vec<SlotState> {
+        self.devices()
+            .into_iter()
+            .map(|(slot, d)| SlotState {
+                slot,
+                device: describe(&d.kind),
+                transport: lock(&d.transport).save_state(),
+            })
+            .collect()
+    }
+
+    /// Applies saved device states; each must find the same device in the
+    /// same slot here (the target was built from the same config).
+    pub fn restore_states(&self, states: &[SlotState]) -> Result<(), SlotError> {
+        let here = self.devices();
+        for st in states {
+            let dev = here
+                .iter()
+                .find(|(slot, _)| *slot == st.slot)
+                .map(|(_, d)| d)
+                .filter(|d| describe(&d.kind) == st.device)
+                .ok_or_else(|| SlotError::Restore {
+                    slot: st.slot,
+                    why: format!("no {} in this slot here", st.device),
+                })?;
+            lock(&dev.transport)
+                .restore_state(&st.transport)
+                .map_err(|e| SlotError::Restore {
+                    slot: st.slot,
+                    why: e.to_string(),
+                })?;
+        }
+        if let Some((slot, d)) = here
+            .iter()
+            .find(|(slot, _)| !states.iter().any(|s| s.slot == *slot))
+        {
+            return Err(SlotError::Restore {
+                slot: *slot,
+                why: format!("{} is not in the saved state", describe(&d.kind)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Tells every device the guest runs here after a migration (NICs announce their MACs).
+    pub fn after_migration(&self) {
+        for (_, d) in self.devices() {
+            lock(&d.transport).after_migration();
+        }
+    }
+
+    /// Drops every disk's sharing lock (a migration's source, once its
+    /// devices are saved: the target takes them).
+    pub fn release_disk_locks(&self) {
+        for (_, d) in self.devices() {
+            if let SlotKind::Disk {
+                lock: Some(file), ..
+            } = &d.kind
+            {
+                let _ = flock(file, libc::LOCK_UN);
+            }
+        }
+    }
+
+    /// Takes every disk's sharing lock, waiting up to `wait` for a
+    /// migration's source to let go of it.
+    pub fn take_disk_locks(&self, wait: Duration) -> Result<(), SlotError> {
+        let until = Instant::now() + wait;
+        for (_, d) in self.devices() {
+            if let SlotKind::Disk {
+                spec,
+                lock: Some(file),
+                ..
+            } = &d.kind
+            {
+                while flock(file, lock_op(spec)).is_err() {
+                    if Instant::now() >= until {
+                        return Err(SlotError::DiskInUse(spec.path.display().to_string()));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Asks the guest to let go of the device in `slot` (hotplug port 0x515) and bumps the generation.
     fn request_detach(&self, slot: usize) {
         self.detach_mask.fetch_or(1 << slot, Ordering::SeqCst);
@@ -666,7 +832,7 @@ impl VirtioSlots {
         for (slot, dev) in self.read_slots().iter().enumerate() {
             let Some(dev) = dev else { continue };
             match &dev.kind {
-                SlotKind::Disk { spec, stats } => {
+                SlotKind::Disk { spec, stats, .. } => {
                     let s = stats.snapshot();
                     disks.push(DiskStats {
                         devid: spec.devid,
