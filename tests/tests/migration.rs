@@ -386,6 +386,17 @@ fn bridge_in(ns: &str) {
     }
 }
 
+/// Pages the guest says it has given back (`balloon` on its console).
+fn ballooned_pages(con: &mut Console) -> u64 {
+    con.sync();
+    con.send("balloon");
+    let line = con.wait_for("pages (", BOOT);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in {line:?}"))
+}
+
 /// Whether the guest gets answers to `ping 10.78.0.1` (its host's bridge).
 fn guest_pings_its_host(con: &mut Console) -> bool {
     con.sync();
@@ -421,6 +432,11 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     con.send("blkwrite xvda 100 16 7");
     con.wait_for("blkwrite ok", BOOT);
     assert!(guest_pings_its_host(&mut con), "no network on A");
+    // The balloon holds 4 MiB when the domain moves.
+    p.a.rxl_ok(&["mem-set", "migdev", "12"]);
+    wait_until(BOOT, "the guest inflates its balloon", || {
+        ballooned_pages(&mut con) == 4 * 256
+    });
     let before = heartbeat_beyond(&mut con, 2);
     let since = std::time::Instant::now();
 
@@ -462,6 +478,14 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     assert_eq!(&data[200 * 512..208 * 512], &pattern(9, 8 * 512)[..]);
     // The NIC: its queues went on where they were, on B's bridge.
     assert!(guest_pings_its_host(&mut con), "no network on B");
+    // The balloon came along: B knows the target, and the guest gives the
+    // pages back when asked there.
+    assert_eq!(p.b.list_row("migdev").expect("listed on B")[2], "12");
+    assert_eq!(ballooned_pages(&mut con), 4 * 256);
+    p.b.rxl_ok(&["mem-set", "migdev", "16"]);
+    wait_until(BOOT, "the guest deflates its balloon on B", || {
+        ballooned_pages(&mut con) == 0
+    });
 }
 
 #[test]

@@ -462,6 +462,17 @@ impl Vm {
                                 .and_then(|v| u8::try_from(v).ok())
                                 .ok_or_else(|| bad_device("power", "no host_request"))?
                         }
+                        "vcpus" => {
+                            let mask = |k: &str| {
+                                d.state
+                                    .get(k)
+                                    .and_then(serde_json::Value::as_u64)
+                                    .and_then(|v| u32::try_from(v).ok())
+                            };
+                            let wanted =
+                                mask("wanted").ok_or_else(|| bad_device("vcpus", "no wanted"))?;
+                            extras.1.restore(wanted, mask("reported"));
+                        }
                         other if other.starts_with("virtio:") => slot_states.push(
                             serde_json::from_value::<virtio_slots::SlotState>(d.state.clone())
                                 .map_err(|e| bad_device(other, e))?,
@@ -779,6 +790,13 @@ impl Vm {
                 state: serde_json::json!({ "host_request": self.host_request.get() }),
             },
         ];
+        out.push(DeviceRecord {
+            name: "vcpus".into(),
+            state: serde_json::json!({
+                "wanted": self.vcpu_masks.wanted(),
+                "reported": self.vcpu_masks.reported(),
+            }),
+        });
         out.extend(virtio);
         out
     }

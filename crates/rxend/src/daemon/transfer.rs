@@ -38,6 +38,24 @@ pub struct Reservation {
     /// Leave the domain paused on the target.
     #[serde(default)]
     pub paused: bool,
+    /// What `rxl mem-set`, `mem-max` and `vcpu-set` changed on the source,
+    /// so that the target's record (and `rxl list`) agree with the guest.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Settings changed on a running domain that are not in its config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeSettings {
+    /// The balloon target (`rxl mem-set`).
+    #[serde(default)]
+    pub mem_target_mib: Option<u64>,
+    /// The bound of `rxl mem-max`.
+    #[serde(default)]
+    pub mem_max_mib: Option<u64>,
+    /// vCPUs online (`rxl vcpu-set`).
+    #[serde(default)]
+    pub online_vcpus: Option<u32>,
 }
 
 /// `rxl migrate`'s options, as rxend gets them.
@@ -310,6 +328,11 @@ impl Daemon {
             config: record.config.clone(),
             config_path: record.config_path.clone(),
             paused: opts.paused,
+            runtime: RuntimeSettings {
+                mem_target_mib: rec.mem_target_mib,
+                mem_max_mib: rec.mem_max_mib,
+                online_vcpus: rec.online_vcpus,
+            },
         };
         let channel: OwnedFd = match &opts.channel {
             Some(fd) => fd.try_clone().map_err(transfer_err)?,
@@ -422,6 +445,18 @@ impl Daemon {
         let vifs = config.vifs.len();
         let created =
             self.start_from(config, r.config_path.clone(), r.paused, None, Some(channel))?;
+        let rec = {
+            let mut t = self.table();
+            t.domains.get_mut(&created.domid).map(|e| {
+                e.rec.mem_target_mib = r.runtime.mem_target_mib;
+                e.rec.mem_max_mib = r.runtime.mem_max_mib;
+                e.rec.online_vcpus = r.runtime.online_vcpus;
+                e.rec.clone()
+            })
+        };
+        if let Some(rec) = rec {
+            self.save(&rec)?;
+        }
         // The VMM announces each NIC's MAC (a RARP broadcast into its TAP, as
         // QEMU does) once the guest runs, so that bridges learn the new port.
         self.log.info(format!(

@@ -47,6 +47,15 @@ impl VcpuMasks {
         self.wanted.load(Ordering::SeqCst)
     }
 
+    /// Puts back masks saved with a domain (the guest keeps its vCPUs as they were).
+    pub fn restore(&self, wanted: u32, reported: Option<u32>) {
+        self.wanted.store(wanted, Ordering::SeqCst);
+        if let Some(r) = reported {
+            self.reported.store(r, Ordering::SeqCst);
+            self.has_reported.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// The mask the guest last reported, if it ever did.
     pub fn reported(&self) -> Option<u32> {
         self.has_reported
