@@ -17,6 +17,7 @@ pub mod exit;
 pub mod kvm_vm;
 pub mod loader;
 pub mod memory;
+pub mod pagemap;
 pub mod snapshot;
 pub mod stats;
 pub mod transfer;

@@ -126,6 +126,11 @@ impl DirtyLog {
 pub struct PageHashes {
     /// Indexed by page frame number; `UNSENT` where nothing was sent yet.
     hashes: Vec<u64>,
+    /// Where available, tells pages never written (zero page or absent)
+    /// from the others, so that only the others are read.
+    pagemap: Option<crate::pagemap::Pagemap>,
+    /// The fingerprint of a zero page.
+    zero: u64,
 }
 
 /// Marks a page frame whose content has not been sent.
@@ -148,6 +153,8 @@ impl PageHashes {
             .unwrap_or(0);
         Self {
             hashes: vec![UNSENT; usize::try_from(end).unwrap_or(0)],
+            pagemap: crate::pagemap::Pagemap::open(),
+            zero: page_hash(&[0u8; PAGE_SIZE]),
         }
     }
 
@@ -162,14 +169,23 @@ impl PageHashes {
 
     /// Page frames of `mem` whose content differs from what was last sent
     /// (or that were never sent), leaving out those in `already` (sorted).
-    /// Reads all of RAM, split over the host's CPUs.
+    /// Reads every page the host has backed with data (all of RAM where the
+    /// page map cannot tell), split over the host's CPUs.
     pub fn changed(&self, mem: &GuestMemory, already: &[u64]) -> Vec<u64> {
         let mut spans = Vec::new();
+        let mut backed = Vec::new();
         for r in mem.iter() {
             let start = r.start_addr().0 >> stream::PAGE_SHIFT;
             let pages = r.len() >> stream::PAGE_SHIFT;
-            spans.push((start, pages, r.as_ptr() as usize));
+            let host = r.as_ptr() as usize;
+            spans.push((start, pages, host));
+            backed.push(
+                self.pagemap
+                    .as_ref()
+                    .and_then(|m| m.backed(host, pages as usize).ok()),
+            );
         }
+        let zero = self.zero;
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -177,18 +193,35 @@ impl PageHashes {
         let mut found: Vec<u64> = std::thread::scope(|s| {
             let workers: Vec<_> = spans
                 .iter()
-                .flat_map(|&(start, pages, host)| {
+                .zip(&backed)
+                .flat_map(|(&(start, pages, host), backed)| {
                     let per = pages.div_ceil(threads).max(1);
                     (0..threads).filter_map(move |t| {
                         let from = t * per;
-                        (from < pages).then(|| (start, from, (from + per).min(pages), host))
+                        (from < pages).then(|| (start, from, (from + per).min(pages), host, backed))
                     })
                 })
-                .map(|(start, from, to, host)| {
+                .map(|(start, from, to, host, backed)| {
                     s.spawn(move || {
                         let mut out = Vec::new();
                         for p in from..to {
                             let pfn = start + p;
+                            let sent = usize::try_from(pfn)
+                                .ok()
+                                .and_then(|i| self.hashes.get(i))
+                                .copied()
+                                .unwrap_or(UNSENT);
+                            let never_written = backed
+                                .as_ref()
+                                .and_then(|b| b.get(p as usize))
+                                .is_some_and(|b| !b);
+                            if never_written {
+                                // Zero now: changed only if something else was sent.
+                                if sent != zero {
+                                    out.push(pfn);
+                                }
+                                continue;
+                            }
                             // SAFETY: `host` maps this region's `pages` pages for as
                             // long as `mem` lives, which outlives this scope; vCPUs may
                             // write meanwhile, which at worst makes the page look changed.
@@ -198,11 +231,6 @@ impl PageHashes {
                                     PAGE_SIZE,
                                 )
                             };
-                            let sent = usize::try_from(pfn)
-                                .ok()
-                                .and_then(|i| self.hashes.get(i))
-                                .copied()
-                                .unwrap_or(UNSENT);
                             if sent == UNSENT || sent != page_hash(page) {
                                 out.push(pfn);
                             }
