@@ -798,3 +798,39 @@ fn vif_route_routes_the_guest_addresses_and_scripts_run_as_xen_runs_them() {
     );
     assert!(!iface_exists(&tap));
 }
+
+#[test]
+fn a_phy_disk_on_a_host_block_device_takes_the_guests_writes() {
+    if !Path::new("/dev/loop-control").exists() {
+        eprintln!("skipped: this host has no loop devices");
+        return;
+    }
+    let host = Host::start();
+    let img = image(&host, "backing.img", 8);
+    let out = run("losetup", &["-f", "--show", img.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "losetup: {out:?}");
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = run("losetup", &["-d", &self.0]);
+        }
+    }
+    let _detach = Detach(dev.clone());
+    // Xen's phy: paths are relative to /dev.
+    let rel = dev.trim_start_matches("/dev/");
+    let mut con = host.create_guest("phy", 1, 64, &format!("disk = [ 'phy:{rel},xvda,w' ]"));
+    con.sync();
+    con.send("disks");
+    assert_eq!(answer(&con, "disk 0 "), "disk 0 xvda 16384 rw");
+    con.send("blkwrite xvda 300 8 21");
+    con.wait_for("blkwrite ok", CMD);
+    con.send("blkflush xvda");
+    con.wait_for("blkflush ok", CMD);
+    // Through the device and in the file behind it.
+    assert_eq!(
+        read_at(Path::new(&dev), 300 * 512, 8 * 512),
+        pattern(21, 8 * 512)
+    );
+    assert_eq!(read_at(&img, 300 * 512, 8 * 512), pattern(21, 8 * 512));
+}

@@ -4,8 +4,8 @@
 //! VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE (512), VIRTIO_BLK_F_FLUSH,
 //! VIRTIO_BLK_F_RO for read-only disks, and VIRTIO_BLK_F_DISCARD for writable regular files
 //! (a discard punches a hole with `fallocate(PUNCH_HOLE | KEEP_SIZE)`, so the range reads back as
-//! zeros and the image's size is kept). Discard is not offered on host block devices: rxen does
-//! not issue BLKDISCARD on the host's behalf. Requests run synchronously in the thread that calls
+//! zeros and the image's size is kept) and for writable host block devices that take discards
+//! (`BLKDISCARD`; an LVM volume on an SSD or thin pool, a loop device). Requests run synchronously in the thread that calls
 //! [`VirtioDevice::process_queue`].
 
 mod disk;
@@ -72,7 +72,7 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// The GET_ID answer, at most 20 bytes (for example the vdev name, `xvda`).
     pub serial: String,
-    /// Offer discard where the backend supports it (writable regular files).
+    /// Offer discard where the backend supports it (writable regular files, block devices that take discards).
     pub discard: bool,
     /// Size of the request queue.
     pub queue_size: u16,
@@ -126,7 +126,7 @@ impl Block {
         }
         let disk = Disk::open(file)?;
         let read_only = config.read_only || !disk.writable();
-        let discard = config.discard && !read_only && disk.kind() == DiskKind::RegularFile;
+        let discard = config.discard && !read_only && disk.supports_discard();
         let capacity = disk.size() / u64::from(SECTOR_SIZE);
 
         let mut features = (1u64 << VIRTIO_RING_F_INDIRECT_DESC)

@@ -356,7 +356,7 @@ fn discard<B: BitmapSlice>(
             continue;
         }
         ctx.disk
-            .punch_hole(offset, count * u64::from(SECTOR_SIZE))
+            .discard(offset, count * u64::from(SECTOR_SIZE))
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::EOPNOTSUPP) => RequestError::Unsupported(VIRTIO_BLK_T_DISCARD),
                 _ => RequestError::Disk(e),

@@ -856,3 +856,67 @@ fn mock_split_queue_puts_its_used_ring_on_its_avail_ring() {
     let avail_end = vq.avail_addr().0 + 4 + 2 * u64::from(QSIZE) + 2;
     assert!(vq.used_addr().0 < avail_end);
 }
+
+/// A loop device over `image`, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn over(image: &std::path::Path) -> Option<Loop> {
+        if !std::path::Path::new("/dev/loop-control").exists() {
+            eprintln!("skipped: this host has no loop devices");
+            return None;
+        }
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .output()
+            .expect("run losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        Some(Loop(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn discard_on_a_block_device_reaches_the_device() {
+    let mut image = tempfile::NamedTempFile::new().expect("image");
+    let pattern: Vec<u8> = (0..IMAGE_SECTORS * 512).map(|i| (i % 251) as u8).collect();
+    image.write_all(&pattern).expect("fill image");
+    image.flush().expect("flush");
+    let Some(lo) = Loop::over(image.path()) else {
+        return;
+    };
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lo.0)
+        .expect("open the loop device");
+    let backing = image.path().to_path_buf();
+    let mut h = Harness::over(dev, image, BlockConfig::default(), u64::MAX);
+    // A loop device takes discards (it punches holes in its file).
+    assert_ne!(
+        device_features(&mut h.t) & (1 << VIRTIO_BLK_F_DISCARD),
+        0,
+        "discard not offered on {}",
+        lo.0
+    );
+    let (sector, count) = (256u64, 128u32);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    write_discard(&h, &[(sector, count, 0)]);
+    assert_eq!(h.submit(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]), 1);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    let data = std::fs::read(&backing).expect("read the backing file");
+    let range = (sector * 512) as usize..((sector + u64::from(count)) * 512) as usize;
+    assert_eq!(&data[range.clone()], &vec![0u8; range.len()][..]);
+    assert_eq!(&data[..range.start], &pattern[..range.start]);
+    h.still_works();
+}
