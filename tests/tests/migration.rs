@@ -432,6 +432,20 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     con.send("blkwrite xvda 100 16 7");
     con.wait_for("blkwrite ok", BOOT);
     assert!(guest_pings_its_host(&mut con), "no network on A");
+    // A disk hot-plugged on A takes slot 2 (after the NIC); B, built from
+    // the stored config, puts it back there.
+    let img2 = dir.path().join("hot.img");
+    std::fs::File::create(&img2)
+        .and_then(|f| f.set_len(2 << 20))
+        .expect("image");
+    p.a.rxl_ok(&[
+        "block-attach",
+        "migdev",
+        &format!("file:{},xvdb,w", img2.display()),
+    ]);
+    con.wait_for("xvdb attached", BOOT);
+    con.send("blkwrite xvdb 8 4 42");
+    con.wait_for("blkwrite ok", BOOT);
     // The balloon holds 4 MiB when the domain moves.
     p.a.rxl_ok(&["mem-set", "migdev", "12"]);
     wait_until(BOOT, "the guest inflates its balloon", || {
@@ -467,6 +481,15 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
         line.ends_with(&format!(
             "crc32={:08x}",
             crc32fast::hash(&pattern(7, 16 * 512))
+        )),
+        "{line}"
+    );
+    con.send("blkread xvdb 8 4");
+    let line = con.wait_for("blkread crc32=", BOOT);
+    assert!(
+        line.ends_with(&format!(
+            "crc32={:08x}",
+            crc32fast::hash(&pattern(42, 4 * 512))
         )),
         "{line}"
     );

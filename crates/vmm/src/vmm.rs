@@ -493,7 +493,7 @@ impl Vm {
         // Streams from before devices were saved carry none: the devices then
         // start fresh, as they did.
         if !slot_states.is_empty() {
-            slots.restore_states(&slot_states)?;
+            slots.restore_states(&kvm.fd, &slot_states)?;
         }
         Self::finish(
             spec,

@@ -29,6 +29,24 @@ impl Daemon {
         self.running_guest(caller, r, "given devices")
     }
 
+    /// Changes the domain's stored config, as libxl does on hotplug: the
+    /// device then comes back on reboot and travels with saves and migrations.
+    fn update_config(
+        &self,
+        id: u32,
+        change: impl FnOnce(&mut xlcfg::DomainConfig),
+    ) -> Result<(), DaemonError> {
+        let rec = {
+            let mut t = self.table();
+            let Some(e) = t.domains.get_mut(&id) else {
+                return Ok(());
+            };
+            change(&mut e.rec.config);
+            e.rec.clone()
+        };
+        self.save(&rec)
+    }
+
     /// The disks and NICs of a running domain with their counters.
     pub fn devices(
         &self,
@@ -49,6 +67,10 @@ impl Daemon {
         let parsed = xlcfg::parse_disk_spec(spec).map_err(config_err)?;
         let disk = storage::prepare_disk(&parsed).map_err(config_err)?;
         vmm::command(&dir, &VmRequest::AttachDisk { disk: disk.clone() })?;
+        self.update_config(id, |c| {
+            c.disks.retain(|d| d.vdev != parsed.vdev);
+            c.disks.push(parsed.clone());
+        })?;
         self.log.info(format!(
             "domain {id}: disk {} ({}) attached by {}",
             disk.vdev,
@@ -64,6 +86,10 @@ impl Daemon {
         let devid = storage::vdev_devid(vdev)
             .ok_or_else(|| config_err(format!("Error: Device {vdev} not connected.")))?;
         vmm::command(&dir, &VmRequest::DetachDisk { devid })?;
+        self.update_config(id, |c| {
+            c.disks
+                .retain(|d| storage::vdev_devid(&d.vdev) != Some(devid))
+        })?;
         self.log.info(format!(
             "domain {id}: disk {vdev} detached by {}",
             caller.describe()
@@ -99,6 +125,11 @@ impl Daemon {
             save(&dir, &vifs)?;
             return Err(e);
         }
+        // Stored with its device ID and MAC, so that it comes back the same.
+        let mut stored = parsed.clone();
+        stored.devid = Some(v.nic.devid);
+        stored.mac = v.nic.mac.parse().ok().or(stored.mac);
+        self.update_config(id, |c| c.vifs.push(stored))?;
         self.log.info(format!(
             "domain {id}: vif {} ({}, MAC {}) attached by {}",
             v.nic.devid,
@@ -134,6 +165,18 @@ impl Daemon {
             ));
         }
         save(&dir, &vifs)?;
+        let mac = v.nic.mac.parse::<xlcfg::MacAddr>().ok();
+        let index_devid = |i: usize, w: &xlcfg::VifSpec| w.devid.unwrap_or(i as u32);
+        self.update_config(id, |c| {
+            let keep: Vec<bool> = c
+                .vifs
+                .iter()
+                .enumerate()
+                .map(|(i, w)| index_devid(i, w) != v.nic.devid && (mac.is_none() || w.mac != mac))
+                .collect();
+            let mut k = keep.iter();
+            c.vifs.retain(|_| k.next().copied().unwrap_or(true));
+        })?;
         self.log.info(format!(
             "domain {id}: vif {} detached by {}",
             v.nic.devid,

@@ -172,6 +172,34 @@ fn describe(kind: &SlotKind) -> String {
     }
 }
 
+/// Registers (or with `on` false, unregisters) a device's irqfd and
+/// queue-notify ioeventfds for `slot`.
+fn wire(vm: &VmFd, dev: &SlotDev, slot: usize, on: bool) -> Result<(), SlotError> {
+    let gsi = GSI_BASE + slot as u32;
+    let notify_addr = IoEventAddress::Mmio(slot_addr(slot) + QUEUE_NOTIFY_OFFSET);
+    let registered = if notify_mode() == NotifyMode::Inline {
+        &dev.notifies[..0]
+    } else {
+        &dev.notifies[..]
+    };
+    if on {
+        vm.register_irqfd(&dev.irq, gsi)
+            .map_err(kvm_err("register an irqfd"))?;
+        for (q, evt) in registered.iter().enumerate() {
+            vm.register_ioevent(evt, &notify_addr, q as u32)
+                .map_err(kvm_err("register an ioeventfd"))?;
+        }
+    } else {
+        for (q, evt) in registered.iter().enumerate() {
+            vm.unregister_ioevent(evt, &notify_addr, q as u32)
+                .map_err(kvm_err("unregister an ioeventfd"))?;
+        }
+        vm.unregister_irqfd(&dev.irq, gsi)
+            .map_err(kvm_err("unregister an irqfd"))?;
+    }
+    Ok(())
+}
+
 /// One slot's saved device.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SlotState {
@@ -654,9 +682,12 @@ impl VirtioSlots {
             .collect()
     }
 
-    /// Applies saved device states; each must find the same device in the
-    /// same slot here (the target was built from the same config).
-    pub fn restore_states(&self, states: &[SlotState]) -> Result<(), SlotError> {
+    /// Applies saved device states; each must find the same device here
+    /// (the target was built from the same config), which is first moved to
+    /// the slot the guest knows it in (hot-plugged devices may sit in other
+    /// slots than a fresh build gives them).
+    pub fn restore_states(&self, vm: &VmFd, states: &[SlotState]) -> Result<(), SlotError> {
+        self.arrange(vm, states)?;
         let here = self.devices();
         for st in states {
             let dev = here
@@ -692,6 +723,42 @@ impl VirtioSlots {
         for (_, d) in self.devices() {
             lock(&d.transport).after_migration();
         }
+    }
+
+    /// Moves devices into the slots `states` has them in: unwires each from
+    /// its slot, then wires it at the saved one (IRQ and notify address).
+    fn arrange(&self, vm: &VmFd, states: &[SlotState]) -> Result<(), SlotError> {
+        let mut slots = self.write_slots();
+        let mut taken = Vec::new();
+        for st in states {
+            let from = slots
+                .iter()
+                .position(|d| d.as_ref().is_some_and(|d| describe(&d.kind) == st.device));
+            if let Some(from) = from.filter(|&f| f != st.slot) {
+                if let Some(dev) = slots.get_mut(from).and_then(Option::take) {
+                    wire(vm, &dev, from, false)?;
+                    taken.push((dev, st.slot));
+                }
+            }
+        }
+        for (dev, to) in taken {
+            let free = slots.get(to).is_some_and(Option::is_none);
+            if !free {
+                return Err(SlotError::Restore {
+                    slot: to,
+                    why: format!(
+                        "{} cannot move here: the slot is taken",
+                        describe(&dev.kind)
+                    ),
+                });
+            }
+            wire(vm, &dev, to, true)?;
+            tracing::info!(slot = to, device = %describe(&dev.kind), "device moved to its saved slot");
+            if let Some(s) = slots.get_mut(to) {
+                *s = Some(dev);
+            }
+        }
+        Ok(())
     }
 
     /// Drops every disk's sharing lock (a migration's source, once its
