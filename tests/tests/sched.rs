@@ -530,6 +530,22 @@ fn top_shows_the_disk_counters_of_the_device() {
     let n = |i: usize| -> u64 { row[i].parse().expect("number") };
     assert!(n(14) >= 1 && n(15) >= 1, "{out}");
     assert!(n(16) >= 8 && n(17) >= 16, "{out}");
+    // -x: one line per disk under the row, as xentop prints it; -v: the vCPUs.
+    let out = host.rxl_ok(&["top", "-b", "-i", "1", "-x", "-v"]);
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("disky "))
+        .unwrap_or_else(|| panic!("no row in {out}"));
+    assert!(lines[at + 1].starts_with("VCPUs(sec):   0: "), "{out}");
+    let vbd: Vec<&str> = lines[at + 2].split_whitespace().collect();
+    assert_eq!(&vbd[..4], &["VBD", "BlkBack", "51712", "[ca:"], "{out}");
+    let field = |name: &str| -> u64 {
+        let i = vbd.iter().position(|w| *w == name).expect("field");
+        vbd[i + 1].parse().expect("number")
+    };
+    assert!(field("RD:") >= 1 && field("WR:") >= 1, "{out}");
+    assert!(field("RSECT:") >= 8 && field("WSECT:") >= 16, "{out}");
 }
 
 /// The VMM's own answer to a stats request, from its control socket.

@@ -330,6 +330,12 @@ pub struct DomainCounters {
     pub vbd_rsect: u64,
     /// Sectors written.
     pub vbd_wsect: u64,
+    /// Each NIC's counters (for `rxl top -n`).
+    #[serde(default)]
+    pub nics: Vec<crate::vmctl::NicStats>,
+    /// Each disk's counters (for `rxl top -x`).
+    #[serde(default)]
+    pub disks: Vec<crate::vmctl::DiskStats>,
 }
 
 /// The answer to [`Request::Counters`].

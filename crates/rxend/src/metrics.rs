@@ -282,6 +282,8 @@ mod tests {
                 vbd_wr: 0,
                 vbd_rsect: 0,
                 vbd_wsect: 0,
+                nics: Vec::new(),
+                disks: Vec::new(),
             }],
         };
         let text = render(&c);

@@ -211,6 +211,18 @@ enum Cmd {
         /// Show Domain-0 first.
         #[arg(short = 'z', long = "dom0-first")]
         dom0_first: bool,
+        /// Show each NIC's counters under its domain.
+        #[arg(short = 'n', long = "networks")]
+        networks: bool,
+        /// Show each virtual block device's counters under its domain.
+        #[arg(short = 'x', long = "vbds")]
+        vbds: bool,
+        /// Show each vCPU's CPU seconds under its domain.
+        #[arg(short = 'v', long = "vcpus")]
+        vcpus: bool,
+        /// Repeat the column header before every domain.
+        #[arg(short = 'r', long = "repeat-header")]
+        repeat_header: bool,
     },
     /// Save a domain to a file (it stops, unless -c or -p).
     Save {
@@ -682,6 +694,10 @@ fn run(cli: Cli) -> Outcome {
             iterations,
             full_name,
             dom0_first,
+            networks,
+            vbds,
+            vcpus,
+            repeat_header,
         } => {
             if !(delay.is_finite() && delay > 0.0) {
                 return Err(Failure(format!("invalid delay {delay}")));
@@ -691,6 +707,12 @@ fn run(cli: Cli) -> Outcome {
                 iterations,
                 full_name,
                 dom0_first,
+                show: top::Show {
+                    vcpus,
+                    networks,
+                    vbds,
+                },
+                repeat_header,
             };
             let mut c = connect()?;
             let fetch = move || match c.call(&Request::Counters) {

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rxen_proto::api::{Counters, DomainCounters};
+use rxen_proto::vmctl::{DiskStats, NicStats};
 
 /// Errors of `rxl top`.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,78 @@ pub struct Row {
     pub vbd_rsect: u64,
     /// VBD_WSECT.
     pub vbd_wsect: u64,
+    /// What `-v`, `-n` and `-x` print under the row.
+    pub details: Details,
+}
+
+/// Per-vCPU, per-NIC and per-disk figures of one domain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Details {
+    /// CPU time of each online vCPU, nanoseconds.
+    pub vcpu_ns: Vec<u64>,
+    /// Each NIC's counters.
+    pub nics: Vec<NicStats>,
+    /// Each disk's counters.
+    pub disks: Vec<DiskStats>,
+}
+
+/// Which detail lines to print (`-v`, `-n`, `-x`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Show {
+    /// `-v`: CPU seconds per vCPU.
+    pub vcpus: bool,
+    /// `-n`: one line per NIC.
+    pub networks: bool,
+    /// `-x`: one line per disk.
+    pub vbds: bool,
+}
+
+/// The lines xentop prints under a domain's row for `show`.
+pub fn detail_lines(d: &Details, show: Show) -> Vec<String> {
+    let mut out = Vec::new();
+    if show.vcpus {
+        let mut line = String::from("VCPUs(sec): ");
+        for (i, ns) in d.vcpu_ns.iter().enumerate() {
+            if i != 0 && i % 5 == 0 {
+                out.push(std::mem::take(&mut line));
+                line.push_str("        ");
+            }
+            line.push_str(&format!(" {i:2}: {:10}s", ns / 1_000_000_000));
+        }
+        out.push(line);
+    }
+    if show.networks {
+        for (i, n) in d.nics.iter().enumerate() {
+            out.push(format!(
+                "Net{i} RX: {:8}bytes {:8}pkts {:8}err {:8}drop  TX: {:8}bytes {:8}pkts {:8}err {:8}drop",
+                n.rx_bytes,
+                n.rx_packets,
+                0,
+                n.rx_drops,
+                n.tx_bytes,
+                n.tx_packets,
+                0,
+                n.tx_drops + n.tx_spoof_drops
+            ));
+        }
+    }
+    if show.vbds {
+        for v in &d.disks {
+            // The Xen device number, as xentop shows it: decimal, then [major:minor] in hex.
+            let dev = v.devid;
+            out.push(format!(
+                "VBD BlkBack {dev:4} [{:2x}:{:2x}]  OO: {:8}   RD: {:8}   WR: {:8}   RSECT: {:10}   WSECT: {:10}",
+                (dev >> 8) & 0xFFF,
+                dev & 0xFF,
+                0,
+                v.read_reqs,
+                v.write_reqs,
+                v.read_sectors,
+                v.write_sectors
+            ));
+        }
+    }
+    out
 }
 
 /// xentop's state flags, in its order (d s b c p r), from xl's six letters (r b p s reason d).
@@ -160,6 +233,11 @@ pub fn rows(prev: Option<&Sample>, cur: &Sample) -> Vec<Row> {
                 vbd_wr: d.vbd_wr,
                 vbd_rsect: d.vbd_rsect,
                 vbd_wsect: d.vbd_wsect,
+                details: Details {
+                    vcpu_ns: d.vcpu_ns.iter().take(d.vcpus as usize).copied().collect(),
+                    nics: d.nics.clone(),
+                    disks: d.disks.clone(),
+                },
             }
         })
         .collect()
@@ -305,6 +383,10 @@ pub struct TopOptions {
     pub full_name: bool,
     /// Domain-0 first whatever the sort (`-z`).
     pub dom0_first: bool,
+    /// Detail lines under each row (`-v`, `-n`, `-x`).
+    pub show: Show,
+    /// The column header before every domain, not only the first (`-r`).
+    pub repeat_header: bool,
 }
 
 fn arrange(rows: &mut [Row], column: usize, reverse: bool, dom0_first: bool) {
@@ -331,9 +413,17 @@ pub fn batch(
         let mut r = rows(prev.as_ref(), &cur);
         arrange(&mut r, 0, false, opts.dom0_first);
         let w = widths(&r);
-        writeln!(out, "{}", header_line(&w))?;
-        for row in &r {
+        for (i, row) in r.iter().enumerate() {
+            if i == 0 || opts.repeat_header {
+                writeln!(out, "{}", header_line(&w))?;
+            }
             writeln!(out, "{}", row_line(row, &w, opts.full_name))?;
+            for line in detail_lines(&row.details, opts.show) {
+                writeln!(out, "{line}")?;
+            }
+        }
+        if r.is_empty() {
+            writeln!(out, "{}", header_line(&w))?;
         }
         out.flush()?;
         prev = Some(cur);
@@ -395,10 +485,16 @@ pub fn interactive(
             let header = header_line(&w);
             let body: Vec<String> = r
                 .iter()
-                .map(|row| row_line(row, &w, opts.full_name))
+                .enumerate()
+                .flat_map(|(i, row)| {
+                    let head = (i > 0 && opts.repeat_header).then(|| header.clone());
+                    head.into_iter()
+                        .chain(std::iter::once(row_line(row, &w, opts.full_name)))
+                        .chain(detail_lines(&row.details, opts.show))
+                })
                 .collect();
             let help = format!(
-                "q quit  s/\u{2190}\u{2192} sort ({}{})  r reverse  +/- delay ({}s)",
+                "q quit  s/\u{2190}\u{2192} sort ({}{})  r reverse  +/- delay ({}s)  v vcpus  n networks  b vbds  h repeat header",
                 TITLES[column],
                 if reverse { ", reversed" } else { "" },
                 opts.delay.as_secs_f64()
@@ -447,6 +543,10 @@ pub fn interactive(
                 KeyCode::Char('s' | 'S') | KeyCode::Right => column = (column + 1) % TITLES.len(),
                 KeyCode::Left => column = (column + TITLES.len() - 1) % TITLES.len(),
                 KeyCode::Char('r' | 'R') => reverse = !reverse,
+                KeyCode::Char('v' | 'V') => opts.show.vcpus = !opts.show.vcpus,
+                KeyCode::Char('n' | 'N') => opts.show.networks = !opts.show.networks,
+                KeyCode::Char('b' | 'B') => opts.show.vbds = !opts.show.vbds,
+                KeyCode::Char('h' | 'H') => opts.repeat_header = !opts.repeat_header,
                 KeyCode::Char('+') => {
                     opts.delay += Duration::from_secs(1);
                     next_refresh = Instant::now() + opts.delay;
@@ -501,6 +601,8 @@ mod tests {
             vbd_wr: 0,
             vbd_rsect: 0,
             vbd_wsect: 0,
+            nics: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -597,6 +699,8 @@ mod tests {
                 iterations: Some(2),
                 full_name: false,
                 dom0_first: false,
+                show: Show::default(),
+                repeat_header: false,
             },
             &mut out,
         )
@@ -607,5 +711,53 @@ mod tests {
             text.lines().filter(|l| l.contains("NAME  STATE")).count(),
             2
         );
+    }
+
+    #[test]
+    fn detail_lines_follow_xentop() {
+        let mut d = dom(4, "io", "r-----", 0);
+        d.vcpus = 6;
+        d.vcpu_ns = (1..=6).map(|s| s * 1_000_000_000).collect();
+        d.nics = vec![NicStats {
+            devid: 0,
+            mac: "00:16:3e:00:00:01".into(),
+            tap: "vif4.0".into(),
+            slot: 1,
+            tx_bytes: 1500,
+            tx_packets: 3,
+            rx_bytes: 98,
+            rx_packets: 1,
+            tx_spoof_drops: 2,
+            tx_drops: 1,
+            rx_drops: 0,
+        }];
+        d.disks = vec![DiskStats {
+            devid: 51712,
+            vdev: "xvda".into(),
+            slot: 0,
+            read_reqs: 7,
+            read_sectors: 56,
+            write_reqs: 2,
+            write_sectors: 16,
+            flush_reqs: 0,
+            errors: 0,
+        }];
+        let r = rows(None, &sample(Instant::now(), vec![d]));
+        let all = Show {
+            vcpus: true,
+            networks: true,
+            vbds: true,
+        };
+        let lines = detail_lines(&r[0].details, all);
+        assert_eq!(
+            lines,
+            vec![
+                "VCPUs(sec):   0:          1s  1:          2s  2:          3s  3:          4s  4:          5s",
+                "          5:          6s",
+                "Net0 RX:       98bytes        1pkts        0err        0drop  TX:     1500bytes        3pkts        0err        3drop",
+                "VBD BlkBack 51712 [ca: 0]  OO:        0   RD:        7   WR:        2   RSECT:         56   WSECT:         16",
+            ]
+        );
+        assert!(detail_lines(&r[0].details, Show::default()).is_empty());
     }
 }

@@ -534,6 +534,8 @@ impl Daemon {
                     vbd_wr: 0,
                     vbd_rsect: 0,
                     vbd_wsect: 0,
+                    nics: Vec::new(),
+                    disks: Vec::new(),
                 });
                 continue;
             }
@@ -585,6 +587,8 @@ impl Daemon {
                 vbd_wr: disks.iter().map(|d| d.write_reqs).sum(),
                 vbd_rsect: disks.iter().map(|d| d.read_sectors).sum(),
                 vbd_wsect: disks.iter().map(|d| d.write_sectors).sum(),
+                nics,
+                disks,
             });
         }
         Counters { host, domains }
