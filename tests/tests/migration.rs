@@ -23,6 +23,23 @@ fn relocation_config(addr: &str, allow: &str, key: &str) -> String {
     )
 }
 
+/// rxend's answer to a `transfer_progress` request for `domain` (JSON
+/// null when no transfer runs or the domain is gone).
+fn transfer_progress(socket: &Path, domain: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return serde_json::Value::Null;
+    };
+    let req = serde_json::json!({ "op": "transfer_progress", "domain": domain });
+    if writeln!(s, "{req}").is_err() {
+        return serde_json::Value::Null;
+    }
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(&s).read_line(&mut line);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    v.get("progress").cloned().unwrap_or_default()
+}
+
 /// Heartbeats seen on `con` until it exceeds `at_least` (the guest runs), returning the last.
 fn heartbeat_beyond(con: &mut Console, at_least: u64) -> u64 {
     let mut last = 0;
@@ -178,8 +195,36 @@ fn live_migration_of_a_dirtying_guest_continues_on_the_target() {
     let since = std::time::Instant::now();
     con.send("dirty 64");
     con.wait_for("dirtying 64 MiB/s", BOOT);
+    // Meanwhile rxend reports the VMM's progress (what rxl's bar shows).
+    let socket = p.a.socket();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let v = transfer_progress(&socket, "mig1");
+                if !v.is_null() {
+                    seen.push(v);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        })
+    };
     let out = p.a.rxl(&["migrate", "--key", &p.key, "mig1", p.net.addr_b]);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = watcher.join().expect("watcher");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !seen.is_empty(),
+        "no progress reported during the migration"
+    );
+    assert!(
+        seen.iter()
+            .all(|v| v["ram_pages"] == 128 * 256 && v["round"].as_u64() >= Some(1)),
+        "{seen:?}"
+    );
     assert!(
         out.status.success(),
         "migrate failed: {}\n{stdout}\nA: {}\nB: {}",

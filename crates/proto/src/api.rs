@@ -165,6 +165,11 @@ pub enum Request {
         /// The target in MiB.
         mib: u64,
     },
+    /// How far a running save or migration of a domain has got.
+    TransferProgress {
+        /// The domain.
+        domain: DomainRef,
+    },
     /// Set a domain's maximum memory (`rxl mem-max`).
     MemMax {
         /// The domain.
@@ -450,6 +455,11 @@ pub enum Response {
     },
     /// The answer to `Counters`.
     Counters(Counters),
+    /// The answer to `TransferProgress`.
+    Progress {
+        /// How far it got; `None` when no transfer runs.
+        progress: Option<crate::vmctl::TransferProgress>,
+    },
     /// The request failed; `message` is one line for the user.
     Error {
         /// What went wrong.

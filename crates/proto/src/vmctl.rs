@@ -85,6 +85,23 @@ pub enum AfterSave {
     Pause,
 }
 
+/// How far a save or migration has got, for progress bars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    /// The pre-copy round being sent (1 for a save).
+    pub round: u32,
+    /// Pages of this round sent so far.
+    pub round_sent: u64,
+    /// Pages this round sends.
+    pub round_pages: u64,
+    /// Pages of guest RAM.
+    pub ram_pages: u64,
+    /// Stream bytes written so far.
+    pub bytes: u64,
+    /// Whether the guest is paused (the stop-and-copy round).
+    pub paused: bool,
+}
+
 /// Figures of one save or migration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransferStats {

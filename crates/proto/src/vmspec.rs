@@ -121,6 +121,9 @@ pub mod files {
     pub const VMM_LOG: &str = "vmm.log";
     /// Written by the VMM just before it exits because of the guest or a request.
     pub const EXIT_RECORD: &str = "exit.json";
+    /// How far a save or migration has got (JSON of `vmctl::TransferProgress`),
+    /// rewritten while it runs and removed at its end.
+    pub const TRANSFER_PROGRESS: &str = "transfer.json";
 }
 
 /// Why a VMM ended; stored in [`files::EXIT_RECORD`]. A VMM that ends without

@@ -387,6 +387,10 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::VcpuSet { domain, count } => result(daemon.vcpu_set(caller, &domain, count)),
         Request::MemSet { domain, mib } => result(daemon.mem_set(caller, &domain, mib)),
         Request::MemMax { domain, mib } => result(daemon.mem_max(caller, &domain, mib)),
+        Request::TransferProgress { domain } => match daemon.transfer_progress(caller, &domain) {
+            Ok(progress) => Reply::Plain(Response::Progress { progress }),
+            Err(e) => error(e),
+        },
         Request::Save {
             domain,
             path,

@@ -468,7 +468,7 @@ fn run(cli: Cli) -> Outcome {
             let config = config.map(|c| read_config(&c)).transpose()?;
             let mut c = connect()?;
             eprintln!("Saving to {} new rxl format", abs.display());
-            let p = Progress::start(format!("saving {domain}"));
+            let p = follow(&socket, format!("saving {domain}"), &domain);
             let r = c.call(&Request::Save {
                 domain,
                 path: abs.display().to_string(),
@@ -541,7 +541,7 @@ fn run(cli: Cli) -> Outcome {
                 ssh: false,
             };
             let mut c = connect()?;
-            let p = Progress::start(format!("migrating {domain} to {host}"));
+            let p = follow(&socket, format!("migrating {domain} to {host}"), &domain);
             let r = if tcp {
                 c.call(&req)
             } else {
@@ -860,6 +860,20 @@ fn started(c: &mut Client, resp: Response, console: bool) -> Outcome {
         attach(c, &name)?;
     }
     Ok(())
+}
+
+/// Progress for a save or migration of `domain`, polling rxend on a second connection.
+fn follow(socket: &Path, message: String, domain: &str) -> Progress {
+    let (socket, domain) = (socket.to_path_buf(), domain.to_string());
+    Progress::follow(message, move || {
+        let mut c = Client::connect(&socket).ok()?;
+        match c.call(&Request::TransferProgress {
+            domain: domain.clone(),
+        }) {
+            Ok(Response::Progress { progress }) => progress,
+            _ => None,
+        }
+    })
 }
 
 fn attach(c: &mut Client, domain: &str) -> Outcome {

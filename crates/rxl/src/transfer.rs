@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rxen_proto::vmctl::TransferStats;
+use rxen_proto::vmctl::{TransferProgress, TransferStats};
 
 /// Errors of the transfer commands.
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +25,24 @@ pub enum TransferError {
     Socket(#[source] std::io::Error),
 }
 
-/// A spinner with the elapsed time on stderr when it is a terminal; nothing otherwise.
-pub struct Progress(Option<indicatif::ProgressBar>);
+/// Progress on stderr when it is a terminal, nothing otherwise: a spinner
+/// with the elapsed time, or for a domain's save or migration a bar per
+/// round that follows the VMM's progress through rxend.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    poller: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Progress {
     /// Starts showing `message`.
     pub fn start(message: String) -> Progress {
         if !std::io::stderr().is_terminal() {
-            return Progress(None);
+            return Progress {
+                bar: None,
+                stop: None,
+                poller: None,
+            };
         }
         let pb = indicatif::ProgressBar::new_spinner();
         if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
@@ -40,15 +50,73 @@ impl Progress {
         }
         pb.set_message(message);
         pb.enable_steady_tick(Duration::from_millis(100));
-        Progress(Some(pb))
+        Progress {
+            bar: Some(pb),
+            stop: None,
+            poller: None,
+        }
     }
 
-    /// Removes the spinner.
+    /// Starts showing `message`, then a bar per pre-copy round from what
+    /// `poll` reports (rxend's `TransferProgress` for the domain).
+    pub fn follow(
+        message: String,
+        mut poll: impl FnMut() -> Option<TransferProgress> + Send + 'static,
+    ) -> Progress {
+        let mut p = Progress::start(message.clone());
+        let Some(pb) = p.bar.clone() else {
+            return p;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let poller = std::thread::spawn(move || {
+            let mut round = 0;
+            while rx.recv_timeout(Duration::from_millis(200)).is_err() {
+                let Some(now) = poll() else {
+                    continue;
+                };
+                if now.round != round {
+                    round = now.round;
+                    pb.set_length(now.round_pages.max(1));
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(
+                        "{msg} [{elapsed}] {wide_bar} {pos}/{len} pages",
+                    ) {
+                        pb.set_style(style);
+                    }
+                }
+                pb.set_message(bar_message(&message, &now));
+                pb.set_position(now.round_sent.min(now.round_pages));
+            }
+        });
+        p.stop = Some(tx);
+        p.poller = Some(poller);
+        p
+    }
+
+    /// Removes the spinner or bar.
     pub fn finish(self) {
-        if let Some(pb) = self.0 {
+        if let Some(stop) = self.stop {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.poller {
+            let _ = t.join();
+        }
+        if let Some(pb) = self.bar {
             pb.finish_and_clear();
         }
     }
+}
+
+/// The text before a transfer's bar: what, which round, how much so far.
+fn bar_message(what: &str, p: &TransferProgress) -> String {
+    let phase = if p.paused {
+        "last round, paused".to_string()
+    } else {
+        format!("round {}", p.round)
+    };
+    format!(
+        "{what}: {phase}, {:.1} MiB sent",
+        p.bytes as f64 / (1u64 << 20) as f64
+    )
 }
 
 /// The figures line printed (and logged by rxend) at the end of a transfer.

@@ -249,6 +249,67 @@ impl PageHashes {
     }
 }
 
+/// Keeps `transfer.json` in the run directory up to date while a stream is
+/// written, at most ten times a second, for `rxl`'s progress bar; removed on drop.
+pub struct ProgressFile {
+    path: std::path::PathBuf,
+    now: rxen_proto::vmctl::TransferProgress,
+    written: Option<std::time::Instant>,
+}
+
+impl ProgressFile {
+    /// A progress file at `path` for a guest of `ram_pages` pages.
+    pub fn new(path: std::path::PathBuf, ram_pages: u64) -> Self {
+        Self {
+            path,
+            now: rxen_proto::vmctl::TransferProgress {
+                ram_pages,
+                ..Default::default()
+            },
+            written: None,
+        }
+    }
+
+    /// Starts round `round` of `pages` pages.
+    pub fn round(&mut self, round: u32, pages: u64, paused: bool, bytes: u64) {
+        self.now.round = round;
+        self.now.round_pages = pages;
+        self.now.round_sent = 0;
+        self.now.paused = paused;
+        self.now.bytes = bytes;
+        self.write();
+    }
+
+    /// Counts `pages` more pages of the round as sent.
+    pub fn advance(&mut self, pages: u64) {
+        self.now.round_sent += pages;
+        self.now.bytes += pages * PAGE_SIZE as u64;
+        let due = self
+            .written
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if due {
+            self.write();
+        }
+    }
+
+    fn write(&mut self) {
+        self.written = Some(std::time::Instant::now());
+        let Ok(json) = serde_json::to_vec(&self.now) else {
+            return;
+        };
+        let tmp = self.path.with_extension("tmp");
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.path);
+        }
+    }
+}
+
+impl Drop for ProgressFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The union of two sorted page lists, sorted, without repeats.
 pub fn merge_sorted(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
     if b.is_empty() {

@@ -860,6 +860,10 @@ impl Vm {
         w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
         let mut stats = TransferStats::default();
         let mut sender = PageSender::default();
+        let mut meter = transfer::ProgressFile::new(
+            self.spec.run_dir.join(files::TRANSFER_PROGRESS),
+            memory::ram_bytes(&self.mem) / pstream::PAGE_SIZE as u64,
+        );
         let mut hashes = None;
         if opts.live && !was_paused {
             let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
@@ -869,7 +873,10 @@ impl Vm {
             loop {
                 let t = Instant::now();
                 let before = w.bytes;
-                sender.send(&mut w, &self.mem, &pfns, &mut stats, Some(hashes), |_| {})?;
+                meter.round(round, pfns.len() as u64, false, w.bytes);
+                sender.send(&mut w, &self.mem, &pfns, &mut stats, Some(hashes), |n| {
+                    meter.advance(n)
+                })?;
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
@@ -921,7 +928,10 @@ impl Vm {
             _ => transfer::all_pfns(&self.mem),
         };
         stats.last_round_pages = last.len() as u64;
-        sender.send(&mut w, &self.mem, &last, &mut stats, None, |_| {})?;
+        meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
+        sender.send(&mut w, &self.mem, &last, &mut stats, None, |n| {
+            meter.advance(n)
+        })?;
         stats.rounds += 1;
         for body in self.capture_vcpus()? {
             w.record(RecordType::Vcpu, &body)?;

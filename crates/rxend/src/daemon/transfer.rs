@@ -250,6 +250,21 @@ impl Daemon {
         Ok((name, stats))
     }
 
+    /// How far a save or migration of `r` has got (`None` when none runs),
+    /// from the file its VMM keeps up to date.
+    pub fn transfer_progress(
+        &self,
+        caller: &Caller,
+        r: &str,
+    ) -> Result<Option<rxen_proto::vmctl::TransferProgress>, DaemonError> {
+        self.only_root(caller, "follow transfers")?;
+        let (_, dir) = self.guest(caller, r, "followed")?;
+        let path = dir.join(rxen_proto::vmspec::files::TRANSFER_PROGRESS);
+        Ok(fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
     /// `rxl restore`: starts a domain from a save file (its own config, or `config`).
     pub fn restore_domain(
         &self,
