@@ -266,6 +266,10 @@ fn memory_rewritten_during_a_live_migration_arrives_intact() {
     // The echo shows the guest took the command (input still queued in the
     // VMM, not yet in the UART, does not move with the domain).
     con.wait_for("memfill 42", BOOT);
+    // Typed while the guest is busy: more than the UART's 64-byte FIFO, so
+    // the rest waits in the VMM's input queue, which must move too.
+    let word = format!("typed-during-migration-{}", "q".repeat(80));
+    con.send(&word);
     let out = p.a.rxl(&["migrate", "--key", &p.key, "mig6", p.net.addr_b]);
     assert!(
         out.status.success(),
@@ -286,6 +290,7 @@ fn memory_rewritten_during_a_live_migration_arrives_intact() {
     let mut con = p.b.console("mig6");
     // The memfill finishes here (its line shows in the target's console replay).
     con.wait_for("memfill done", Duration::from_secs(300));
+    con.wait_for(&format!("unknown command: {word}"), BOOT);
     assert_eq!(con.memsum(), expected, "memory arrived damaged ({stdout})");
     heartbeat_beyond(&mut con, 1);
 }

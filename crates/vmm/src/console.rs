@@ -189,6 +189,11 @@ impl InputQueue {
         self.queue.len()
     }
 
+    /// A copy of what is queued, oldest first.
+    pub fn contents(&self) -> Vec<u8> {
+        self.queue.iter().copied().collect()
+    }
+
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()

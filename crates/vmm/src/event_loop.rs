@@ -13,7 +13,6 @@ use rxen_proto::vmspec::{ExitReason, ExitRecord};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::console::InputQueue;
 use crate::control::{self, LineBuffer};
 use crate::exit::{write_exit_record, ExitError};
 use crate::lock;
@@ -83,7 +82,6 @@ struct Loop<'a> {
     next_id: u64,
     control_clients: HashMap<u64, ControlClient>,
     console_clients: HashMap<u64, UnixStream>,
-    input: InputQueue,
 }
 
 /// What the loop does next.
@@ -234,7 +232,7 @@ impl Loop<'_> {
         };
         let (data, gone) = Self::drain(stream);
         if !data.is_empty() {
-            let dropped = self.input.push(&data);
+            let dropped = self.vm.input.push(&data);
             if dropped > 0 {
                 tracing::warn!(dropped, "console input queue full");
             }
@@ -255,7 +253,7 @@ impl Loop<'_> {
 
     fn feed_input(&mut self) {
         let mut serial = lock(&self.vm.serial);
-        self.input.feed(|bytes| serial.enqueue(bytes));
+        self.vm.input.feed(|bytes| serial.enqueue(bytes));
     }
 
     fn drop_control(&mut self, id: u64) {
@@ -373,12 +371,13 @@ pub fn run(
         next_id: 0,
         control_clients: HashMap::new(),
         console_clients: HashMap::new(),
-        input: InputQueue::default(),
     };
     // An exit may already be pending (a vCPU that failed at once).
     if let Flow::Finish(r) = lp.finish()? {
         return Ok(r);
     }
+    // Input that arrived with a restored or migrated domain.
+    lp.feed_input();
     let mut events = vec![EpollEvent::default(); 64];
     loop {
         let n = match lp.epoll.wait(-1, &mut events) {

@@ -176,6 +176,8 @@ pub enum VmmError {
 pub struct Vm {
     /// The launch spec.
     pub spec: VmSpec,
+    /// Console input waiting for room in the UART FIFO (fed by the event loop).
+    pub input: crate::console::InputQueue,
     /// The KVM VM (kept open for the VM's lifetime).
     pub kvm: KvmVm,
     /// Guest memory.
@@ -592,7 +594,12 @@ impl Vm {
         )?;
 
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
+        let mut input = crate::console::InputQueue::default();
+        if let Some(st) = &serial_state {
+            input.push(&st.queued_input);
+        }
         Ok(Self {
+            input,
             spec,
             kvm,
             mem,
@@ -775,7 +782,8 @@ impl Vm {
 
     /// The device records (virtio devices frozen, guest paused).
     fn device_records(&self) -> Vec<DeviceRecord> {
-        let serial = crate::lock(&self.serial).snapshot();
+        let mut serial = crate::lock(&self.serial).snapshot();
+        serial.queued_input = self.input.contents();
         let virtio = self.slots.save_states().into_iter().map(|st| DeviceRecord {
             name: format!("virtio:{}", st.slot),
             state: serde_json::to_value(st).unwrap_or_default(),

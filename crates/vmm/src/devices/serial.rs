@@ -49,6 +49,9 @@ pub struct SerialSnapshot {
     pub regs: [u8; 7],
     /// Bytes received and not yet read by the guest.
     pub fifo: Vec<u8>,
+    /// Console input typed but not yet in the FIFO (the VMM's queue).
+    #[serde(default)]
+    pub queued_input: Vec<u8>,
 }
 
 /// The COM1 device on the port bus.
@@ -104,6 +107,7 @@ impl<W: Write + Send> SerialDevice<W> {
                 s.scratch,
             ],
             fifo: s.in_buffer,
+            queued_input: Vec::new(),
         }
     }
 
