@@ -40,7 +40,7 @@ commands:
   blkwrite SERIAL SECTOR COUNT SEED   write a pattern
   blkread SERIAL SECTOR COUNT         read and print the CRC-32
   blkflush SERIAL                     flush the disk
-  blkbench SERIAL read|write MIB      measure throughput
+  blkbench SERIAL read|write|randread MIB  measure throughput (randread: 4 KiB at random places)
   blkbad SERIAL                       send malformed requests
   nics                                list the network cards
   ip ADDR/PREFIX [SLOT]               set a card's address
@@ -190,7 +190,10 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("blkbench", 3) => match (args.word(1), args.number(2)) {
             ("read", Some(mib)) => blkcmd::blkbench(devices, args.word(0), false, mib, vcpu),
             ("write", Some(mib)) => blkcmd::blkbench(devices, args.word(0), true, mib, vcpu),
-            _ => println!("usage: blkbench SERIAL read|write MIB"),
+            ("randread", Some(mib)) => {
+                blkcmd::blkbench_randread(devices, args.word(0), mib, vcpu)
+            }
+            _ => println!("usage: blkbench SERIAL read|write|randread MIB"),
         },
         ("blkbad", 1) => blkcmd::blkbad(devices, args.word(0)),
         ("memsum", 0) => freemem::memsum(vcpu),
@@ -241,7 +244,7 @@ fn execute(line: &str, vcpu: &mut Vcpu, devices: &mut Devices) {
         ("blkwrite", _) => println!("usage: blkwrite SERIAL SECTOR COUNT SEED"),
         ("blkread", _) => println!("usage: blkread SERIAL SECTOR COUNT"),
         ("blkflush", _) => println!("usage: blkflush SERIAL"),
-        ("blkbench", _) => println!("usage: blkbench SERIAL read|write MIB"),
+        ("blkbench", _) => println!("usage: blkbench SERIAL read|write|randread MIB"),
         ("blkbad", _) => println!("usage: blkbad SERIAL"),
         ("burn", _) => println!("usage: burn S [V]"),
         ("dirty", _) => println!("usage: dirty R"),
