@@ -32,6 +32,8 @@ pub struct Nic {
     tx_bufs: u64,
     /// Bit i set: transmit descriptor i is with the device.
     tx_busy: u64,
+    /// The tag of what each transmit buffer last carried (`queue_frame_tagged`), if any.
+    tx_tags: [Option<u64>; QUEUE as usize],
 }
 
 const QUEUE_PAGES: usize = QUEUE as usize * BUF / PAGE;
@@ -70,6 +72,7 @@ impl Nic {
             rx_bufs,
             tx_bufs,
             tx_busy: 0,
+            tx_tags: [None; QUEUE as usize],
         };
         for i in 0..nic.rx.size() {
             nic.rx.set_desc(
@@ -143,20 +146,53 @@ impl Nic {
     /// Queues one frame built by `build` (which returns its length) without notifying;
     /// returns false when every transmit buffer is busy.
     pub fn queue_frame(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.queue(0, None, |frame, _| build(frame))
+    }
+
+    /// Like `queue_frame`, for a sender that sends the same frames again: the buffer records
+    /// `tag`, and `build` learns whether its buffer last carried a frame with the same tag (the
+    /// device only reads transmit buffers, so those bytes are still there and need not be
+    /// written again). Buffer `prefer` (modulo the queue size) is taken if it is free.
+    pub fn queue_frame_tagged(
+        &mut self,
+        prefer: u16,
+        tag: u64,
+        build: impl FnOnce(&mut [u8], bool) -> usize,
+    ) -> bool {
+        self.queue(prefer, Some(tag), build)
+    }
+
+    fn queue(
+        &mut self,
+        prefer: u16,
+        tag: Option<u64>,
+        build: impl FnOnce(&mut [u8], bool) -> usize,
+    ) -> bool {
         self.reclaim();
-        // The lowest buffer not with the device (queue sizes are at most 64, one bit each).
+        // Queue sizes are at most 64: one bit per buffer.
         let all = u64::MAX >> (64 - u32::from(self.tx.size()));
         let idle = !self.tx_busy & all;
         if idle == 0 {
             return false;
         }
-        let free = idle.trailing_zeros() as u16;
+        let prefer = prefer % self.tx.size();
+        // The preferred buffer if it is free, else the lowest free one.
+        let free = if idle & (1 << prefer) != 0 {
+            prefer
+        } else {
+            idle.trailing_zeros() as u16
+        };
+        let Some(last_tag) = self.tx_tags.get_mut(usize::from(free)) else {
+            return false;
+        };
+        let same = tag.is_some() && *last_tag == tag;
+        *last_tag = tag;
         let addr = self.tx_bufs + u64::from(free) * BUF as u64;
         // SAFETY: buffer `free` is not with the device (its busy bit is clear).
         let buf = unsafe { dma::slice_mut(addr, BUF) };
         let (header, frame) = buf.split_at_mut(HDR);
         header.fill(0);
-        let len = build(frame.get_mut(..MAX_FRAME).unwrap_or_default()).min(MAX_FRAME);
+        let len = build(frame.get_mut(..MAX_FRAME).unwrap_or_default(), same).min(MAX_FRAME);
         self.tx.set_desc(free, addr, (HDR + len) as u32, 0, 0);
         self.tx_busy |= 1 << free;
         self.tx.push(free);
