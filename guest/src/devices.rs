@@ -13,6 +13,9 @@ use crate::virtio::mmio::{slot_count, Mmio, SLOTS};
 use crate::virtio::net::{self, Nic};
 
 /// What sits in a slot.
+// A NIC is much larger than the rest (its transmit buffers' tags); there is no allocator to box
+// it in, and the table lives in a static (`console::DEVICES`), not on a stack.
+#[allow(clippy::large_enum_variant)]
 pub enum Device {
     /// A virtio-blk disk.
     Disk(Disk),
