@@ -192,6 +192,7 @@ pub fn udpsend(devices: &mut Devices, dst: &str, port: u64, mib: u64, vcpu: &mut
     let mut pattern = [0u8; 256 + DATAGRAM];
     fill_counting(&mut pattern, 0);
     let mut sums: [Option<u16>; 256] = [None; 256];
+    let run = link.nic.new_tag_epoch();
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut id: u16 = 0;
@@ -216,13 +217,18 @@ pub fn udpsend(devices: &mut Devices, dst: &str, port: u64, mib: u64, vcpu: &mut
             // A full-size payload's start repeats every 32 datagrams (32 * 1400 is a multiple
             // of 256), as does the transmit buffer preferred for it: once the pattern went
             // round, a buffer mostly holds its payload already and only the headers change.
-            let tag = first as u64 | (len as u64) << 8;
+            // The run is part of the tag: a buffer from this run that carried the same payload
+            // also carries the same headers (addresses, ports, lengths, UDP checksum), and only
+            // the IPv4 identification and header checksum change.
+            let tag = u64::from(run) << 32 | (len as u64) << 8 | first as u64;
             let ok = link.nic.queue_frame_tagged(id, tag, |buf, same| {
                 let at = proto::udp_payload_offset();
-                if !same {
-                    if let Some(payload) = buf.get_mut(at..at + window.len()) {
-                        payload.copy_from_slice(window);
-                    }
+                if same {
+                    proto::set_ipv4_id(buf, id);
+                    return at + len;
+                }
+                if let Some(payload) = buf.get_mut(at..at + window.len()) {
+                    payload.copy_from_slice(window);
                 }
                 proto::udp_with_payload_sum(
                     buf,

@@ -166,3 +166,30 @@ fn udp_with_a_known_payload_sum_builds_the_same_frame_as_udp() {
         assert_eq!(udp_verify_sum(src, dst, &plain[34..n]), 0xFFFF, "len {len}");
     }
 }
+
+#[test]
+fn set_ipv4_id_gives_the_frame_that_udp_builds_with_that_id() {
+    let (src, dst) = ([10, 0, 0, 2], [10, 0, 0, 1]);
+    let at = proto::udp_payload_offset();
+    for (old, new) in [(0u16, 1u16), (7, 0xFFFF), (0x1234, 0x1235), (0xFFFF, 0)] {
+        let mut patched = vec![0u8; 1514];
+        for (k, byte) in patched[at..at + 100].iter_mut().enumerate() {
+            *byte = k as u8;
+        }
+        let mut fresh = patched.clone();
+        let n = proto::udp(&mut patched, MAC, MAC, src, dst, 40000, 9, 100, old);
+        proto::set_ipv4_id(&mut patched, new);
+        let m = proto::udp(&mut fresh, MAC, MAC, src, dst, 40000, 9, 100, new);
+        assert_eq!(n, m);
+        assert_eq!(patched[..n], fresh[..m], "id {old:#x} -> {new:#x}");
+        // And the header checksum is right by an independent sum.
+        let mut sum: u32 = fresh[14..34]
+            .chunks(2)
+            .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+            .sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xFFFF) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xFFFF);
+    }
+}

@@ -232,3 +232,59 @@ fn udpsend_of_4_mib_finishes_and_the_host_gets_every_datagram() {
     );
     assert!(datagrams > 0);
 }
+
+/// Counts `udpsend` datagrams on `socket` until none came for 2 s; checks each payload.
+fn count_datagrams(socket: &UdpSocket) -> u64 {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    let mut datagrams = 0;
+    while let Ok((len, from)) = socket.recv_from(&mut buf) {
+        assert_eq!(from.port(), 40000);
+        check_udpsend_payload(&buf[..len]);
+        datagrams += 1;
+    }
+    datagrams
+}
+
+#[test]
+fn a_second_udpsend_goes_to_its_own_port() {
+    // The guest reuses what its transmit buffers hold between datagrams; a new run (here to
+    // another port) must not send the previous run's headers.
+    let n = 6;
+    let (machine, stats) = guest_on_tap_with_stats(n);
+    let sockets = [9101, 9102].map(|port| {
+        let socket = UdpSocket::bind((host(n), port)).expect("bind");
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads `size` (a c_int) for the length given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        (port, socket)
+    });
+    let expected = (1u64 << 20).div_ceil(1400);
+    for (port, socket) in &sockets {
+        let before = stats.snapshot().tx_drops;
+        let command = format!("udpsend {} {port} 1", host(n));
+        machine.send(&format!("{command}\n"));
+        assert_eq!(machine.expect_line(&command, harness::LONG_WAIT), command);
+        let line = machine.expect_line("udpsend ", Duration::from_secs(300));
+        assert!(
+            line.starts_with("udpsend done 1048576 bytes in "),
+            "bad line {line:?}"
+        );
+        let dropped = stats.snapshot().tx_drops - before;
+        let got = count_datagrams(socket);
+        assert!(
+            got <= expected && got + dropped >= expected,
+            "port {port}: {got} datagrams, {dropped} dropped by the device, {expected} sent"
+        );
+    }
+}

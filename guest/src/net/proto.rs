@@ -174,6 +174,16 @@ pub fn ipv4(
     at + IP_HDR
 }
 
+/// Gives the IPv4 packet in `frame` (headers as `ipv4` built them) identification `id` and the
+/// header checksum that goes with it; nothing else in the frame changes.
+pub fn set_ipv4_id(frame: &mut [u8], id: u16) {
+    let at = ETH_HDR;
+    put16(frame, at + 4, id);
+    put16(frame, at + 10, 0);
+    let sum = checksum(frame.get(at..at + IP_HDR).unwrap_or_default(), 0);
+    put16(frame, at + 10, sum);
+}
+
 /// Builds an ICMP echo request or reply frame with `data`; returns the frame length.
 #[allow(clippy::too_many_arguments)]
 pub fn icmp_echo(

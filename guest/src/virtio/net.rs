@@ -34,6 +34,8 @@ pub struct Nic {
     tx_busy: u64,
     /// The tag of what each transmit buffer last carried (`queue_frame_tagged`), if any.
     tx_tags: [Option<u64>; QUEUE as usize],
+    /// The last number `new_tag_epoch` handed out.
+    tag_epoch: u32,
 }
 
 const QUEUE_PAGES: usize = QUEUE as usize * BUF / PAGE;
@@ -73,6 +75,7 @@ impl Nic {
             tx_bufs,
             tx_busy: 0,
             tx_tags: [None; QUEUE as usize],
+            tag_epoch: 0,
         };
         for i in 0..nic.rx.size() {
             nic.rx.set_desc(
@@ -160,6 +163,13 @@ impl Nic {
         build: impl FnOnce(&mut [u8], bool) -> usize,
     ) -> bool {
         self.queue(prefer, Some(tag), build)
+    }
+
+    /// A number no earlier call returned (until it wraps after 2^32 calls), for a sender to
+    /// put in its tags so that they never match what an earlier sender left in the buffers.
+    pub fn new_tag_epoch(&mut self) -> u32 {
+        self.tag_epoch = self.tag_epoch.wrapping_add(1);
+        self.tag_epoch
     }
 
     fn queue(
