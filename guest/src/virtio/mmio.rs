@@ -6,7 +6,9 @@
 //! `-M microvm`), QEMU's virtio-mmio transports of 512 bytes from 0xFEB0_0000: 8 of them on
 //! GSIs 5..12 without ACPI, 8 on GSIs 16..23 with ACPI and one IOAPIC, 24 on GSIs 24..47
 //! with the second IOAPIC (QEMU's default; see `microvm_devices_init` in QEMU's
-//! hw/i386/microvm.c). The guest probes 24 and never takes their interrupts: every driver
+//! hw/i386/microvm.c). QEMU fills the highest transport first: with QEMU 7.2 a lone disk sits
+//! in transport 23, or in 7 with `-M microvm,acpi=off` (both seen by this guest's `disks`).
+//! The guest probes 24 and never takes their interrupts: every driver
 //! polls its used rings and asks for no interrupts (VRING_AVAIL_F_NO_INTERRUPT).
 //! QEMU's transports speak version 2 only with `-global virtio-mmio.force-legacy=false`.
 
