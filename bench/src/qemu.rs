@@ -48,6 +48,17 @@ pub struct Qemu {
 impl Qemu {
     /// Starts QEMU; returns once the process is spawned (not booted).
     pub fn spawn(cfg: &QemuConfig, spec: &QemuSpec, dir: &Path, tag: &str) -> Result<Qemu> {
+        Qemu::spawn_with(cfg, spec, &[], dir, tag)
+    }
+
+    /// Like `spawn`, with `extra` arguments at the end of QEMU's command line (devices).
+    pub fn spawn_with(
+        cfg: &QemuConfig,
+        spec: &QemuSpec,
+        extra: &[String],
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Qemu> {
         let qmp_path = dir.join(format!("qmp-{tag}.sock"));
         let stderr_path = dir.join(format!("qemu-{tag}.err"));
         let _ = std::fs::remove_file(&qmp_path);
@@ -77,6 +88,7 @@ impl Qemu {
         if let Some(i) = &spec.incoming {
             cmd.args(["-incoming", i]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -105,7 +117,18 @@ impl Qemu {
 
     /// Starts QEMU and waits for the guest's banner.
     pub fn boot(cfg: &QemuConfig, spec: &QemuSpec, dir: &Path, tag: &str) -> Result<Qemu> {
-        let mut q = Qemu::spawn(cfg, spec, dir, tag)?;
+        Qemu::boot_with(cfg, spec, &[], dir, tag)
+    }
+
+    /// Like `boot`, with `extra` arguments (see `spawn_with`).
+    pub fn boot_with(
+        cfg: &QemuConfig,
+        spec: &QemuSpec,
+        extra: &[String],
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Qemu> {
+        let mut q = Qemu::spawn_with(cfg, spec, extra, dir, tag)?;
         let r = q
             .console
             .wait_contains("rxen testguest: booted", Duration::from_secs(30));
@@ -201,6 +224,35 @@ impl Drop for Qemu {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.qmp_path);
     }
+}
+
+/// QEMU arguments for a virtio-blk disk over the raw image `path`, serial `serial` (the name
+/// the test guest's disk commands take), on a microvm virtio-mmio transport that speaks
+/// version 2 (QEMU's virtio-mmio is legacy by default, and the test guest drives version 2).
+pub fn disk_args(path: &Path, serial: &str) -> Vec<String> {
+    vec![
+        "-global".into(),
+        "virtio-mmio.force-legacy=false".into(),
+        "-drive".into(),
+        format!(
+            "file={},if=none,id=disk0,format=raw,cache=writeback",
+            path.display()
+        ),
+        "-device".into(),
+        format!("virtio-blk-device,drive=disk0,serial={serial}"),
+    ]
+}
+
+/// QEMU arguments for a virtio-net card on the existing TAP `tap` with MAC `mac`.
+pub fn nic_args(tap: &str, mac: &str) -> Vec<String> {
+    vec![
+        "-global".into(),
+        "virtio-mmio.force-legacy=false".into(),
+        "-netdev".into(),
+        format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+        "-device".into(),
+        format!("virtio-net-device,netdev=net0,mac={mac}"),
+    ]
 }
 
 /// A QMP connection: JSON lines over a Unix socket.

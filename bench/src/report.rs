@@ -48,6 +48,21 @@ impl Cell {
         }
     }
 
+    /// Adds the samples and failures of `other` (a sample set) to this one.
+    pub fn merge(&mut self, other: Cell) {
+        if let (
+            Cell::Samples { values, failures },
+            Cell::Samples {
+                values: more_values,
+                failures: more_failures,
+            },
+        ) = (self, other)
+        {
+            values.extend(more_values);
+            failures.extend(more_failures);
+        }
+    }
+
     /// The summary of the samples, if there are any.
     pub fn summary(&self) -> Option<Summary> {
         match self {

@@ -129,6 +129,38 @@ pub fn blkbench(devices: &mut Devices, serial: &str, write: bool, mib: u64, vcpu
     println!("blkbench {word} {mib} MiB in {} ms", start.elapsed_ms());
 }
 
+/// Sectors per request of `blkbench SERIAL randread MIB` (4 KiB).
+const RAND_SECTORS: u64 = 8;
+
+/// `blkbench SERIAL randread MIB`: reads MIB MiB in 4 KiB requests at random 4 KiB-aligned
+/// places of the disk (a fixed xorshift sequence, the same on every run and monitor).
+pub fn blkbench_randread(devices: &mut Devices, serial: &str, mib: u64, vcpu: &mut Vcpu) {
+    let Some(disk) = devices.disk(serial) else {
+        println!("blkbench error: nodev");
+        return;
+    };
+    let places = disk.sectors / RAND_SECTORS;
+    if places == 0 {
+        println!("blkbench error: ioerr");
+        return;
+    }
+    let total = mib.saturating_mul(1 << 20) / (RAND_SECTORS * SECTOR);
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let start = Instant::now();
+    for _ in 0..total {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let sector = state % places * RAND_SECTORS;
+        if let Err(e) = disk.io(Direction::FromDevice, sector, RAND_SECTORS) {
+            println!("blkbench error: {}", e.name());
+            return;
+        }
+        vcpu.poll_tick();
+    }
+    println!("blkbench randread {mib} MiB in {} ms", start.elapsed_ms());
+}
+
 /// `blkbad SERIAL`: malformed chains, each of which the device must fail cleanly.
 pub fn blkbad(devices: &mut Devices, serial: &str) {
     let Some(disk) = devices.disk(serial) else {

@@ -1,4 +1,5 @@
-//! The table of virtio-mmio slots and the drivers bound to them (vCPU 0 only).
+//! The table of virtio-mmio slots (rxen's, or QEMU microvm's transports) and the drivers bound
+//! to them (vCPU 0 only).
 
 use core::fmt::Write;
 
@@ -8,10 +9,13 @@ use crate::netcmd::MacText;
 use crate::println;
 use crate::virtio::balloon::{self, Balloon};
 use crate::virtio::blk::{self, Disk};
-use crate::virtio::mmio::{Mmio, SLOTS};
+use crate::virtio::mmio::{slot_count, Mmio, SLOTS};
 use crate::virtio::net::{self, Nic};
 
 /// What sits in a slot.
+// A NIC is much larger than the rest (its transmit buffers' tags); there is no allocator to box
+// it in, and the table lives in a static (`console::DEVICES`), not on a stack.
+#[allow(clippy::large_enum_variant)]
 pub enum Device {
     /// A virtio-blk disk.
     Disk(Disk),
@@ -55,7 +59,7 @@ impl Devices {
     /// A slot whose device disappeared (reads empty) is forgotten.
     /// Slots whose bit is set in `skip` are left alone (the host asked the guest to let go of them).
     pub fn scan(&mut self, announce: bool, skip: u32) {
-        for slot in 0..SLOTS {
+        for slot in 0..slot_count().min(SLOTS) {
             if skip & (1 << slot) != 0 {
                 continue;
             }

@@ -1,5 +1,5 @@
-//! Disk: the guest's sequential throughput through virtio-blk against the
-//! host's own on the same image file.
+//! Disk: the guest's sequential and random-read throughput through virtio-blk, under rxen
+//! and under QEMU, against the host's own on the same image file.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -9,92 +9,169 @@ use std::time::{Duration, Instant};
 use super::Ctx;
 use crate::console::Console;
 use crate::error::{BenchError, Result};
+use crate::qemu::{disk_args, Qemu, QemuSpec};
 use crate::report::{Better, Cell, Row, SectionReport};
 
 /// The request size of both the guest's `blkbench` and the host's loop.
 const CHUNK: usize = 64 * 1024;
 
-/// Why QEMU gets no disk figure.
-const QEMU_NA: &str = "the test guest probes rxen's virtio-mmio slots at 0xD000_0000; QEMU microvm puts its devices at 0xFEB0_0000";
+/// The request size of the guest's `blkbench SERIAL randread` and the host's random reads.
+const RAND_CHUNK: u64 = 4096;
 
-/// Runs `blkbench` in an rxen guest and the same transfers on the host, alternately.
+/// Size of the raw image each monitor's guest gets.
+const IMAGE_MIB: u64 = 256;
+
+/// The figures of one monitor: the guest's, and the host's on the same file between them.
+struct Figures<'a> {
+    guest: [&'a mut Cell; 3],
+    host: [Cell; 3],
+}
+
+/// Runs `blkbench` (sequential write and read, random read) in an rxen and a QEMU guest and
+/// the same transfers on the host, alternately.
 pub fn run(ctx: &mut Ctx) -> SectionReport {
     let mib: u64 = if ctx.quick { 32 } else { 128 };
+    let rand_mib: u64 = if ctx.quick { 4 } else { 16 };
     let guest = format!("128 MiB, 1 vCPU; {mib} MiB in 64 KiB requests, 256 MiB raw file");
+    let rand_guest = format!(
+        "128 MiB, 1 vCPU; {rand_mib} MiB in 4 KiB requests at random places of a 256 MiB raw file"
+    );
     let mut write = Row::new("disk: sequential write", &guest, "MiB/s", 1, Better::Higher);
     let mut read = Row::new("disk: sequential read", &guest, "MiB/s", 1, Better::Higher);
-    let mut random = Row::new("disk: random read", &guest, "MiB/s", 1, Better::Higher);
-    random.rxen = Cell::Pending("the test guest's `blkbench` is sequential only".into());
-    random.qemu = Cell::NotApplicable(QEMU_NA.into());
+    let mut random = Row::new("disk: random read", &rand_guest, "MiB/s", 1, Better::Higher);
     let rxen_pending = match ctx.host() {
         Ok(h) if !h.rxl_has("block-attach") => {
             Some("rxen disks (issue 4) have not landed".to_string())
         }
         _ => None,
     };
+    let mut host = [Cell::empty(), Cell::empty(), Cell::empty()];
     match ctx.rxen_blocked(rxen_pending.as_deref()) {
         Some(why) => {
             write.rxen = Cell::Pending(why.clone());
-            read.rxen = Cell::Pending(why);
+            read.rxen = Cell::Pending(why.clone());
+            random.rxen = Cell::Pending(why);
         }
         None => {
-            let (mut hw, mut hr) = (Cell::empty(), Cell::empty());
-            if let Err(e) = measure(ctx, mib, &mut write.rxen, &mut read.rxen, &mut hw, &mut hr) {
-                write.rxen.push::<String>(Err(e.to_string()));
-                read.rxen.push::<String>(Err(e.to_string()));
+            let mut f = Figures {
+                guest: [&mut write.rxen, &mut read.rxen, &mut random.rxen],
+                host: [Cell::empty(), Cell::empty(), Cell::empty()],
+            };
+            if let Err(e) = measure(ctx, Monitor::Rxen, mib, rand_mib, &mut f) {
+                for cell in f.guest {
+                    cell.push::<String>(Err(e.to_string()));
+                }
             }
-            write.host = Some(hw);
-            read.host = Some(hr);
+            host = f.host;
         }
     }
-    write.qemu = Cell::NotApplicable(QEMU_NA.into());
-    read.qemu = Cell::NotApplicable(QEMU_NA.into());
+    match ctx.qemu_unavailable.clone() {
+        Some(why) => {
+            write.qemu = Cell::Pending(why.clone());
+            read.qemu = Cell::Pending(why.clone());
+            random.qemu = Cell::Pending(why);
+        }
+        None => {
+            let mut f = Figures {
+                guest: [&mut write.qemu, &mut read.qemu, &mut random.qemu],
+                host: [Cell::empty(), Cell::empty(), Cell::empty()],
+            };
+            if let Err(e) = measure(ctx, Monitor::Qemu, mib, rand_mib, &mut f) {
+                for cell in f.guest {
+                    cell.push::<String>(Err(e.to_string()));
+                }
+            }
+            // The host's figures from between the QEMU runs join those from the rxen runs.
+            for (all, more) in host.iter_mut().zip(f.host) {
+                all.merge(more);
+            }
+        }
+    }
+    let [hw, hr, hrand] = host;
+    write.host = Some(hw);
+    read.host = Some(hr);
+    random.host = Some(hrand);
     SectionReport {
         title: "disk".into(),
         rows: vec![write, read, random],
         method: vec![format!(
-            "one rxen guest with `disk = ['file:IMG,xvda,w']` (a 256 MiB raw file on the host's \
-             disk) runs `blkbench xvda write {mib}` then `blkbench xvda read {mib}` (sequential \
-             64 KiB virtio-blk requests, timed by the guest); alternately, the host writes and \
-             reads the same {mib} MiB of the same file with 64 KiB `pwrite`/`pread` (buffered, no \
-             fdatasync: the VMM's own I/O is buffered and the guest does not flush). Reads come \
-             from the page cache on both sides."
+            "one rxen guest with `disk = ['file:IMG,xvda,w']`, and one QEMU guest with \
+             `-global virtio-mmio.force-legacy=false -drive file=IMG,if=none,id=disk0,format=raw,\
+             cache=writeback -device virtio-blk-device,drive=disk0,serial=xvda` (each a fresh \
+             {IMAGE_MIB} MiB raw file on the host's disk; the test guest finds QEMU's device on \
+             microvm's virtio-mmio transports at 0xFEB0_0000 and polls it, as it polls rxen's), \
+             run `blkbench xvda write {mib}`, `blkbench xvda read {mib}` (sequential 64 KiB \
+             virtio-blk requests) and `blkbench xvda randread {rand_mib}` (4 KiB requests at \
+             4 KiB-aligned places drawn by a fixed xorshift sequence), timed by the guest; \
+             alternately, the host writes and reads the same {mib} MiB of the same file with \
+             64 KiB `pwrite`/`pread` (buffered, no fdatasync: both VMMs' I/O is buffered and the \
+             guest does not flush) and reads {rand_mib} MiB in 4 KiB `pread`s at the guest's \
+             places. Reads come from the page cache on both sides."
         )],
     }
 }
 
+/// Which monitor a disk measurement runs under.
+#[derive(Clone, Copy)]
+enum Monitor {
+    Rxen,
+    Qemu,
+}
+
 fn measure(
     ctx: &mut Ctx,
+    monitor: Monitor,
     mib: u64,
-    gw: &mut Cell,
-    gr: &mut Cell,
-    hw: &mut Cell,
-    hr: &mut Cell,
+    rand_mib: u64,
+    f: &mut Figures<'_>,
 ) -> Result<()> {
     let name = ctx.name("disk");
     let img = ctx.path().join(format!("{name}.img"));
     std::fs::File::create(&img)
-        .and_then(|f| f.set_len(256 << 20))
+        .and_then(|f| f.set_len(IMAGE_MIB << 20))
         .map_err(|e| BenchError::io("create the disk image", e))?;
-    let host = ctx.host()?;
-    let r = (|| {
-        let mut d = host.boot(
-            &name,
-            128,
-            1,
-            &format!("disk = [ 'file:{},xvda,w' ]", img.display()),
-        )?;
-        for _ in 0..ctx.runs {
-            gw.push(blkbench(&mut d.console, "write", mib));
-            hw.push(host_io(&img, mib, true));
-            gr.push(blkbench(&mut d.console, "read", mib));
-            hr.push(host_io(&img, mib, false));
+    let r = match monitor {
+        Monitor::Rxen => {
+            let host = ctx.host()?;
+            let r = (|| {
+                let mut d = host.boot(
+                    &name,
+                    128,
+                    1,
+                    &format!("disk = [ 'file:{},xvda,w' ]", img.display()),
+                )?;
+                runs(ctx.runs, &mut d.console, &img, mib, rand_mib, f);
+                Ok(())
+            })();
+            host.destroy(&name);
+            r
         }
-        Ok(())
-    })();
-    host.destroy(&name);
+        Monitor::Qemu => {
+            let spec = QemuSpec {
+                memory_mib: 128,
+                vcpus: 1,
+                incoming: None,
+            };
+            let args = disk_args(&img, "xvda");
+            Qemu::boot_with(&ctx.qemu, &spec, &args, ctx.path(), &name).map(|mut q| {
+                runs(ctx.runs, &mut q.console, &img, mib, rand_mib, f);
+            })
+        }
+    };
     let _ = std::fs::remove_file(&img);
     r
+}
+
+/// `runs` rounds of the guest's three measurements, each followed by the host's.
+fn runs(runs: usize, con: &mut Console, img: &Path, mib: u64, rand_mib: u64, f: &mut Figures<'_>) {
+    for _ in 0..runs {
+        f.guest[0].push(blkbench(con, "write", mib));
+        f.host[0].push(host_io(img, mib, true));
+        f.guest[1].push(blkbench(con, "read", mib));
+        f.host[1].push(host_io(img, mib, false));
+        f.guest[2].push(blkbench(con, "randread", rand_mib));
+        f.host[2].push(host_random_read(img, rand_mib));
+    }
 }
 
 /// MiB/s from the guest's `blkbench OP MIB MiB in MS ms`.
@@ -130,6 +207,34 @@ fn host_io(path: &Path, mib: u64, write: bool) -> Result<f64> {
         }
         .map_err(|e| BenchError::io("host I/O on the image", e))?;
         off += CHUNK as u64;
+    }
+    Ok(mib as f64 / start.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// MiB/s of the host reading `mib` MiB of the file in 4 KiB requests at the places the
+/// guest's `blkbench SERIAL randread` draws (the same xorshift sequence over the same size).
+fn host_random_read(path: &Path, mib: u64) -> Result<f64> {
+    let f = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| BenchError::io("open the disk image", e))?;
+    let places = f
+        .metadata()
+        .map_err(|e| BenchError::io("size of the disk image", e))?
+        .len()
+        / RAND_CHUNK;
+    if places == 0 {
+        return Err(BenchError::Unexpected("the disk image is empty".into()));
+    }
+    let mut buf = vec![0u8; RAND_CHUNK as usize];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let start = Instant::now();
+    for _ in 0..(mib << 20) / RAND_CHUNK {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        f.read_exact_at(&mut buf, state % places * RAND_CHUNK)
+            .map_err(|e| BenchError::io("host I/O on the image", e))?;
     }
     Ok(mib as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }

@@ -113,3 +113,83 @@ fn addresses_parse() {
     assert!(proto::same_subnet([10, 1, 2, 3], [10, 1, 2, 200], 24));
     assert!(!proto::same_subnet([10, 1, 2, 3], [10, 1, 3, 3], 24));
 }
+
+/// The one's-complement sum of a whole UDP datagram with its pseudo-header, computed here
+/// independently of the guest's code: 0xFFFF when the checksum field is right.
+fn udp_verify_sum(src: [u8; 4], dst: [u8; 4], datagram: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u64::from(pair[0]) << 8;
+            sum += hi | pair.get(1).map_or(0, |&b| u64::from(b));
+        }
+    };
+    add(&src);
+    add(&dst);
+    add(&[0, 17]);
+    add(&(datagram.len() as u16).to_be_bytes());
+    add(datagram);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn udp_with_a_known_payload_sum_builds_the_same_frame_as_udp() {
+    let (src, dst) = ([10, 0, 0, 2], [10, 0, 0, 1]);
+    let at = proto::udp_payload_offset();
+    let mut seed = 0x1234_5678_u32;
+    for len in (0..64).chain([1399, 1400, 1401]) {
+        let mut plain = vec![0u8; 1514];
+        for byte in &mut plain[at..at + len] {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            *byte = (seed >> 16) as u8;
+        }
+        let mut presummed = plain.clone();
+        let n = proto::udp(&mut plain, MAC, MAC, src, dst, 40000, 9, len, 7);
+        let payload_sum = proto::sum16(&presummed[at..at + len]);
+        let m = proto::udp_with_payload_sum(
+            &mut presummed,
+            MAC,
+            MAC,
+            src,
+            dst,
+            (40000, 9),
+            len,
+            7,
+            payload_sum,
+        );
+        assert_eq!(n, at + len);
+        assert_eq!(m, n);
+        assert_eq!(presummed[..m], plain[..n], "payload of {len} bytes");
+        assert_eq!(udp_verify_sum(src, dst, &plain[34..n]), 0xFFFF, "len {len}");
+    }
+}
+
+#[test]
+fn set_ipv4_id_gives_the_frame_that_udp_builds_with_that_id() {
+    let (src, dst) = ([10, 0, 0, 2], [10, 0, 0, 1]);
+    let at = proto::udp_payload_offset();
+    for (old, new) in [(0u16, 1u16), (7, 0xFFFF), (0x1234, 0x1235), (0xFFFF, 0)] {
+        let mut patched = vec![0u8; 1514];
+        for (k, byte) in patched[at..at + 100].iter_mut().enumerate() {
+            *byte = k as u8;
+        }
+        let mut fresh = patched.clone();
+        let n = proto::udp(&mut patched, MAC, MAC, src, dst, 40000, 9, 100, old);
+        proto::set_ipv4_id(&mut patched, new);
+        let m = proto::udp(&mut fresh, MAC, MAC, src, dst, 40000, 9, 100, new);
+        assert_eq!(n, m);
+        assert_eq!(patched[..n], fresh[..m], "id {old:#x} -> {new:#x}");
+        // And the header checksum is right by an independent sum.
+        let mut sum: u32 = fresh[14..34]
+            .chunks(2)
+            .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+            .sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xFFFF) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xFFFF);
+    }
+}

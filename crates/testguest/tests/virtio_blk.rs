@@ -149,3 +149,24 @@ fn blkbench_reports_both_directions() {
         ms.parse::<u64>().expect("a number of ms");
     }
 }
+
+#[test]
+fn blkbench_randread_reads_in_4_kib_requests() {
+    let (_file, block) = image(false);
+    let stats = block.stats();
+    let machine = Machine::boot_with(1, 64, vec![(0, Box::new(block))], &[]);
+    machine.expect_line("rxen testguest:", harness::LONG_WAIT);
+    let before = stats.snapshot();
+    let line = machine.command("blkbench xvda randread 2", "blkbench");
+    let ms = line
+        .strip_prefix("blkbench randread 2 MiB in ")
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .unwrap_or_else(|| panic!("bad line {line:?}"));
+    ms.parse::<u64>().expect("a number of ms");
+    let after = stats.snapshot();
+    // 2 MiB in 4 KiB requests: 512 reads of 8 sectors each (the 64 KiB sequential mode would
+    // make 32), none failed.
+    assert_eq!(after.read_requests - before.read_requests, 512);
+    assert_eq!(after.read_sectors - before.read_sectors, 4096);
+    assert_eq!(after.errors, before.errors);
+}

@@ -7,14 +7,20 @@ mod harness;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use harness::Machine;
-use rxen_virtio::net::RX_QUEUE;
+use rxen_virtio::net::{NetStats, RX_QUEUE};
 use rxen_virtio::{Net, NetConfig, Tap};
 
 /// A guest with one NIC on TAP `tgN<pid>`, the host at 10.231.N.1/24 on the TAP.
 fn guest_on_tap(n: u8) -> Machine {
+    guest_on_tap_with_stats(n).0
+}
+
+/// Like `guest_on_tap`, also returning the device's counters.
+fn guest_on_tap_with_stats(n: u8) -> (Machine, Arc<NetStats>) {
     let name = format!("tg{n}x{}", std::process::id() % 100_000);
     let tap = Tap::open(&name).expect("open TAP (needs root)");
     for args in [
@@ -33,6 +39,7 @@ fn guest_on_tap(n: u8) -> Machine {
         },
     )
     .expect("net device");
+    let stats = net.stats();
     let machine = Machine::boot_with(1, 16, vec![(0, Box::new(net))], &[]);
     machine.pump(0, RX_QUEUE);
     assert_eq!(
@@ -47,7 +54,7 @@ fn guest_on_tap(n: u8) -> Machine {
         machine.command(&format!("ip 10.231.{n}.2/24"), "ip "),
         format!("ip 10.231.{n}.2/24 on nic 0")
     );
-    machine
+    (machine, stats)
 }
 
 fn host(n: u8) -> Ipv4Addr {
@@ -145,4 +152,139 @@ fn spoof_sends_and_bad_arguments_are_refused() {
         machine.command("ip 10.1.2.3/24 5", "ip:"),
         "ip: no such nic"
     );
+}
+
+/// Every datagram of the `udpsend` stream: the payload byte at stream offset k is k mod 256,
+/// and datagrams carry 1400 bytes (the last one possibly fewer).
+fn check_udpsend_payload(payload: &[u8]) {
+    assert!(!payload.is_empty() && payload.len() <= 1400, "bad length");
+    let first = payload[0];
+    for (k, &byte) in payload.iter().enumerate() {
+        assert_eq!(byte, first.wrapping_add(k as u8), "payload pattern broken");
+    }
+}
+
+#[test]
+fn udpsend_of_4_mib_finishes_and_the_host_gets_every_datagram() {
+    let n = 5;
+    let (machine, stats) = guest_on_tap_with_stats(n);
+    let socket = UdpSocket::bind((host(n), 9998)).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    // A large receive buffer, so that the host's own socket does not drop what the device
+    // delivered while this thread is busy (drops there would not be the guest's fault).
+    let size: libc::c_int = 32 << 20;
+    // SAFETY: setsockopt reads `size` (a c_int) for the length given; the fd is the socket's.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let receiver = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (mut datagrams, mut bytes, mut quiet) = (0u64, 0u64, 0u32);
+        // Until nothing arrived for 20 s (the guest is slow under PVM, but never that slow).
+        while quiet < 40 {
+            match socket.recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    assert_eq!(from.port(), 40000);
+                    check_udpsend_payload(&buf[..len]);
+                    datagrams += 1;
+                    bytes += len as u64;
+                    quiet = 0;
+                    if bytes == 4 << 20 {
+                        break;
+                    }
+                }
+                Err(_) => quiet += 1,
+            }
+        }
+        (datagrams, bytes)
+    });
+    let before = stats.snapshot();
+    let command = format!("udpsend {} 9998 4", host(n));
+    machine.send(&format!("{command}\n"));
+    assert_eq!(machine.expect_line(&command, harness::LONG_WAIT), command);
+    let line = machine.expect_line("udpsend ", Duration::from_secs(600));
+    assert!(
+        line.starts_with("udpsend done 4194304 bytes in "),
+        "bad line {line:?}"
+    );
+    let (datagrams, bytes) = receiver.join().expect("receiver thread");
+    let after = stats.snapshot();
+    let expected = (4u64 << 20).div_ceil(1400);
+    let frames = (after.tx_packets + after.tx_drops) - (before.tx_packets + before.tx_drops);
+    let dropped = after.tx_drops - before.tx_drops;
+    // Every datagram the guest queued went through the device (with the odd ARP frame) ...
+    assert!(
+        frames >= expected,
+        "device saw {frames} frames for {expected} datagrams"
+    );
+    // ... and every one the device did not count as dropped reached the host's socket.
+    assert!(
+        datagrams <= expected && datagrams + dropped >= expected,
+        "host got {datagrams} datagrams ({bytes} bytes), device dropped {dropped}, {expected} sent"
+    );
+    assert!(datagrams > 0);
+}
+
+/// Counts `udpsend` datagrams on `socket` until none came for 2 s; checks each payload.
+fn count_datagrams(socket: &UdpSocket) -> u64 {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    let mut datagrams = 0;
+    while let Ok((len, from)) = socket.recv_from(&mut buf) {
+        assert_eq!(from.port(), 40000);
+        check_udpsend_payload(&buf[..len]);
+        datagrams += 1;
+    }
+    datagrams
+}
+
+#[test]
+fn a_second_udpsend_goes_to_its_own_port() {
+    // The guest reuses what its transmit buffers hold between datagrams; a new run (here to
+    // another port) must not send the previous run's headers.
+    let n = 6;
+    let (machine, stats) = guest_on_tap_with_stats(n);
+    let sockets = [9101, 9102].map(|port| {
+        let socket = UdpSocket::bind((host(n), port)).expect("bind");
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads `size` (a c_int) for the length given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        (port, socket)
+    });
+    let expected = (1u64 << 20).div_ceil(1400);
+    for (port, socket) in &sockets {
+        let before = stats.snapshot().tx_drops;
+        let command = format!("udpsend {} {port} 1", host(n));
+        machine.send(&format!("{command}\n"));
+        assert_eq!(machine.expect_line(&command, harness::LONG_WAIT), command);
+        let line = machine.expect_line("udpsend ", Duration::from_secs(300));
+        assert!(
+            line.starts_with("udpsend done 1048576 bytes in "),
+            "bad line {line:?}"
+        );
+        let dropped = stats.snapshot().tx_drops - before;
+        let got = count_datagrams(socket);
+        assert!(
+            got <= expected && got + dropped >= expected,
+            "port {port}: {got} datagrams, {dropped} dropped by the device, {expected} sent"
+        );
+    }
 }

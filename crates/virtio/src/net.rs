@@ -101,7 +101,6 @@ pub struct Net {
     filter: AntiSpoof,
     bucket: Option<TokenBucket>,
     timer: Option<OwnedFd>,
-    timer_armed: bool,
     stats: Arc<NetStats>,
     /// A frame read from the backend that found no receive buffer yet.
     pending_rx: Option<usize>,
@@ -150,7 +149,6 @@ impl Net {
             filter: AntiSpoof::new(config.allowed_ips),
             bucket,
             timer,
-            timer_armed: false,
             stats: Arc::new(NetStats::default()),
             pending_rx: None,
             rx_buf: vec![0; MAX_FRAME],
@@ -191,8 +189,6 @@ impl Net {
                 "virtio-net: cannot arm the rate timer: {}",
                 io::Error::last_os_error()
             );
-        } else {
-            self.timer_armed = true;
         }
     }
 
@@ -202,7 +198,23 @@ impl Net {
             // SAFETY: reads at most 8 bytes into `buf`; the fd is non-blocking.
             let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         }
-        self.timer_armed = false;
+    }
+
+    /// Stops the rate timer (a reset device has nothing to send) and consumes any expiry.
+    fn disarm_timer(&mut self) {
+        if let Some(fd) = self.timer.as_ref() {
+            // SAFETY: an all-zero itimerspec is valid and disarms the timer; no old value asked.
+            let rc = unsafe {
+                libc::timerfd_settime(fd.as_raw_fd(), 0, &std::mem::zeroed(), std::ptr::null_mut())
+            };
+            if rc < 0 {
+                tracing::warn!(
+                    "virtio-net: cannot stop the rate timer: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+        self.drain_timer();
     }
 
     /// Moves frames from the backend into receive buffers; returns whether any buffer was used.
@@ -314,10 +326,9 @@ impl Net {
                 used_any = true;
             }
         }
+        // (Re)arm for the bucket's current wait: `process_queue` consumed any earlier expiry.
         if let Some(w) = wait {
-            if !self.timer_armed {
-                self.arm_timer(w);
-            }
+            self.arm_timer(w);
         }
         Ok(used_any)
     }
@@ -486,6 +497,9 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.pending_rx = None;
+        // The VMM watches the timer fd level-triggered and the transport ignores notifications
+        // while the device is reset: an expiry now would stay readable and spin its I/O thread.
+        self.disarm_timer();
     }
 
     fn after_migration(&mut self) {
@@ -507,9 +521,12 @@ impl VirtioDevice for Net {
         let used = match index {
             RX_QUEUE => self.process_rx()?,
             TX_QUEUE => {
-                if self.timer_armed {
-                    self.drain_timer();
-                }
+                // Always consume an expiry first. (This used to happen only while a flag said
+                // the timer was armed; a notification before the expiry cleared the flag, and
+                // when the bucket then allowed the rest (the wait is at least 100 us) nothing
+                // re-armed it, so the expiry that followed left the fd readable for good and
+                // the VMM, which watches it level-triggered, called this in a loop.)
+                self.drain_timer();
                 self.process_tx()?
             }
             _ => return Err(DeviceError::NoSuchQueue(index)),

@@ -174,6 +174,16 @@ pub fn ipv4(
     at + IP_HDR
 }
 
+/// Gives the IPv4 packet in `frame` (headers as `ipv4` built them) identification `id` and the
+/// header checksum that goes with it; nothing else in the frame changes.
+pub fn set_ipv4_id(frame: &mut [u8], id: u16) {
+    let at = ETH_HDR;
+    put16(frame, at + 4, id);
+    put16(frame, at + 10, 0);
+    let sum = checksum(frame.get(at..at + IP_HDR).unwrap_or_default(), 0);
+    put16(frame, at + 10, sum);
+}
+
 /// Builds an ICMP echo request or reply frame with `data`; returns the frame length.
 #[allow(clippy::too_many_arguments)]
 pub fn icmp_echo(
@@ -225,15 +235,51 @@ pub fn udp(
     payload_len: usize,
     id: u16,
 ) -> usize {
+    let at = udp_payload_offset();
+    let payload_sum = sum16(out.get(at..at + payload_len).unwrap_or_default());
+    udp_with_payload_sum(
+        out,
+        dst_mac,
+        src_mac,
+        src,
+        dst,
+        (src_port, dst_port),
+        payload_len,
+        id,
+        payload_sum,
+    )
+}
+
+/// The one's-complement sum of `data` as big-endian 16-bit words, folded but not inverted
+/// (what `udp_with_payload_sum` wants for a payload; an odd last byte is padded with zero).
+pub fn sum16(data: &[u8]) -> u16 {
+    !checksum(data, 0)
+}
+
+/// Like `udp`, for a payload whose `sum16` the caller already knows (a sender that sends the
+/// same bytes again need not read them again): only the headers are summed here.
+#[allow(clippy::too_many_arguments)]
+pub fn udp_with_payload_sum(
+    out: &mut [u8],
+    dst_mac: Mac,
+    src_mac: Mac,
+    src: Ip,
+    dst: Ip,
+    (src_port, dst_port): (u16, u16),
+    payload_len: usize,
+    id: u16,
+    payload_sum: u16,
+) -> usize {
     let len = UDP_HDR + payload_len;
     let at = ipv4(out, dst_mac, src_mac, src, dst, PROTO_UDP, len, id);
     put16(out, at, src_port);
     put16(out, at + 2, dst_port);
     put16(out, at + 4, len as u16);
     put16(out, at + 6, 0);
+    // The payload starts at an even offset of the datagram, so its words line up.
     let sum = checksum(
-        out.get(at..at + len).unwrap_or_default(),
-        pseudo_sum(src, dst, PROTO_UDP, len as u16),
+        out.get(at..at + UDP_HDR).unwrap_or_default(),
+        pseudo_sum(src, dst, PROTO_UDP, len as u16) + u32::from(payload_sum),
     );
     put16(out, at + 6, if sum == 0 { 0xFFFF } else { sum });
     at + len

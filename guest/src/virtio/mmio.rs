@@ -1,16 +1,51 @@
 //! The virtio-mmio (version 2) register window of one device, and driver initialisation
 //! per virtio 1.2 §3.1.1.
+//!
+//! Where the windows are depends on the monitor: rxen's 16 slots of 4 KiB at 0xD000_0000
+//! (docs/internals.md), or, when the guest came in through the PVH entry (QEMU
+//! `-M microvm`), QEMU's virtio-mmio transports of 512 bytes from 0xFEB0_0000: 8 of them on
+//! GSIs 5..12 without ACPI, 8 on GSIs 16..23 with ACPI and one IOAPIC, 24 on GSIs 24..47
+//! with the second IOAPIC (QEMU's default; see `microvm_devices_init` in QEMU's
+//! hw/i386/microvm.c). QEMU fills the highest transport first: with QEMU 7.2 a lone disk sits
+//! in transport 23, or in 7 with `-M microvm,acpi=off` (both seen by this guest's `disks`).
+//! The guest probes 24 and never takes their interrupts: every driver
+//! polls its used rings and asks for no interrupts (VRING_AVAIL_F_NO_INTERRUPT).
+//! QEMU's transports speak version 2 only with `-global virtio-mmio.force-legacy=false`.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use super::queue::Virtq;
 
-/// Where the 16 slots start.
+use crate::pvh;
+
+/// Where rxen's 16 slots start.
 pub const SLOTS_BASE: u64 = 0xD000_0000;
-/// Number of slots.
-pub const SLOTS: usize = 16;
-/// Bytes per slot.
+/// Number of rxen slots.
+pub const RXEN_SLOTS: usize = 16;
+/// Bytes per rxen slot.
 pub const SLOT_SIZE: u64 = 0x1000;
+/// Where QEMU microvm's virtio-mmio transports start.
+pub const MICROVM_BASE: u64 = 0xFEB0_0000;
+/// Bytes per microvm transport.
+pub const MICROVM_STRIDE: u64 = 0x200;
+/// microvm transports probed (the most QEMU creates: one per pin of its second IOAPIC).
+pub const MICROVM_SLOTS: usize = 24;
+/// Room in the device table: the larger of the two layouts.
+pub const SLOTS: usize = if MICROVM_SLOTS > RXEN_SLOTS {
+    MICROVM_SLOTS
+} else {
+    RXEN_SLOTS
+};
+
+/// The slots of the monitor that booted the guest: QEMU microvm's transports after the PVH
+/// entry, rxen's slots otherwise.
+pub fn slot_count() -> usize {
+    if pvh::booted_via_pvh() {
+        MICROVM_SLOTS
+    } else {
+        RXEN_SLOTS
+    }
+}
 
 const MAGIC: u64 = 0x000;
 const VERSION: u64 = 0x004;
@@ -66,11 +101,14 @@ pub struct Mmio {
 }
 
 impl Mmio {
-    /// The window of slot `slot`.
+    /// The window of slot `slot` (of the layout `slot_count` describes).
     pub fn slot(slot: usize) -> Mmio {
-        Mmio {
-            base: SLOTS_BASE + slot as u64 * SLOT_SIZE,
-        }
+        let base = if pvh::booted_via_pvh() {
+            MICROVM_BASE + slot as u64 * MICROVM_STRIDE
+        } else {
+            SLOTS_BASE + slot as u64 * SLOT_SIZE
+        };
+        Mmio { base }
     }
 
     fn read(&self, offset: u64) -> u32 {

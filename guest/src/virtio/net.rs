@@ -32,6 +32,10 @@ pub struct Nic {
     tx_bufs: u64,
     /// Bit i set: transmit descriptor i is with the device.
     tx_busy: u64,
+    /// The tag of what each transmit buffer last carried (`queue_frame_tagged`), if any.
+    tx_tags: [Option<u64>; QUEUE as usize],
+    /// The last number `new_tag_epoch` handed out.
+    tag_epoch: u32,
 }
 
 const QUEUE_PAGES: usize = QUEUE as usize * BUF / PAGE;
@@ -70,6 +74,8 @@ impl Nic {
             rx_bufs,
             tx_bufs,
             tx_busy: 0,
+            tx_tags: [None; QUEUE as usize],
+            tag_epoch: 0,
         };
         for i in 0..nic.rx.size() {
             nic.rx.set_desc(
@@ -99,9 +105,12 @@ impl Nic {
     }
 
     /// Hands each received frame to `f` (at most `budget` of them) and gives the buffers back.
+    ///
+    /// The frame is handed over in place, in its receive buffer: copying it out first would
+    /// cost as much as the rest of the receive path under PVM, where every instruction of the
+    /// guest is emulated.
     pub fn poll_rx(&mut self, budget: usize, mut f: impl FnMut(&mut Nic, &[u8])) -> usize {
         let mut seen = 0;
-        let mut scratch = [0u8; MAX_FRAME];
         while seen < budget {
             let Some((id, len)) = self.rx.pop_used() else {
                 break;
@@ -114,19 +123,13 @@ impl Nic {
             let len = len as usize;
             if (HDR + 14..=BUF).contains(&len) {
                 let frame_len = (len - HDR).min(MAX_FRAME);
-                // SAFETY: buffer `id` is ours again (the device returned it) until we
-                // push it back below; the copy leaves the device free to reuse it.
+                // SAFETY: buffer `id` is ours again (the device returned it) until we push it
+                // back below, after `f` is done with it; `f` only sends, which uses the
+                // transmit buffers, never this one.
                 let buf = unsafe { dma::slice_mut(self.rx_bufs + u64::from(id) * BUF as u64, BUF) };
-                if let (Some(dst), Some(src)) =
-                    (scratch.get_mut(..frame_len), buf.get(HDR..HDR + frame_len))
-                {
-                    dst.copy_from_slice(src);
-                }
-                self.rx.push(id);
-                f(self, scratch.get(..frame_len).unwrap_or_default());
-            } else {
-                self.rx.push(id);
+                f(self, buf.get(HDR..HDR + frame_len).unwrap_or_default());
             }
+            self.rx.push(id);
         }
         if seen > 0 {
             self.mmio.notify(RX);
@@ -146,16 +149,60 @@ impl Nic {
     /// Queues one frame built by `build` (which returns its length) without notifying;
     /// returns false when every transmit buffer is busy.
     pub fn queue_frame(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.queue(0, None, |frame, _| build(frame))
+    }
+
+    /// Like `queue_frame`, for a sender that sends the same frames again: the buffer records
+    /// `tag`, and `build` learns whether its buffer last carried a frame with the same tag (the
+    /// device only reads transmit buffers, so those bytes are still there and need not be
+    /// written again). Buffer `prefer` (modulo the queue size) is taken if it is free.
+    pub fn queue_frame_tagged(
+        &mut self,
+        prefer: u16,
+        tag: u64,
+        build: impl FnOnce(&mut [u8], bool) -> usize,
+    ) -> bool {
+        self.queue(prefer, Some(tag), build)
+    }
+
+    /// A number no earlier call returned (until it wraps after 2^32 calls), for a sender to
+    /// put in its tags so that they never match what an earlier sender left in the buffers.
+    pub fn new_tag_epoch(&mut self) -> u32 {
+        self.tag_epoch = self.tag_epoch.wrapping_add(1);
+        self.tag_epoch
+    }
+
+    fn queue(
+        &mut self,
+        prefer: u16,
+        tag: Option<u64>,
+        build: impl FnOnce(&mut [u8], bool) -> usize,
+    ) -> bool {
         self.reclaim();
-        let Some(free) = (0..self.tx.size()).find(|&i| self.tx_busy & (1 << i) == 0) else {
+        // Queue sizes are at most 64: one bit per buffer.
+        let all = u64::MAX >> (64 - u32::from(self.tx.size()));
+        let idle = !self.tx_busy & all;
+        if idle == 0 {
+            return false;
+        }
+        let prefer = prefer % self.tx.size();
+        // The preferred buffer if it is free, else the lowest free one.
+        let free = if idle & (1 << prefer) != 0 {
+            prefer
+        } else {
+            idle.trailing_zeros() as u16
+        };
+        let Some(last_tag) = self.tx_tags.get_mut(usize::from(free)) else {
             return false;
         };
+        let same = tag.is_some() && *last_tag == tag;
+        *last_tag = tag;
         let addr = self.tx_bufs + u64::from(free) * BUF as u64;
         // SAFETY: buffer `free` is not with the device (its busy bit is clear).
         let buf = unsafe { dma::slice_mut(addr, BUF) };
         let (header, frame) = buf.split_at_mut(HDR);
         header.fill(0);
-        let len = build(frame.get_mut(..MAX_FRAME).unwrap_or_default()).min(MAX_FRAME);
+        let len = build(frame.get_mut(..MAX_FRAME).unwrap_or_default(), same).min(MAX_FRAME);
         self.tx.set_desc(free, addr, (HDR + len) as u32, 0, 0);
         self.tx_busy |= 1 << free;
         self.tx.push(free);

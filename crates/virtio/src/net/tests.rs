@@ -4,10 +4,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_mmio as reg;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -52,6 +54,8 @@ struct Harness {
     fake: Fake,
     stats: Arc<NetStats>,
     published: [u16; 2],
+    /// The rate timer's fd, if the config has a rate.
+    timer: Option<RawFd>,
 }
 
 fn write_desc(
@@ -76,6 +80,7 @@ impl Harness {
         let fake = Fake::default();
         let net = Net::new(Box::new(fake.clone()), config).expect("net");
         let stats = net.stats();
+        let timer = net.rate_timer_fd();
         let mut t = MmioTransport::new(Box::new(net), mem.clone(), Box::new(Recorder::default()))
             .expect("transport");
         assert!(negotiate(&mut t, 1u64 << VIRTIO_F_VERSION_1 | 1 << 5));
@@ -89,6 +94,7 @@ impl Harness {
             fake,
             stats,
             published: [0; 2],
+            timer,
         }
     }
 
@@ -245,6 +251,68 @@ fn rate_limit_defers_and_arms_the_timer() {
     std::thread::sleep(Duration::from_millis(120));
     h.t.notify(TX_QUEUE);
     assert!(h.fake.sent.lock().expect("lock").len() >= 3);
+}
+
+/// Whether the timer fd is armed (a pending expiry) according to timerfd_gettime.
+fn timer_armed(fd: RawFd) -> bool {
+    // SAFETY: an all-zero itimerspec is valid; gettime writes it.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is the device's live timerfd; `spec` is writable.
+    assert_eq!(unsafe { libc::timerfd_gettime(fd, &mut spec) }, 0);
+    spec.it_value.tv_sec != 0 || spec.it_value.tv_nsec != 0
+}
+
+/// Whether the timer fd is readable (an expiry not consumed), waiting at most `ms`.
+fn timer_readable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
+#[test]
+fn processing_the_transmit_queue_consumes_the_timer_expiry() {
+    let mut h = Harness::new(NetConfig {
+        rate: Some((1000, Duration::from_millis(20))),
+        ..config()
+    });
+    let fd = h.timer.expect("rate timer");
+    for i in 0..3 {
+        h.tx(i, &vec![0u8; 600]);
+    }
+    h.t.notify(TX_QUEUE);
+    assert_eq!(h.fake.sent.lock().expect("lock").len(), 2);
+    assert!(timer_armed(fd));
+    // The VMM calls process_queue(TX) when the fd becomes readable; afterwards it must not be
+    // (it is watched level-triggered: a readable fd would wake the I/O thread again at once).
+    assert!(timer_readable(fd, 10_000), "the timer never fired");
+    h.t.notify(TX_QUEUE);
+    assert_eq!(h.fake.sent.lock().expect("lock").len(), 3);
+    assert!(!timer_readable(fd, 0));
+}
+
+#[test]
+fn reset_stops_the_rate_timer() {
+    let mut h = Harness::new(NetConfig {
+        rate: Some((1000, Duration::from_millis(50))),
+        ..config()
+    });
+    let fd = h.timer.expect("rate timer");
+    for i in 0..4 {
+        h.tx(i, &vec![0u8; 600]);
+    }
+    h.t.notify(TX_QUEUE);
+    assert!(timer_armed(fd));
+    // The driver resets the device: the transport then ignores notifications, so a timer left
+    // armed would become readable and stay so.
+    wr(&mut h.t, reg::VIRTIO_MMIO_STATUS, 0);
+    assert!(!h.t.is_activated());
+    assert!(!timer_armed(fd));
+    assert!(!timer_readable(fd, 0));
 }
 
 #[test]
