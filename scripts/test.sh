@@ -14,6 +14,24 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# Bridges and namespaces need iproute2; the PVH boot tests and the guest's
+# drivers on QEMU's microvm devices need QEMU. Install what is missing.
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v losetup >/dev/null 2>&1 || missing+=(mount)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "scripts/test.sh: installing ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "scripts/test.sh: missing ${missing[*]}; install them first" >&2
+        exit 1
+    fi
+fi
+
 # The end-to-end tests drive the real binaries: build them first.
 cargo build --workspace --bins
 # Each end-to-end test boots its own guests; two at a time suits small hosts.
