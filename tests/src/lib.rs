@@ -331,6 +331,13 @@ pub fn remove_cgroups(name: &str) {
     }
 }
 
+/// The bytes the guest's `blkwrite ... SEED` writes: byte k is `(SEED + 31 * k) mod 256`.
+pub fn blk_pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| ((seed as usize + 31 * k) % 256) as u8)
+        .collect()
+}
+
 /// Two network namespaces joined by a veth pair, as two hosts on one link;
 /// removed (with the link) on drop.
 pub struct NetPair {
@@ -547,6 +554,36 @@ impl Console {
             assert!(Instant::now() < deadline, "no end to the line {line:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Pages the guest says it has given back (`balloon` on its console).
+    pub fn ballooned_pages(&mut self) -> u64 {
+        self.sync();
+        self.send("balloon");
+        let line = self.wait_for("pages (", Duration::from_secs(30));
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no page count in {line:?}"))
+    }
+
+    /// `blkwrite DISK SECTOR COUNT SEED`, then `blkflush DISK`.
+    pub fn blkwrite_flushed(&mut self, disk: &str, sector: u64, count: u64, seed: u32) {
+        self.send(&format!("blkwrite {disk} {sector} {count} {seed}"));
+        self.wait_for("blkwrite ok", Duration::from_secs(30));
+        self.send(&format!("blkflush {disk}"));
+        self.wait_for("blkflush ok", Duration::from_secs(30));
+    }
+
+    /// Asserts that the guest reads back `blk_pattern(seed)` with `blkread DISK SECTOR COUNT`.
+    pub fn assert_blkread(&mut self, disk: &str, sector: u64, count: u64, seed: u32) {
+        self.send(&format!("blkread {disk} {sector} {count}"));
+        let line = self.wait_for("blkread crc32=", Duration::from_secs(30));
+        let want = crc32fast::hash(&blk_pattern(seed, count as usize * 512));
+        assert!(
+            line.ends_with(&format!("crc32={want:08x}")),
+            "{disk} {sector}+{count}: {line}"
+        );
     }
 
     /// Sends `memsum` and returns the guest's checksum of its free memory.

@@ -8,16 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rxen_e2e::{Console, Host};
+use rxen_e2e::{blk_pattern as pattern, Console, Host};
 
 const CMD: Duration = Duration::from_secs(30);
-
-/// The bytes `blkwrite ... SEED` writes: byte k is `(SEED + 31 * k) mod 256`.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|k| ((seed as usize + 31 * k) % 256) as u8)
-        .collect()
-}
 
 /// A sparse raw image of `mib` MiB in the host's directory.
 fn image(host: &Host, name: &str, mib: u64) -> PathBuf {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rxen_e2e::{wait_until, Console, Host, NetPair};
+use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
 
 const BOOT: Duration = Duration::from_secs(30);
 
@@ -409,13 +409,6 @@ fn a_wrong_key_or_a_host_outside_hosts_allow_is_refused() {
     assert!(p.b.list_row("mig4").is_none() && p.a.list_row("mig5").is_none());
 }
 
-/// The bytes `blkwrite ... SEED` writes: byte k is `(SEED + 31 * k) mod 256`.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|k| ((seed as usize + 31 * k) % 256) as u8)
-        .collect()
-}
-
 fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new("ip")
         .args(["netns", "exec", ns])
@@ -434,17 +427,6 @@ fn bridge_in(ns: &str) {
         let out = in_ns(ns, args);
         assert!(out.status.success(), "{args:?}: {out:?}");
     }
-}
-
-/// Pages the guest says it has given back (`balloon` on its console).
-fn ballooned_pages(con: &mut Console) -> u64 {
-    con.sync();
-    con.send("balloon");
-    let line = con.wait_for("pages (", BOOT);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no page count in {line:?}"))
 }
 
 /// Whether the guest gets answers to `ping 10.78.0.1` (its host's bridge).
@@ -499,7 +481,7 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     // The balloon holds 4 MiB when the domain moves.
     p.a.rxl_ok(&["mem-set", "migdev", "12"]);
     wait_until(BOOT, "the guest inflates its balloon", || {
-        ballooned_pages(&mut con) == 4 * 256
+        con.ballooned_pages() == 4 * 256
     });
     let before = heartbeat_beyond(&mut con, 2);
     let since = std::time::Instant::now();
@@ -525,39 +507,20 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     let after = con.heartbeat();
     assert_continues(before, after, since);
     // The disk: what was written on A reads back on B, and B's writes land.
-    con.send("blkread xvda 100 16");
-    let line = con.wait_for("blkread crc32=", BOOT);
-    assert!(
-        line.ends_with(&format!(
-            "crc32={:08x}",
-            crc32fast::hash(&pattern(7, 16 * 512))
-        )),
-        "{line}"
-    );
-    con.send("blkread xvdb 8 4");
-    let line = con.wait_for("blkread crc32=", BOOT);
-    assert!(
-        line.ends_with(&format!(
-            "crc32={:08x}",
-            crc32fast::hash(&pattern(42, 4 * 512))
-        )),
-        "{line}"
-    );
-    con.send("blkwrite xvda 200 8 9");
-    con.wait_for("blkwrite ok", BOOT);
-    con.send("blkflush xvda");
-    con.wait_for("blkflush ok", BOOT);
+    con.assert_blkread("xvda", 100, 16, 7);
+    con.assert_blkread("xvdb", 8, 4, 42);
+    con.blkwrite_flushed("xvda", 200, 8, 9);
     let data = std::fs::read(&img).expect("read image");
-    assert_eq!(&data[200 * 512..208 * 512], &pattern(9, 8 * 512)[..]);
+    assert_eq!(&data[200 * 512..208 * 512], &blk_pattern(9, 8 * 512)[..]);
     // The NIC: its queues went on where they were, on B's bridge.
     assert!(guest_pings_its_host(&mut con), "no network on B");
     // The balloon came along: B knows the target, and the guest gives the
     // pages back when asked there.
     assert_eq!(p.b.list_row("migdev").expect("listed on B")[2], "12");
-    assert_eq!(ballooned_pages(&mut con), 4 * 256);
+    assert_eq!(con.ballooned_pages(), 4 * 256);
     p.b.rxl_ok(&["mem-set", "migdev", "16"]);
     wait_until(BOOT, "the guest deflates its balloon on B", || {
-        ballooned_pages(&mut con) == 0
+        con.ballooned_pages() == 0
     });
 }
 
@@ -586,19 +549,8 @@ fn a_domain_with_a_disk_saves_and_restores_with_its_queues() {
     let mut con = host.console("savedev");
     heartbeat_beyond(&mut con, 1);
     // The request ring goes on from where it was: reads and writes work.
-    con.send("blkread xvda 40 8");
-    let line = con.wait_for("blkread crc32=", BOOT);
-    assert!(
-        line.ends_with(&format!(
-            "crc32={:08x}",
-            crc32fast::hash(&pattern(3, 8 * 512))
-        )),
-        "{line}"
-    );
-    con.send("blkwrite xvda 60 8 4");
-    con.wait_for("blkwrite ok", BOOT);
-    con.send("blkflush xvda");
-    con.wait_for("blkflush ok", BOOT);
+    con.assert_blkread("xvda", 40, 8, 3);
+    con.blkwrite_flushed("xvda", 60, 8, 4);
     let data = std::fs::read(&img).expect("read image");
-    assert_eq!(&data[60 * 512..68 * 512], &pattern(4, 8 * 512)[..]);
+    assert_eq!(&data[60 * 512..68 * 512], &blk_pattern(4, 8 * 512)[..]);
 }

@@ -650,17 +650,6 @@ fn vmm_rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Pages the guest says it has given back (`balloon` on its console).
-fn ballooned_pages(con: &mut rxen_e2e::Console) -> u64 {
-    con.sync();
-    con.send("balloon");
-    let line = con.wait_for("pages (", BOOT);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no page count in {line:?}"))
-}
-
 #[test]
 fn mem_set_down_returns_memory_to_the_host_and_up_gives_it_back() {
     let host = Host::start();
@@ -688,7 +677,7 @@ fn mem_set_down_returns_memory_to_the_host_and_up_gives_it_back() {
                 .is_some_and(|p| p >= 30 * 256)
         },
     );
-    let given = ballooned_pages(&mut con);
+    let given = con.ballooned_pages();
     let squeezed = vmm_rss_kib(pid);
     eprintln!(
         "VMM RSS {} MiB with memory filled, {} MiB after mem-set 16 ({} pages ballooned)",
@@ -707,7 +696,7 @@ fn mem_set_down_returns_memory_to_the_host_and_up_gives_it_back() {
     wait_until(Duration::from_secs(30), "the balloon is empty", || {
         vmm_stats(&host, id)["balloon"]["inflated_pages"].as_u64() == Some(0)
     });
-    assert_eq!(ballooned_pages(&mut con), 0);
+    assert_eq!(con.ballooned_pages(), 0);
     con.send("memfill 2");
     con.wait_for("memfill done", fill);
     let refilled = vmm_rss_kib(pid);
@@ -754,7 +743,7 @@ fn a_domain_with_maxmem_above_memory_starts_ballooned_and_grows_to_maxmem() {
     wait_until(Duration::from_secs(30), "the balloon is empty", || {
         vmm_stats(&host, id)["balloon"]["inflated_pages"].as_u64() == Some(0)
     });
-    assert_eq!(ballooned_pages(&mut con), 0);
+    assert_eq!(con.ballooned_pages(), 0);
     assert_eq!(host.list_row("grow").expect("listed")[2], "48");
     con.send("memfill 4");
     con.wait_for("memfill done", fill);
