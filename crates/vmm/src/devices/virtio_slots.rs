@@ -190,12 +190,18 @@ fn wire(vm: &VmFd, dev: &SlotDev, slot: usize, on: bool) -> Result<(), SlotError
                 .map_err(kvm_err("register an ioeventfd"))?;
         }
     } else {
+        // Undo everything even if one step fails; report the first failure.
+        let mut first = Ok(());
         for (q, evt) in registered.iter().enumerate() {
-            vm.unregister_ioevent(evt, &notify_addr, q as u32)
-                .map_err(kvm_err("unregister an ioeventfd"))?;
+            let r = vm
+                .unregister_ioevent(evt, &notify_addr, q as u32)
+                .map_err(kvm_err("unregister an ioeventfd"));
+            first = first.and(r);
         }
-        vm.unregister_irqfd(&dev.irq, gsi)
-            .map_err(kvm_err("unregister an irqfd"))?;
+        let r = vm
+            .unregister_irqfd(&dev.irq, gsi)
+            .map_err(kvm_err("unregister an irqfd"));
+        return first.and(r);
     }
     Ok(())
 }
@@ -852,20 +858,8 @@ impl VirtioSlots {
         let Some(dev) = taken else {
             return;
         };
-        let gsi = GSI_BASE + slot as u32;
-        let notify_addr = IoEventAddress::Mmio(slot_addr(slot) + QUEUE_NOTIFY_OFFSET);
-        let registered = if notify_mode() == NotifyMode::Inline {
-            &dev.notifies[..0]
-        } else {
-            &dev.notifies[..]
-        };
-        for (q, evt) in registered.iter().enumerate() {
-            if let Err(e) = vm.unregister_ioevent(evt, &notify_addr, q as u32) {
-                tracing::warn!(slot, "cannot unregister an ioeventfd: {e}");
-            }
-        }
-        if let Err(e) = vm.unregister_irqfd(&dev.irq, gsi) {
-            tracing::warn!(slot, "cannot unregister the irqfd: {e}");
+        if let Err(e) = wire(vm, &dev, slot, false) {
+            tracing::warn!(slot, "{e}");
         }
         let _ = dev.stop.write(1);
         // vCPU threads may hold a clone for a moment; wait for them.
