@@ -797,14 +797,14 @@ impl Vm {
                 name: "power".into(),
                 state: serde_json::json!({ "host_request": self.host_request.get() }),
             },
+            DeviceRecord {
+                name: "vcpus".into(),
+                state: serde_json::json!({
+                    "wanted": self.vcpu_masks.wanted(),
+                    "reported": self.vcpu_masks.reported(),
+                }),
+            },
         ];
-        out.push(DeviceRecord {
-            name: "vcpus".into(),
-            state: serde_json::json!({
-                "wanted": self.vcpu_masks.wanted(),
-                "reported": self.vcpu_masks.reported(),
-            }),
-        });
         out.extend(virtio);
         out
     }
