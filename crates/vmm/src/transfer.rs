@@ -158,6 +158,16 @@ impl PageHashes {
         }
     }
 
+    fn record_zero(&mut self, pfn: u64) {
+        let zero = self.zero;
+        if let Some(h) = usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.hashes.get_mut(i))
+        {
+            *h = zero;
+        }
+    }
+
     fn record(&mut self, pfn: u64, page: &[u8]) {
         if let Some(h) = usize::try_from(pfn)
             .ok()
@@ -354,9 +364,45 @@ pub struct PageSender {
     data: Vec<u8>,
     body: Vec<u8>,
     page: Vec<u8>,
+    /// Opened on first use; `Some(None)` where the page map cannot help.
+    pagemap: Option<Option<crate::pagemap::Pagemap>>,
+    /// For the current batch: whether each page may hold data.
+    backed: Vec<bool>,
 }
 
 impl PageSender {
+    /// Fills `self.backed` for a batch of consecutive page frames in one
+    /// mapping; false where it cannot tell (then every page is read).
+    fn batch_backed(&mut self, mem: &GuestMemory, chunk: &[u64]) -> bool {
+        let (Some(&first), Some(&last)) = (chunk.first(), chunk.last()) else {
+            return false;
+        };
+        if last - first + 1 != chunk.len() as u64 {
+            return false;
+        }
+        let host = |pfn: u64| {
+            mem.get_host_address(GuestAddress(pfn << stream::PAGE_SHIFT))
+                .ok()
+                .map(|p| p as usize)
+        };
+        let (Some(h0), Some(h1)) = (host(first), host(last)) else {
+            return false;
+        };
+        if h1.wrapping_sub(h0) != (chunk.len() - 1) * PAGE_SIZE {
+            return false;
+        }
+        let map = self
+            .pagemap
+            .get_or_insert_with(crate::pagemap::Pagemap::open);
+        match map.as_ref().map(|m| m.backed(h0, chunk.len())) {
+            Some(Ok(b)) => {
+                self.backed = b;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sends `pfns` in batches: zero pages as a flag, the others with their
     /// data; records what each page held in `hashes` when given.
     pub fn send<W: std::io::Write>(
@@ -372,7 +418,17 @@ impl PageSender {
         for chunk in pfns.chunks(MAX_BATCH) {
             self.entries.clear();
             self.data.clear();
-            for &pfn in chunk {
+            // Pages the host never backed with data are zero: no need to read them.
+            let known = self.batch_backed(mem, chunk);
+            for (i, &pfn) in chunk.iter().enumerate() {
+                if known && !self.backed.get(i).copied().unwrap_or(true) {
+                    if let Some(h) = hashes.as_deref_mut() {
+                        h.record_zero(pfn);
+                    }
+                    self.entries.push(pfn | ZERO_PAGE);
+                    stats.zero_pages += 1;
+                    continue;
+                }
                 let addr = pfn << stream::PAGE_SHIFT;
                 read_page(mem, addr, &mut self.page)?;
                 if let Some(h) = hashes.as_deref_mut() {
