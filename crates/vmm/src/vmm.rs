@@ -233,6 +233,10 @@ pub struct SendOptions<'a> {
     pub max_rounds: u32,
     /// Downtime target in milliseconds.
     pub downtime_ms: u64,
+    /// A migration's connection: the guest is paused only once the target
+    /// says `ready` on it (its VM is built), so that the downtime does not
+    /// include the target's start-up.
+    pub wait_ready: Option<&'a File>,
 }
 
 /// Fewer dirty pages than this go straight to stop-and-copy (Xen's threshold).
@@ -363,6 +367,10 @@ impl Vm {
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
         } else if let Some(sock) = incoming {
+            // The source pauses the guest only once this VM is built.
+            (&*sock)
+                .write_all(b"ready\n")
+                .map_err(|e| VmmError::Incoming(format!("cannot answer the source: {e}")))?;
             let r = transfer::receive(
                 BufReader::with_capacity(1 << 20, sock),
                 &mem,
@@ -912,6 +920,22 @@ impl Vm {
                 round += 1;
             }
         }
+        if let Some(sock) = opts.wait_ready {
+            // Let the target take what was sent while it finishes building its VM.
+            w.flush()?;
+            match read_line(sock) {
+                Ok(l) if l == "ready" => {}
+                Ok(l) => {
+                    let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
+                    return Err(TransferError::Peer(format!(
+                        "the target refused the domain: {why}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(TransferError::Peer(format!("the target went away: {e}")));
+                }
+            }
+        }
         self.pause_all()
             .map_err(|e| TransferError::Peer(e.to_string()))?;
         let paused_at = Instant::now();
@@ -973,6 +997,7 @@ impl Vm {
             live: false,
             max_rounds: 1,
             downtime_ms: 0,
+            wait_ready: None,
         };
         let sent = match self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts) {
             Ok(s) => s,
@@ -1018,7 +1043,11 @@ impl Vm {
     ) -> Result<TransferStats, TransferError> {
         let sock = File::from(sock);
         set_timeout(&sock, Some(Duration::from_secs(60)));
-        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), opts)?;
+        let opts = SendOptions {
+            wait_ready: Some(&sock),
+            ..*opts
+        };
+        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
         drop(sent.writer);
         // The target takes the disks' locks once the stream is in.
         self.slots.release_disk_locks();
@@ -1188,6 +1217,7 @@ impl ControlTarget for Vm {
             live,
             max_rounds: max_rounds.max(1),
             downtime_ms,
+            wait_ready: None,
         };
         self.migrate_to(sock, &opts)
             .map_err(|e| ControlError::Failed(e.to_string()))
