@@ -129,6 +129,9 @@ pub struct PageHashes {
     /// Where available, tells pages never written (zero page or absent)
     /// from the others, so that only the others are read.
     pagemap: Option<crate::pagemap::Pagemap>,
+    /// Whether the host swaps: then an absent page may hold data, and only
+    /// the page map (which marks swapped pages) can tell.
+    swap_active: bool,
     /// The fingerprint of a zero page.
     zero: u64,
 }
@@ -154,8 +157,24 @@ impl PageHashes {
         Self {
             hashes: vec![UNSENT; usize::try_from(end).unwrap_or(0)],
             pagemap: crate::pagemap::Pagemap::open(),
+            swap_active: std::fs::read_to_string("/proc/swaps")
+                .map(|s| s.lines().count() > 1)
+                .unwrap_or(true),
             zero: page_hash(&[0u8; PAGE_SIZE]),
         }
+    }
+
+    /// Which of `pages` pages from host address `host` may hold data:
+    /// `mincore` residency without swap (about three times cheaper than the
+    /// page map: it matters in the downtime), else the page map; `None`
+    /// where neither can tell.
+    fn backed(&self, host: usize, pages: usize) -> Option<Vec<bool>> {
+        if !self.swap_active {
+            if let Ok(r) = crate::pagemap::resident(host, pages) {
+                return Some(r);
+            }
+        }
+        self.pagemap.as_ref()?.backed(host, pages).ok()
     }
 
     fn record_zero(&mut self, pfn: u64) {
@@ -189,11 +208,7 @@ impl PageHashes {
             let pages = r.len() >> stream::PAGE_SHIFT;
             let host = r.as_ptr() as usize;
             spans.push((start, pages, host));
-            backed.push(
-                self.pagemap
-                    .as_ref()
-                    .and_then(|m| m.backed(host, pages as usize).ok()),
-            );
+            backed.push(self.backed(host, pages as usize));
         }
         let zero = self.zero;
         let threads = std::thread::available_parallelism()
