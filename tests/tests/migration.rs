@@ -70,6 +70,25 @@ struct Pair {
     _keys: tempfile::TempDir,
 }
 
+impl Pair {
+    /// `rxl migrate --key KEY NAME B` on A; asserts it succeeded (with both
+    /// hosts' logs otherwise) and returns what it printed.
+    fn migrate_a_to_b(&self, name: &str) -> String {
+        let out = self
+            .a
+            .rxl(&["migrate", "--key", &self.key, name, self.net.addr_b]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.a.rxend_log(),
+            self.b.rxend_log()
+        );
+        stdout
+    }
+}
+
 fn pair() -> Pair {
     let net = NetPair::new();
     let keys = tempfile::tempdir().expect("tmp");
@@ -212,10 +231,9 @@ fn live_migration_of_a_dirtying_guest_continues_on_the_target() {
             seen
         })
     };
-    let out = p.a.rxl(&["migrate", "--key", &p.key, "mig1", p.net.addr_b]);
+    let stdout = p.migrate_a_to_b("mig1");
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = watcher.join().expect("watcher");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         !seen.is_empty(),
         "no progress reported during the migration"
@@ -224,13 +242,6 @@ fn live_migration_of_a_dirtying_guest_continues_on_the_target() {
         seen.iter()
             .all(|v| v["ram_pages"] == 128 * 256 && v["round"].as_u64() >= Some(1)),
         "{seen:?}"
-    );
-    assert!(
-        out.status.success(),
-        "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        p.a.rxend_log(),
-        p.b.rxend_log()
     );
     assert!(
         stdout.contains("rounds ") && stdout.contains("downtime"),
@@ -270,15 +281,7 @@ fn memory_rewritten_during_a_live_migration_arrives_intact() {
     // the rest waits in the VMM's input queue, which must move too.
     let word = format!("typed-during-migration-{}", "q".repeat(80));
     con.send(&word);
-    let out = p.a.rxl(&["migrate", "--key", &p.key, "mig6", p.net.addr_b]);
-    assert!(
-        out.status.success(),
-        "migrate failed: {}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        p.a.rxend_log(),
-        p.b.rxend_log()
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = p.migrate_a_to_b("mig6");
     let rounds: u32 = stdout
         .split("rounds ")
         .nth(1)
@@ -385,11 +388,10 @@ fn a_wrong_key_or_a_host_outside_hosts_allow_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("authentication failed"), "{err}");
-    assert!(
-        p.b.rxend_log().contains("refused 10.77.0.1"),
-        "{}",
-        p.b.rxend_log()
-    );
+    // rxend logs the refusal after answering, so the line may come a moment later.
+    wait_until(BOOT, "B logs that it refused A", || {
+        p.b.rxend_log().contains("refused 10.77.0.1")
+    });
 
     // B only allows A; A's server allows only A too, so B is refused by A.
     let mut other = p.b.create_guest("mig5", 1, 64, "");
@@ -398,11 +400,9 @@ fn a_wrong_key_or_a_host_outside_hosts_allow_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not allowed"), "{err}");
-    assert!(
-        p.a.rxend_log().contains("not allowed by hosts-allow"),
-        "{}",
-        p.a.rxend_log()
-    );
+    wait_until(BOOT, "A logs that B is not in hosts-allow", || {
+        p.a.rxend_log().contains("not allowed by hosts-allow")
+    });
 
     // Both domains still run where they were.
     heartbeat_beyond(&mut con, before);
@@ -486,15 +486,7 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     let before = heartbeat_beyond(&mut con, 2);
     let since = std::time::Instant::now();
 
-    let out =
-        p.a.rxl(&["migrate", "--key", &p.key, "migdev", p.net.addr_b]);
-    assert!(
-        out.status.success(),
-        "migrate failed: {}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        p.a.rxend_log(),
-        p.b.rxend_log()
-    );
+    p.migrate_a_to_b("migdev");
     assert!(p.a.list_row("migdev").is_none(), "still on A");
     // The target announced the guest's MAC: B's bridge learned it on the
     // guest's port before the guest sent anything there.
