@@ -117,7 +117,9 @@ fn shutdown_wait_returns_once_the_guest_powered_off() {
         "still listed after shutdown -w"
     );
     con.wait_for("shutdown requested by host", Duration::from_secs(5));
-    assert!(host.rxend_log().contains("powered off"));
+    wait_until(Duration::from_secs(5), "rxend logs the power-off", || {
+        host.rxend_log().contains("powered off")
+    });
 }
 
 #[test]
@@ -159,7 +161,9 @@ fn on_crash_destroy_removes_the_domain() {
     let mut con = host.create_guest("mayfly", 1, 64, "on_crash = \"destroy\"");
     con.send("crash");
     wait_until(BOOT, "mayfly is gone", || host.list_row("mayfly").is_none());
-    assert!(host.rxend_log().contains("crashed"));
+    wait_until(BOOT, "rxend logs the crash", || {
+        host.rxend_log().contains("crashed")
+    });
 }
 
 #[test]
