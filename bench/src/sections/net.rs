@@ -45,27 +45,25 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         }
         _ => None,
     };
-    match ctx.rxen_blocked(rxen_pending.as_deref()) {
-        Some(why) => {
-            tput.rxen = Cell::Pending(why.clone());
-            delivered.rxen = Cell::Pending(why);
-        }
-        None => {
-            if let Err(e) = measure(ctx, Monitor::Rxen, mib, &mut tput.rxen, &mut delivered.rxen) {
-                tput.rxen.push::<String>(Err(e.to_string()));
-                delivered.rxen.push::<String>(Err(e.to_string()));
+    let blocked = [
+        (Monitor::Rxen, ctx.rxen_blocked(rxen_pending.as_deref())),
+        (Monitor::Qemu, ctx.qemu_unavailable.clone()),
+    ];
+    for (monitor, why) in blocked {
+        let (t, d) = match monitor {
+            Monitor::Rxen => (&mut tput.rxen, &mut delivered.rxen),
+            Monitor::Qemu => (&mut tput.qemu, &mut delivered.qemu),
+        };
+        match why {
+            Some(why) => {
+                *t = Cell::Pending(why.clone());
+                *d = Cell::Pending(why);
             }
-        }
-    }
-    match ctx.qemu_unavailable.clone() {
-        Some(why) => {
-            tput.qemu = Cell::Pending(why.clone());
-            delivered.qemu = Cell::Pending(why);
-        }
-        None => {
-            if let Err(e) = measure(ctx, Monitor::Qemu, mib, &mut tput.qemu, &mut delivered.qemu) {
-                tput.qemu.push::<String>(Err(e.to_string()));
-                delivered.qemu.push::<String>(Err(e.to_string()));
+            None => {
+                if let Err(e) = measure(ctx, monitor, mib, t, d) {
+                    t.push::<String>(Err(e.to_string()));
+                    d.push::<String>(Err(e.to_string()));
+                }
             }
         }
     }

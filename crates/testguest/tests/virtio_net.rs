@@ -174,17 +174,7 @@ fn udpsend_of_4_mib_finishes_and_the_host_gets_every_datagram() {
         .expect("timeout");
     // A large receive buffer, so that the host's own socket does not drop what the device
     // delivered while this thread is busy (drops there would not be the guest's fault).
-    let size: libc::c_int = 32 << 20;
-    // SAFETY: setsockopt reads `size` (a c_int) for the length given; the fd is the socket's.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            std::ptr::addr_of!(size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    force_receive_buffer(&socket, 32 << 20);
     let receiver = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let (mut datagrams, mut bytes, mut quiet) = (0u64, 0u64, 0u32);
@@ -256,17 +246,7 @@ fn a_second_udpsend_goes_to_its_own_port() {
     let (machine, stats) = guest_on_tap_with_stats(n);
     let sockets = [9101, 9102].map(|port| {
         let socket = UdpSocket::bind((host(n), port)).expect("bind");
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt reads `size` (a c_int) for the length given.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                std::ptr::addr_of!(size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        force_receive_buffer(&socket, 8 << 20);
         (port, socket)
     });
     let expected = (1u64 << 20).div_ceil(1400);
@@ -285,6 +265,20 @@ fn a_second_udpsend_goes_to_its_own_port() {
         assert!(
             got <= expected && got + dropped >= expected,
             "port {port}: {got} datagrams, {dropped} dropped by the device, {expected} sent"
+        );
+    }
+}
+
+/// Sets `socket`'s receive buffer to `bytes` (SO_RCVBUFFORCE: root may exceed rmem_max).
+fn force_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    // SAFETY: setsockopt reads `bytes` (a c_int) for the length given; the fd is the socket's.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
 }
