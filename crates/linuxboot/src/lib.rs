@@ -1,4 +1,4 @@
-//! The Linux x86 boot protocol: zero page, e820 map, MP table.
+//! The Linux x86 boot protocol: zero page, e820 map, MP table, ACPI tables.
 //!
 //! [`load_linux`] loads a `vmlinux` (ELF) or `bzImage` kernel, an optional initrd and the
 //! command line into guest memory, writes the zero page (`boot_params`) with the e820 map at
@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod cmdline;
 pub mod e820;
 pub mod initrd;
@@ -89,6 +90,9 @@ pub enum LinuxBootError {
     /// The MP table could not be built or written.
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    /// The ACPI tables could not be built or written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
 }
 
 /// Loads kernel (vmlinux ELF or bzImage, detected by content), optional initrd, command line;
@@ -104,11 +108,13 @@ pub fn load_linux<M: GuestMemoryBackend>(
         path: kernel.to_path_buf(),
         source,
     })?;
-    load_linux_from(mem, &mut kernel_file, kernel, initrd, cmdline, vcpus)
+    load_linux_from(mem, &mut kernel_file, kernel, initrd, cmdline, vcpus, None)
 }
 
 /// Like [`load_linux`], with the kernel image read from `kernel` (e.g. a `Cursor` over bytes
-/// already in memory); `kernel_name` only names it in errors.
+/// already in memory); `kernel_name` only names it in errors. With `acpi`, the ACPI tables
+/// that describe that machine are written too and the zero page points at them (its vCPU
+/// count must be `vcpus`).
 pub fn load_linux_from<M, R>(
     mem: &M,
     kernel: &mut R,
@@ -116,6 +122,7 @@ pub fn load_linux_from<M, R>(
     initrd: Option<&Path>,
     cmdline: &str,
     vcpus: u8,
+    acpi: Option<&acpi::Machine>,
 ) -> Result<LinuxBoot, LinuxBootError>
 where
     M: GuestMemoryBackend,
@@ -127,6 +134,15 @@ where
     // Cheap checks first, before anything is written.
     if vcpus == 0 || vcpus > mptable::MAX_VCPUS {
         return Err(MpTableError::BadVcpuCount(vcpus).into());
+    }
+    if let Some(m) = acpi {
+        if m.vcpus != vcpus {
+            return Err(acpi::AcpiError::BadMachine(format!(
+                "{} vCPUs in the tables, {vcpus} booted",
+                m.vcpus
+            ))
+            .into());
+        }
     }
 
     let kernel_err = |source| LinuxBootError::Kernel {
@@ -170,12 +186,17 @@ where
         }
     };
 
+    let rsdp = match acpi {
+        Some(m) => Some(acpi::write_acpi_tables(mem, m)?),
+        None => None,
+    };
     let params = zero_page::build_boot_params(
         hdr,
         &zero_page::ZeroPageConfig {
             cmdline: GuestAddress(CMDLINE_START),
             initrd: initrd_placed,
             e820: &map,
+            rsdp,
         },
     )?;
     zero_page::write_boot_params(mem, GuestAddress(BOOT_PARAMS_START), &params)?;
@@ -316,6 +337,7 @@ mod tests {
             None,
             "",
             1,
+            None,
         )
         .expect("boot");
         assert_eq!(boot.entry, GuestAddress(0x10_0200));
@@ -329,6 +351,7 @@ mod tests {
             None,
             "",
             1,
+            None,
         )
         .expect_err("junk");
         assert!(err

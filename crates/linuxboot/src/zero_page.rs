@@ -49,6 +49,8 @@ pub struct ZeroPageConfig<'a> {
     pub initrd: Option<(GuestAddress, u64)>,
     /// The memory map.
     pub e820: &'a [E820Entry],
+    /// Guest address of the ACPI RSDP, if the machine has ACPI tables.
+    pub rsdp: Option<GuestAddress>,
 }
 
 /// The setup header made up for a vmlinux, which carries none.
@@ -88,6 +90,7 @@ pub fn build_boot_params(
         params.hdr.ramdisk_image = low32("initrd", addr.0)?;
         params.hdr.ramdisk_size = low32("initrd size", size)?;
     }
+    params.acpi_rsdp_addr = cfg.rsdp.map_or(0, |a| a.0);
     params.ext_ramdisk_image = 0;
     params.ext_ramdisk_size = 0;
 
@@ -140,6 +143,7 @@ mod tests {
                 cmdline: GuestAddress(0x2_0000),
                 initrd: Some((GuestAddress(0xFF_0000), 0x1234)),
                 e820: &map,
+                rsdp: None,
             },
         )
         .expect("build");
@@ -200,6 +204,7 @@ mod tests {
                 cmdline: GuestAddress(0x2_0000),
                 initrd: None,
                 e820: &[],
+                rsdp: None,
             },
         )
         .expect("build");
@@ -225,6 +230,7 @@ mod tests {
             cmdline: GuestAddress(0x2_0000),
             initrd: None,
             e820: &many,
+            rsdp: None,
         };
         assert!(matches!(
             build_boot_params(vmlinux_setup_header(), &cfg),
@@ -234,6 +240,7 @@ mod tests {
             cmdline: GuestAddress(0x2_0000),
             initrd: Some((GuestAddress(0x1_0000_0000), 1)),
             e820: &[],
+            rsdp: None,
         };
         assert!(matches!(
             build_boot_params(vmlinux_setup_header(), &cfg),
@@ -246,6 +253,7 @@ mod tests {
                 cmdline: GuestAddress(0),
                 initrd: None,
                 e820: &[],
+                rsdp: None,
             },
         )
         .expect("build");

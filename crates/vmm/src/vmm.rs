@@ -28,11 +28,16 @@ use crate::boot::regs::RegsError;
 use crate::boot::{self, BOOT_INFO_ADDR, CMDLINE_ADDR, GDT_ADDR, KERNEL_MIN_ADDR};
 use crate::console::{ConsoleError, ConsoleHub, ConsoleWriter};
 use crate::control::{ControlError, ControlTarget};
-use crate::devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
+use crate::devices::acpi::{
+    AcpiPorts, AcpiState, GedEvents, ACPI_PORT_LEN, GED_EVENT_DEVICES, GED_EVENT_POWER_BUTTON,
+    GED_GSI,
+};
+use crate::devices::i8042::{I8042State, COMMAND_PORT, DATA_PORT, I8042};
 use crate::devices::pio_bus::PioBusError;
 use crate::devices::power::{
     HostRequest, HostRequestReg, PowerPorts, HOST_REQUEST_PORT, POWER_PORT, PVPANIC_PORT,
 };
+use crate::devices::rtc::{Rtc, RtcState, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{SerialDevice, SerialSnapshot, COM1_GSI, COM1_LEN, COM1_PORT};
 use crate::devices::vcpu_ports::{VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
 use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
@@ -52,6 +57,16 @@ use crate::{cpuid, stats};
 /// Devices made before the VM is assembled: the balloon (if any) and the
 /// online-vCPU masks behind ports 0x516/0x517.
 type VmExtras = (Option<rxen_virtio::BalloonHandle>, Arc<VcpuMasks>);
+
+/// Device state read from a save file or migration stream (all absent on a fresh boot).
+#[derive(Default)]
+struct SavedDevices {
+    serial: Option<SerialSnapshot>,
+    host_request: u8,
+    acpi: Option<AcpiState>,
+    i8042: Option<I8042State>,
+    rtc: Option<RtcState>,
+}
 
 /// Where a VM's state comes from.
 enum Restore {
@@ -204,6 +219,12 @@ pub struct Vm {
     pub balloon: Option<rxen_virtio::BalloonHandle>,
     /// The vCPU online masks (ports 0x516/0x517).
     pub vcpu_masks: Arc<VcpuMasks>,
+    /// The ACPI generic event device's pending events (Linux guests).
+    pub ged: Arc<GedEvents>,
+    /// The i8042 keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// The CMOS RTC.
+    pub rtc: Arc<Mutex<Rtc>>,
     vcpus: Vec<VcpuHandle>,
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
@@ -449,8 +470,7 @@ impl Vm {
             }
             pending.push(vcpu);
         }
-        let mut serial_state = None;
-        let mut host_request_value = 0u8;
+        let mut saved = SavedDevices::default();
         let mut slot_states = Vec::new();
         let kind = match &from {
             Restore::Boot(kernel) => kernel.kind,
@@ -459,13 +479,31 @@ impl Vm {
                 for d in &r.devices {
                     match d.name.as_str() {
                         "serial" => {
-                            serial_state = Some(
+                            saved.serial = Some(
                                 serde_json::from_value::<SerialSnapshot>(d.state.clone())
                                     .map_err(|e| bad_device("serial", e))?,
                             )
                         }
+                        "acpi" => {
+                            saved.acpi = Some(
+                                serde_json::from_value::<AcpiState>(d.state.clone())
+                                    .map_err(|e| bad_device("acpi", e))?,
+                            )
+                        }
+                        "i8042" => {
+                            saved.i8042 = Some(
+                                serde_json::from_value::<I8042State>(d.state.clone())
+                                    .map_err(|e| bad_device("i8042", e))?,
+                            )
+                        }
+                        "rtc" => {
+                            saved.rtc = Some(
+                                serde_json::from_value::<RtcState>(d.state.clone())
+                                    .map_err(|e| bad_device("rtc", e))?,
+                            )
+                        }
                         "power" => {
-                            host_request_value = d
+                            saved.host_request = d
                                 .state
                                 .get("host_request")
                                 .and_then(serde_json::Value::as_u64)
@@ -505,15 +543,7 @@ impl Vm {
         if !slot_states.is_empty() {
             slots.restore_states(&kvm.fd, &slot_states)?;
         }
-        Self::finish(
-            spec,
-            kvm,
-            mem,
-            slots,
-            kind,
-            pending,
-            ((serial_state, host_request_value), extras),
-        )
+        Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras))
     }
 
     fn write_boot_info(
@@ -548,14 +578,12 @@ impl Vm {
         slots: Arc<VirtioSlots>,
         kind: KernelKind,
         pending: Vec<VcpuFd>,
-        ((serial_state, host_request_value), (balloon, vcpu_masks)): (
-            (Option<SerialSnapshot>, u8),
-            VmExtras,
-        ),
+        (saved, (balloon, vcpu_masks)): (SavedDevices, VmExtras),
     ) -> Result<Self, VmmError> {
+        let serial_state = saved.serial;
         let exit = Arc::new(ExitSignal::new()?);
         let host_request = Arc::new(HostRequestReg::default());
-        host_request.set_raw(host_request_value);
+        host_request.set_raw(saved.host_request);
         let console = Arc::new(ConsoleHub::new(Some(
             &spec.run_dir.join(files::CONSOLE_LOG),
         ))?);
@@ -585,9 +613,44 @@ impl Vm {
         for port in [PVPANIC_PORT, POWER_PORT, HOST_REQUEST_PORT] {
             pio.insert(port, 1, power.clone())?;
         }
-        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        let kbd_irq = evt()?;
+        kvm.register_irqfd(&kbd_irq, crate::devices::i8042::KEYBOARD_GSI)?;
+        let i8042 = match &saved.i8042 {
+            Some(st) => I8042::from_snapshot(exit.clone(), kbd_irq, st),
+            None => I8042::new(exit.clone(), kbd_irq),
+        };
+        let i8042 = Arc::new(Mutex::new(i8042));
         for port in [DATA_PORT, COMMAND_PORT] {
             pio.insert(port, 1, i8042.clone())?;
+        }
+
+        let rtc = match &saved.rtc {
+            Some(st) => Rtc::from_snapshot(st),
+            None => Rtc::new(),
+        };
+        let rtc = Arc::new(Mutex::new(rtc));
+        pio.insert(RTC_PORT, RTC_LEN, rtc.clone())?;
+
+        // ACPI: power off, reset and the GED (named by a Linux guest's DSDT).
+        let ged_irq = evt()?;
+        kvm.register_irqfd(&ged_irq, GED_GSI)?;
+        let ged = Arc::new(GedEvents::new(ged_irq));
+        if let Some(st) = &saved.acpi {
+            ged.restore(st);
+        }
+        let present_slots = slots.clone();
+        pio.insert(
+            crate::devices::acpi::PORT_BASE,
+            ACPI_PORT_LEN,
+            Arc::new(Mutex::new(AcpiPorts::new(
+                exit.clone(),
+                ged.clone(),
+                Box::new(move || present_slots.present_mask()),
+            ))),
+        )?;
+        if kind == KernelKind::Linux {
+            let hook_ged = ged.clone();
+            slots.set_change_hook(Box::new(move || hook_ged.raise(GED_EVENT_DEVICES)));
         }
 
         pio.insert(
@@ -622,6 +685,9 @@ impl Vm {
             slots,
             balloon,
             vcpu_masks,
+            ged,
+            i8042,
+            rtc,
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
@@ -668,15 +734,24 @@ impl Vm {
                 self.host_request.set(req);
                 Ok(())
             }
-            // Linux needs ACPI (power button) or an i8042 keyboard (Ctrl-Alt-Del) for these.
-            KernelKind::Linux => Err(ControlError::Failed(format!(
-                "{} requests are not supported for Linux guests yet",
-                if req == HostRequest::Shutdown {
-                    "shutdown"
-                } else {
-                    "reboot"
+            // Linux: the ACPI power button for a shutdown, Ctrl-Alt-Del on the keyboard for a
+            // reboot (what a PC's user would press).
+            KernelKind::Linux => {
+                match req {
+                    HostRequest::Shutdown => self.ged.raise(GED_EVENT_POWER_BUTTON),
+                    HostRequest::Reboot => {
+                        if !crate::lock(&self.i8042).send_ctrl_alt_del() {
+                            return Err(ControlError::Failed(
+                                "the guest's keyboard is not listening (its driver has not \
+                                 enabled it yet, or its buffer is full): try again"
+                                    .into(),
+                            ));
+                        }
+                    }
+                    HostRequest::None => {}
                 }
-            ))),
+                Ok(())
+            }
         }
     }
 
@@ -800,6 +875,19 @@ impl Vm {
             DeviceRecord {
                 name: "serial".into(),
                 state: serde_json::to_value(serial).unwrap_or_default(),
+            },
+            DeviceRecord {
+                name: "i8042".into(),
+                state: serde_json::to_value(crate::lock(&self.i8042).snapshot())
+                    .unwrap_or_default(),
+            },
+            DeviceRecord {
+                name: "rtc".into(),
+                state: serde_json::to_value(crate::lock(&self.rtc).snapshot()).unwrap_or_default(),
+            },
+            DeviceRecord {
+                name: "acpi".into(),
+                state: serde_json::to_value(self.ged.snapshot()).unwrap_or_default(),
             },
             DeviceRecord {
                 name: "power".into(),
@@ -1167,6 +1255,16 @@ impl ControlTarget for Vm {
     }
 
     fn set_vcpus(&mut self, online: u32) -> Result<(), ControlError> {
+        if self.kind == KernelKind::Linux && online != self.spec.vcpus {
+            // A Linux guest has every vCPU of its config online from boot; taking them on and
+            // off line would need ACPI CPU hotplug, which rxen does not describe.
+            return Err(ControlError::Failed(format!(
+                "vcpu-set is not supported for Linux guests (no ACPI CPU hotplug): this domain \
+                 keeps its {} vCPUs; change vcpus in its config and reboot it, or use \
+                 /sys/devices/system/cpu/cpuN/online inside the guest",
+                self.spec.vcpus
+            )));
+        }
         if online == 0 || online > self.spec.vcpus {
             return Err(ControlError::Failed(format!(
                 "{online} vCPUs: this domain has 1 to {} (maxvcpus)",

@@ -1,6 +1,7 @@
 //! The x86_64 boot state shared by every kernel kind: GDT, identity page
 //! tables, the test guest's boot info, and the initial vCPU registers.
 
+pub mod acpi;
 pub mod bootinfo;
 pub mod gdt;
 pub mod lapic;

@@ -235,7 +235,11 @@ pub struct VirtioSlots {
     generation: AtomicU32,
     detach_mask: AtomicU32,
     mem: Arc<GuestMemory>,
+    on_change: std::sync::Mutex<Option<ChangeHook>>,
 }
+
+/// Called when a slot gains a device or the host asks the guest to let go of one.
+pub type ChangeHook = Box<dyn Fn() + Send>;
 
 fn slot_addr(slot: usize) -> u64 {
     SLOT_BASE + slot as u64 * SLOT_SIZE
@@ -380,7 +384,32 @@ impl VirtioSlots {
             generation: AtomicU32::new(0),
             detach_mask: AtomicU32::new(0),
             mem,
+            on_change: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Sets what to call when the set of present devices changes (the ACPI GED for Linux).
+    pub fn set_change_hook(&self, hook: ChangeHook) {
+        *lock(&self.on_change) = Some(hook);
+    }
+
+    fn changed(&self) {
+        if let Some(hook) = lock(&self.on_change).as_ref() {
+            hook();
+        }
+    }
+
+    /// Bit i set: slot i holds a device and the host has not asked the guest to let go of it
+    /// (the ACPI `_STA` of the slot's device).
+    pub fn present_mask(&self) -> u32 {
+        let detach = self.detach_mask.load(Ordering::SeqCst);
+        let held = self
+            .read_slots()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_some())
+            .fold(0u32, |m, (i, _)| m | (1 << i));
+        held & !detach
     }
 
     fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<Arc<SlotDev>>>> {
@@ -806,11 +835,13 @@ impl VirtioSlots {
     fn request_detach(&self, slot: usize) {
         self.detach_mask.fetch_or(1 << slot, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed();
     }
 
     /// Announces an attach to the guest.
     pub fn announce_attach(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed();
     }
 
     /// Finds the slot of the disk or NIC `devid`.

@@ -226,12 +226,21 @@ pub fn load_linux(
     vcpus: u32,
 ) -> Result<LoadedKernel, LoaderError> {
     let vcpus = u8::try_from(vcpus).map_err(|_| LoaderError::LinuxVcpus(vcpus))?;
+    let machine = crate::boot::acpi::machine(vcpus);
     let name = image
         .path
         .clone()
         .unwrap_or_else(|| PathBuf::from("(built-in kernel)"));
     let mut reader = std::io::Cursor::new(image.bytes.as_slice());
-    let boot = rxen_linuxboot::load_linux_from(mem, &mut reader, &name, initrd, cmdline, vcpus)?;
+    let boot = rxen_linuxboot::load_linux_from(
+        mem,
+        &mut reader,
+        &name,
+        initrd,
+        cmdline,
+        vcpus,
+        Some(&machine),
+    )?;
     Ok(LoadedKernel {
         kind: KernelKind::Linux,
         entry: boot.entry.0,
