@@ -637,11 +637,8 @@ impl Machine {
                     tv_nsec: 0,
                 };
                 // SAFETY: `clock` came from pthread_getcpuclockid and `time` is writable.
-                assert_eq!(
-                    unsafe { libc::clock_gettime(clock, &mut time) },
-                    0,
-                    "clock_gettime"
-                );
+                let rc = unsafe { libc::clock_gettime(clock, &mut time) };
+                assert_eq!(rc, 0, "clock_gettime");
                 Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
             })
             .sum()
