@@ -29,8 +29,7 @@ use crate::boot::{self, BOOT_INFO_ADDR, CMDLINE_ADDR, GDT_ADDR, KERNEL_MIN_ADDR}
 use crate::console::{ConsoleError, ConsoleHub, ConsoleWriter};
 use crate::control::{ControlError, ControlTarget};
 use crate::devices::acpi::{
-    AcpiPorts, AcpiState, GedEvents, ACPI_PORT_LEN, GED_EVENT_DEVICES, GED_EVENT_POWER_BUTTON,
-    GED_GSI,
+    AcpiPorts, AcpiState, GedEvents, ACPI_PORT_LEN, GED_EVENT_POWER_BUTTON, GED_GSI,
 };
 use crate::devices::i8042::{I8042State, COMMAND_PORT, DATA_PORT, I8042};
 use crate::devices::pio_bus::PioBusError;
@@ -648,9 +647,20 @@ impl Vm {
                 Box::new(move || present_slots.present_mask()),
             ))),
         )?;
+        if saved.acpi.is_none() {
+            ged.set_seen(slots.present_mask());
+        }
         if kind == KernelKind::Linux {
             let hook_ged = ged.clone();
-            slots.set_change_hook(Box::new(move || hook_ged.raise(GED_EVENT_DEVICES)));
+            let hook_slots = Arc::downgrade(&slots);
+            slots.set_avoid(ged.stale(slots.present_mask()));
+            slots.set_change_hook(Box::new(move || {
+                if let Some(slots) = hook_slots.upgrade() {
+                    let present = slots.present_mask();
+                    hook_ged.slots_now(present);
+                    slots.set_avoid(hook_ged.stale(present));
+                }
+            }));
         }
 
         pio.insert(
@@ -1347,7 +1357,16 @@ impl ControlTarget for Vm {
             .slot_of(disk, devid)
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         let clean = self.slots.detach(&self.kvm.fd, slot);
-        if !clean {
+        if !clean && self.kind == KernelKind::Linux {
+            // Linux cannot be asked to drop an ACPI-enumerated platform device (see
+            // devices::acpi::GedEvents::slots_now); its administrator unbinds it.
+            tracing::warn!(
+                slot,
+                "the Linux guest kept the device; removed anyway (its driver now sees I/O \
+                 errors). Unbind it in the guest first for a clean detach: echo \
+                 LNRO0005:{slot:02x} > /sys/bus/platform/drivers/virtio-mmio/unbind"
+            );
+        } else if !clean {
             tracing::warn!(
                 slot,
                 "the guest did not let go of the device in time; removed anyway"

@@ -16,7 +16,7 @@ use super::{
 /// `_STA` value of a present, enabled, shown and working device.
 const STA_PRESENT: u8 = 0x0F;
 /// ACPI notification values.
-const NOTIFY_BUS_CHECK: u8 = 0x00;
+const NOTIFY_DEVICE_CHECK: u8 = 0x01;
 const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// A 4-character AML name for slot `i` (`VR00`..`VR0F`).
@@ -52,7 +52,7 @@ fn ged(sink: &mut dyn AmlSink, machine: &Machine) {
     let int = Interrupt::new(true, true, false, false, machine.ged_gsi);
     let crs = ResourceTemplate::new(vec![&int]);
     let port = u32::from(GED_EVENT_PORT);
-    let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &port, &8u8);
+    let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &port, &12u8);
     let field = Field::new(
         "GDST".into(),
         FieldAccessType::DWord,
@@ -61,6 +61,7 @@ fn ged(sink: &mut dyn AmlSink, machine: &Machine) {
         vec![
             FieldEntry::Named(*b"GDAT", 32),
             FieldEntry::Named(*b"SLTP", 32),
+            FieldEntry::Named(*b"SLCH", 32),
         ],
     );
     let events = aml::Local(0);
@@ -73,9 +74,30 @@ fn ged(sink: &mut dyn AmlSink, machine: &Machine) {
     let on_power = If::new(&power_set, vec![&press]);
     let dev_bit = aml::And::new(&aml::ZERO, &events, &GED_EVENT_DEVICES);
     let dev_set = NotEqual::new(&dev_bit, &aml::ZERO);
-    let container = Path::new("\\_SB_.VIRT");
-    let rescan = Notify::new(&container, &NOTIFY_BUS_CHECK);
-    let on_devices = If::new(&dev_set, vec![&rescan]);
+    let changed = aml::Local(1);
+    let slch = Path::new("SLCH");
+    let read_changed = Store::new(&changed, &slch);
+    let masks: Vec<u32> = (0..machine.virtio.len()).map(|i| 1u32 << i).collect();
+    let paths: Vec<Path> = (0..machine.virtio.len())
+        .map(|i| Path::new(&format!("\\_SB_.{}", container_name(i))))
+        .collect();
+    let bits: Vec<aml::And> = masks
+        .iter()
+        .map(|m| aml::And::new(&aml::ZERO, &changed, m))
+        .collect();
+    let tests: Vec<NotEqual> = bits.iter().map(|b| NotEqual::new(b, &aml::ZERO)).collect();
+    let notifies: Vec<Notify> = paths
+        .iter()
+        .map(|p| Notify::new(p, &NOTIFY_DEVICE_CHECK))
+        .collect();
+    let per_slot: Vec<If> = tests
+        .iter()
+        .zip(&notifies)
+        .map(|(t, n)| If::new(t, vec![n]))
+        .collect();
+    let mut on_devices_body: Vec<&dyn Aml> = vec![&read_changed];
+    on_devices_body.extend(per_slot.iter().map(|i| i as &dyn Aml));
+    let on_devices = If::new(&dev_set, on_devices_body);
     let evt = Method::new("_EVT".into(), 1, true, vec![&read, &on_power, &on_devices]);
     Device::new(
         "GED_".into(),
@@ -91,15 +113,31 @@ fn ged(sink: &mut dyn AmlSink, machine: &Machine) {
     .to_aml_bytes(sink);
 }
 
-/// The virtio-mmio transports in a container (`ACPI0004`): Linux rescans a container's
-/// children on a bus check, which is how slots gain and lose devices at run time. Each slot
-/// is present while its bit of the GED's `SLTP` register is set.
+/// The name of slot `i`'s container (`SL00`..`SL0F`).
+fn container_name(i: usize) -> String {
+    format!("SL{:02X}", i & 0xFF)
+}
+
+/// The virtio-mmio transports, each in a container (`ACPI0004`) of its own whose `_STA`
+/// follows the slot's bit of the GED's `SLTP` register. Linux re-reads a container's status
+/// on a device check: a container that appears is scanned (its `LNRO0005` child becomes a
+/// platform device that `virtio_mmio` binds), one that disappears is trimmed with its child
+/// (the driver lets go of the device). That is how slots gain and lose devices at run time.
 fn virtio(sink: &mut dyn AmlSink, machine: &Machine) {
-    let mut devices: Vec<Vec<u8>> = Vec::new();
     for (i, slot) in machine.virtio.iter().enumerate() {
         let mmio = Memory32Fixed::new(true, slot.base, slot.len);
         let int = Interrupt::new(true, true, false, false, slot.gsi);
         let crs = ResourceTemplate::new(vec![&mmio, &int]);
+        let uid = i as u32;
+        let hid = Name::new("_HID".into(), &"LNRO0005");
+        let uid_name = Name::new("_UID".into(), &uid);
+        let cca = Name::new("_CCA".into(), &aml::ONE);
+        let crs_name = Name::new("_CRS".into(), &crs);
+        let transport = Device::new(
+            slot_name(i).as_str().into(),
+            vec![&hid, &uid_name, &cca, &crs_name],
+        );
+
         let mask = 1u32 << i;
         let sltp = Path::new("\\_SB_.GED_.SLTP");
         let bit = aml::And::new(&aml::ZERO, &sltp, &mask);
@@ -108,27 +146,13 @@ fn virtio(sink: &mut dyn AmlSink, machine: &Machine) {
         let check = If::new(&present, vec![&yes]);
         let no = Return::new(&aml::ZERO);
         let sta = Method::new("_STA".into(), 0, false, vec![&check, &no]);
-        let uid = i as u32;
-        let mut bytes = Vec::new();
+        let container_hid = Name::new("_HID".into(), &"ACPI0004");
         Device::new(
-            slot_name(i).as_str().into(),
-            vec![
-                &Name::new("_HID".into(), &"LNRO0005"),
-                &Name::new("_UID".into(), &uid),
-                &Name::new("_CCA".into(), &aml::ONE),
-                &Name::new("_CRS".into(), &crs),
-                &sta,
-            ],
+            container_name(i).as_str().into(),
+            vec![&container_hid, &uid_name, &sta, &transport],
         )
-        .to_aml_bytes(&mut bytes);
-        devices.push(bytes);
+        .to_aml_bytes(sink);
     }
-    let raw: Vec<RawAml> = devices.into_iter().map(RawAml).collect();
-    let hid = Name::new("_HID".into(), &"ACPI0004");
-    let uid = Name::new("_UID".into(), &0u8);
-    let mut children: Vec<&dyn Aml> = vec![&hid, &uid];
-    children.extend(raw.iter().map(|r| r as &dyn Aml));
-    Device::new("VIRT".into(), children).to_aml_bytes(sink);
 }
 
 /// AML already encoded.

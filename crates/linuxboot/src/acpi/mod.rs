@@ -11,9 +11,9 @@
 //! - events from the host (the power button, devices coming and going): a generic event device
 //!   (GED, `ACPI0013`) whose interrupt makes the guest run `_EVT`, which reads the event
 //!   register ([`GED_EVENT_PORT`], cleared by the read) and notifies the power button
-//!   (`PNP0C0C`) or the virtio-mmio container;
-//! - the virtio-mmio transports: one `LNRO0005` device per slot inside a container
-//!   (`ACPI0004`), each present while its bit in [`SLOT_PRESENT_PORT`] is set.
+//!   (`PNP0C0C`), or the containers of the slots that changed ([`SLOT_CHANGED_PORT`]);
+//! - the virtio-mmio transports: one `LNRO0005` device per slot, each inside a container
+//!   (`ACPI0004`) of its own that is present while its bit in [`SLOT_PRESENT_PORT`] is set.
 //!
 //! The port and interrupt numbers are the contract with the VMM's devices (`docs/internals.md`).
 
@@ -44,8 +44,10 @@ pub const RESET_PORT: u16 = ACPI_PORT_BASE + 2;
 pub const GED_EVENT_PORT: u16 = ACPI_PORT_BASE + 4;
 /// Virtio slot presence (read u32): bit i set while slot i holds a device the guest may use.
 pub const SLOT_PRESENT_PORT: u16 = ACPI_PORT_BASE + 8;
+/// Changed virtio slots (read u32; reading clears): bit i set when slot i's presence changed.
+pub const SLOT_CHANGED_PORT: u16 = ACPI_PORT_BASE + 12;
 /// How many ports from [`ACPI_PORT_BASE`] the platform device answers.
-pub const ACPI_PORT_LEN: u16 = 12;
+pub const ACPI_PORT_LEN: u16 = 16;
 
 /// The value of the reset register that reboots.
 pub const RESET_VALUE: u8 = 1;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rxen_linuxboot::acpi::{
     ACPI_PORT_BASE, GED_EVENT_PORT, RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT,
-    SLEEP_ENABLE, SLOT_PRESENT_PORT,
+    SLEEP_ENABLE, SLOT_CHANGED_PORT, SLOT_PRESENT_PORT,
 };
 use rxen_proto::vmspec::ExitReason;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,10 @@ pub const GED_GSI: u32 = 23;
 /// Events raised by the host and not yet read by the guest, shared with the control side.
 pub struct GedEvents {
     pending: AtomicU32,
+    /// The slot presence mask the guest was last told about.
+    seen: AtomicU32,
+    /// Slots whose presence changed since the guest last read the changed register.
+    changed: AtomicU32,
     irq: EventFd,
 }
 
@@ -34,8 +38,35 @@ impl GedEvents {
     pub fn new(irq: EventFd) -> Self {
         Self {
             pending: AtomicU32::new(0),
+            seen: AtomicU32::new(0),
+            changed: AtomicU32::new(0),
             irq,
         }
+    }
+
+    /// Records the slot presence the guest finds at boot (no event).
+    pub fn set_seen(&self, present: u32) {
+        self.seen.store(present, Ordering::SeqCst);
+    }
+
+    /// The virtio slots now present are `present`: marks the slots that gained a device since
+    /// the guest last looked and raises [`GED_EVENT_DEVICES`] if any did.
+    ///
+    /// Slots that lost their device are not announced: Linux (6.1 and later) drops the ACPI
+    /// device of a slot that went away but keeps its platform device and driver, so the guest
+    /// would hold a device that no longer exists either way. Such slots stay in the guest's
+    /// view ([`Self::stale`]) and new devices go elsewhere first.
+    pub fn slots_now(&self, present: u32) {
+        let added = present & !self.seen.fetch_or(present, Ordering::SeqCst);
+        if added != 0 {
+            self.changed.fetch_or(added, Ordering::SeqCst);
+            self.raise(GED_EVENT_DEVICES);
+        }
+    }
+
+    /// Slots the guest has been told about that hold no device now.
+    pub fn stale(&self, present: u32) -> u32 {
+        self.seen.load(Ordering::SeqCst) & !present
     }
 
     /// Raises `event` (a `GED_EVENT_*` bit) and interrupts the guest.
@@ -55,11 +86,15 @@ impl GedEvents {
     pub fn snapshot(&self) -> AcpiState {
         AcpiState {
             pending: self.pending.load(Ordering::SeqCst),
+            seen: self.seen.load(Ordering::SeqCst),
+            changed: self.changed.load(Ordering::SeqCst),
         }
     }
 
     /// Puts back saved state; pending events interrupt the guest again.
     pub fn restore(&self, st: &AcpiState) {
+        self.seen.store(st.seen, Ordering::SeqCst);
+        self.changed.store(st.changed, Ordering::SeqCst);
         if st.pending != 0 {
             self.raise(st.pending);
         }
@@ -71,6 +106,10 @@ impl GedEvents {
 pub struct AcpiState {
     /// GED events raised and not yet read by the guest.
     pub pending: u32,
+    /// The slot presence mask the guest was last told about.
+    pub seen: u32,
+    /// Slots changed and not yet read by the guest.
+    pub changed: u32,
 }
 
 /// The ports from [`ACPI_PORT_BASE`].
@@ -112,6 +151,9 @@ impl PioDevice for AcpiPorts {
             p if p == GED_EVENT_PORT => put_bytes(data, self.events.take(), 0),
             p if (SLOT_PRESENT_PORT..SLOT_PRESENT_PORT + 4).contains(&p) => {
                 put_bytes(data, (self.present)(), p - SLOT_PRESENT_PORT)
+            }
+            p if p == SLOT_CHANGED_PORT => {
+                put_bytes(data, self.events.changed.swap(0, Ordering::SeqCst), 0)
             }
             _ => data.fill(0),
         }
@@ -195,6 +237,31 @@ mod tests {
         let mut one = [0u8; 1];
         p.read(PORT_BASE, SLOT_PRESENT_PORT + 1 - PORT_BASE, &mut one);
         assert_eq!(one, [0]);
+    }
+
+    #[test]
+    fn slot_changes_are_reported_once() {
+        let (mut p, _, events) = ports(0);
+        events.set_seen(0b1);
+        events.slots_now(0b1);
+        assert_eq!(
+            events.pending.load(Ordering::SeqCst),
+            0,
+            "no change, no event"
+        );
+        events.slots_now(0b11);
+        events.slots_now(0b10);
+        let mut b = [0u8; 4];
+        p.read(PORT_BASE, GED_EVENT_PORT - PORT_BASE, &mut b);
+        assert_eq!(u32::from_le_bytes(b), GED_EVENT_DEVICES);
+        p.read(PORT_BASE, SLOT_CHANGED_PORT - PORT_BASE, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0b10, "only the added slot");
+        assert_eq!(events.stale(0b10), 0b01, "slot 0 went away unannounced");
+        events.slots_now(0b10);
+        p.read(PORT_BASE, GED_EVENT_PORT - PORT_BASE, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0, "a removal raises nothing");
+        p.read(PORT_BASE, SLOT_CHANGED_PORT - PORT_BASE, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0);
     }
 
     #[test]

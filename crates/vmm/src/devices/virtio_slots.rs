@@ -236,6 +236,9 @@ pub struct VirtioSlots {
     detach_mask: AtomicU32,
     mem: Arc<GuestMemory>,
     on_change: std::sync::Mutex<Option<ChangeHook>>,
+    /// Free slots a new device should not take while others are free (the guest still holds
+    /// a stale binding for them).
+    avoid: AtomicU32,
 }
 
 /// Called when a slot gains a device or the host asks the guest to let go of one.
@@ -385,7 +388,13 @@ impl VirtioSlots {
             detach_mask: AtomicU32::new(0),
             mem,
             on_change: std::sync::Mutex::new(None),
+            avoid: AtomicU32::new(0),
         }
+    }
+
+    /// Sets the free slots new devices should take only when no other slot is free.
+    pub fn set_avoid(&self, mask: u32) {
+        self.avoid.store(mask, Ordering::SeqCst);
     }
 
     /// Sets what to call when the set of present devices changes (the ACPI GED for Linux).
@@ -611,7 +620,14 @@ impl VirtioSlots {
         let mut slots = self.write_slots();
         let idx = match at {
             Some(i) => Some(i).filter(|&i| slots.get(i).is_some_and(Option::is_none)),
-            None => slots.iter().position(Option::is_none),
+            None => {
+                let avoid = self.avoid.load(Ordering::SeqCst);
+                slots
+                    .iter()
+                    .enumerate()
+                    .position(|(i, s)| s.is_none() && avoid & (1 << i) == 0)
+                    .or_else(|| slots.iter().position(Option::is_none))
+            }
         }
         .ok_or(SlotError::Full)?;
         let gsi = GSI_BASE + idx as u32;
