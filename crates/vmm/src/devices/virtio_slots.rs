@@ -241,6 +241,9 @@ pub struct VirtioSlots {
     avoid: AtomicU32,
 }
 
+/// Device status bit: a driver is bound (virtio 1.x, 2.1).
+const VIRTIO_STATUS_DRIVER: u32 = 2;
+
 /// Called when a slot gains a device or the host asks the guest to let go of one.
 pub type ChangeHook = Box<dyn Fn() + Send>;
 
@@ -887,7 +890,9 @@ impl VirtioSlots {
         let deadline = Instant::now() + DETACH_GRACE;
         let mut clean = false;
         while Instant::now() < deadline {
-            if lock(&dev.transport).status() == 0 {
+            // Released: reset (0), or reset and acknowledged again with no driver bound
+            // (Linux sets ACKNOWLEDGE after its driver lets go).
+            if lock(&dev.transport).status() & VIRTIO_STATUS_DRIVER == 0 {
                 clean = true;
                 break;
             }
