@@ -83,7 +83,7 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 for m in $(cat /lib/modules/load-order); do insmod /lib/modules/$m.ko 2>/dev/null; done
 mdev -s 2>/dev/null
-acpid -c /etc/acpi
+acpid -f -c /etc/acpi -l /tmp/acpid.log &
 ip link set lo up
 for w in $(cat /proc/cmdline); do
     case $w in rxen.ip=*)

@@ -300,7 +300,8 @@ pub fn restore_vcpu(vcpu: &VcpuFd, st: &VcpuState) -> Result<(), SnapshotError> 
     } else if let Some(f) = &st.fpu {
         vcpu.set_fpu(f).map_err(kvm("set the FPU"))?;
     }
-    if let Some(x) = &st.xcrs {
+    // A CPU without XSAVE has no XCRs: KVM reports none and refuses to set any.
+    if let Some(x) = st.xcrs.as_ref().filter(|x| x.nr_xcrs > 0) {
         vcpu.set_xcrs(x).map_err(kvm("set XCRs"))?;
     }
     if let Some(d) = &st.debugregs {

@@ -6,15 +6,14 @@ use std::path::PathBuf;
 use xlcfg::{parse_disk_spec, parse_vif_spec, DiskAccess};
 
 fn vectors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/peer-tests/xl-parse-vectors.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/xl-parse-vectors.json")
 }
 
 fn load() -> Value {
     let path = vectors_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "the peer test vectors are missing: cannot read {}: {e}. They live in shared/peer-tests/ beside the repository clone; this test refuses to pass without them.",
+            "the peer test vectors are missing: cannot read {}: {e} (they are part of the repository, under crates/xlcfg/tests/data/)",
             path.display()
         )
     });

@@ -205,7 +205,32 @@ pub fn tables_bytes(base: u64, machine: &Machine) -> Result<Vec<u8>, AcpiError> 
     Ok(out)
 }
 
-/// Writes the tables for `machine` at [`RSDP_START`]; returns the RSDP's address.
+/// The x86 reset vector (F000:FFF0), where a processor starts after a reset.
+pub const RESET_VECTOR: u64 = 0x000F_FFF0;
+
+/// Real-mode code for the reset vector: write [`RESET_VALUE`] to the reset register, then halt.
+///
+/// Linux on a hardware-reduced ACPI machine reboots through EFI (absent here) and then by
+/// jumping to the BIOS's reset vector in real mode (`machine_real_restart`); with nothing
+/// there the vCPU would run through zeroed memory forever. These bytes turn that jump into
+/// the same reboot the ACPI reset register gives.
+pub fn reset_stub() -> [u8; 9] {
+    let [lo, hi] = RESET_PORT.to_le_bytes();
+    [
+        0xBA,
+        lo,
+        hi, // mov dx, RESET_PORT
+        0xB0,
+        RESET_VALUE, // mov al, RESET_VALUE
+        0xEE,        // out dx, al
+        0xF4,        // hlt
+        0xEB,
+        0xFD, // jmp to the hlt
+    ]
+}
+
+/// Writes the tables for `machine` at [`RSDP_START`] and the reset stub at [`RESET_VECTOR`];
+/// returns the RSDP's address.
 pub fn write_acpi_tables<M: GuestMemoryBackend>(
     mem: &M,
     machine: &Machine,
@@ -215,8 +240,13 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
     if RSDP_START + len > TABLES_END {
         return Err(AcpiError::TooLarge(len));
     }
+    if RSDP_START + len > RESET_VECTOR {
+        return Err(AcpiError::TooLarge(len));
+    }
     mem.write_slice(&bytes, GuestAddress(RSDP_START))
         .map_err(|_| AcpiError::Write(RSDP_START))?;
+    mem.write_slice(&reset_stub(), GuestAddress(RESET_VECTOR))
+        .map_err(|_| AcpiError::Write(RESET_VECTOR))?;
     Ok(GuestAddress(RSDP_START))
 }
 

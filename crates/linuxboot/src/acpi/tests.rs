@@ -124,6 +124,11 @@ fn written_into_the_bios_area() {
     let mut sig = [0u8; 8];
     mem.read_slice(&mut sig, at).expect("read");
     assert_eq!(&sig, b"RSD PTR ");
+    let mut stub = [0u8; 9];
+    mem.read_slice(&mut stub, GuestAddress(RESET_VECTOR))
+        .expect("read");
+    // mov dx, 0x602; mov al, 1; out dx, al; hlt; jmp -3
+    assert_eq!(stub, [0xBA, 0x02, 0x06, 0xB0, 0x01, 0xEE, 0xF4, 0xEB, 0xFD]);
 }
 
 /// With ACPICA's disassembler installed (`iasl`, Debian's acpica-tools), the DSDT must
