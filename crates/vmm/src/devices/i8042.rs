@@ -34,7 +34,7 @@ use rxen_proto::vmspec::ExitReason;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::PioDevice;
+use super::pio_bus::BytePortDevice;
 use crate::exit::ExitSignal;
 
 /// Data port.
@@ -456,7 +456,9 @@ impl I8042 {
             _ => self.kbd_send(&[KBD_ACK]),
         }
     }
+}
 
+impl BytePortDevice for I8042 {
     fn read_port(&mut self, port: u16) -> u8 {
         match port {
             DATA_PORT => self.read_data(),
@@ -474,24 +476,10 @@ impl I8042 {
     }
 }
 
-impl PioDevice for I8042 {
-    fn read(&mut self, base: u16, offset: u16, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = self.read_port(base.wrapping_add(offset));
-        }
-    }
-
-    fn write(&mut self, base: u16, offset: u16, data: &[u8]) {
-        if let Some(&v) = data.first() {
-            self.write_port(base.wrapping_add(offset), v);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::PioDevice;
 
     fn evt() -> EventFd {
         EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")

@@ -12,6 +12,30 @@ pub trait PioDevice: Send {
     fn write(&mut self, base: u16, offset: u16, data: &[u8]);
 }
 
+/// A device whose registers are single bytes at fixed ports. A wider access reads the byte
+/// in its first position (the rest as zeros) and writes its first byte.
+pub trait BytePortDevice: Send {
+    /// The guest reads the register at `port`.
+    fn read_port(&mut self, port: u16) -> u8;
+    /// The guest writes `value` to the register at `port`.
+    fn write_port(&mut self, port: u16, value: u8);
+}
+
+impl<T: BytePortDevice> PioDevice for T {
+    fn read(&mut self, base: u16, offset: u16, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(first) = data.first_mut() {
+            *first = self.read_port(base.wrapping_add(offset));
+        }
+    }
+
+    fn write(&mut self, base: u16, offset: u16, data: &[u8]) {
+        if let Some(&v) = data.first() {
+            self.write_port(base.wrapping_add(offset), v);
+        }
+    }
+}
+
 /// Errors while building the bus.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PioBusError {

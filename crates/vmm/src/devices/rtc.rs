@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::PioDevice;
+use super::pio_bus::BytePortDevice;
 
 /// Index port (the data port follows it).
 pub const RTC_PORT: u16 = 0x70;
@@ -427,7 +427,9 @@ impl Rtc {
             _ => self.set_reg(REG_B, new),
         }
     }
+}
 
+impl BytePortDevice for Rtc {
     fn read_port(&mut self, port: u16) -> u8 {
         match port {
             RTC_DATA_PORT => self.read_data(),
@@ -444,23 +446,9 @@ impl Rtc {
     }
 }
 
-impl PioDevice for Rtc {
-    fn read(&mut self, base: u16, offset: u16, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = self.read_port(base.wrapping_add(offset));
-        }
-    }
-
-    fn write(&mut self, base: u16, offset: u16, data: &[u8]) {
-        if let Some(&v) = data.first() {
-            self.write_port(base.wrapping_add(offset), v);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::devices::PioDevice;
     use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
     use std::sync::Arc;
 
