@@ -266,6 +266,11 @@ fn vcpu_err(id: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Vm
     move |source| VmmError::VcpuIoctl { id, what, source }
 }
 
+/// The typed state of a saved device record.
+fn device_state<T: serde::de::DeserializeOwned>(d: &DeviceRecord) -> Result<T, VmmError> {
+    serde_json::from_value(d.state.clone()).map_err(|e| bad_device(&d.name, e))
+}
+
 /// Reads and parses the spec file.
 pub fn read_spec(path: &Path) -> Result<VmSpec, VmmError> {
     let text = std::fs::read(path).map_err(|source| VmmError::SpecRead {
@@ -477,30 +482,10 @@ impl Vm {
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
                 for d in &r.devices {
                     match d.name.as_str() {
-                        "serial" => {
-                            saved.serial = Some(
-                                serde_json::from_value::<SerialSnapshot>(d.state.clone())
-                                    .map_err(|e| bad_device("serial", e))?,
-                            )
-                        }
-                        "acpi" => {
-                            saved.acpi = Some(
-                                serde_json::from_value::<AcpiState>(d.state.clone())
-                                    .map_err(|e| bad_device("acpi", e))?,
-                            )
-                        }
-                        "i8042" => {
-                            saved.i8042 = Some(
-                                serde_json::from_value::<I8042State>(d.state.clone())
-                                    .map_err(|e| bad_device("i8042", e))?,
-                            )
-                        }
-                        "rtc" => {
-                            saved.rtc = Some(
-                                serde_json::from_value::<RtcState>(d.state.clone())
-                                    .map_err(|e| bad_device("rtc", e))?,
-                            )
-                        }
+                        "serial" => saved.serial = Some(device_state(d)?),
+                        "acpi" => saved.acpi = Some(device_state(d)?),
+                        "i8042" => saved.i8042 = Some(device_state(d)?),
+                        "rtc" => saved.rtc = Some(device_state(d)?),
                         "power" => {
                             saved.host_request = d
                                 .state
