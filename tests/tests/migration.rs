@@ -3,6 +3,7 @@
 //! namespaces joined by a veth pair.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
@@ -545,4 +546,57 @@ fn a_domain_with_a_disk_saves_and_restores_with_its_queues() {
     con.blkwrite_flushed("xvda", 60, 8, 4);
     let data = std::fs::read(&img).expect("read image");
     assert_eq!(&data[60 * 512..68 * 512], &blk_pattern(4, 8 * 512)[..]);
+}
+
+#[test]
+fn a_failed_save_keeps_the_domain_running_and_every_file_untouched() {
+    let host = Host::start();
+    let mut con = host.create_guest("keep1", 1, 32, "");
+    con.memfill(7);
+    let sum = con.memsum();
+
+    // A device as the target: refused, the device stays, the domain runs on.
+    let out = host.rxl(&["save", "keep1", "/dev/full"]);
+    assert!(!out.status.success(), "a save to /dev/full succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a regular file"), "unclear error: {err}");
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata("/dev/full").expect("/dev/full is still there");
+    assert!(meta.file_type().is_char_device(), "/dev/full was replaced");
+    assert!(host.list_row("keep1").is_some(), "the domain is gone");
+    let beat = con.heartbeat();
+    heartbeat_beyond(&mut con, beat);
+
+    // A full filesystem: the checkpoint fails and the older, good save file stays as it was.
+    let small = host.dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "cannot mount a small tmpfs");
+    let old = small.join("keep1.save");
+    std::fs::write(&old, b"an older, good save file").expect("write");
+    let out = host.rxl(&["save", "-c", "keep1", old.to_str().expect("utf-8")]);
+    let umount = || {
+        let _ = Command::new("umount").arg(&small).status();
+    };
+    if out.status.success() {
+        umount();
+        panic!("a 32 MiB checkpoint fitted in 256 KiB");
+    }
+    let kept = std::fs::read(&old);
+    let names: Vec<_> = std::fs::read_dir(&small)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    umount();
+    assert_eq!(
+        kept.expect("the old save file is gone"),
+        b"an older, good save file"
+    );
+    assert_eq!(names.len(), 1, "files left behind: {names:?}");
+    assert!(host.list_row("keep1").is_some(), "the domain is gone");
+    assert_eq!(con.memsum(), sum, "the guest's memory changed");
+    host.rxl_ok(&["destroy", "keep1"]);
 }

@@ -4,7 +4,7 @@ use crate::memory::GuestMemory;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,7 @@ use crate::exit::{ExitError, ExitSignal};
 use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
+use crate::savefile::SaveFile;
 use crate::snapshot::{self, SnapshotError};
 use crate::transfer::{
     self, merge_sorted, DirtyLog, PageHashes, PageSender, Received, TransferError,
@@ -1068,13 +1069,13 @@ impl Vm {
         config: &ConfigRecord,
         then: AfterSave,
     ) -> Result<TransferStats, TransferError> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| TransferError::Peer(format!("cannot create {}: {e}", path.display())))?;
+        // The stream goes to an unnamed file that replaces `path` only once complete: a
+        // failed or interrupted save leaves whatever was there untouched.
+        let target = SaveFile::create(path).map_err(|e| TransferError::Peer(e.to_string()))?;
+        let file = target
+            .file()
+            .try_clone()
+            .map_err(|e| TransferError::Peer(format!("cannot write {}: {e}", path.display())))?;
         let opts = SendOptions {
             config,
             live: false,
@@ -1082,25 +1083,15 @@ impl Vm {
             downtime_ms: 0,
             wait_ready: None,
         };
-        let sent = match self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                return Err(e);
-            }
-        };
-        let synced = sent
+        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts)?;
+        let flushed = sent
             .writer
             .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all());
-        if let Err(e) = synced {
-            let _ = std::fs::remove_file(path);
+            .map_err(|e| e.into_error().to_string())
+            .and_then(|_| target.commit().map_err(|e| e.to_string()));
+        if let Err(e) = flushed {
             self.resume_after_transfer(sent.was_paused);
-            return Err(TransferError::Peer(format!(
-                "cannot write {}: {e}",
-                path.display()
-            )));
+            return Err(TransferError::Peer(e));
         }
         let mut stats = sent.stats;
         match then {

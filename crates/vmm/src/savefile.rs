@@ -1,0 +1,215 @@
+//! Save files written so that a failed or interrupted save loses nothing: the stream goes
+//! to an unnamed file in the target's directory, which takes the target's name only once
+//! it is complete and on disk.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A save file being written; nothing is at the target until [`SaveFile::commit`].
+pub struct SaveFile {
+    file: File,
+    target: PathBuf,
+    dir: PathBuf,
+    /// The name of the temporary file when the filesystem has no `O_TMPFILE`.
+    named: Option<PathBuf>,
+}
+
+/// Errors while creating or committing a save file.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveFileError {
+    /// The target exists and is not a regular file (a device, a FIFO, a directory...).
+    #[error("{0} is not a regular file: a save goes to a new file or replaces a regular one")]
+    NotRegular(PathBuf),
+    /// An I/O error on the file or its directory.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SaveFileError + '_ {
+    move |source| SaveFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl SaveFile {
+    /// Starts a save to `target`, which must be absent or a regular file (left untouched).
+    pub fn create(target: &Path) -> Result<Self, SaveFileError> {
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if m.file_type().is_file() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                // A link to a regular file is replaced by the new file, as `mv` would.
+                let follows = std::fs::metadata(target).map(|t| t.file_type());
+                if !follows.is_ok_and(|t| t.is_file()) {
+                    return Err(SaveFileError::NotRegular(target.to_path_buf()));
+                }
+            }
+            Ok(m) if m.file_type().is_block_device() || m.file_type().is_char_device() => {
+                return Err(SaveFileError::NotRegular(target.to_path_buf()))
+            }
+            Ok(_) => return Err(SaveFileError::NotRegular(target.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(target)(e)),
+        }
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // An unnamed file first: a crash mid-save leaves nothing behind.
+        let unnamed = OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&dir);
+        match unnamed {
+            Ok(file) => Ok(Self {
+                file,
+                target: target.to_path_buf(),
+                dir,
+                named: None,
+            }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let named = Self::temp_name(target, &dir);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&named)
+                    .map_err(io_err(&named))?;
+                Ok(Self {
+                    file,
+                    target: target.to_path_buf(),
+                    dir,
+                    named: Some(named),
+                })
+            }
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    fn temp_name(target: &Path, dir: &Path) -> PathBuf {
+        let mut name = OsString::from(".");
+        name.push(target.file_name().unwrap_or_default());
+        name.push(format!(".rxen-save-{}", std::process::id()));
+        dir.join(name)
+    }
+
+    /// The file to write the stream to.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Flushes the file to disk and gives it the target's name (replacing a regular file
+    /// there), then flushes the directory.
+    pub fn commit(mut self) -> Result<(), SaveFileError> {
+        self.file.sync_all().map_err(io_err(&self.target))?;
+        let named = match self.named.take() {
+            Some(n) => n,
+            None => {
+                // Link the unnamed file under a temporary name, then rename it over the target.
+                let n = Self::temp_name(&self.target, &self.dir);
+                let proc_path = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+                nix::unistd::linkat(
+                    None,
+                    &proc_path,
+                    None,
+                    &n,
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(|e| io_err(&n)(io::Error::from(e)))?;
+                n
+            }
+        };
+        if let Err(e) = std::fs::rename(&named, &self.target) {
+            let _ = std::fs::remove_file(&named);
+            return Err(io_err(&self.target)(e));
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+}
+
+impl Drop for SaveFile {
+    fn drop(&mut self) {
+        // Not committed: remove the temporary file (an unnamed one vanishes by itself).
+        if let Some(n) = self.named.take() {
+            let _ = std::fs::remove_file(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn nothing_appears_until_commit_and_a_failure_keeps_the_old_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let target = dir.path().join("d.save");
+        std::fs::write(&target, b"old good save").expect("write");
+        let s = SaveFile::create(&target).expect("create");
+        s.file().write_all(b"half a stream").expect("write");
+        drop(s);
+        assert_eq!(std::fs::read(&target).expect("read"), b"old good save");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+
+        let s = SaveFile::create(&target).expect("create");
+        s.file().write_all(b"new save").expect("write");
+        s.commit().expect("commit");
+        assert_eq!(std::fs::read(&target).expect("read"), b"new save");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn devices_fifos_and_directories_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for bad in [
+            PathBuf::from("/dev/full"),
+            PathBuf::from("/dev/null"),
+            dir.path().to_path_buf(),
+        ] {
+            assert!(
+                matches!(SaveFile::create(&bad), Err(SaveFileError::NotRegular(_))),
+                "{}",
+                bad.display()
+            );
+        }
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert!(matches!(
+            SaveFile::create(&fifo),
+            Err(SaveFileError::NotRegular(_))
+        ));
+        assert!(
+            std::fs::metadata("/dev/full").is_ok(),
+            "/dev/full untouched"
+        );
+    }
+
+    #[test]
+    fn a_new_target_is_created_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let target = dir.path().join("new.save");
+        let s = SaveFile::create(&target).expect("create");
+        s.file().write_all(b"x").expect("write");
+        s.commit().expect("commit");
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
