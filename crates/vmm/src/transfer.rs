@@ -480,6 +480,16 @@ pub struct Received {
     pub bytes: u64,
 }
 
+/// Where a stream comes from: a save file ends with its end record; a migration connection
+/// stays open after it (the target answers on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSource {
+    /// A save file: nothing may follow the end record.
+    File,
+    /// A migration connection.
+    Connection,
+}
+
 /// Reads a whole stream into `mem` and returns the rest of the state. The
 /// stream must describe a VM of `memory_mib` MiB with `vcpus` vCPUs. Nothing
 /// runs until the caller applies the result, so any error here leaves no guest running.
@@ -488,6 +498,7 @@ pub fn receive<R: Read>(
     mem: &GuestMemory,
     memory_mib: u64,
     vcpus: u32,
+    source: StreamSource,
 ) -> Result<Received, TransferError> {
     let mut r = StreamReader::new(input)?;
     r.expect(RecordType::Config)?;
@@ -552,11 +563,32 @@ pub fn receive<R: Read>(
                 let slot = states.get_mut(st.id as usize).ok_or_else(|| {
                     TransferError::Mismatch(format!("the stream has a vCPU {} too many", st.id))
                 })?;
+                if slot.is_some() {
+                    return Err(TransferError::Mismatch(format!(
+                        "the stream holds vCPU {} twice",
+                        st.id
+                    )));
+                }
                 *slot = Some(st);
             }
             RecordType::VmState => vm = Some(snapshot::decode_vm(&rec.body)?),
             RecordType::Device => devices.push(stream::from_json("device", &rec.body)?),
-            RecordType::End => break,
+            RecordType::End => {
+                if source == StreamSource::File {
+                    let mut extra = [0u8; 1];
+                    let n = r
+                        .get_mut()
+                        .read(&mut extra)
+                        .map_err(|e| TransferError::Peer(format!("cannot read the file: {e}")))?;
+                    if n != 0 {
+                        return Err(TransferError::Mismatch(
+                            "the save file goes on after its end record (corrupt or not a save file)"
+                                .into(),
+                        ));
+                    }
+                }
+                break;
+            }
             RecordType::RoundEnd => {}
             RecordType::Config | RecordType::VmInfo => {
                 return Err(StreamError::Unexpected(rec.kind.name()).into())
@@ -615,13 +647,26 @@ mod tests {
         let bytes = w.into_inner();
         let dst = memory::create_guest_memory(8).expect("mem");
         // No vCPU state: refused, though the pages were fine.
-        let e = receive(&bytes[..], &dst, 8, 1).err().expect("refused");
+        let e = receive(&bytes[..], &dst, 8, 1, StreamSource::File)
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         let mut got = [0u8; 16];
         dst.read_slice(&mut got, GuestAddress(0x5000)).expect("r");
         assert_eq!(got, [7u8; 16]);
         // Another shape: refused.
-        assert!(receive(&bytes[..], &dst, 16, 1).is_err());
+        assert!(receive(&bytes[..], &dst, 16, 1, StreamSource::File).is_err());
+        // Bytes after the end record: refused in a file, left alone on a connection.
+        let mut junk = bytes.clone();
+        junk.extend_from_slice(b"trailing junk");
+        let e = receive(&junk[..], &dst, 8, 1, StreamSource::File)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("after its end record"), "{e}");
+        let e = receive(&junk[..], &dst, 8, 1, StreamSource::Connection)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         // A page beyond RAM: refused.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
         w.record(RecordType::Config, b"{}").expect("c");
@@ -630,7 +675,7 @@ mod tests {
         let mut body = Vec::new();
         encode_pages(&[(8 << 20 >> 12) | ZERO_PAGE], &[], &mut body);
         w.record(RecordType::Pages, &body).expect("p");
-        let e = receive(&w.into_inner()[..], &dst, 8, 1)
+        let e = receive(&w.into_inner()[..], &dst, 8, 1, StreamSource::File)
             .err()
             .expect("refused");
         assert!(e.to_string().contains("outside"), "{e}");

@@ -389,6 +389,7 @@ impl Vm {
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,
+                transfer::StreamSource::File,
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
@@ -402,6 +403,7 @@ impl Vm {
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,
+                transfer::StreamSource::Connection,
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
             slots.take_disk_locks(Duration::from_secs(5))?;
