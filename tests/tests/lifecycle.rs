@@ -481,3 +481,25 @@ fn console_on_a_terminal_detaches_with_ctrl_bracket() {
     let row = host.list_row("tty").expect("listed");
     assert!(row[4] == "-b----" || row[4] == "r-----", "{row:?}");
 }
+
+#[test]
+fn a_fifo_or_a_device_as_the_config_file_is_refused_at_once() {
+    let host = Host::start();
+    let fifo = host.dir.path().join("cfg.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    for (file, why) in [
+        (fifo.to_str().expect("utf-8"), "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = host.rxl(&["create", file]);
+        assert!(!out.status.success(), "{file} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{file}: unclear error: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{file}: rxl took {:?}",
+            started.elapsed()
+        );
+    }
+}

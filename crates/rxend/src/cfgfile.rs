@@ -1,9 +1,9 @@
 //! Reading a config file on behalf of a user who is not root: the file must
 //! be one that only root can change, or a customer could boot anything.
 
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why a config file may not be used for a non-root caller.
@@ -53,7 +53,12 @@ pub fn read_root_only(path: &Path) -> Result<(PathBuf, String), CfgFileError> {
         move |source| CfgFileError::Io { path, source }
     };
     let real = path.canonicalize().map_err(io(path))?;
-    let mut file = File::open(&real).map_err(io(&real))?;
+    // Without blocking: a FIFO is refused below instead of hanging the daemon.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(io(&real))?;
     // Check the file that was opened, not the name, so a swap after the check changes nothing.
     let meta = file.metadata().map_err(io(&real))?;
     if !meta.is_file() {

@@ -400,8 +400,7 @@ fn run(cli: Cli) -> Outcome {
             overrides,
         } => {
             let path = config_path(&file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure(format!("cannot read config file {}: {e}", path.display())))?;
+            let text = read_config_file(&path)?;
             if !quiet {
                 eprintln!("Parsing config from {}", path.display());
             }
@@ -795,12 +794,42 @@ fn device_lists(c: &mut Client, domains: &[String], disks: bool) -> Outcome {
     Ok(())
 }
 
+/// The largest config file rxl reads (xl's own configs are a few KiB).
+const CONFIG_MAX_BYTES: u64 = 1 << 20;
+
+/// Reads a config file: a regular file of at most [`CONFIG_MAX_BYTES`]. It is opened without
+/// blocking, so a FIFO or a device is refused instead of hanging.
+fn read_config_file(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |why: String| Failure(format!("cannot read config file {}: {why}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > CONFIG_MAX_BYTES {
+        return Err(fail(format!(
+            "{} bytes, more than the {CONFIG_MAX_BYTES} a config may have",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(CONFIG_MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(text)
+}
+
 /// Finds the config file as xl does: as given, else under /etc/xen/ when the name has no slash.
 /// Reads a config file named on the command line, for save and restore.
 fn read_config(file: &str) -> Result<ConfigText, Failure> {
     let path = config_path(file);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Failure(format!("cannot read config file {}: {e}", path.display())))?;
+    let text = read_config_file(&path)?;
     eprintln!("Parsing config from {}", path.display());
     let abs = std::path::absolute(&path).unwrap_or(path);
     Ok(ConfigText {
