@@ -503,3 +503,68 @@ fn a_fifo_or_a_device_as_the_config_file_is_refused_at_once() {
         );
     }
 }
+
+/// Every directory and file under `dir` whose mode lets group or others in.
+fn open_to_others(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            out.push(format!(
+                "{} {:o}",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        if meta.is_dir() {
+            out.extend(open_to_others(&path));
+        }
+    }
+    out
+}
+
+#[test]
+fn state_and_run_directories_are_private_to_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut host = Host::start();
+    let _con = host.create_guest("private1", 1, 16, "");
+    let state = host.state_dir();
+    let mode = std::fs::metadata(&state)
+        .expect("state")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "state directory mode {mode:o}");
+    let open = open_to_others(&state);
+    assert!(open.is_empty(), "readable by others: {open:?}");
+
+    // An installation from before: opened up by hand, made private again at start.
+    host.kill_rxend();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let records: Vec<_> = std::fs::read_dir(&state)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    for r in &records {
+        std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    host.start_rxend();
+    wait_until(Duration::from_secs(20), "rxend answers", || {
+        host.rxl(&["list"]).status.success()
+    });
+    let open = open_to_others(&state);
+    assert!(open.is_empty(), "still readable by others: {open:?}");
+    assert!(host.list_row("private1").is_some(), "the domain was lost");
+    host.rxl_ok(&["destroy", "private1"]);
+}

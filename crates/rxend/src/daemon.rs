@@ -152,6 +152,25 @@ pub fn check_name(name: &str) -> Result<(), DaemonError> {
     xlcfg::check_name(name).map_err(|why| DaemonError::BadName(name.to_string(), why))
 }
 
+/// Makes `dir` and everything under it private to root: directories 0700, files 0600
+/// (installations from before rxen kept its state private). Symbolic links are left alone.
+fn make_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                make_private(&e.path());
+            }
+        }
+    } else if !meta.file_type().is_symlink() && meta.permissions().mode() & 0o077 != 0 {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o600));
+    }
+}
+
 impl Daemon {
     /// Opens the state directory, loads every record and adopts domains whose VMM still runs.
     pub fn open(paths: Paths) -> std::io::Result<Daemon> {
@@ -162,6 +181,7 @@ impl Daemon {
     pub fn open_with(paths: Paths, sched: SchedOptions) -> std::io::Result<Daemon> {
         fs::create_dir_all(&paths.state_dir)?;
         fs::create_dir_all(paths.state_dir.join("dom"))?;
+        make_private(&paths.state_dir);
         let log = Log::open(&paths.log_file());
         let store = RecordStore::open(&paths.records_dir())?;
         let (known, known_err) = KnownConfigs::open(&paths.known_configs_file());

@@ -46,6 +46,9 @@ struct Args {
 const DEFAULT_CONFIG: &str = "/etc/rxen/rxend.toml";
 
 fn main() -> ExitCode {
+    // Everything rxend and its VMMs create is private (files 0600, directories 0700) unless
+    // it says otherwise: guests' consoles, records and launch specs are nobody else's business.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     let config_path = args.config.clone().or_else(|| {
         let p = PathBuf::from(DEFAULT_CONFIG);

@@ -43,7 +43,12 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ServerError
         source,
     };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(bind_err)?;
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            fs::create_dir_all(dir).map_err(bind_err)?;
+            // The socket's own mode and group decide who connects; its directory lets anyone
+            // reach it (rxend's umask would make it root's alone).
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(bind_err)?;
+        }
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
