@@ -568,3 +568,34 @@ fn state_and_run_directories_are_private_to_root() {
     assert!(host.list_row("private1").is_some(), "the domain was lost");
     host.rxl_ok(&["destroy", "private1"]);
 }
+
+#[test]
+fn a_second_rxend_on_the_same_state_directory_refuses_to_start() {
+    let host = Host::start();
+    let _con = host.create_guest("locked1", 1, 16, "");
+    let log_before = host.rxend_log();
+    let other_socket = host.dir.path().join("second.sock");
+    let out = std::process::Command::new(rxen_e2e::bin("rxend"))
+        .arg("--socket")
+        .arg(&other_socket)
+        .arg("--state-dir")
+        .arg(host.state_dir())
+        .arg("--no-cgroups")
+        .output()
+        .expect("run a second rxend");
+    assert!(!out.status.success(), "a second rxend started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = host.rxend.as_ref().map(|c| c.id()).expect("first rxend");
+    assert!(
+        err.contains("another rxend") && err.contains(&format!("pid {first}")),
+        "unclear error: {err}"
+    );
+    assert!(!other_socket.exists(), "the second rxend bound a socket");
+    assert_eq!(
+        host.rxend_log(),
+        log_before,
+        "the second rxend wrote to the log"
+    );
+    assert!(host.list_row("locked1").is_some(), "the domain was lost");
+    host.rxl_ok(&["destroy", "locked1"]);
+}

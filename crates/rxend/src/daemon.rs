@@ -138,6 +138,8 @@ pub struct Daemon {
     dom0_weight: std::sync::atomic::AtomicU32,
     /// The relocation key file from rxend's config, used when `rxl migrate` names none.
     relocation_key: Mutex<Option<PathBuf>>,
+    /// The state directory's lock, held for the daemon's life.
+    _lock: crate::statelock::StateLock,
 }
 
 fn now_secs() -> f64 {
@@ -180,6 +182,9 @@ impl Daemon {
     /// [`Daemon::open`] with scheduler options (cgroup name, Domain-0's weight).
     pub fn open_with(paths: Paths, sched: SchedOptions) -> std::io::Result<Daemon> {
         fs::create_dir_all(&paths.state_dir)?;
+        // Before anything is read or logged: one rxend per state directory.
+        let lock = crate::statelock::StateLock::take(&paths.state_dir)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::WouldBlock, e))?;
         fs::create_dir_all(paths.state_dir.join("dom"))?;
         make_private(&paths.state_dir);
         let log = Log::open(&paths.log_file());
@@ -238,6 +243,7 @@ impl Daemon {
                 next_domid,
             }),
             relocation_key: Mutex::new(None),
+            _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
         };

@@ -18,5 +18,6 @@ pub mod record;
 pub mod relocation;
 pub mod sched;
 pub mod server;
+pub mod statelock;
 pub mod storage;
 pub mod vmm;

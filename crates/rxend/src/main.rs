@@ -77,6 +77,10 @@ fn main() -> ExitCode {
     };
     let daemon = match Daemon::open_with(paths.clone(), sched) {
         Ok(d) => Arc::new(d),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            eprintln!("rxend: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!(
                 "rxend: cannot open state directory {}: {e}",
