@@ -599,3 +599,28 @@ fn a_second_rxend_on_the_same_state_directory_refuses_to_start() {
     assert!(host.list_row("locked1").is_some(), "the domain was lost");
     host.rxl_ok(&["destroy", "locked1"]);
 }
+
+#[test]
+fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
+    let host = Host::start();
+    let pid = host.rxend.as_ref().map(|c| c.id()).expect("rxend");
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg("--nofile=48:48")
+        .status()
+        .expect("prlimit");
+    assert!(limited.success(), "prlimit failed");
+    let conns: Vec<_> = (0..120)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(host.socket()).ok())
+        .collect();
+    assert!(!conns.is_empty(), "no connection opened");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = host.rxend_log();
+    let lines = log.matches("accept:").count();
+    assert!(lines >= 1, "the descriptor shortage went unlogged:\n{log}");
+    assert!(lines <= 2, "{lines} accept errors logged in 3 s");
+    drop(conns);
+    wait_until(Duration::from_secs(20), "rxend answers again", || {
+        host.rxl(&["list"]).status.success()
+    });
+}

@@ -600,3 +600,65 @@ fn a_failed_save_keeps_the_domain_running_and_every_file_untouched() {
     assert_eq!(con.memsum(), sum, "the guest's memory changed");
     host.rxl_ok(&["destroy", "keep1"]);
 }
+
+#[test]
+fn a_flood_of_relocation_connections_is_capped_and_rxend_lives() {
+    let mut host = Host::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let key = host.dir.path().join("reloc.key");
+    std::fs::write(&key, "k3y-for-the-flood-test-0123456789abcdef").expect("key");
+    let cfg = host.dir.path().join("flood.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[relocation]\nserver = true\naddress = \"127.0.0.1\"\nport = {port}\nhosts-allow = [\"^127\\\\.0\\\\.0\\\\.1$\"]\nkey-file = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .expect("config");
+    host.kill_rxend();
+    host.rxend_args = vec!["--config".into(), cfg.display().to_string()];
+    host.start_rxend();
+    wait_until(BOOT, "the relocation server listens", || {
+        host.rxend_log().contains("relocation server listening")
+    });
+    let pid = host.rxend.as_ref().map(|c| c.id()).expect("rxend");
+    let threads = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = threads();
+    let conns: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(conns.len() >= 50, "only {} connections opened", conns.len());
+    wait_until(BOOT, "rxend logs the refusals", || {
+        host.rxend_log()
+            .contains("relocation: refused a connection from 127.0.0.1")
+    });
+    let during = threads();
+    assert!(
+        during <= before + 4 + 1,
+        "{during} threads for 100 connections from one peer (before: {before})"
+    );
+    assert!(
+        host.rxl(&["list"]).status.success(),
+        "rxend stopped answering"
+    );
+    let refusals = host
+        .rxend_log()
+        .matches("refused a connection from")
+        .count();
+    assert!(refusals <= 2, "{refusals} refusal lines for one flood");
+    drop(conns);
+    assert!(host.rxl(&["list"]).status.success(), "rxend died");
+}

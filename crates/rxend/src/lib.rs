@@ -3,6 +3,7 @@
 //! per running domain, applies the `on_*` policies and decides who may do
 //! what. Clients (`rxl`, `rxen-shell`) talk to it over a Unix socket.
 
+pub mod accept;
 pub mod auth;
 pub mod cfgfile;
 pub mod cgroup;

@@ -36,12 +36,20 @@ pub fn bind(addr: &str) -> Result<TcpListener, MetricsError> {
 
 /// Serves `/metrics` forever, one short-lived thread per connection.
 pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
-    for conn in listener.incoming().flatten() {
-        let d = Arc::clone(&daemon);
-        std::thread::spawn(move || {
+    let d = Arc::clone(&daemon);
+    crate::accept::serve(
+        &daemon.log,
+        "metrics",
+        crate::accept::Limits {
+            total: 16,
+            per_peer: 4,
+        },
+        || listener.accept().map(|(s, _)| s),
+        |s: &TcpStream| s.peer_addr().ok().map(|a| a.ip().to_string()),
+        move |conn| {
             let _ = handle(&d, conn);
-        });
-    }
+        },
+    );
 }
 
 fn handle(daemon: &Daemon, stream: TcpStream) -> std::io::Result<()> {

@@ -397,19 +397,29 @@ pub fn serve(daemon: Arc<Daemon>, config: &RelocationConfig) -> Result<(), Strin
     daemon
         .log
         .info(format!("relocation server listening on {bind}"));
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(sock) => {
-                    let (d, k, a) = (daemon.clone(), key.clone(), allow.clone());
-                    std::thread::spawn(move || handle(&d, sock, &k, &a));
-                }
-                Err(e) => daemon.log.error(format!("relocation accept: {e}")),
-            }
-        }
-    });
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("relocation".into())
+        .spawn(move || {
+            crate::accept::serve(
+                &daemon.log,
+                "relocation",
+                MAX_CONNECTIONS,
+                || listener.accept().map(|(s, _)| s),
+                |s: &TcpStream| s.peer_addr().ok().map(|a| a.ip().to_string()),
+                move |sock| handle(&d, sock, &key, &allow),
+            )
+        })
+        .map_err(|e| format!("cannot start the relocation server: {e}"))?;
     Ok(())
 }
+
+/// Connections the relocation server serves at once (before and after authentication):
+/// a peer that opens many cannot starve the others or exhaust rxend's threads.
+pub const MAX_CONNECTIONS: crate::accept::Limits = crate::accept::Limits {
+    total: 32,
+    per_peer: 4,
+};
 
 fn handle(daemon: &Daemon, sock: TcpStream, key: &[u8], allow: &HostsAllow) {
     let peer = match sock.peer_addr() {

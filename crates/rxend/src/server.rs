@@ -119,17 +119,23 @@ impl Drop for Counted<'_> {
 /// Accepts clients forever, each in a thread of its own.
 pub fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     let conns = Arc::new(Connections::default());
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                let d = Arc::clone(&daemon);
-                let c = Arc::clone(&conns);
-                std::thread::spawn(move || handle_client(&d, &c, stream));
-            }
-            Err(e) => daemon.log.error(format!("accept: {e}")),
-        }
-    }
+    let d = Arc::clone(&daemon);
+    crate::accept::serve(
+        &daemon.log,
+        "socket",
+        MAX_CONNECTIONS,
+        || listener.accept().map(|(s, _)| s),
+        |_| None,
+        move |stream| handle_client(&d, &conns, stream),
+    );
 }
+
+/// Clients served at once, all users together (each non-root user at most
+/// [`MAX_CONNECTIONS_PER_USER`]).
+pub const MAX_CONNECTIONS: crate::accept::Limits = crate::accept::Limits {
+    total: 256,
+    per_peer: 256,
+};
 
 /// What to send back for one request.
 enum Reply {
