@@ -624,3 +624,35 @@ fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
         host.rxl(&["list"]).status.success()
     });
 }
+
+#[test]
+fn a_domain_larger_than_the_host_is_refused_with_the_numbers() {
+    let host = Host::start();
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .expect("MemTotal")
+        / 1024;
+    let cfg = host.config(
+        "huge.cfg",
+        &format!(
+            "name = \"huge\"\nkernel = \"builtin:testguest\"\nmemory = {}\n",
+            total_mib * 4
+        ),
+    );
+    let out = host.rxl(&["create", cfg.to_str().expect("utf-8")]);
+    assert!(
+        !out.status.success(),
+        "a domain 4 times the host's RAM started"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not enough memory") && err.contains(&format!("{} MiB", total_mib * 4)),
+        "unclear error: {err}"
+    );
+    assert!(host.list_row("huge").is_none(), "the domain is listed");
+}

@@ -51,6 +51,24 @@ pub enum DaemonError {
     /// The configuration was refused.
     #[error("{0}")]
     Config(String),
+    /// The host cannot hold the domain's memory.
+    #[error(
+        "not enough memory: the domain needs {want} MiB; the host has {host} MiB, {allowed} MiB of \
+         it may go to domains ({percent}%, [host] memory-overcommit-percent in rxend.toml), and \
+         {held} MiB are given to domains already"
+    )]
+    NoMemory {
+        /// What the domain needs.
+        want: u64,
+        /// The host's RAM.
+        host: u64,
+        /// What all domains may have together.
+        allowed: u64,
+        /// The overcommit percentage.
+        percent: u32,
+        /// What running domains have.
+        held: u64,
+    },
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     Denied(String),
@@ -138,6 +156,8 @@ pub struct Daemon {
     dom0_weight: std::sync::atomic::AtomicU32,
     /// The relocation key file from rxend's config, used when `rxl migrate` names none.
     relocation_key: Mutex<Option<PathBuf>>,
+    /// The memory all domains may have together, in percent of the host's RAM.
+    memory_percent: std::sync::atomic::AtomicU32,
     /// The state directory's lock, held for the daemon's life.
     _lock: crate::statelock::StateLock,
 }
@@ -243,12 +263,46 @@ impl Daemon {
                 next_domid,
             }),
             relocation_key: Mutex::new(None),
+            memory_percent: std::sync::atomic::AtomicU32::new(100),
             _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
         };
         daemon.adopt_sched();
         Ok(daemon)
+    }
+
+    /// Sets how much memory all domains may have together, in percent of the host's RAM.
+    pub fn set_memory_overcommit_percent(&self, percent: u32) {
+        self.memory_percent
+            .store(percent.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Refuses a domain of `want` MiB when the host's share for domains is taken.
+    fn admit_memory(&self, t: &Table, want: u64) -> Result<(), DaemonError> {
+        let host = crate::hostinfo::memory().total_kib / 1024;
+        if host == 0 {
+            return Ok(());
+        }
+        let percent = self
+            .memory_percent
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let allowed = host.saturating_mul(u64::from(percent)) / 100;
+        let held: u64 = t
+            .domains
+            .values()
+            .map(|e| crate::record::ram_mib(&e.rec.config))
+            .sum();
+        if held.saturating_add(want) > allowed {
+            return Err(DaemonError::NoMemory {
+                want,
+                host,
+                allowed,
+                percent,
+                held,
+            });
+        }
+        Ok(())
     }
 
     /// Sets the relocation key file (from rxend's config).
@@ -593,6 +647,7 @@ impl Daemon {
             if t.domains.values().any(|e| e.rec.name == name) {
                 return Err(DaemonError::NameTaken(name));
             }
+            self.admit_memory(&t, crate::record::ram_mib(&config))?;
             let domid = t.next_domid;
             t.next_domid = domid.checked_add(1).unwrap_or(1).max(1);
             let next_file = self.paths.next_domid_file();

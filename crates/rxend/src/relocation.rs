@@ -103,6 +103,31 @@ pub struct RxendConfig {
     /// The relocation server.
     #[serde(default)]
     pub relocation: RelocationConfig,
+    /// What this host admits.
+    #[serde(default)]
+    pub host: HostConfig,
+}
+
+/// The `[host]` section: admission control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HostConfig {
+    /// The memory all domains together may be given, in percent of the host's RAM
+    /// (`MemTotal`); 100, the default, allows no overcommit.
+    #[serde(default = "default_overcommit")]
+    pub memory_overcommit_percent: u32,
+}
+
+fn default_overcommit() -> u32 {
+    100
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            memory_overcommit_percent: default_overcommit(),
+        }
+    }
 }
 
 impl RxendConfig {
