@@ -250,6 +250,21 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("it contains white space or control characters");
     }
+    // Invisible characters (zero-width, direction overrides, byte-order mark) make two names
+    // look alike in `rxl list`.
+    let invisible = |c: char| {
+        matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    if name.chars().any(invisible) {
+        return Err("it contains invisible characters");
+    }
+    if name.starts_with('-') {
+        return Err("it starts with `-`, which reads as an option");
+    }
+    if name == "." || name == ".." {
+        return Err("`.` and `..` name directories");
+    }
     if name == "Domain-0" {
         return Err("Domain-0 is the host's name");
     }

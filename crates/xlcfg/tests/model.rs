@@ -88,12 +88,26 @@ fn name_rules() {
         ("Domain-0", true),
         ("x--incoming", true),
         ("tab\there", true),
+        ("-rf", true),
+        (".", true),
+        ("..", true),
+        ("a..b", false),
+        ("zero\u{200b}width", true),
+        ("rtl\u{202e}gnp", true),
+        ("caf\u{e9}", false),
     ] {
-        let r = parse(
-            &format!("name = \"{}\"\nkernel='/k'\n", name.escape_default()),
-            "n.cfg",
-            &[],
-        );
+        // ASCII escapes the xl syntax knows; other characters as they are.
+        let quoted: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        let r = parse(&format!("name = \"{quoted}\"\nkernel='/k'\n"), "n.cfg", &[]);
         assert_eq!(r.is_err(), bad, "{name:?}: {r:?}");
         if let Err(e) = r {
             assert!(matches!(e.kind, ConfigErrorKind::BadName { .. }), "{e}");
