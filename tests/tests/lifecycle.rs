@@ -656,3 +656,51 @@ fn a_domain_larger_than_the_host_is_refused_with_the_numbers() {
     );
     assert!(host.list_row("huge").is_none(), "the domain is listed");
 }
+
+#[test]
+fn descriptors_rxend_inherited_do_not_reach_the_vmm() {
+    use std::os::unix::process::CommandExt;
+    let mut host = Host::start();
+    host.kill_rxend();
+    let (pipe_r, _pipe_w) = nix::unistd::pipe().expect("pipe");
+    let inherited = {
+        use std::os::fd::AsRawFd;
+        pipe_r.as_raw_fd()
+    };
+    let mut cmd = std::process::Command::new(rxen_e2e::bin("rxend"));
+    cmd.arg("--socket")
+        .arg(host.socket())
+        .arg("--state-dir")
+        .arg(host.state_dir())
+        .arg("--no-cgroups")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the child gets the pipe as descriptor 251, without
+    // close-on-exec, as a careless parent would leave it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(inherited, 251) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    host.rxend = Some(cmd.spawn().expect("spawn rxend"));
+    wait_until(Duration::from_secs(10), "rxend listens", || {
+        std::os::unix::net::UnixStream::connect(host.socket()).is_ok()
+    });
+    let rxend_pid = host.rxend.as_ref().map(|c| c.id()).expect("rxend");
+    assert!(
+        std::fs::read_link(format!("/proc/{rxend_pid}/fd/251")).is_ok(),
+        "the test did not give rxend descriptor 251"
+    );
+    let _con = host.create_guest("fds1", 1, 16, "");
+    let vmm = host.vmm_pid(domid(&host, "fds1"));
+    let leaked = std::fs::read_link(format!("/proc/{vmm}/fd/251"));
+    assert!(
+        leaked.is_err(),
+        "the VMM inherited rxend's descriptor 251: {leaked:?}"
+    );
+    host.rxl_ok(&["destroy", "fds1"]);
+}

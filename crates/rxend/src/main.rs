@@ -45,10 +45,37 @@ struct Args {
 /// The config file rxend reads when none is named.
 const DEFAULT_CONFIG: &str = "/etc/rxen/rxend.toml";
 
+/// Marks every descriptor above stderr close-on-exec.
+fn close_inherited_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes the flags of this process's descriptors; no memory
+    // is passed.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: each open descriptor by hand.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number touches no memory; a closed one fails harmlessly.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 fn main() -> ExitCode {
     // Everything rxend and its VMMs create is private (files 0600, directories 0700) unless
     // it says otherwise: guests' consoles, records and launch specs are nobody else's business.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Descriptors inherited from whoever started rxend (a shell's pipe, a service manager's
+    // socket) are not for the VMMs it spawns: close them across exec.
+    close_inherited_on_exec();
     let args = Args::parse();
     let config_path = args.config.clone().or_else(|| {
         let p = PathBuf::from(DEFAULT_CONFIG);
