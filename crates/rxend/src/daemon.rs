@@ -1338,13 +1338,17 @@ fn kernel_source(
         )));
     }
     let path = resolve_path(kernel, config_path);
-    if !path.is_file() {
-        return Err(DaemonError::Config(format!(
-            "kernel {}: no such file",
+    match fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(KernelSource::Path(path)),
+        Ok(_) => Err(DaemonError::Config(format!(
+            "kernel {}: not a regular file (a kernel is a vmlinux or bzImage file)",
             path.display()
-        )));
+        ))),
+        Err(e) => Err(DaemonError::Config(format!(
+            "kernel {}: {e}",
+            path.display()
+        ))),
     }
-    Ok(KernelSource::Path(path))
 }
 
 #[cfg(test)]

@@ -29,6 +29,19 @@ pub enum StorageError {
     /// An empty drive.
     #[error("disk {0}: empty drives are not supported")]
     Empty(String),
+    /// One image or device given to two of the domain's disks, one of them writable.
+    #[error(
+        "disks {first} and {second} are the same image {path}: a writable disk is exclusive \
+         (access 'w!' shares it)"
+    )]
+    SameImage {
+        /// The first disk's vdev.
+        first: String,
+        /// The second disk's vdev.
+        second: String,
+        /// The image.
+        path: String,
+    },
     /// The image or device is missing.
     #[error("disk {vdev}: {path}: {reason}")]
     Path {
@@ -149,6 +162,21 @@ pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError
         if out.iter().any(|o| o.devid == d.devid) {
             return Err(StorageError::Duplicate(d.vdev));
         }
+        let same = |o: &DiskDevice| {
+            let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.to_path_buf());
+            canon(&o.path) == canon(&d.path)
+        };
+        let exclusive = |x: &DiskDevice| !x.read_only && !x.shared_writable;
+        if let Some(o) = out
+            .iter()
+            .find(|o| same(o) && (exclusive(o) || exclusive(&d)))
+        {
+            return Err(StorageError::SameImage {
+                first: o.vdev.clone(),
+                second: d.vdev.clone(),
+                path: d.path.display().to_string(),
+            });
+        }
         out.push(d);
     }
     Ok(out)
@@ -171,6 +199,20 @@ mod tests {
         assert_eq!(vdev_devid("51712"), Some(51712));
         assert_eq!(vdev_devid("vda"), None);
         assert_eq!(vdev_devid("xvd"), None);
+    }
+
+    #[test]
+    fn one_image_twice_is_refused_unless_shared_or_read_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let img = dir.path().join("a.img");
+        std::fs::write(&img, vec![0u8; 4096]).expect("img");
+        let spec =
+            |a: &str| xlcfg::parse_disk_spec(&format!("file:{},{a}", img.display())).expect("spec");
+        let e = prepare_disks(&[spec("xvda,w"), spec("xvdb,w")]).expect_err("twice");
+        assert!(e.to_string().contains("same image"), "{e}");
+        assert!(prepare_disks(&[spec("xvda,w"), spec("xvdb,r")]).is_err());
+        assert!(prepare_disks(&[spec("xvda,r"), spec("xvdb,r")]).is_ok());
+        assert!(prepare_disks(&[spec("xvda,w!"), spec("xvdb,w!")]).is_ok());
     }
 
     #[test]
