@@ -250,7 +250,7 @@ sector() { dd if="$1" bs=512 skip="$2" count=1 2>/dev/null | tr -cd 'A-Za-z0-9-'
 # ---------------------------------------------------------------------------------------------
 # Group "devices": the cloud kernel with 2 vCPUs, a disk, a NIC on br0 and the balloon.
 # ---------------------------------------------------------------------------------------------
-CHECKS_devices="boot-2vcpu disk-vda net balloon rxl-shutdown disk-write"
+CHECKS_devices="boot-2vcpu disk-vda net balloon hotplug rxl-shutdown disk-write"
 group_devices() {
     say "=== GROUP devices BEGIN"
     tok=$(rand)
@@ -322,6 +322,33 @@ EOF
         else
             check balloon FAIL "rxen-vmm RSS ${rss0} kB -> ${rss1} kB in 40 s after rxl mem-set 96 (want a drop of 64 MiB); ${touched:-no L2-TOUCHED line}; $(echo "$devs" | grep -o 'virtio=[0-9]* balloon=[0-9]*')"
         fi
+    fi
+
+    # hotplug: a disk attached to the running guest appears in it (ACPI device check through
+    # the GED); once the guest unbinds it, block-detach finishes at once and the disk is gone.
+    dd if=/dev/zero of=/tmp/hp.img bs=1M count=8 2>/dev/null
+    t1=$(up)
+    if ! rx A 30 block-attach l2dev file:/tmp/hp.img,xvdb,w; then
+        check hotplug FAIL "rxl block-attach l2dev: $(oneline </tmp/rxl.out)"
+    else
+        seen=""
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            seen=$(ask A l2dev 20 "ls /sys/block | tr '\n' ' '") || seen=""
+            case $seen in *vdb*) break ;; esac
+            sleep 2
+        done
+        attach_s=$(since "$t1")
+        plat=$(ask A l2dev 20 "basename \$(dirname \$(readlink -f /sys/block/vdb/device))") || plat=""
+        ask A l2dev 20 "echo $plat > /sys/bus/platform/drivers/virtio-mmio/unbind; echo unbound" >/dev/null
+        t2=$(up)
+        rx A 30 block-detach l2dev xvdb || true
+        detach_s=$(since "$t2")
+        after=$(ask A l2dev 20 "ls /sys/block | tr '\n' ' '") || after=""
+        case "$seen|$after" in
+        *vdb*"|"*vdb*) check hotplug FAIL "vdb still in the guest after unbind and block-detach: $after" ;;
+        *vdb*"|"*) check hotplug PASS "vdb ($plat) appeared $attach_s s after rxl block-attach; after unbinding it, rxl block-detach took $detach_s s; guest disks now: $after" ;;
+        *) check hotplug FAIL "no vdb in the guest within 20 s of rxl block-attach: ${seen:-no answer}; $(rxend_said A "$id")" ;;
+        esac
     fi
 
     btn=$(context A | grep -a '^L2-PWRBTN' | tail -n 1)

@@ -182,6 +182,7 @@ const CHECKS: &[(&str, &str)] = &[
     ("disk-vda", "devices"),
     ("net", "devices"),
     ("balloon", "devices"),
+    ("hotplug", "devices"),
     ("rxl-shutdown", "devices"),
     ("disk-write", "devices"),
     ("boot-1vcpu", "life"),
@@ -252,6 +253,11 @@ fn linux_nic_pings_the_host_across_the_bridge() {
 #[test]
 fn linux_balloon_gives_memory_back() {
     assert_check("balloon", "devices");
+}
+
+#[test]
+fn a_disk_hot_plugs_into_a_running_linux_guest() {
+    assert_check("hotplug", "devices");
 }
 
 #[test]
