@@ -267,20 +267,34 @@ vif = ['bridge=br0']
 on_poweroff = "destroy"
 on_reboot = "restart"
 EOF
-    t0=$(up)
-    if ! rx A 120 create /tmp/l2dev.cfg; then
-        fail_unreported "rxl create failed: $(oneline </tmp/rxl.out)"
-        dump_group devices
-        return
-    fi
-    timing rxl-create-devices "$(since "$t0")" "rxl create returned"
-    id=$(domid A l2dev)
-    if ! banner=$(wait_con A "L2-UP scen=devices " 150); then
-        fail_unreported "no L2 banner within 150 s of rxl create; console: $(context A | tail -n 5 | oneline)"
+    # A nested L2 occasionally hangs at boot when L1 (QEMU TCG) loses a timer interrupt: one
+    # more boot is tried, and the first one's failure is reported with the checks.
+    first_try=""
+    for attempt in 1 2; do
+        t0=$(up)
+        if ! rx A 120 create /tmp/l2dev.cfg; then
+            fail_unreported "rxl create failed: $(oneline </tmp/rxl.out)${first_try:+; before: $first_try}"
+            dump_group devices
+            return
+        fi
+        timing rxl-create-devices "$(since "$t0")" "rxl create returned"
+        id=$(domid A l2dev)
+        if banner=$(wait_con A "L2-UP scen=devices " 90); then
+            break
+        fi
+        why="no L2 banner within 90 s of rxl create; console: $(context A | tail -n 5 | oneline)"
         rxq A destroy l2dev >/dev/null
-        dump_group devices
-        return
-    fi
+        wait_gone A l2dev 30 || say "l2dev survived rxl destroy"
+        if [ "$attempt" = 2 ]; then
+            fail_unreported "$why; the boot before it: $first_try"
+            dump_group devices
+            return
+        fi
+        first_try=$why
+        say "RETRY devices: $why"
+        mkdisk /tmp/dev.img "$tok"
+    done
+    [ -n "$first_try" ] && say "devices: the first L2 boot failed ($first_try); the second one is checked"
     timing l2boot-devices "$(since "$t0")" "rxl create to L2 userspace (cloud kernel, 2 vCPUs); L2's uptime then: $(echo "$banner" | sed -n 's/.*uptime=\([^ ]*\).*/\1/p') s"
     boot_check boot-2vcpu 0-1 2 A l2dev "$id" "$banner"
     id=$(domid A l2dev)
@@ -407,8 +421,8 @@ EOF
         fi
         id=$(domid A l2life)
         timing "rxl-create-life-$1" "$(since "$t0")" "rxl create returned"
-        if ! banner=$(wait_new_boot A life "$lold" 150); then
-            lerr="no L2 banner within 150 s of rxl create ($1); $(rxend_said A "$id" 1); console: $(context A | tail -n 5 | oneline)"
+        if ! banner=$(wait_new_boot A life "$lold" 90); then
+            lerr="no L2 banner within 90 s of rxl create ($1); $(rxend_said A "$id" 1); console: $(context A | tail -n 5 | oneline)"
             rxq A destroy l2life >/dev/null
             return 1
         fi
@@ -417,9 +431,16 @@ EOF
             say "no L2-READY from l2life"
     }
     if ! life_boot first; then
-        fail_unreported "$lerr"
-        dump_group life
-        return
+        # As for the devices group: one more boot, the first one's failure reported.
+        first_try=$lerr
+        say "RETRY life: $first_try"
+        wait_gone A l2life 30 || say "l2life survived rxl destroy"
+        if ! life_boot first-again; then
+            fail_unreported "$lerr; the boot before it: $first_try"
+            dump_group life
+            return
+        fi
+        say "life: the first L2 boot failed ($first_try); the second one is checked"
     fi
     timing l2boot-life "$tboot" "rxl create to L2 userspace (generic kernel, 1 vCPU); L2's uptime then: $(echo "$banner" | sed -n 's/.*uptime=\([^ ]*\).*/\1/p') s"
     boot_check boot-1vcpu 0 1 A l2life "$id" "$banner"
