@@ -280,9 +280,14 @@ EOF
         timing rxl-create-devices "$(since "$t0")" "rxl create returned"
         id=$(domid A l2dev)
         if banner=$(wait_con A "L2-UP scen=devices " 90); then
-            break
+            nid=$(domid A l2dev)
+            if [ -z "$nid" ] || [ "$nid" = "$id" ]; then
+                break
+            fi
+            why="the guest reset during boot: domain $id $(rxend_said A "$id" 1); it came up as domain $nid"
+        else
+            why="no L2 banner within 90 s of rxl create; console: $(context A | tail -n 5 | oneline)"
         fi
-        why="no L2 banner within 90 s of rxl create; console: $(context A | tail -n 5 | oneline)"
         rxq A destroy l2dev >/dev/null
         wait_gone A l2dev 30 || say "l2dev survived rxl destroy"
         if [ "$attempt" = 2 ]; then
@@ -427,6 +432,12 @@ EOF
             return 1
         fi
         tboot=$(since "$t0")
+        nid=$(domid A l2life)
+        if [ -n "$nid" ] && [ "$nid" != "$id" ]; then
+            lerr="the guest reset during boot ($1): domain $id $(rxend_said A "$id" 1); it came up as domain $nid"
+            rxq A destroy l2life >/dev/null
+            return 1
+        fi
         wait_con A "L2-READY scen=life boot=$(echo "$banner" | sed -n 's/.*boot=\([0-9a-f]*\).*/\1/p')" 90 >/dev/null ||
             say "no L2-READY from l2life"
     }
