@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # L1's init (see run.sh): loads KVM, makes a bridge br0 (10.99.0.1/24), starts two rxends
 # (A, and B with a relocation server on 127.0.0.1:8003), and runs the scenario groups named
 # by l1groups= on its command line with real rxl commands against stock Debian L2 guests.
@@ -20,16 +21,8 @@ up() { cut -d' ' -f1 /proc/uptime; }
 upi() { cut -d. -f1 /proc/uptime; }
 say() { echo "[L1 $(up)] $*" >/dev/console; }
 since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.1f", b - a }'; }
-arg() {
-    for w in $(cat /proc/cmdline); do
-        case $w in "$1"=*)
-            echo "${w#*=}"
-            return
-            ;;
-        esac
-    done
-    echo "$2"
-}
+# shellcheck source=common.sh
+. /common.sh
 rand() { od -An -N4 -tu4 /dev/urandom | tr -d ' '; }
 oneline() { tr -d '\r' | tr '\n' ' ' | tr -s ' ' | cut -c1-"${1:-300}"; }
 
@@ -394,6 +387,29 @@ EOF
     say "=== GROUP devices END"
 }
 
+# reboot_check CHECK HOW WHAT: reboots l2life on rxend $H (HOW: rxl = `rxl reboot`, guest =
+# `reboot -f` typed in L2; WHAT names it in the detail); a new L2 boot must follow in 60 s.
+reboot_check() {
+    old=$(boots "$H" life | tr '\n' ' ')
+    id0=$(domid "$H" l2life)
+    t1=$(up)
+    if [ "$2" = rxl ]; then
+        if ! rx "$H" 30 reboot l2life; then
+            check "$1" FAIL "rxl reboot l2life: $(oneline </tmp/rxl.out)"
+            return
+        fi
+    else
+        send "$H" l2life "reboot -f"
+    fi
+    if nb=$(wait_new_boot "$H" life "$old" 60); then
+        check "$1" PASS "L2 booted again $(since "$t1") s after $3 (domain ID $id0 -> $(domid "$H" l2life); $(boots "$H" life | wc -l) boots seen on rxend $H); ${nb%% kernel=*}"
+        timing "l2boot-$1" "$(since "$t1")" "$3 to L2 userspace"
+        wait_con "$H" "L2-READY scen=life boot=$(echo "$nb" | sed -n 's/.*boot=\([0-9a-f]*\).*/\1/p')" 90 >/dev/null
+    else
+        check "$1" FAIL "no new L2 boot within 60 s of $3 ($(rtype "$H"); domain $(listed "$H" l2life && echo "still listed: $(rxq "$H" list l2life | tail -n 1 | oneline)" || echo gone)); console: $(context "$H" | tail -n 3 | oneline)"
+    fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # Group "life": the generic kernel with 1 vCPU and a disk, through save/restore, a live
 # migration to rxend B, rxl reboot, reboot -f and poweroff -f.
@@ -558,36 +574,14 @@ EOF
         }
     }
     # rxl reboot: Ctrl-Alt-Del on the i8042 keyboard; the kernel reboots at once
-    old=$(boots $H life | tr '\n' ' ')
-    id0=$(domid $H l2life)
-    t1=$(up)
-    if ! rx $H 30 reboot l2life; then
-        check rxl-reboot FAIL "rxl reboot l2life: $(oneline </tmp/rxl.out)"
-    elif nb=$(wait_new_boot $H life "$old" 60); then
-        check rxl-reboot PASS "L2 booted again $(since "$t1") s after rxl reboot (domain ID $id0 -> $(domid $H l2life)); ${nb%% kernel=*}"
-        timing l2boot-rxl-reboot "$(since "$t1")" "rxl reboot to L2 userspace"
-        wait_con $H "L2-READY scen=life boot=$(echo "$nb" | sed -n 's/.*boot=\([0-9a-f]*\).*/\1/p')" 90 >/dev/null
-    else
-        check rxl-reboot FAIL "no new L2 boot within 60 s of rxl reboot ($(rtype $H); domain $(listed $H l2life && echo "still listed: $(rxq $H list l2life | tail -n 1 | oneline)" || echo gone)); console: $(context $H | tail -n 3 | oneline)"
-    fi
+    reboot_check rxl-reboot rxl "rxl reboot"
     if ! alive rxl-reboot; then
         dump_group life
         return
     fi
 
     # reboot -f in the guest: on_reboot=restart brings it back
-    old=$(boots $H life | tr '\n' ' ')
-    id0=$(domid $H l2life)
-    t1=$(up)
-    send $H l2life "reboot -f"
-    if nb=$(wait_new_boot $H life "$old" 60); then
-        n=$(boots $H life | wc -l)
-        check guest-reboot PASS "L2 banner appeared again $(since "$t1") s after reboot -f ($n boots seen on rxend $H; domain ID $id0 -> $(domid $H l2life))"
-        timing l2boot-guest-reboot "$(since "$t1")" "reboot -f to L2 userspace"
-        wait_con $H "L2-READY scen=life boot=$(echo "$nb" | sed -n 's/.*boot=\([0-9a-f]*\).*/\1/p')" 90 >/dev/null
-    else
-        check guest-reboot FAIL "no new L2 banner within 60 s of reboot -f ($(rtype $H); domain $(listed $H l2life && echo "still listed: $(rxq $H list l2life | tail -n 1 | oneline)" || echo gone)); console: $(context $H | tail -n 3 | oneline)"
-    fi
+    reboot_check guest-reboot guest "reboot -f"
     if ! alive guest-reboot; then
         dump_group life
         return

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # shellcheck disable=SC2010  # sysfs names are plain words
 # The L2 guest's init (PID 1 of a stock Debian kernel under rxen, see run.sh).
 #
@@ -22,16 +23,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 
-arg() {
-    for w in $(cat /proc/cmdline); do
-        case $w in "$1"=*)
-            echo "${w#*=}"
-            return
-            ;;
-        esac
-    done
-    echo "$2"
-}
+# shellcheck source=common.sh
+. /common.sh
 up() { cut -d' ' -f1 /proc/uptime; }
 
 SCEN=$(arg l2scen none)

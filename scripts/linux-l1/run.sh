@@ -324,6 +324,7 @@ build_images() {
     mkdir -p "$l2"/{bin,dev,proc,sys,tmp,etc/acpi/PWRF,lib/mod}
     cp "$BUSYBOX" "$l2/bin/busybox"
     cp "$HERE/l2-init.sh" "$l2/init"
+    cp "$HERE/common.sh" "$l2/common.sh"
     chmod 755 "$l2/init"
     # busybox acpid runs /etc/acpi/PWRF/00000080 when the power button's KEY_POWER arrives
     printf '#!/bin/sh\necho "L2-POWER-BUTTON pressed: powering off" >/dev/console\nexec poweroff -f\n' \
@@ -341,6 +342,7 @@ build_images() {
     mkdir -p "$l1"/{bin,dev,proc,sys,tmp,run,etc,var/lib,l2,opt/rxen,usr/sbin,lib/l1mod}
     cp "$BUSYBOX" "$l1/bin/busybox"
     cp "$HERE/l1-init.sh" "$l1/init"
+    cp "$HERE/common.sh" "$l1/common.sh"
     chmod 755 "$l1/init"
     for b in rxl rxend rxen-vmm; do
         objcopy --strip-debug "$BIN/$b" "$l1/opt/rxen/$b"
