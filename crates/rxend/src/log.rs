@@ -1,12 +1,17 @@
 //! rxend's log: every line goes to the log file, to stderr, and to an
 //! in-memory ring that `rxl dmesg` reads.
 
+use rxen_logfile::RotatingFile;
 use std::collections::VecDeque;
 use std::fmt::Display;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
+
+/// Size at which the log file is rotated (`rxend.log` → `rxend.log.1`).
+pub const LOG_MAX_BYTES: u64 = 8 << 20;
+/// Older log files kept beside it.
+pub const LOG_KEEP: u32 = 3;
 
 /// Lines kept for `rxl dmesg`.
 const RING_LINES: usize = 2000;
@@ -18,13 +23,14 @@ pub struct Log {
 
 struct Inner {
     ring: VecDeque<String>,
-    file: Option<File>,
+    file: Option<RotatingFile>,
 }
 
 impl Log {
-    /// Opens (appends to) the log file at `path`; logging still works in memory if it cannot.
+    /// Opens (appends to) the log file at `path`, rotated at [`LOG_MAX_BYTES`] with
+    /// [`LOG_KEEP`] older files; logging still works in memory if it cannot be opened.
     pub fn open(path: &Path) -> Log {
-        let file = OpenOptions::new().create(true).append(true).open(path).ok();
+        let file = RotatingFile::open(path, LOG_MAX_BYTES, LOG_KEEP).ok();
         Log {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),

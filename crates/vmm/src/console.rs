@@ -6,14 +6,20 @@
 //! is dropped. Input from any client is queued here and fed to the UART as its
 //! small receive FIFO drains.
 
+use rxen_logfile::RotatingFile;
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::lock;
+
+/// Size at which a domain's console log is rotated (`console.log` → `console.log.1`), so that
+/// a guest flooding its console cannot fill the host's disk.
+pub const CONSOLE_LOG_MAX_BYTES: u64 = 4 << 20;
+/// Older console logs kept beside it.
+pub const CONSOLE_LOG_KEEP: u32 = 2;
 
 /// Bytes of recent output replayed to a new client.
 pub const RING_SIZE: usize = 64 * 1024;
@@ -40,7 +46,7 @@ struct Client {
 
 struct HubInner {
     ring: VecDeque<u8>,
-    log: Option<File>,
+    log: Option<RotatingFile>,
     clients: Vec<Client>,
 }
 
@@ -68,14 +74,12 @@ impl ConsoleHub {
     pub fn new(log_path: Option<&Path>) -> Result<Self, ConsoleError> {
         let log = match log_path {
             Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| ConsoleError::Log {
+                RotatingFile::open(p, CONSOLE_LOG_MAX_BYTES, CONSOLE_LOG_KEEP).map_err(
+                    |source| ConsoleError::Log {
                         path: p.display().to_string(),
                         source,
-                    })?,
+                    },
+                )?,
             ),
             None => None,
         };
