@@ -16,8 +16,8 @@ fi
 
 # Bridges and namespaces need iproute2; the PVH boot tests and the guest's
 # drivers on QEMU's microvm devices need QEMU; the stock-Linux tests
-# (scripts/linux-l1) need QEMU, a static busybox, cpio and objcopy. Install
-# what is missing.
+# (scripts/linux-l1) need QEMU, a static busybox, cpio and objcopy; ACPICA's
+# disassembler checks rxen's ACPI tables. Install what is missing.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v losetup >/dev/null 2>&1 || missing+=(mount)
@@ -25,6 +25,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
+command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "scripts/test.sh: installing ${missing[*]}" >&2
