@@ -704,3 +704,38 @@ fn descriptors_rxend_inherited_do_not_reach_the_vmm() {
     );
     host.rxl_ok(&["destroy", "fds1"]);
 }
+
+#[test]
+fn a_config_with_thousands_of_unknown_keys_gets_a_reply_that_fits() {
+    let host = Host::start();
+    let mut text = String::from("name = \"noisy1\"\nkernel = \"builtin:testguest\"\nmemory = 16\n");
+    for i in 0..60_000 {
+        text.push_str(&format!("k{i:05} = 1\n"));
+    }
+    let cfg = host.config("noisy1.cfg", &text);
+    let out = host.rxl(&["create", cfg.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rxl create failed: {}", tail_of(&err));
+    assert!(
+        !err.contains("lost connection"),
+        "the reply did not fit: {}",
+        tail_of(&err)
+    );
+    assert!(
+        err.contains("more"),
+        "no summary of the left-out warnings: {}",
+        tail_of(&err)
+    );
+    assert!(
+        err.lines().count() < 200,
+        "{} lines of warnings",
+        err.lines().count()
+    );
+    assert!(host.list_row("noisy1").is_some(), "the domain does not run");
+    host.rxl_ok(&["destroy", "noisy1"]);
+}
+
+fn tail_of(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}

@@ -174,6 +174,20 @@ pub fn check_name(name: &str) -> Result<(), DaemonError> {
     xlcfg::check_name(name).map_err(|why| DaemonError::BadName(name.to_string(), why))
 }
 
+/// Diagnostics sent back at most: a config with thousands of unknown keys must still get a
+/// reply that fits a message (and a readable one).
+pub const MAX_DIAGNOSTICS: usize = 100;
+
+/// `list` cut to [`MAX_DIAGNOSTICS`] lines, the last saying how many were left out.
+fn capped(mut list: Vec<String>) -> Vec<String> {
+    if list.len() > MAX_DIAGNOSTICS {
+        let more = list.len() - (MAX_DIAGNOSTICS - 1);
+        list.truncate(MAX_DIAGNOSTICS - 1);
+        list.push(format!("... and {more} more"));
+    }
+    list
+}
+
 /// Makes `dir` and everything under it private to root: directories 0700, files 0600
 /// (installations from before rxen kept its state private). Symbolic links are left alone.
 fn make_private(dir: &Path) {
@@ -471,6 +485,7 @@ impl Daemon {
             }
         }
         let config = parsed.config;
+        let refused = capped(refused);
         if !refused.is_empty() {
             if !ignore_unsupported {
                 return Err(DaemonError::Config(format!(
@@ -490,7 +505,7 @@ impl Daemon {
         }
         warnings.extend(created.warnings.iter().cloned());
         Ok(Created {
-            warnings,
+            warnings: capped(warnings),
             ..created
         })
     }
