@@ -739,3 +739,28 @@ fn tail_of(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
+
+#[test]
+fn rxl_says_why_the_rxend_it_started_gave_up() {
+    // An rxend already holds this state directory, on another socket.
+    let host = Host::start();
+    let other = host.dir.path().join("other.sock");
+    let out = std::process::Command::new(rxen_e2e::bin("rxl"))
+        .arg("list")
+        .env("RXEN_SOCKET", &other)
+        .env("RXEN_STATE_DIR", host.state_dir())
+        .env("RXEN_CGROUP", host.cgroup_name())
+        .output()
+        .expect("rxl");
+    assert!(!out.status.success(), "rxl list worked through a second rxend");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("starting") && err.contains(&host.state_dir().display().to_string()),
+        "rxl did not say what it started: {err}"
+    );
+    assert!(
+        err.contains("another rxend"),
+        "rxl did not pass on why rxend gave up: {err}"
+    );
+    assert!(!other.exists(), "a second rxend listens");
+}

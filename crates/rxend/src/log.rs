@@ -67,7 +67,9 @@ impl Log {
         }
         let msg = clean;
         let line = format!("[{now}] {level}: {msg}");
-        eprintln!("{line}");
+        // Not eprintln!: a closed stderr (the rxl that started rxend has exited) must not
+        // stop the daemon.
+        let _ = writeln!(std::io::stderr(), "{line}");
         let mut inner = match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -13,6 +13,9 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use rxen_proto::api::{Request, Response};
 use rxen_proto::jsonline::{self, FrameError};
 
+/// Default state directory of an rxend that rxl starts (`RXEN_STATE_DIR` overrides it).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rxen";
+
 /// Default path of rxend's socket.
 pub const DEFAULT_SOCKET: &str = "/run/rxen/rxend.sock";
 
@@ -86,12 +89,25 @@ impl Client {
             Err(_) => {}
         }
         let bin = rxend_binary();
+        let state = std::env::var_os("RXEN_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        // Say what is about to happen: which daemon, on which socket and state directory.
+        eprintln!(
+            "rxl: no rxend answers on {}; starting {} (state in {})",
+            socket.display(),
+            bin.display(),
+            state.display()
+        );
+        // rxend's start-up errors (another rxend holds the state directory, a bad config)
+        // come back through a pipe, shown if it exits at once; once it listens, rxl lets go
+        // of the pipe and rxend's later writes to stderr fail harmlessly.
         let mut cmd = Command::new(&bin);
         cmd.arg("--socket")
             .arg(socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -106,16 +122,46 @@ impl Client {
         let mut child = cmd
             .spawn()
             .map_err(|e| unreachable(format!("starting {} failed: {e}", bin.display())))?;
+        let mut stderr = child.stderr.take();
+        if let Some(e) = &stderr {
+            let _ = nix::fcntl::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(e),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+        }
+        // The last lines rxend wrote (read as it goes, so that it never blocks on a full pipe).
+        let mut said = String::new();
+        let mut drain = |said: &mut String| {
+            let mut buf = [0u8; 4096];
+            while let Some(Ok(n @ 1..)) = stderr.as_mut().map(|e| std::io::Read::read(e, &mut buf))
+            {
+                said.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if said.len() > 16 << 10 {
+                    let mut cut = said.len() - (8 << 10);
+                    while !said.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    *said = said[cut..].to_string();
+                }
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            drain(&mut said);
             if let Ok(c) = Client::connect(socket) {
                 return Ok(c);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(unreachable(format!(
-                    "{} exited ({status}); see its log in the state directory",
-                    bin.display()
-                )));
+                drain(&mut said);
+                let said = said.lines().last().unwrap_or("").trim().to_string();
+                return Err(unreachable(if said.is_empty() {
+                    format!(
+                        "{} exited ({status}); see its log in the state directory",
+                        bin.display()
+                    )
+                } else {
+                    format!("{} exited ({status}): {said}", bin.display())
+                }));
             }
             if Instant::now() >= deadline {
                 return Err(unreachable("started rxend but it did not listen".into()));
