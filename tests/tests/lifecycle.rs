@@ -125,13 +125,18 @@ fn shutdown_wait_returns_once_the_guest_powered_off() {
 #[test]
 fn on_crash_preserve_keeps_the_domain_and_its_console_log() {
     let host = Host::start();
-    let mut con = host.create_guest("keeper", 1, 64, "on_crash = \"preserve\"");
+    let mut con = host.create_guest("keeper", 2, 64, "on_crash = \"preserve\"");
     con.send("crash");
     wait_until(BOOT, "keeper is crashed", || {
         host.list_row("keeper").is_some_and(|r| r[4] == "---sc-")
     });
+    let row = host.list_row("keeper").expect("keeper is listed");
+    assert_eq!(
+        row[3], "2",
+        "a preserved domain keeps its vCPUs in the list: {row:?}"
+    );
     let log = host.rxl_ok(&["console", "keeper"]);
-    assert!(log.contains("booted on 1 vCPUs with 64 MiB"), "{log}");
+    assert!(log.contains("booted on 2 vCPUs with 64 MiB"), "{log}");
     assert!(log.contains("crashing"), "{log}");
     host.rxl_ok(&["destroy", "keeper"]);
     assert!(host.list_row("keeper").is_none());
@@ -752,7 +757,10 @@ fn rxl_says_why_the_rxend_it_started_gave_up() {
         .env("RXEN_CGROUP", host.cgroup_name())
         .output()
         .expect("rxl");
-    assert!(!out.status.success(), "rxl list worked through a second rxend");
+    assert!(
+        !out.status.success(),
+        "rxl list worked through a second rxend"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("starting") && err.contains(&host.state_dir().display().to_string()),

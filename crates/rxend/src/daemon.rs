@@ -1282,7 +1282,6 @@ fn domain_info(e: &Entry) -> DomainInfo {
         }
         _ => e.live_cpu_ns,
     };
-    let online = matches!(e.rec.state, DomainState::Running { .. });
     DomainInfo {
         domid: e.rec.domid,
         name: if e.busy == Some(Busy::Migrating) {
@@ -1293,11 +1292,8 @@ fn domain_info(e: &Entry) -> DomainInfo {
         uuid: e.rec.uuid.clone(),
         memory_mib: e.rec.current_mib(),
         maxmem_mib: e.rec.max_mib(),
-        vcpus: if online {
-            e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus)
-        } else {
-            0
-        },
+        // As in xl, a preserved dead domain still has the vCPUs it had online.
+        vcpus: e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus),
         state: state_string(e),
         cpu_time_s: (e.rec.cpu_time_ns + live) as f64 / 1e9,
         uptime_s: (now_secs() - e.rec.created_at).max(0.0),
