@@ -480,6 +480,9 @@ pub struct Received {
     pub bytes: u64,
 }
 
+/// The kernel kinds a stream may name (`VmInfo::kernel`).
+pub const KERNEL_KINDS: [&str; 2] = ["testguest", "linux"];
+
 /// Where a stream comes from: a save file ends with its end record; a migration connection
 /// stays open after it (the target answers on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,6 +506,12 @@ pub fn receive<R: Read>(
     let mut r = StreamReader::new(input)?;
     r.expect(RecordType::Config)?;
     let info: VmInfo = stream::from_json("vm info", &r.expect(RecordType::VmInfo)?)?;
+    if !KERNEL_KINDS.contains(&info.kernel.as_str()) {
+        return Err(TransferError::Mismatch(format!(
+            "the stream holds a kernel of kind \"{}\", which this VMM does not know",
+            info.kernel.escape_debug()
+        )));
+    }
     if info.memory_mib != memory_mib || info.vcpus != vcpus {
         return Err(TransferError::Mismatch(format!(
             "the stream holds a domain of {} MiB with {} vCPUs, not {memory_mib} MiB with {vcpus}",
@@ -656,6 +665,19 @@ mod tests {
         assert_eq!(got, [7u8; 16]);
         // Another shape: refused.
         assert!(receive(&bytes[..], &dst, 16, 1, StreamSource::File).is_err());
+        // A kernel kind this VMM does not know: refused before anything is read.
+        let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
+        w.record(RecordType::Config, b"{}").expect("c");
+        let odd = VmInfo {
+            kernel: "windows".into(),
+            ..info.clone()
+        };
+        w.record(RecordType::VmInfo, &stream::json_body(&odd).expect("j"))
+            .expect("i");
+        let e = receive(&w.into_inner()[..], &dst, 8, 1, StreamSource::File)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("does not know"), "{e}");
         // Bytes after the end record: refused in a file, left alone on a connection.
         let mut junk = bytes.clone();
         junk.extend_from_slice(b"trailing junk");
