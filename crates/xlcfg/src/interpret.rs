@@ -233,6 +233,26 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Checks a domain config that did not come through the parser (a save file's or a
+/// migration stream's JSON): the same ranges the parser enforces.
+pub fn check_config(c: &crate::DomainConfig) -> Result<(), String> {
+    check_name(&c.name).map_err(|why| format!("name \"{}\": {why}", c.name.escape_debug()))?;
+    let bad = |what: &str, v: u64, lo: u64, hi: u64| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("{what} {v} is outside {lo}..={hi}"))
+        }
+    };
+    bad("memory", c.memory_mib, 1, MAX_MEMORY_MIB)?;
+    bad("maxmem", c.maxmem_mib, 1, MAX_MEMORY_MIB)?;
+    bad("maxvcpus", c.maxvcpus.into(), 1, crate::MAX_CPUS.into())?;
+    bad("vcpus", c.vcpus.into(), 1, c.maxvcpus.into())?;
+    bad("cpu_weight", c.cpu_weight.into(), 1, 65535)?;
+    bad("cap", c.cap.into(), 0, u64::from(c.maxvcpus) * 100)?;
+    Ok(())
+}
+
 /// Why a domain name is refused, if it is.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {

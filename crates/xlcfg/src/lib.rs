@@ -29,7 +29,7 @@ pub use cpus::{parse_cpu_list, CpuAffinity, MAX_CPUS};
 pub use diag::{Diagnostic, DiagnosticKind};
 pub use disk::{parse_disk_spec, DiskAccess, DiskBackendType, DiskFormat, DiskSpec};
 pub use error::{ConfigError, ConfigErrorKind};
-pub use interpret::{check_name, MAX_MEMORY_MIB};
+pub use interpret::{check_config, check_name, MAX_MEMORY_MIB};
 pub use model::{
     Action, DomainConfig, DomainType, UnknownAction, DEFAULT_CPU_WEIGHT, DEFAULT_MEMORY_MIB,
 };

@@ -279,9 +279,12 @@ impl Daemon {
         let (config, config_path) = match config {
             Some(c) => (self.parse_config(c)?, Some(c.path.clone())),
             None => (
-                serde_json::from_value::<DomainConfig>(inside.config).map_err(|e| {
-                    DaemonError::Config(format!("{path}: the config inside is unusable: {e}"))
-                })?,
+                serde_json::from_value::<DomainConfig>(inside.config)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| xlcfg::check_config(&c).map(|()| c))
+                    .map_err(|e| {
+                        DaemonError::Config(format!("{path}: the config inside is unusable: {e}"))
+                    })?,
                 inside.config_path,
             ),
         };
@@ -407,6 +410,8 @@ impl Daemon {
     /// Checks a reservation: name free, memory and vCPUs available, disks openable.
     pub fn reserve(&self, r: &Reservation) -> Result<DomainConfig, String> {
         let config: DomainConfig = serde_json::from_value(r.config.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|c| xlcfg::check_config(&c).map(|()| c))
             .map_err(|e| format!("the domain's config is unusable here: {e}"))?;
         if config.name != r.name
             || crate::record::ram_mib(&config) != r.memory_mib
