@@ -737,14 +737,15 @@ fn every_class_of_unmodeled_key() {
 fn configs_from_json_are_held_to_the_parser_ranges() {
     let good = parse(BASE, "t.cfg", &[]).expect("valid").config;
     assert_eq!(xlcfg::check_config(&good), Ok(()));
-    let cases: Vec<(&str, Box<dyn Fn(&mut xlcfg::DomainConfig)>)> = vec![
-        ("cpu_weight", Box::new(|c| c.cpu_weight = 0)),
-        ("cpu_weight", Box::new(|c| c.cpu_weight = 70_000)),
-        ("cap", Box::new(|c| c.cap = 100 * c.maxvcpus + 1)),
-        ("vcpus", Box::new(|c| c.vcpus = c.maxvcpus + 1)),
-        ("vcpus", Box::new(|c| c.vcpus = 0)),
-        ("memory", Box::new(|c| c.memory_mib = 0)),
-        ("name", Box::new(|c| c.name = "../x".into())),
+    type Spoil = fn(&mut xlcfg::DomainConfig);
+    let cases: [(&str, Spoil); 7] = [
+        ("cpu_weight", |c| c.cpu_weight = 0),
+        ("cpu_weight", |c| c.cpu_weight = 70_000),
+        ("cap", |c| c.cap = 100 * c.maxvcpus + 1),
+        ("vcpus", |c| c.vcpus = c.maxvcpus + 1),
+        ("vcpus", |c| c.vcpus = 0),
+        ("memory", |c| c.memory_mib = 0),
+        ("name", |c| c.name = "../x".into()),
     ];
     for (what, spoil) in cases {
         let mut c = good.clone();
