@@ -19,6 +19,12 @@ const STA_PRESENT: u8 = 0x0F;
 const NOTIFY_DEVICE_CHECK: u8 = 0x01;
 const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
+/// An exclusive, edge-triggered, active-high interrupt (every device here has one: the
+/// irqfds pulse their line).
+fn edge_interrupt(gsi: u32) -> Interrupt {
+    Interrupt::new(true, true, false, false, gsi)
+}
+
 /// A 4-character AML name for slot `i` (`VR00`..`VR0F`).
 fn slot_name(i: usize) -> String {
     format!("VR{:02X}", i & 0xFF)
@@ -30,7 +36,7 @@ fn legacy_device(sink: &mut dyn AmlSink, name: &str, hid: &str, ios: &[(u16, u8)
         .iter()
         .map(|&(port, len)| IO::new(port, port, 1, len))
         .collect();
-    let int = Interrupt::new(true, true, false, false, u32::from(irq));
+    let int = edge_interrupt(u32::from(irq));
     let mut res: Vec<&dyn Aml> = io.iter().map(|i| i as &dyn Aml).collect();
     res.push(&int);
     let crs = ResourceTemplate::new(res);
@@ -49,7 +55,7 @@ fn legacy_device(sink: &mut dyn AmlSink, name: &str, hid: &str, ios: &[(u16, u8)
 /// The generic event device: its interrupt runs `_EVT`, which reads (and so clears) the
 /// event register and passes each event on.
 fn ged(sink: &mut dyn AmlSink, machine: &Machine) {
-    let int = Interrupt::new(true, true, false, false, machine.ged_gsi);
+    let int = edge_interrupt(machine.ged_gsi);
     let crs = ResourceTemplate::new(vec![&int]);
     let port = u32::from(GED_EVENT_PORT);
     let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &port, &12u8);
@@ -120,13 +126,12 @@ fn container_name(i: usize) -> String {
 
 /// The virtio-mmio transports, each in a container (`ACPI0004`) of its own whose `_STA`
 /// follows the slot's bit of the GED's `SLTP` register. Linux re-reads a container's status
-/// on a device check: a container that appears is scanned (its `LNRO0005` child becomes a
-/// platform device that `virtio_mmio` binds), one that disappears is trimmed with its child
-/// (the driver lets go of the device). That is how slots gain and lose devices at run time.
+/// on a device check: a container that appears is scanned, and its `LNRO0005` child becomes a
+/// platform device that `virtio_mmio` binds. That is how slots gain devices at run time.
 fn virtio(sink: &mut dyn AmlSink, machine: &Machine) {
     for (i, slot) in machine.virtio.iter().enumerate() {
         let mmio = Memory32Fixed::new(true, slot.base, slot.len);
-        let int = Interrupt::new(true, true, false, false, slot.gsi);
+        let int = edge_interrupt(slot.gsi);
         let crs = ResourceTemplate::new(vec![&mmio, &int]);
         let uid = i as u32;
         let hid = Name::new("_HID".into(), &"LNRO0005");
@@ -211,7 +216,7 @@ pub(super) fn dsdt_bytes(machine: &Machine) -> Vec<u8> {
     let mut t = Sdt::new(
         *b"DSDT",
         36,
-        super::dsdt_revision(),
+        super::DSDT_REVISION,
         OEM_ID,
         *b"RXENDSDT",
         OEM_REVISION,

@@ -11,7 +11,7 @@
 //! - events from the host (the power button, devices coming and going): a generic event device
 //!   (GED, `ACPI0013`) whose interrupt makes the guest run `_EVT`, which reads the event
 //!   register ([`GED_EVENT_PORT`], cleared by the read) and notifies the power button
-//!   (`PNP0C0C`), or the containers of the slots that changed ([`SLOT_CHANGED_PORT`]);
+//!   (`PNP0C0C`), or the containers of the slots that gained a device ([`SLOT_CHANGED_PORT`]);
 //! - the virtio-mmio transports: one `LNRO0005` device per slot, each inside a container
 //!   (`ACPI0004`) of its own that is present while its bit in [`SLOT_PRESENT_PORT`] is set.
 //!
@@ -29,8 +29,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Where the RSDP is written: the start of the BIOS area Linux scans (0xE0000..0x100000).
 pub const RSDP_START: u64 = 0x000E_0000;
-/// The end of the area the tables may use (1 MiB; reserved in the e820 map).
-pub const TABLES_END: u64 = 0x0010_0000;
 
 /// The first of the ACPI platform ports.
 pub const ACPI_PORT_BASE: u16 = 0x600;
@@ -44,7 +42,7 @@ pub const RESET_PORT: u16 = ACPI_PORT_BASE + 2;
 pub const GED_EVENT_PORT: u16 = ACPI_PORT_BASE + 4;
 /// Virtio slot presence (read u32): bit i set while slot i holds a device the guest may use.
 pub const SLOT_PRESENT_PORT: u16 = ACPI_PORT_BASE + 8;
-/// Changed virtio slots (read u32; reading clears): bit i set when slot i's presence changed.
+/// Changed virtio slots (read u32; reading clears): bit i set when slot i gained a device.
 pub const SLOT_CHANGED_PORT: u16 = ACPI_PORT_BASE + 12;
 /// How many ports from [`ACPI_PORT_BASE`] the platform device answers.
 pub const ACPI_PORT_LEN: u16 = 16;
@@ -57,14 +55,15 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 pub const SLEEP_ENABLE: u8 = 1 << 5;
 /// GED event bit: the power button was pressed.
 pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 0;
-/// GED event bit: a virtio slot gained or lost its device.
+/// GED event bit: a virtio slot gained a device (removals are not announced, see the VMM's
+/// `devices::acpi::GedEvents::slots_now`).
 pub const GED_EVENT_DEVICES: u32 = 1 << 1;
 
 /// The OEM ID in every table.
 pub const OEM_ID: [u8; 6] = *b"RXEN  ";
 const OEM_REVISION: u32 = 1;
 /// ACPI 6.5 tables; the DSDT revision 2 means 64-bit integers in AML.
-const DSDT_REVISION: u8 = 2;
+pub(crate) const DSDT_REVISION: u8 = 2;
 
 /// One virtio-mmio transport window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +110,7 @@ pub enum AcpiError {
     /// The machine cannot be described (too many CPUs or slots).
     #[error("cannot describe the machine in ACPI: {0}")]
     BadMachine(String),
-    /// The tables do not fit between [`RSDP_START`] and [`TABLES_END`].
+    /// The tables do not fit between [`RSDP_START`] and [`RESET_VECTOR`].
     #[error("the ACPI tables take {0} bytes, more than the BIOS area holds")]
     TooLarge(u64),
     /// Guest memory could not be written.
@@ -237,9 +236,6 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
 ) -> Result<GuestAddress, AcpiError> {
     let bytes = tables_bytes(RSDP_START, machine)?;
     let len = bytes.len() as u64;
-    if RSDP_START + len > TABLES_END {
-        return Err(AcpiError::TooLarge(len));
-    }
     if RSDP_START + len > RESET_VECTOR {
         return Err(AcpiError::TooLarge(len));
     }
@@ -248,11 +244,6 @@ pub fn write_acpi_tables<M: GuestMemoryBackend>(
     mem.write_slice(&reset_stub(), GuestAddress(RESET_VECTOR))
         .map_err(|_| AcpiError::Write(RESET_VECTOR))?;
     Ok(GuestAddress(RSDP_START))
-}
-
-/// The DSDT's revision (for tests).
-pub(crate) const fn dsdt_revision() -> u8 {
-    DSDT_REVISION
 }
 
 #[cfg(test)]
