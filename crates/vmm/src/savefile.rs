@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A save file being written; nothing is at the target until [`SaveFile::commit`].
@@ -46,16 +46,11 @@ impl SaveFile {
     pub fn create(target: &Path) -> Result<Self, SaveFileError> {
         match std::fs::symlink_metadata(target) {
             Ok(m) if m.file_type().is_file() => {}
-            Ok(m) if m.file_type().is_symlink() => {
-                // A link to a regular file is replaced by the new file, as `mv` would.
-                let follows = std::fs::metadata(target).map(|t| t.file_type());
-                if !follows.is_ok_and(|t| t.is_file()) {
-                    return Err(SaveFileError::NotRegular(target.to_path_buf()));
-                }
-            }
-            Ok(m) if m.file_type().is_block_device() || m.file_type().is_char_device() => {
-                return Err(SaveFileError::NotRegular(target.to_path_buf()))
-            }
+            // A link to a regular file is replaced by the new file, as `mv` would.
+            Ok(m)
+                if m.file_type().is_symlink()
+                    && std::fs::metadata(target).is_ok_and(|t| t.is_file()) => {}
+            // Devices, FIFOs, sockets, directories, links to any of them.
             Ok(_) => return Err(SaveFileError::NotRegular(target.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(target)(e)),
