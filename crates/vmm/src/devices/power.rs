@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rxen_proto::vmspec::ExitReason;
 
-use super::PioDevice;
+use super::pio_bus::BytePortDevice;
 use crate::exit::ExitSignal;
 
 /// pvpanic port: a non-zero write means the guest crashed.
@@ -63,22 +63,17 @@ impl PowerPorts {
     }
 }
 
-impl PioDevice for PowerPorts {
-    fn read(&mut self, base: u16, offset: u16, data: &mut [u8]) {
-        let value = match base.wrapping_add(offset) {
+impl BytePortDevice for PowerPorts {
+    fn read_port(&mut self, port: u16) -> u8 {
+        match port {
             HOST_REQUEST_PORT => self.request.get(),
             PVPANIC_PORT => PVPANIC_PANICKED,
             _ => 0xFF,
-        };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
         }
     }
 
-    fn write(&mut self, base: u16, offset: u16, data: &[u8]) {
-        let Some(&value) = data.first() else { return };
-        match base.wrapping_add(offset) {
+    fn write_port(&mut self, port: u16, value: u8) {
+        match port {
             PVPANIC_PORT if value != 0 => self.exit.request(
                 ExitReason::Crash,
                 format!("guest panic (pvpanic {value:#x})"),
@@ -96,6 +91,7 @@ impl PioDevice for PowerPorts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::PioDevice;
 
     #[test]
     fn ports_behave() {
