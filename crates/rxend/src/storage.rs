@@ -157,19 +157,20 @@ pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
 /// Prepares every disk of a domain, refusing duplicate device IDs.
 pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError> {
     let mut out: Vec<DiskDevice> = Vec::new();
+    // Each disk's image with links resolved, beside `out`.
+    let mut images: Vec<std::path::PathBuf> = Vec::new();
     for s in specs {
         let d = prepare_disk(s)?;
         if out.iter().any(|o| o.devid == d.devid) {
             return Err(StorageError::Duplicate(d.vdev));
         }
-        let same = |o: &DiskDevice| {
-            let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.to_path_buf());
-            canon(&o.path) == canon(&d.path)
-        };
+        let image = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
         let exclusive = |x: &DiskDevice| !x.read_only && !x.shared_writable;
         if let Some(o) = out
             .iter()
-            .find(|o| same(o) && (exclusive(o) || exclusive(&d)))
+            .zip(&images)
+            .find(|(o, i)| **i == image && (exclusive(o) || exclusive(&d)))
+            .map(|(o, _)| o)
         {
             return Err(StorageError::SameImage {
                 first: o.vdev.clone(),
@@ -177,6 +178,7 @@ pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError
                 path: d.path.display().to_string(),
             });
         }
+        images.push(image);
         out.push(d);
     }
     Ok(out)
