@@ -116,24 +116,34 @@ collector() {
 # Everything the domains of rxend T printed on their consoles (copies and live files).
 context() { cat /tmp/con/"$1"-*.con "$(sdir "$1")"/dom/*/console.log 2>/dev/null | tr -d '\r'; }
 
+# wait_start SECS: starts a wait of SECS seconds for wait_tick.
+wait_start() {
+    wend=$(($(upi) + $1))
+    wnext=$(($(upi) + 15))
+}
+# wait_tick WHAT: one round of a polling wait: fails once the time is up, says what it waits
+# for every 15 s, and sleeps a second.
+wait_tick() {
+    [ "$(upi)" -ge $wend ] && return 1
+    if [ "$(upi)" -ge $wnext ]; then
+        say "  waiting for $1"
+        wnext=$(($(upi) + 15))
+    fi
+    sleep 1
+}
+
 # wait_con T REGEX SECS: waits for a console line of rxend T matching REGEX; prints it.
 wait_con() {
     wt=$1
     wre=$2
-    wend=$(($(upi) + $3))
-    wnext=$(($(upi) + 15))
+    wait_start "$3"
     while :; do
         wl=$(context "$wt" | grep -a -E "$wre" | tail -n 1)
         if [ -n "$wl" ]; then
             echo "$wl"
             return 0
         fi
-        [ "$(upi)" -ge $wend ] && return 1
-        if [ "$(upi)" -ge $wnext ]; then
-            say "  waiting for /$wre/ on rxend $wt"
-            wnext=$(($(upi) + 15))
-        fi
-        sleep 1
+        wait_tick "/$wre/ on rxend $wt" || return 1
     done
 }
 
@@ -143,8 +153,7 @@ boots() { context "$1" | grep -a -o "L2-UP scen=$2 boot=[0-9a-f]*" | sed 's/.*bo
 # wait_new_boot T S OLDBOOTS SECS: waits for an L2-UP of scenario S whose boot ID is not in
 # OLDBOOTS; prints the banner.
 wait_new_boot() {
-    wend=$(($(upi) + $4))
-    wnext=$(($(upi) + 15))
+    wait_start "$4"
     while :; do
         for b in $(boots "$1" "$2"); do
             case " $3 " in *" $b "*) ;; *)
@@ -153,12 +162,7 @@ wait_new_boot() {
                 ;;
             esac
         done
-        [ "$(upi)" -ge $wend ] && return 1
-        if [ "$(upi)" -ge $wnext ]; then
-            say "  waiting for a new L2 boot of $2 on rxend $1"
-            wnext=$(($(upi) + 15))
-        fi
-        sleep 1
+        wait_tick "a new L2 boot of $2 on rxend $1" || return 1
     done
 }
 
