@@ -43,6 +43,8 @@ pub struct Host {
     pub rxend_args: Vec<String>,
     /// The network namespace rxend (and so its VMMs) runs in, if any.
     pub netns: Option<String>,
+    /// Extra environment rxend is started with (e.g. `RXEN_FAILPOINTS`).
+    pub rxend_env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -61,6 +63,7 @@ impl Host {
             rxend: None,
             rxend_args: Vec::new(),
             netns: None,
+            rxend_env: Vec::new(),
         };
         h.start_rxend();
         h
@@ -95,6 +98,7 @@ impl Host {
             rxend: None,
             netns: Some(netns.to_string()),
             rxend_args: Vec::new(),
+            rxend_env: Vec::new(),
         };
         h.start_rxend();
         h
@@ -142,6 +146,7 @@ impl Host {
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(&self.rxend_args)
+            .envs(self.rxend_env.iter().map(|(k, v)| (k, v)))
             .arg("--cgroup")
             .arg(self.cgroup_name())
             .stdin(Stdio::null())

@@ -25,9 +25,13 @@ pub enum FrameError {
     Json(#[from] serde_json::Error),
 }
 
-/// Writes `value` as one line of JSON and flushes.
+/// Writes `value` as one line of JSON and flushes. A value longer than [`MAX_LINE`], which no
+/// peer would accept, is refused before anything is written.
 pub fn write<W: Write, T: Serialize>(w: &mut W, value: &T) -> Result<(), FrameError> {
     let mut buf = serde_json::to_vec(value)?;
+    if buf.len() > MAX_LINE {
+        return Err(FrameError::TooLong);
+    }
     buf.push(b'\n');
     w.write_all(&buf)?;
     w.flush()?;
@@ -55,6 +59,18 @@ pub fn read<R: BufRead, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameError>
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn a_line_no_peer_would_take_is_not_sent() {
+        let mut buf = Vec::new();
+        let big = "x".repeat(MAX_LINE);
+        assert!(matches!(write(&mut buf, &big), Err(FrameError::TooLong)));
+        assert!(buf.is_empty());
+        let fits = "x".repeat(MAX_LINE - 2);
+        write(&mut buf, &fits).expect("a line of MAX_LINE bytes");
+        let back: String = read(&mut Cursor::new(buf)).expect("read back");
+        assert_eq!(back.len(), MAX_LINE - 2);
+    }
 
     #[test]
     fn round_trip_and_errors() {

@@ -42,6 +42,8 @@ pub enum Version {
 pub struct Cgroups {
     version: Version,
     name: String,
+    /// The group rxend was in before it moved into Domain-0's, relative to the mount point.
+    origin: Option<PathBuf>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -104,6 +106,7 @@ impl Cgroups {
         Ok(Cgroups {
             version,
             name: name.to_string(),
+            origin: None,
         })
     }
 
@@ -170,11 +173,40 @@ impl Cgroups {
         }
     }
 
-    /// Puts Domain-0's work (this process, and so every VMM it starts) in `dom0` with `weight`.
-    pub fn setup_dom0(&self, weight: u32) -> Result<(), CgroupError> {
+    /// Puts Domain-0's work (this process, and so every VMM it starts) in `dom0` with `weight`,
+    /// remembering the group it leaves for [`Cgroups::leave_dom0`].
+    pub fn setup_dom0(&mut self, weight: u32) -> Result<(), CgroupError> {
+        let own = Path::new("/proc/self/cgroup");
+        let text = fs::read_to_string(own).map_err(io_err(own))?;
+        self.origin = own_group(&text, &self.version).filter(|g| {
+            let mount = match &self.version {
+                Version::V1(m) | Version::V2(m) => m,
+            };
+            mount.join(g.strip_prefix("/").unwrap_or(g)) != self.domain_dir(0)
+        });
         self.set_weight(0, weight)?;
         let procs = self.domain_dir(0).join("cgroup.procs");
         write(&procs, &std::process::id().to_string())
+    }
+
+    /// Moves this process back to the group it came from and removes Domain-0's group, when
+    /// nothing else is in it (on cgroup v1 the VMMs' other threads stay there while they run).
+    /// Returns whether the group went.
+    pub fn leave_dom0(&self) -> Result<bool, CgroupError> {
+        let Some(origin) = &self.origin else {
+            return Ok(false);
+        };
+        let mount = match &self.version {
+            Version::V1(m) | Version::V2(m) => m,
+        };
+        let back = mount.join(origin.strip_prefix("/").unwrap_or(origin));
+        write(&back.join("cgroup.procs"), &std::process::id().to_string())?;
+        let dom0 = self.domain_dir(0);
+        match fs::remove_dir(&dom0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+            Err(e) => Err(io_err(&dom0)(e)),
+        }
     }
 
     /// Moves a domain's threads into its group and applies weight and cap.
@@ -202,6 +234,24 @@ impl Cgroups {
             }
             Version::V2(_) => write(&dir.join("cgroup.procs"), &pid.to_string()),
         }
+    }
+
+    /// The domain IDs that have a group (`dom<ID>`) now, Domain-0's included.
+    pub fn domain_ids(&self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir(self.base()) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u32> = dir
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id: u32 = name.strip_prefix("dom")?.parse().ok()?;
+                (format!("dom{id}") == name).then_some(id)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The thread IDs in a domain's group.
@@ -242,6 +292,19 @@ impl Cgroups {
     }
 }
 
+/// The group of this process in the hierarchy of `version`, from `/proc/self/cgroup`'s text.
+pub fn own_group(text: &str, version: &Version) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = match version {
+            Version::V2(_) => controllers.is_empty(),
+            Version::V1(_) => controllers.split(',').any(|c| c == "cpu"),
+        };
+        wanted.then(|| PathBuf::from(path))
+    })
+}
+
 /// Removes an empty cgroup directory, retrying while exiting tasks still hold it.
 pub fn remove_dir(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
     let deadline = Instant::now() + timeout;
@@ -272,6 +335,20 @@ mod tests {
         assert_eq!(cap_quota_us(50), Some(50_000));
         assert_eq!(cap_quota_us(250), Some(250_000));
         assert_eq!(cap_quota_us(1), Some(1000));
+    }
+
+    #[test]
+    fn own_group_is_read_for_either_hierarchy() {
+        let v2 = Version::V2(PathBuf::from("/sys/fs/cgroup"));
+        let v1 = Version::V1(PathBuf::from("/sys/fs/cgroup/cpu"));
+        assert_eq!(
+            own_group("0::/system.slice/rxend.service\n", &v2),
+            Some(PathBuf::from("/system.slice/rxend.service"))
+        );
+        let text = "12:memory:/a\n4:cpu,cpuacct:/b/c\n0::/d\n";
+        assert_eq!(own_group(text, &v1), Some(PathBuf::from("/b/c")));
+        assert_eq!(own_group(text, &v2), Some(PathBuf::from("/d")));
+        assert_eq!(own_group("12:memory:/a\n", &v1), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::storage;
 use crate::vmm::{self, VmmError};
 
 mod memory_ops;
+mod recovery;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
 mod transfer;
@@ -216,6 +217,9 @@ impl Daemon {
     /// [`Daemon::open`] with scheduler options (cgroup name, Domain-0's weight).
     pub fn open_with(paths: Paths, sched: SchedOptions) -> std::io::Result<Daemon> {
         fs::create_dir_all(&paths.state_dir)?;
+        // VMMs are known by the absolute path of their spec (see `reconcile`).
+        let mut paths = paths;
+        paths.state_dir = fs::canonicalize(&paths.state_dir)?;
         // Before anything is read or logged: one rxend per state directory.
         let lock = crate::statelock::StateLock::take(&paths.state_dir)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::WouldBlock, e))?;
@@ -233,27 +237,15 @@ impl Daemon {
             match loaded {
                 Ok(rec) => {
                     max_id = max_id.max(rec.domid);
-                    match &rec.state {
-                        DomainState::Running {
-                            pid, start_ticks, ..
-                        } if procfs::alive(*pid, *start_ticks) => {
-                            log.info(format!(
-                                "adopted domain {} ({}), VMM pid {pid}",
-                                rec.domid, rec.name
-                            ));
-                        }
-                        DomainState::Running { .. } => log.warn(format!(
-                            "domain {} ({}) lost its VMM while rxend was away",
-                            rec.domid, rec.name
-                        )),
-                        DomainState::Shutdown { .. } => {}
-                    }
+                    // `reconcile` decides about domains rxend was starting when it stopped.
+                    let busy =
+                        matches!(rec.state, DomainState::Starting { .. }).then_some(Busy::Starting);
                     domains.insert(
                         rec.domid,
                         Entry {
                             live_cpu_ns: rec.vmm_cpu_ns,
                             rec,
-                            busy: None,
+                            busy,
                             saved_at: Instant::now(),
                         },
                     );
@@ -282,6 +274,7 @@ impl Daemon {
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
         };
+        daemon.reconcile();
         daemon.adopt_sched();
         Ok(daemon)
     }
@@ -433,6 +426,9 @@ impl Daemon {
         }
         match e.rec.state {
             DomainState::Running { .. } => Ok((id, dir)),
+            DomainState::Starting { .. } => {
+                Err(DaemonError::Busy(e.rec.name.clone(), Busy::Starting.what()))
+            }
             DomainState::Shutdown { .. } => Err(DaemonError::NotRunning(e.rec.name.clone())),
         }
     }
@@ -657,7 +653,7 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let name = config.name.clone();
-        let domid = {
+        let (domid, intent) = {
             let mut t = self.table();
             if t.domains.values().any(|e| e.rec.name == name) {
                 return Err(DaemonError::NameTaken(name));
@@ -688,36 +684,40 @@ impl Daemon {
                 mem_target_mib: None,
                 online_vcpus: None,
                 mem_max_mib: None,
-                state: DomainState::Running {
-                    pid: 0,
-                    start_ticks: 0,
-                    paused,
-                },
+                state: DomainState::Starting { paused },
             };
             t.domains.insert(
                 domid,
                 Entry {
-                    rec,
+                    rec: rec.clone(),
                     busy: Some(Busy::Starting),
                     live_cpu_ns: 0,
                     saved_at: Instant::now(),
                 },
             );
-            domid
+            (domid, rec)
         };
+        // The intent is on disk before anything exists for the domain: an rxend that dies from
+        // here on finds the record at its next start and adopts or removes what was made.
+        if let Err(err) = self.save(&intent) {
+            self.table().domains.remove(&domid);
+            let _ = self.store.remove(domid);
+            return Err(err);
+        }
+        crate::failpoint::hit(crate::failpoint::START_RECORDED);
         let run_dir = self.paths.run_dir(domid);
         let _ = fs::remove_dir_all(&run_dir);
         let devices = self.plug_devices(&config, domid, &uuid, &run_dir);
         let (disks, vifs) = match devices {
             Ok(d) => d,
             Err(err) => {
-                self.table().domains.remove(&domid);
-                let _ = fs::remove_dir_all(&run_dir);
+                self.abandon_start(domid, &run_dir);
                 self.log
                     .error(format!("domain {domid} ({name}) failed to start: {err}"));
                 return Err(err);
             }
         };
+        crate::failpoint::hit(crate::failpoint::START_PLUGGED);
         let spec = VmSpec {
             name: name.clone(),
             domid,
@@ -740,6 +740,7 @@ impl Daemon {
         };
         match vmm::launch_with(&spec, incoming) {
             Ok(l) => {
+                crate::failpoint::hit(crate::failpoint::START_READY);
                 let mut t = self.table();
                 let Some(e) = t.domains.get_mut(&domid) else {
                     return Err(DaemonError::NoSuchDomain(domid.to_string()));
@@ -768,14 +769,23 @@ impl Daemon {
                 })
             }
             Err(err) => {
-                self.table().domains.remove(&domid);
                 self.unplug_devices(domid, &run_dir);
-                let _ = fs::remove_dir_all(&run_dir);
+                self.abandon_start(domid, &run_dir);
                 self.log
                     .error(format!("domain {domid} ({name}) failed to start: {err}"));
                 Err(err.into())
             }
         }
+    }
+
+    /// Drops a domain whose start failed: its entry, its intent record and its run directory.
+    fn abandon_start(&self, domid: u32, run_dir: &Path) {
+        self.table().domains.remove(&domid);
+        if let Err(e) = self.store.remove(domid) {
+            self.log
+                .error(format!("cannot remove record of domain {domid}: {e}"));
+        }
+        let _ = fs::remove_dir_all(run_dir);
     }
 
     /// The domains `caller` may see (all when `refs` is empty), Domain-0 first for root.
@@ -886,7 +896,11 @@ impl Daemon {
             let Some(e) = t.domains.get_mut(&id) else {
                 return Err(DaemonError::NoSuchDomain(r.to_string()));
             };
-            if let Some(b @ (Busy::Starting | Busy::Destroying)) = e.busy {
+            // A save or migration decides the domain's fate itself: destroying it meanwhile
+            // would report success for a domain that lives on in the save file or elsewhere.
+            if let Some(b @ (Busy::Starting | Busy::Destroying | Busy::Saving | Busy::Migrating)) =
+                e.busy
+            {
                 return Err(DaemonError::Busy(e.rec.name.clone(), b.what()));
             }
             e.busy = Some(Busy::Destroying);
@@ -894,7 +908,7 @@ impl Daemon {
                 DomainState::Running {
                     pid, start_ticks, ..
                 } => Some((pid, start_ticks)),
-                DomainState::Shutdown { .. } => None,
+                DomainState::Starting { .. } | DomainState::Shutdown { .. } => None,
             };
             (e.rec.name.clone(), p)
         };
@@ -1249,7 +1263,15 @@ fn state_string(e: &Entry) -> String {
     let mut s = *b"------";
     match (&e.rec.state, e.busy) {
         (_, Some(Busy::Destroying)) => s[5] = b'd',
-        (_, Some(Busy::Starting)) => s[2] = b'p',
+        (_, Some(Busy::Starting)) | (DomainState::Starting { .. }, _) => s[2] = b'p',
+        // The VMM has gone and the supervisor has yet to apply on_*: dying, as xl shows it,
+        // rather than blocked.
+        (
+            DomainState::Running {
+                pid, start_ticks, ..
+            },
+            None | Some(Busy::Exiting),
+        ) if !procfs::alive(*pid, *start_ticks) => s[5] = b'd',
         (DomainState::Running { paused: true, .. }, _) => s[2] = b'p',
         (DomainState::Running { pid, .. }, _) => {
             let threads = procfs::threads(*pid, "vcpu");
@@ -1381,6 +1403,85 @@ mod tests {
             state_dir: dir.join("state"),
         })
         .expect("open")
+    }
+
+    /// A preserved (shut down) domain in `d`'s table and records, with ID 1.
+    fn preserved(d: &Daemon, name: &str) {
+        let text = format!("name = \"{name}\"\nkernel = \"builtin:testguest\"\n");
+        let config = xlcfg::parse(&text, "d.cfg", &[]).expect("config").config;
+        let rec = DomainRecord {
+            domid: 1,
+            name: name.into(),
+            uuid: "00000000-0000-0000-0000-000000000001".into(),
+            config,
+            config_path: None,
+            created_at: 0.0,
+            cpu_time_ns: 0,
+            vmm_cpu_ns: 0,
+            net_tx_bytes: 0,
+            net_rx_bytes: 0,
+            vmm_net_tx_bytes: 0,
+            vmm_net_rx_bytes: 0,
+            mem_target_mib: None,
+            online_vcpus: None,
+            mem_max_mib: None,
+            state: DomainState::Shutdown {
+                reason: ExitReason::Poweroff,
+            },
+        };
+        d.save(&rec).expect("save record");
+        d.table().domains.insert(
+            1,
+            Entry {
+                rec,
+                busy: None,
+                live_cpu_ns: 0,
+                saved_at: Instant::now(),
+            },
+        );
+    }
+
+    #[test]
+    fn destroy_refuses_a_domain_being_saved_or_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = daemon(dir.path());
+        preserved(&d, "moving");
+        let root = Caller::from_uid(0);
+        for busy in [Busy::Saving, Busy::Migrating, Busy::Starting] {
+            d.table().domains.get_mut(&1).expect("entry").busy = Some(busy);
+            let err = d.destroy(&root, "moving").expect_err("destroy must wait");
+            assert!(
+                err.to_string()
+                    .contains(&format!("is busy ({})", busy.what())),
+                "{err}"
+            );
+            assert!(d.table().domains.contains_key(&1), "still there");
+        }
+        d.table().domains.get_mut(&1).expect("entry").busy = None;
+        d.destroy(&root, "moving").expect("destroy once idle");
+        assert!(!d.table().domains.contains_key(&1));
+    }
+
+    #[test]
+    fn an_intent_record_with_no_vmm_is_removed_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let d = daemon(dir.path());
+            preserved(&d, "half");
+            let mut rec = d.table().domains.get(&1).expect("entry").rec.clone();
+            rec.state = DomainState::Starting { paused: false };
+            d.save(&rec).expect("save intent");
+            let run = d.paths.run_dir(1);
+            fs::create_dir_all(&run).expect("run dir");
+            fs::write(run.join("console.log"), "x").expect("file in run dir");
+        }
+        let d = daemon(dir.path());
+        assert!(d.table().domains.is_empty());
+        assert!(!d.paths.run_dir(1).exists());
+        assert!(d.store.load_all().is_empty());
+        assert!(fs::read_to_string(d.paths.log_file())
+            .expect("log")
+            .contains("domain 1 (half) was being started when rxend stopped"));
     }
 
     fn customer(name: &str) -> Caller {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cfgfile;
 pub mod cgroup;
 pub mod daemon;
+pub mod failpoint;
 pub mod hostinfo;
 pub mod known;
 pub mod log;

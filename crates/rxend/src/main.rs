@@ -76,6 +76,17 @@ fn main() -> ExitCode {
     // Descriptors inherited from whoever started rxend (a shell's pipe, a service manager's
     // socket) are not for the VMMs it spawns: close them across exec.
     close_inherited_on_exec();
+    // SIGTERM and SIGINT are taken by one thread (below), which stops rxend tidily; blocked
+    // here, before any thread exists, so that every thread inherits the mask. (VMMs start with
+    // an empty mask: std resets it in the child.)
+    let stop_signals = {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        let _ = set.thread_block();
+        set
+    };
     let args = Args::parse();
     let config_path = args.config.clone().or_else(|| {
         let p = PathBuf::from(DEFAULT_CONFIG);
@@ -164,6 +175,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let stopper = Arc::clone(&daemon);
+    std::thread::spawn(move || {
+        if let Ok(sig) = stop_signals.wait() {
+            stopper.stop(sig.as_str());
+            std::process::exit(0);
+        }
+    });
     let sup = Arc::clone(&daemon);
     std::thread::spawn(move || loop {
         sup.supervise();

@@ -1,6 +1,8 @@
-//! Reading `/proc` for process liveness, thread states and CPU time.
+//! Reading `/proc` for process liveness, thread states, CPU time, and the
+//! identity of the VMMs a state directory's domains run in.
 
 use std::fs;
+use std::path::Path;
 
 /// The fields of `/proc/<pid>/stat` (or a task's stat) that rxend uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,72 @@ pub fn process(pid: i32) -> Option<ProcStat> {
 /// True if `pid` is the same living (not zombie) process that started at `start_ticks`.
 pub fn alive(pid: i32, start_ticks: u64) -> bool {
     matches!(process(pid), Some(s) if s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X')
+}
+
+/// A VMM process found by its identity: the launch spec it runs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmProcess {
+    /// The domain ID its spec's run directory is named after.
+    pub domid: u32,
+    /// Its PID.
+    pub pid: i32,
+    /// Its start time, against PID reuse.
+    pub start_ticks: u64,
+}
+
+/// The domain ID whose spec `cmdline` (NUL-separated, as `/proc/PID/cmdline`) runs from, when
+/// the process is `rxen-vmm --spec DOM_DIR/<id>/spec.json` for this `dom_dir`.
+pub fn vmm_domid(cmdline: &[u8], dom_dir: &Path) -> Option<u32> {
+    let mut args = cmdline.split(|&b| b == 0);
+    args.next()?;
+    if args.next()? != b"--spec" {
+        return None;
+    }
+    let spec = Path::new(std::str::from_utf8(args.next()?).ok()?);
+    if spec.file_name()? != rxen_proto::vmspec::files::SPEC {
+        return None;
+    }
+    let run_dir = spec.parent()?;
+    if run_dir.parent()? != dom_dir {
+        return None;
+    }
+    let id = run_dir.file_name()?.to_str()?;
+    // Only the canonical spelling, so that `007` or `+7` cannot stand for domain 7.
+    let domid: u32 = id.parse().ok()?;
+    (domid.to_string() == id).then_some(domid)
+}
+
+/// Every living VMM process that runs a domain of the state directory whose run directories are
+/// in `dom_dir` (an absolute path, as rxend passes it to the VMMs it starts).
+pub fn vmm_processes(dom_dir: &Path) -> Vec<VmmProcess> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let Some(domid) = vmm_domid(&cmdline, dom_dir) else {
+            continue;
+        };
+        if let Some(st) = process(pid).filter(|s| s.state != 'Z' && s.state != 'X') {
+            out.push(VmmProcess {
+                domid,
+                pid,
+                start_ticks: st.start_ticks,
+            });
+        }
+    }
+    out.sort_by_key(|p| (p.domid, p.pid));
+    out
 }
 
 /// Clock ticks per second, for converting stat times.
@@ -112,6 +180,31 @@ mod tests {
         assert_eq!(s.start_ticks, 555);
         assert_eq!(s.processor, 1);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn vmms_are_known_by_the_spec_they_run() {
+        let dom = Path::new("/var/lib/rxen/dom");
+        let cmd = |s: &str| s.replace(' ', "\0").into_bytes();
+        assert_eq!(
+            vmm_domid(
+                &cmd("/usr/bin/rxen-vmm --spec /var/lib/rxen/dom/7/spec.json"),
+                dom
+            ),
+            Some(7)
+        );
+        for other in [
+            "/usr/bin/rxen-vmm --spec /var/lib/other/dom/7/spec.json",
+            "/usr/bin/rxen-vmm --spec /var/lib/rxen/dom/007/spec.json",
+            "/usr/bin/rxen-vmm --spec /var/lib/rxen/dom/x/spec.json",
+            "/usr/bin/rxen-vmm --spec /var/lib/rxen/dom/7/other.json",
+            "/usr/bin/rxen-vmm --spec /var/lib/rxen/dom/7/../8/spec.json",
+            "/usr/bin/sleep --spec",
+            "/bin/sh -c /var/lib/rxen/dom/7/spec.json",
+            "",
+        ] {
+            assert_eq!(vmm_domid(&cmd(other), dom), None, "{other}");
+        }
     }
 
     #[test]

@@ -13,6 +13,13 @@ use xlcfg::DomainConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum DomainState {
+    /// rxend is starting it (create, restore, incoming migration): written before anything is
+    /// plugged or spawned, so that an rxend that dies meanwhile finds, when it starts again,
+    /// the VMM, TAPs and run directory to adopt or remove.
+    Starting {
+        /// Started paused.
+        paused: bool,
+    },
     /// A VMM runs it.
     Running {
         /// PID of its rxen-vmm.
@@ -103,9 +110,16 @@ pub struct RecordStore {
 }
 
 impl RecordStore {
-    /// A store in `dir`, created if needed.
+    /// A store in `dir`, created if needed. Half-written records (the temporary files of a
+    /// [`write_atomic`] that a crash interrupted) are removed: the record they were to replace
+    /// is still whole.
     pub fn open(dir: &Path) -> io::Result<RecordStore> {
         fs::create_dir_all(dir)?;
+        for e in fs::read_dir(dir)?.flatten() {
+            if e.path().extension().is_some_and(|x| x == TMP_EXTENSION) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         Ok(RecordStore {
             dir: dir.to_path_buf(),
         })
@@ -153,9 +167,12 @@ impl RecordStore {
     }
 }
 
+/// The extension of [`write_atomic`]'s temporary files.
+const TMP_EXTENSION: &str = "tmp";
+
 /// Replaces `path` with `data` so that a crash leaves either the old or the new file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(TMP_EXTENSION);
     {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;

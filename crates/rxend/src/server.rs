@@ -217,7 +217,23 @@ fn handle_client(daemon: &Daemon, conns: &Connections, stream: UnixStream) {
         let sent = match dispatch(daemon, &caller, req, fd) {
             Reply::Plain(resp) => {
                 let mut w = &stream;
-                jsonline::write(&mut w, &resp).is_ok()
+                match jsonline::write(&mut w, &resp) {
+                    // The operation is done; say so rather than drop the connection.
+                    Err(FrameError::TooLong) => {
+                        let outcome = if matches!(resp, Response::Error { .. }) {
+                            "the request failed"
+                        } else {
+                            "the request was carried out"
+                        };
+                        let message = format!(
+                            "{outcome}, but its reply is longer than {} bytes and cannot be \
+                             sent; narrow the request",
+                            jsonline::MAX_LINE
+                        );
+                        jsonline::write(&mut w, &Response::Error { message }).is_ok()
+                    }
+                    r => r.is_ok(),
+                }
             }
             Reply::WithFd(resp, fd) => send_with_fd(&stream, &resp, &fd).is_ok(),
             Reply::Quit => {

@@ -146,6 +146,7 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
     drop(incoming);
     let pid = child.id() as i32;
     note_child(pid);
+    crate::failpoint::hit(crate::failpoint::START_SPAWNED);
     let Some(stdout) = child.stdout.take() else {
         return Err(VmmError::Failed("no stdout pipe".into()));
     };
@@ -220,11 +221,30 @@ pub fn reap_children() {
 
 /// Sends one control request and returns the answer.
 pub fn request(run_dir: &Path, req: &VmRequest) -> Result<VmResponse, VmmError> {
+    request_within(run_dir, req, CONTROL_TIMEOUT)
+}
+
+/// The state a VMM reports when it answers within `timeout`: `None` when it does not (it is
+/// still building or receiving its domain, and serves its control socket only once the guest
+/// runs).
+pub fn probe(run_dir: &Path, timeout: Duration) -> Option<rxen_proto::vmctl::VmStats> {
+    match request_within(run_dir, &VmRequest::Stats, timeout) {
+        Ok(VmResponse::Stats(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// [`request`] with a timeout of its own.
+fn request_within(
+    run_dir: &Path,
+    req: &VmRequest,
+    timeout: Duration,
+) -> Result<VmResponse, VmmError> {
     let path = run_dir.join(files::CONTROL_SOCKET);
     let ctl = |e: String| VmmError::Control(e);
     let stream = UnixStream::connect(&path).map_err(|e| ctl(format!("{}: {e}", path.display())))?;
     stream
-        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .set_read_timeout(Some(timeout))
         .map_err(|e| ctl(e.to_string()))?;
     let mut w = &stream;
     jsonline::write(&mut w, req).map_err(|e| ctl(e.to_string()))?;

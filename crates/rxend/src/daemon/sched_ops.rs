@@ -50,7 +50,7 @@ impl Default for SchedOptions {
 /// Detects the cgroups and moves rxend into Domain-0's group; `None` (logged) when that fails.
 pub(super) fn open_cgroups(opts: &SchedOptions, log: &Log) -> Option<Cgroups> {
     let name = opts.cgroup.as_ref()?;
-    let cg = match Cgroups::detect(name) {
+    let mut cg = match Cgroups::detect(name) {
         Ok(cg) => cg,
         Err(e) => {
             log.warn(format!("weights and caps are not enforced: {e}"));
@@ -125,7 +125,7 @@ impl Daemon {
             .values()
             .filter_map(|e| match e.rec.state {
                 DomainState::Running { pid, .. } => Some((e.rec.domid, pid, e.rec.config.clone())),
-                DomainState::Shutdown { .. } => None,
+                DomainState::Starting { .. } | DomainState::Shutdown { .. } => None,
             })
             .collect();
         for (id, pid, config) in running {
@@ -171,6 +171,23 @@ impl Daemon {
             self.log.warn(format!("domain {domid}: {w}"));
         }
         warnings
+    }
+
+    /// rxend is stopping (SIGTERM, SIGINT): domains keep running and are adopted at the next
+    /// start; rxend leaves Domain-0's cgroup and removes it when nothing else is in it.
+    pub fn stop(&self, signal: &str) {
+        self.log.info(format!(
+            "rxend stopping on {signal}; running domains keep running and are adopted at the next start"
+        ));
+        if let Some(cg) = &self.cgroups {
+            match cg.leave_dom0() {
+                Ok(true) => self.log.info("removed Domain-0's cgroup".to_string()),
+                Ok(false) => {}
+                Err(e) => self
+                    .log
+                    .warn(format!("cannot leave Domain-0's cgroup: {e}")),
+            }
+        }
     }
 
     /// Removes a domain's cgroup once its VMM is gone.
