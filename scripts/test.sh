@@ -9,6 +9,10 @@ if [ ! -e /dev/kvm ]; then
     echo "scripts/test.sh: /dev/kvm is missing; rxen's tests boot real guests" >&2
     exit 1
 fi
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: run as root; the tests use KVM, TAP devices, bridges, cgroups, loop devices and test users" >&2
+    exit 1
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo is missing; install Rust (rustup) first" >&2
     exit 1
@@ -37,6 +41,24 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+
+# The phy: disk and block-device discard tests put images on loop devices.
+# Load the driver if need be; a /dev without udev (a container's tmpfs) has
+# no nodes for it, so make /dev/loop-control and the first loop devices.
+if [ ! -e /dev/loop-control ] && [ ! -e /sys/class/misc/loop-control ]; then
+    modprobe loop 2>/dev/null || true
+fi
+if [ ! -e /dev/loop-control ] && [ -r /sys/class/misc/loop-control/dev ]; then
+    IFS=: read -r major minor </sys/class/misc/loop-control/dev
+    mknod -m 0600 /dev/loop-control c "$major" "$minor"
+fi
+if [ ! -e /dev/loop-control ]; then
+    echo "scripts/test.sh: no loop devices (/dev/loop-control); the block-device tests need them: modprobe loop" >&2
+    exit 1
+fi
+for n in $(seq 0 15); do
+    [ -e "/dev/loop$n" ] || mknod -m 0600 "/dev/loop$n" b 7 "$n"
+done
 
 # The end-to-end tests drive the real binaries: build them first.
 cargo build --workspace --bins

@@ -108,7 +108,7 @@ host_tools() {
     fi
     for t in qemu-system-x86_64 cpio objcopy dpkg-deb gzip ldd; do
         if ! command -v "$t" >/dev/null 2>&1; then
-            log "SKIP: $t is missing and could not be installed (needs root and apt-get)"
+            log "MISSING: $t is missing and could not be installed (needs root and apt-get)"
             exit 77
         fi
     done

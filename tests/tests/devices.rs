@@ -792,24 +792,41 @@ fn vif_route_routes_the_guest_addresses_and_scripts_run_as_xen_runs_them() {
     assert!(!iface_exists(&tap));
 }
 
+/// A loop device over an image (`losetup -f --show`), detached on drop.
+struct Loop(String);
+
+impl Loop {
+    /// Attaches `image`; fails the test, saying what is missing, on a host without loop devices.
+    fn over(image: &Path) -> Loop {
+        assert!(
+            Path::new("/dev/loop-control").exists(),
+            "/dev/loop-control is missing: this test puts its image on a loop device \
+             (`modprobe loop`; scripts/test.sh also makes the device nodes where /dev has no udev)"
+        );
+        let out = run("losetup", &["-f", "--show", image.to_str().expect("utf-8")]);
+        assert!(
+            out.status.success(),
+            "losetup -f --show {}: {}(this test needs a free loop device with its /dev/loopN \
+             node; scripts/test.sh makes the nodes where /dev has no udev)",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = run("losetup", &["-d", &self.0]);
+    }
+}
+
 #[test]
 fn a_phy_disk_on_a_host_block_device_takes_the_guests_writes() {
-    if !Path::new("/dev/loop-control").exists() {
-        eprintln!("skipped: this host has no loop devices");
-        return;
-    }
     let host = Host::start();
     let img = image(&host, "backing.img", 8);
-    let out = run("losetup", &["-f", "--show", img.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "losetup: {out:?}");
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = run("losetup", &["-d", &self.0]);
-        }
-    }
-    let _detach = Detach(dev.clone());
+    let lo = Loop::over(&img);
+    let dev = lo.0.clone();
     // Xen's phy: paths are relative to /dev.
     let rel = dev.trim_start_matches("/dev/");
     let mut con = host.create_guest("phy", 1, 64, &format!("disk = [ 'phy:{rel},xvda,w' ]"));

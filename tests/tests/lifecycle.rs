@@ -1,5 +1,6 @@
 //! The xl lifecycle on real guests under /dev/kvm: create, list, console,
-//! pause, shutdown, the on_crash policies, and rxend or VMM deaths.
+//! pause, shutdown, the on_poweroff, on_reboot and on_crash policies, and rxend or VMM
+//! deaths.
 
 use std::time::Duration;
 
@@ -183,6 +184,109 @@ fn guest_reboot_restarts_by_default() {
     });
     host.console("bouncer")
         .wait_for("booted on 1 vCPUs with 64 MiB", BOOT);
+}
+
+/// The ID `rxl domid NAME` gives now, if the domain exists.
+fn domid_now(host: &Host, name: &str) -> Option<u32> {
+    String::from_utf8_lossy(&host.rxl(&["domid", name]).stdout)
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Why domain `id` ended and what rxend did about it, from rxend's log line
+/// `domain ID (NAME): REASON (DETAIL); action ACTION`.
+fn exit_action(host: &Host, id: u32, name: &str) -> Option<(String, String)> {
+    let prefix = format!("domain {id} ({name}): ");
+    let log = host.rxend_log();
+    log.lines().find_map(|l| {
+        let line = &l[l.find(&prefix)? + prefix.len()..];
+        let (reason, rest) = line.split_once(" (")?;
+        let action = rest.rsplit_once("; action ")?.1;
+        Some((reason.to_string(), action.trim().to_string()))
+    })
+}
+
+#[test]
+fn on_poweroff_restart_and_on_reboot_destroy_do_as_configured() {
+    let host = Host::start();
+    // The opposite of the defaults (power-off destroys, reboot restarts).
+    let mut con = host.create_guest(
+        "flipped",
+        1,
+        32,
+        "on_poweroff = \"restart\"\non_reboot = \"destroy\"",
+    );
+    let first = domid(&host, "flipped");
+    con.send("shutdown");
+    con.wait_for("powering off", BOOT);
+    wait_until(BOOT, "flipped is back with a new ID", || {
+        domid_now(&host, "flipped").is_some_and(|id| id != first)
+    });
+    let second = domid(&host, "flipped");
+    let mut con = host.console("flipped");
+    con.wait_for("booted on 1 vCPUs with 32 MiB", BOOT);
+    assert_eq!(
+        exit_action(&host, first, "flipped"),
+        Some(("powered off".into(), "restart".into()))
+    );
+    con.send("reboot");
+    con.wait_for("rebooting", BOOT);
+    wait_until(BOOT, "rxend carries out on_reboot", || {
+        exit_action(&host, second, "flipped").is_some()
+    });
+    assert_eq!(
+        exit_action(&host, second, "flipped"),
+        Some(("rebooted".into(), "destroy".into()))
+    );
+    assert!(
+        host.list_row("flipped").is_none(),
+        "still listed after a reboot with on_reboot = destroy"
+    );
+    // Nothing comes back.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(host.list_row("flipped").is_none());
+    assert!(!host
+        .rxend_log()
+        .contains(&format!("restarted as domain {}", second + 1)));
+}
+
+#[test]
+fn on_poweroff_and_on_reboot_preserve_keep_the_stopped_domain() {
+    let host = Host::start();
+    let mut off = host.create_guest("keptoff", 1, 32, "on_poweroff = \"preserve\"");
+    let mut rebooted = host.create_guest("keptreboot", 2, 32, "on_reboot = \"preserve\"");
+    let (off_id, reboot_id) = (domid(&host, "keptoff"), domid(&host, "keptreboot"));
+    off.send("shutdown");
+    rebooted.send("reboot");
+    // Kept under their IDs, shut down for their reasons (xl's `s`, and `r` for a reboot).
+    wait_until(BOOT, "both are kept, shut down", || {
+        host.list_row("keptoff").is_some_and(|r| r[4] == "---s--")
+            && host
+                .list_row("keptreboot")
+                .is_some_and(|r| r[4] == "---sr-")
+    });
+    assert_eq!(
+        host.list_row("keptoff").expect("kept")[1],
+        off_id.to_string()
+    );
+    let row = host.list_row("keptreboot").expect("kept");
+    assert_eq!(row[1], reboot_id.to_string());
+    assert_eq!(
+        row[3], "2",
+        "a preserved domain keeps its vCPUs in the list: {row:?}"
+    );
+    // Their consoles' logs stay readable, up to the end.
+    let log = host.rxl_ok(&["console", "keptoff"]);
+    assert!(log.contains("powering off"), "{log}");
+    let log = host.rxl_ok(&["console", "keptreboot"]);
+    assert!(log.contains("rebooting"), "{log}");
+    // Nothing restarted them; destroy clears them.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!host.rxend_log().contains("restarted as domain"));
+    host.rxl_ok(&["destroy", "keptoff"]);
+    host.rxl_ok(&["destroy", "keptreboot"]);
+    assert!(host.list_row("keptoff").is_none() && host.list_row("keptreboot").is_none());
 }
 
 #[test]

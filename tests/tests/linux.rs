@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 /// Everything the test needs from one harness run.
 struct Run {
-    /// Why the run was skipped (QEMU missing and not installable), if it was.
-    skipped: Option<String>,
+    /// What the harness found missing on this host (exit 77: a tool it could not install).
+    missing: Option<String>,
     /// The harness's exit status.
     status: Option<i32>,
     /// The CHECK lines: (name, passed, detail).
@@ -80,11 +80,11 @@ fn run_harness() -> Run {
     if status == Some(77) {
         let why = harness
             .lines()
-            .find(|l| l.contains("SKIP"))
-            .unwrap_or("QEMU is missing and cannot be installed")
+            .find(|l| l.contains("MISSING: "))
+            .unwrap_or("a host tool (QEMU, cpio, objcopy) is missing and cannot be installed")
             .to_string();
         return Run {
-            skipped: Some(why),
+            missing: Some(why),
             status,
             checks: Vec::new(),
             serial: String::new(),
@@ -117,7 +117,7 @@ fn run_harness() -> Run {
         eprintln!("{summary}");
     }
     Run {
-        skipped: None,
+        missing: None,
         status,
         checks,
         serial,
@@ -146,13 +146,20 @@ fn tail(text: &str, max: usize) -> String {
     lines[lines.len().saturating_sub(max)..].join("\n")
 }
 
+/// Fails the test when the harness could not run for want of a host tool (it says which).
+fn require_tools(run: &Run) {
+    if let Some(why) = &run.missing {
+        panic!(
+            "the stock-Linux harness cannot run here: {why}\n(scripts/test.sh installs \
+             qemu-system-x86, cpio and binutils; then run the tests again)"
+        );
+    }
+}
+
 /// Asserts that L1 reported check `name` (of scenario group `group`) as passed.
 fn assert_check(name: &str, group: &str) {
     let run = run();
-    if let Some(why) = &run.skipped {
-        eprintln!("skipped: the stock-Linux harness cannot run here: {why}");
-        return;
-    }
+    require_tools(run);
     let Some((_, passed, detail)) = run.checks.iter().find(|(n, _, _)| n == name) else {
         panic!(
             "the harness reported no check {name} (exit {:?}); its output:\n{}\n\nL1's log ({}), last lines:\n{}",
@@ -198,10 +205,7 @@ const CHECKS: &[(&str, &str)] = &[
 #[test]
 fn linux_harness_reports_every_check() {
     let run = run();
-    if let Some(why) = &run.skipped {
-        eprintln!("skipped: the stock-Linux harness cannot run here: {why}");
-        return;
-    }
+    require_tools(run);
     assert!(
         matches!(run.status, Some(0) | Some(1)),
         "the harness finished no L1 run (exit {:?}); its output:\n{}\n\nL1's log ({}), last lines:\n{}",

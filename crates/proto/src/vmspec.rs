@@ -156,4 +156,11 @@ pub struct ExitRecord {
     pub reason: ExitReason,
     /// Human-readable detail ("triple fault", "panic code 3", ...).
     pub detail: String,
+    /// Bytes the guest sent over its NICs during this VMM's life, counted as it ended (rxend
+    /// samples the counters only every few seconds, and not at all while it is away).
+    #[serde(default)]
+    pub net_tx_bytes: u64,
+    /// Bytes the guest received over its NICs during this VMM's life, counted as it ended.
+    #[serde(default)]
+    pub net_rx_bytes: u64,
 }

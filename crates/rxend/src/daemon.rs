@@ -1124,16 +1124,18 @@ impl Daemon {
     /// Applies the domain's `on_*` policy after its VMM ended.
     fn handle_exit(&self, id: u32) {
         let dir = self.paths.run_dir(id);
-        let (reason, detail) = match vmm::exit_record(&dir) {
-            Some(r) => (r.reason, r.detail),
-            None => (ExitReason::Crash, "the VMM process died".to_string()),
+        // The VMM counts its NICs' bytes as it ends; without its record (it was killed), the
+        // last sample is what there is.
+        let (reason, detail, net_tx, net_rx) = match vmm::exit_record(&dir) {
+            Some(r) => (r.reason, r.detail, r.net_tx_bytes, r.net_rx_bytes),
+            None => (ExitReason::Crash, "the VMM process died".to_string(), 0, 0),
         };
         let Some(mut rec) = self.table().domains.get(&id).map(|e| {
             let mut r = e.rec.clone();
             r.cpu_time_ns += e.live_cpu_ns;
             r.vmm_cpu_ns = 0;
-            r.net_tx_bytes += r.vmm_net_tx_bytes;
-            r.net_rx_bytes += r.vmm_net_rx_bytes;
+            r.net_tx_bytes += r.vmm_net_tx_bytes.max(net_tx);
+            r.net_rx_bytes += r.vmm_net_rx_bytes.max(net_rx);
             r.vmm_net_tx_bytes = 0;
             r.vmm_net_rx_bytes = 0;
             r

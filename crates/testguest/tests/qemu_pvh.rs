@@ -1,7 +1,7 @@
 //! Boots the test guest under QEMU through its PVH entry (`-M microvm -kernel`), drives its
 //! console and powers it off; and gives it a virtio-blk disk on one of microvm's virtio-mmio
-//! transports. Needs `qemu-system-x86_64` (Debian: `qemu-system-x86`): without it each test
-//! prints why it did nothing and passes.
+//! transports. Needs `qemu-system-x86_64` (Debian: `qemu-system-x86`, which `scripts/test.sh`
+//! installs): without it each test fails and says so.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -12,23 +12,22 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(60);
 const QEMU: &str = "qemu-system-x86_64";
 
-/// Whether QEMU can be run here; prints the reason when it cannot.
-fn qemu_present() -> bool {
+/// Fails the test, saying what to install, unless QEMU can be run here.
+fn require_qemu() {
     match Command::new(QEMU)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
     {
-        Ok(status) if status.success() => true,
-        Ok(status) => {
-            eprintln!("skipped: `{QEMU} --version` exited with {status}");
-            false
-        }
-        Err(e) => {
-            eprintln!("skipped: cannot run {QEMU} ({e}); install qemu-system-x86");
-            false
-        }
+        Ok(status) => assert!(
+            status.success(),
+            "`{QEMU} --version` exited with {status}: this test boots the test guest under QEMU"
+        ),
+        Err(e) => panic!(
+            "cannot run {QEMU} ({e}): this test boots the test guest under QEMU; install \
+             qemu-system-x86 (scripts/test.sh does)"
+        ),
     }
 }
 
@@ -141,9 +140,7 @@ impl Drop for Qemu {
 
 #[test]
 fn boots_under_qemu_microvm_through_pvh_and_powers_off() {
-    if !qemu_present() {
-        return;
-    }
+    require_qemu();
     let mut qemu = Qemu::boot(&[]);
     assert_eq!(qemu.command("vcpus", "vcpus "), "vcpus online=1 mask=0x1");
     assert!(qemu
@@ -175,9 +172,7 @@ fn disk_args(image: &Path) -> Vec<String> {
 
 #[test]
 fn guest_writes_and_reads_back_a_virtio_blk_disk_on_microvm() {
-    if !qemu_present() {
-        return;
-    }
+    require_qemu();
     let image = tempfile::NamedTempFile::new().expect("temp image");
     let size = 4u64 << 20;
     std::fs::write(image.path(), vec![0xEE; size as usize]).expect("fill image");

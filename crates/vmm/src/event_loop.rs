@@ -294,8 +294,7 @@ impl Loop<'_> {
             if reply.finish {
                 // The record must exist before the client hears "ok".
                 if let Some(record) = self.vm.exit.record() {
-                    write_exit_record(&self.vm.spec.run_dir, &record)?;
-                    finished = Some(record);
+                    finished = Some(self.write_final(record)?);
                 }
             }
             let Some(client) = self.control_clients.get_mut(&id) else {
@@ -317,12 +316,19 @@ impl Loop<'_> {
 
     fn finish(&mut self) -> Result<Flow, EventLoopError> {
         match self.vm.exit.record() {
-            Some(record) => {
-                write_exit_record(&self.vm.spec.run_dir, &record)?;
-                Ok(Flow::Finish(record))
-            }
+            Some(record) => Ok(Flow::Finish(self.write_final(record)?)),
             None => Ok(Flow::Continue),
         }
+    }
+
+    /// Writes the exit record with the NICs' byte counts as they end (rxend adds them to the
+    /// domain's totals: its own samples are seconds old, or missing while it is away).
+    fn write_final(&self, mut record: ExitRecord) -> Result<ExitRecord, EventLoopError> {
+        let (_, nics) = self.vm.slots.stats();
+        record.net_tx_bytes = nics.iter().map(|n| n.tx_bytes).sum();
+        record.net_rx_bytes = nics.iter().map(|n| n.rx_bytes).sum();
+        write_exit_record(&self.vm.spec.run_dir, &record)?;
+        Ok(record)
     }
 
     fn dispatch(&mut self, token: u64) -> Result<Flow, EventLoopError> {

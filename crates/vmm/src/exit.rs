@@ -54,7 +54,12 @@ impl ExitSignal {
         if rec.is_none() {
             let detail = detail.into();
             tracing::info!(?reason, %detail, "exit requested");
-            *rec = Some(ExitRecord { reason, detail });
+            *rec = Some(ExitRecord {
+                reason,
+                detail,
+                net_tx_bytes: 0,
+                net_rx_bytes: 0,
+            });
             self.requested.store(true, Ordering::SeqCst);
             if let Err(e) = self.evt.write(1) {
                 tracing::error!("cannot signal the exit event: {e}");
@@ -118,6 +123,8 @@ mod tests {
         let rec = ExitRecord {
             reason: ExitReason::Reboot,
             detail: "triple fault".into(),
+            net_tx_bytes: 1 << 40,
+            net_rx_bytes: 12345,
         };
         write_exit_record(dir.path(), &rec).expect("write");
         let text = std::fs::read_to_string(dir.path().join("exit.json")).expect("read");

@@ -861,20 +861,26 @@ fn mock_split_queue_puts_its_used_ring_on_its_avail_ring() {
 struct Loop(String);
 
 impl Loop {
-    fn over(image: &std::path::Path) -> Option<Loop> {
-        if !std::path::Path::new("/dev/loop-control").exists() {
-            eprintln!("skipped: this host has no loop devices");
-            return None;
-        }
+    /// Attaches `image`; fails the test, saying what is missing, on a host without loop devices.
+    fn over(image: &std::path::Path) -> Loop {
+        assert!(
+            std::path::Path::new("/dev/loop-control").exists(),
+            "/dev/loop-control is missing: this test puts its image on a loop device \
+             (`modprobe loop`; scripts/test.sh also makes the device nodes where /dev has no udev)"
+        );
         let out = std::process::Command::new("losetup")
             .args(["-f", "--show"])
             .arg(image)
             .output()
-            .expect("run losetup");
-        assert!(out.status.success(), "losetup: {out:?}");
-        Some(Loop(
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        ))
+            .expect("run losetup (Debian: mount)");
+        assert!(
+            out.status.success(),
+            "losetup -f --show {}: {}(this test needs root and a free loop device with its \
+             /dev/loopN node; scripts/test.sh makes the nodes where /dev has no udev)",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
 
@@ -892,9 +898,7 @@ fn discard_on_a_block_device_reaches_the_device() {
     let pattern: Vec<u8> = (0..IMAGE_SECTORS * 512).map(|i| (i % 251) as u8).collect();
     image.write_all(&pattern).expect("fill image");
     image.flush().expect("flush");
-    let Some(lo) = Loop::over(image.path()) else {
-        return;
-    };
+    let lo = Loop::over(image.path());
     let dev = OpenOptions::new()
         .read(true)
         .write(true)
