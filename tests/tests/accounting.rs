@@ -258,6 +258,8 @@ fn network_bytes_add_up_across_rxend_restarts() {
         .first()
         .unwrap_or_else(|| panic!("no row for chatty:\n{out}"))[0];
     assert_eq!(column(row, "STATE"), "-s----", "{out}");
+    // A stopped domain keeps its vCPUs in top, as in `rxl list`.
+    assert_eq!(column(row, "VCPUS"), "1", "{out}");
     let total = number(&column(row, "NETTX(k)"));
     assert!(
         total >= (both + third) / 1024,

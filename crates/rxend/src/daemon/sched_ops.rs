@@ -581,7 +581,12 @@ impl Daemon {
                         online.min(threads.len() as u32),
                     )
                 }
-                _ => (e.live_cpu_ns, Vec::new(), 0),
+                // As `rxl list` (and xentop) show it: a stopped domain keeps its vCPUs.
+                _ => (
+                    e.live_cpu_ns,
+                    Vec::new(),
+                    e.rec.online_vcpus.unwrap_or(e.rec.config.vcpus),
+                ),
             };
             let c = &e.rec.config;
             domains.push(DomainCounters {
