@@ -438,6 +438,16 @@ mod tests {
         }
     }
 
+    /// Polls `cond` until it holds; fails after 10 s (a loaded host may not run a thread
+    /// for a while, but not for that long).
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn pause_waits_for_every_vcpu_and_unpause_releases_them() {
         let control = Arc::new(RunControl::new(2, false));
@@ -450,19 +460,26 @@ mod tests {
                 kicks.fetch_add(1, Ordering::SeqCst);
             })
             .expect("pause");
+        // `pause` returns only once both are parked, and nothing unparks them but `unpause`.
         assert!(control.is_paused());
         assert!(control.is_parked(0) && control.is_parked(1));
         let frozen = spins.load(Ordering::SeqCst);
+        // Give a thread that wrongly left its park the time to show it (this cannot fail
+        // a correct pause, however slow the host).
         std::thread::sleep(Duration::from_millis(30));
+        assert!(control.is_parked(0) && control.is_parked(1));
         assert_eq!(
             spins.load(Ordering::SeqCst),
             frozen,
             "a vCPU ran while paused"
         );
         control.unpause();
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(spins.load(Ordering::SeqCst) > frozen);
-        assert!(!control.is_parked(0) && !control.is_parked(1));
+        wait_until("both vCPUs leave their park", || {
+            !control.is_parked(0) && !control.is_parked(1)
+        });
+        wait_until("the vCPUs run again", || {
+            spins.load(Ordering::SeqCst) > frozen
+        });
     }
 
     #[test]
@@ -479,11 +496,14 @@ mod tests {
         let control = Arc::new(RunControl::new(1, true));
         let spins = Arc::new(AtomicUsize::new(0));
         fake_vcpus(&control, 1, &spins);
-        std::thread::sleep(Duration::from_millis(30));
+        wait_until("the vCPU parks", || control.is_parked(0));
+        // It parked before its first turn, and stays parked.
         assert_eq!(spins.load(Ordering::SeqCst), 0);
-        assert!(control.is_parked(0));
-        control.unpause();
         std::thread::sleep(Duration::from_millis(30));
-        assert!(spins.load(Ordering::SeqCst) > 0);
+        assert!(control.is_parked(0));
+        assert_eq!(spins.load(Ordering::SeqCst), 0, "a vCPU ran while paused");
+        control.unpause();
+        wait_until("the vCPU leaves its park", || !control.is_parked(0));
+        wait_until("the vCPU runs", || spins.load(Ordering::SeqCst) > 0);
     }
 }

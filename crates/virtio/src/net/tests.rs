@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_mmio as reg;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
@@ -340,29 +340,207 @@ fn bad_descriptors_fail_cleanly() {
     assert_eq!(h.stats.snapshot().tx_drops, 4);
 }
 
+/// Where descriptors of the random tables may point when they say INDIRECT: a region of its
+/// own, below every buffer address [`arb_desc`] makes, so the device never writes a table.
+const INDIRECT: u64 = 0x8000;
+/// Where the well-formed buffers after the random ones live (one 4 KiB page each).
+const GOOD: u64 = 0x80_0000;
+
+/// A random descriptor: mostly buffers in the buffer area, some across the end of guest
+/// memory or anywhere above the rings; any length, flags (NEXT, WRITE, INDIRECT) and next.
+fn arb_desc() -> impl Strategy<Value = (u64, u32, u16, u16)> {
+    let addr = prop_oneof![
+        4 => (0u64..0x10_0000).prop_map(|a| BUF + a),
+        1 => (0u64..0x100).prop_map(|a| MEM_SIZE - a),
+        1 => BUF..=u64::MAX,
+    ];
+    let len = prop_oneof![
+        4 => 0u32..0x1400,
+        1 => Just(NET_HDR_SIZE as u32),
+        1 => any::<u32>(),
+    ];
+    (addr, len, 0u16..8, 0u16..(QSIZE + 4))
+}
+
+impl Harness {
+    /// Used elements of queue `q` from position `from` (of the used index) to the current one.
+    fn used_from(&self, q: usize, from: u16) -> Vec<(u32, u32)> {
+        let used = if q == 0 { RX_USED } else { TX_USED };
+        let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).expect("used idx");
+        let count = idx.wrapping_sub(from);
+        assert!(count <= QSIZE, "{count} used elements at once");
+        (0..count)
+            .map(|k| {
+                let at = used + 4 + u64::from(from.wrapping_add(k) % QSIZE) * 8;
+                (
+                    self.mem.read_obj(GuestAddress(at)).expect("id"),
+                    self.mem.read_obj(GuestAddress(at + 4)).expect("len"),
+                )
+            })
+            .collect()
+    }
+
+    /// Walks the chains of `heads` on queue `q` as published, with a queue of the test's own
+    /// (before the device runs): (readable, writable) bytes of each, (0, 0) for a head
+    /// outside the table.
+    fn walk(&self, q: usize, heads: &[u16]) -> Vec<(u64, u64)> {
+        let (desc, avail, used) = if q == 0 {
+            (RX_DESC, RX_AVAIL, RX_USED)
+        } else {
+            (TX_DESC, TX_AVAIL, TX_USED)
+        };
+        let mut reference = Queue::new(QSIZE).expect("queue");
+        reference.set_size(QSIZE);
+        reference.set_desc_table_address(Some(desc as u32), Some(0));
+        reference.set_avail_ring_address(Some(avail as u32), Some(0));
+        reference.set_used_ring_address(Some(used as u32), Some(0));
+        reference.set_ready(true);
+        let mut out = Vec::new();
+        while let Some(chain) = reference.pop_descriptor_chain(self.mem.as_ref()) {
+            let sum = |d: virtio_queue::desc::split::Descriptor| u64::from(d.len());
+            out.push((
+                chain.clone().readable().map(sum).sum(),
+                chain.writable().map(sum).sum(),
+            ));
+        }
+        assert_eq!(
+            out.len(),
+            heads.len(),
+            "chains walked for the heads published"
+        );
+        out
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
-    /// Arbitrary descriptor tables on both queues never panic the device.
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Random descriptor tables on both queues: no panic, only valid used elements (one per
+    /// head in the table, in order, with a length the chain holds), counters that add up,
+    /// and the device moves well-formed frames both ways afterwards.
     #[test]
-    fn arbitrary_descriptors_never_panic(
-        descs in proptest::collection::vec((any::<u64>(), any::<u32>(), any::<u16>(), any::<u16>()), 1..16),
-        heads in proptest::collection::vec(any::<u16>(), 1..20),
-        frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 0..4),
+    fn random_chains_never_break_the_device(
+        rx_table in proptest::collection::vec(arb_desc(), QSIZE as usize),
+        tx_table in proptest::collection::vec(arb_desc(), QSIZE as usize),
+        indirect in proptest::collection::vec(arb_desc(), 8),
+        rx_heads in proptest::collection::vec(0u16..(QSIZE + 2), 0..=(QSIZE as usize)),
+        tx_heads in proptest::collection::vec(0u16..(QSIZE + 2), 0..=(QSIZE as usize)),
+        frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..3000), 0..(QSIZE as usize)
+        ),
     ) {
         let mut h = Harness::new(config());
-        for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
-            let addr = if addr % 2 == 0 { BUF + addr % 0x10_0000 } else { *addr };
-            write_desc(&h.mem, RX_DESC, i as u16, addr, *len % 0x4000, *flags & 0x7, *next);
-            write_desc(&h.mem, TX_DESC, i as u16, addr, *len, *flags & 0x7, *next);
+        for (table, tables) in [(RX_DESC, &rx_table), (TX_DESC, &tx_table)] {
+            for (i, &(addr, len, flags, next)) in tables.iter().enumerate() {
+                let addr = if flags & 4 != 0 { INDIRECT + (addr % 8) * 16 } else { addr };
+                write_desc(&h.mem, table, i as u16, addr, len, flags, next);
+            }
         }
-        for f in frames {
-            h.fake.inbound.lock().expect("lock").push_back(f);
+        for (i, &(addr, len, flags, next)) in indirect.iter().enumerate() {
+            write_desc(&h.mem, INDIRECT, i as u16, addr, len, flags, next % 10);
         }
-        for head in &heads {
-            h.publish(0, *head % 32);
-            h.publish(1, *head % 32);
+        for &head in &rx_heads {
+            h.publish(0, head);
         }
+        for &head in &tx_heads {
+            h.publish(1, head);
+        }
+        let rx_chains = h.walk(0, &rx_heads);
+        let tx_chains = h.walk(1, &tx_heads);
+        h.fake.inbound.lock().expect("lock").extend(frames.iter().cloned());
+
         h.t.notify(RX_QUEUE);
         h.t.notify(TX_QUEUE);
+        prop_assert_eq!(
+            rd(&mut h.t, reg::VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+
+        // Receive: each frame takes the next chain; a head outside the table, or a chain too
+        // small or malformed, drops its frame. One used element per head in the table, with
+        // the header and the frame or nothing, never more than the chain can hold.
+        let consumed = frames.len().min(rx_heads.len());
+        let rx_used = h.used_from(0, 0);
+        let mut expected = (0..consumed).filter(|&k| rx_heads[k] < QSIZE);
+        let (mut delivered, mut delivered_bytes) = (0u64, 0u64);
+        for &(id, len) in &rx_used {
+            let k = expected.next().expect("a used element for each receive head in the table");
+            prop_assert_eq!(id, u32::from(rx_heads[k]));
+            let whole = (NET_HDR_SIZE + frames[k].len()) as u32;
+            prop_assert!(len == 0 || len == whole, "used len {} for a frame of {}", len, whole);
+            prop_assert!(u64::from(len) <= rx_chains[k].1, "len {} > writable {}", len, rx_chains[k].1);
+            if len != 0 {
+                delivered += 1;
+                delivered_bytes += frames[k].len() as u64;
+            }
+        }
+        prop_assert!(expected.next().is_none(), "a receive head in the table got no used element");
+        let s = h.stats.snapshot();
+        prop_assert_eq!((s.rx_packets, s.rx_bytes), (delivered, delivered_bytes));
+        prop_assert_eq!(s.rx_packets + s.rx_drops, consumed as u64);
+
+        // Transmit: every chain is taken; one used element of length 0 per head in the
+        // table; each frame sent is a chain's readable bytes less the header, in order.
+        let tx_used = h.used_from(1, 0);
+        let in_table: Vec<u32> = tx_heads.iter().filter(|&&x| x < QSIZE).map(|&x| u32::from(x)).collect();
+        prop_assert_eq!(tx_used.iter().map(|&(id, _)| id).collect::<Vec<_>>(), in_table);
+        prop_assert!(tx_used.iter().all(|&(_, len)| len == 0));
+        let sent = h.fake.sent.lock().expect("lock").clone();
+        prop_assert_eq!(s.tx_packets + s.tx_drops, tx_heads.len() as u64);
+        prop_assert_eq!(s.tx_packets, sent.len() as u64);
+        prop_assert_eq!(s.tx_bytes, sent.iter().map(|f| f.len() as u64).sum::<u64>());
+        let mut chains = tx_chains.iter();
+        for frame in &sent {
+            let len = frame.len() as u64 + NET_HDR_SIZE as u64;
+            prop_assert!(
+                chains.any(|&(readable, _)| readable == len),
+                "a frame of {} bytes that no chain in order holds", frame.len()
+            );
+        }
+
+        // Afterwards the device still works. Receive chains left unused take filler frames
+        // (with the same rules) ...
+        let mut rx_seen = rx_used.len() as u16;
+        let filler = vec![0u8; 60];
+        let left = &rx_heads[consumed..];
+        h.fake.inbound.lock().expect("lock").extend(left.iter().map(|_| filler.clone()));
+        h.t.notify(RX_QUEUE);
+        let filled = h.used_from(0, rx_seen);
+        let mut expected = (consumed..rx_heads.len()).filter(|&k| rx_heads[k] < QSIZE);
+        for &(id, len) in &filled {
+            let k = expected.next().expect("a used element for each receive head in the table");
+            prop_assert_eq!(id, u32::from(rx_heads[k]));
+            prop_assert!(len == 0 || len as usize == NET_HDR_SIZE + filler.len());
+            prop_assert!(u64::from(len) <= rx_chains[k].1);
+        }
+        prop_assert!(expected.next().is_none(), "a receive head in the table got no used element");
+        rx_seen = rx_seen.wrapping_add(filled.len() as u16);
+        // ... then every frame still waiting, and one more, lands whole in a good buffer.
+        let mut waiting: Vec<Vec<u8>> = frames[consumed..].to_vec();
+        waiting.push((0..100u8).collect());
+        h.fake.inbound.lock().expect("lock").extend(waiting.last().cloned());
+        for k in 0..waiting.len() as u16 {
+            write_desc(&h.mem, RX_DESC, k, GOOD + u64::from(k) * 0x1000, 0x1000, W, 0);
+            h.publish(0, k);
+        }
+        h.t.notify(RX_QUEUE);
+        let good = h.used_from(0, rx_seen);
+        prop_assert_eq!(good.len(), waiting.len());
+        for (k, (&(id, len), frame)) in good.iter().zip(&waiting).enumerate() {
+            prop_assert_eq!(id, k as u32);
+            prop_assert_eq!(len as usize, NET_HDR_SIZE + frame.len());
+            let mut got = vec![0u8; NET_HDR_SIZE + frame.len()];
+            h.mem.read_slice(&mut got, GuestAddress(GOOD + k as u64 * 0x1000)).expect("read");
+            prop_assert_eq!(got[10], 1, "num_buffers");
+            prop_assert_eq!(&got[NET_HDR_SIZE..], &frame[..]);
+        }
+        // And a well-formed transmit goes out as it is.
+        let before = sent.len();
+        let frame = icmp_from([10, 0, 0, 2]);
+        h.tx(0, &frame);
+        h.t.notify(TX_QUEUE);
+        let sent = h.fake.sent.lock().expect("lock").clone();
+        prop_assert_eq!(sent.len(), before + 1);
+        prop_assert_eq!(sent.last(), Some(&frame));
+        prop_assert_eq!(h.used_from(1, tx_used.len() as u16), vec![(0, 0)]);
     }
 }
