@@ -43,6 +43,10 @@ pub struct VmSpec {
     /// Receive the domain from the migration stream on this inherited file descriptor.
     #[serde(default)]
     pub incoming_fd: Option<i32>,
+    /// Confine the VMM (capabilities, no_new_privs, seccomp filters); off only with rxend's
+    /// `--no-sandbox`, for debugging, and for monitors run inside a test harness's process.
+    #[serde(default = "confined")]
+    pub sandbox: bool,
     /// Virtual disks, in slot order (disks take virtio-mmio slots from 0).
     #[serde(default)]
     pub disks: Vec<DiskDevice>,
@@ -108,6 +112,21 @@ pub struct NicDevice {
 }
 
 /// File names inside [`VmSpec::run_dir`].
+fn confined() -> bool {
+    true
+}
+
+/// The start of the line a VMM's SIGSYS reporter writes to its log when a seccomp filter stopped
+/// a call, followed by the call's number.
+pub const SECCOMP_KILL_MESSAGE: &str = "rxen-vmm: seccomp: forbidden system call ";
+
+/// The number of the forbidden call in a VMM log line that reports one.
+pub fn seccomp_killed_call(line: &str) -> Option<i64> {
+    line.trim_end()
+        .strip_prefix(SECCOMP_KILL_MESSAGE)
+        .and_then(|n| n.parse().ok())
+}
+
 pub mod files {
     /// The launch spec rxend writes.
     pub const SPEC: &str = "spec.json";

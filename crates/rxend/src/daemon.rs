@@ -159,6 +159,8 @@ pub struct Daemon {
     relocation_key: Mutex<Option<PathBuf>>,
     /// The memory all domains may have together, in percent of the host's RAM.
     memory_percent: std::sync::atomic::AtomicU32,
+    /// Whether VMMs confine themselves (off only with `--no-sandbox`).
+    sandbox: std::sync::atomic::AtomicBool,
     /// The state directory's lock, held for the daemon's life.
     _lock: crate::statelock::StateLock,
 }
@@ -270,6 +272,7 @@ impl Daemon {
             }),
             relocation_key: Mutex::new(None),
             memory_percent: std::sync::atomic::AtomicU32::new(100),
+            sandbox: std::sync::atomic::AtomicBool::new(true),
             _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
@@ -283,6 +286,16 @@ impl Daemon {
     pub fn set_memory_overcommit_percent(&self, percent: u32) {
         self.memory_percent
             .store(percent.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Turns the VMMs' sandbox off (`--no-sandbox`, for debugging) or on.
+    pub fn set_sandbox(&self, on: bool) {
+        self.sandbox.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the VMMs rxend starts confine themselves.
+    pub fn sandbox(&self) -> bool {
+        self.sandbox.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Refuses a domain of `want` MiB when the host's share for domains is taken.
@@ -735,6 +748,7 @@ impl Daemon {
             max_vcpus: config.maxvcpus,
             restore_from,
             incoming_fd: None,
+            sandbox: self.sandbox(),
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
@@ -1128,7 +1142,17 @@ impl Daemon {
         // last sample is what there is.
         let (reason, detail, net_tx, net_rx) = match vmm::exit_record(&dir) {
             Some(r) => (r.reason, r.detail, r.net_tx_bytes, r.net_rx_bytes),
-            None => (ExitReason::Crash, "the VMM process died".to_string(), 0, 0),
+            None => match vmm::seccomp_kill(&dir) {
+                Some(nr) => {
+                    self.log.error(format!(
+                        "rxen-vmm of {} killed by its seccomp filter (syscall {nr})",
+                        self.name_of(id)
+                    ));
+                    let why = format!("its VMM was killed by its seccomp filter (syscall {nr})");
+                    (ExitReason::Crash, why, 0, 0)
+                }
+                None => (ExitReason::Crash, "the VMM process died".to_string(), 0, 0),
+            },
         };
         let Some(mut rec) = self.table().domains.get(&id).map(|e| {
             let mut r = e.rec.clone();

@@ -116,7 +116,7 @@ pub fn per_cpu_busy_ns() -> Vec<u64> {
 }
 
 /// The `rxl info` fields, in xl's order and names.
-pub fn info_fields(free_cpus: u32) -> Vec<(String, String)> {
+pub fn info_fields(free_cpus: u32, sandbox: bool) -> Vec<(String, String)> {
     let uts = nix::sys::utsname::uname().ok();
     let u = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
         uts.as_ref()
@@ -188,6 +188,14 @@ pub fn info_fields(free_cpus: u32) -> Vec<(String, String)> {
         f("cc_compile_domain", "".into()),
         f("cc_compile_date", "".into()),
         f("build_id", "".into()),
+        f(
+            "rxen_sandbox",
+            if sandbox {
+                "on".into()
+            } else {
+                "OFF (rxend --no-sandbox: every VMM runs unconfined)".into()
+            },
+        ),
         f("xend_config_format", "4".into()),
     ]
 }
@@ -212,7 +220,7 @@ mod tests {
 
     #[test]
     fn info_has_xl_fields_in_order() {
-        let f = info_fields(0);
+        let f = info_fields(0, true);
         let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             &names[..5],

@@ -37,6 +37,9 @@ struct Args {
     /// Serve every counter in Prometheus text format at http://ADDR:PORT/metrics (off by default).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
+    /// Start VMMs unconfined (no seccomp filters, capabilities kept): for debugging only.
+    #[arg(long)]
+    no_sandbox: bool,
     /// rxend's config file (TOML: the relocation server); /etc/rxen/rxend.toml if it exists.
     #[arg(long, env = "RXEN_CONFIG")]
     config: Option<PathBuf>,
@@ -165,6 +168,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if args.no_sandbox {
+        daemon.set_sandbox(false);
+        let msg = "--no-sandbox: VMMs run UNCONFINED (no seccomp filters, every capability): \
+                   a guest that breaks its VMM owns this host; use only for debugging";
+        daemon.log.warn(msg);
+        eprintln!("rxend: WARNING: {msg}");
     }
     daemon.set_relocation_key_file(config.relocation.key_file.clone());
     daemon.set_memory_overcommit_percent(config.host.memory_overcommit_percent);

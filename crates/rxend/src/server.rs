@@ -366,7 +366,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
                 .unwrap_or(0);
             let free = hostinfo::nr_cpus().saturating_sub(used);
             Reply::Plain(Response::Host(HostInfo {
-                fields: hostinfo::info_fields(free),
+                fields: hostinfo::info_fields(free, daemon.sandbox()),
             }))
         }
         Request::Destroy { domain } => result(daemon.destroy(caller, &domain)),

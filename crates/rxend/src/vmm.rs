@@ -296,6 +296,21 @@ pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
     }
 }
 
+/// The call a VMM's seccomp filter stopped, when its log's last lines say so.
+pub fn seccomp_kill(run_dir: &Path) -> Option<i64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4096;
+    let mut f = File::open(run_dir.join(files::VMM_LOG)).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    f.take(TAIL).read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(rxen_proto::vmspec::seccomp_killed_call)
+}
+
 /// The exit record a VMM left, if any.
 pub fn exit_record(run_dir: &Path) -> Option<ExitRecord> {
     let data = fs::read(run_dir.join(files::EXIT_RECORD)).ok()?;

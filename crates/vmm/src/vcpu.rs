@@ -357,6 +357,13 @@ fn gettid() -> i32 {
 fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
     let id = info.id;
     info.tid.store(gettid(), Ordering::SeqCst);
+    // Confined before the guest runs a single instruction on this vCPU.
+    if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Vcpu) {
+        ctx.exit
+            .request(ExitReason::Crash, format!("vcpu{id}: {e}"));
+        ctx.control.mark_gone(id as usize);
+        return;
+    }
     let run = vcpu.get_kvm_run();
     info.immediate_exit
         .store(std::ptr::addr_of_mut!(run.immediate_exit), Ordering::SeqCst);

@@ -86,6 +86,9 @@ pub type Com1 = SerialDevice<ConsoleWriter>;
 /// Errors while creating or running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    /// The VMM could not confine itself; it does not run a guest unconfined.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// The vCPU threads did not come up (register, and park when starting paused) in time.
     #[error("the vCPU threads did not start within {0:?}")]
     VcpusNotStarted(std::time::Duration),
@@ -1394,6 +1397,11 @@ fn take_incoming(fd: i32) -> Result<File, VmmError> {
 /// Runs the VM of `spec` to its end: calls `on_ready` once the vCPUs are
 /// started, serves the sockets, and returns the exit record it wrote.
 pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError> {
+    if !spec.sandbox {
+        crate::sandbox::disable();
+        tracing::warn!("running unconfined: the sandbox is off (rxend --no-sandbox)");
+    }
+    crate::sandbox::limit_resources()?;
     let run_dir = spec.run_dir.clone();
     if !run_dir.is_dir() {
         return Err(VmmError::RunDir {
@@ -1443,6 +1451,9 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
             }
         }
     }
+    // Everything the guest can reach runs confined: this thread (and the threads it starts)
+    // from here, each vCPU and device thread from its first instruction.
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
     vm.start()?;
     if let Some(sock) = &incoming {
         if let Err(e) = (&*sock).write_all(b"resumed\n") {
@@ -1453,6 +1464,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     }
     drop(incoming);
     on_ready();
+    crate::sandbox::test_forbidden_call();
     let record = event_loop::run(&mut vm, control, console, sigterm)?;
     Ok(record)
 }

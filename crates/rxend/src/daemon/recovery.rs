@@ -84,7 +84,7 @@ impl Daemon {
         }
     }
 
-    fn name_of(&self, id: u32) -> String {
+    pub(super) fn name_of(&self, id: u32) -> String {
         self.table()
             .domains
             .get(&id)

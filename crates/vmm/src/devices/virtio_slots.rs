@@ -351,6 +351,11 @@ fn io_loop(
     notifies: Vec<EventFd>,
     stop: EventFd,
 ) {
+    // Confined before it reads a single descriptor the guest wrote.
+    if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::DeviceIo) {
+        tracing::error!("device I/O thread: {e}");
+        return;
+    }
     let mut events = vec![EpollEvent::default(); 16];
     loop {
         let n = match epoll.wait(-1, &mut events) {

@@ -42,6 +42,8 @@ pub fn spec(dir: &Path, kernel: KernelSource, vcpus: u32, memory_mib: u64) -> Vm
         start_paused: false,
         restore_from: None,
         incoming_fd: None,
+        // The monitor runs in the test's own process, which must stay free.
+        sandbox: false,
         disks: Vec::new(),
         nics: Vec::new(),
         balloon: false,
