@@ -143,7 +143,13 @@ fn sections<'a>(
         let bytes = body
             .get(8..8usize.saturating_add(len))
             .ok_or_else(|| malformed(what, "truncated section"))?;
-        out.push((u32::from_le_bytes(t), bytes));
+        let tag = u32::from_le_bytes(t);
+        // Each section at most once: a second one would override the first
+        // (and two PIC master states stood in for both PICs).
+        if out.iter().any(|&(seen, _)| seen == tag) {
+            return Err(malformed(what, format!("section {tag} appears twice")));
+        }
+        out.push((tag, bytes));
         body = &body[8 + len..];
     }
     Ok(out)
@@ -429,6 +435,31 @@ mod tests {
         assert!(decode_vcpu(&b).is_err(), "section past the end");
         assert!(decode_vm(&[]).is_err());
         assert!(decode_vm(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_section_twice_is_refused() {
+        // Two PIC master states and no slave: three irqchips, but not the three.
+        let mut b = Vec::new();
+        for (t, chip) in [
+            (tag::PIC_MASTER, KVM_IRQCHIP_PIC_MASTER),
+            (tag::PIC_MASTER, KVM_IRQCHIP_PIC_MASTER),
+            (tag::IOAPIC, KVM_IRQCHIP_IOAPIC),
+        ] {
+            let c = kvm_irqchip {
+                chip_id: chip,
+                ..Default::default()
+            };
+            put(&mut b, t, pod_bytes(&c));
+        }
+        put(&mut b, tag::PIT2, pod_bytes(&kvm_pit_state2::default()));
+        let e = decode_vm(&b).err().expect("refused");
+        assert!(e.to_string().contains("twice"), "{e}");
+        let mut b = 0u32.to_le_bytes().to_vec();
+        put(&mut b, tag::MSRS, &[]);
+        put(&mut b, tag::MSRS, &[]);
+        let e = decode_vcpu(&b).err().expect("refused");
+        assert!(e.to_string().contains("twice"), "{e}");
     }
 
     #[test]
