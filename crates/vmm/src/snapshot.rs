@@ -81,15 +81,13 @@ fn pod_bytes<T: Pod>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
-fn pod_from<T: Pod>(what: &'static str, bytes: &[u8]) -> Result<T, SnapshotError> {
+/// `bytes` as a `T`, if they are exactly its size; else why not, naming the section.
+fn pod_from<T: Pod>(section: &str, bytes: &[u8]) -> Result<T, String> {
     if bytes.len() != std::mem::size_of::<T>() {
-        return Err(malformed(
-            what,
-            format!(
-                "{} bytes where {} are expected",
-                bytes.len(),
-                std::mem::size_of::<T>()
-            ),
+        return Err(format!(
+            "the {section} section is {} bytes long where {} are expected",
+            bytes.len(),
+            std::mem::size_of::<T>()
         ));
     }
     let mut v = T::default();
@@ -125,32 +123,54 @@ fn put(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Splits a body into `(tag, bytes)` sections.
-fn sections<'a>(
-    what: &'static str,
-    mut body: &'a [u8],
-) -> Result<Vec<(u32, &'a [u8])>, SnapshotError> {
+/// The section's name for messages: the KVM structure it holds.
+fn section_name(t: u32) -> String {
+    match t {
+        tag::REGS => "kvm_regs",
+        tag::SREGS => "kvm_sregs",
+        tag::FPU => "kvm_fpu",
+        tag::XSAVE => "kvm_xsave",
+        tag::XCRS => "kvm_xcrs",
+        tag::LAPIC => "kvm_lapic_state",
+        tag::EVENTS => "kvm_vcpu_events",
+        tag::MP_STATE => "kvm_mp_state",
+        tag::DEBUGREGS => "kvm_debugregs",
+        tag::MSRS => "MSR",
+        tag::PIC_MASTER => "master PIC kvm_irqchip",
+        tag::PIC_SLAVE => "slave PIC kvm_irqchip",
+        tag::IOAPIC => "IOAPIC kvm_irqchip",
+        tag::PIT2 => "kvm_pit_state2",
+        tag::CLOCK => "kvm_clock_data",
+        other => return format!("unknown {other}"),
+    }
+    .to_string()
+}
+
+/// Splits a body into `(tag, bytes)` sections; else says what is wrong.
+fn sections(mut body: &[u8]) -> Result<Vec<(u32, &[u8])>, String> {
     let mut out = Vec::new();
     while !body.is_empty() {
-        let head = body
-            .get(..8)
-            .ok_or_else(|| malformed(what, "truncated section header"))?;
-        let mut t = [0u8; 4];
-        t.copy_from_slice(&head[..4]);
-        let mut l = [0u8; 4];
-        l.copy_from_slice(&head[4..8]);
-        let len = u32::from_le_bytes(l) as usize;
-        let bytes = body
-            .get(8..8usize.saturating_add(len))
-            .ok_or_else(|| malformed(what, "truncated section"))?;
-        let tag = u32::from_le_bytes(t);
+        let word = |at: usize| {
+            body.get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes)
+                .ok_or_else(|| "a section header is cut short".to_string())
+        };
+        let (tag, len) = (word(0)?, word(4)? as usize);
+        let bytes = body.get(8..8usize.saturating_add(len)).ok_or_else(|| {
+            format!(
+                "the {} section claims {len} bytes where {} are left",
+                section_name(tag),
+                body.len() - 8
+            )
+        })?;
         // Each section at most once: a second one would override the first
         // (and two PIC master states stood in for both PICs).
         if out.iter().any(|&(seen, _)| seen == tag) {
-            return Err(malformed(what, format!("section {tag} appears twice")));
+            return Err(format!("the {} section appears twice", section_name(tag)));
         }
         out.push((tag, bytes));
-        body = &body[8 + len..];
+        body = body.get(8 + len..).unwrap_or_default();
     }
     Ok(out)
 }
@@ -243,24 +263,31 @@ pub fn decode_vcpu(body: &[u8]) -> Result<VcpuState, SnapshotError> {
         .get(..4)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| malformed(W, "no vCPU index"))?;
+    let id = u32::from_le_bytes(id_bytes);
     let mut st = VcpuState {
-        id: u32::from_le_bytes(id_bytes),
+        id,
         ..Default::default()
     };
-    for (t, bytes) in sections(W, &body[4..])? {
+    let bad = |why: String| malformed(W, format!("vCPU {id}: {why}"));
+    let rest = body.get(4..).unwrap_or_default();
+    for (t, bytes) in sections(rest).map_err(bad)? {
+        let name = section_name(t);
         match t {
-            tag::MP_STATE => st.mp = Some(pod_from(W, bytes)?),
-            tag::REGS => st.regs = Some(pod_from(W, bytes)?),
-            tag::SREGS => st.sregs = Some(pod_from(W, bytes)?),
-            tag::FPU => st.fpu = Some(pod_from(W, bytes)?),
-            tag::XSAVE => st.xsave = Some(Box::new(pod_from(W, bytes)?)),
-            tag::XCRS => st.xcrs = Some(pod_from(W, bytes)?),
-            tag::DEBUGREGS => st.debugregs = Some(pod_from(W, bytes)?),
-            tag::LAPIC => st.lapic = Some(Box::new(pod_from(W, bytes)?)),
-            tag::EVENTS => st.events = Some(pod_from(W, bytes)?),
+            tag::MP_STATE => st.mp = Some(pod_from(&name, bytes).map_err(bad)?),
+            tag::REGS => st.regs = Some(pod_from(&name, bytes).map_err(bad)?),
+            tag::SREGS => st.sregs = Some(pod_from(&name, bytes).map_err(bad)?),
+            tag::FPU => st.fpu = Some(pod_from(&name, bytes).map_err(bad)?),
+            tag::XSAVE => st.xsave = Some(Box::new(pod_from(&name, bytes).map_err(bad)?)),
+            tag::XCRS => st.xcrs = Some(pod_from(&name, bytes).map_err(bad)?),
+            tag::DEBUGREGS => st.debugregs = Some(pod_from(&name, bytes).map_err(bad)?),
+            tag::LAPIC => st.lapic = Some(Box::new(pod_from(&name, bytes).map_err(bad)?)),
+            tag::EVENTS => st.events = Some(pod_from(&name, bytes).map_err(bad)?),
             tag::MSRS => {
                 if bytes.len() % 16 != 0 {
-                    return Err(malformed(W, "MSR list is not a whole number of entries"));
+                    return Err(bad(format!(
+                        "the MSR section is {} bytes long, not a whole number of 16-byte entries",
+                        bytes.len()
+                    )));
                 }
                 for e in bytes.chunks_exact(16) {
                     let mut i = [0u8; 4];
@@ -270,7 +297,7 @@ pub fn decode_vcpu(body: &[u8]) -> Result<VcpuState, SnapshotError> {
                     st.msrs.push((u32::from_le_bytes(i), u64::from_le_bytes(v)));
                 }
             }
-            other => return Err(malformed(W, format!("unknown section {other}"))),
+            other => return Err(bad(format!("unknown section {other}"))),
         }
     }
     if st.regs.is_none() || st.sregs.is_none() || st.lapic.is_none() || st.mp.is_none() {
@@ -373,22 +400,26 @@ pub struct VmState {
 pub fn decode_vm(body: &[u8]) -> Result<VmState, SnapshotError> {
     const W: &str = "vm";
     let mut st = VmState::default();
-    for (t, bytes) in sections(W, body)? {
+    for (t, bytes) in sections(body).map_err(|why| malformed(W, why))? {
+        let name = section_name(t);
         match t {
             tag::PIC_MASTER | tag::PIC_SLAVE | tag::IOAPIC => {
-                let c: kvm_irqchip = pod_from(W, bytes)?;
                 let expected = match t {
                     tag::PIC_MASTER => KVM_IRQCHIP_PIC_MASTER,
                     tag::PIC_SLAVE => KVM_IRQCHIP_PIC_SLAVE,
                     _ => KVM_IRQCHIP_IOAPIC,
                 };
+                let c: kvm_irqchip = pod_from(&name, bytes).map_err(|why| malformed(W, why))?;
                 if c.chip_id != expected {
-                    return Err(malformed(W, "irqchip id does not match its section"));
+                    return Err(malformed(
+                        W,
+                        format!("the {name} section holds irqchip {}", c.chip_id),
+                    ));
                 }
                 st.chips.push(c);
             }
-            tag::PIT2 => st.pit = Some(pod_from(W, bytes)?),
-            tag::CLOCK => st.clock = Some(pod_from(W, bytes)?),
+            tag::PIT2 => st.pit = Some(pod_from(&name, bytes).map_err(|why| malformed(W, why))?),
+            tag::CLOCK => st.clock = Some(pod_from(&name, bytes).map_err(|why| malformed(W, why))?),
             other => return Err(malformed(W, format!("unknown section {other}"))),
         }
     }
@@ -426,9 +457,35 @@ mod tests {
     fn malformed_bodies_are_refused() {
         assert!(decode_vcpu(&[]).is_err());
         assert!(decode_vcpu(&[0, 0, 0, 0]).is_err(), "nothing in it");
-        let mut b = 0u32.to_le_bytes().to_vec();
+        let mut b = 3u32.to_le_bytes().to_vec();
         put(&mut b, tag::REGS, &[1, 2, 3]);
-        assert!(decode_vcpu(&b).is_err(), "short registers");
+        let e = decode_vcpu(&b).err().expect("short registers");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "malformed vcpu state: vCPU 3: the kvm_regs section is 3 bytes long where {} are expected",
+                std::mem::size_of::<kvm_regs>()
+            )
+        );
+        let mut b = 0u32.to_le_bytes().to_vec();
+        put(&mut b, tag::SREGS, &[0; 8]);
+        let e = decode_vcpu(&b).err().expect("short special registers");
+        assert!(
+            e.to_string().contains("the kvm_sregs section is 8 bytes"),
+            "{e}"
+        );
+        let mut b = 0u32.to_le_bytes().to_vec();
+        put(&mut b, tag::MSRS, &[0; 24]);
+        let e = decode_vcpu(&b).err().expect("a broken MSR list");
+        assert!(e.to_string().contains("MSR section is 24 bytes"), "{e}");
+        let mut b = Vec::new();
+        put(&mut b, tag::PIT2, &[0; 4]);
+        let e = decode_vm(&b).err().expect("short PIT");
+        assert!(
+            e.to_string()
+                .contains("the kvm_pit_state2 section is 4 bytes"),
+            "{e}"
+        );
         let mut b = 0u32.to_le_bytes().to_vec();
         b.extend_from_slice(&tag::REGS.to_le_bytes());
         b.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -469,7 +526,7 @@ mod tests {
             rax: 7,
             ..Default::default()
         };
-        let back: kvm_regs = pod_from("t", pod_bytes(&r)).expect("decode");
+        let back: kvm_regs = pod_from("kvm_regs", pod_bytes(&r)).expect("decode");
         assert_eq!(back.rip, 0x1234);
         assert_eq!(back.rax, 7);
     }
