@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::memory::{self, GuestMemory, MemSlot};
+use crate::regcheck::CpuLimits;
 use crate::snapshot::{self, SnapshotError, VcpuState, VmState};
 
 /// Errors while sending or receiving a stream.
@@ -494,13 +495,15 @@ pub enum StreamSource {
 }
 
 /// Reads a whole stream into `mem` and returns the rest of the state. The
-/// stream must describe a VM of `memory_mib` MiB with `vcpus` vCPUs. Nothing
+/// stream must describe a VM of `memory_mib` MiB with `vcpus` vCPUs whose
+/// registers keep to `cpu` (the limits of the vCPUs built for it). Nothing
 /// runs until the caller applies the result, so any error here leaves no guest running.
 pub fn receive<R: Read>(
     input: R,
     mem: &GuestMemory,
     memory_mib: u64,
     vcpus: u32,
+    cpu: &CpuLimits,
     source: StreamSource,
 ) -> Result<Received, TransferError> {
     let mut r = StreamReader::new(input)?;
@@ -568,7 +571,7 @@ pub fn receive<R: Read>(
                 }
             }
             RecordType::Vcpu => {
-                let st = snapshot::decode_vcpu(&rec.body)?;
+                let st = snapshot::decode_vcpu(&rec.body, cpu)?;
                 let slot = states.get_mut(st.id as usize).ok_or_else(|| {
                     TransferError::Mismatch(format!("the stream has a vCPU {} too many", st.id))
                 })?;
@@ -656,15 +659,30 @@ mod tests {
         let bytes = w.into_inner();
         let dst = memory::create_guest_memory(8).expect("mem");
         // No vCPU state: refused, though the pages were fine.
-        let e = receive(&bytes[..], &dst, 8, 1, StreamSource::File)
-            .err()
-            .expect("refused");
+        let e = receive(
+            &bytes[..],
+            &dst,
+            8,
+            1,
+            &crate::snapshot::testing::limits(),
+            StreamSource::File,
+        )
+        .err()
+        .expect("refused");
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         let mut got = [0u8; 16];
         dst.read_slice(&mut got, GuestAddress(0x5000)).expect("r");
         assert_eq!(got, [7u8; 16]);
         // Another shape: refused.
-        assert!(receive(&bytes[..], &dst, 16, 1, StreamSource::File).is_err());
+        assert!(receive(
+            &bytes[..],
+            &dst,
+            16,
+            1,
+            &crate::snapshot::testing::limits(),
+            StreamSource::File
+        )
+        .is_err());
         // A kernel kind this VMM does not know: refused before anything is read.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
         w.record(RecordType::Config, b"{}").expect("c");
@@ -674,20 +692,41 @@ mod tests {
         };
         w.record(RecordType::VmInfo, &stream::json_body(&odd).expect("j"))
             .expect("i");
-        let e = receive(&w.into_inner()[..], &dst, 8, 1, StreamSource::File)
-            .err()
-            .expect("refused");
+        let e = receive(
+            &w.into_inner()[..],
+            &dst,
+            8,
+            1,
+            &crate::snapshot::testing::limits(),
+            StreamSource::File,
+        )
+        .err()
+        .expect("refused");
         assert!(e.to_string().contains("does not know"), "{e}");
         // Bytes after the end record: refused in a file, left alone on a connection.
         let mut junk = bytes.clone();
         junk.extend_from_slice(b"trailing junk");
-        let e = receive(&junk[..], &dst, 8, 1, StreamSource::File)
-            .err()
-            .expect("refused");
+        let e = receive(
+            &junk[..],
+            &dst,
+            8,
+            1,
+            &crate::snapshot::testing::limits(),
+            StreamSource::File,
+        )
+        .err()
+        .expect("refused");
         assert!(e.to_string().contains("after its end record"), "{e}");
-        let e = receive(&junk[..], &dst, 8, 1, StreamSource::Connection)
-            .err()
-            .expect("refused");
+        let e = receive(
+            &junk[..],
+            &dst,
+            8,
+            1,
+            &crate::snapshot::testing::limits(),
+            StreamSource::Connection,
+        )
+        .err()
+        .expect("refused");
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         // A page beyond RAM: refused.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
@@ -697,9 +736,16 @@ mod tests {
         let mut body = Vec::new();
         encode_pages(&[(8 << 20 >> 12) | ZERO_PAGE], &[], &mut body);
         w.record(RecordType::Pages, &body).expect("p");
-        let e = receive(&w.into_inner()[..], &dst, 8, 1, StreamSource::File)
-            .err()
-            .expect("refused");
+        let e = receive(
+            &w.into_inner()[..],
+            &dst,
+            8,
+            1,
+            &crate::snapshot::testing::limits(),
+            StreamSource::File,
+        )
+        .err()
+        .expect("refused");
         assert!(e.to_string().contains("outside"), "{e}");
     }
 

@@ -46,6 +46,7 @@ use crate::exit::{ExitError, ExitSignal};
 use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
+use crate::regcheck::CpuLimits;
 use crate::savefile::SaveFile;
 use crate::snapshot::{self, SnapshotError};
 use crate::transfer::{
@@ -379,6 +380,10 @@ impl Vm {
         } else {
             None
         };
+        // What the vCPUs built below can hold: a stream's registers must keep to it.
+        let cpu = CpuLimits::from_cpuid(
+            cpuid::for_vcpu(&kvm.supported_cpuid, 0, spec.vcpus, kvm.tsc_deadline).as_slice(),
+        );
         let restored = if let Some(path) = &spec.restore_from {
             let f = File::open(path).map_err(|source| VmmError::SaveFile {
                 path: path.clone(),
@@ -389,6 +394,7 @@ impl Vm {
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,
+                &cpu,
                 transfer::StreamSource::File,
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
@@ -403,6 +409,7 @@ impl Vm {
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,
+                &cpu,
                 transfer::StreamSource::Connection,
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
