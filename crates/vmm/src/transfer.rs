@@ -507,7 +507,16 @@ pub fn receive<R: Read>(
     source: StreamSource,
 ) -> Result<Received, TransferError> {
     let mut r = StreamReader::new(input)?;
-    r.expect(RecordType::Config)?;
+    // The daemon took what it needs from the config record (or was given
+    // another config); here it must at least be one.
+    let config: stream::ConfigRecord = stream::from_json("config", &r.expect(RecordType::Config)?)?;
+    if !config.config.is_object() {
+        return Err(StreamError::Malformed {
+            what: "config",
+            why: "the domain config is not a JSON object".into(),
+        }
+        .into());
+    }
     let info: VmInfo = stream::from_json("vm info", &r.expect(RecordType::VmInfo)?)?;
     if !KERNEL_KINDS.contains(&info.kernel.as_str()) {
         return Err(TransferError::Mismatch(format!(
@@ -573,7 +582,11 @@ pub fn receive<R: Read>(
             RecordType::Vcpu => {
                 let st = snapshot::decode_vcpu(&rec.body, cpu)?;
                 let slot = states.get_mut(st.id as usize).ok_or_else(|| {
-                    TransferError::Mismatch(format!("the stream has a vCPU {} too many", st.id))
+                    TransferError::Mismatch(format!(
+                        "the stream holds state for vCPU {}, but the domain has vCPUs 0 to {}",
+                        st.id,
+                        vcpus.saturating_sub(1)
+                    ))
                 })?;
                 if slot.is_some() {
                     return Err(TransferError::Mismatch(format!(
@@ -627,6 +640,10 @@ pub fn receive<R: Read>(
 mod tests {
     use super::*;
 
+    /// A config record as rxend writes one (trimmed).
+    const CONFIG: &[u8] =
+        br#"{"config":{"name":"guest","memory_mib":8,"vcpus":1},"config_path":null}"#;
+
     #[test]
     fn zero_detection() {
         let mut p = vec![0u8; PAGE_SIZE];
@@ -641,7 +658,7 @@ mod tests {
         src.write_slice(&[7u8; 16], GuestAddress(0x5000))
             .expect("w");
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
-        w.record(RecordType::Config, b"{}").expect("c");
+        w.record(RecordType::Config, CONFIG).expect("c");
         let info = VmInfo {
             memory_mib: 8,
             vcpus: 1,
@@ -685,7 +702,7 @@ mod tests {
         .is_err());
         // A kernel kind this VMM does not know: refused before anything is read.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
-        w.record(RecordType::Config, b"{}").expect("c");
+        w.record(RecordType::Config, CONFIG).expect("c");
         let odd = VmInfo {
             kernel: "windows".into(),
             ..info.clone()
@@ -730,7 +747,7 @@ mod tests {
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         // A page beyond RAM: refused.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
-        w.record(RecordType::Config, b"{}").expect("c");
+        w.record(RecordType::Config, CONFIG).expect("c");
         w.record(RecordType::VmInfo, &stream::json_body(&info).expect("j"))
             .expect("i");
         let mut body = Vec::new();
