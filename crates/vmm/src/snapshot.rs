@@ -588,180 +588,31 @@ pub(crate) mod testing {
         }
     }
 
-    /// A 64-bit vCPU with NX, PCID, XSAVE (x87, SSE, AVX), FSGSBASE, SMEP,
-    /// SMAP, x2APIC and 46-bit physical addresses; no LA57, LAM, VMX or SVM.
-    pub fn limits() -> CpuLimits {
-        let entries = [
-            kvm_bindings::kvm_cpuid_entry2 {
-                function: 1,
-                ecx: (1 << 17) | (1 << 21) | (1 << 26),
-                ..Default::default()
-            },
-            kvm_bindings::kvm_cpuid_entry2 {
-                function: 7,
-                ebx: 1 | (1 << 7) | (1 << 20),
-                ..Default::default()
-            },
-            kvm_bindings::kvm_cpuid_entry2 {
-                function: 0xD,
-                eax: 0x7,
-                ..Default::default()
-            },
-            kvm_bindings::kvm_cpuid_entry2 {
-                function: 0x8000_0001,
-                ecx: 0,
-                edx: (1 << 11) | (1 << 20) | (1 << 29),
-                ..Default::default()
-            },
-            kvm_bindings::kvm_cpuid_entry2 {
-                function: 0x8000_0008,
-                eax: 0x302E,
-                ..Default::default()
-            },
-        ];
-        CpuLimits::from_cpuid(&entries)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::testing::{limits, Parts};
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn malformed_bodies_are_refused() {
-        assert!(decode_vcpu(&[], &limits()).is_err());
-        assert!(
-            decode_vcpu(&[0, 0, 0, 0], &limits()).is_err(),
-            "nothing in it"
-        );
-        let mut b = 3u32.to_le_bytes().to_vec();
-        put(&mut b, tag::REGS, &[1, 2, 3]);
-        let e = decode_vcpu(&b, &limits()).err().expect("short registers");
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "malformed vcpu state: vCPU 3: the kvm_regs section is 3 bytes long where {} are expected",
-                std::mem::size_of::<kvm_regs>()
-            )
-        );
-        let mut b = 0u32.to_le_bytes().to_vec();
-        put(&mut b, tag::SREGS, &[0; 8]);
-        let e = decode_vcpu(&b, &limits())
-            .err()
-            .expect("short special registers");
-        assert!(
-            e.to_string().contains("the kvm_sregs section is 8 bytes"),
-            "{e}"
-        );
-        let mut b = 0u32.to_le_bytes().to_vec();
-        put(&mut b, tag::MSRS, &[0; 24]);
-        let e = decode_vcpu(&b, &limits()).err().expect("a broken MSR list");
-        assert!(e.to_string().contains("MSR section is 24 bytes"), "{e}");
-        let mut b = Vec::new();
-        put(&mut b, tag::PIT2, &[0; 4]);
-        let e = decode_vm(&b).err().expect("short PIT");
-        assert!(
-            e.to_string()
-                .contains("the kvm_pit_state2 section is 4 bytes"),
-            "{e}"
-        );
-        let mut b = 0u32.to_le_bytes().to_vec();
-        b.extend_from_slice(&tag::REGS.to_le_bytes());
-        b.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_vcpu(&b, &limits()).is_err(), "section past the end");
-        assert!(decode_vm(&[]).is_err());
-        assert!(decode_vm(&[1, 2, 3]).is_err());
-    }
-
-    #[test]
-    fn a_section_twice_is_refused() {
-        // Two PIC master states and no slave: three irqchips, but not the three.
-        let mut b = Vec::new();
+    /// A VM state body: both PICs, the IOAPIC, the PIT.
+    #[allow(dead_code)] // Used by the stream tests (transfer.rs) from the next commit on.
+    pub fn vm_body() -> Vec<u8> {
+        let mut out = Vec::new();
         for (t, chip) in [
             (tag::PIC_MASTER, KVM_IRQCHIP_PIC_MASTER),
-            (tag::PIC_MASTER, KVM_IRQCHIP_PIC_MASTER),
+            (tag::PIC_SLAVE, KVM_IRQCHIP_PIC_SLAVE),
             (tag::IOAPIC, KVM_IRQCHIP_IOAPIC),
         ] {
             let c = kvm_irqchip {
                 chip_id: chip,
                 ..Default::default()
             };
-            put(&mut b, t, pod_bytes(&c));
+            put(&mut out, t, pod_bytes(&c));
         }
-        put(&mut b, tag::PIT2, pod_bytes(&kvm_pit_state2::default()));
-        let e = decode_vm(&b).err().expect("refused");
-        assert!(e.to_string().contains("twice"), "{e}");
-        let mut b = 0u32.to_le_bytes().to_vec();
-        put(&mut b, tag::MSRS, &[]);
-        put(&mut b, tag::MSRS, &[]);
-        let e = decode_vcpu(&b, &limits()).err().expect("refused");
-        assert!(e.to_string().contains("twice"), "{e}");
+        put(&mut out, tag::PIT2, pod_bytes(&kvm_pit_state2::default()));
+        out
     }
 
-    #[test]
-    fn pod_round_trip() {
-        let r = kvm_regs {
-            rip: 0x1234,
-            rax: 7,
-            ..Default::default()
-        };
-        let back: kvm_regs = pod_from("kvm_regs", pod_bytes(&r)).expect("decode");
-        assert_eq!(back.rip, 0x1234);
-        assert_eq!(back.rax, 7);
-    }
-
-    #[test]
-    fn a_plausible_state_passes() {
-        let st = decode_vcpu(&Parts::sample(1).encode(), &limits()).expect("sample");
-        assert_eq!(st.id, 1);
-        // So does the same vCPU before it was started (an AP waiting for its SIPI).
-        let mut p = Parts::sample(2);
-        p.mp.mp_state = kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
-        p.sregs.cr0 = 0x6000_0010;
-        p.sregs.cr4 = 0;
-        p.sregs.efer = 0;
-        p.sregs.cs.l = 0;
-        p.sregs.cs.base = 0xFFFF_0000;
-        p.regs.rip = 0xFFF0;
-        decode_vcpu(&p.encode(), &limits()).expect("reset AP");
-        // And one with an XSAVE area instead of the legacy FPU state.
-        let mut b = p.id.to_le_bytes().to_vec();
-        let full = p.encode();
-        b.clear();
-        b.extend_from_slice(&full[..4]);
-        let mut x = kvm_xsave::default();
-        x.region[6] = 0x1F80;
-        x.region[128] = 0x3;
-        for (t, bytes) in sections(&full[4..]).expect("sections") {
-            if t == tag::FPU {
-                put(&mut b, tag::XSAVE, pod_bytes(&x));
-            } else {
-                put(&mut b, t, bytes);
-            }
-        }
-        decode_vcpu(&b, &limits()).expect("xsave");
-        x.region[128] = 0x1_0003;
-        let mut c = b.clone();
-        let at = c.len() - b.len();
-        assert_eq!(at, 0);
-        c.clear();
-        c.extend_from_slice(&full[..4]);
-        for (t, bytes) in sections(&b[4..]).expect("sections") {
-            if t == tag::XSAVE {
-                put(&mut c, t, pod_bytes(&x));
-            } else {
-                put(&mut c, t, bytes);
-            }
-        }
-        let e = decode_vcpu(&c, &limits()).err().expect("AMX state");
-        assert!(e.to_string().contains("impossible XSAVE header"), "{e}");
-    }
+    /// How many kinds of impossible field [`break_one`] knows.
+    pub const BREAKS: usize = 24;
 
     /// Makes one field of `p` impossible, chosen by `which` and `seed`; returns
     /// the register the refusal must name.
-    fn break_one(p: &mut Parts, which: usize, seed: u64, cpu: &CpuLimits) -> &'static str {
+    pub fn break_one(p: &mut Parts, which: usize, seed: u64, cpu: &CpuLimits) -> &'static str {
         const CR0_VALID: u64 = 0xE005_003F;
         // The `seed`-th bit (modulo their count) of those not in `allowed`.
         let bit = |allowed: u64| {
@@ -769,7 +620,7 @@ mod tests {
             1u64 << bad[(seed % bad.len() as u64) as usize]
         };
         let non_canonical = (seed & 0x0000_7FFF_FFFF_FFFF) | 0x0000_8000_0000_0000;
-        match which % 24 {
+        match which % BREAKS {
             0 => {
                 p.sregs.cr0 |= bit(CR0_VALID);
                 "CR0"
@@ -943,10 +794,181 @@ mod tests {
         }
     }
 
+    /// A 64-bit vCPU with NX, PCID, XSAVE (x87, SSE, AVX), FSGSBASE, SMEP,
+    /// SMAP, x2APIC and 46-bit physical addresses; no LA57, LAM, VMX or SVM.
+    pub fn limits() -> CpuLimits {
+        let entries = [
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 1,
+                ecx: (1 << 17) | (1 << 21) | (1 << 26),
+                ..Default::default()
+            },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 7,
+                ebx: 1 | (1 << 7) | (1 << 20),
+                ..Default::default()
+            },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 0xD,
+                eax: 0x7,
+                ..Default::default()
+            },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                ecx: 0,
+                edx: (1 << 11) | (1 << 20) | (1 << 29),
+                ..Default::default()
+            },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                eax: 0x302E,
+                ..Default::default()
+            },
+        ];
+        CpuLimits::from_cpuid(&entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{break_one, limits, Parts, BREAKS};
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        assert!(decode_vcpu(&[], &limits()).is_err());
+        assert!(
+            decode_vcpu(&[0, 0, 0, 0], &limits()).is_err(),
+            "nothing in it"
+        );
+        let mut b = 3u32.to_le_bytes().to_vec();
+        put(&mut b, tag::REGS, &[1, 2, 3]);
+        let e = decode_vcpu(&b, &limits()).err().expect("short registers");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "malformed vcpu state: vCPU 3: the kvm_regs section is 3 bytes long where {} are expected",
+                std::mem::size_of::<kvm_regs>()
+            )
+        );
+        let mut b = 0u32.to_le_bytes().to_vec();
+        put(&mut b, tag::SREGS, &[0; 8]);
+        let e = decode_vcpu(&b, &limits())
+            .err()
+            .expect("short special registers");
+        assert!(
+            e.to_string().contains("the kvm_sregs section is 8 bytes"),
+            "{e}"
+        );
+        let mut b = 0u32.to_le_bytes().to_vec();
+        put(&mut b, tag::MSRS, &[0; 24]);
+        let e = decode_vcpu(&b, &limits()).err().expect("a broken MSR list");
+        assert!(e.to_string().contains("MSR section is 24 bytes"), "{e}");
+        let mut b = Vec::new();
+        put(&mut b, tag::PIT2, &[0; 4]);
+        let e = decode_vm(&b).err().expect("short PIT");
+        assert!(
+            e.to_string()
+                .contains("the kvm_pit_state2 section is 4 bytes"),
+            "{e}"
+        );
+        let mut b = 0u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&tag::REGS.to_le_bytes());
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_vcpu(&b, &limits()).is_err(), "section past the end");
+        assert!(decode_vm(&[]).is_err());
+        assert!(decode_vm(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_section_twice_is_refused() {
+        // Two PIC master states and no slave: three irqchips, but not the three.
+        let mut b = Vec::new();
+        for (t, chip) in [
+            (tag::PIC_MASTER, KVM_IRQCHIP_PIC_MASTER),
+            (tag::PIC_MASTER, KVM_IRQCHIP_PIC_MASTER),
+            (tag::IOAPIC, KVM_IRQCHIP_IOAPIC),
+        ] {
+            let c = kvm_irqchip {
+                chip_id: chip,
+                ..Default::default()
+            };
+            put(&mut b, t, pod_bytes(&c));
+        }
+        put(&mut b, tag::PIT2, pod_bytes(&kvm_pit_state2::default()));
+        let e = decode_vm(&b).err().expect("refused");
+        assert!(e.to_string().contains("twice"), "{e}");
+        let mut b = 0u32.to_le_bytes().to_vec();
+        put(&mut b, tag::MSRS, &[]);
+        put(&mut b, tag::MSRS, &[]);
+        let e = decode_vcpu(&b, &limits()).err().expect("refused");
+        assert!(e.to_string().contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn pod_round_trip() {
+        let r = kvm_regs {
+            rip: 0x1234,
+            rax: 7,
+            ..Default::default()
+        };
+        let back: kvm_regs = pod_from("kvm_regs", pod_bytes(&r)).expect("decode");
+        assert_eq!(back.rip, 0x1234);
+        assert_eq!(back.rax, 7);
+    }
+
+    #[test]
+    fn a_plausible_state_passes() {
+        let st = decode_vcpu(&Parts::sample(1).encode(), &limits()).expect("sample");
+        assert_eq!(st.id, 1);
+        // So does the same vCPU before it was started (an AP waiting for its SIPI).
+        let mut p = Parts::sample(2);
+        p.mp.mp_state = kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
+        p.sregs.cr0 = 0x6000_0010;
+        p.sregs.cr4 = 0;
+        p.sregs.efer = 0;
+        p.sregs.cs.l = 0;
+        p.sregs.cs.base = 0xFFFF_0000;
+        p.regs.rip = 0xFFF0;
+        decode_vcpu(&p.encode(), &limits()).expect("reset AP");
+        // And one with an XSAVE area instead of the legacy FPU state.
+        let mut b = p.id.to_le_bytes().to_vec();
+        let full = p.encode();
+        b.clear();
+        b.extend_from_slice(&full[..4]);
+        let mut x = kvm_xsave::default();
+        x.region[6] = 0x1F80;
+        x.region[128] = 0x3;
+        for (t, bytes) in sections(&full[4..]).expect("sections") {
+            if t == tag::FPU {
+                put(&mut b, tag::XSAVE, pod_bytes(&x));
+            } else {
+                put(&mut b, t, bytes);
+            }
+        }
+        decode_vcpu(&b, &limits()).expect("xsave");
+        x.region[128] = 0x1_0003;
+        let mut c = b.clone();
+        let at = c.len() - b.len();
+        assert_eq!(at, 0);
+        c.clear();
+        c.extend_from_slice(&full[..4]);
+        for (t, bytes) in sections(&b[4..]).expect("sections") {
+            if t == tag::XSAVE {
+                put(&mut c, t, pod_bytes(&x));
+            } else {
+                put(&mut c, t, bytes);
+            }
+        }
+        let e = decode_vcpu(&c, &limits()).err().expect("AMX state");
+        assert!(e.to_string().contains("impossible XSAVE header"), "{e}");
+    }
+
     #[test]
     fn each_kind_of_impossible_register_is_refused() {
         let cpu = limits();
-        for which in 0..24 {
+        for which in 0..BREAKS {
             for seed in [0, 1, 7, 0x1234_5678_9ABC_DEF0, u64::MAX] {
                 let mut p = Parts::sample(3);
                 let reg = break_one(&mut p, which, seed, &cpu);
@@ -986,7 +1008,7 @@ mod tests {
 
         /// One impossible field in an otherwise plausible state: always refused, naming it.
         #[test]
-        fn one_impossible_field_is_refused(id in 0u32..64, which in 0usize..24, seed in any::<u64>()) {
+        fn one_impossible_field_is_refused(id in 0u32..64, which in 0usize..BREAKS, seed in any::<u64>()) {
             let cpu = limits();
             let mut p = Parts::sample(id);
             let reg = break_one(&mut p, which, seed, &cpu);
