@@ -38,7 +38,7 @@ use crate::devices::power::{
 };
 use crate::devices::rtc::{Rtc, RtcState, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{SerialDevice, SerialSnapshot, COM1_GSI, COM1_LEN, COM1_PORT};
-use crate::devices::vcpu_ports::{VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
+use crate::devices::vcpu_ports::{mask_of, VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
 use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
 use crate::devices::PioBus;
 use crate::event_loop::{self, EventLoopError};
@@ -67,14 +67,120 @@ struct SavedDevices {
     acpi: Option<AcpiState>,
     i8042: Option<I8042State>,
     rtc: Option<RtcState>,
+    /// The masks behind ports 0x516/0x517: wanted, and what the guest last reported.
+    vcpu_masks: Option<(u32, Option<u32>)>,
+    /// The virtio slots' devices.
+    slots: Vec<virtio_slots::SlotState>,
 }
+
+impl SavedDevices {
+    /// Decodes the device records of a stream for the VM of `spec`, before
+    /// anything is applied: each device at most once, every one known here,
+    /// and no value the device itself could not have come to hold.
+    fn decode(records: &[DeviceRecord], spec: &VmSpec) -> Result<SavedDevices, VmmError> {
+        let mut saved = SavedDevices::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for d in records {
+            let name = d.name.as_str();
+            if seen.contains(&name) {
+                return Err(bad_device(name, "its state appears twice in the stream"));
+            }
+            seen.push(name);
+            match name {
+                "serial" => {
+                    let st: SerialSnapshot = device_state(d)?;
+                    if st.fifo.len() > SERIAL_FIFO {
+                        return Err(bad_device(
+                            name,
+                            format!(
+                                "{} bytes in its {SERIAL_FIFO}-byte receive FIFO",
+                                st.fifo.len()
+                            ),
+                        ));
+                    }
+                    if st.queued_input.len() > crate::console::INPUT_QUEUE_MAX {
+                        return Err(bad_device(
+                            name,
+                            format!(
+                                "{} bytes of queued input, over the {} the console queues",
+                                st.queued_input.len(),
+                                crate::console::INPUT_QUEUE_MAX
+                            ),
+                        ));
+                    }
+                    saved.serial = Some(st);
+                }
+                "acpi" => {
+                    let st: AcpiState = device_state(d)?;
+                    st.check(virtio_slots::SLOT_COUNT)
+                        .map_err(|e| bad_device(name, e))?;
+                    saved.acpi = Some(st);
+                }
+                "i8042" => saved.i8042 = Some(device_state(d)?),
+                "rtc" => saved.rtc = Some(device_state(d)?),
+                "power" => {
+                    saved.host_request = d
+                        .state
+                        .get("host_request")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|v| u8::try_from(v).ok())
+                        .filter(|&v| v <= HostRequest::Reboot as u8)
+                        .ok_or_else(|| {
+                            bad_device(
+                                name,
+                                "host_request is not 0 (none), 1 (shut down) or 2 (reboot)",
+                            )
+                        })?
+                }
+                "vcpus" => {
+                    let mask = |k: &str| {
+                        d.state
+                            .get(k)
+                            .and_then(serde_json::Value::as_u64)
+                            .and_then(|v| u32::try_from(v).ok())
+                    };
+                    let wanted = mask("wanted").ok_or_else(|| bad_device(name, "no wanted"))?;
+                    // The host only ever asks for the first n of the domain's vCPUs, n >= 1.
+                    let n = wanted.count_ones();
+                    if wanted == 0 || wanted != mask_of(n) || n > spec.vcpus {
+                        return Err(bad_device(
+                            name,
+                            format!(
+                                "wanted mask {wanted:#x} is not the first 1 to {} vCPUs",
+                                spec.vcpus
+                            ),
+                        ));
+                    }
+                    saved.vcpu_masks = Some((wanted, mask("reported")));
+                }
+                other if other.starts_with("virtio:") => {
+                    let st = serde_json::from_value::<virtio_slots::SlotState>(d.state.clone())
+                        .map_err(|e| bad_device(other, e))?;
+                    if st.slot >= virtio_slots::SLOT_COUNT || other != format!("virtio:{}", st.slot)
+                    {
+                        return Err(bad_device(
+                            other,
+                            format!("slot {} (there are {})", st.slot, virtio_slots::SLOT_COUNT),
+                        ));
+                    }
+                    saved.slots.push(st);
+                }
+                other => return Err(bad_device(other, "unknown device")),
+            }
+        }
+        Ok(saved)
+    }
+}
+
+/// The UART's receive FIFO (vm-superio's).
+const SERIAL_FIFO: usize = 64;
 
 /// Where a VM's state comes from.
 enum Restore {
     /// A fresh boot of this kernel.
     Boot(LoadedKernel),
-    /// A save file or migration stream, already read and checked.
-    Saved(Box<Received>),
+    /// A save file or migration stream, already read and checked, and its devices.
+    Saved(Box<Received>, Box<SavedDevices>),
 }
 
 fn bad_device(name: &str, why: impl std::fmt::Display) -> VmmError {
@@ -419,12 +525,13 @@ impl Vm {
             None
         };
         if let Some(r) = restored {
+            let devices = SavedDevices::decode(&r.devices, &spec)?;
             return Self::assemble(
                 spec,
                 kvm,
                 mem,
                 slots,
-                Restore::Saved(Box::new(r)),
+                Restore::Saved(Box::new(r), Box::new(devices)),
                 (balloon, vcpu_masks),
             );
         }
@@ -473,7 +580,7 @@ impl Vm {
             let vcpu = kvm.create_vcpu(id)?;
             match &from {
                 Restore::Boot(kernel) => setup_vcpu(&kvm, &vcpu, id, spec.vcpus, kernel)?,
-                Restore::Saved(r) => {
+                Restore::Saved(r, _) => {
                     let cpuid =
                         cpuid::for_vcpu(&kvm.supported_cpuid, id, spec.vcpus, kvm.tsc_deadline);
                     vcpu.set_cpuid2(&cpuid).map_err(vcpu_err(id, "set CPUID"))?;
@@ -484,58 +591,28 @@ impl Vm {
             }
             pending.push(vcpu);
         }
-        let mut saved = SavedDevices::default();
-        let mut slot_states = Vec::new();
-        let kind = match &from {
-            Restore::Boot(kernel) => kernel.kind,
-            Restore::Saved(r) => {
+        let (kind, saved) = match from {
+            Restore::Boot(kernel) => {
+                Self::write_boot_info(&spec, &mem, &kernel, &pending)?;
+                (kernel.kind, SavedDevices::default())
+            }
+            Restore::Saved(r, devices) => {
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
-                for d in &r.devices {
-                    match d.name.as_str() {
-                        "serial" => saved.serial = Some(device_state(d)?),
-                        "acpi" => saved.acpi = Some(device_state(d)?),
-                        "i8042" => saved.i8042 = Some(device_state(d)?),
-                        "rtc" => saved.rtc = Some(device_state(d)?),
-                        "power" => {
-                            saved.host_request = d
-                                .state
-                                .get("host_request")
-                                .and_then(serde_json::Value::as_u64)
-                                .and_then(|v| u8::try_from(v).ok())
-                                .ok_or_else(|| bad_device("power", "no host_request"))?
-                        }
-                        "vcpus" => {
-                            let mask = |k: &str| {
-                                d.state
-                                    .get(k)
-                                    .and_then(serde_json::Value::as_u64)
-                                    .and_then(|v| u32::try_from(v).ok())
-                            };
-                            let wanted =
-                                mask("wanted").ok_or_else(|| bad_device("vcpus", "no wanted"))?;
-                            extras.1.restore(wanted, mask("reported"));
-                        }
-                        other if other.starts_with("virtio:") => slot_states.push(
-                            serde_json::from_value::<virtio_slots::SlotState>(d.state.clone())
-                                .map_err(|e| bad_device(other, e))?,
-                        ),
-                        other => return Err(bad_device(other, "unknown device")),
-                    }
+                if let Some((wanted, reported)) = devices.vcpu_masks {
+                    extras.1.restore(wanted, reported);
                 }
-                if r.info.kernel == "linux" {
+                let kind = if r.info.kernel == "linux" {
                     KernelKind::Linux
                 } else {
                     KernelKind::TestGuest
-                }
+                };
+                (kind, *devices)
             }
         };
-        if let Restore::Boot(kernel) = &from {
-            Self::write_boot_info(&spec, &mem, kernel, &pending)?;
-        }
         // Streams from before devices were saved carry none: the devices then
         // start fresh, as they did.
-        if !slot_states.is_empty() {
-            slots.restore_states(&kvm.fd, &slot_states)?;
+        if !saved.slots.is_empty() {
+            slots.restore_states(&kvm.fd, &saved.slots)?;
         }
         Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras))
     }
