@@ -1546,3 +1546,169 @@ fn balloon_pages(ram_mib: u64, target_mib: u64) -> u32 {
     let pages = ram_mib.saturating_sub(target_mib) * (1 << 20) / rxen_virtio::BALLOON_PAGE;
     u32::try_from(pages).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(vcpus: u32) -> VmSpec {
+        VmSpec {
+            name: "t".into(),
+            domid: 1,
+            uuid: String::new(),
+            memory_mib: 64,
+            vcpus,
+            kernel: rxen_proto::vmspec::KernelSource::Builtin("testguest".into()),
+            initrd: None,
+            cmdline: String::new(),
+            run_dir: PathBuf::new(),
+            start_paused: false,
+            restore_from: None,
+            incoming_fd: None,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            balloon: false,
+            balloon_target_mib: None,
+            max_vcpus: 0,
+        }
+    }
+
+    fn record(name: &str, state: serde_json::Value) -> DeviceRecord {
+        DeviceRecord {
+            name: name.into(),
+            state,
+        }
+    }
+
+    /// The device records a 4-vCPU test guest saves.
+    fn saved() -> Vec<DeviceRecord> {
+        vec![
+            record(
+                "serial",
+                serde_json::json!({"divisor": [1, 0], "regs": [0, 1, 3, 0x60, 8, 0xB0, 0], "fifo": [104, 105], "queued_input": [10]}),
+            ),
+            record(
+                "acpi",
+                serde_json::json!({"pending": 1, "seen": 3, "changed": 2}),
+            ),
+            record("power", serde_json::json!({"host_request": 2})),
+            record("vcpus", serde_json::json!({"wanted": 7, "reported": 5})),
+        ]
+    }
+
+    #[test]
+    fn saved_device_states_are_checked_before_anything_is_applied() {
+        let d = SavedDevices::decode(&saved(), &spec(4)).expect("plausible devices");
+        assert_eq!(d.vcpu_masks, Some((7, Some(5))));
+        assert_eq!(d.host_request, 2);
+        let refused = |edit: &dyn Fn(&mut Vec<DeviceRecord>), why: &str| {
+            let mut recs = saved();
+            edit(&mut recs);
+            let e = SavedDevices::decode(&recs, &spec(4))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(why), "{e} (expected {why})");
+        };
+        refused(&|r| r[3].state["wanted"] = 0.into(), "wanted mask 0x0");
+        refused(&|r| r[3].state["wanted"] = 0x1F.into(), "wanted mask 0x1f");
+        refused(&|r| r[3].state["wanted"] = 6.into(), "wanted mask 0x6");
+        refused(
+            &|r| r[2].state["host_request"] = 3.into(),
+            "host_request is not",
+        );
+        refused(
+            &|r| r[1].state["pending"] = 0x80.into(),
+            "pending events 0x80",
+        );
+        refused(
+            &|r| r[0].state["fifo"] = vec![0u8; 65].into(),
+            "65 bytes in its 64-byte receive FIFO",
+        );
+        refused(
+            &|r| r[0].state["queued_input"] = vec![0u8; 64 * 1024 + 1].into(),
+            "bytes of queued input",
+        );
+        refused(
+            &|r| r.push(r[2].clone()),
+            "device power: its state appears twice",
+        );
+        refused(
+            &|r| r.push(record("floppy", serde_json::Value::Null)),
+            "device floppy: unknown device",
+        );
+        refused(
+            &|r| {
+                r.push(record(
+                    "virtio:16",
+                    serde_json::json!({"slot": 16, "device": "balloon", "transport": {}}),
+                ))
+            },
+            "device virtio:16",
+        );
+    }
+
+    /// Any JSON value.
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (0u64..300).prop_map(serde_json::Value::from),
+            ".{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("wanted".to_string()),
+                        Just("reported".to_string()),
+                        Just("host_request".to_string()),
+                        Just("pending".to_string()),
+                        Just("fifo".to_string()),
+                        Just("slot".to_string()),
+                        ".{0,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Random device records (known names, random states; real states
+        /// with one field changed): refused or decoded, never a panic.
+        #[test]
+        fn random_device_records_never_panic(
+            recs in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("serial"), Just("acpi"), Just("i8042"), Just("rtc"), Just("power"),
+                        Just("vcpus"), Just("virtio:0"), Just("virtio:15"), Just("virtio:16"), Just("x"),
+                    ],
+                    arb_json(),
+                ),
+                0..8,
+            ),
+            field in (0usize..4, ".{0,12}", arb_json()),
+            vcpus in 1u32..40,
+        ) {
+            let recs: Vec<DeviceRecord> = recs.into_iter().map(|(n, s)| record(n, s)).collect();
+            let _ = SavedDevices::decode(&recs, &spec(vcpus));
+            let mut real = saved();
+            let (which, key, value) = field;
+            real[which].state[key] = value;
+            if let Ok(d) = SavedDevices::decode(&real, &spec(vcpus)) {
+                prop_assert!(d.host_request <= 2);
+                if let Some((wanted, _)) = d.vcpu_masks {
+                    prop_assert!(wanted != 0 && wanted.count_ones() <= vcpus);
+                }
+            }
+        }
+    }
+}
