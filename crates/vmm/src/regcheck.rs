@@ -54,7 +54,13 @@ mod cr4 {
     pub const SMAP: u64 = 1 << 21;
     pub const PKE: u64 = 1 << 22;
     pub const CET: u64 = 1 << 23;
+    pub const SMXE: u64 = 1 << 14;
+    pub const KL: u64 = 1 << 19;
+    pub const PKS: u64 = 1 << 24;
+    pub const UINTR: u64 = 1 << 25;
+    pub const LASS: u64 = 1 << 27;
     pub const LAM_SUP: u64 = 1 << 28;
+    pub const FRED: u64 = 1 << 32;
     /// VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT: KVM
     /// lets a guest set these whatever its CPUID says.
     pub const ALWAYS: u64 = 0x7FF;
@@ -164,6 +170,14 @@ impl CpuLimits {
                 (has(l7.ecx, 3), cr4::PKE),
                 (has(l7.ecx, 7) || has(l7.edx, 20), cr4::CET),
                 (has(l7_1.eax, 26), cr4::LAM_SUP),
+                // Bits KVM does not offer today; were its CPUID to offer the
+                // feature, a guest could set them.
+                (has(l1.ecx, 6), cr4::SMXE),
+                (has(l7.ecx, 23), cr4::KL),
+                (has(l7.ecx, 31), cr4::PKS),
+                (has(l7.edx, 5), cr4::UINTR),
+                (has(l7_1.eax, 6), cr4::LASS),
+                (has(l7_1.eax, 17), cr4::FRED),
             ]);
         let svm = has(e1.ecx, 2);
         let efer = efer::SCE
@@ -724,6 +738,9 @@ mod tests {
         assert_eq!(some.efer, efer::SCE | efer::NXE | efer::LME | efer::LMA);
         assert_eq!(some.xcr0, 0x7);
         assert_eq!(some.phys_bits, 48);
+        let fred = CpuLimits::from_cpuid(&[entry(7, 1, (1 << 17) | (1 << 26), 0, 0, 0)]);
+        assert_eq!(fred.cr4, cr4::ALWAYS | cr4::FRED | cr4::LAM_SUP);
+        assert!(fred.lam);
         assert!(some.la57 && some.x2apic && !some.lam);
     }
 

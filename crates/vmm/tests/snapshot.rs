@@ -380,7 +380,7 @@ fn hand_made_impossible_states_are_refused_before_anything_runs() {
 /// Bits no x86 vCPU can set, in EFER, CR0 and CR4 (with or without any feature).
 const EFER_RESERVED: u64 = !((1 << 0) | (0xFF << 8) | (1 << 21));
 const CR0_RESERVED: u64 = !0xE005_003F;
-const CR4_RESERVED: u64 = !(0x7FF | (0x7 << 11) | (0x7 << 16) | (0xF << 20) | (1 << 28));
+const CR4_RESERVED: u64 = !(0x7FFF | (0x3FF << 16) | (0x3 << 27) | (1 << 32));
 
 /// A real save file with one register of one vCPU made impossible: never
 /// restored, and the refusal names the vCPU and the register. (One guest is
