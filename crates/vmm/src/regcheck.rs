@@ -633,14 +633,17 @@ pub fn check_xsave(id: u32, x: &kvm_xsave, cpu: &CpuLimits) -> Result<(), Snapsh
     let qword = |i: usize| u64::from(word(i)) | (u64::from(word(i + 1)) << 32);
     check_mxcsr(id, word(6))?;
     // The header: XSTATE_BV at byte 512, XCOMP_BV at 520, then 48 reserved bytes.
+    // x87 and SSE state is always there: a host without XSAVE reports (and
+    // takes) the legacy area with XSTATE_BV = x87 | SSE.
     let xstate_bv = qword(128);
-    if xstate_bv & !cpu.xcr0 != 0 {
+    let allowed = cpu.xcr0 | xcr0::FP | xcr0::SSE;
+    if xstate_bv & !allowed != 0 {
         return Err(bad(
             id,
             "XSAVE header",
             format!(
                 "XSTATE_BV {xstate_bv:#x} has features {:#x} that this host's vCPUs lack",
-                xstate_bv & !cpu.xcr0
+                xstate_bv & !allowed
             ),
         ));
     }
@@ -742,6 +745,19 @@ mod tests {
         assert_eq!(fred.cr4, cr4::ALWAYS | cr4::FRED | cr4::LAM_SUP);
         assert!(fred.lam);
         assert!(some.la57 && some.x2apic && !some.lam);
+    }
+
+    #[test]
+    fn legacy_state_in_an_xsave_area_passes_without_xsave() {
+        // A host without XSAVE (no leaf 0xD) saves x87 and SSE state this way.
+        let cpu = CpuLimits::from_cpuid(&[]);
+        let mut x = kvm_xsave::default();
+        x.region[6] = 0x1F80;
+        x.region[128] = 0x3;
+        assert!(check_xsave(0, &x, &cpu).is_ok());
+        x.region[128] = 0x7;
+        let e = check_xsave(0, &x, &cpu).expect_err("AVX state without XSAVE");
+        assert!(e.to_string().contains("features 0x4"), "{e}");
     }
 
     #[test]
