@@ -497,6 +497,7 @@ pub fn decode_pages(body: &[u8]) -> Result<PageBatch<'_>, StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
     use std::io::Cursor;
 
     fn sample() -> Vec<u8> {
@@ -629,6 +630,55 @@ mod tests {
             b.extend_from_slice(&tail);
             let _ = read_all(&b);
             let _ = decode_pages(&tail);
+        }
+
+        /// Random record bodies, checksums right, into every decoder of this crate.
+        #[test]
+        fn random_record_bodies_never_panic_a_decoder(
+            kind in proptest::prop_oneof![0u32..8, proptest::num::u32::ANY],
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+        ) {
+            let mut w = StreamWriter::new(Vec::new(), Header::new(false)).expect("w");
+            w.raw_record(kind, &body).expect("record");
+            let bytes = w.into_inner();
+            let mut r = StreamReader::new(Cursor::new(&bytes[..])).expect("header");
+            if let Ok(rec) = r.next_record() {
+                proptest::prop_assert_eq!(&rec.body, &body);
+                let _ = decode_pages(&rec.body);
+                let _ = from_json::<ConfigRecord>("config", &rec.body);
+                let _ = from_json::<VmInfo>("vm info", &rec.body);
+                let _ = from_json::<DeviceRecord>("device", &rec.body);
+            }
+        }
+
+        /// Page batches with counts, entries and amounts of data near or far
+        /// from right: a batch that decodes keeps to its rules.
+        #[test]
+        fn random_page_batches_decode_only_when_whole(
+            entries in proptest::collection::vec(
+                proptest::prop_oneof![0u64..64, (0u64..64).prop_map(|p| p | ZERO_PAGE), proptest::num::u64::ANY],
+                0..40,
+            ),
+            count_off in proptest::prop_oneof![proptest::strategy::Just(0i64), -2i64..3, proptest::num::i32::ANY.prop_map(i64::from)],
+            pages_off in proptest::prop_oneof![proptest::strategy::Just(0i64), -1i64..2],
+            extra in proptest::prop_oneof![proptest::strategy::Just(0usize), 0usize..5],
+        ) {
+            let count = u32::try_from(entries.len() as i64 + count_off).unwrap_or(u32::MAX);
+            let nonzero = entries.iter().filter(|e| *e & ZERO_PAGE == 0).count();
+            let pages = usize::try_from(nonzero as i64 + pages_off).unwrap_or(0);
+            let mut body = count.to_le_bytes().to_vec();
+            body.extend_from_slice(&0u32.to_le_bytes());
+            for e in &entries {
+                body.extend_from_slice(&e.to_le_bytes());
+            }
+            body.extend(std::iter::repeat_n(0x5Au8, pages * PAGE_SIZE + extra));
+            if let Ok(b) = decode_pages(&body) {
+                proptest::prop_assert!((1..=MAX_BATCH).contains(&b.entries.len()));
+                proptest::prop_assert_eq!(b.entries.len() as u32, count);
+                proptest::prop_assert!(b.entries.iter().all(|e| e & !(ZERO_PAGE | MAX_PFN) == 0));
+                let nonzero = b.entries.iter().filter(|e| *e & ZERO_PAGE == 0).count();
+                proptest::prop_assert_eq!(b.data.len(), nonzero * PAGE_SIZE);
+            }
         }
     }
 }

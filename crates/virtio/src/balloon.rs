@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::device::{needs_interrupt, read_config_bytes, Activation, DeviceError, VirtioDevice};
 use crate::interrupt::{InterruptKind, IrqLine};
@@ -136,15 +136,19 @@ impl Balloon {
     }
 }
 
+/// Whether the whole 4 KiB page `pfn` is guest RAM (regions are page aligned).
+fn is_ram_page(mem: &GuestMemoryMmap, pfn: u32) -> bool {
+    let addr = u64::from(pfn) * BALLOON_PAGE;
+    mem.find_region(GuestAddress(addr)).is_some()
+        && mem
+            .find_region(GuestAddress(addr + BALLOON_PAGE - 1))
+            .is_some()
+}
+
 /// Gives one guest page back to the host.
 fn discard_page(mem: &GuestMemoryMmap, pfn: u32) -> Result<bool, BalloonError> {
     let addr = GuestAddress(u64::from(pfn) * BALLOON_PAGE);
-    // The whole page must be RAM (regions are page aligned).
-    if mem.find_region(addr).is_none()
-        || mem
-            .find_region(GuestAddress(addr.0 + BALLOON_PAGE - 1))
-            .is_none()
-    {
+    if !is_ram_page(mem, pfn) {
         return Ok(false);
     }
     let Ok(host) = mem.get_host_address(addr) else {
@@ -266,9 +270,25 @@ impl VirtioDevice for Balloon {
             .map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
             .collect::<Option<BTreeSet<u32>>>()
             .ok_or_else(|| DeviceError::BadState("balloon: a page is not a number".into()))?;
-        self.shared
-            .num_pages
-            .store(field("num_pages")?, Ordering::SeqCst);
+        // Only RAM pages ever go into the balloon, and the host never asks for more than all.
+        let mem = self
+            .active
+            .as_ref()
+            .map(|a| Arc::clone(&a.mem))
+            .ok_or(DeviceError::NotActivated)?;
+        if let Some(p) = pages.iter().find(|&&p| !is_ram_page(&mem, p)) {
+            return Err(DeviceError::BadState(format!(
+                "balloon: page {p:#x} is not guest RAM"
+            )));
+        }
+        let ram_pages: u64 = mem.iter().map(|r| r.len() / BALLOON_PAGE).sum();
+        let num_pages = field("num_pages")?;
+        if u64::from(num_pages) > ram_pages {
+            return Err(DeviceError::BadState(format!(
+                "balloon: a target of {num_pages} pages, over the guest's {ram_pages}"
+            )));
+        }
+        self.shared.num_pages.store(num_pages, Ordering::SeqCst);
         self.shared.actual.store(field("actual")?, Ordering::SeqCst);
         // Ballooned pages arrive as zero pages: the host backs none of them.
         self.shared
@@ -498,6 +518,52 @@ mod tests {
         assert_eq!(h.handle.inflated_pages(), u64::from(PAGES - 16));
         h.mem.write_slice(&data[..16 * 4096], base).expect("reuse");
         assert_eq!(h.resident(), 16);
+    }
+
+    #[test]
+    fn saved_state_comes_back_and_impossible_ones_are_refused() {
+        let mut h = Harness::new();
+        h.handle.set_target_pages(PAGES);
+        let pfns: Vec<u32> = (FIRST_PFN..FIRST_PFN + PAGES).collect();
+        h.send(INFLATEQ, &pfns);
+        assert_eq!(h.handle.inflated_pages(), u64::from(PAGES));
+        let st = h.t.save_state();
+        let fresh = || {
+            let b = Balloon::new(0);
+            let handle = b.handle();
+            let t = MmioTransport::new(Box::new(b), h.mem.clone(), Box::new(Recorder::default()))
+                .expect("transport");
+            (t, handle)
+        };
+        let (mut t, handle) = fresh();
+        t.restore_state(&st).expect("restore");
+        assert_eq!(handle.target_pages(), PAGES);
+        assert_eq!(handle.inflated_pages(), u64::from(PAGES));
+        let ram_pages = MEM_SIZE / BALLOON_PAGE;
+        for (edit, why) in [
+            (
+                serde_json::json!({"pages": [ram_pages]}),
+                format!("page {ram_pages:#x} is not guest RAM"),
+            ),
+            (
+                serde_json::json!({"pages": [u32::MAX]}),
+                "is not guest RAM".to_string(),
+            ),
+            (
+                serde_json::json!({"num_pages": ram_pages + 1}),
+                format!(
+                    "a target of {} pages, over the guest's {ram_pages}",
+                    ram_pages + 1
+                ),
+            ),
+        ] {
+            let mut bad = st.clone();
+            for (k, v) in edit.as_object().expect("object") {
+                bad.device[k] = v.clone();
+            }
+            let e = fresh().0.restore_state(&bad).expect_err("refused");
+            assert!(e.to_string().contains(&why), "{e} (expected {why})");
+        }
     }
 
     #[test]

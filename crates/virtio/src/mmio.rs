@@ -268,9 +268,10 @@ impl MmioTransport {
                 self.queues.len()
             )));
         }
-        self.reset();
+        Self::check_saved_status(st)?;
         let event_idx = st.driver_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        for (q, r) in self.queues.iter_mut().zip(&st.queues) {
+        let mut queues = Vec::with_capacity(st.queues.len());
+        for (i, (q, r)) in self.queues.iter().zip(&st.queues).enumerate() {
             let state = QueueState {
                 max_size: q.max_size(),
                 next_avail: r.next_avail,
@@ -282,9 +283,30 @@ impl MmioTransport {
                 avail_ring: r.avail_ring,
                 used_ring: r.used_ring,
             };
-            *q = Queue::try_from(state)
-                .map_err(|e| MmioStateError(format!("saved queue is invalid: {e}")))?;
+            let queue = Queue::try_from(state).map_err(|e| {
+                MmioStateError(format!(
+                    "queue {i}: size {} (at most {}, a power of two) or ring addresses: {e}",
+                    r.size,
+                    q.max_size()
+                ))
+            })?;
+            if r.ready && st.status & STATUS_FEATURES_OK == 0 {
+                return Err(MmioStateError(format!(
+                    "queue {i} is ready before the features were negotiated"
+                )));
+            }
+            // An active device's ready queues passed the check at DRIVER_OK.
+            if st.activated && r.ready && !queue.is_valid(self.mem.as_ref()) {
+                return Err(MmioStateError(format!(
+                    "queue {i}: its rings (descriptors at {:#x}, available at {:#x}, used at {:#x}, \
+                     {} entries) are not in guest memory",
+                    r.desc_table, r.avail_ring, r.used_ring, r.size
+                )));
+            }
+            queues.push(queue);
         }
+        self.reset();
+        self.queues = queues;
         self.status = st.status;
         self.driver_features = st.driver_features;
         if !self.features_acceptable() && st.status & STATUS_FEATURES_OK != 0 {
@@ -324,6 +346,44 @@ impl MmioTransport {
                     self.notify(q);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses saved registers the driver could not have brought the transport
+    /// to: status bits beyond the eight, an initialization step without the one
+    /// before it, an active device without DRIVER_OK, interrupt bits that do not exist.
+    fn check_saved_status(st: &TransportState) -> Result<(), MmioStateError> {
+        let status = st.status;
+        if status > 0xff {
+            return Err(MmioStateError(format!(
+                "status {status:#x} has bits beyond the eight there are"
+            )));
+        }
+        let steps = [
+            (STATUS_DRIVER, STATUS_ACKNOWLEDGE),
+            (STATUS_FEATURES_OK, STATUS_DRIVER),
+            (STATUS_DRIVER_OK, STATUS_FEATURES_OK),
+        ];
+        if steps
+            .iter()
+            .any(|&(bit, needs)| status & bit != 0 && status & needs == 0)
+        {
+            return Err(MmioStateError(format!(
+                "status {status:#x} has an initialization step without the one before it"
+            )));
+        }
+        if st.activated && status & STATUS_DRIVER_OK == 0 {
+            return Err(MmioStateError(format!(
+                "the device is active but status {status:#x} lacks DRIVER_OK"
+            )));
+        }
+        let known = InterruptKind::Queue.status_bit() | InterruptKind::Config.status_bit();
+        if st.interrupt_status & !known != 0 {
+            return Err(MmioStateError(format!(
+                "interrupt status {:#x} has bits that do not exist",
+                st.interrupt_status
+            )));
         }
         Ok(())
     }
@@ -1037,9 +1097,44 @@ mod tests {
         let mut other = back.clone();
         other.device_type = 2;
         assert!(transport().0.restore_state(&other).is_err());
-        let mut other = back;
+        let mut other = back.clone();
         other.queues.pop();
         assert!(transport().0.restore_state(&other).is_err());
+        // States the driver could not have brought the transport to.
+        let refused = |edit: &dyn Fn(&mut TransportState), why: &str| {
+            let mut other = back.clone();
+            edit(&mut other);
+            let (mut u, seen, _) = transport();
+            let e = u.restore_state(&other).expect_err("refused");
+            assert!(e.to_string().contains(why), "{e} (expected {why})");
+            assert!(seen.lock().expect("lock").activations.is_empty());
+        };
+        refused(&|s| s.queues[0].size = 12, "queue 0: size 12");
+        refused(&|s| s.queues[1].size = 1024, "queue 1: size 1024");
+        refused(&|s| s.queues[0].size = 0, "queue 0: size 0");
+        refused(&|s| s.queues[0].desc_table = 0x1001, "queue 0: size 16");
+        refused(
+            &|s| s.queues[0].used_ring = 0x1_0000_0000,
+            "queue 0: its rings",
+        );
+        refused(
+            &|s| s.queues[0].desc_table = !0xf,
+            "are not in guest memory",
+        );
+        refused(&|s| s.status |= 0x100, "beyond the eight");
+        refused(
+            &|s| s.status &= !STATUS_FEATURES_OK,
+            "an initialization step without the one before it",
+        );
+        refused(&|s| s.status &= !STATUS_DRIVER_OK, "lacks DRIVER_OK");
+        refused(&|s| s.interrupt_status = 4, "interrupt status 0x4");
+        refused(
+            &|s| {
+                s.status = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+                s.activated = false;
+            },
+            "queue 0 is ready before the features were negotiated",
+        );
     }
 
     #[test]
@@ -1188,5 +1283,73 @@ mod tests {
             r,
             Err(MmioError::BadQueueSize { index: 0, size: 3 })
         ));
+    }
+
+    fn arb_queue() -> impl proptest::strategy::Strategy<Value = QueueRecord> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![Just(8u16), Just(16), any::<u16>()],
+            any::<bool>(),
+            prop_oneof![Just(0x1000u64), 0u64..MEM_SIZE + 0x2000, any::<u64>()],
+            prop_oneof![Just(0x2000u64), 0u64..MEM_SIZE + 0x2000, any::<u64>()],
+            prop_oneof![Just(0x3000u64), 0u64..MEM_SIZE + 0x2000, any::<u64>()],
+            any::<u16>(),
+            any::<u16>(),
+        )
+            .prop_map(
+                |(size, ready, desc_table, avail_ring, used_ring, next_avail, next_used)| {
+                    QueueRecord {
+                        size,
+                        ready,
+                        desc_table,
+                        avail_ring,
+                        used_ring,
+                        next_avail,
+                        next_used,
+                    }
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Random saved transport states: refused or restored, never a panic;
+        /// what is restored is a state the driver could have reached.
+        #[test]
+        fn random_saved_states_never_panic(
+            status in proptest::prop_oneof![0u32..0x100, proptest::prelude::any::<u32>()],
+            activated in proptest::prelude::any::<bool>(),
+            features in proptest::prop_oneof![
+                proptest::strategy::Just(1u64 << VIRTIO_F_VERSION_1),
+                proptest::prelude::any::<u64>()
+            ],
+            interrupt_status in 0u32..8,
+            queues in proptest::collection::vec(arb_queue(), 2..=2),
+        ) {
+            let st = TransportState {
+                device_type: 42,
+                status,
+                driver_features: features,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                queue_sel: 0,
+                shm_sel: 0,
+                config_generation: 0,
+                activated,
+                interrupt_status,
+                queues: queues.clone(),
+                device: serde_json::Value::Null,
+            };
+            let (mut t, _, _) = transport();
+            if t.restore_state(&st).is_ok() {
+                proptest::prop_assert!(status <= 0xff);
+                proptest::prop_assert!(!activated || status & STATUS_DRIVER_OK != 0);
+                for (q, max) in queues.iter().zip(QUEUE_MAX) {
+                    proptest::prop_assert!(q.size.is_power_of_two() && q.size <= max);
+                    proptest::prop_assert!(!q.ready || status & STATUS_FEATURES_OK != 0);
+                }
+            }
+        }
     }
 }

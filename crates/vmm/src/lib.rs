@@ -18,6 +18,7 @@ pub mod kvm_vm;
 pub mod loader;
 pub mod memory;
 pub mod pagemap;
+pub mod regcheck;
 pub mod sandbox;
 pub mod savefile;
 pub mod snapshot;

@@ -58,6 +58,37 @@ pub struct RuntimeSettings {
     pub online_vcpus: Option<u32>,
 }
 
+impl RuntimeSettings {
+    /// Why these settings cannot be those of a domain of `config`, if they
+    /// cannot: what `rxl mem-set`, `mem-max` and `vcpu-set` would have
+    /// refused (a migration's source sends them; the target keeps them).
+    pub fn check(&self, config: &DomainConfig) -> Result<(), String> {
+        let ram = crate::record::ram_mib(config);
+        if let Some(m) = self.mem_max_mib.filter(|&m| m == 0 || m > ram) {
+            return Err(format!(
+                "memory maximum {m} MiB is outside 1-{ram} MiB (the RAM it is built with)"
+            ));
+        }
+        let max = self.mem_max_mib.unwrap_or(config.maxmem_mib).min(ram);
+        if let Some(t) = self.mem_target_mib.filter(|&t| t == 0 || t > max) {
+            return Err(format!(
+                "memory target {t} MiB is outside 1-{max} MiB (maxmem)"
+            ));
+        }
+        let current = self.mem_target_mib.unwrap_or(config.memory_mib);
+        if let Some(m) = self.mem_max_mib.filter(|&m| m < current) {
+            return Err(format!(
+                "memory maximum {m} MiB is below the current memory ({current} MiB)"
+            ));
+        }
+        let vcpus = config.maxvcpus.max(config.vcpus);
+        if let Some(n) = self.online_vcpus.filter(|&n| n == 0 || n > vcpus) {
+            return Err(format!("{n} vCPUs online is outside 1-{vcpus} (maxvcpus)"));
+        }
+        Ok(())
+    }
+}
+
 /// `rxl migrate`'s options, as rxend gets them.
 #[derive(Debug)]
 pub struct MigrateOptions {
@@ -419,6 +450,9 @@ impl Daemon {
         {
             return Err("the reservation does not match the domain's config".into());
         }
+        r.runtime
+            .check(&config)
+            .map_err(|e| format!("the domain's runtime settings are unusable here: {e}"))?;
         super::check_name(&r.name).map_err(|e| e.to_string())?;
         if self.table().domains.values().any(|e| e.rec.name == r.name) {
             return Err(format!("domain name \"{}\" is already in use here", r.name));
@@ -490,5 +524,65 @@ impl Daemon {
             }
         ));
         Ok(created)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(memory: u64, maxmem: u64, vcpus: u32, maxvcpus: u32) -> DomainConfig {
+        let text = format!(
+            "name = \"g\"\nkernel = \"/boot/vmlinuz\"\nmemory = {memory}\nmaxmem = {maxmem}\nvcpus = {vcpus}\nmaxvcpus = {maxvcpus}\n"
+        );
+        let c = xlcfg::parse(&text, "g.cfg", &[]).expect("config").config;
+        assert_eq!((c.memory_mib, c.maxmem_mib), (memory, maxmem));
+        c
+    }
+
+    #[test]
+    fn runtime_settings_keep_to_what_the_commands_allow() {
+        let c = config(512, 1024, 2, 4);
+        let rt = |mem_target_mib, mem_max_mib, online_vcpus| RuntimeSettings {
+            mem_target_mib,
+            mem_max_mib,
+            online_vcpus,
+        };
+        for ok in [
+            rt(None, None, None),
+            rt(Some(1), None, Some(1)),
+            rt(Some(1024), None, Some(4)),
+            rt(Some(256), Some(256), Some(3)),
+            rt(None, Some(512), None),
+            rt(Some(300), Some(1024), None),
+        ] {
+            assert_eq!(ok.check(&c), Ok(()), "{ok:?}");
+        }
+        for (bad, why) in [
+            (rt(Some(0), None, None), "memory target 0 MiB"),
+            (
+                rt(Some(1025), None, None),
+                "memory target 1025 MiB is outside 1-1024",
+            ),
+            (
+                rt(Some(600), Some(512), None),
+                "memory target 600 MiB is outside 1-512",
+            ),
+            (rt(None, Some(0), None), "memory maximum 0 MiB"),
+            (
+                rt(None, Some(2048), None),
+                "memory maximum 2048 MiB is outside 1-1024",
+            ),
+            (
+                rt(None, Some(300), None),
+                "below the current memory (512 MiB)",
+            ),
+            (rt(None, None, Some(0)), "0 vCPUs online"),
+            (rt(None, None, Some(5)), "5 vCPUs online is outside 1-4"),
+            (rt(None, None, Some(u32::MAX)), "outside 1-4"),
+        ] {
+            let e = bad.check(&c).expect_err(why);
+            assert!(e.contains(why), "{e} (expected {why})");
+        }
     }
 }

@@ -112,6 +112,32 @@ pub struct AcpiState {
     pub changed: u32,
 }
 
+impl AcpiState {
+    /// Why a saved state cannot be this platform's, if it cannot: events the
+    /// GED does not raise, or slots beyond the `slots` virtio slots.
+    pub fn check(&self, slots: usize) -> Result<(), String> {
+        let events = GED_EVENT_POWER_BUTTON | GED_EVENT_DEVICES;
+        if self.pending & !events != 0 {
+            return Err(format!(
+                "pending events {:#x} include some the GED never raises",
+                self.pending
+            ));
+        }
+        let mask = u32::try_from(slots)
+            .ok()
+            .and_then(|n| 1u32.checked_shl(n))
+            .map_or(u32::MAX, |b| b - 1);
+        for (what, v) in [("seen", self.seen), ("changed", self.changed)] {
+            if v & !mask != 0 {
+                return Err(format!(
+                    "{what} slot mask {v:#x} names slots beyond the {slots} there are"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The ports from [`ACPI_PORT_BASE`].
 pub struct AcpiPorts {
     exit: Arc<ExitSignal>,
@@ -274,6 +300,34 @@ mod tests {
         let mut b = [0u8; 4];
         p2.read(PORT_BASE, GED_EVENT_PORT - PORT_BASE, &mut b);
         assert_eq!(u32::from_le_bytes(b), GED_EVENT_POWER_BUTTON);
+        assert_eq!(st.check(16), Ok(()));
+    }
+
+    #[test]
+    fn impossible_saved_states_are_told_apart() {
+        let ok = AcpiState {
+            pending: GED_EVENT_POWER_BUTTON | GED_EVENT_DEVICES,
+            seen: 0xFFFF,
+            changed: 0x8001,
+        };
+        assert_eq!(ok.check(16), Ok(()));
+        assert_eq!(AcpiState::default().check(32), Ok(()));
+        for bad in [
+            AcpiState {
+                pending: 1 << 2,
+                ..ok
+            },
+            AcpiState {
+                seen: 1 << 16,
+                ..ok
+            },
+            AcpiState {
+                changed: u32::MAX,
+                ..ok
+            },
+        ] {
+            assert!(bad.check(16).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
