@@ -18,7 +18,6 @@ pub mod kvm_vm;
 pub mod loader;
 pub mod memory;
 pub mod pagemap;
-pub mod savefile;
 pub mod snapshot;
 pub mod stats;
 pub mod transfer;
