@@ -213,10 +213,7 @@ impl PageHashes {
             backed.push(self.backed(host, pages as usize));
         }
         let zero = self.zero;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8) as u64;
+        let threads = usable_cpus().clamp(1, 8) as u64;
         let mut found: Vec<u64> = std::thread::scope(|s| {
             let workers: Vec<_> = spans
                 .iter()
@@ -274,6 +271,25 @@ impl PageHashes {
         found.retain(|pfn| already.binary_search(pfn).is_err());
         found
     }
+}
+
+/// CPUs this process may run on, from its affinity mask (`sched_getaffinity`):
+/// unlike `available_parallelism`, which reads cgroup files under /proc, it
+/// opens no path, as the VMM may not once its guest runs.
+fn usable_cpus() -> usize {
+    // SAFETY: zeroed is a valid (empty) `cpu_set_t`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out buffer of the size passed, for the whole call.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return 1;
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads bit `i` of `set`, within its CPU_SETSIZE bits.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .count()
+        .max(1)
 }
 
 /// Keeps `transfer.json` in the run directory up to date while a stream is
@@ -638,6 +654,12 @@ pub fn receive<R: Read>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usable_cpus_counts_the_affinity_mask() {
+        let n = usable_cpus();
+        assert!((1..=libc::CPU_SETSIZE as usize).contains(&n), "{n}");
+    }
     use super::*;
 
     #[test]
