@@ -435,9 +435,15 @@ fn a_domain_whose_vmm_died_is_never_listed_as_running_or_blocked() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("kill the VMM");
-        // Dead (a zombie until rxend reaps it, or gone): from now on no list may call it alive.
+        // Dead (a zombie until rxend reaps it, or gone, with none of its threads left): from
+        // now on no list may call it alive.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !matches!(proc_state(pid), None | Some('Z')) {
+        let threads = |pid: i32| {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        while !matches!(proc_state(pid), None | Some('Z')) || threads(pid) > 1 {
             assert!(Instant::now() < deadline, "the VMM did not die");
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -29,7 +29,8 @@ pub enum VmRequest {
         /// Memory the guest keeps, in MiB (at most the boot size).
         target_mib: u64,
     },
-    /// Hot-plug a disk into the lowest free slot.
+    /// Hot-plug a disk into the lowest free slot; rxend passes the opened
+    /// image with this request (SCM_RIGHTS).
     AttachDisk {
         /// The disk.
         disk: crate::vmspec::DiskDevice,
@@ -39,7 +40,8 @@ pub enum VmRequest {
         /// Its Xen device ID.
         devid: u32,
     },
-    /// Hot-plug a NIC into the lowest free slot (rxend has created its TAP).
+    /// Hot-plug a NIC into the lowest free slot (rxend has created its TAP and
+    /// passes a `/dev/net/tun` descriptor attached to it with this request).
     AttachNic {
         /// The NIC.
         nic: crate::vmspec::NicDevice,
@@ -49,14 +51,23 @@ pub enum VmRequest {
         /// Its Xen device ID.
         devid: u32,
     },
-    /// Write the save stream to `path` (`rxl save`), then do `then`.
+    /// Write the save stream to the file passed with this request
+    /// (SCM_RIGHTS; rxend gives it `path`'s name once the VMM answered), then do `then`.
     Save {
-        /// The save file to create.
+        /// The save file, for messages.
         path: std::path::PathBuf,
         /// The config that rides in the stream.
         config: crate::stream::ConfigRecord,
         /// What the domain does once saved.
         then: AfterSave,
+    },
+    /// After a `Save` with `then: hold`: exit as saved to `path` when rxend
+    /// gave the stream its name (`committed`), else go on as before the save.
+    SaveFinish {
+        /// The save file, for the exit record.
+        path: std::path::PathBuf,
+        /// Whether the save file is in place.
+        committed: bool,
     },
     /// Send the domain over the connected socket passed with this request
     /// (SCM_RIGHTS); the VMM exits once the target says it resumed, and
@@ -83,6 +94,10 @@ pub enum AfterSave {
     Resume,
     /// The domain stays paused (`rxl save -p`).
     Pause,
+    /// The domain stays stopped as the save left it (vCPUs and devices) until
+    /// `SaveFinish`: rxend's plain `rxl save`, which must not lose the domain
+    /// when the file cannot be put in place.
+    Hold,
 }
 
 /// How far a save or migration has got, for progress bars.

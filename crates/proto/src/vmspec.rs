@@ -37,9 +37,14 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Create the domain with its vCPUs paused (`rxl create -p`).
     pub start_paused: bool,
-    /// Restore the domain from this save file instead of booting the kernel.
+    /// Restore the domain from this save file instead of booting the kernel
+    /// (named in messages; read from [`VmSpec::restore_fd`] when that is set).
     #[serde(default)]
     pub restore_from: Option<PathBuf>,
+    /// The save file of [`VmSpec::restore_from`], opened by rxend and
+    /// inherited on this file descriptor.
+    #[serde(default)]
+    pub restore_fd: Option<i32>,
     /// Receive the domain from the migration stream on this inherited file descriptor.
     #[serde(default)]
     pub incoming_fd: Option<i32>,
@@ -83,6 +88,11 @@ pub struct DiskDevice {
     /// `w!`: writable, and other domains may use it too (no exclusive lock).
     #[serde(default)]
     pub shared_writable: bool,
+    /// Whether the image takes discards, when rxend has looked (a hot-plugged
+    /// host block device: the VMM may not read `/sys` once it runs); `None`:
+    /// the VMM finds out itself at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard: Option<bool>,
 }
 
 /// A `rate=` limit on the guest's transmit side: `bytes` per `interval_us`.
@@ -134,14 +144,23 @@ pub mod files {
     pub const CONTROL_SOCKET: &str = "control.sock";
     /// Console socket: raw bytes both ways; on connect the recent output is replayed.
     pub const CONSOLE_SOCKET: &str = "console.sock";
-    /// Everything the guest printed on its serial console.
+    /// Everything the guest printed on its serial console. The VMM appends to
+    /// one descriptor; rxend rotates it (copy and truncate) into `console.log.1`
+    /// .. `console.log.N` once it is over [`CONSOLE_LOG_MAX_BYTES`].
     pub const CONSOLE_LOG: &str = "console.log";
+    /// Size at which rxend rotates a domain's console log, so that a guest
+    /// flooding its console cannot fill the host's disk.
+    pub const CONSOLE_LOG_MAX_BYTES: u64 = 4 << 20;
+    /// Older console logs kept beside it.
+    pub const CONSOLE_LOG_KEEP: u32 = 2;
     /// The VMM's own diagnostics (its stderr).
     pub const VMM_LOG: &str = "vmm.log";
-    /// Written by the VMM just before it exits because of the guest or a request.
+    /// Written by the VMM just before it exits because of the guest or a request,
+    /// through a descriptor it opened at start-up: empty (or cut short) until then.
     pub const EXIT_RECORD: &str = "exit.json";
     /// How far a save or migration has got (JSON of `vmctl::TransferProgress`),
-    /// rewritten while it runs and removed at its end.
+    /// rewritten in place while it runs and emptied at its end (readers must
+    /// take an empty or torn file for "no progress known").
     pub const TRANSFER_PROGRESS: &str = "transfer.json";
 }
 

@@ -161,6 +161,8 @@ pub struct Daemon {
     memory_percent: std::sync::atomic::AtomicU32,
     /// Whether VMMs confine themselves (off only with `--no-sandbox`).
     sandbox: std::sync::atomic::AtomicBool,
+    /// When a console log that could not be rotated was last complained about, by domain.
+    rotate_warned: Mutex<std::collections::HashMap<u32, Instant>>,
     /// The state directory's lock, held for the daemon's life.
     _lock: crate::statelock::StateLock,
 }
@@ -273,6 +275,7 @@ impl Daemon {
             relocation_key: Mutex::new(None),
             memory_percent: std::sync::atomic::AtomicU32::new(100),
             sandbox: std::sync::atomic::AtomicBool::new(true),
+            rotate_warned: Mutex::new(std::collections::HashMap::new()),
             _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
@@ -747,6 +750,7 @@ impl Daemon {
             balloon: true,
             max_vcpus: config.maxvcpus,
             restore_from,
+            restore_fd: None,
             incoming_fd: None,
             sandbox: self.sandbox(),
             disks,
@@ -1098,9 +1102,13 @@ impl Daemon {
         let ticks = procfs::clock_ticks().max(1);
         let mut gone = Vec::new();
         let mut to_save = Vec::new();
+        let mut running = Vec::new();
         {
             let mut t = self.table();
             for e in t.domains.values_mut() {
+                if matches!(e.rec.state, DomainState::Running { .. }) {
+                    running.push(e.rec.domid);
+                }
                 if e.busy.is_some() {
                     continue;
                 }
@@ -1124,6 +1132,7 @@ impl Daemon {
                 }
             }
         }
+        self.rotate_console_logs(&running);
         self.account_devices(&mut to_save);
         for rec in to_save {
             if let Err(e) = self.save(&rec) {
@@ -1132,6 +1141,39 @@ impl Daemon {
         }
         for id in gone {
             self.handle_exit(id);
+        }
+    }
+
+    /// Rotates the console logs of running domains that grew past the limit. The VMM appends
+    /// to one descriptor and may not rename paths, so rxend copies and truncates (see
+    /// `rxen_logfile::rotate_copy_truncate` for the short window in which output is lost).
+    fn rotate_console_logs(&self, ids: &[u32]) {
+        use rxen_proto::vmspec::files;
+        for &id in ids {
+            let path = self.paths.run_dir(id).join(files::CONSOLE_LOG);
+            match rxen_logfile::rotate_copy_truncate(
+                &path,
+                files::CONSOLE_LOG_MAX_BYTES,
+                files::CONSOLE_LOG_KEEP,
+            ) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Said once a minute at most: a VMM that planted a link would flood the log.
+                    let mut last = self
+                        .rotate_warned
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if last
+                        .get(&id)
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        last.insert(id, Instant::now());
+                        self.log
+                            .warn(format!("domain {id}: cannot rotate its console log: {e}"));
+                    }
+                }
+            }
         }
     }
 

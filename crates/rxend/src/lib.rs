@@ -18,6 +18,7 @@ pub mod paths;
 pub mod procfs;
 pub mod record;
 pub mod relocation;
+pub mod savefile;
 pub mod sched;
 pub mod server;
 pub mod statelock;

@@ -40,9 +40,28 @@ pub fn process(pid: i32) -> Option<ProcStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// True if `pid` is the same living (not zombie) process that started at `start_ticks`.
+/// True if `pid` is the same process that started at `start_ticks` and any of its threads still
+/// lives. A leader that has exited shows as a zombie while its other threads are still on their
+/// way out, holding the process's descriptors (a disk's lock among them): that is still alive.
 pub fn alive(pid: i32, start_ticks: u64) -> bool {
-    matches!(process(pid), Some(s) if s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X')
+    match process(pid) {
+        Some(s) if s.start_ticks == start_ticks => {
+            (s.state != 'Z' && s.state != 'X') || other_threads(pid) > 0
+        }
+        _ => false,
+    }
+}
+
+/// How many threads of `pid` besides its leader `/proc` still lists.
+fn other_threads(pid: i32) -> usize {
+    let leader = pid.to_string();
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name() != leader.as_str())
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// A VMM process found by its identity: the launch spec it runs from.

@@ -151,7 +151,47 @@ pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
         read_only,
         cdrom: spec.is_cdrom,
         shared_writable: spec.access == DiskAccess::ReadWriteShared,
+        discard: None,
     })
+}
+
+/// Opens a disk image for a running VMM (a hot-plug: the VMM opens no path
+/// once its guest runs), with the flags the VMM uses at start-up. The VMM
+/// takes the sharing lock on the descriptor. Links are followed: the path is
+/// the administrator's (LVM volumes are links), not one a VMM could plant.
+pub fn open_for_vmm(d: &DiskDevice) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(!d.read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&d.path)
+}
+
+/// Whether an open image takes discards: a regular file always; a host block
+/// device when `/sys/dev/block/MAJ:MIN/queue/discard_max_bytes` is above zero
+/// (what the VMM would look up itself at start-up).
+pub fn takes_discards(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if meta.file_type().is_file() {
+        return true;
+    }
+    if !meta.file_type().is_block_device() {
+        return false;
+    }
+    let rdev = meta.rdev();
+    let path = format!(
+        "/sys/dev/block/{}:{}/queue/discard_max_bytes",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|max| max > 0)
 }
 
 /// Prepares every disk of a domain, refusing duplicate device IDs.

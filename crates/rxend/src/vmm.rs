@@ -80,6 +80,10 @@ pub fn binary() -> PathBuf {
 
 /// The descriptor number a receiving VMM finds its migration connection on.
 pub const INCOMING_FD: i32 = 3;
+/// The descriptor number a restoring VMM finds its save file on.
+pub const RESTORE_FD: i32 = 4;
+/// Most bytes rxend reads of a file a VMM wrote in its run directory.
+const RUN_FILE_MAX: u64 = 64 * 1024;
 /// How long a receiving VMM may take to get the whole domain and say `ready`.
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -92,11 +96,24 @@ pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
 /// Like [`launch`]; with `incoming`, the VMM receives the domain on that
 /// connection (as descriptor [`INCOMING_FD`]). rxend's own copy is closed
 /// as soon as the VMM has it, so that the peer sees the VMM's end alone.
+/// A spec that restores from a save file gets the file opened here, as
+/// descriptor [`RESTORE_FD`].
 pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched, VmmError> {
     let mut spec = spec.clone();
-    if incoming.is_some() {
-        spec.incoming_fd = Some(INCOMING_FD);
-    }
+    let handover = match (incoming, &spec.restore_from) {
+        (Some(sock), _) => {
+            spec.incoming_fd = Some(INCOMING_FD);
+            Some((sock, INCOMING_FD))
+        }
+        (None, Some(path)) => {
+            let file = File::open(path).map_err(|e| {
+                VmmError::Failed(format!("cannot open save file {}: {e}", path.display()))
+            })?;
+            spec.restore_fd = Some(RESTORE_FD);
+            Some((OwnedFd::from(file), RESTORE_FD))
+        }
+        (None, None) => None,
+    };
     let spec = &spec;
     let prep = |path: &Path, source| VmmError::Prepare {
         path: path.to_path_buf(),
@@ -122,17 +139,17 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
-    let inherit = incoming.as_ref().map(|f| f.as_raw_fd());
+    let inherit = handover.as_ref().map(|(f, to)| (f.as_raw_fd(), *to));
     // SAFETY: setsid, dup2 and fcntl are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if let Some(fd) = inherit {
-                if fd == INCOMING_FD {
+            if let Some((fd, to)) = inherit {
+                if fd == to {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                } else if libc::dup2(fd, INCOMING_FD) < 0 {
+                } else if libc::dup2(fd, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -143,7 +160,7 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
         binary: bin.clone(),
         source,
     })?;
-    drop(incoming);
+    drop(handover);
     let pid = child.id() as i32;
     note_child(pid);
     crate::failpoint::hit(crate::failpoint::START_SPAWNED);
@@ -288,6 +305,31 @@ pub fn request_long(
     jsonline::read(&mut r).map_err(|e| ctl(e.to_string()))
 }
 
+/// Sends a request that only needs an acknowledgement, with `fd` attached (SCM_RIGHTS).
+pub fn command_with_fd(run_dir: &Path, req: &VmRequest, fd: &OwnedFd) -> Result<(), VmmError> {
+    match request_long(run_dir, req, Some(fd), CONTROL_TIMEOUT)? {
+        VmResponse::Ok | VmResponse::Stats(_) | VmResponse::Transferred(_) => Ok(()),
+        VmResponse::Error { message } => Err(VmmError::Control(message)),
+    }
+}
+
+/// Reads a file a VMM wrote in its run directory: at most [`RUN_FILE_MAX`]
+/// bytes, never through a link, a FIFO or a device the VMM may have put there.
+pub fn read_run_file(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut data = Vec::new();
+    f.take(RUN_FILE_MAX).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
 /// Sends a request that only needs an acknowledgement.
 pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
     match request(run_dir, req)? {
@@ -311,9 +353,11 @@ pub fn seccomp_kill(run_dir: &Path) -> Option<i64> {
         .find_map(rxen_proto::vmspec::seccomp_killed_call)
 }
 
-/// The exit record a VMM left, if any.
+/// The exit record a VMM left, if any: the VMM creates the file empty at
+/// start-up and writes it as it exits, so an empty or cut-short file is no
+/// record (it was killed, or died mid-write).
 pub fn exit_record(run_dir: &Path) -> Option<ExitRecord> {
-    let data = fs::read(run_dir.join(files::EXIT_RECORD)).ok()?;
+    let data = read_run_file(&run_dir.join(files::EXIT_RECORD))?;
     serde_json::from_slice(&data).ok()
 }
 
@@ -325,4 +369,45 @@ pub fn connect_console(run_dir: &Path) -> std::io::Result<UnixStream> {
 /// Opens the console log of a domain for reading.
 pub fn open_console_log(run_dir: &Path) -> std::io::Result<File> {
     File::open(run_dir.join(files::CONSOLE_LOG))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_cut_short_record_is_no_record() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join(files::EXIT_RECORD);
+        assert_eq!(exit_record(dir.path()), None, "no file");
+        fs::write(&path, b"").expect("write");
+        assert_eq!(exit_record(dir.path()), None, "empty");
+        let full = br#"{"reason":"poweroff","detail":"bye"}"#;
+        fs::write(&path, &full[..full.len() / 2]).expect("write");
+        assert_eq!(exit_record(dir.path()), None, "half written");
+        fs::write(&path, full).expect("write");
+        let r = exit_record(dir.path()).expect("record");
+        assert_eq!(r.detail, "bye");
+    }
+
+    #[test]
+    fn run_files_are_read_capped_and_never_through_links_or_fifos() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let big = dir.path().join("big");
+        fs::write(&big, vec![b'x'; RUN_FILE_MAX as usize * 4]).expect("write");
+        assert_eq!(
+            read_run_file(&big).expect("read").len() as u64,
+            RUN_FILE_MAX
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&big, &link).expect("symlink");
+        assert_eq!(read_run_file(&link), None);
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert_eq!(
+            read_run_file(&fifo),
+            None,
+            "a FIFO must not block or be read"
+        );
+    }
 }

@@ -74,6 +74,10 @@ pub struct BlockConfig {
     pub serial: String,
     /// Offer discard where the backend supports it (writable regular files, block devices that take discards).
     pub discard: bool,
+    /// Whether the backend takes discards, when the caller knows; `None`: a
+    /// host block device is looked up in `/sys` (a path the VMM may open only
+    /// at start-up).
+    pub backend_discard: Option<bool>,
     /// Size of the request queue.
     pub queue_size: u16,
 }
@@ -84,6 +88,7 @@ impl Default for BlockConfig {
             read_only: false,
             serial: String::new(),
             discard: true,
+            backend_discard: None,
             queue_size: DEFAULT_QUEUE_SIZE,
         }
     }
@@ -126,7 +131,11 @@ impl Block {
         }
         let disk = Disk::open(file)?;
         let read_only = config.read_only || !disk.writable();
-        let discard = config.discard && !read_only && disk.supports_discard();
+        let discard = config.discard
+            && !read_only
+            && config
+                .backend_discard
+                .unwrap_or_else(|| disk.supports_discard());
         let capacity = disk.size() / u64::from(SECTOR_SIZE);
 
         let mut features = (1u64 << VIRTIO_RING_F_INDIRECT_DESC)

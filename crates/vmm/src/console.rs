@@ -1,25 +1,23 @@
 //! The serial console's host side: a ring of recent output, `console.log`,
 //! and the clients of `console.sock`.
 //!
+//! `console.log` is opened once, at start-up, for appending; rxend rotates it
+//! (copy and truncate, see `rxen_logfile::rotate_copy_truncate`), so the VMM
+//! never opens or renames a path while the guest runs.
+//!
 //! Output comes from the vCPU thread that wrote the UART; it never blocks: a
 //! client whose socket is full loses those bytes, a client whose socket failed
 //! is dropped. Input from any client is queued here and fed to the UART as its
 //! small receive FIFO drains.
 
-use rxen_logfile::RotatingFile;
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::lock;
-
-/// Size at which a domain's console log is rotated (`console.log` → `console.log.1`), so that
-/// a guest flooding its console cannot fill the host's disk.
-pub const CONSOLE_LOG_MAX_BYTES: u64 = 4 << 20;
-/// Older console logs kept beside it.
-pub const CONSOLE_LOG_KEEP: u32 = 2;
 
 /// Bytes of recent output replayed to a new client.
 pub const RING_SIZE: usize = 64 * 1024;
@@ -46,7 +44,7 @@ struct Client {
 
 struct HubInner {
     ring: VecDeque<u8>,
-    log: Option<RotatingFile>,
+    log: Option<File>,
     clients: Vec<Client>,
 }
 
@@ -70,16 +68,22 @@ fn send_nonblocking(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 impl ConsoleHub {
-    /// Creates the hub, appending output to the file at `log_path` (`None`: no log).
+    /// Creates the hub, appending output to the file at `log_path` (`None`: no log),
+    /// which is opened here, once (`O_APPEND`: rxend's truncation of a rotated log
+    /// sends the next write to the start of the file).
     pub fn new(log_path: Option<&Path>) -> Result<Self, ConsoleError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let log = match log_path {
             Some(p) => Some(
-                RotatingFile::open(p, CONSOLE_LOG_MAX_BYTES, CONSOLE_LOG_KEEP).map_err(
-                    |source| ConsoleError::Log {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .open(p)
+                    .map_err(|source| ConsoleError::Log {
                         path: p.display().to_string(),
                         source,
-                    },
-                )?,
+                    })?,
             ),
             None => None,
         };

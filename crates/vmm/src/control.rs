@@ -42,13 +42,20 @@ pub trait ControlTarget {
     fn set_balloon(&mut self, _target_mib: u64) -> Result<(), ControlError> {
         Err(ControlError::Failed("ballooning is not supported".into()))
     }
-    /// Writes the save stream to `path`, then exits, resumes or stays paused.
+    /// Writes the save stream to `file` (rxend's, named `path` once done),
+    /// then exits, resumes or stays paused.
     fn save(
         &mut self,
+        _file: Option<OwnedFd>,
         _path: &Path,
         _config: &ConfigRecord,
         _then: AfterSave,
     ) -> Result<TransferStats, ControlError> {
+        Err(ControlError::Failed("save is not supported".into()))
+    }
+    /// Ends a domain that a `save` held, as saved to `path` (`committed`), or
+    /// lets it go on as before the save.
+    fn save_finish(&mut self, _path: &Path, _committed: bool) -> Result<(), ControlError> {
         Err(ControlError::Failed("save is not supported".into()))
     }
     /// Sends the domain over `sock`; on success the VMM must exit.
@@ -62,14 +69,18 @@ pub trait ControlTarget {
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
     }
-    /// Hot-plugs a disk.
-    fn attach_disk(&mut self, _disk: &DiskDevice) -> Result<(), ControlError> {
+    /// Hot-plugs a disk whose image rxend opened (`file`).
+    fn attach_disk(
+        &mut self,
+        _disk: &DiskDevice,
+        _file: Option<OwnedFd>,
+    ) -> Result<(), ControlError> {
         Err(ControlError::Failed(
             "device hotplug is not supported".into(),
         ))
     }
-    /// Hot-plugs a NIC.
-    fn attach_nic(&mut self, _nic: &NicDevice) -> Result<(), ControlError> {
+    /// Hot-plugs a NIC on the TAP queue rxend opened (`tap`).
+    fn attach_nic(&mut self, _nic: &NicDevice, _tap: Option<OwnedFd>) -> Result<(), ControlError> {
         Err(ControlError::Failed(
             "device hotplug is not supported".into(),
         ))
@@ -143,13 +154,18 @@ pub fn handle_line_with_fd(
         },
         VmRequest::SetBalloon { target_mib } => ok(target.set_balloon(target_mib)),
         VmRequest::SetVcpus { online } => ok(target.set_vcpus(online)),
-        VmRequest::Save { path, config, then } => match target.save(&path, &config, then) {
+        VmRequest::Save { path, config, then } => match target.save(fd, &path, &config, then) {
             Ok(s) => {
                 finish = then == AfterSave::Exit;
                 VmResponse::Transferred(s)
             }
             Err(e) => error(e),
         },
+        VmRequest::SaveFinish { path, committed } => {
+            let r = target.save_finish(&path, committed);
+            finish = r.is_ok() && committed;
+            ok(r)
+        }
         VmRequest::MigrateSend {
             config,
             live,
@@ -162,8 +178,8 @@ pub fn handle_line_with_fd(
             }
             Err(e) => error(e),
         },
-        VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk)),
-        VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic)),
+        VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk, fd)),
+        VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic, fd)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
         VmRequest::DetachNic { devid } => ok(target.detach(false, devid)),
     };

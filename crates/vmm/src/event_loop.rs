@@ -14,7 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{self, LineBuffer};
-use crate::exit::{write_exit_record, ExitError};
+use crate::exit::{ExitError, ExitRecordFile};
 use crate::lock;
 use crate::vmm::Vm;
 
@@ -82,6 +82,7 @@ struct Loop<'a> {
     next_id: u64,
     control_clients: HashMap<u64, ControlClient>,
     console_clients: HashMap<u64, UnixStream>,
+    exit_file: ExitRecordFile,
 }
 
 /// What the loop does next.
@@ -327,7 +328,7 @@ impl Loop<'_> {
         let (_, nics) = self.vm.slots.stats();
         record.net_tx_bytes = nics.iter().map(|n| n.tx_bytes).sum();
         record.net_rx_bytes = nics.iter().map(|n| n.rx_bytes).sum();
-        write_exit_record(&self.vm.spec.run_dir, &record)?;
+        self.exit_file.write(&record)?;
         Ok(record)
     }
 
@@ -356,12 +357,13 @@ impl Loop<'_> {
     }
 }
 
-/// Serves the sockets until the VM ends; writes and returns the exit record.
+/// Serves the sockets until the VM ends; writes the exit record to `exit_file` and returns it.
 pub fn run(
     vm: &mut Vm,
     control: UnixListener,
     console: UnixListener,
     sigterm: EventFd,
+    exit_file: ExitRecordFile,
 ) -> Result<ExitRecord, EventLoopError> {
     let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
     add(&epoll, control.as_raw_fd(), TOKEN_CONTROL)?;
@@ -377,6 +379,7 @@ pub fn run(
         next_id: 0,
         control_clients: HashMap::new(),
         console_clients: HashMap::new(),
+        exit_file,
     };
     // An exit may already be pending (a vCPU that failed at once).
     if let Flow::Finish(r) = lp.finish()? {

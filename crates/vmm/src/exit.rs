@@ -1,7 +1,6 @@
 //! How a VMM ends: the first exit request wins, and the exit record is
-//! written atomically to `RUN_DIR/exit.json`.
+//! written to `RUN_DIR/exit.json` through a descriptor opened at start-up.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -83,22 +82,69 @@ impl ExitSignal {
     }
 }
 
-/// Writes `record` to `run_dir/exit.json` atomically (temporary file, fsync, rename).
-pub fn write_exit_record(run_dir: &Path, record: &ExitRecord) -> Result<(), ExitError> {
-    let path = run_dir.join(files::EXIT_RECORD);
-    let tmp = run_dir.join(format!(".{}.tmp", files::EXIT_RECORD));
-    let werr = |p: &Path| {
-        let p = p.display().to_string();
-        move |source| ExitError::Write { path: p, source }
-    };
-    let mut data = serde_json::to_vec(record)?;
-    data.push(b'\n');
-    let mut f = std::fs::File::create(&tmp).map_err(werr(&tmp))?;
-    f.write_all(&data).map_err(werr(&tmp))?;
-    f.sync_all().map_err(werr(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(werr(&path))?;
-    Ok(())
+/// `RUN_DIR/exit.json`, opened at start-up (a stale record of an earlier run
+/// removed) so that the record can be written at exit without opening a path.
+/// It stays empty until then: rxend takes an empty or cut-short file for a
+/// VMM that died without saying why.
+pub struct ExitRecordFile {
+    file: std::fs::File,
+    path: String,
+}
+
+impl ExitRecordFile {
+    /// Removes a record left by an earlier run in `run_dir` (first thing at start-up).
+    pub fn remove_stale(run_dir: &Path) -> Result<(), ExitError> {
+        let path = run_dir.join(files::EXIT_RECORD);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!("removed a stale {}", files::EXIT_RECORD);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ExitError::Write {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Removes a stale record in `run_dir` and creates an empty one (last thing
+    /// before `ready`: a VMM that fails to start leaves none).
+    pub fn create(run_dir: &Path) -> Result<Self, ExitError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        Self::remove_stale(run_dir)?;
+        let path = run_dir.join(files::EXIT_RECORD);
+        let werr = |source| ExitError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(werr)?;
+        Ok(Self {
+            file,
+            path: path.display().to_string(),
+        })
+    }
+
+    /// Writes `record` through the descriptor: the whole JSON at offset 0,
+    /// the file cut to its length, then fsync.
+    pub fn write(&self, record: &ExitRecord) -> Result<(), ExitError> {
+        use std::os::unix::fs::FileExt;
+        let werr = |source| ExitError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let mut data = serde_json::to_vec(record)?;
+        data.push(b'\n');
+        self.file.write_all_at(&data, 0).map_err(werr)?;
+        self.file.set_len(data.len() as u64).map_err(werr)?;
+        self.file.sync_all().map_err(werr)
+    }
 }
 
 #[cfg(test)]
@@ -118,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn record_written_atomically() {
+    fn record_written_through_the_descriptor() {
         let dir = tempfile::tempdir().expect("tmp");
         let rec = ExitRecord {
             reason: ExitReason::Reboot,
@@ -126,10 +172,23 @@ mod tests {
             net_tx_bytes: 1 << 40,
             net_rx_bytes: 12345,
         };
-        write_exit_record(dir.path(), &rec).expect("write");
-        let text = std::fs::read_to_string(dir.path().join("exit.json")).expect("read");
+        let path = dir.path().join("exit.json");
+        std::fs::write(&path, vec![b'x'; 4096]).expect("stale");
+        let f = ExitRecordFile::create(dir.path()).expect("create");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            b"",
+            "stale record removed"
+        );
+        // Made somewhere else before the write: the descriptor is what counts.
+        std::fs::rename(&path, dir.path().join("moved")).expect("rename");
+        f.write(&rec).expect("write");
+        let text = std::fs::read_to_string(dir.path().join("moved")).expect("read");
         let back: ExitRecord = serde_json::from_str(&text).expect("json");
         assert_eq!(back, rec);
-        assert!(!dir.path().join(".exit.json.tmp").exists());
+        // A link planted at the name is never followed.
+        std::os::unix::fs::symlink(dir.path().join("target"), &path).expect("symlink");
+        assert!(ExitRecordFile::create(dir.path()).is_ok());
+        assert!(!dir.path().join("target").exists());
     }
 }

@@ -20,7 +20,6 @@ pub mod memory;
 pub mod pagemap;
 pub mod regcheck;
 pub mod sandbox;
-pub mod savefile;
 pub mod snapshot;
 pub mod stats;
 pub mod transfer;

@@ -2,6 +2,7 @@
 //! `/proc/self/pagemap`: a page that is not present, or that maps the
 //! kernel's shared zero page, has not been written since it was last zero.
 //! The migration rehash uses it to read only pages that can have changed.
+//! The VMM opens it at start-up (it may open no path once the guest runs).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -77,6 +78,18 @@ impl Pagemap {
             })
             .collect())
     }
+}
+
+/// Whether the host has swap space (`sysinfo(2)`: no file is read, so it
+/// can be asked while the guest runs); true where it cannot tell.
+pub fn swap_active() -> bool {
+    // SAFETY: zeroed is a valid `sysinfo` (plain integers); sysinfo fills it.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid out pointer for the whole call.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return true;
+    }
+    info.totalswap > 0
 }
 
 /// For each of the `pages` pages from host address `host` (page-aligned),

@@ -1,4 +1,7 @@
 //! Counters for `stats`: per-vCPU thread CPU time and state from the kernel, and process RSS.
+//!
+//! The /proc files are opened at start-up ([`ProcFile`]) and re-read from
+//! offset 0 on each request: the VMM opens no path once the guest runs.
 
 use rxen_proto::vmctl::VcpuState;
 
@@ -38,14 +41,76 @@ pub fn parse_task_stat(text: &str) -> Option<ThreadSample> {
     Some(ThreadSample { state, processor })
 }
 
-/// Reads /proc/self/task/`tid`/stat.
-pub fn sample_thread(tid: i32) -> Result<ThreadSample, StatsError> {
-    let path = format!("/proc/self/task/{tid}/stat");
-    let text = std::fs::read_to_string(&path).map_err(|source| StatsError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    parse_task_stat(&text).ok_or(StatsError::Format(path))
+/// A /proc file opened once and read again from its start on each call.
+#[derive(Debug)]
+pub struct ProcFile {
+    file: std::fs::File,
+    path: String,
+}
+
+impl ProcFile {
+    /// Opens `path` (at start-up).
+    pub fn open(path: String) -> Result<Self, StatsError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| StatsError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { file, path })
+    }
+
+    /// /proc/self/task/`tid`/stat, for [`ProcFile::sample_thread`].
+    pub fn thread_stat(tid: i32) -> Result<Self, StatsError> {
+        Self::open(format!("/proc/self/task/{tid}/stat"))
+    }
+
+    /// /proc/self/status, for [`ProcFile::rss_kib`].
+    pub fn status() -> Result<Self, StatsError> {
+        Self::open("/proc/self/status".into())
+    }
+
+    /// The whole file as it is now (pread from offset 0).
+    fn read(&self) -> Result<String, StatsError> {
+        use std::os::unix::fs::FileExt;
+        let err = |source| StatsError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                if buf.len() >= 1 << 20 {
+                    break;
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = self
+                .file
+                .read_at(buf.get_mut(len..).unwrap_or_default(), len as u64)
+                .map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        buf.truncate(len);
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// The thread's state and processor, from a `thread_stat` file.
+    pub fn sample_thread(&self) -> Result<ThreadSample, StatsError> {
+        parse_task_stat(&self.read()?).ok_or_else(|| StatsError::Format(self.path.clone()))
+    }
+
+    /// Resident memory in KiB, from the `status` file.
+    pub fn rss_kib(&self) -> Result<u64, StatsError> {
+        parse_rss_kib(&self.read()?).ok_or_else(|| StatsError::Format(self.path.clone()))
+    }
 }
 
 /// Maps a thread's state letter to a vCPU state (R = running, anything else = blocked).
@@ -86,16 +151,6 @@ pub fn parse_rss_kib(status: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Resident memory of this process in KiB.
-pub fn rss_kib() -> Result<u64, StatsError> {
-    let path = "/proc/self/status";
-    let text = std::fs::read_to_string(path).map_err(|source| StatsError::Read {
-        path: path.into(),
-        source,
-    })?;
-    parse_rss_kib(&text).ok_or(StatsError::Format(path.into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +172,10 @@ mod tests {
     fn own_thread_is_sampled() {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
-        let s = sample_thread(tid).expect("sample");
+        let stat = ProcFile::thread_stat(tid).expect("open");
+        let s = stat.sample_thread().expect("sample");
+        // Read again through the same descriptor: still this thread, still running.
+        assert_eq!(stat.sample_thread().expect("again").state, 'R');
         assert_eq!(vcpu_state_from(&s), VcpuState::Running);
         assert!(s.processor.is_some());
         // SAFETY: pthread_self has no preconditions.
@@ -129,7 +187,15 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(thread_cpu_ns(me).expect("cpu") > t0);
-        assert!(rss_kib().expect("rss") > 0);
+        let status = ProcFile::status().expect("status");
+        let before = status.rss_kib().expect("rss");
+        assert!(before > 0);
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        assert!(
+            status.rss_kib().expect("rss") > before,
+            "re-read sees the change"
+        );
         assert_eq!(parse_rss_kib("Name: x\nVmRSS:\t  1234 kB\n"), Some(1234));
     }
 }

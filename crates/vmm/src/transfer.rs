@@ -129,7 +129,7 @@ pub struct PageHashes {
     hashes: Vec<u64>,
     /// Where available, tells pages never written (zero page or absent)
     /// from the others, so that only the others are read.
-    pagemap: Option<crate::pagemap::Pagemap>,
+    pagemap: Option<std::sync::Arc<crate::pagemap::Pagemap>>,
     /// Whether the host swaps: then an absent page may hold data, and only
     /// the page map (which marks swapped pages) can tell.
     swap_active: bool,
@@ -148,8 +148,12 @@ fn page_hash(page: &[u8]) -> u64 {
 }
 
 impl PageHashes {
-    /// Room for every page frame of `mem`, none sent yet.
-    pub fn new(mem: &GuestMemory) -> Self {
+    /// Room for every page frame of `mem`, none sent yet; `pagemap` is the
+    /// page map opened at start-up, if it helps.
+    pub fn new(
+        mem: &GuestMemory,
+        pagemap: Option<std::sync::Arc<crate::pagemap::Pagemap>>,
+    ) -> Self {
         let end = mem
             .iter()
             .map(|r| (r.start_addr().0 + r.len()) >> stream::PAGE_SHIFT)
@@ -157,10 +161,8 @@ impl PageHashes {
             .unwrap_or(0);
         Self {
             hashes: vec![UNSENT; usize::try_from(end).unwrap_or(0)],
-            pagemap: crate::pagemap::Pagemap::open(),
-            swap_active: std::fs::read_to_string("/proc/swaps")
-                .map(|s| s.lines().count() > 1)
-                .unwrap_or(true),
+            pagemap,
+            swap_active: crate::pagemap::swap_active(),
             zero: page_hash(&[0u8; PAGE_SIZE]),
         }
     }
@@ -212,10 +214,7 @@ impl PageHashes {
             backed.push(self.backed(host, pages as usize));
         }
         let zero = self.zero;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8) as u64;
+        let threads = usable_cpus().clamp(1, 8) as u64;
         let mut found: Vec<u64> = std::thread::scope(|s| {
             let workers: Vec<_> = spans
                 .iter()
@@ -275,19 +274,40 @@ impl PageHashes {
     }
 }
 
+/// CPUs this process may run on, from its affinity mask (`sched_getaffinity`):
+/// unlike `available_parallelism`, which reads cgroup files under /proc, it
+/// opens no path, as the VMM may not once its guest runs.
+fn usable_cpus() -> usize {
+    // SAFETY: zeroed is a valid (empty) `cpu_set_t`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out buffer of the size passed, for the whole call.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return 1;
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads bit `i` of `set`, within its CPU_SETSIZE bits.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .count()
+        .max(1)
+}
+
 /// Keeps `transfer.json` in the run directory up to date while a stream is
-/// written, at most ten times a second, for `rxl`'s progress bar; removed on drop.
+/// written, at most ten times a second, for `rxl`'s progress bar: rewritten in
+/// place through the descriptor opened at start-up (no path is opened), and
+/// emptied on drop.
 pub struct ProgressFile {
-    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
     now: rxen_proto::vmctl::TransferProgress,
     written: Option<std::time::Instant>,
 }
 
 impl ProgressFile {
-    /// A progress file at `path` for a guest of `ram_pages` pages.
-    pub fn new(path: std::path::PathBuf, ram_pages: u64) -> Self {
+    /// Progress written to `file` (none: not written) for a guest of `ram_pages` pages.
+    pub fn new(file: Option<std::fs::File>, ram_pages: u64) -> Self {
         Self {
-            path,
+            file,
             now: rxen_proto::vmctl::TransferProgress {
                 ram_pages,
                 ..Default::default()
@@ -320,19 +340,26 @@ impl ProgressFile {
 
     fn write(&mut self) {
         self.written = Some(std::time::Instant::now());
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.file else {
+            return;
+        };
         let Ok(json) = serde_json::to_vec(&self.now) else {
             return;
         };
-        let tmp = self.path.with_extension("tmp");
-        if std::fs::write(&tmp, json).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
+        // A reader may catch the file between the two calls (or mid-write):
+        // it then sees JSON it cannot parse, and tries again.
+        if file.write_all_at(&json, 0).is_ok() {
+            let _ = file.set_len(json.len() as u64);
         }
     }
 }
 
 impl Drop for ProgressFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(f) = &self.file {
+            let _ = f.set_len(0);
+        }
     }
 }
 
@@ -380,13 +407,21 @@ pub struct PageSender {
     data: Vec<u8>,
     body: Vec<u8>,
     page: Vec<u8>,
-    /// Opened on first use; `Some(None)` where the page map cannot help.
-    pagemap: Option<Option<crate::pagemap::Pagemap>>,
+    /// The page map opened at start-up; `None` where it cannot help.
+    pagemap: Option<std::sync::Arc<crate::pagemap::Pagemap>>,
     /// For the current batch: whether each page may hold data.
     backed: Vec<bool>,
 }
 
 impl PageSender {
+    /// A sender that skips never-written pages with `pagemap` (opened at start-up).
+    pub fn with_pagemap(pagemap: Option<std::sync::Arc<crate::pagemap::Pagemap>>) -> Self {
+        Self {
+            pagemap,
+            ..Self::default()
+        }
+    }
+
     /// Fills `self.backed` for a batch of consecutive page frames in one
     /// mapping; false where it cannot tell (then every page is read).
     fn batch_backed(&mut self, mem: &GuestMemory, chunk: &[u64]) -> bool {
@@ -407,10 +442,7 @@ impl PageSender {
         if h1.wrapping_sub(h0) != (chunk.len() - 1) * PAGE_SIZE {
             return false;
         }
-        let map = self
-            .pagemap
-            .get_or_insert_with(crate::pagemap::Pagemap::open);
-        match map.as_ref().map(|m| m.backed(h0, chunk.len())) {
+        match self.pagemap.as_ref().map(|m| m.backed(h0, chunk.len())) {
             Some(Ok(b)) => {
                 self.backed = b;
                 true
@@ -638,6 +670,12 @@ pub fn receive<R: Read>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usable_cpus_counts_the_affinity_mask() {
+        let n = usable_cpus();
+        assert!((1..=libc::CPU_SETSIZE as usize).contains(&n), "{n}");
+    }
     use super::*;
 
     /// A config record as rxend writes one (trimmed).
@@ -667,7 +705,7 @@ mod tests {
         w.record(RecordType::VmInfo, &stream::json_body(&info).expect("j"))
             .expect("i");
         let mut stats = TransferStats::default();
-        PageSender::default()
+        PageSender::with_pagemap(crate::pagemap::Pagemap::open().map(std::sync::Arc::new))
             .send(&mut w, &src, &all_pfns(&src), &mut stats, None, |_| {})
             .expect("send");
         assert_eq!(stats.pages, 1);
@@ -771,12 +809,15 @@ mod tests {
         let mem = memory::create_guest_memory(8).expect("mem");
         mem.write_slice(&[1u8; 64], GuestAddress(0x3000))
             .expect("w");
-        let mut hashes = PageHashes::new(&mem);
+        let mut hashes = PageHashes::new(
+            &mem,
+            crate::pagemap::Pagemap::open().map(std::sync::Arc::new),
+        );
         // Before anything is sent, every page counts as changed.
         assert_eq!(hashes.changed(&mem, &[]).len(), 8 * 256);
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(true)).expect("w");
         let mut stats = TransferStats::default();
-        PageSender::default()
+        PageSender::with_pagemap(crate::pagemap::Pagemap::open().map(std::sync::Arc::new))
             .send(
                 &mut w,
                 &mem,

@@ -47,7 +47,6 @@ use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
 use crate::regcheck::CpuLimits;
-use crate::savefile::SaveFile;
 use crate::snapshot::{self, SnapshotError};
 use crate::transfer::{
     self, merge_sorted, DirtyLog, PageHashes, PageSender, Received, TransferError,
@@ -281,7 +280,7 @@ pub enum VmmError {
     /// Saved vCPU, VM or device state could not be applied.
     #[error("cannot restore the domain: {0}")]
     Snapshot(#[from] SnapshotError),
-    /// The save file could not be opened.
+    /// The save file could not be opened (or its inherited descriptor is not open).
     #[error("cannot open save file {path}: {source}")]
     SaveFile {
         /// The file.
@@ -338,6 +337,18 @@ pub struct Vm {
     vcpus: Vec<VcpuHandle>,
     infos: Vec<Arc<VcpuInfo>>,
     pending: Vec<VcpuFd>,
+    /// Opened at start-up, so that nothing opens a path once the guest runs:
+    /// /proc/self/pagemap (when it tells zero pages apart),
+    pagemap: Option<Arc<crate::pagemap::Pagemap>>,
+    /// /proc/self/status (RSS),
+    proc_status: Option<stats::ProcFile>,
+    /// each vCPU thread's /proc/self/task/TID/stat (in `vcpus` order),
+    vcpu_stat: Vec<Option<stats::ProcFile>>,
+    /// and `RUN_DIR/transfer.json`.
+    progress: Option<File>,
+    /// A save with `then: hold` waits for rxend's `SaveFinish`: whether the
+    /// guest was paused before it.
+    held_save: Option<bool>,
 }
 
 /// What [`Vm::send_stream`] leaves behind once the stream is written: the guest is paused.
@@ -464,11 +475,11 @@ impl Vm {
             let shared = d.shared_writable;
             // An incoming migration's source still holds the disk's lock:
             // it is taken once the stream is in.
-            let slot = slots.add_disk(&kvm.fd, d, shared, incoming.is_some())?;
+            let slot = slots.add_disk(&kvm.fd, d, shared, incoming.is_some(), None)?;
             tracing::info!(slot, vdev = %d.vdev, path = %d.path.display(), ro = d.read_only, "disk attached");
         }
         for n in &spec.nics {
-            let slot = slots.add_nic(&kvm.fd, n)?;
+            let slot = slots.add_nic(&kvm.fd, n, None)?;
             tracing::info!(slot, mac = %n.mac, tap = %n.tap, "nic attached");
         }
         let mut cmdline = format!(
@@ -494,10 +505,18 @@ impl Vm {
             cpuid::for_vcpu(&kvm.supported_cpuid, 0, spec.vcpus, kvm.tsc_deadline).as_slice(),
         );
         let restored = if let Some(path) = &spec.restore_from {
-            let f = File::open(path).map_err(|source| VmmError::SaveFile {
-                path: path.clone(),
-                source,
-            })?;
+            // rxend opens the file and passes it (restore_fd); a spec of its own
+            // (tests, by hand) may name it alone: opened here, still at start-up.
+            let f = match spec.restore_fd {
+                Some(fd) => take_fd(fd).map_err(|source| VmmError::SaveFile {
+                    path: path.clone(),
+                    source,
+                })?,
+                None => File::open(path).map_err(|source| VmmError::SaveFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            };
             let r = transfer::receive(
                 BufReader::with_capacity(1 << 20, f),
                 &mem,
@@ -750,6 +769,7 @@ impl Vm {
         )?;
 
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
+        let progress = open_progress(&spec.run_dir)?;
         let mut input = crate::console::InputQueue::default();
         if let Some(st) = &serial_state {
             input.push(&st.queued_input);
@@ -776,6 +796,13 @@ impl Vm {
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
+            pagemap: crate::pagemap::Pagemap::open().map(Arc::new),
+            proc_status: stats::ProcFile::status()
+                .map_err(|e| tracing::warn!("RSS will read as 0: {e}"))
+                .ok(),
+            vcpu_stat: Vec::new(),
+            progress: Some(progress),
+            held_save: None,
         })
     }
 
@@ -809,6 +836,16 @@ impl Vm {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        self.vcpu_stat = self
+            .infos
+            .iter()
+            .map(|info| {
+                let tid = info.tid.load(std::sync::atomic::Ordering::SeqCst);
+                stats::ProcFile::thread_stat(tid)
+                    .map_err(|e| tracing::warn!(tid, "vCPU state will not be sampled: {e}"))
+                    .ok()
+            })
+            .collect();
         Ok(())
     }
 
@@ -848,7 +885,12 @@ impl Vm {
             .enumerate()
             .map(|(i, h)| {
                 let tid = h.info.tid.load(std::sync::atomic::Ordering::SeqCst);
-                let sample = (tid > 0).then(|| stats::sample_thread(tid).ok()).flatten();
+                let sample = self
+                    .vcpu_stat
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .filter(|_| tid > 0)
+                    .and_then(|f| f.sample_thread().ok());
                 let state = if self.control.is_gone(i) || h.is_finished() {
                     VcpuState::Offline
                 } else if self.control.is_parked(i) {
@@ -877,7 +919,11 @@ impl Vm {
             paused: self.control.is_paused(),
             memory_mib: self.spec.memory_mib,
             vcpus,
-            rss_kib: stats::rss_kib().unwrap_or(0),
+            rss_kib: self
+                .proc_status
+                .as_ref()
+                .and_then(|f| f.rss_kib().ok())
+                .unwrap_or(0),
             disks,
             nics,
             balloon: self.balloon.as_ref().map(|b| BalloonStats {
@@ -1048,15 +1094,15 @@ impl Vm {
         };
         w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
         let mut stats = TransferStats::default();
-        let mut sender = PageSender::default();
+        let mut sender = PageSender::with_pagemap(self.pagemap.clone());
         let mut meter = transfer::ProgressFile::new(
-            self.spec.run_dir.join(files::TRANSFER_PROGRESS),
+            self.progress.as_ref().and_then(|f| f.try_clone().ok()),
             memory::ram_bytes(&self.mem) / pstream::PAGE_SIZE as u64,
         );
         let mut hashes = None;
         if opts.live && !was_paused {
             let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
-            let hashes = hashes.insert(PageHashes::new(&self.mem));
+            let hashes = hashes.insert(PageHashes::new(&self.mem, self.pagemap.clone()));
             let mut pfns = transfer::all_pfns(&self.mem);
             let mut round = 1u32;
             loop {
@@ -1151,18 +1197,18 @@ impl Vm {
         Ok((w.into_inner(), stats, paused_at))
     }
 
-    /// Saves the domain to `path`, then exits, resumes or stays paused.
+    /// Saves the domain to `file`, then exits, resumes or stays paused. rxend
+    /// made `file` (an unnamed file beside `path`, which names it in messages)
+    /// and gives it `path`'s name once this succeeded: a failed or interrupted
+    /// save leaves whatever was there untouched.
     pub fn save_to(
         &mut self,
+        file: File,
         path: &Path,
         config: &ConfigRecord,
         then: AfterSave,
     ) -> Result<TransferStats, TransferError> {
-        // The stream goes to an unnamed file that replaces `path` only once complete: a
-        // failed or interrupted save leaves whatever was there untouched.
-        let target = SaveFile::create(path).map_err(|e| TransferError::Peer(e.to_string()))?;
-        let file = target
-            .file()
+        let sync = file
             .try_clone()
             .map_err(|e| TransferError::Peer(format!("cannot write {}: {e}", path.display())))?;
         let opts = SendOptions {
@@ -1176,8 +1222,9 @@ impl Vm {
         let flushed = sent
             .writer
             .into_inner()
-            .map_err(|e| e.into_error().to_string())
-            .and_then(|_| target.commit().map_err(|e| e.to_string()));
+            .map_err(|e| e.into_error())
+            .and_then(|_| sync.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()));
         if let Err(e) = flushed {
             self.resume_after_transfer(sent.was_paused);
             return Err(TransferError::Peer(e));
@@ -1189,6 +1236,7 @@ impl Vm {
                 .request(ExitReason::Saved, format!("saved to {}", path.display())),
             AfterSave::Resume => self.resume_after_transfer(sent.was_paused),
             AfterSave::Pause => self.slots.thaw_all(),
+            AfterSave::Hold => self.held_save = Some(sent.was_paused),
         }
         stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
@@ -1366,12 +1414,35 @@ impl ControlTarget for Vm {
 
     fn save(
         &mut self,
+        file: Option<OwnedFd>,
         path: &Path,
         config: &ConfigRecord,
         then: AfterSave,
     ) -> Result<TransferStats, ControlError> {
-        self.save_to(path, config, then)
+        let file = file.ok_or_else(|| {
+            ControlError::Failed("save needs the save file passed with it".into())
+        })?;
+        if self.held_save.is_some() {
+            return Err(ControlError::Failed(
+                "an earlier save is waiting to finish".into(),
+            ));
+        }
+        self.save_to(File::from(file), path, config, then)
             .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
+    fn save_finish(&mut self, path: &Path, committed: bool) -> Result<(), ControlError> {
+        let Some(was_paused) = self.held_save.take() else {
+            return Err(ControlError::Failed("no save is waiting to finish".into()));
+        };
+        if committed {
+            self.exit
+                .request(ExitReason::Saved, format!("saved to {}", path.display()));
+        } else {
+            self.resume_after_transfer(was_paused);
+            tracing::warn!("the save file could not be put in place; domain resumed as it was");
+        }
+        Ok(())
     }
 
     fn migrate(
@@ -1396,20 +1467,36 @@ impl ControlTarget for Vm {
             .map_err(|e| ControlError::Failed(e.to_string()))
     }
 
-    fn attach_disk(&mut self, disk: &DiskDevice) -> Result<(), ControlError> {
+    fn attach_disk(
+        &mut self,
+        disk: &DiskDevice,
+        file: Option<OwnedFd>,
+    ) -> Result<(), ControlError> {
+        let file = file.ok_or_else(|| {
+            ControlError::Failed("attach_disk needs the opened image passed with it".into())
+        })?;
         let slot = self
             .slots
-            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false)
+            .add_disk(
+                &self.kvm.fd,
+                disk,
+                disk.shared_writable,
+                false,
+                Some(File::from(file)),
+            )
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
         self.slots.announce_attach();
         Ok(())
     }
 
-    fn attach_nic(&mut self, nic: &NicDevice) -> Result<(), ControlError> {
+    fn attach_nic(&mut self, nic: &NicDevice, tap: Option<OwnedFd>) -> Result<(), ControlError> {
+        let tap = tap.ok_or_else(|| {
+            ControlError::Failed("attach_nic needs the TAP queue passed with it".into())
+        })?;
         let slot = self
             .slots
-            .add_nic(&self.kvm.fd, nic)
+            .add_nic(&self.kvm.fd, nic, Some(File::from(tap)))
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         tracing::info!(slot, mac = %nic.mac, "nic hot-plugged");
         self.slots.announce_attach();
@@ -1463,19 +1550,42 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, VmmError> {
     Ok(listener)
 }
 
-/// Takes ownership of the inherited migration socket `fd`.
-fn take_incoming(fd: i32) -> Result<File, VmmError> {
+/// Takes ownership of the descriptor `fd` that rxend let this process inherit.
+fn take_fd(fd: i32) -> std::io::Result<File> {
     // SAFETY: F_GETFD only inspects the descriptor table.
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(VmmError::Incoming(format!(
+        return Err(std::io::Error::other(format!(
             "file descriptor {fd} is not open"
         )));
     }
     // SAFETY: rxend passed `fd` to this process for this purpose alone; nothing
     // else in the process owns it, and it was just checked to be open.
     let f = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on the descriptor just taken: not passed on to children.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(f)
+}
+
+/// Takes ownership of the inherited migration socket `fd`.
+fn take_incoming(fd: i32) -> Result<File, VmmError> {
+    let f = take_fd(fd).map_err(|e| VmmError::Incoming(e.to_string()))?;
     set_timeout(&f, Some(Duration::from_secs(120)));
     Ok(f)
+}
+
+/// Opens (empty) `RUN_DIR/transfer.json`, which save and migration progress
+/// is written to in place.
+fn open_progress(run_dir: &Path) -> Result<File, VmmError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = run_dir.join(files::TRANSFER_PROGRESS);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|source| VmmError::RunDir { path, source })
 }
 
 /// Runs the VM of `spec` to its end: calls `on_ready` once the vCPUs are
@@ -1494,17 +1604,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         });
     }
     // A record left by an earlier run of this domain must not describe this one.
-    let stale = run_dir.join(files::EXIT_RECORD);
-    match std::fs::remove_file(&stale) {
-        Ok(()) => tracing::info!("removed a stale {}", files::EXIT_RECORD),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(VmmError::RunDir {
-                path: stale,
-                source,
-            })
-        }
-    }
+    crate::exit::ExitRecordFile::remove_stale(&run_dir)?;
     let sigterm = event_loop::install_sigterm()?;
     let incoming = match spec.incoming_fd {
         Some(fd) => Some(take_incoming(fd)?),
@@ -1535,9 +1635,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
             }
         }
     }
-    // Everything the guest can reach runs confined: this thread (and the threads it starts)
-    // from here, each vCPU and device thread from its first instruction.
-    crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
+    // Each vCPU and device thread confines itself before its first instruction.
     vm.start()?;
     if let Some(sock) = &incoming {
         if let Err(e) = (&*sock).write_all(b"resumed\n") {
@@ -1547,9 +1645,14 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         vm.slots.after_migration();
     }
     drop(incoming);
+    // The record is written at exit through this descriptor.
+    let exit_file = crate::exit::ExitRecordFile::create(&run_dir)?;
+    // This thread, which serves rxend's requests and the console, and every thread it starts
+    // (hotplug, migration) from here on: no path is opened after this.
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
     on_ready();
     crate::sandbox::test_forbidden_call();
-    let record = event_loop::run(&mut vm, control, console, sigterm)?;
+    let record = event_loop::run(&mut vm, control, console, sigterm, exit_file)?;
     Ok(record)
 }
 
@@ -1578,6 +1681,8 @@ mod tests {
             start_paused: false,
             restore_from: None,
             incoming_fd: None,
+            restore_fd: None,
+            sandbox: false,
             disks: Vec::new(),
             nics: Vec::new(),
             balloon: false,

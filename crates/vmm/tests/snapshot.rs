@@ -48,11 +48,20 @@ fn save_restore_keeps_the_heartbeat_and_corruption_is_refused() {
     let before = heartbeat(&mut con);
     let keep = tempfile::tempdir().expect("tmp");
     let file = keep.path().join("guest.save");
-    let resp = d.control().request(&VmRequest::Save {
+    let save = VmRequest::Save {
         path: file.clone(),
         config: config(),
         then: AfterSave::Exit,
-    });
+    };
+    // The VMM opens no path once the guest runs: the file comes with the request.
+    let resp = d.control().request(&save);
+    assert!(
+        matches!(&resp, VmResponse::Error { message } if message.contains("passed with it")),
+        "a save without a file: {resp:?}"
+    );
+    assert!(!file.exists());
+    let out = std::fs::File::create(&file).expect("create");
+    let resp = d.control().request_with_fd(&save, &out);
     let VmResponse::Transferred(stats) = resp else {
         panic!("save: {resp:?}\n{}", d.vmm_log());
     };

@@ -1,6 +1,7 @@
 //! Disks and NICs of running domains: `block-attach`/`-detach`, `network-attach`/`-detach` and
 //! the device lists.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rxen_proto::vmctl::{DiskStats, NicStats, VmRequest, VmResponse};
@@ -65,8 +66,21 @@ impl Daemon {
     pub fn block_attach(&self, caller: &Caller, r: &str, spec: &str) -> Result<(), DaemonError> {
         let (id, dir) = self.device_guest(caller, r)?;
         let parsed = xlcfg::parse_disk_spec(spec).map_err(config_err)?;
-        let disk = storage::prepare_disk(&parsed).map_err(config_err)?;
-        vmm::command(&dir, &VmRequest::AttachDisk { disk: disk.clone() })?;
+        let mut disk = storage::prepare_disk(&parsed).map_err(config_err)?;
+        // Opened here and passed (the VMM opens no path once its guest runs); the VMM takes
+        // the sharing lock on it, so a disk another domain holds is refused as before.
+        let file = storage::open_for_vmm(&disk).map_err(|e| {
+            DaemonError::Vmm(vmm::VmmError::Control(format!(
+                "cannot open disk {}: {e}",
+                disk.path.display()
+            )))
+        })?;
+        disk.discard = Some(storage::takes_discards(&file));
+        vmm::command_with_fd(
+            &dir,
+            &VmRequest::AttachDisk { disk: disk.clone() },
+            &OwnedFd::from(file),
+        )?;
         self.update_config(id, |c| {
             c.disks.retain(|d| d.vdev != parsed.vdev);
             c.disks.push(parsed.clone());
@@ -116,7 +130,10 @@ impl Daemon {
         vifs.push(v.clone());
         save(&dir, &vifs)?;
         let plugged = network::plug(&v).map_err(config_err).and_then(|()| {
-            vmm::command(&dir, &VmRequest::AttachNic { nic: v.nic.clone() })
+            // The TAP queue is opened here and passed: the VMM opens no path once its guest runs.
+            let tap = network::open_tap(&v.nic.tap)
+                .map_err(|e| DaemonError::Vmm(vmm::VmmError::Control(e.to_string())))?;
+            vmm::command_with_fd(&dir, &VmRequest::AttachNic { nic: v.nic.clone() }, &tap)
                 .map_err(DaemonError::from)
         });
         if let Err(e) = plugged {

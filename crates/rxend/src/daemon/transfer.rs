@@ -16,6 +16,7 @@ use super::{Busy, Created, Daemon, DaemonError};
 use crate::auth::Caller;
 use crate::record::DomainState;
 use crate::relocation;
+use crate::savefile::SaveFile;
 use crate::vmm::{self, VmmError};
 
 /// How long a save or a migration may take.
@@ -128,6 +129,22 @@ pub fn config_of_save_file(path: &Path) -> Result<ConfigRecord, DaemonError> {
         .map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))
 }
 
+/// Reads a VMM's progress file: empty when no transfer runs; rewritten in
+/// place while one does, so a read may catch it half-written: then it is read again.
+pub fn read_progress(path: &Path) -> Option<rxen_proto::vmctl::TransferProgress> {
+    for _ in 0..5 {
+        let data = vmm::read_run_file(path)?;
+        if data.is_empty() {
+            return None;
+        }
+        if let Ok(p) = serde_json::from_slice(&data) {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
 impl Daemon {
     fn only_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
         if caller.is_root() {
@@ -224,22 +241,35 @@ impl Daemon {
         } else {
             AfterSave::Exit
         };
+        let name = rec.name.clone();
+        let fail = |message: String| {
+            self.set_busy(id, None);
+            self.log.error(format!(
+                "domain {id} ({name}): save to {path} failed: {message}"
+            ));
+            transfer_err(message)
+        };
+        // The stream goes to an unnamed file beside `path`, made here and passed to the VMM
+        // (which opens no path once its guest runs); it takes `path`'s name only once the
+        // VMM wrote all of it: a failed or interrupted save leaves whatever was there untouched.
+        let target = SaveFile::create(Path::new(path)).map_err(|e| fail(e.to_string()))?;
+        let fd = target.descriptor().map_err(|e| fail(e.to_string()))?;
+        // A plain save holds the domain stopped until the file is in place: it exits only
+        // then, and goes on as before when the file cannot be put there.
         let req = VmRequest::Save {
             path: PathBuf::from(path),
             config: record,
-            then,
+            then: if then == AfterSave::Exit {
+                AfterSave::Hold
+            } else {
+                then
+            },
         };
-        let resp = vmm::request_long(&dir, &req, None, TRANSFER_TIMEOUT);
-        let name = rec.name.clone();
+        let resp = vmm::request_long(&dir, &req, Some(&fd), TRANSFER_TIMEOUT);
+        drop(fd);
         let stats = match resp {
             Ok(VmResponse::Transferred(s)) => s,
-            Ok(VmResponse::Error { message }) => {
-                self.set_busy(id, None);
-                self.log.error(format!(
-                    "domain {id} ({name}): save to {path} failed: {message}"
-                ));
-                return Err(transfer_err(message));
-            }
+            Ok(VmResponse::Error { message }) => return Err(fail(message)),
             Ok(other) => {
                 self.set_busy(id, None);
                 return Err(transfer_err(format!("unexpected answer {other:?}")));
@@ -249,18 +279,40 @@ impl Daemon {
                 return Err(e.into());
             }
         };
+        let committed = target.commit();
+        if then == AfterSave::Exit {
+            let finish = VmRequest::SaveFinish {
+                path: PathBuf::from(path),
+                committed: committed.is_ok(),
+            };
+            if let Err(e) = vmm::command(&dir, &finish) {
+                if committed.is_ok() {
+                    self.set_busy(id, None);
+                    self.log.error(format!(
+                        "domain {id} ({name}): saved to {path}, but its VMM did not stop: {e}"
+                    ));
+                    return Err(e.into());
+                }
+                self.log.error(format!(
+                    "domain {id} ({name}): cannot resume it after a failed save: {e}"
+                ));
+            }
+        }
+        if let Err(e) = committed {
+            return Err(fail(e.to_string()));
+        }
         self.log.info(format!(
             "domain {id} ({name}) saved to {path}: {} bytes in {:.0} ms{}",
             stats.bytes,
             stats.total_ms,
             match then {
-                AfterSave::Exit => "",
+                AfterSave::Exit | AfterSave::Hold => "",
                 AfterSave::Resume => ", still running",
                 AfterSave::Pause => ", left paused",
             }
         ));
         match then {
-            AfterSave::Exit => self.finish_gone(id, &rec),
+            AfterSave::Exit | AfterSave::Hold => self.finish_gone(id, &rec),
             AfterSave::Resume => self.set_busy(id, None),
             AfterSave::Pause => {
                 let saved = {
@@ -291,9 +343,7 @@ impl Daemon {
         self.only_root(caller, "follow transfers")?;
         let (_, dir) = self.guest(caller, r, "followed")?;
         let path = dir.join(rxen_proto::vmspec::files::TRANSFER_PROGRESS);
-        Ok(fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()))
+        Ok(read_progress(&path))
     }
 
     /// `rxl restore`: starts a domain from a save file (its own config, or `config`).
@@ -584,5 +634,27 @@ mod tests {
             let e = bad.check(&c).expect_err(why);
             assert!(e.contains(why), "{e} (expected {why})");
         }
+    }
+
+    #[test]
+    fn progress_is_none_when_empty_or_torn() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("transfer.json");
+        assert_eq!(read_progress(&path), None);
+        fs::write(&path, b"").expect("write");
+        assert_eq!(read_progress(&path), None);
+        let p = rxen_proto::vmctl::TransferProgress {
+            round: 2,
+            ram_pages: 10,
+            ..Default::default()
+        };
+        let json = serde_json::to_vec(&p).expect("json");
+        // A shorter record over a longer one, caught before the truncation.
+        let mut torn = json.clone();
+        torn.extend_from_slice(b"0,\"paused\":false}");
+        fs::write(&path, &torn).expect("write");
+        assert_eq!(read_progress(&path), None);
+        fs::write(&path, &json).expect("write");
+        assert_eq!(read_progress(&path), Some(p));
     }
 }

@@ -79,6 +79,30 @@ impl Tap {
         })
     }
 
+    /// Takes a `/dev/net/tun` descriptor already attached to TAP `name`
+    /// (by rxend, with the flags of [`Tap::open`]) and makes it non-blocking.
+    pub fn from_file(file: File, name: &str) -> Result<Self, TapError> {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers.
+        let rc = unsafe {
+            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
+            }
+        };
+        if rc < 0 {
+            return Err(TapError::SetIff {
+                name: name.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Tap {
+            file,
+            name: name.to_string(),
+        })
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name

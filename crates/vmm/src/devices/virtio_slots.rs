@@ -292,18 +292,26 @@ fn flock(file: &std::fs::File, op: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens a disk and takes its sharing lock: exclusive for `w`, shared for `r`, none for `w!`.
-fn open_disk(d: &DiskDevice, shared_writable: bool) -> Result<std::fs::File, SlotError> {
+/// Opens a disk (or takes `opened`, the image rxend opened for a hot-plug)
+/// and takes its sharing lock: exclusive for `w`, shared for `r`, none for `w!`.
+fn open_disk(
+    d: &DiskDevice,
+    shared_writable: bool,
+    opened: Option<std::fs::File>,
+) -> Result<std::fs::File, SlotError> {
     let path = d.path.display().to_string();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!d.read_only)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&d.path)
-        .map_err(|source| SlotError::OpenDisk {
-            path: path.clone(),
-            source,
-        })?;
+    let file = match opened {
+        Some(f) => f,
+        None => OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&d.path)
+            .map_err(|source| SlotError::OpenDisk {
+                path: path.clone(),
+                source,
+            })?,
+    };
     if !shared_writable && flock(&file, lock_op(d)).is_err() {
         return Err(SlotError::DiskInUse(path));
     }
@@ -497,7 +505,8 @@ impl VirtioSlots {
         })
     }
 
-    /// Opens a disk and puts it in the lowest free slot; returns the slot.
+    /// Opens a disk (at start-up; a hot-plugged one comes `opened` by rxend)
+    /// and puts it in the lowest free slot; returns the slot.
     /// `shared` (`w!`) takes no lock; `defer_lock` opens it without the lock
     /// for now (an incoming migration, whose source still holds it), to be
     /// taken by [`Self::take_disk_locks`].
@@ -507,6 +516,7 @@ impl VirtioSlots {
         d: &DiskDevice,
         shared: bool,
         defer_lock: bool,
+        opened: Option<std::fs::File>,
     ) -> Result<usize, SlotError> {
         if self.has(true, d.devid) {
             return Err(SlotError::Duplicate {
@@ -514,7 +524,7 @@ impl VirtioSlots {
                 devid: d.devid,
             });
         }
-        let file = open_disk(d, shared || defer_lock)?;
+        let file = open_disk(d, shared || defer_lock, opened)?;
         let lock = if shared {
             None
         } else {
@@ -527,6 +537,7 @@ impl VirtioSlots {
             BlockConfig {
                 read_only: d.read_only || d.cdrom,
                 serial: d.vdev.chars().take(rxen_virtio::block::ID_BYTES).collect(),
+                backend_discard: d.discard,
                 ..BlockConfig::default()
             },
         )
@@ -547,8 +558,14 @@ impl VirtioSlots {
         )
     }
 
-    /// Opens a NIC's TAP and puts the NIC in the lowest free slot; returns the slot.
-    pub fn add_nic(&self, vm: &VmFd, n: &NicDevice) -> Result<usize, SlotError> {
+    /// Opens a NIC's TAP (at start-up; a hot-plugged NIC comes with the TAP
+    /// queue rxend `opened`) and puts the NIC in the lowest free slot; returns the slot.
+    pub fn add_nic(
+        &self,
+        vm: &VmFd,
+        n: &NicDevice,
+        opened: Option<std::fs::File>,
+    ) -> Result<usize, SlotError> {
         if self.has(false, n.devid) {
             return Err(SlotError::Duplicate {
                 kind: "nic",
@@ -556,7 +573,10 @@ impl VirtioSlots {
             });
         }
         let mac = parse_mac(&n.mac).ok_or_else(|| SlotError::BadMac(n.mac.clone()))?;
-        let tap = Tap::open(&n.tap)?;
+        let tap = match opened {
+            Some(f) => Tap::from_file(f, &n.tap)?,
+            None => Tap::open(&n.tap)?,
+        };
         let tap_fd = tap.as_raw_fd();
         let net = Net::new(
             Box::new(tap),

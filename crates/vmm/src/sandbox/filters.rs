@@ -133,7 +133,6 @@ const COMMON: &[i64] = &[
     libc::SYS_clock_gettime,
     libc::SYS_gettimeofday,
     libc::SYS_getrandom,
-    libc::SYS_prctl,
     libc::SYS_rseq,
     libc::SYS_set_robust_list,
     libc::SYS_sendto,
@@ -159,9 +158,9 @@ const DEVICE_IO: &[i64] = &[
 ];
 
 /// The control thread's calls beyond the others': its sockets (accepting rxend's requests and
-/// descriptors), threads it starts (hotplug, migration), event fds, and, until every run-time
-/// file reaches the VMM as a descriptor, the path calls of saving, console log rotation and
-/// the exit record.
+/// the descriptors they carry: save files, hot-plugged disks and TAPs, migration connections),
+/// threads it starts (hotplug, migration), event fds. No call that names a path: every file it
+/// needs at run time is a descriptor it holds.
 const CONTROL: &[i64] = &[
     libc::SYS_accept4,
     libc::SYS_recvmsg,
@@ -171,7 +170,6 @@ const CONTROL: &[i64] = &[
     libc::SYS_getsockopt,
     libc::SYS_poll,
     libc::SYS_ppoll,
-    libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
@@ -185,19 +183,42 @@ const CONTROL: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_ftruncate,
     libc::SYS_sched_setaffinity,
-    // Path calls still made at run time (see the module doc).
-    libc::SYS_openat,
-    libc::SYS_linkat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-    libc::SYS_umask,
-    libc::SYS_chmod,
-    libc::SYS_socket,
-    libc::SYS_bind,
-    libc::SYS_listen,
+    libc::SYS_sysinfo,
 ];
+
+/// The `prctl` options threads use: naming themselves, and giving things up.
+const PRCTL_OPTIONS: &[libc::c_int] = &[
+    libc::PR_SET_NAME,
+    libc::PR_GET_NAME,
+    libc::PR_CAPBSET_READ,
+    libc::PR_CAPBSET_DROP,
+    libc::PR_CAP_AMBIENT,
+    libc::PR_SET_NO_NEW_PRIVS,
+    libc::PR_SET_SECCOMP,
+];
+
+/// The `clone` flags of a new thread (glibc's `pthread_create`): nothing else, so no process,
+/// no namespace.
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+fn arg_rules(arg: u8, len: SeccompCmpArgLen, values: &[u64]) -> Result<Vec<SeccompRule>, String> {
+    values
+        .iter()
+        .map(|&v| {
+            let cond = SeccompCondition::new(arg, len.clone(), SeccompCmpOp::Eq, v)
+                .map_err(|e| e.to_string())?;
+            SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
+        })
+        .collect()
+}
 
 fn ioctl_rules(requests: &[&[u64]]) -> Result<Vec<SeccompRule>, String> {
     requests
@@ -245,10 +266,39 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         calls.into_iter().map(|c| (c, Vec::new())).collect();
     rules.insert(libc::SYS_ioctl, ioctl_rules(&[&ioctls])?);
+    let prctl: Vec<u64> = PRCTL_OPTIONS.iter().map(|&o| o as u64).collect();
+    rules.insert(
+        libc::SYS_prctl,
+        arg_rules(0, SeccompCmpArgLen::Dword, &prctl)?,
+    );
+    if kind == ThreadKind::Control {
+        rules.insert(
+            libc::SYS_clone,
+            arg_rules(0, SeccompCmpArgLen::Qword, &[THREAD_CLONE_FLAGS])?,
+        );
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
         SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| e.to_string())?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
+}
+
+/// A second filter every thread gets: `clone3`, whose flags sit in memory where a filter cannot
+/// read them, fails with ENOSYS, so that the C library falls back to `clone`, whose flags the
+/// main filter checks. (The main filter lets `clone3` through to this one.)
+pub fn clone3_program() -> Result<BpfProgram, String> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    rules.insert(libc::SYS_clone3, Vec::new());
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
     )
     .map_err(|e| e.to_string())?;
@@ -291,12 +341,36 @@ mod tests {
                 libc::SYS_connect,
                 libc::SYS_ptrace,
                 libc::SYS_clone,
-                libc::SYS_clone3,
                 libc::SYS_mount,
                 libc::SYS_setuid,
             ] {
                 assert!(!calls.contains(&forbidden), "{kind:?} allows {forbidden}");
             }
+        }
+    }
+
+    #[test]
+    fn the_control_thread_names_no_path() {
+        let (calls, _) = allowed(ThreadKind::Control);
+        for forbidden in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+            libc::SYS_linkat,
+            libc::SYS_mkdir,
+            libc::SYS_chmod,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_execve,
+            libc::SYS_clone,
+        ] {
+            assert!(!calls.contains(&forbidden), "control allows {forbidden}");
         }
     }
 

@@ -96,11 +96,14 @@ pub fn enter(kind: ThreadKind) -> Result<(), SandboxError> {
     sigsys::install().map_err(sys("install the SIGSYS handler"))?;
     drop_capabilities()?;
     let program = filters::program(kind).map_err(|why| SandboxError::Seccomp { kind, why })?;
+    let clone3 = filters::clone3_program().map_err(|why| SandboxError::Seccomp { kind, why })?;
     // apply_filter also sets no_new_privs, which seccomp needs without CAP_SYS_ADMIN.
-    seccompiler::apply_filter(&program).map_err(|e| SandboxError::Seccomp {
-        kind,
-        why: e.to_string(),
-    })?;
+    for p in [&clone3, &program] {
+        seccompiler::apply_filter(p).map_err(|e| SandboxError::Seccomp {
+            kind,
+            why: e.to_string(),
+        })?;
+    }
     Ok(())
 }
 

@@ -41,6 +41,7 @@ pub fn spec(dir: &Path, kernel: KernelSource, vcpus: u32, memory_mib: u64) -> Vm
         run_dir: dir.to_path_buf(),
         start_paused: false,
         restore_from: None,
+        restore_fd: None,
         incoming_fd: None,
         // The monitor runs in the test's own process, which must stay free.
         sandbox: false,
@@ -175,6 +176,32 @@ impl Control {
         let mut resp = String::new();
         self.stream.read_line(&mut resp).expect("response");
         resp
+    }
+
+    /// Sends `req` with `fd` attached (SCM_RIGHTS), as rxend passes files.
+    pub fn request_with_fd(
+        &mut self,
+        req: &VmRequest,
+        fd: &impl std::os::fd::AsRawFd,
+    ) -> VmResponse {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut line = serde_json::to_vec(req).expect("json");
+        line.push(b'\n');
+        let fds = [fd.as_raw_fd()];
+        let sock = self.stream.get_ref().as_raw_fd();
+        let n = sendmsg::<()>(
+            sock,
+            &[std::io::IoSlice::new(&line)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        self.stream.get_mut().write_all(&line[n..]).expect("send");
+        let mut resp = String::new();
+        self.stream.read_line(&mut resp).expect("response");
+        serde_json::from_str(&resp).unwrap_or_else(|e| panic!("bad response {resp:?}: {e}"))
     }
 
     pub fn request(&mut self, req: &VmRequest) -> VmResponse {

@@ -1,6 +1,7 @@
-//! Save files written so that a failed or interrupted save loses nothing: the stream goes
-//! to an unnamed file in the target's directory, which takes the target's name only once
-//! it is complete and on disk.
+//! Save files written so that a failed or interrupted save loses nothing: rxend makes an
+//! unnamed file in the target's directory, passes it to the VMM that writes the stream
+//! (the VMM opens no path once its guest runs), and gives it the target's name only once
+//! the VMM reported success and the file is on disk.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -63,7 +64,7 @@ impl SaveFile {
         let unnamed = OpenOptions::new()
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_TMPFILE)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
             .open(&dir);
         match unnamed {
             Ok(file) => Ok(Self {
@@ -78,6 +79,7 @@ impl SaveFile {
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
                     .open(&named)
                     .map_err(io_err(&named))?;
                 Ok(Self {
@@ -92,15 +94,25 @@ impl SaveFile {
     }
 
     fn temp_name(target: &Path, dir: &Path) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut name = OsString::from(".");
         name.push(target.file_name().unwrap_or_default());
-        name.push(format!(".rxen-save-{}", std::process::id()));
+        name.push(format!(".rxen-save-{}-{n}", std::process::id()));
         dir.join(name)
     }
 
     /// The file to write the stream to.
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// A descriptor of the file to pass to the VMM.
+    pub fn descriptor(&self) -> Result<std::os::fd::OwnedFd, SaveFileError> {
+        self.file
+            .try_clone()
+            .map(Into::into)
+            .map_err(io_err(&self.target))
     }
 
     /// Flushes the file to disk and gives it the target's name (replacing a regular file
@@ -191,6 +203,19 @@ mod tests {
             std::fs::metadata("/dev/full").is_ok(),
             "/dev/full untouched"
         );
+    }
+
+    #[test]
+    fn what_a_passed_descriptor_wrote_is_committed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let target = dir.path().join("passed.save");
+        let s = SaveFile::create(&target).expect("create");
+        let mut other = File::from(s.descriptor().expect("fd"));
+        other.write_all(b"from the VMM").expect("write");
+        drop(other);
+        assert!(!target.exists());
+        s.commit().expect("commit");
+        assert_eq!(std::fs::read(&target).expect("read"), b"from the VMM");
     }
 
     #[test]
