@@ -114,11 +114,15 @@ fn saved_guest() -> (tempfile::TempDir, PathBuf) {
     heartbeat(&mut con);
     let keep = tempfile::tempdir().expect("tmp");
     let file = keep.path().join("guest.save");
-    let resp = d.control().request(&VmRequest::Save {
-        path: file.clone(),
-        config: config(),
-        then: AfterSave::Exit,
-    });
+    let out = std::fs::File::create(&file).expect("create");
+    let resp = d.control().request_with_fd(
+        &VmRequest::Save {
+            path: file.clone(),
+            config: config(),
+            then: AfterSave::Exit,
+        },
+        &out,
+    );
     assert!(
         matches!(resp, VmResponse::Transferred(_)),
         "save: {resp:?}\n{}",
