@@ -242,91 +242,75 @@ fn restart_with(h: &mut Host, fp: Option<&str>) {
     h.start_rxend();
 }
 
-#[test]
-fn rxend_killed_at_each_step_of_create_leaves_the_domain_whole_or_gone() {
-    let mut h = Host::start();
-    let br = Bridge::new("c");
-    let d = Domain::new(
-        &h,
-        &br,
-        "crashc",
-        &format!("rxtc{:x}", std::process::id() % 0xFFFF),
-    );
+/// Runs `rxl ARGS` against an rxend that dies at each failpoint of a domain's start, starts
+/// rxend again, and checks that `d` is listed and working or completely gone (`before_check`
+/// runs first, with whether it is listed). At `recorded` and `plugged` nothing of the domain
+/// may survive; at `ready` the domain must be adopted; at `spawned` either may happen.
+fn kill_at_each_failpoint(
+    h: &mut Host,
+    d: &Domain,
+    args: &[&str],
+    mut before_check: impl FnMut(&Host, &str, bool),
+) {
     for (fp, expect_listed) in [
         (RECORDED, Some(false)),
         (PLUGGED, Some(false)),
         (SPAWNED, None),
         (READY, Some(true)),
     ] {
-        restart_with(&mut h, Some(fp));
-        let out = h.rxl(&["create", &d.cfg]);
-        assert!(!out.status.success(), "{fp}: rxl create succeeded");
-        wait_rxend_dead(&mut h);
-        restart_with(&mut h, None);
-        let listed = check_listed_and_working_or_gone(&h, &d, &format!("create killed at {fp}"));
+        restart_with(h, Some(fp));
+        let out = h.rxl(args);
+        assert!(!out.status.success(), "{fp}: rxl {args:?} succeeded");
+        wait_rxend_dead(h);
+        restart_with(h, None);
+        let what = format!("rxl {} killed at {fp}", args[0]);
+        before_check(h, &what, h.list_row(&d.name).is_some());
+        let listed = check_listed_and_working_or_gone(h, d, &what);
         if let Some(want) = expect_listed {
-            assert_eq!(
-                listed,
-                want,
-                "create killed at {fp}: listed {listed}\n{}",
-                h.rxend_log()
-            );
+            assert_eq!(listed, want, "{what}: listed {listed}\n{}", h.rxend_log());
         }
     }
+}
+
+#[test]
+fn rxend_killed_at_each_step_of_create_leaves_the_domain_whole_or_gone() {
+    let mut h = Host::start();
+    let br = Bridge::new("c");
+    let tap = format!("rxtc{:x}", std::process::id() % 0xFFFF);
+    let d = Domain::new(&h, &br, "crashc", &tap);
+    let cfg = d.cfg.clone();
+    kill_at_each_failpoint(&mut h, &d, &["create", &cfg], |_, _, _| {});
 }
 
 #[test]
 fn rxend_killed_at_each_step_of_restore_leaves_one_copy_or_none() {
     let mut h = Host::start();
     let br = Bridge::new("r");
-    let d = Domain::new(
-        &h,
-        &br,
-        "crashr",
-        &format!("rxtr{:x}", std::process::id() % 0xFFFF),
-    );
+    let tap = format!("rxtr{:x}", std::process::id() % 0xFFFF);
+    let d = Domain::new(&h, &br, "crashr", &tap);
     h.rxl_ok(&["create", &d.cfg]);
     let con = h.console(&d.name);
     con.wait_for("booted on 1 vCPUs", Duration::from_secs(30));
     drop(con);
     let save = h.dir.path().join("crashr.sav");
-    let save = save.to_str().expect("utf-8");
-    h.rxl_ok(&["save", &d.name, save]);
-    let saved = fs::read(save).expect("save file");
-    for (fp, expect_listed) in [
-        (RECORDED, Some(false)),
-        (PLUGGED, Some(false)),
-        (SPAWNED, None),
-        (READY, Some(true)),
-    ] {
-        restart_with(&mut h, Some(fp));
-        let out = h.rxl(&["restore", save]);
-        assert!(!out.status.success(), "{fp}: rxl restore succeeded");
-        wait_rxend_dead(&mut h);
-        restart_with(&mut h, None);
-        let what = format!("restore killed at {fp}");
-        let listed = match h.list_row(&d.name) {
-            // A restored domain that was adopted must be the one copy: a retried restore is
-            // refused, and the save file is intact.
-            Some(_) => {
-                let retry = h.rxl(&["restore", save]);
-                assert!(
-                    !retry.status.success(),
-                    "{what}: a second copy was restored"
-                );
-                check_listed_and_working_or_gone(&h, &d, &what)
-            }
-            None => check_listed_and_working_or_gone(&h, &d, &what),
-        };
-        if let Some(want) = expect_listed {
-            assert_eq!(listed, want, "{what}: listed {listed}\n{}", h.rxend_log());
+    let save = save.to_str().expect("utf-8").to_string();
+    h.rxl_ok(&["save", &d.name, &save]);
+    let saved = fs::read(&save).expect("save file");
+    kill_at_each_failpoint(&mut h, &d, &["restore", &save], |h, what, listed| {
+        // An adopted restored domain must be the one copy: a retried restore is refused.
+        if listed {
+            let retry = h.rxl(&["restore", &save]);
+            assert!(
+                !retry.status.success(),
+                "{what}: a second copy was restored"
+            );
         }
         assert_eq!(
-            fs::read(save).expect("save file"),
+            fs::read(&save).expect("save file"),
             saved,
             "{what}: the save file changed"
         );
-    }
+    });
 }
 
 #[test]

@@ -684,24 +684,15 @@ impl Daemon {
                     source,
                 }
             })?;
-            let rec = DomainRecord {
+            let rec = DomainRecord::new(
                 domid,
-                name: name.clone(),
-                uuid: uuid.clone(),
-                config: config.clone(),
+                name.clone(),
+                uuid.clone(),
+                config.clone(),
                 config_path,
-                created_at: now_secs(),
-                cpu_time_ns: 0,
-                vmm_cpu_ns: 0,
-                net_tx_bytes: 0,
-                net_rx_bytes: 0,
-                vmm_net_tx_bytes: 0,
-                vmm_net_rx_bytes: 0,
-                mem_target_mib: None,
-                online_vcpus: None,
-                mem_max_mib: None,
-                state: DomainState::Starting { paused },
-            };
+                now_secs(),
+                DomainState::Starting { paused },
+            );
             t.domains.insert(
                 domid,
                 Entry {
@@ -1477,26 +1468,17 @@ mod tests {
     fn preserved(d: &Daemon, name: &str) {
         let text = format!("name = \"{name}\"\nkernel = \"builtin:testguest\"\n");
         let config = xlcfg::parse(&text, "d.cfg", &[]).expect("config").config;
-        let rec = DomainRecord {
-            domid: 1,
-            name: name.into(),
-            uuid: "00000000-0000-0000-0000-000000000001".into(),
+        let rec = DomainRecord::new(
+            1,
+            name.into(),
+            "00000000-0000-0000-0000-000000000001".into(),
             config,
-            config_path: None,
-            created_at: 0.0,
-            cpu_time_ns: 0,
-            vmm_cpu_ns: 0,
-            net_tx_bytes: 0,
-            net_rx_bytes: 0,
-            vmm_net_tx_bytes: 0,
-            vmm_net_rx_bytes: 0,
-            mem_target_mib: None,
-            online_vcpus: None,
-            mem_max_mib: None,
-            state: DomainState::Shutdown {
+            None,
+            0.0,
+            DomainState::Shutdown {
                 reason: ExitReason::Poweroff,
             },
-        };
+        );
         d.save(&rec).expect("save record");
         d.table().domains.insert(
             1,

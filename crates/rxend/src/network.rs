@@ -312,68 +312,10 @@ fn script_env(v: &PluggedVif) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Why a TAP could not be opened for a VMM.
-#[derive(Debug, thiserror::Error)]
-pub enum TapOpenError {
-    /// The name does not fit an interface name.
-    #[error("bad TAP name {0:?}")]
-    BadName(String),
-    /// /dev/net/tun could not be opened.
-    #[error("cannot open /dev/net/tun: {0}")]
-    OpenTun(#[source] std::io::Error),
-    /// TUNSETIFF failed.
-    #[error("cannot attach to TAP {name}: {source}")]
-    SetIff {
-        /// The TAP's name.
-        name: String,
-        /// The ioctl error.
-        source: std::io::Error,
-    },
-}
-
 /// Opens a queue of the existing TAP `name` for a running VMM (a hot-plug: the
-/// VMM opens no path once its guest runs), as the VMM does at start-up:
-/// `/dev/net/tun`, non-blocking, attached with `TUNSETIFF` (`IFF_TAP | IFF_NO_PI`).
-pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, TapOpenError> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    const IFF_TAP: libc::c_short = 0x0002;
-    const IFF_NO_PI: libc::c_short = 0x1000;
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(TapOpenError::BadName(name.to_string()));
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(TapOpenError::OpenTun)?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI,
-        _pad: [0; 22],
-    };
-    if let Some(dst) = req.name.get_mut(..bytes.len()) {
-        dst.copy_from_slice(bytes);
-    }
-    // SAFETY: TUNSETIFF reads and writes an `ifreq`, which `IfReq` lays out (name, flags,
-    // padding to the union's size); `req` lives across the call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
-    if rc < 0 {
-        return Err(TapOpenError::SetIff {
-            name: name.to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(file.into())
+/// VMM opens no path once its guest runs), exactly as the VMM opens one at start-up.
+pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, rxen_virtio::net::TapError> {
+    rxen_virtio::Tap::open(name).map(|t| t.into_file().into())
 }
 
 /// Creates the TAP and wires it; on failure removes what it created.

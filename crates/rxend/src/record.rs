@@ -83,6 +83,36 @@ pub struct DomainRecord {
 }
 
 impl DomainRecord {
+    /// A new domain's record: nothing accounted yet, no runtime settings.
+    pub fn new(
+        domid: u32,
+        name: String,
+        uuid: String,
+        config: DomainConfig,
+        config_path: Option<String>,
+        created_at: f64,
+        state: DomainState,
+    ) -> DomainRecord {
+        DomainRecord {
+            domid,
+            name,
+            uuid,
+            config,
+            config_path,
+            created_at,
+            cpu_time_ns: 0,
+            vmm_cpu_ns: 0,
+            net_tx_bytes: 0,
+            net_rx_bytes: 0,
+            vmm_net_tx_bytes: 0,
+            vmm_net_rx_bytes: 0,
+            mem_target_mib: None,
+            online_vcpus: None,
+            mem_max_mib: None,
+            state,
+        }
+    }
+
     /// The memory the domain has now: the balloon target, or `memory` from the config.
     pub fn current_mib(&self) -> u64 {
         self.mem_target_mib.unwrap_or(self.config.memory_mib)

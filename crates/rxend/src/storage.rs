@@ -168,30 +168,9 @@ pub fn open_for_vmm(d: &DiskDevice) -> std::io::Result<std::fs::File> {
         .open(&d.path)
 }
 
-/// Whether an open image takes discards: a regular file always; a host block
-/// device when `/sys/dev/block/MAJ:MIN/queue/discard_max_bytes` is above zero
-/// (what the VMM would look up itself at start-up).
+/// Whether an open image takes discards (what the VMM would look up itself at start-up).
 pub fn takes_discards(file: &std::fs::File) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let Ok(meta) = file.metadata() else {
-        return false;
-    };
-    if meta.file_type().is_file() {
-        return true;
-    }
-    if !meta.file_type().is_block_device() {
-        return false;
-    }
-    let rdev = meta.rdev();
-    let path = format!(
-        "/sys/dev/block/{}:{}/queue/discard_max_bytes",
-        libc::major(rdev),
-        libc::minor(rdev)
-    );
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|max| max > 0)
+    rxen_virtio::block::takes_discards(file)
 }
 
 /// Prepares every disk of a domain, refusing duplicate device IDs.

@@ -26,7 +26,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 
-pub use self::disk::{Disk, DiskError, DiskKind};
+pub use self::disk::{takes_discards, Disk, DiskError, DiskKind};
 pub use self::request::RequestError;
 pub use self::stats::{BlockStats, BlockStatsSnapshot};
 

@@ -98,29 +98,9 @@ impl Disk {
         self.file.sync_data()
     }
 
-    /// Whether [`Disk::discard`] can work: always for a regular file, for a
-    /// block device when the kernel says it takes discards
-    /// (`/sys/dev/block/MAJ:MIN/queue/discard_max_bytes` above zero).
+    /// Whether [`Disk::discard`] can work (see [`takes_discards`]).
     pub fn supports_discard(&self) -> bool {
-        match self.kind {
-            DiskKind::RegularFile => true,
-            DiskKind::BlockDevice => {
-                use std::os::unix::fs::MetadataExt;
-                let Ok(meta) = self.file.metadata() else {
-                    return false;
-                };
-                let rdev = meta.rdev();
-                let path = format!(
-                    "/sys/dev/block/{}:{}/queue/discard_max_bytes",
-                    libc::major(rdev),
-                    libc::minor(rdev)
-                );
-                std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .is_some_and(|max| max > 0)
-            }
-        }
+        takes_discards(&self.file)
     }
 
     /// Discards `len` bytes at `offset`: punches a hole in a file (the range
@@ -165,4 +145,29 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Whether an open image takes discards: always a regular file; a host block device when the
+/// kernel says so (`/sys/dev/block/MAJ:MIN/queue/discard_max_bytes` above zero).
+pub fn takes_discards(file: &File) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if meta.file_type().is_file() {
+        return true;
+    }
+    if !meta.file_type().is_block_device() {
+        return false;
+    }
+    let rdev = meta.rdev();
+    let path = format!(
+        "/sys/dev/block/{}:{}/queue/discard_max_bytes",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|max| max > 0)
 }

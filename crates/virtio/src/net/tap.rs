@@ -107,6 +107,11 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The attached `/dev/net/tun` descriptor, for handing to another process.
+    pub fn into_file(self) -> File {
+        self.file
+    }
 }
 
 impl AsRawFd for Tap {
