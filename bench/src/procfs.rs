@@ -117,9 +117,45 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ut + st) / if tck > 0 { tck as f64 } else { 100.0 })
 }
 
+/// How many of a process's threads run under a seccomp filter, and how many
+/// threads it has, from the `Seccomp:` line of each `/proc/PID/task/TID/status`
+/// (2 is filter mode).
+pub fn seccomp_threads(pid: u32) -> Result<(usize, usize)> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| BenchError::io(format!("read {dir}"), e))?;
+    let (mut filtered, mut total) = (0, 0);
+    for t in tasks.flatten() {
+        // A thread may exit between the listing and the read: it is not counted.
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        total += 1;
+        if seccomp_mode(&status) == Some(2) {
+            filtered += 1;
+        }
+    }
+    Ok((filtered, total))
+}
+
+/// The number on the `Seccomp:` line of a status file.
+fn seccomp_mode(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::split_smaps;
+    use super::{seccomp_mode, split_smaps};
+
+    #[test]
+    fn seccomp_line() {
+        let status = "Name:\trxen-vmm\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t2\n";
+        assert_eq!(seccomp_mode(status), Some(2));
+        assert_eq!(seccomp_mode("Seccomp:\t0\n"), Some(0));
+        assert_eq!(seccomp_mode("Name:\tx\n"), None);
+    }
 
     const SMAPS: &str = "\
 55d0-55e0 r-xp 00000000 08:01 123 /usr/bin/qemu

@@ -160,6 +160,12 @@ impl Row {
     }
 
     fn ratio(&self) -> String {
+        self.ratio_named("rxen", "QEMU")
+    }
+
+    /// rxen's median over QEMU's (or, in a `Versus` table, column a's over
+    /// column b's), with a verdict naming the better one as `a` or `b`.
+    fn ratio_named(&self, a: &str, b: &str) -> String {
         let (Some(r), Some(q)) = (self.rxen.summary(), self.qemu.summary()) else {
             return "–".to_string();
         };
@@ -169,15 +175,28 @@ impl Row {
         let ratio = r.median / q.median;
         let overlap = r.n > 1 && q.n > 1 && r.min <= q.max && q.min <= r.max;
         let verdict = match self.better {
-            Better::Neither => "",
-            _ if (ratio - 1.0).abs() < 0.02 => " (even)",
-            _ if overlap => " (ranges overlap)",
-            Better::Lower if ratio < 1.0 => " (rxen better)",
-            Better::Higher if ratio > 1.0 => " (rxen better)",
-            _ => " (QEMU better)",
+            Better::Neither => String::new(),
+            _ if (ratio - 1.0).abs() < 0.02 => " (even)".to_string(),
+            _ if overlap => " (ranges overlap)".to_string(),
+            Better::Lower if ratio < 1.0 => format!(" ({a} better)"),
+            Better::Higher if ratio > 1.0 => format!(" ({a} better)"),
+            _ => format!(" ({b} better)"),
         };
         format!("{ratio:.2}×{verdict}")
     }
+}
+
+/// A section that compares rxen with itself in two settings, in a table of
+/// its own: each row's `rxen` cell is column `a` and its `qemu` cell column
+/// `b`, and the ratio is a/b.
+#[derive(Debug, Clone)]
+pub struct Versus {
+    /// The table's heading.
+    pub heading: String,
+    /// The first column's setting (e.g. "sandbox on").
+    pub a: String,
+    /// The second column's setting (e.g. "sandbox off").
+    pub b: String,
 }
 
 /// One section's rows and the method lines printed beneath the table.
@@ -185,6 +204,9 @@ impl Row {
 pub struct SectionReport {
     /// The section's title.
     pub title: String,
+    /// Set for a section whose rows compare two rxen settings, not rxen and
+    /// QEMU: they go in a table of their own under this heading.
+    pub versus: Option<Versus>,
     /// Its rows.
     pub rows: Vec<Row>,
     /// How each figure is measured, one line each.
@@ -199,12 +221,16 @@ pub fn render(header: &[String], sections: &[SectionReport]) -> String {
         out.push_str(h);
         out.push('\n');
     }
-    out.push('\n');
-    out.push_str(
-        "| section | figure | guest | rxen: median (min–max) | QEMU: median (min–max) | rxen/QEMU | host, no VM |\n",
-    );
-    out.push_str("|---|---|---|---|---|---|---|\n");
-    for s in sections {
+    let (versus, side_by_side): (Vec<_>, Vec<_>) =
+        sections.iter().partition(|s| s.versus.is_some());
+    if side_by_side.iter().any(|s| !s.rows.is_empty()) {
+        out.push('\n');
+        out.push_str(
+            "| section | figure | guest | rxen: median (min–max) | QEMU: median (min–max) | rxen/QEMU | host, no VM |\n",
+        );
+        out.push_str("|---|---|---|---|---|---|---|\n");
+    }
+    for s in &side_by_side {
         for r in &s.rows {
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
@@ -215,6 +241,27 @@ pub fn render(header: &[String], sections: &[SectionReport]) -> String {
                 r.qemu.render(r.unit, r.decimals),
                 r.ratio(),
                 r.host_cell()
+            ));
+        }
+    }
+    for s in &versus {
+        let Some(v) = &s.versus else { continue };
+        out.push_str(&format!("\n## {}\n\n", v.heading));
+        out.push_str(&format!(
+            "| section | figure | guest | {a}: median (min–max) | {b}: median (min–max) | {a} / {b} |\n",
+            a = v.a,
+            b = v.b
+        ));
+        out.push_str("|---|---|---|---|---|---|\n");
+        for r in &s.rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                s.title,
+                r.figure,
+                r.guest,
+                r.rxen.render(r.unit, r.decimals),
+                r.qemu.render(r.unit, r.decimals),
+                r.ratio_named(&v.a, &v.b)
             ));
         }
     }
@@ -235,7 +282,7 @@ fn escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Better, Cell, Row};
+    use super::{render, Better, Cell, Row, SectionReport, Versus};
 
     #[test]
     fn ratio_and_verdict() {
@@ -249,6 +296,34 @@ mod tests {
         r.qemu = Cell::Pending("not yet".into());
         assert_eq!(r.ratio(), "–");
         assert_eq!(r.qemu.render("ms", 1), "pending: not yet");
+    }
+
+    #[test]
+    fn versus_sections_get_their_own_table() {
+        let mut r = Row::new("boot", "128 MiB", "ms", 1, Better::Lower);
+        r.rxen.push::<String>(Ok(42.0));
+        r.qemu.push::<String>(Ok(40.0));
+        let s = SectionReport {
+            title: "sandbox".into(),
+            versus: Some(Versus {
+                heading: "Sandbox cost".into(),
+                a: "sandbox on".into(),
+                b: "sandbox off".into(),
+            }),
+            rows: vec![r],
+            method: vec!["how".into()],
+        };
+        let text = render(&["- date: now".into()], &[s]);
+        assert!(!text.contains("rxen/QEMU"), "{text}");
+        assert!(text.contains("## Sandbox cost\n"), "{text}");
+        assert!(text.contains("| sandbox on / sandbox off |"), "{text}");
+        assert!(
+            text.contains(
+                "| sandbox | boot | 128 MiB | 42.0 ms | 40.0 ms | 1.05× (sandbox off better) |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("- **sandbox**: how"), "{text}");
     }
 
     #[test]

@@ -39,36 +39,49 @@ impl Drop for Domain {
 impl RxenHost {
     /// Starts `rxend` and waits for its socket.
     pub fn start() -> Result<RxenHost> {
-        RxenHost::start_with(None)
+        RxenHost::start_with(None, true)
     }
 
-    /// Starts an `rxend` whose relocation server listens on ADDRESS:PORT with KEY.
-    pub fn start_relocation(address: &str, port: u16, key: &Path) -> Result<RxenHost> {
-        RxenHost::start_with(Some(format!(
-            "[relocation]\nserver = true\naddress = \"{address}\"\nport = {port}\nkey-file = \"{}\"\n",
-            key.display()
-        )))
+    /// Starts `rxend` with its VMMs confined (`sandbox`, rxend's default) or
+    /// not (`rxend --no-sandbox`).
+    pub fn start_sandbox(sandbox: bool) -> Result<RxenHost> {
+        RxenHost::start_with(None, sandbox)
     }
 
-    fn start_with(config: Option<String>) -> Result<RxenHost> {
+    /// Starts an `rxend` whose relocation server listens on ADDRESS:PORT with
+    /// KEY, its VMMs confined (`sandbox`) or not (`--no-sandbox`).
+    pub fn start_relocation_sandbox(
+        address: &str,
+        port: u16,
+        key: &Path,
+        sandbox: bool,
+    ) -> Result<RxenHost> {
+        RxenHost::start_with(
+            Some(format!(
+                "[relocation]\nserver = true\naddress = \"{address}\"\nport = {port}\nkey-file = \"{}\"\n",
+                key.display()
+            )),
+            sandbox,
+        )
+    }
+
+    /// Whether this build's `rxend` has `--no-sandbox` (its help lists it).
+    pub fn can_unsandbox() -> bool {
+        rxend_help().contains("--no-sandbox")
+    }
+
+    fn start_with(config: Option<String>, sandbox: bool) -> Result<RxenHost> {
         let dir = tempfile::Builder::new()
             .prefix("rxen-bench-")
             .tempdir()
             .map_err(|e| BenchError::io("make a temporary directory", e))?;
         let rxend_bin = bin_dir().join("rxend");
-        let help = Command::new(&rxend_bin)
-            .arg("--help")
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        let cgroup = String::from_utf8_lossy(&help)
-            .contains("--cgroup")
-            .then(|| {
-                format!(
-                    "{}",
-                    dir.path().file_name().unwrap_or_default().to_string_lossy()
-                )
-            });
+        let cgroup = rxend_help().contains("--cgroup").then(|| {
+            format!(
+                "{}",
+                dir.path().file_name().unwrap_or_default().to_string_lossy()
+            )
+        });
         let mut cmd = Command::new(&rxend_bin);
         cmd.arg("--socket")
             .arg(dir.path().join("rxend.sock"))
@@ -76,6 +89,9 @@ impl RxenHost {
             .arg(dir.path().join("state"));
         if let Some(c) = &cgroup {
             cmd.arg("--cgroup").arg(c);
+        }
+        if !sandbox {
+            cmd.arg("--no-sandbox");
         }
         if let Some(text) = config {
             let p = dir.path().join("rxend.toml");
@@ -306,6 +322,15 @@ impl Drop for RxenHost {
             remove_cgroups(c);
         }
     }
+}
+
+/// `rxend --help`, or nothing if it cannot run.
+fn rxend_help() -> String {
+    Command::new(bin_dir().join("rxend"))
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Removes the CPU cgroup directories an rxend made under `name`, deepest first.

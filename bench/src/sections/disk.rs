@@ -93,6 +93,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     random.host = Some(hrand);
     SectionReport {
         title: "disk".into(),
+        versus: None,
         rows: vec![write, read, random],
         method: vec![format!(
             "one rxen guest with `disk = ['file:IMG,xvda,w']`, and one QEMU guest with \

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use super::Ctx;
+use super::{Check, Ctx};
+use crate::error::Result;
 use crate::procfs;
 use crate::qemu::{Qemu, QemuSpec};
 use crate::report::{Better, Row, SectionReport};
+use crate::rxen::RxenHost;
 
 /// Boots an idle guest and reads the monitor's smaps.
 pub fn run(ctx: &mut Ctx) -> SectionReport {
@@ -25,15 +27,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             None,
             |c| {
                 let name = c.name("mem");
-                let host = c.host()?;
-                let r = (|| {
-                    let _d = host.boot(&name, mib, 1, "")?;
-                    std::thread::sleep(settle);
-                    let pid = host.vmm_pid(&name)?;
-                    procfs::resident(pid, mib)
-                })();
-                host.destroy(&name);
-                Ok(r?.own_mib())
+                rxen_own_mib(c.host()?, &name, mib, settle, &|_, _| Ok(()))
             },
             |c| {
                 let tag = c.name("mem");
@@ -51,6 +45,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     }
     SectionReport {
         title: "memory".into(),
+        versus: None,
         rows,
         method: vec![format!(
             "{} after the banner, the sum of `Rss` over the monitor process's mappings in \
@@ -59,4 +54,26 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             if ctx.quick { "0.3 s" } else { "1 s" }
         )],
     }
+}
+
+/// Boots an idle 1-vCPU rxen guest of `mib` MiB, waits `settle` after its
+/// banner and returns its VMM's resident MiB beyond guest RAM. `check` then
+/// looks at the running domain before it is destroyed.
+pub fn rxen_own_mib(
+    host: &RxenHost,
+    name: &str,
+    mib: u64,
+    settle: Duration,
+    check: &Check,
+) -> Result<f64> {
+    let r = (|| {
+        let _d = host.boot(name, mib, 1, "")?;
+        std::thread::sleep(settle);
+        let pid = host.vmm_pid(name)?;
+        let own = procfs::resident(pid, mib)?.own_mib();
+        check(host, name)?;
+        Ok(own)
+    })();
+    host.destroy(name);
+    r
 }

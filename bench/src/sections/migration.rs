@@ -5,17 +5,20 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::saverestore::QEMU_MAX_BANDWIDTH;
-use super::Ctx;
+use super::{Check, Ctx};
 use crate::error::{BenchError, Result};
 use crate::qemu::{Qemu, QemuSpec};
 use crate::report::{Better, Cell, Row, SectionReport};
 use crate::rxen::RxenHost;
 
 /// One migration's figures, as the monitor reports them.
-struct Figures {
-    downtime_ms: f64,
-    total_ms: f64,
-    sent_mib: f64,
+pub struct Figures {
+    /// The time the guest did not run, in ms.
+    pub downtime_ms: f64,
+    /// From the start of the migration to its end, in ms.
+    pub total_ms: f64,
+    /// Bytes sent, in MiB.
+    pub sent_mib: f64,
 }
 
 /// Migrates guests of 256 MiB and 1 GiB, idle and dirtying memory, with each monitor.
@@ -39,11 +42,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     // The target: a second rxend whose relocation server listens on 127.0.0.2.
     let key = ctx.path().join("relocation.key");
     let target = if rxen_blocked.is_none() {
-        let t = std::fs::write(&key, "rxen benchmark relocation key, loopback only\n")
-            .map_err(|e| BenchError::io("write the relocation key", e))
-            .and_then(|()| free_port())
-            .and_then(|port| Ok((RxenHost::start_relocation("127.0.0.2", port, &key)?, port)));
-        match t {
+        match start_target(&key, true) {
             Ok(t) => Some(t),
             Err(e) => {
                 rxen_blocked = Some(format!("the target rxend did not start: {e}"));
@@ -67,7 +66,10 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         let mut sent = Row::new("migration: data sent", &guest, "MiB", 1, Better::Lower);
         for _ in 0..ctx.runs {
             if let Some((t, port)) = &target {
-                let f = rxen_migrate(ctx, t, *port, &key, mib, rate);
+                let name = ctx.name("mig");
+                let f = ctx.host().and_then(|src| {
+                    rxen_migrate(src, t, &name, *port, &key, mib, rate, &|_, _| Ok(()))
+                });
                 push(&mut down.rxen, &mut total.rxen, &mut sent.rxen, f);
             }
             if qemu_blocked.is_none() {
@@ -87,6 +89,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     }
     SectionReport {
         title: "migration".into(),
+        versus: None,
         rows,
         method: vec![
             "live migration to a second monitor on the same host over loopback TCP, after the \
@@ -103,6 +106,19 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
                 .into(),
         ],
     }
+}
+
+/// Writes a relocation key to `key` and starts a target rxend whose relocation
+/// server listens on 127.0.0.2 at a free port, its VMMs confined (`sandbox`)
+/// or not (`--no-sandbox`); returns it and the port.
+pub fn start_target(key: &std::path::Path, sandbox: bool) -> Result<(RxenHost, u16)> {
+    std::fs::write(key, "rxen benchmark relocation key, loopback only\n")
+        .map_err(|e| BenchError::io("write the relocation key", e))?;
+    let port = free_port()?;
+    Ok((
+        RxenHost::start_relocation_sandbox("127.0.0.2", port, key, sandbox)?,
+        port,
+    ))
 }
 
 fn push(down: &mut Cell, total: &mut Cell, sent: &mut Cell, f: Result<Figures>) {
@@ -131,18 +147,24 @@ fn field(text: &str, key: &str) -> Option<f64> {
         .ok()
 }
 
-fn rxen_migrate(
-    ctx: &mut Ctx,
+/// Boots `name` on `src`, makes it dirty `rate` MiB/s if `rate` is not 0, and
+/// migrates it live to `target` (relocation server on 127.0.0.2:`port`);
+/// returns the figures `rxl migrate` prints. `check` looks at the domain on
+/// the source before the migration and on the target after it (not timed).
+#[allow(clippy::too_many_arguments)]
+pub fn rxen_migrate(
+    src: &RxenHost,
     target: &RxenHost,
+    name: &str,
     port: u16,
     key: &std::path::Path,
     mib: u64,
     rate: u64,
+    check: &Check,
 ) -> Result<Figures> {
-    let name = ctx.name("mig");
-    let src = ctx.host()?;
     let r = (|| {
-        let mut d = src.boot(&name, mib, 1, "")?;
+        let mut d = src.boot(name, mib, 1, "")?;
+        check(src, name)?;
         if rate > 0 {
             d.console.send(&format!("dirty {rate}"))?;
             d.console
@@ -156,10 +178,11 @@ fn rxen_migrate(
             &port.to_string(),
             "--key",
             &key.to_string_lossy(),
-            &name,
+            name,
             "127.0.0.2",
         ])?;
-        alive_on(target, &name)?;
+        alive_on(target, name)?;
+        check(target, name)?;
         let get = |k: &str| {
             field(&out, k).ok_or_else(|| {
                 BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
@@ -171,8 +194,8 @@ fn rxen_migrate(
             sent_mib: get("bytes sent (")?,
         })
     })();
-    src.destroy(&name);
-    target.destroy(&name);
+    src.destroy(name);
+    target.destroy(name);
     r
 }
 
@@ -207,7 +230,8 @@ fn alive_on(target: &RxenHost, name: &str) -> Result<()> {
     Err(last.unwrap_or_else(|| BenchError::Unexpected("no heartbeat on the target".into())))
 }
 
-fn free_port() -> Result<u16> {
+/// A TCP port free on this host just now.
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| BenchError::io("find a free port", e))?;
     l.local_addr()

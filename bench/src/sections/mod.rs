@@ -6,6 +6,7 @@ pub mod disk;
 pub mod memory;
 pub mod migration;
 pub mod net;
+pub mod sandbox;
 pub mod saverestore;
 pub mod sched;
 
@@ -15,6 +16,10 @@ use crate::error::Result;
 use crate::qemu::QemuConfig;
 use crate::report::Row;
 use crate::rxen::RxenHost;
+
+/// A look at a running domain (`host`, `name`) that a measurement makes
+/// after its timing, before the domain is destroyed: an error fails the run.
+pub type Check = dyn Fn(&RxenHost, &str) -> Result<()>;
 
 /// Everything a section needs: options, the rxen host, QEMU's configuration.
 pub struct Ctx {

@@ -69,6 +69,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     }
     SectionReport {
         title: "network".into(),
+        versus: None,
         rows: vec![tput, delivered],
         method: vec![format!(
             "an rxen guest with `vif = ['bridge=BR,vifname=TAP']`, and a QEMU guest with \

@@ -69,6 +69,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     }
     SectionReport {
         title: "save/restore".into(),
+        versus: None,
         rows,
         method: vec![
             "save: an idle guest just after its banner; rxen: wall time of `rxl save NAME FILE`; \

@@ -81,6 +81,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     }
     SectionReport {
         title: "scheduler".into(),
+        versus: None,
         rows: vec![share, dist],
         method: vec![format!(
             "two 1-vCPU guests pinned to CPU {cpu} both run `burn {}`; rxen: `cpu_weight = 512` and \
