@@ -342,7 +342,11 @@ pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
 pub fn seccomp_kill(run_dir: &Path) -> Option<i64> {
     use std::io::{Read, Seek, SeekFrom};
     const TAIL: u64 = 4096;
-    let mut f = File::open(run_dir.join(files::VMM_LOG)).ok()?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(run_dir.join(files::VMM_LOG))
+        .ok()?;
     let len = f.metadata().ok()?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
     let mut tail = Vec::new();
