@@ -755,6 +755,31 @@ fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
 }
 
 #[test]
+fn more_vcpus_than_the_guest_can_run_are_refused_with_the_limit() {
+    let host = Host::start();
+    let cfg = host.config(
+        "wide.cfg",
+        "name = \"wide\"\nkernel = \"builtin:testguest\"\nmemory = 64\nvcpus = 255\n",
+    );
+    let out = host.rxl(&["create", cfg.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "a test guest with 255 vCPUs started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vcpus = 255: the built-in test guest runs at most 64 vCPUs"),
+        "{err}"
+    );
+    assert!(host.list_row("wide").is_none());
+    // At the limit it runs, and sees every vCPU.
+    let wide = host.config(
+        "wide64.cfg",
+        "name = \"wide\"\nkernel = \"builtin:testguest\"\nmemory = 64\nvcpus = 64\n",
+    );
+    host.rxl_ok(&["create", wide.to_str().expect("utf-8")]);
+    host.console("wide")
+        .wait_for("booted on 64 vCPUs", Duration::from_secs(30));
+}
+
+#[test]
 fn a_domain_larger_than_the_host_is_refused_with_the_numbers() {
     let host = Host::start();
     let total_mib = std::fs::read_to_string("/proc/meminfo")

@@ -1422,6 +1422,13 @@ fn kernel_source(
     };
     if let Some(name) = kernel.strip_prefix("builtin:") {
         if BUILTIN_KERNELS.contains(&name) {
+            let vcpus = config.vcpus.max(config.maxvcpus);
+            if name == rxen_testguest::BUILTIN_NAME && vcpus > rxen_testguest::MAX_VCPUS {
+                return Err(DaemonError::Config(format!(
+                    "vcpus = {vcpus}: the built-in test guest runs at most {} vCPUs",
+                    rxen_testguest::MAX_VCPUS
+                )));
+            }
             return Ok(KernelSource::Builtin(name.to_string()));
         }
         return Err(DaemonError::Config(format!(

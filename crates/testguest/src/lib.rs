@@ -8,6 +8,10 @@
 /// The name that selects it in a config: `kernel = "builtin:testguest"`.
 pub const BUILTIN_NAME: &str = "testguest";
 
+/// The most vCPUs the test guest runs (`MAX_VCPUS` in `guest/src/entry.rs`: one stack and one
+/// bit of its online mask each).
+pub const MAX_VCPUS: u32 = 64;
+
 static IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testguest.elf"));
 
 /// The test guest's ELF image.
@@ -17,6 +21,19 @@ pub fn image() -> &'static [u8] {
 
 #[cfg(test)]
 mod elf;
+
+#[cfg(test)]
+mod limits {
+    #[test]
+    fn the_vcpu_limit_is_the_guests() {
+        let entry = include_str!("../../../guest/src/entry.rs");
+        let want = format!("pub const MAX_VCPUS: usize = {};", super::MAX_VCPUS);
+        assert!(
+            entry.lines().any(|l| l.trim() == want),
+            "guest/src/entry.rs no longer says {want}"
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

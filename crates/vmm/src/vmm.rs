@@ -192,6 +192,16 @@ pub type Com1 = SerialDevice<ConsoleWriter>;
 /// Errors while creating or running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    /// The kernel cannot run this many vCPUs.
+    #[error("{vcpus} vCPUs requested: {who} runs at most {max}")]
+    TooManyVcpus {
+        /// vCPUs the domain asks for (`maxvcpus` where larger).
+        vcpus: u32,
+        /// The limit.
+        max: u32,
+        /// Whose limit it is.
+        who: &'static str,
+    },
     /// The VMM could not confine itself; it does not run a guest unconfined.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
@@ -457,10 +467,15 @@ impl Vm {
         // 0x516/0x517); other kernels get `vcpus`.
         let mut spec = spec;
         let online = spec.vcpus;
-        if spec.max_vcpus > spec.vcpus {
-            let image = loader::read_kernel(&spec.kernel)?;
-            if image.kind == KernelKind::TestGuest {
-                spec.vcpus = spec.max_vcpus;
+        let image = loader::read_kernel(&spec.kernel)?;
+        if image.kind == KernelKind::TestGuest {
+            spec.vcpus = spec.vcpus.max(spec.max_vcpus);
+            if spec.vcpus > rxen_testguest::MAX_VCPUS {
+                return Err(VmmError::TooManyVcpus {
+                    vcpus: spec.vcpus,
+                    max: rxen_testguest::MAX_VCPUS,
+                    who: "the built-in test guest",
+                });
             }
         }
         let vcpu_masks = VcpuMasks::new(online);
