@@ -479,6 +479,10 @@ fn rename_restart_keeps_the_crashed_domain_under_a_dated_name() {
     );
     assert_eq!(f[1], old.to_string());
     assert_eq!(f[4], "---sc-");
+    // The new domain takes the name a moment after the old one gives it up.
+    wait_until(BOOT, "the restarted domain is listed", || {
+        host.list_row("lazarus").is_some()
+    });
     host.console("lazarus")
         .wait_for("booted on 1 vCPUs with 64 MiB", BOOT);
     assert_ne!(domid(&host, "lazarus"), old);
