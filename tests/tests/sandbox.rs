@@ -103,6 +103,37 @@ fn a_forbidden_call_kills_the_vmm_and_rxend_says_which() {
 }
 
 #[test]
+fn opening_a_path_after_start_is_refused_and_the_vmm_goes_on() {
+    let mut h = Host::start();
+    h.kill_rxend();
+    h.rxend_env = vec![("RXEN_VMM_TEST_FORBIDDEN_CALL".into(), "open".into())];
+    h.start_rxend();
+    let mut con = h.create_guest("nosy", 1, 64, "");
+    let id: u32 = h.rxl_ok(&["domid", "nosy"]).trim().parse().expect("domid");
+    let log = h
+        .state_dir()
+        .join("dom")
+        .join(id.to_string())
+        .join("vmm.log");
+    wait_until(
+        Duration::from_secs(10),
+        "the refused open is logged",
+        || {
+            fs::read_to_string(&log).is_ok_and(|t| {
+                t.contains("rxen-vmm: seccomp: refused (EACCES) system call 257 (thread")
+                    && t.contains("path /etc/hostname)")
+                    && t.contains("refused=true")
+            })
+        },
+    );
+    let before = con.heartbeat();
+    wait_until(Duration::from_secs(10), "the guest runs on", || {
+        con.heartbeat() > before
+    });
+    assert!(h.list_row("nosy").is_some_and(|r| !r[4].contains('c')));
+}
+
+#[test]
 fn no_sandbox_runs_vmms_unconfined_and_says_so() {
     let mut h = Host::start();
     h.kill_rxend();

@@ -132,9 +132,12 @@ pub const SECCOMP_KILL_MESSAGE: &str = "rxen-vmm: seccomp: forbidden system call
 
 /// The number of the forbidden call in a VMM log line that reports one.
 pub fn seccomp_killed_call(line: &str) -> Option<i64> {
-    line.trim_end()
-        .strip_prefix(SECCOMP_KILL_MESSAGE)
-        .and_then(|n| n.parse().ok())
+    let rest = line.trim_end().strip_prefix(SECCOMP_KILL_MESSAGE)?;
+    let end = rest
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .map_or(rest.len(), |(i, _)| i);
+    rest.get(..end)?.parse().ok()
 }
 
 pub mod files {

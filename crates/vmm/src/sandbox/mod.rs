@@ -71,8 +71,21 @@ pub fn limit_resources() -> Result<(), SandboxError> {
     }
     set_rlimit(libc::RLIMIT_CORE, 0).map_err(sys("setrlimit(RLIMIT_CORE)"))?;
     set_rlimit(libc::RLIMIT_NOFILE, MAX_OPEN_FILES).map_err(sys("setrlimit(RLIMIT_NOFILE)"))?;
+    // glibc's malloc sizes its arena count from the CPUs online the first time a thread
+    // contends for one, which it learns by opening /sys/devices/system/cpu/online: a path,
+    // at run time, under the control thread's filter (seen killing a VMM mid-migration, when
+    // the rehash's worker threads first contended). A fixed limit means it never asks.
+    // SAFETY: mallopt only sets a malloc parameter; no memory is passed.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+        return Err(sys("mallopt(M_ARENA_MAX)")(std::io::Error::other(
+            "glibc refused the arena limit",
+        )));
+    }
     Ok(())
 }
+
+/// malloc arenas the VMM's threads share (glibc's default would be 8 per CPU).
+const MALLOC_ARENAS: libc::c_int = 4;
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
     let lim = libc::rlimit {
@@ -181,12 +194,26 @@ fn drop_capabilities() -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Debug builds only: when `RXEN_VMM_TEST_FORBIDDEN_CALL` is set, the control thread makes a
-/// call no filter allows once the guest runs, so that tests can watch the filter kill the VMM.
+/// Debug builds only, for tests: with `RXEN_VMM_TEST_FORBIDDEN_CALL=open` the control thread
+/// tries to open a host file once the guest runs (refused, logged, and the VMM goes on); with
+/// any other value it makes a call no filter allows (`mkdir`), which kills the VMM.
 pub fn test_forbidden_call() {
-    if cfg!(debug_assertions) && std::env::var_os("RXEN_VMM_TEST_FORBIDDEN_CALL").is_some() {
-        // SAFETY: mkdir of a relative name with a valid NUL-terminated string; the filter stops
-        // it before the kernel runs it.
-        unsafe { libc::mkdir(c"rxen-forbidden".as_ptr(), 0o700) };
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    match std::env::var("RXEN_VMM_TEST_FORBIDDEN_CALL").as_deref() {
+        Ok("open") => {
+            let r = std::fs::File::open("/etc/hostname");
+            tracing::info!(
+                refused = r.is_err(),
+                "test: opened /etc/hostname after ready"
+            );
+        }
+        Ok(_) => {
+            // SAFETY: mkdir of a relative name with a valid NUL-terminated string; the filter
+            // stops it before the kernel runs it.
+            unsafe { libc::mkdir(c"rxen-forbidden".as_ptr(), 0o700) };
+        }
+        Err(_) => {}
     }
 }

@@ -1,14 +1,18 @@
 //! What a thread does when its seccomp filter stops a call: it writes
-//! `rxen-vmm: seccomp: forbidden system call N` to stderr (the VMM's log, where rxend finds it)
-//! and the whole VMM dies by SIGSYS. Only async-signal-safe calls, all on every allowlist.
+//! `rxen-vmm: seccomp: forbidden system call N (thread NAME[, path P])` to stderr (the VMM's
+//! log, where rxend finds it) and the whole VMM dies by SIGSYS. Opening a path is the one
+//! exception: refused with EACCES and logged, the VMM goes on. Only async-signal-safe calls, all on every allowlist.
 
 use rxen_proto::vmspec::SECCOMP_KILL_MESSAGE as MESSAGE;
+
+/// The start of the line for an open that was refused (the VMM goes on).
+const DENIED: &str = "rxen-vmm: seccomp: refused (EACCES) system call ";
 
 /// Byte offset of `si_syscall` in a SIGSYS `siginfo_t` on x86-64 (after `si_signo`, `si_errno`,
 /// `si_code`, padding, and the 8-byte `si_call_addr`).
 const SI_SYSCALL_OFFSET: usize = 24;
 
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for SIGSYS, whose si_syscall is an int at
     // this offset on x86-64; the read is in bounds of the 128-byte structure.
     let nr = unsafe {
@@ -17,12 +21,69 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
             .cast::<i32>()
             .read_unaligned()
     };
-    let mut line = [0u8; 80];
-    let n = format_line(nr, &mut line);
+    let mut thread = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer we pass.
+    unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr(), 0, 0, 0) };
+    // The path, for the calls that name one: the registers the kernel saved hold the pointer.
+    // SAFETY: `ctx` is the ucontext_t the kernel passed with SA_SIGINFO.
+    let regs = unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+    let path_reg = match i64::from(nr) {
+        libc::SYS_open | libc::SYS_mkdir | libc::SYS_unlink | libc::SYS_rename => {
+            Some(libc::REG_RDI)
+        }
+        libc::SYS_openat | libc::SYS_mkdirat | libc::SYS_unlinkat | libc::SYS_newfstatat => {
+            Some(libc::REG_RSI)
+        }
+        _ => None,
+    };
+    // Opening a path is refused (EACCES) and logged, not fatal: the C library opens a few files
+    // lazily on its own (CPU counts under /sys, for one) and copes when it cannot. Nothing is
+    // opened either way.
+    let deny = matches!(
+        i64::from(nr),
+        libc::SYS_open | libc::SYS_openat | libc::SYS_openat2
+    );
+    let mut line = Line::default();
+    if deny {
+        line.push(DENIED.as_bytes());
+    } else {
+        line.push(MESSAGE.as_bytes());
+    }
+    line.push_number(nr);
+    line.push(b" (thread ");
+    line.push(until_nul(&thread));
+    if let Some(reg) = path_reg {
+        let ptr = regs[reg as usize] as *const u8;
+        line.push(b", path ");
+        if !ptr.is_null() {
+            let mut path = [0u8; 96];
+            for (i, b) in path.iter_mut().enumerate() {
+                // SAFETY: the path argument of the stopped call is a NUL-terminated string of
+                // this process; we stop at its NUL or after 96 bytes.
+                let c = unsafe { ptr.add(i).read() };
+                if c == 0 {
+                    break;
+                }
+                *b = c;
+            }
+            line.push(until_nul(&path));
+        }
+    }
+    line.push(b")\n");
+    if deny {
+        // SAFETY: write is async-signal-safe and the buffer is ours; the saved RAX of the
+        // stopped call becomes its return value when the handler returns.
+        unsafe {
+            libc::write(2, line.buf.as_ptr().cast(), line.len);
+            (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RAX as usize] =
+                -i64::from(libc::EACCES);
+        }
+        return;
+    }
     // SAFETY: write, signal, sigprocmask and raise are async-signal-safe; the buffers are ours
     // and live for the calls.
     unsafe {
-        libc::write(2, line.as_ptr().cast(), n);
+        libc::write(2, line.buf.as_ptr().cast(), line.len);
         libc::signal(libc::SIGSYS, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -32,36 +93,56 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     }
 }
 
-/// Writes [`MESSAGE`], the decimal `nr` and a newline into `out`; returns the length.
-fn format_line(nr: i32, out: &mut [u8; 80]) -> usize {
-    let mut len = 0;
-    for &b in MESSAGE.as_bytes() {
-        out[len] = b;
-        len += 1;
-    }
-    let mut digits = [0u8; 12];
-    let mut d = 0;
-    let negative = nr < 0;
-    let mut v = i64::from(nr).unsigned_abs();
-    loop {
-        digits[d] = b'0' + (v % 10) as u8;
-        d += 1;
-        v /= 10;
-        if v == 0 {
-            break;
+fn until_nul(b: &[u8]) -> &[u8] {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    b.get(..end).unwrap_or_default()
+}
+
+/// A line built without allocating (the handler may run anywhere).
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            buf: [0; 256],
+            len: 0,
         }
     }
-    if negative {
-        out[len] = b'-';
-        len += 1;
+}
+
+impl Line {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = b;
+                self.len += 1;
+            }
+        }
     }
-    while d > 0 {
-        d -= 1;
-        out[len] = digits[d];
-        len += 1;
+
+    fn push_number(&mut self, nr: i32) {
+        let mut digits = [0u8; 12];
+        let mut d = 0;
+        let mut v = i64::from(nr).unsigned_abs();
+        loop {
+            digits[d] = b'0' + (v % 10) as u8;
+            d += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if nr < 0 {
+            self.push(b"-");
+        }
+        while d > 0 {
+            d -= 1;
+            self.push(&digits[d..=d]);
+        }
     }
-    out[len] = b'\n';
-    len + 1
 }
 
 /// Installs the handler (process-wide; idempotent).
@@ -87,13 +168,21 @@ mod tests {
 
     #[test]
     fn the_line_names_the_call() {
-        let mut buf = [0u8; 80];
         for nr in [0, 7, 83, 435, -1, i32::MAX, i32::MIN] {
-            let n = format_line(nr, &mut buf);
-            let line = std::str::from_utf8(&buf[..n]).expect("ascii");
-            assert_eq!(line, format!("{MESSAGE}{nr}\n"));
-            assert_eq!(parse_line(line), Some(i64::from(nr)));
+            let mut line = Line::default();
+            line.push(MESSAGE.as_bytes());
+            line.push_number(nr);
+            line.push(b" (thread vcpu0, path /etc/passwd)\n");
+            let text = std::str::from_utf8(&line.buf[..line.len]).expect("ascii");
+            assert_eq!(
+                text,
+                format!("{MESSAGE}{nr} (thread vcpu0, path /etc/passwd)\n")
+            );
+            assert_eq!(parse_line(text), Some(i64::from(nr)));
         }
         assert_eq!(parse_line("rxen-vmm: something else"), None);
+        let mut long = Line::default();
+        long.push(&[b'x'; 300]);
+        assert_eq!(long.len, 256);
     }
 }
