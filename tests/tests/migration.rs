@@ -248,6 +248,8 @@ fn live_migration_of_a_dirtying_guest_continues_on_the_target() {
         stdout.contains("rounds ") && stdout.contains("downtime"),
         "{stdout}"
     );
+    // Without -v the summary is one line, as before the breakdown.
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(p.a.list_row("mig1").is_none(), "the source still has mig1");
     assert!(p.b.list_row("mig1").is_some(), "the target has no mig1");
     assert!(
@@ -297,6 +299,182 @@ fn memory_rewritten_during_a_live_migration_arrives_intact() {
     con.wait_for(&format!("unknown command: {word}"), BOOT);
     assert_eq!(con.memsum(), expected, "memory arrived damaged ({stdout})");
     heartbeat_beyond(&mut con, 1);
+}
+
+/// How far a migration's phases may overlap, measured as they are on two
+/// processes' monotonic clocks: the target's restore starts when it has read
+/// the stream's last byte, which can be a moment before the source's last
+/// write call returns (the end of the source's "last round on the wire");
+/// 3 ms covers the source thread descheduled there on a loaded host. A save's
+/// phases are measured on one thread and need no slack.
+const CROSS_HOST_SLACK_US: u64 = 3_000;
+
+/// The downtime in rxl's figures line (`downtime 12.3 ms`), in microseconds.
+fn downtime_us(text: &str) -> u64 {
+    let ms: f64 = text
+        .split("downtime ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no downtime in {text}"));
+    (ms * 1000.0) as u64
+}
+
+/// The `-v` breakdown in `text`: the phases (`  LABEL  N us`) in order, the
+/// remainder rxl reports as not broken down, and its downtime row.
+fn breakdown(text: &str) -> (Vec<(String, u64)>, u64, u64) {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| *l != "stop-and-copy, in microseconds:")
+        .skip(1)
+        .map_while(|l| l.strip_prefix("  "));
+    let mut phases = Vec::new();
+    let (mut rest, mut downtime) = (None, None);
+    for l in lines.by_ref() {
+        let (label, value) = l
+            .split_once("  ")
+            .unwrap_or_else(|| panic!("odd breakdown line {l:?} in {text}"));
+        let us: u64 = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number in {l:?} in {text}"));
+        match label {
+            "not broken down" => rest = Some(us),
+            "downtime" => downtime = Some(us),
+            _ => phases.push((label.to_string(), us)),
+        }
+    }
+    (
+        phases,
+        rest.unwrap_or_else(|| panic!("no remainder in {text}")),
+        downtime.unwrap_or_else(|| panic!("no downtime row in {text}")),
+    )
+}
+
+/// Checks a breakdown: exactly the `expected` phases in order, those in
+/// `timed` above zero (each takes system calls or thread hand-offs, so a real
+/// measure is never 0 us), their sum within the downtime plus `slack_us`, and
+/// rxl's own rows consistent with the figures line.
+fn check_breakdown(text: &str, expected: &[&str], timed: &[&str], slack_us: u64) {
+    let (phases, rest, downtime) = breakdown(text);
+    let labels: Vec<&str> = phases.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, expected, "{text}");
+    for (label, us) in &phases {
+        if timed.contains(&label.as_str()) {
+            assert!(*us > 0, "{label} took 0 us: not measured? {text}");
+        }
+    }
+    // The figures line rounds the downtime to 0.1 ms.
+    assert!(downtime.abs_diff(downtime_us(text)) <= 51, "{text}");
+    let sum: u64 = phases.iter().map(|(_, us)| us).sum();
+    assert!(
+        sum <= downtime + slack_us,
+        "the phases add up to {sum} us, more than the downtime {downtime} us (+{slack_us}): {text}"
+    );
+    assert_eq!(rest, downtime.saturating_sub(sum), "{text}");
+    let bytes: u64 = text
+        .split("last round on the wire")
+        .nth(1)
+        .and_then(|r| r.split(" (").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no last-round bytes in {text}"));
+    let total: u64 = text
+        .split(" bytes sent")
+        .next()
+        .and_then(|r| r.rsplit(' ').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes sent in {text}"));
+    // The state records alone are more than a few bytes.
+    assert!(bytes > 64 && bytes <= total, "{bytes} of {total}: {text}");
+}
+
+#[test]
+fn migrate_and_save_with_v_break_the_downtime_down() {
+    let p = pair();
+    let mut con = p.a.create_guest("mig7", 2, 64, "");
+    let before = heartbeat_beyond(&mut con, 2);
+    con.send("dirty 16");
+    con.wait_for("dirtying 16 MiB/s", BOOT);
+    let out =
+        p.a.rxl(&["migrate", "-v", "--key", &p.key, "mig7", p.net.addr_b]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
+        String::from_utf8_lossy(&out.stderr),
+        p.a.rxend_log(),
+        p.b.rxend_log()
+    );
+    eprintln!("migration: {stdout}");
+    check_breakdown(
+        &stdout,
+        &[
+            "vCPU pause",
+            "device freeze",
+            "dirty-log sync",
+            "rehash",
+            "state capture",
+            "last round on the wire",
+            "target restore",
+            "target resume",
+        ],
+        &[
+            "vCPU pause",
+            "rehash",
+            "state capture",
+            "last round on the wire",
+            "target restore",
+            "target resume",
+        ],
+        CROSS_HOST_SLACK_US,
+    );
+    let log = p.a.rxend_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("(mig7) migrated to"))
+        .unwrap_or_else(|| panic!("no migration line in {log}"));
+    assert!(
+        line.contains("vCPU pause ")
+            && line.contains("target resume ")
+            && line.contains("not broken down"),
+        "{line}"
+    );
+    let mut con = p.b.console("mig7");
+    heartbeat_beyond(&mut con, before);
+    con.send("dirty 0");
+    con.wait_for("dirty stopped", BOOT);
+    drop(con);
+
+    // A save (on B): its own phases, within its downtime exactly (one clock).
+    let file = p.b.dir.path().join("mig7.save");
+    let out =
+        p.b.rxl(&["save", "-v", "mig7", file.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("save: {stderr}");
+    check_breakdown(
+        &stderr,
+        &[
+            "vCPU pause",
+            "device freeze",
+            "page list",
+            "state capture",
+            "last round on the wire",
+            "file sync",
+        ],
+        // The file sync may take under a microsecond on tmpfs.
+        &["vCPU pause", "state capture", "last round on the wire"],
+        0,
+    );
+    assert!(
+        p.b.rxend_log()
+            .lines()
+            .any(|l| l.contains("(mig7) saved to") && l.contains("file sync ")),
+        "{}",
+        p.b.rxend_log()
+    );
 }
 
 #[test]

@@ -19,6 +19,49 @@ pub struct Figures {
     pub total_ms: f64,
     /// Bytes sent, in MiB.
     pub sent_mib: f64,
+    /// rxen: the stop-and-copy phases `rxl migrate -v` prints, as (label,
+    /// microseconds), "not broken down" and "last round bytes" included.
+    pub phases: Vec<(String, f64)>,
+}
+
+/// The rows of the stop-and-copy breakdown beside the downtime rows: the
+/// phases of a live migration as `rxl migrate -v` names them, then what they
+/// leave out, in microseconds.
+const PHASES: &[&str] = &[
+    "vCPU pause",
+    "device freeze",
+    "dirty-log sync",
+    "rehash",
+    "state capture",
+    "last round on the wire",
+    "target restore",
+    "target resume",
+    "not broken down",
+];
+
+/// The breakdown `rxl migrate -v` prints after its figures line: each
+/// `  LABEL  N us` line as (label, N), and the last round's bytes.
+fn phases(out: &str) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    let lines = out
+        .lines()
+        .skip_while(|l| *l != "stop-and-copy, in microseconds:")
+        .skip(1)
+        .map_while(|l| l.strip_prefix("  "));
+    for l in lines {
+        let Some((label, rest)) = l.split_once("  ") else {
+            continue;
+        };
+        if let Some(us) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            v.push((label.to_string(), us));
+        }
+        if label == "last round on the wire" {
+            if let Some(b) = field(rest, "(") {
+                v.push(("last round bytes".to_string(), b));
+            }
+        }
+    }
+    v
 }
 
 /// Migrates guests of 256 MiB and 1 GiB, idle and dirtying memory, with each monitor.
@@ -64,12 +107,27 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         let mut down = Row::new("migration: downtime", &guest, "ms", 0, Better::Lower);
         let mut total = Row::new("migration: total time", &guest, "ms", 0, Better::Lower);
         let mut sent = Row::new("migration: data sent", &guest, "MiB", 1, Better::Lower);
+        let mut breakdown: Vec<Row> = PHASES
+            .iter()
+            .map(|p| {
+                let figure = format!("migration: downtime: {p}");
+                Row::new(&figure, &guest, "µs", 0, Better::Lower)
+            })
+            .chain([Row::new(
+                "migration: last round sent",
+                &guest,
+                "KiB",
+                0,
+                Better::Lower,
+            )])
+            .collect();
         for _ in 0..ctx.runs {
             if let Some((t, port)) = &target {
                 let name = ctx.name("mig");
                 let f = ctx.host().and_then(|src| {
                     rxen_migrate(src, t, &name, *port, &key, mib, rate, &|_, _| Ok(()))
                 });
+                push_phases(&mut breakdown, &f);
                 push(&mut down.rxen, &mut total.rxen, &mut sent.rxen, f);
             }
             if qemu_blocked.is_none() {
@@ -85,7 +143,15 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
                 r.qemu = Cell::Pending(why.clone());
             }
         }
-        rows.extend([down, total, sent]);
+        for r in &mut breakdown {
+            r.qemu = Cell::NotApplicable("QEMU reports no such breakdown".into());
+            if let Some(why) = &rxen_blocked {
+                r.rxen = Cell::Pending(why.clone());
+            }
+        }
+        rows.push(down);
+        rows.extend(breakdown);
+        rows.extend([total, sent]);
     }
     SectionReport {
         title: "migration".into(),
@@ -104,6 +170,14 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
              defaults: at most 30 rounds, 20 ms downtime target); downtime, total time and bytes \
              sent are the figures `rxl migrate` prints."
                 .into(),
+            "rxen: the \"downtime: PHASE\" rows are the stop-and-copy phases `rxl migrate -v` \
+             prints, each measured by the VMM where it runs (target restore and resume by the \
+             target's VMM) with a monotonic clock, in microseconds; \"not broken down\" is the \
+             downtime less their sum (the handshake's round trips, the target reading the \
+             stream's tail); \"last round sent\" is the stop-and-copy round's stream bytes \
+             (pages and state records). The medians of the phases need not add up to the \
+             median downtime."
+                .into(),
         ],
     }
 }
@@ -119,6 +193,30 @@ pub fn start_target(key: &std::path::Path, sandbox: bool) -> Result<(RxenHost, u
         RxenHost::start_relocation_sandbox("127.0.0.2", port, key, sandbox)?,
         port,
     ))
+}
+
+/// Adds one run's breakdown to the rows built from [`PHASES`] (and the last
+/// round's bytes, in KiB, last).
+fn push_phases(rows: &mut [Row], f: &Result<Figures>) {
+    let labels = PHASES.iter().copied().chain(["last round bytes"]);
+    for (row, label) in rows.iter_mut().zip(labels) {
+        let v = match f {
+            Ok(f) => f
+                .phases
+                .iter()
+                .find(|(l, _)| l == label)
+                .map(|(_, v)| {
+                    if label == "last round bytes" {
+                        v / 1024.0
+                    } else {
+                        *v
+                    }
+                })
+                .ok_or_else(|| format!("rxl migrate -v printed no `{label}`")),
+            Err(e) => Err(e.to_string()),
+        };
+        row.rxen.push(v);
+    }
 }
 
 fn push(down: &mut Cell, total: &mut Cell, sent: &mut Cell, f: Result<Figures>) {
@@ -174,6 +272,7 @@ pub fn rxen_migrate(
         drop(d);
         let out = src.rxl_all(&[
             "migrate",
+            "-v",
             "--port",
             &port.to_string(),
             "--key",
@@ -192,6 +291,7 @@ pub fn rxen_migrate(
             downtime_ms: get("downtime ")?,
             total_ms: get("total ")?,
             sent_mib: get("bytes sent (")?,
+            phases: phases(&out),
         })
     })();
     src.destroy(name);
@@ -278,5 +378,48 @@ fn qemu_migrate(ctx: &mut Ctx, mib: u64, rate: u64) -> Result<Figures> {
         downtime_ms: num(&v["downtime"], "downtime")?,
         total_ms: num(&v["total-time"], "total-time")?,
         sent_mib: num(&v["ram"]["transferred"], "ram.transferred")? / (1u64 << 20) as f64,
+        phases: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breakdown_is_read_from_rxl_migrate_v() {
+        let out = "migrated g to 127.0.0.2: rounds 2, 5000 bytes sent (0.0 MiB; 1 pages, 2 zero pages), total 20 ms, downtime 6.1 ms\n\
+                   stop-and-copy, in microseconds:\n\
+                   \x20 vCPU pause                     120 us\n\
+                   \x20 last round on the wire        3000 us (8192 bytes)\n\
+                   \x20 not broken down                900 us (handshake, the target reading the stream's tail)\n\
+                   \x20 downtime                      6100 us\n";
+        let p = phases(out);
+        assert_eq!(
+            p,
+            vec![
+                ("vCPU pause".to_string(), 120.0),
+                ("last round on the wire".to_string(), 3000.0),
+                ("last round bytes".to_string(), 8192.0),
+                ("not broken down".to_string(), 900.0),
+                ("downtime".to_string(), 6100.0),
+            ]
+        );
+        let mut rows: Vec<Row> = PHASES
+            .iter()
+            .chain(&["last round bytes"])
+            .map(|l| Row::new(l, "g", "µs", 0, Better::Lower))
+            .collect();
+        let f = Ok(Figures {
+            downtime_ms: 6.1,
+            total_ms: 20.0,
+            sent_mib: 0.0,
+            phases: p,
+        });
+        push_phases(&mut rows, &f);
+        assert_eq!(rows[0].rxen.summary().map(|s| s.median), Some(120.0));
+        assert_eq!(rows[9].rxen.summary().map(|s| s.median), Some(8.0));
+        // A phase rxl did not print is a failure of that row, not a zero.
+        assert_eq!(rows[1].rxen.summary(), None);
+    }
 }

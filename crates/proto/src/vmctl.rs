@@ -138,6 +138,111 @@ pub struct TransferStats {
     pub total_ms: f64,
     /// From pausing the guest to its run on the target (migration) or here (checkpoint), in milliseconds.
     pub downtime_ms: f64,
+    /// Where the downtime went, phase by phase (absent from VMMs that did not measure it).
+    #[serde(default)]
+    pub stop_copy: Option<StopCopyBreakdown>,
+}
+
+/// The stop-and-copy phase of a save or migration, phase by phase, each
+/// measured with a monotonic clock where it happens (the source VMM, or the
+/// target VMM for the target's phases), in microseconds. The phases follow
+/// one another within the downtime and do not overlap; what they leave out
+/// (the handshake's round trips, the target reading the stream's tail) is
+/// the downtime less [`StopCopyBreakdown::accounted_us`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopCopyBreakdown {
+    /// Stopping the vCPUs: from the pause request until every vCPU left
+    /// KVM_RUN and finished any port I/O it was in.
+    pub vcpu_pause_us: u64,
+    /// Freezing the virtio queues, so that no device writes guest memory.
+    pub device_freeze_us: u64,
+    /// Listing every page of RAM for the only round of a transfer that is
+    /// not live (a save, `--non-live`).
+    #[serde(default)]
+    pub page_list_us: Option<u64>,
+    /// The last read of KVM's dirty log (live migration only).
+    #[serde(default)]
+    pub dirty_sync_us: Option<u64>,
+    /// Rehashing the pages the dirty log did not report, for pages it missed
+    /// (live migration only).
+    #[serde(default)]
+    pub rehash_us: Option<u64>,
+    /// Reading the vCPUs', the VM's and the devices' state.
+    pub state_capture_us: u64,
+    /// Stream bytes of the last round: its pages and the state records.
+    pub last_round_bytes: u64,
+    /// Writing the last round to the connection or file, until the stream's
+    /// end was flushed (a save's file not yet synced).
+    pub last_round_wire_us: u64,
+    /// Flushing and syncing the save file (save only).
+    #[serde(default)]
+    pub file_sync_us: Option<u64>,
+    /// The target, from the end of the stream to being ready to run: taking
+    /// the disks' locks, restoring vCPUs, VM and devices (migration only;
+    /// the target's own measure).
+    #[serde(default)]
+    pub target_restore_us: Option<u64>,
+    /// The target, from the source's "go" to the guest running: starting the
+    /// vCPU and device threads (migration only; the target's own measure).
+    #[serde(default)]
+    pub target_resume_us: Option<u64>,
+}
+
+impl StopCopyBreakdown {
+    /// The phases measured, in order, as (label, microseconds).
+    pub fn phases(&self) -> Vec<(&'static str, u64)> {
+        let mut out = vec![
+            ("vCPU pause", self.vcpu_pause_us),
+            ("device freeze", self.device_freeze_us),
+        ];
+        if let Some(us) = self.page_list_us {
+            out.push(("page list", us));
+        }
+        if let Some(us) = self.dirty_sync_us {
+            out.push(("dirty-log sync", us));
+        }
+        if let Some(us) = self.rehash_us {
+            out.push(("rehash", us));
+        }
+        out.push(("state capture", self.state_capture_us));
+        out.push(("last round on the wire", self.last_round_wire_us));
+        if let Some(us) = self.file_sync_us {
+            out.push(("file sync", us));
+        }
+        if let Some(us) = self.target_restore_us {
+            out.push(("target restore", us));
+        }
+        if let Some(us) = self.target_resume_us {
+            out.push(("target resume", us));
+        }
+        out
+    }
+
+    /// The sum of the phases, in microseconds.
+    pub fn accounted_us(&self) -> u64 {
+        self.phases().iter().map(|(_, us)| us).sum()
+    }
+
+    /// One line for logs: `vCPU pause 12 us, ..., last round 4096 bytes`.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .phases()
+            .iter()
+            .map(|(what, us)| format!("{what} {us} us"))
+            .collect();
+        parts.push(format!("last round {} bytes", self.last_round_bytes));
+        parts.join(", ")
+    }
+}
+
+/// What a migration's target tells the source after `resumed`, on a line of
+/// its own (`timings {json}`): its side of the stop-and-copy phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetTimings {
+    /// From the end of the stream to being ready to run, in microseconds.
+    pub restore_us: u64,
+    /// From "go" to the guest running, in microseconds.
+    pub resume_us: u64,
 }
 
 /// What a vCPU is doing, as `xl vcpu-list` shows it.

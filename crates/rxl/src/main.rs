@@ -232,6 +232,9 @@ enum Cmd {
         /// Leave the domain paused after saving it.
         #[arg(short = 'p')]
         paused: bool,
+        /// Also print where the downtime went, phase by phase.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
         /// The domain (name or ID).
         domain: String,
         /// The save file.
@@ -289,6 +292,9 @@ enum Cmd {
         /// Stop-and-copy once the dirty pages can be sent within this many milliseconds.
         #[arg(long, default_value_t = 20)]
         downtime_ms: u64,
+        /// Also print where the downtime went, phase by phase.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
         /// The domain (name or ID).
         domain: String,
         /// The target host.
@@ -459,6 +465,7 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Save {
             checkpoint,
             paused,
+            verbose,
             domain,
             file,
             config,
@@ -479,6 +486,9 @@ fn run(cli: Cli) -> Outcome {
             match r? {
                 Response::Transferred { name, stats } => {
                     eprintln!("Saved domain {name}: {}", transfer::figures(&stats));
+                    if verbose {
+                        eprint!("{}", transfer::breakdown(&stats));
+                    }
                     Ok(())
                 }
                 other => Err(Failure(format!("unexpected answer: {other:?}"))),
@@ -524,6 +534,7 @@ fn run(cli: Cli) -> Outcome {
             key,
             max_rounds,
             downtime_ms,
+            verbose,
             domain,
             host,
         } => {
@@ -560,6 +571,9 @@ fn run(cli: Cli) -> Outcome {
                 Response::Transferred { name, stats } => {
                     eprintln!("Migration successful.");
                     println!("migrated {name} to {host}: {}", transfer::figures(&stats));
+                    if verbose {
+                        print!("{}", transfer::breakdown(&stats));
+                    }
                     Ok(())
                 }
                 other => Err(Failure(format!("unexpected answer: {other:?}"))),

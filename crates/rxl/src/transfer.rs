@@ -141,6 +141,35 @@ pub fn figures(stats: &TransferStats) -> String {
     )
 }
 
+/// `-v`'s lines after the figures: the stop-and-copy phase, phase by phase,
+/// in microseconds (`  LABEL  N us`), then what they leave out and the downtime.
+pub fn breakdown(stats: &TransferStats) -> String {
+    let Some(p) = &stats.stop_copy else {
+        return "stop-and-copy: the VMM gave no breakdown\n".into();
+    };
+    let downtime_us = (stats.downtime_ms * 1000.0) as u64;
+    let mut out = String::from("stop-and-copy, in microseconds:\n");
+    for (what, us) in p.phases() {
+        out.push_str(&format!("  {what:<24}{us:>10} us"));
+        if what == "last round on the wire" {
+            out.push_str(&format!(" ({} bytes)", p.last_round_bytes));
+        }
+        out.push('\n');
+    }
+    let rest = if p.target_restore_us.is_some() {
+        "handshake, the target reading the stream's tail"
+    } else {
+        "between the phases"
+    };
+    out.push_str(&format!(
+        "  {:<24}{:>10} us ({rest})\n",
+        "not broken down",
+        downtime_us.saturating_sub(p.accounted_us())
+    ));
+    out.push_str(&format!("  {:<24}{downtime_us:>10} us\n", "downtime"));
+    out
+}
+
 /// Quotes a word for `sh -c`.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -232,5 +261,45 @@ mod tests {
             ..Default::default()
         };
         assert!(figures(&s).starts_with("rounds 3, 1048576 bytes sent (1.0 MiB"));
+        assert!(breakdown(&s).contains("no breakdown"));
+    }
+
+    #[test]
+    fn breakdown_lists_the_phases_and_the_rest() {
+        let s = TransferStats {
+            downtime_ms: 10.0,
+            stop_copy: Some(rxen_proto::vmctl::StopCopyBreakdown {
+                vcpu_pause_us: 100,
+                device_freeze_us: 5,
+                page_list_us: None,
+                dirty_sync_us: Some(200),
+                rehash_us: None,
+                state_capture_us: 300,
+                last_round_bytes: 4096,
+                last_round_wire_us: 1000,
+                file_sync_us: None,
+                target_restore_us: Some(2000),
+                target_resume_us: Some(400),
+            }),
+            ..Default::default()
+        };
+        let text = breakdown(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "stop-and-copy, in microseconds:");
+        assert_eq!(lines[1], "  vCPU pause                     100 us");
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("dirty-log sync") && l.ends_with(" 200 us")));
+        assert!(!text.contains("rehash"), "{text}");
+        assert!(text.contains("1000 us (4096 bytes)"), "{text}");
+        // 10 ms less 4005 us measured.
+        assert!(
+            text.contains("not broken down               5995 us"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("  downtime                     10000 us\n"),
+            "{text}"
+        );
     }
 }

@@ -15,7 +15,10 @@ use kvm_ioctls::VcpuFd;
 use rxen_proto::stream::{
     self as pstream, ConfigRecord, DeviceRecord, Header, RecordType, StreamWriter, VmInfo,
 };
-use rxen_proto::vmctl::{AfterSave, BalloonStats, TransferStats, VcpuState, VcpuStats, VmStats};
+use rxen_proto::vmctl::{
+    AfterSave, BalloonStats, StopCopyBreakdown, TargetTimings, TransferStats, VcpuState, VcpuStats,
+    VmStats,
+};
 use rxen_proto::vmspec::{files, DiskDevice, ExitReason, ExitRecord, NicDevice, VmSpec};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -359,6 +362,9 @@ pub struct Vm {
     /// A save with `then: hold` waits for rxend's `SaveFinish`: whether the
     /// guest was paused before it.
     held_save: Option<bool>,
+    /// An incoming migration's: when the whole stream was in (the target's
+    /// restore starts there).
+    received_at: Option<Instant>,
 }
 
 /// What [`Vm::send_stream`] leaves behind once the stream is written: the guest is paused.
@@ -519,6 +525,7 @@ impl Vm {
         let cpu = CpuLimits::from_cpuid(
             cpuid::for_vcpu(&kvm.supported_cpuid, 0, spec.vcpus, kvm.tsc_deadline).as_slice(),
         );
+        let mut received_at = None;
         let restored = if let Some(path) = &spec.restore_from {
             // rxend opens the file and passes it (restore_fd); a spec of its own
             // (tests, by hand) may name it alone: opened here, still at start-up.
@@ -556,6 +563,7 @@ impl Vm {
                 transfer::StreamSource::Connection,
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
+            received_at = Some(Instant::now());
             slots.take_disk_locks(Duration::from_secs(5))?;
             Some(r)
         } else {
@@ -563,14 +571,16 @@ impl Vm {
         };
         if let Some(r) = restored {
             let devices = SavedDevices::decode(&r.devices, &spec)?;
-            return Self::assemble(
+            let mut vm = Self::assemble(
                 spec,
                 kvm,
                 mem,
                 slots,
                 Restore::Saved(Box::new(r), Box::new(devices)),
                 (balloon, vcpu_masks),
-            );
+            )?;
+            vm.received_at = received_at;
+            return Ok(vm);
         }
 
         let image = loader::read_kernel(&spec.kernel)?;
@@ -818,6 +828,7 @@ impl Vm {
             vcpu_stat: Vec::new(),
             progress: Some(progress),
             held_save: None,
+            received_at: None,
         })
     }
 
@@ -1170,18 +1181,28 @@ impl Vm {
                 }
             }
         }
+        // The downtime starts with the pause request: the first vCPU stops
+        // as soon as it is kicked.
+        let paused_at = Instant::now();
+        let mut phases = StopCopyBreakdown::default();
         self.pause_all()
             .map_err(|e| TransferError::Peer(e.to_string()))?;
-        let paused_at = Instant::now();
         self.settle_vcpus()?;
+        phases.vcpu_pause_us = micros(paused_at.elapsed());
         // From here no device writes guest memory: the last pages and the
         // queues' progress describe the same moment.
+        let t = Instant::now();
         self.slots.freeze_all();
+        phases.device_freeze_us = micros(t.elapsed());
         let last = match (log.as_ref(), hashes.as_ref()) {
             (Some(d), Some(h)) => {
+                let t = Instant::now();
                 let logged = d.collect(&self.kvm, &self.mem)?;
+                phases.dirty_sync_us = Some(micros(t.elapsed()));
                 // The guest is paused: what the rehash adds here the log missed.
+                let t = Instant::now();
                 let unlogged = h.changed(&self.mem, &logged);
+                phases.rehash_us = Some(micros(t.elapsed()));
                 stats.unlogged_pages = unlogged.len() as u64;
                 if !unlogged.is_empty() {
                     tracing::warn!(
@@ -1191,24 +1212,46 @@ impl Vm {
                 }
                 merge_sorted(logged, unlogged)
             }
-            _ => transfer::all_pfns(&self.mem),
+            _ => {
+                let t = Instant::now();
+                let all = transfer::all_pfns(&self.mem);
+                phases.page_list_us = Some(micros(t.elapsed()));
+                all
+            }
         };
         stats.last_round_pages = last.len() as u64;
+        let last_from = w.bytes;
         meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
+        let t = Instant::now();
         sender.send(&mut w, &self.mem, &last, &mut stats, None, |n| {
             meter.advance(n)
         })?;
+        let mut wire = t.elapsed();
         stats.rounds += 1;
-        for body in self.capture_vcpus()? {
+        let t = Instant::now();
+        let vcpus = self.capture_vcpus()?;
+        let vm = snapshot::capture_vm(&self.kvm.fd)?;
+        let devices = self
+            .device_records()
+            .iter()
+            .map(pstream::json_body)
+            .collect::<Result<Vec<_>, _>>()?;
+        phases.state_capture_us = micros(t.elapsed());
+        let t = Instant::now();
+        for body in vcpus {
             w.record(RecordType::Vcpu, &body)?;
         }
-        w.record(RecordType::VmState, &snapshot::capture_vm(&self.kvm.fd)?)?;
-        for d in self.device_records() {
-            w.record(RecordType::Device, &pstream::json_body(&d)?)?;
+        w.record(RecordType::VmState, &vm)?;
+        for body in devices {
+            w.record(RecordType::Device, &body)?;
         }
         w.record(RecordType::End, &[])?;
         w.flush()?;
+        wire += t.elapsed();
+        phases.last_round_wire_us = micros(wire);
+        phases.last_round_bytes = w.bytes - last_from;
         stats.bytes = w.bytes;
+        stats.stop_copy = Some(phases);
         Ok((w.into_inner(), stats, paused_at))
     }
 
@@ -1234,17 +1277,22 @@ impl Vm {
             wait_ready: None,
         };
         let sent = self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts)?;
+        let t = Instant::now();
         let flushed = sent
             .writer
             .into_inner()
             .map_err(|e| e.into_error())
             .and_then(|_| sync.sync_all())
             .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        let file_sync_us = micros(t.elapsed());
         if let Err(e) = flushed {
             self.resume_after_transfer(sent.was_paused);
             return Err(TransferError::Peer(e));
         }
         let mut stats = sent.stats;
+        if let Some(p) = &mut stats.stop_copy {
+            p.file_sync_us = Some(file_sync_us);
+        }
         match then {
             AfterSave::Exit => self
                 .exit
@@ -1255,7 +1303,12 @@ impl Vm {
         }
         stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(?stats, file = %path.display(), "domain saved");
+        tracing::info!(
+            ?stats,
+            file = %path.display(),
+            stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
+            "domain saved"
+        );
         Ok(stats)
     }
 
@@ -1324,10 +1377,40 @@ impl Vm {
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
         self.exit
             .request(ExitReason::Migrated, "migrated to another host");
-        tracing::info!(?stats, "domain migrated");
+        // The guest runs there: its side of the downtime, if it says (a target
+        // from before the breakdown closes the connection instead).
+        set_timeout(&sock, Some(Duration::from_secs(2)));
+        match read_line(&sock).map(|l| target_timings(&l)) {
+            Ok(Some(t)) => {
+                if let Some(p) = &mut stats.stop_copy {
+                    p.target_restore_us = Some(t.restore_us);
+                    p.target_resume_us = Some(t.resume_us);
+                }
+            }
+            Ok(None) => tracing::warn!("the target's timings line is garbled"),
+            Err(e) => tracing::info!("the target reported no timings: {e}"),
+        }
+        tracing::info!(
+            ?stats,
+            stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
+            "domain migrated"
+        );
         Ok(stats)
     }
 }
+
+/// Whole microseconds of `d`.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The target's `timings {json}` line, sent after `resumed`.
+fn target_timings(line: &str) -> Option<TargetTimings> {
+    serde_json::from_str(line.strip_prefix(TIMINGS_PREFIX)?).ok()
+}
+
+/// What starts the target's timings line.
+const TIMINGS_PREFIX: &str = "timings ";
 
 /// Sets the receive timeout of a socket (ignored for other files).
 fn set_timeout(f: &File, t: Option<Duration>) {
@@ -1636,13 +1719,16 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     };
     let control = bind_socket(&run_dir.join(files::CONTROL_SOCKET))?;
     let console = bind_socket(&run_dir.join(files::CONSOLE_SOCKET))?;
+    let mut timings = TargetTimings::default();
+    let mut go_at = None;
     if let Some(sock) = &incoming {
+        timings.restore_us = vm.received_at.map_or(0, |t| micros(t.elapsed()));
         // The source may still back out until it says "go".
         let go = (&*sock)
             .write_all(b"received\n")
             .and_then(|()| read_line(sock));
         match go {
-            Ok(l) if l == "go" => {}
+            Ok(l) if l == "go" => go_at = Some(Instant::now()),
             other => {
                 return Err(VmmError::Incoming(format!(
                     "the source did not clear the domain to run ({other:?})"
@@ -1653,9 +1739,22 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     // Each vCPU and device thread confines itself before its first instruction.
     vm.start()?;
     if let Some(sock) = &incoming {
+        timings.resume_us = go_at.map_or(0, |t| micros(t.elapsed()));
         if let Err(e) = (&*sock).write_all(b"resumed\n") {
             tracing::warn!("cannot tell the source that the domain runs: {e}");
         }
+        // After "resumed", which a source from before the breakdown reads last.
+        let line = serde_json::to_string(&timings)
+            .map(|j| format!("{TIMINGS_PREFIX}{j}\n"))
+            .unwrap_or_default();
+        if let Err(e) = (&*sock).write_all(line.as_bytes()) {
+            tracing::warn!("cannot send the source the target's timings: {e}");
+        }
+        tracing::info!(
+            restore_us = timings.restore_us,
+            resume_us = timings.resume_us,
+            "stop-and-copy on the target"
+        );
         tracing::info!("incoming migration complete; the domain runs here");
         vm.slots.after_migration();
     }

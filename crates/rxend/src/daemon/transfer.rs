@@ -302,14 +302,15 @@ impl Daemon {
             return Err(fail(e.to_string()));
         }
         self.log.info(format!(
-            "domain {id} ({name}) saved to {path}: {} bytes in {:.0} ms{}",
+            "domain {id} ({name}) saved to {path}: {} bytes in {:.0} ms{}; {}",
             stats.bytes,
             stats.total_ms,
             match then {
                 AfterSave::Exit | AfterSave::Hold => "",
                 AfterSave::Resume => ", still running",
                 AfterSave::Pause => ", left paused",
-            }
+            },
+            stop_copy_line(&stats)
         ));
         match then {
             AfterSave::Exit | AfterSave::Hold => self.finish_gone(id, &rec),
@@ -396,8 +397,9 @@ impl Daemon {
         match result {
             Ok(stats) => {
                 self.log.info(format!(
-                    "domain {id} ({name}) migrated to {target}: {} rounds, {} bytes sent, total {:.0} ms, downtime {:.1} ms",
-                    stats.rounds, stats.bytes, stats.total_ms, stats.downtime_ms
+                    "domain {id} ({name}) migrated to {target}: {} rounds, {} bytes sent, total {:.0} ms, downtime {:.1} ms; {}",
+                    stats.rounds, stats.bytes, stats.total_ms, stats.downtime_ms,
+                    stop_copy_line(&stats)
                 ));
                 self.finish_gone(id, &rec);
                 Ok((name, stats))
@@ -577,9 +579,58 @@ impl Daemon {
     }
 }
 
+/// The stop-and-copy breakdown of a save or migration for rxend's log line.
+fn stop_copy_line(stats: &TransferStats) -> String {
+    match &stats.stop_copy {
+        Some(p) => format!(
+            "downtime {:.1} ms: {}, not broken down {} us",
+            stats.downtime_ms,
+            p.summary(),
+            ((stats.downtime_ms * 1000.0) as u64).saturating_sub(p.accounted_us())
+        ),
+        None => "the VMM gave no stop-and-copy breakdown".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_line_carries_the_breakdown_and_old_vmms_still_parse() {
+        // A VMM from before the breakdown answers without `stop_copy`.
+        let old = r#"{"rounds":1,"bytes":10,"pages":1,"zero_pages":0,"last_round_pages":1,"total_ms":2.0,"downtime_ms":1.5}"#;
+        let s: TransferStats = serde_json::from_str(old).expect("old stats");
+        assert_eq!(s.stop_copy, None);
+        assert_eq!(
+            stop_copy_line(&s),
+            "the VMM gave no stop-and-copy breakdown"
+        );
+        let s = TransferStats {
+            downtime_ms: 1.5,
+            stop_copy: Some(rxen_proto::vmctl::StopCopyBreakdown {
+                vcpu_pause_us: 100,
+                page_list_us: Some(50),
+                state_capture_us: 300,
+                last_round_bytes: 4096,
+                last_round_wire_us: 700,
+                file_sync_us: Some(20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&s).expect("json");
+        assert_eq!(
+            serde_json::from_str::<TransferStats>(&json).expect("back"),
+            s
+        );
+        assert_eq!(
+            stop_copy_line(&s),
+            "downtime 1.5 ms: vCPU pause 100 us, device freeze 0 us, page list 50 us, \
+             state capture 300 us, last round on the wire 700 us, file sync 20 us, \
+             last round 4096 bytes, not broken down 330 us"
+        );
+    }
 
     fn config(memory: u64, maxmem: u64, vcpus: u32, maxvcpus: u32) -> DomainConfig {
         let text = format!(
