@@ -713,31 +713,21 @@ mod tests {
         w.record(RecordType::End, &[]).expect("end");
         let bytes = w.into_inner();
         let dst = memory::create_guest_memory(8).expect("mem");
+        let limits = crate::snapshot::testing::limits();
+        // What receiving `stream` into the 8 MiB, 1-vCPU `dst` refuses it with.
+        let refused = |stream: &[u8], source| {
+            receive(stream, &dst, 8, 1, &limits, source)
+                .err()
+                .expect("refused")
+        };
         // No vCPU state: refused, though the pages were fine.
-        let e = receive(
-            &bytes[..],
-            &dst,
-            8,
-            1,
-            &crate::snapshot::testing::limits(),
-            StreamSource::File,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(&bytes[..], StreamSource::File);
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         let mut got = [0u8; 16];
         dst.read_slice(&mut got, GuestAddress(0x5000)).expect("r");
         assert_eq!(got, [7u8; 16]);
         // Another shape: refused.
-        assert!(receive(
-            &bytes[..],
-            &dst,
-            16,
-            1,
-            &crate::snapshot::testing::limits(),
-            StreamSource::File
-        )
-        .is_err());
+        assert!(receive(&bytes[..], &dst, 16, 1, &limits, StreamSource::File).is_err());
         // A kernel kind this VMM does not know: refused before anything is read.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
         w.record(RecordType::Config, CONFIG).expect("c");
@@ -747,41 +737,14 @@ mod tests {
         };
         w.record(RecordType::VmInfo, &stream::json_body(&odd).expect("j"))
             .expect("i");
-        let e = receive(
-            &w.into_inner()[..],
-            &dst,
-            8,
-            1,
-            &crate::snapshot::testing::limits(),
-            StreamSource::File,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(&w.into_inner()[..], StreamSource::File);
         assert!(e.to_string().contains("does not know"), "{e}");
         // Bytes after the end record: refused in a file, left alone on a connection.
         let mut junk = bytes.clone();
         junk.extend_from_slice(b"trailing junk");
-        let e = receive(
-            &junk[..],
-            &dst,
-            8,
-            1,
-            &crate::snapshot::testing::limits(),
-            StreamSource::File,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(&junk[..], StreamSource::File);
         assert!(e.to_string().contains("after its end record"), "{e}");
-        let e = receive(
-            &junk[..],
-            &dst,
-            8,
-            1,
-            &crate::snapshot::testing::limits(),
-            StreamSource::Connection,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(&junk[..], StreamSource::Connection);
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         // A page beyond RAM: refused.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
@@ -791,16 +754,7 @@ mod tests {
         let mut body = Vec::new();
         encode_pages(&[(8 << 20 >> 12) | ZERO_PAGE], &[], &mut body);
         w.record(RecordType::Pages, &body).expect("p");
-        let e = receive(
-            &w.into_inner()[..],
-            &dst,
-            8,
-            1,
-            &crate::snapshot::testing::limits(),
-            StreamSource::File,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(&w.into_inner()[..], StreamSource::File);
         assert!(e.to_string().contains("outside"), "{e}");
     }
 
