@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use rxen_e2e::{bin, pids_with, Host};
 
-/// The failpoints of rxend's start of a domain (`rxend::failpoint::ALL`).
-const RECORDED: &str = "start:recorded";
-const PLUGGED: &str = "start:plugged";
-const SPAWNED: &str = "start:spawned";
-const READY: &str = "start:ready";
+use rxend::failpoint::{
+    START_PLUGGED as PLUGGED, START_READY as READY, START_RECORDED as RECORDED,
+    START_SPAWNED as SPAWNED,
+};
 
 fn run_ok(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("run");

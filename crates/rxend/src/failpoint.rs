@@ -12,9 +12,6 @@ pub const START_SPAWNED: &str = "start:spawned";
 /// After the VMM said `ready`, before the domain's record says so.
 pub const START_READY: &str = "start:ready";
 
-/// Every failpoint, for tests and for checking `RXEN_FAILPOINTS`.
-pub const ALL: [&str; 4] = [START_RECORDED, START_PLUGGED, START_SPAWNED, START_READY];
-
 /// Kills this process with SIGKILL when this is a debug build and `RXEN_FAILPOINTS` names
 /// `name`. Release builds ignore the variable.
 pub fn hit(name: &str) {
