@@ -406,6 +406,55 @@ impl Drop for NetPair {
     }
 }
 
+/// A unique short suffix for interface names (tests run two at a time, in several processes).
+pub fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{:x}{}",
+        std::process::id() % 0xFFFF,
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A Linux bridge of its own (`rxb<unique>`), up, with an optional host address
+/// (`10.1.2.1/24`), removed on drop.
+pub struct Bridge {
+    /// Its interface name.
+    pub name: String,
+}
+
+impl Bridge {
+    /// Makes the bridge; fails the test when `ip` does.
+    pub fn new(addr: Option<&str>) -> Bridge {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let b = Bridge {
+            name: format!("rxb{}", unique()),
+        };
+        ip(&["link", "add", &b.name, "type", "bridge"]);
+        if let Some(a) = addr {
+            ip(&["addr", "add", a, "dev", &b.name]);
+        }
+        ip(&["link", "set", &b.name, "up"]);
+        b
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
 /// PIDs of processes whose command line contains every one of `needles`.
 pub fn pids_with(needles: &[&str]) -> Vec<i32> {
     let mut out = Vec::new();

@@ -6,10 +6,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use rxen_e2e::{wait_until, Console, Host};
+use rxen_e2e::{unique, wait_until, Bridge, Console, Host};
 
 const CMD: Duration = Duration::from_secs(30);
 
@@ -20,26 +19,6 @@ fn domid(host: &Host, name: &str) -> u32 {
         .expect("numeric domid")
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A unique short suffix for interface names (tests run two at a time).
-fn unique() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "{:x}{}",
-        std::process::id() % 0xFFFF,
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
 /// A /24 of its own for each test: `10.A.B` (devices.rs uses 10.100-199; this file 10.200-249).
 fn subnet() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -47,34 +26,14 @@ fn subnet() -> String {
     format!("10.{}.{}", 200 + (std::process::id() % 50), 1 + n % 250)
 }
 
-/// A Linux bridge with the host's address `.1` on `net`, removed on drop.
-struct Bridge {
-    name: String,
+/// A bridge with the host's address `.1` on `net`.
+fn bridge(net: &str) -> Bridge {
+    Bridge::new(Some(&format!("{net}.1/24")))
 }
 
-impl Bridge {
-    fn new(net: &str) -> Bridge {
-        let b = Bridge {
-            name: format!("rxa{}", unique()),
-        };
-        ip(&["link", "add", &b.name, "type", "bridge"]);
-        ip(&["addr", "add", &format!("{net}.1/24"), "dev", &b.name]);
-        ip(&["link", "set", &b.name, "up"]);
-        b
-    }
-
-    /// The config line of one NIC on this bridge.
-    fn vif(&self) -> String {
-        format!("vif = [ 'bridge={},vifname=rxv{}' ]", self.name, unique())
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .output();
-    }
+/// The config line of one NIC on `br`.
+fn vif(br: &Bridge) -> String {
+    format!("vif = [ 'bridge={},vifname=rxv{}' ]", br.name, unique())
 }
 
 /// Gives the guest's NIC `.2` on `net`, then has it send `mib` MiB of UDP to the host's `.1`
@@ -195,8 +154,8 @@ fn net_line(line: &str) -> [u64; 8] {
 fn network_bytes_add_up_across_rxend_restarts() {
     let mut host = Host::start();
     let net = subnet();
-    let br = Bridge::new(&net);
-    let extra = format!("on_poweroff = \"preserve\"\n{}", br.vif());
+    let br = bridge(&net);
+    let extra = format!("on_poweroff = \"preserve\"\n{}", vif(&br));
     let mut con = host.create_guest("chatty", 1, 64, &extra);
     let id = domid(&host, "chatty");
     let pid = host.vmm_pid(id);
@@ -386,8 +345,8 @@ fn an_adopted_domain_gets_its_cgroup_back_and_a_crash_removes_it() {
 fn top_batch_shows_cpu_memory_and_each_nics_bytes_of_a_busy_domain() {
     let host = Host::start();
     let net = subnet();
-    let br = Bridge::new(&net);
-    let mut con = host.create_guest("busy", 2, 48, &br.vif());
+    let br = bridge(&net);
+    let mut con = host.create_guest("busy", 2, 48, &vif(&br));
     let sent = send_udp(&mut con, &net, 1);
     con.send("burn 5 1");
     con.wait_for("burning vcpu 1 for 5 s", CMD);

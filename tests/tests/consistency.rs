@@ -9,38 +9,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rxen_e2e::{bin, pids_with, Host};
+use rxen_e2e::{bin, pids_with, Bridge, Host};
 
 use rxend::failpoint::{
     START_PLUGGED as PLUGGED, START_READY as READY, START_RECORDED as RECORDED,
     START_SPAWNED as SPAWNED,
 };
-
-fn run_ok(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bridge for the domains' TAPs, removed on drop.
-struct Bridge(String);
-
-impl Bridge {
-    fn new(tag: &str) -> Bridge {
-        let name = format!("rxk{tag}{:x}", std::process::id() % 0xFFFF);
-        run_ok("ip", &["link", "add", &name, "type", "bridge"]);
-        Bridge(name)
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
-    }
-}
 
 /// One domain's config: the test guest with a writable disk (its lock is exclusive) and a vif.
 struct Domain {
@@ -59,7 +33,7 @@ impl Domain {
                 "name = \"{name}\"\nkernel = \"builtin:testguest\"\nmemory = 64\nvcpus = 1\n\
                  disk = [ 'file:{},xvda,w' ]\nvif = [ 'bridge={},vifname={tap}' ]\n",
                 img.display(),
-                br.0
+                br.name
             ),
         );
         Domain {
@@ -274,7 +248,7 @@ fn kill_at_each_failpoint(
 #[test]
 fn rxend_killed_at_each_step_of_create_leaves_the_domain_whole_or_gone() {
     let mut h = Host::start();
-    let br = Bridge::new("c");
+    let br = Bridge::new(None);
     let tap = format!("rxtc{:x}", std::process::id() % 0xFFFF);
     let d = Domain::new(&h, &br, "crashc", &tap);
     let cfg = d.cfg.clone();
@@ -284,7 +258,7 @@ fn rxend_killed_at_each_step_of_create_leaves_the_domain_whole_or_gone() {
 #[test]
 fn rxend_killed_at_each_step_of_restore_leaves_one_copy_or_none() {
     let mut h = Host::start();
-    let br = Bridge::new("r");
+    let br = Bridge::new(None);
     let tap = format!("rxtr{:x}", std::process::id() % 0xFFFF);
     let d = Domain::new(&h, &br, "crashr", &tap);
     h.rxl_ok(&["create", &d.cfg]);
@@ -315,7 +289,7 @@ fn rxend_killed_at_each_step_of_restore_leaves_one_copy_or_none() {
 #[test]
 fn rxend_killed_after_a_range_of_delays_during_create_leaves_the_domain_whole_or_gone() {
     let mut h = Host::start();
-    let br = Bridge::new("d");
+    let br = Bridge::new(None);
     let d = Domain::new(
         &h,
         &br,

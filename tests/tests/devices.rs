@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rxen_e2e::{blk_pattern as pattern, Console, Host};
+use rxen_e2e::{blk_pattern as pattern, unique, Bridge, Console, Host};
 
 const CMD: Duration = Duration::from_secs(30);
 
@@ -43,40 +43,6 @@ fn run_ok(cmd: &str, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A unique short suffix for interface names (tests run two at a time).
-fn unique() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "{:x}{}",
-        std::process::id() % 0xFFFF,
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
-/// A Linux bridge, with an optional host address, removed on drop.
-struct Bridge {
-    name: String,
-}
-
-impl Bridge {
-    fn new(addr: Option<&str>) -> Bridge {
-        let name = format!("rxb{}", unique());
-        run_ok("ip", &["link", "add", &name, "type", "bridge"]);
-        let b = Bridge { name };
-        if let Some(a) = addr {
-            run_ok("ip", &["addr", "add", a, "dev", &b.name]);
-        }
-        run_ok("ip", &["link", "set", &b.name, "up"]);
-        b
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = run("ip", &["link", "del", &self.name]);
-    }
 }
 
 /// Waits for an answer starting with `needle` and returns its whole line (the console may
