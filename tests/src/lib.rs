@@ -168,11 +168,20 @@ impl Host {
         }
     }
 
+    /// An `rxl` command aimed at this host's socket. It never starts an rxend of its own:
+    /// one started while a test has killed this host's rxend would hold the socket, with
+    /// another state directory, and the test would go on against the wrong daemon.
+    pub fn rxl_command(&self) -> Command {
+        let mut c = Command::new(bin("rxl"));
+        c.env("RXEN_SOCKET", self.socket())
+            .env("RXEN_NO_AUTOSTART", "1");
+        c
+    }
+
     /// Runs `rxl ARGS` against this host.
     pub fn rxl(&self, args: &[&str]) -> Output {
-        Command::new(bin("rxl"))
+        self.rxl_command()
             .args(args)
-            .env("RXEN_SOCKET", self.socket())
             .stdin(Stdio::null())
             .output()
             .expect("run rxl")
@@ -494,11 +503,7 @@ pub struct Console {
 impl Console {
     /// Runs `rxl console NAME` against `host`.
     pub fn attach(host: &Host, name: &str) -> Console {
-        Console::spawn(
-            Command::new(bin("rxl"))
-                .args(["console", name])
-                .env("RXEN_SOCKET", host.socket()),
-        )
+        Console::spawn(host.rxl_command().args(["console", name]))
     }
 
     /// Runs a command whose stdin and stdout are a guest console (`rxl console`, `rxl create -c`).

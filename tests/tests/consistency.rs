@@ -298,9 +298,9 @@ fn rxend_killed_after_a_range_of_delays_during_create_leaves_the_domain_whole_or
     );
     let mut outcomes = Vec::new();
     for delay_ms in [0u64, 5, 15, 30, 60, 100, 150, 250] {
-        let mut create = Command::new(bin("rxl"))
+        let mut create = h
+            .rxl_command()
             .args(["create", &d.cfg])
-            .env("RXEN_SOCKET", h.socket())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

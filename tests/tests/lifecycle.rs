@@ -21,11 +21,7 @@ fn example_config_boots_with_console_attached() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.cfg");
     // `rxl create -c` with the console on pipes: the banner arrives, and the
     // console ends when the guest powers off (on_poweroff = destroy).
-    let mut con = Console::spawn(
-        std::process::Command::new(rxen_e2e::bin("rxl"))
-            .args(["create", "-c", example])
-            .env("RXEN_SOCKET", host.socket()),
-    );
+    let mut con = Console::spawn(host.rxl_command().args(["create", "-c", example]));
     con.wait_for("rxen testguest: booted on 2 vCPUs with 128 MiB", BOOT);
     con.send("shutdown");
     con.wait_for("powering off", BOOT);
@@ -572,9 +568,9 @@ fn console_on_a_terminal_detaches_with_ctrl_bracket() {
     let _con = host.create_guest("tty", 1, 64, "");
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let slave = std::fs::File::from(pty.slave);
-    let mut child = std::process::Command::new(rxen_e2e::bin("rxl"))
+    let mut child = host
+        .rxl_command()
         .args(["console", "tty"])
-        .env("RXEN_SOCKET", host.socket())
         .stdin(slave.try_clone().expect("dup"))
         .stdout(slave.try_clone().expect("dup"))
         .stderr(slave)
@@ -924,4 +920,31 @@ fn rxl_says_why_the_rxend_it_started_gave_up() {
         "rxl did not pass on why rxend gave up: {err}"
     );
     assert!(!other.exists(), "a second rxend listens");
+}
+
+#[test]
+fn rxl_starts_no_rxend_when_told_not_to() {
+    // With RXEN_NO_AUTOSTART (a host whose rxend belongs to systemd), rxl reports a dead
+    // socket instead of starting a daemon that would take the state directory meanwhile.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("rxend.sock");
+    let state = dir.path().join("state");
+    let out = std::process::Command::new(rxen_e2e::bin("rxl"))
+        .arg("list")
+        .env("RXEN_SOCKET", &socket)
+        .env("RXEN_STATE_DIR", &state)
+        .env("RXEN_NO_AUTOSTART", "1")
+        .output()
+        .expect("rxl");
+    assert!(!out.status.success(), "rxl list worked with no rxend");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RXEN_NO_AUTOSTART") && !err.contains("starting"),
+        "rxl did not say why it started nothing: {err}"
+    );
+    assert!(!socket.exists(), "an rxend was started: its socket exists");
+    assert!(
+        !state.exists(),
+        "an rxend was started: its state directory exists"
+    );
 }

@@ -62,6 +62,14 @@ fn rxend_binary() -> PathBuf {
     PathBuf::from("rxend")
 }
 
+/// Environment variable that, when set to anything but `0` or nothing, stops rxl from
+/// starting rxend itself.
+pub const NO_AUTOSTART: &str = "RXEN_NO_AUTOSTART";
+
+fn autostart_disabled() -> bool {
+    std::env::var_os(NO_AUTOSTART).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 impl Client {
     /// Connects to rxend at `socket`, starting one (in the background, in a
     /// session of its own) if nothing listens there.
@@ -84,6 +92,14 @@ impl Client {
                 return Err(ClientError::Unreachable {
                     path: socket.display().to_string(),
                     reason: format!("{e} (is rxend running?)"),
+                });
+            }
+            Err(e) if autostart_disabled() => {
+                // rxend belongs to a service manager (or a test) here: one started by rxl
+                // would take its state directory while it restarts.
+                return Err(ClientError::Unreachable {
+                    path: socket.display().to_string(),
+                    reason: format!("{e} (is rxend running? {NO_AUTOSTART} is set)"),
                 });
             }
             Err(_) => {}
