@@ -33,6 +33,15 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// A `[sandbox]` section with a uid range of its own, so that the VMMs of hosts that tests run
+/// side by side never share a uid (one rxend keeps its own domains apart, not another's).
+pub fn sandbox_uids() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20;
+    let first = 100_000_000 + (std::process::id() % 20_000) * 2_000 + n * 100;
+    format!("[sandbox]\nfirst-uid = {first}\nuid-count = 100\n")
+}
+
 /// One rxen "host": an rxend with its own socket and state directory.
 pub struct Host {
     /// Temporary directory holding everything of this host.
@@ -58,6 +67,7 @@ impl Host {
             .prefix("rxen-e2e-")
             .tempdir()
             .expect("tempdir");
+        fs::write(dir.path().join("rxend.toml"), sandbox_uids()).expect("rxend config");
         let mut h = Host {
             dir,
             rxend: None,
@@ -92,7 +102,11 @@ impl Host {
             .prefix("rxen-e2e-")
             .tempdir()
             .expect("tempdir");
-        fs::write(dir.path().join("rxend.toml"), config).expect("rxend config");
+        fs::write(
+            dir.path().join("rxend.toml"),
+            format!("{config}\n{}", sandbox_uids()),
+        )
+        .expect("rxend config");
         let mut h = Host {
             dir,
             rxend: None,
@@ -135,11 +149,13 @@ impl Host {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(bin("rxend"));
-                c.arg("--config").arg(self.dir.path().join("rxend.toml"));
                 c
             }
             None => Command::new(bin("rxend")),
         };
+        if !self.rxend_args.iter().any(|a| a == "--config") {
+            cmd.arg("--config").arg(self.dir.path().join("rxend.toml"));
+        }
         let child = cmd
             .arg("--socket")
             .arg(self.socket())

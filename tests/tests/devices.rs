@@ -297,6 +297,30 @@ fn a_disk_hot_plugged_into_a_running_guest_works_and_detaches_cleanly() {
     );
 }
 
+#[test]
+fn a_hot_plugged_disk_larger_than_any_file_at_start_is_written_to_its_end() {
+    // A jailed VMM may write no file larger than it needed at start (its biggest disk, or a
+    // save of its memory: about 1.1 GiB here); rxend raises the limit for a bigger disk.
+    let host = Host::start();
+    let img = image(&host, "big.img", 4 << 10);
+    let mut con = host.create_guest("bigdisk", 1, 64, "");
+    con.sync();
+    host.rxl_ok(&[
+        "block-attach",
+        "bigdisk",
+        &format!("file:{},xvdb,w", img.display()),
+    ]);
+    let line = answer(&con, "hotplug: disk ");
+    assert!(line.ends_with("xvdb attached"), "{line}");
+    let last = (4u64 << 30) / 512 - 8;
+    con.send(&format!("blkwrite xvdb {last} 8 77"));
+    con.wait_for("blkwrite ok", CMD);
+    con.send("blkflush xvdb");
+    con.wait_for("blkflush ok", CMD);
+    assert_eq!(read_at(&img, last * 512, 8 * 512), pattern(77, 8 * 512));
+    assert!(host.list_row("bigdisk").is_some(), "the VMM died");
+}
+
 fn iface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }

@@ -150,3 +150,153 @@ fn no_sandbox_runs_vmms_unconfined_and_says_so() {
         "{info}"
     );
 }
+
+/// The uid, root directory and namespaces of domain `name`'s VMM.
+struct Jail {
+    uid: u32,
+    gid: u32,
+    root_entries: usize,
+    passwd_visible: bool,
+    nspid: String,
+    namespaces: Vec<(String, String, String)>,
+}
+
+fn jail_of(h: &Host, name: &str) -> Jail {
+    let id: u32 = h.rxl_ok(&["domid", name]).trim().parse().expect("domid");
+    let pid = h.vmm_pid(id);
+    let st = status(&format!("/proc/{pid}/status"));
+    let first = |f: &str| -> u32 {
+        field(&st, f)
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("id")
+    };
+    let ns = |kind: &str, pid: &str| {
+        fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    Jail {
+        uid: first("Uid"),
+        gid: first("Gid"),
+        root_entries: fs::read_dir(format!("/proc/{pid}/root"))
+            .expect("the VMM's root")
+            .count(),
+        passwd_visible: std::path::Path::new(&format!("/proc/{pid}/root/etc/passwd")).exists(),
+        nspid: field(&st, "NSpid"),
+        namespaces: ["mnt", "net", "pid", "ipc", "uts", "cgroup"]
+            .iter()
+            .map(|k| (k.to_string(), ns(k, &pid.to_string()), ns(k, "self")))
+            .collect(),
+    }
+}
+
+#[test]
+fn each_vmm_runs_jailed_under_a_uid_of_its_own() {
+    let h = Host::start();
+    let toml = fs::read_to_string(h.dir.path().join("rxend.toml")).expect("rxend.toml");
+    let first_uid: u32 = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("first-uid = "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("first-uid");
+    let mut a = h.create_guest("jail-a", 1, 64, "");
+    let mut b = h.create_guest("jail-b", 2, 64, "");
+    let (ja, jb) = (jail_of(&h, "jail-a"), jail_of(&h, "jail-b"));
+    for (name, j) in [("jail-a", &ja), ("jail-b", &jb)] {
+        assert_ne!(j.uid, 0, "{name} runs as root");
+        assert_eq!(j.gid, j.uid, "{name}: gid");
+        assert!(
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(j.uid))
+                .expect("getpwuid")
+                .is_none(),
+            "{name}: uid {} belongs to a host user",
+            j.uid
+        );
+        assert_eq!(j.root_entries, 0, "{name}: its root is not empty");
+        assert!(!j.passwd_visible, "{name}: sees the host's /etc/passwd");
+        // The VMM is the first process of its own PID namespace.
+        assert!(
+            j.nspid.ends_with("\t1") || j.nspid.ends_with(" 1"),
+            "{name}: NSpid {}",
+            j.nspid
+        );
+        for (kind, vmm, ours) in &j.namespaces {
+            assert!(!vmm.is_empty(), "{name}: no {kind} namespace read");
+            assert_ne!(vmm, ours, "{name}: shares the host's {kind} namespace");
+        }
+    }
+    assert_ne!(ja.uid, jb.uid, "two running domains share a uid");
+    // Jailed, the guests run on: consoles, heartbeats.
+    for con in [&mut a, &mut b] {
+        let before = con.heartbeat();
+        wait_until(Duration::from_secs(10), "the heartbeat moves", || {
+            con.heartbeat() > before
+        });
+    }
+    drop((a, b));
+    // A uid comes from the configured range, and is free again once its domain is gone.
+    for j in [&ja, &jb] {
+        assert!(
+            (first_uid..first_uid + 100).contains(&j.uid),
+            "uid {} outside the range",
+            j.uid
+        );
+    }
+    h.rxl_ok(&["destroy", "jail-a"]);
+    let _c = h.create_guest("jail-c", 1, 64, "");
+    assert_eq!(
+        jail_of(&h, "jail-c").uid,
+        ja.uid,
+        "the freed uid is not reused"
+    );
+}
+
+#[test]
+fn a_full_uid_range_refuses_the_next_domain_and_frees_on_destroy() {
+    let mut h = Host::start();
+    h.kill_rxend();
+    fs::write(
+        h.dir.path().join("rxend.toml"),
+        "[sandbox]\nfirst-uid = 180000000\nuid-count = 1\n",
+    )
+    .expect("config");
+    h.start_rxend();
+    let _a = h.create_guest("only", 1, 64, "");
+    assert_eq!(jail_of(&h, "only").uid, 180_000_000);
+    let cfg = h.config(
+        "second.cfg",
+        "name = \"second\"\nkernel = \"builtin:testguest\"\nmemory = 64\n",
+    );
+    let out = h.rxl(&["create", cfg.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "a second domain got the one uid");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no free sandbox uid"), "{err}");
+    assert!(h.list_row("second").is_none());
+    h.rxl_ok(&["destroy", "only"]);
+    h.rxl_ok(&["create", cfg.to_str().expect("utf-8")]);
+    assert_eq!(jail_of(&h, "second").uid, 180_000_000);
+    // rxend refuses a range with root in it, naming the file.
+    h.kill_rxend();
+    fs::write(
+        h.dir.path().join("rxend.toml"),
+        "[sandbox]\nfirst-uid = 0\nuid-count = 10\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(rxen_e2e::bin("rxend"))
+        .arg("--config")
+        .arg(h.dir.path().join("rxend.toml"))
+        .arg("--socket")
+        .arg(h.dir.path().join("other.sock"))
+        .arg("--state-dir")
+        .arg(h.dir.path().join("other-state"))
+        .output()
+        .expect("rxend");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rxend.toml") && err.contains("first-uid"),
+        "{err}"
+    );
+}

@@ -108,18 +108,29 @@ pub fn load_linux<M: GuestMemoryBackend>(
         path: kernel.to_path_buf(),
         source,
     })?;
+    let initrd = match initrd {
+        Some(path) => Some((
+            path.to_path_buf(),
+            File::open(path).map_err(|source| LinuxBootError::OpenInitrd {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
     load_linux_from(mem, &mut kernel_file, kernel, initrd, cmdline, vcpus, None)
 }
 
 /// Like [`load_linux`], with the kernel image read from `kernel` (e.g. a `Cursor` over bytes
-/// already in memory); `kernel_name` only names it in errors. With `acpi`, the ACPI tables
+/// already in memory) and the initrd from a file opened already (with its path, for errors);
+/// `kernel_name` only names the kernel in errors. With `acpi`, the ACPI tables
 /// that describe that machine are written too and the zero page points at them (its vCPU
 /// count must be `vcpus`).
 pub fn load_linux_from<M, R>(
     mem: &M,
     kernel: &mut R,
     kernel_name: &Path,
-    initrd: Option<&Path>,
+    initrd: Option<(PathBuf, File)>,
     cmdline: &str,
     vcpus: u8,
     acpi: Option<&acpi::Machine>,
@@ -163,16 +174,15 @@ where
 
     let initrd_placed = match initrd {
         None => None,
-        Some(path) => {
+        Some((path, mut file)) => {
             let open_err = |source| LinuxBootError::OpenInitrd {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             };
             let initrd_err = |source| LinuxBootError::Initrd {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             };
-            let mut file = File::open(path).map_err(open_err)?;
             let size = file.metadata().map_err(open_err)?.len();
             let lowest = loaded
                 .end

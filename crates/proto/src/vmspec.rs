@@ -52,6 +52,11 @@ pub struct VmSpec {
     /// `--no-sandbox`, for debugging, and for monitors run inside a test harness's process.
     #[serde(default = "confined")]
     pub sandbox: bool,
+    /// With the sandbox on, the VMM also enters namespaces of its own, pivots into an empty
+    /// root and runs as this uid (and a gid of the same number) once its files are open:
+    /// one of rxend's `[sandbox]` range, never shared by two running domains.
+    #[serde(default)]
+    pub sandbox_uid: Option<u32>,
     /// Virtual disks, in slot order (disks take virtio-mmio slots from 0).
     #[serde(default)]
     pub disks: Vec<DiskDevice>,

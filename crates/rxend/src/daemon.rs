@@ -161,6 +161,8 @@ pub struct Daemon {
     memory_percent: std::sync::atomic::AtomicU32,
     /// Whether VMMs confine themselves (off only with `--no-sandbox`).
     sandbox: std::sync::atomic::AtomicBool,
+    /// The uids VMMs run as (`[sandbox]` in rxend.toml).
+    sandbox_uids: Mutex<std::ops::Range<u32>>,
     /// When a console log that could not be rotated was last complained about, by domain.
     rotate_warned: Mutex<std::collections::HashMap<u32, Instant>>,
     /// The state directory's lock, held for the daemon's life.
@@ -275,6 +277,7 @@ impl Daemon {
             relocation_key: Mutex::new(None),
             memory_percent: std::sync::atomic::AtomicU32::new(100),
             sandbox: std::sync::atomic::AtomicBool::new(true),
+            sandbox_uids: Mutex::new(crate::config::SandboxConfig::default().uids()),
             rotate_warned: Mutex::new(std::collections::HashMap::new()),
             _lock: lock,
             cgroups,
@@ -289,6 +292,44 @@ impl Daemon {
     pub fn set_memory_overcommit_percent(&self, percent: u32) {
         self.memory_percent
             .store(percent.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the uids VMMs run as (`[sandbox]`, checked already).
+    pub fn set_sandbox_uids(&self, uids: std::ops::Range<u32>) {
+        *self
+            .sandbox_uids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = uids;
+    }
+
+    /// The lowest uid of the `[sandbox]` range that no domain holds and no host user owns.
+    fn free_sandbox_uid(&self, t: &Table) -> Result<u32, DaemonError> {
+        let uids = self
+            .sandbox_uids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // A preserved (shut down) domain has no VMM left: its uid is free.
+        let held: std::collections::HashSet<u32> = t
+            .domains
+            .values()
+            .filter(|e| !matches!(e.rec.state, DomainState::Shutdown { .. }))
+            .filter_map(|e| e.rec.sandbox_uid)
+            .collect();
+        let (first, count) = (uids.start, uids.len());
+        uids.filter(|u| !held.contains(u))
+            .find(|&u| {
+                !matches!(
+                    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u)),
+                    Ok(Some(_))
+                )
+            })
+            .ok_or_else(|| {
+                DaemonError::Config(format!(
+                    "no free sandbox uid: the {count} uids from {first} ([sandbox] in \
+                     rxend.toml) are all held by running domains or host users"
+                ))
+            })
     }
 
     /// Turns the VMMs' sandbox off (`--no-sandbox`, for debugging) or on.
@@ -675,6 +716,11 @@ impl Daemon {
                 return Err(DaemonError::NameTaken(name));
             }
             self.admit_memory(&t, crate::record::ram_mib(&config))?;
+            let sandbox_uid = if self.sandbox() {
+                Some(self.free_sandbox_uid(&t)?)
+            } else {
+                None
+            };
             let domid = t.next_domid;
             t.next_domid = domid.checked_add(1).unwrap_or(1).max(1);
             let next_file = self.paths.next_domid_file();
@@ -684,7 +730,7 @@ impl Daemon {
                     source,
                 }
             })?;
-            let rec = DomainRecord::new(
+            let mut rec = DomainRecord::new(
                 domid,
                 name.clone(),
                 uuid.clone(),
@@ -693,6 +739,7 @@ impl Daemon {
                 now_secs(),
                 DomainState::Starting { paused },
             );
+            rec.sandbox_uid = sandbox_uid;
             t.domains.insert(
                 domid,
                 Entry {
@@ -744,6 +791,7 @@ impl Daemon {
             restore_fd: None,
             incoming_fd: None,
             sandbox: self.sandbox(),
+            sandbox_uid: intent.sandbox_uid,
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };

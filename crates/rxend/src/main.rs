@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use rxend::config::RxendConfig;
 use rxend::daemon::{Daemon, SchedOptions, DEFAULT_DOM0_WEIGHT};
 use rxend::paths::{Paths, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
-use rxend::relocation::{self, RxendConfig};
+use rxend::relocation;
 use rxend::{metrics, server};
 
 /// The rxen host daemon: it runs and supervises domains for rxl and rxen-shell.
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
         Some(p) => match std::fs::read_to_string(p)
             .map_err(|e| e.to_string())
             .and_then(|t| RxendConfig::parse(&t))
+            .and_then(|c| c.sandbox.validate().map(|()| c))
         {
             Ok(c) => c,
             Err(e) => {
@@ -178,6 +180,7 @@ fn main() -> ExitCode {
     }
     daemon.set_relocation_key_file(config.relocation.key_file.clone());
     daemon.set_memory_overcommit_percent(config.host.memory_overcommit_percent);
+    daemon.set_sandbox_uids(config.sandbox.uids());
     if config.relocation.server {
         if let Err(e) = relocation::serve(Arc::clone(&daemon), &config.relocation) {
             daemon.log.error(format!("relocation server: {e}"));

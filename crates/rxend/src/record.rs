@@ -57,6 +57,10 @@ pub struct DomainRecord {
     /// (saved periodically, so that accounting survives an rxend restart).
     #[serde(default)]
     pub vmm_cpu_ns: u64,
+    /// The uid (and gid) its VMM runs as, from rxend's `[sandbox]` range; no other running
+    /// domain has it. `None` with the sandbox off.
+    #[serde(default)]
+    pub sandbox_uid: Option<u32>,
     /// Bytes the guest sent on its network interfaces, over its life.
     #[serde(default)]
     pub net_tx_bytes: u64,
@@ -102,6 +106,7 @@ impl DomainRecord {
             created_at,
             cpu_time_ns: 0,
             vmm_cpu_ns: 0,
+            sandbox_uid: None,
             net_tx_bytes: 0,
             net_rx_bytes: 0,
             vmm_net_tx_bytes: 0,

@@ -96,47 +96,6 @@ impl Default for RelocationConfig {
     }
 }
 
-/// rxend's config file (`--config`, TOML).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RxendConfig {
-    /// The relocation server.
-    #[serde(default)]
-    pub relocation: RelocationConfig,
-    /// What this host admits.
-    #[serde(default)]
-    pub host: HostConfig,
-}
-
-/// The `[host]` section: admission control.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct HostConfig {
-    /// The memory all domains together may be given, in percent of the host's RAM
-    /// (`MemTotal`); 100, the default, allows no overcommit.
-    #[serde(default = "default_overcommit")]
-    pub memory_overcommit_percent: u32,
-}
-
-fn default_overcommit() -> u32 {
-    100
-}
-
-impl Default for HostConfig {
-    fn default() -> Self {
-        Self {
-            memory_overcommit_percent: default_overcommit(),
-        }
-    }
-}
-
-impl RxendConfig {
-    /// Parses the config file text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
-    }
-}
-
 /// Reads a shared key file (its bytes, without a trailing newline); at least 16 bytes.
 pub fn read_key(path: &Path) -> Result<Vec<u8>, RelocationError> {
     let err = |why: String| RelocationError::Key {
@@ -592,6 +551,7 @@ fn receive_reserved_as(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RxendConfig;
 
     #[test]
     fn hosts_allow_matches_address_or_name() {

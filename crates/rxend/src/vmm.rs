@@ -156,7 +156,12 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+    let spawned = if spec.sandbox {
+        spawn_in_pid_namespace(&mut cmd)
+    } else {
+        cmd.spawn()
+    };
+    let mut child = spawned.map_err(|source| VmmError::Spawn {
         binary: bin.clone(),
         source,
     })?;
@@ -196,6 +201,21 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
             Err(VmmError::Timeout(timeout))
         }
     }
+}
+
+/// Starts `cmd` as the first process of a PID namespace of its own, where it sees no other
+/// process. Only the PID namespace for a thread's children can be new, and a thread that has
+/// one can start no threads, so a short-lived thread does the spawning.
+fn spawn_in_pid_namespace(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+                .map_err(std::io::Error::from)?;
+            cmd.spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
 }
 
 /// The last non-empty line of the VMM's log, which holds its startup error.

@@ -67,33 +67,41 @@ fn send_nonblocking(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Opens the console log at `path` for appending (`O_APPEND`: rxend's truncation of a rotated
+/// log sends the next write to the start of the file).
+pub fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
 impl ConsoleHub {
     /// Creates the hub, appending output to the file at `log_path` (`None`: no log),
     /// which is opened here, once (`O_APPEND`: rxend's truncation of a rotated log
     /// sends the next write to the start of the file).
     pub fn new(log_path: Option<&Path>) -> Result<Self, ConsoleError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let log = match log_path {
-            Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                    .open(p)
-                    .map_err(|source| ConsoleError::Log {
-                        path: p.display().to_string(),
-                        source,
-                    })?,
-            ),
+            Some(p) => Some(open_log(p).map_err(|source| ConsoleError::Log {
+                path: p.display().to_string(),
+                source,
+            })?),
             None => None,
         };
-        Ok(Self {
+        Ok(Self::with_log(log))
+    }
+
+    /// Creates the hub around a log opened already (see [`open_log`]).
+    pub fn with_log(log: Option<std::fs::File>) -> Self {
+        Self {
             inner: Mutex::new(HubInner {
                 ring: VecDeque::with_capacity(RING_SIZE),
                 log,
                 clients: Vec::new(),
             }),
-        })
+        }
     }
 
     /// Records guest output and passes it to the log and every client.

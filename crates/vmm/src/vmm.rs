@@ -50,6 +50,7 @@ use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
 use crate::regcheck::CpuLimits;
+use crate::sandbox::preopen::{HostFiles, PreopenError, RunFiles};
 use crate::snapshot::{self, SnapshotError};
 use crate::transfer::{
     self, merge_sorted, DirtyLog, PageHashes, PageSender, Received, TransferError,
@@ -208,6 +209,9 @@ pub enum VmmError {
     /// The VMM could not confine itself; it does not run a guest unconfined.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    /// A file the VMM needs could not be opened.
+    #[error(transparent)]
+    Preopen(#[from] PreopenError),
     /// The vCPU threads did not come up (register, and park when starting paused) in time.
     #[error("the vCPU threads did not start within {0:?}")]
     VcpusNotStarted(std::time::Duration),
@@ -469,11 +473,26 @@ impl Vm {
     /// `spec.restore_from` or from `incoming` (a migration stream). A restored
     /// VM is checked in full before this returns; nothing has run yet.
     pub fn create_with(spec: VmSpec, incoming: Option<&File>) -> Result<Self, VmmError> {
+        let host = HostFiles::open(&spec)?;
+        Self::build(spec, incoming, host)
+    }
+
+    /// Builds the VM of `spec` from the files opened for it (see [`HostFiles`]): what a VMM
+    /// does once it has confined itself.
+    pub fn build(spec: VmSpec, incoming: Option<&File>, host: HostFiles) -> Result<Self, VmmError> {
+        let HostFiles {
+            kvm,
+            kernel: image,
+            initrd,
+            disks,
+            taps,
+            restore,
+            run,
+        } = host;
         // The test guest gets `maxvcpus` vCPUs with the first `vcpus` online (ports
         // 0x516/0x517); other kernels get `vcpus`.
         let mut spec = spec;
         let online = spec.vcpus;
-        let image = loader::read_kernel(&spec.kernel)?;
         if image.kind == KernelKind::TestGuest {
             spec.vcpus = spec.vcpus.max(spec.max_vcpus);
             if spec.vcpus > rxen_testguest::MAX_VCPUS {
@@ -485,22 +504,21 @@ impl Vm {
             }
         }
         let vcpu_masks = VcpuMasks::new(online);
-        let kvm = KvmVm::new()?;
         kvm.check_vcpus(spec.vcpus)?;
         let mem = memory::create_guest_memory(spec.memory_mib)?;
         kvm.register_memory(&mem, 0)?;
 
         // Devices first: a disk or TAP that cannot be opened fails the start cleanly.
         let slots = Arc::new(VirtioSlots::new(Arc::new(mem.clone())));
-        for d in &spec.disks {
+        for (d, file) in spec.disks.iter().zip(disks) {
             let shared = d.shared_writable;
             // An incoming migration's source still holds the disk's lock:
             // it is taken once the stream is in.
-            let slot = slots.add_disk(&kvm.fd, d, shared, incoming.is_some(), None)?;
+            let slot = slots.add_disk(&kvm.fd, d, shared, incoming.is_some(), Some(file))?;
             tracing::info!(slot, vdev = %d.vdev, path = %d.path.display(), ro = d.read_only, "disk attached");
         }
-        for n in &spec.nics {
-            let slot = slots.add_nic(&kvm.fd, n, None)?;
+        for (n, tap) in spec.nics.iter().zip(taps) {
+            let slot = slots.add_nic(&kvm.fd, n, Some(tap))?;
             tracing::info!(slot, mac = %n.mac, tap = %n.tap, "nic attached");
         }
         let mut cmdline = format!(
@@ -526,19 +544,7 @@ impl Vm {
             cpuid::for_vcpu(&kvm.supported_cpuid, 0, spec.vcpus, kvm.tsc_deadline).as_slice(),
         );
         let mut received_at = None;
-        let restored = if let Some(path) = &spec.restore_from {
-            // rxend opens the file and passes it (restore_fd); a spec of its own
-            // (tests, by hand) may name it alone: opened here, still at start-up.
-            let f = match spec.restore_fd {
-                Some(fd) => take_fd(fd).map_err(|source| VmmError::SaveFile {
-                    path: path.clone(),
-                    source,
-                })?,
-                None => File::open(path).map_err(|source| VmmError::SaveFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            };
+        let restored = if let (Some(path), Some(f)) = (&spec.restore_from, restore) {
             let r = transfer::receive(
                 BufReader::with_capacity(1 << 20, f),
                 &mem,
@@ -578,19 +584,13 @@ impl Vm {
                 slots,
                 Restore::Saved(Box::new(r), Box::new(devices)),
                 (balloon, vcpu_masks),
+                run,
             )?;
             vm.received_at = received_at;
             return Ok(vm);
         }
 
-        let image = loader::read_kernel(&spec.kernel)?;
-        let kernel = loader::load(
-            &mem,
-            &image,
-            spec.initrd.as_deref(),
-            cmdline.trim_start(),
-            spec.vcpus,
-        )?;
+        let kernel = loader::load(&mem, &image, initrd, cmdline.trim_start(), spec.vcpus)?;
         tracing::info!(kind = ?kernel.kind, entry = format_args!("{:#x}", kernel.entry), "kernel loaded");
         boot::gdt::write(&mem, GuestAddress(GDT_ADDR))?;
         let tables_limit = match kernel.kind {
@@ -610,6 +610,7 @@ impl Vm {
             slots,
             Restore::Boot(kernel),
             (balloon, vcpu_masks),
+            run,
         )
     }
 
@@ -621,6 +622,7 @@ impl Vm {
         slots: Arc<VirtioSlots>,
         from: Restore,
         extras: VmExtras,
+        run: RunFiles,
     ) -> Result<Self, VmmError> {
         let mut pending = Vec::new();
         for id in 0..spec.vcpus {
@@ -661,7 +663,7 @@ impl Vm {
         if !saved.slots.is_empty() {
             slots.restore_states(&kvm.fd, &saved.slots)?;
         }
-        Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras))
+        Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras, run))
     }
 
     fn write_boot_info(
@@ -696,15 +698,13 @@ impl Vm {
         slots: Arc<VirtioSlots>,
         kind: KernelKind,
         pending: Vec<VcpuFd>,
-        (saved, (balloon, vcpu_masks)): (SavedDevices, VmExtras),
+        (saved, (balloon, vcpu_masks), run): (SavedDevices, VmExtras, RunFiles),
     ) -> Result<Self, VmmError> {
         let serial_state = saved.serial;
         let exit = Arc::new(ExitSignal::new()?);
         let host_request = Arc::new(HostRequestReg::default());
         host_request.set_raw(saved.host_request);
-        let console = Arc::new(ConsoleHub::new(Some(
-            &spec.run_dir.join(files::CONSOLE_LOG),
-        ))?);
+        let console = Arc::new(ConsoleHub::with_log(Some(run.console_log)));
         let evt =
             || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::EventFd);
         let irq = evt()?;
@@ -794,7 +794,7 @@ impl Vm {
         )?;
 
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
-        let progress = open_progress(&spec.run_dir)?;
+        let progress = run.progress;
         let mut input = crate::console::InputQueue::default();
         if let Some(st) = &serial_state {
             input.push(&st.queued_input);
@@ -821,10 +821,8 @@ impl Vm {
             vcpus: Vec::new(),
             infos: Vec::new(),
             pending,
-            pagemap: crate::pagemap::Pagemap::open().map(Arc::new),
-            proc_status: stats::ProcFile::status()
-                .map_err(|e| tracing::warn!("RSS will read as 0: {e}"))
-                .ok(),
+            pagemap: run.pagemap.map(Arc::new),
+            proc_status: run.proc_status,
             vcpu_stat: Vec::new(),
             progress: Some(progress),
             held_save: None,
@@ -862,16 +860,19 @@ impl Vm {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        self.vcpu_stat = self
-            .infos
-            .iter()
-            .map(|info| {
-                let tid = info.tid.load(std::sync::atomic::Ordering::SeqCst);
-                stats::ProcFile::thread_stat(tid)
-                    .map_err(|e| tracing::warn!(tid, "vCPU state will not be sampled: {e}"))
-                    .ok()
-            })
-            .collect();
+        // A jailed VMM has no /proc (rxend samples its threads from the host's instead).
+        if !crate::sandbox::jail::entered() {
+            self.vcpu_stat = self
+                .infos
+                .iter()
+                .map(|info| {
+                    let tid = info.tid.load(std::sync::atomic::Ordering::SeqCst);
+                    stats::ProcFile::thread_stat(tid)
+                        .map_err(|e| tracing::warn!(tid, "vCPU state will not be sampled: {e}"))
+                        .ok()
+                })
+                .collect();
+        }
         Ok(())
     }
 
@@ -1573,15 +1574,17 @@ impl ControlTarget for Vm {
         let file = file.ok_or_else(|| {
             ControlError::Failed("attach_disk needs the opened image passed with it".into())
         })?;
+        let file = File::from(file);
+        let len = file
+            .metadata()
+            .map_err(|e| ControlError::Failed(format!("cannot size the disk: {e}")))?
+            .len();
+        crate::sandbox::jail::allow_file_size(len).map_err(|e| {
+            ControlError::Failed(format!("cannot allow writes to a {len}-byte disk: {e}"))
+        })?;
         let slot = self
             .slots
-            .add_disk(
-                &self.kvm.fd,
-                disk,
-                disk.shared_writable,
-                false,
-                Some(File::from(file)),
-            )
+            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false, Some(file))
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
         self.slots.announce_attach();
@@ -1649,7 +1652,7 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, VmmError> {
 }
 
 /// Takes ownership of the descriptor `fd` that rxend let this process inherit.
-fn take_fd(fd: i32) -> std::io::Result<File> {
+pub(crate) fn take_fd(fd: i32) -> std::io::Result<File> {
     // SAFETY: F_GETFD only inspects the descriptor table.
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(std::io::Error::other(format!(
@@ -1673,17 +1676,15 @@ fn take_incoming(fd: i32) -> Result<File, VmmError> {
 
 /// Opens (empty) `RUN_DIR/transfer.json`, which save and migration progress
 /// is written to in place.
-fn open_progress(run_dir: &Path) -> Result<File, VmmError> {
+pub(crate) fn open_progress(run_dir: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = run_dir.join(files::TRANSFER_PROGRESS);
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|source| VmmError::RunDir { path, source })
+        .open(run_dir.join(files::TRANSFER_PROGRESS))
 }
 
 /// Runs the VM of `spec` to its end: calls `on_ready` once the vCPUs are
@@ -1708,17 +1709,29 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         Some(fd) => Some(take_incoming(fd)?),
         None => None,
     };
-    let mut vm = match Vm::create_with(spec, incoming.as_ref()) {
-        Ok(vm) => vm,
-        Err(e) => {
-            if let Some(sock) = &incoming {
-                let _ = (&*sock).write_all(format!("error: {e}\n").as_bytes());
-            }
-            return Err(e);
+    let tell_source = |e: VmmError| {
+        if let Some(sock) = &incoming {
+            let _ = (&*sock).write_all(format!("error: {e}\n").as_bytes());
         }
+        e
     };
+    // Every path is opened here, then the VMM jails itself, and only then builds the domain
+    // (and parses a save file or a migration stream) from the descriptors.
+    let host = HostFiles::open(&spec)
+        .map_err(VmmError::from)
+        .map_err(tell_source)?;
     let control = bind_socket(&run_dir.join(files::CONTROL_SOCKET))?;
     let console = bind_socket(&run_dir.join(files::CONSOLE_SOCKET))?;
+    // The record is written at exit through this descriptor.
+    let exit_file = crate::exit::ExitRecordFile::create(&run_dir)?;
+    crate::sandbox::jail::enter_jail(&crate::sandbox::jail::JailSpec {
+        mount_at: &run_dir,
+        uid: spec.sandbox_uid,
+        max_file_size: host.largest_write(&spec),
+    })
+    .map_err(VmmError::from)
+    .map_err(tell_source)?;
+    let mut vm = Vm::build(spec, incoming.as_ref(), host).map_err(tell_source)?;
     let mut timings = TargetTimings::default();
     let mut go_at = None;
     if let Some(sock) = &incoming {
@@ -1759,8 +1772,6 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         vm.slots.after_migration();
     }
     drop(incoming);
-    // The record is written at exit through this descriptor.
-    let exit_file = crate::exit::ExitRecordFile::create(&run_dir)?;
     // This thread, which serves rxend's requests and the console, and every thread it starts
     // (hotplug, migration) from here on: no path is opened after this.
     crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
@@ -1797,6 +1808,7 @@ mod tests {
             incoming_fd: None,
             restore_fd: None,
             sandbox: false,
+            sandbox_uid: None,
             disks: Vec::new(),
             nics: Vec::new(),
             balloon: false,

@@ -294,6 +294,20 @@ fn flock(file: &std::fs::File, op: libc::c_int) -> io::Result<()> {
 
 /// Opens a disk (or takes `opened`, the image rxend opened for a hot-plug)
 /// and takes its sharing lock: exclusive for `w`, shared for `r`, none for `w!`.
+/// Opens a disk's image or block device as the VMM uses it (read-only for `r` disks), without
+/// its lock: what the VMM opens before it confines itself.
+pub fn open_disk_file(d: &DiskDevice) -> Result<std::fs::File, SlotError> {
+    OpenOptions::new()
+        .read(true)
+        .write(!d.read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&d.path)
+        .map_err(|source| SlotError::OpenDisk {
+            path: d.path.display().to_string(),
+            source,
+        })
+}
+
 fn open_disk(
     d: &DiskDevice,
     shared_writable: bool,
@@ -302,15 +316,7 @@ fn open_disk(
     let path = d.path.display().to_string();
     let file = match opened {
         Some(f) => f,
-        None => OpenOptions::new()
-            .read(true)
-            .write(!d.read_only)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&d.path)
-            .map_err(|source| SlotError::OpenDisk {
-                path: path.clone(),
-                source,
-            })?,
+        None => open_disk_file(d)?,
     };
     if !shared_writable && flock(&file, lock_op(d)).is_err() {
         return Err(SlotError::DiskInUse(path));

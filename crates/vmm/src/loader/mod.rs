@@ -221,7 +221,7 @@ pub fn load_test_guest(mem: &GuestMemory, bytes: &[u8]) -> Result<LoadedKernel, 
 pub fn load_linux(
     mem: &GuestMemory,
     image: &KernelImage,
-    initrd: Option<&Path>,
+    initrd: Option<(PathBuf, std::fs::File)>,
     cmdline: &str,
     vcpus: u32,
 ) -> Result<LoadedKernel, LoaderError> {
@@ -253,7 +253,7 @@ pub fn load_linux(
 pub fn load(
     mem: &GuestMemory,
     image: &KernelImage,
-    initrd: Option<&Path>,
+    initrd: Option<(PathBuf, std::fs::File)>,
     cmdline: &str,
     vcpus: u32,
 ) -> Result<LoadedKernel, LoaderError> {

@@ -276,6 +276,24 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, String> {
             libc::SYS_clone,
             arg_rules(0, SeccompCmpArgLen::Qword, &[THREAD_CLONE_FLAGS])?,
         );
+        // Its own file-size limit alone, raised for a larger hot-plugged disk (see
+        // `jail::allow_file_size`); guest-facing threads cannot touch it.
+        let own_fsize = [
+            SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0),
+            SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                u64::from(libc::RLIMIT_FSIZE),
+            ),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+        rules.insert(
+            libc::SYS_prlimit64,
+            vec![SeccompRule::new(own_fsize).map_err(|e| e.to_string())?],
+        );
     }
     let filter = SeccompFilter::new(
         rules,

@@ -6,6 +6,8 @@
 //! of it.
 
 pub mod filters;
+pub mod jail;
+pub mod preopen;
 pub mod sigsys;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +143,13 @@ struct CapData {
 fn drop_capabilities() -> Result<(), SandboxError> {
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes last.
     // A thread started by a confined thread has an empty set already (and no CAP_SETPCAP).
+    drop_bounding_set()?;
+    clear_thread_capabilities()
+}
+
+/// Empties the bounding set (the capabilities a later exec could ever regain); needs
+/// CAP_SETPCAP for any capability still in it.
+fn drop_bounding_set() -> Result<(), SandboxError> {
     let mut cap = 0;
     loop {
         // SAFETY: prctl with integer arguments only.
@@ -157,6 +166,11 @@ fn drop_capabilities() -> Result<(), SandboxError> {
         }
         cap += 1;
     }
+    Ok(())
+}
+
+/// Empties the calling thread's ambient, effective, permitted and inheritable sets.
+fn clear_thread_capabilities() -> Result<(), SandboxError> {
     // SAFETY: prctl with integer arguments only.
     if unsafe {
         libc::prctl(

@@ -45,6 +45,7 @@ pub fn spec(dir: &Path, kernel: KernelSource, vcpus: u32, memory_mib: u64) -> Vm
         incoming_fd: None,
         // The monitor runs in the test's own process, which must stay free.
         sandbox: false,
+        sandbox_uid: None,
         disks: Vec::new(),
         nics: Vec::new(),
         balloon: false,

@@ -1,0 +1,127 @@
+//! rxend's config file, `/etc/rxen/rxend.toml` (`--config`): its sections and their defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::relocation::RelocationConfig;
+
+/// rxend's config file (`--config`, TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RxendConfig {
+    /// The relocation server.
+    #[serde(default)]
+    pub relocation: RelocationConfig,
+    /// How VMMs are confined.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// What this host admits.
+    #[serde(default)]
+    pub host: HostConfig,
+}
+
+/// The `[host]` section: admission control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HostConfig {
+    /// The memory all domains together may be given, in percent of the host's RAM
+    /// (`MemTotal`); 100, the default, allows no overcommit.
+    #[serde(default = "default_overcommit")]
+    pub memory_overcommit_percent: u32,
+}
+
+fn default_overcommit() -> u32 {
+    100
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            memory_overcommit_percent: default_overcommit(),
+        }
+    }
+}
+
+impl RxendConfig {
+    /// Parses the config file text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The `[sandbox]` section: the uids VMMs run as. Each running domain's VMM gets one of its
+/// own (with the gid of the same number); no host user should own any of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SandboxConfig {
+    /// The first uid of the range.
+    #[serde(default = "default_first_uid")]
+    pub first_uid: u32,
+    /// How many uids the range holds: the most domains that can run at once.
+    #[serde(default = "default_uid_count")]
+    pub uid_count: u32,
+}
+
+/// Far above the ids distributions give users and system services, and below the range that
+/// `/etc/subuid` usually hands to containers.
+fn default_first_uid() -> u32 {
+    64_000_000
+}
+
+fn default_uid_count() -> u32 {
+    65_536
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            first_uid: default_first_uid(),
+            uid_count: default_uid_count(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Checks the range: not empty, no uid 0, no wrap past the last uid.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.uid_count == 0 {
+            return Err("[sandbox] uid-count must be at least 1".into());
+        }
+        if self.first_uid == 0 {
+            return Err("[sandbox] first-uid must not be 0 (root)".into());
+        }
+        // u32::MAX is (uid_t)-1, which means "unchanged" to setresuid.
+        if self.first_uid.checked_add(self.uid_count).is_none() {
+            return Err("[sandbox] first-uid + uid-count goes past the last uid".into());
+        }
+        Ok(())
+    }
+
+    /// The uids of the range, in order.
+    pub fn uids(&self) -> std::ops::Range<u32> {
+        self.first_uid..self.first_uid.saturating_add(self.uid_count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_section_parses_and_checks_its_range() {
+        let c =
+            RxendConfig::parse("[sandbox]\nfirst-uid = 500000\nuid-count = 10\n").expect("parse");
+        assert_eq!(c.sandbox.uids(), 500_000..500_010);
+        assert!(c.sandbox.validate().is_ok());
+        let d = RxendConfig::parse("").expect("empty");
+        assert_eq!(d.sandbox, SandboxConfig::default());
+        for bad in [
+            "[sandbox]\nfirst-uid = 0\n",
+            "[sandbox]\nuid-count = 0\n",
+            "[sandbox]\nfirst-uid = 4294967000\nuid-count = 1000\n",
+        ] {
+            let c = RxendConfig::parse(bad).expect("parse");
+            assert!(c.sandbox.validate().is_err(), "{bad}");
+        }
+        assert!(RxendConfig::parse("[sandbox]\nuid = 5\n").is_err());
+    }
+}
