@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rxen_e2e::{bin, pids_with, Bridge, Host};
+use rxen_e2e::{pids_with, Bridge, Host};
 
 use rxend::failpoint::{
     START_PLUGGED as PLUGGED, START_READY as READY, START_RECORDED as RECORDED,
