@@ -1,0 +1,129 @@
+//! xl fidelity: what a Xen administrator's hands and scripts do with `rxl`, checked against
+//! xl's argument orders, messages and exit codes (Xen's tools/xl/).
+
+use std::process::Output;
+use std::time::Duration;
+
+use rxen_e2e::{wait_until, Host};
+
+const BOOT: Duration = Duration::from_secs(30);
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn restore_takes_the_config_file_before_the_checkpoint_file() {
+    let host = Host::start();
+    let con = host.create_guest("xlsave", 1, 12, "");
+    let file = host.dir.path().join("xlsave.sav");
+    let f = file.to_str().expect("utf-8");
+    host.rxl_ok(&["save", "xlsave", f]);
+    drop(con);
+    // xl restore [options] [ConfigFile] CheckpointFile: the config renames the domain.
+    let cfg = host.config(
+        "xlsave2.cfg",
+        "name = \"xlsave2\"\nkernel = \"builtin:testguest\"\nmemory = 12\nvcpus = 1\n",
+    );
+    host.rxl_ok(&["restore", "-p", cfg.to_str().expect("utf-8"), f]);
+    let row = host
+        .list_row("xlsave2")
+        .expect("restored under the config's name");
+    assert_eq!(row[4], "--p---", "-p before the files was not honoured");
+    host.rxl_ok(&["destroy", "xlsave2"]);
+    wait_until(BOOT, "xlsave2 is gone", || {
+        host.list_row("xlsave2").is_none()
+    });
+    // The save file alone restores the domain with its own config.
+    host.rxl_ok(&["restore", f]);
+    assert!(
+        host.list_row("xlsave").is_some(),
+        "restore FILE did not restore"
+    );
+    // Three names are not xl's usage: its help, and failure.
+    let out = host.rxl(&["restore", "a", "b", f]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Usage: rxl "), "{}", stdout(&out));
+}
+
+#[test]
+fn capital_v_asks_for_a_vnc_viewer_and_is_refused() {
+    let host = Host::start();
+    let cfg = host.config(
+        "vnc.cfg",
+        "name = \"vnc\"\nkernel = \"builtin:testguest\"\nmemory = 12\n",
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    for args in [
+        &["create", "-V", cfg][..],
+        &["create", cfg, "--vncviewer"],
+        &["restore", "-A", "/nonexistent.sav"],
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no VNC display"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains(env!("CARGO_PKG_VERSION")));
+    }
+    assert!(
+        host.list_row("vnc").is_none(),
+        "create -V created the domain"
+    );
+    let out = host.rxl_ok(&["--version"]);
+    assert_eq!(out, format!("rxl {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn global_options_abbreviations_and_xl_exit_codes() {
+    let host = Host::start();
+    // Options before the command, and a prefix of `list`.
+    let list = host.rxl_ok(&["-v", "-t", "-T", "-f", "li"]);
+    assert!(list.contains("\nDomain-0 "), "{list}");
+    // -N is create's dry run: the config as JSON, and no domain.
+    let cfg = host.config(
+        "dry.cfg",
+        "name = \"dry\"\nkernel = \"builtin:testguest\"\nmemory = 12\n",
+    );
+    let json = host.rxl_ok(&["-N", "cr", cfg.to_str().expect("utf-8")]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("dry run prints JSON");
+    assert_eq!(v["name"], "dry");
+    assert!(host.list_row("dry").is_none(), "-N created the domain");
+    let out = host.rxl(&["-N", "destroy", "dry"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "command does not implement -N (dryrun) option\n"
+    );
+    let out = host.rxl(&["-q", "list"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("unknown global option\n", Some(1))
+    );
+    let out = host.rxl(&["frobnicate"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("command not implemented\n", Some(1))
+    );
+    let out = host.rxl(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("Usage rxl [-vfNtT] <subcommand> [args]\n"));
+    assert!(
+        stdout(&out).contains("\n list                List domains"),
+        "{}",
+        stdout(&out)
+    );
+    let out = host.rxl(&["list", "-y"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("option `y' not supported.\n", Some(2))
+    );
+    let out = host.rxl(&["pause"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "'rxl pause' requires at least 1 argument.\n\n"
+    );
+}
