@@ -127,3 +127,77 @@ fn global_options_abbreviations_and_xl_exit_codes() {
         "'rxl pause' requires at least 1 argument.\n\n"
     );
 }
+
+#[test]
+fn domid_takes_a_name_domname_an_id_and_domain_0_is_not_destroyed() {
+    let host = Host::start();
+    let _con = host.create_guest("ids", 1, 12, "");
+    let id = host.rxl_ok(&["domid", "ids"]).trim().to_string();
+    assert_eq!(host.rxl_ok(&["domname", &id]), "ids\n");
+    // An ID is not a name to domid, nor a name an ID to domname.
+    let out = host.rxl(&["domid", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!("Can't get domid of domain name '{id}', maybe this domain does not exist.\n")
+    );
+    let out = host.rxl(&["domname", "ids"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Invalid domain id.\n\n", Some(1))
+    );
+    let out = host.rxl(&["domname", "4242"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "Can't get domain name of domain id '4242', maybe this domain does not exist.\n"
+    );
+    for args in [&["destroy", "0"][..], &["destroy", "Domain-0"]] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).starts_with("Not destroying domain 0; use -f to force.\n"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = host.rxl(&["destroy", "-f", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Domain-0 is the host"),
+        "{}",
+        stderr(&out)
+    );
+    host.rxl_ok(&["destroy", &id]);
+    wait_until(BOOT, "ids is gone", || host.list_row("ids").is_none());
+}
+
+#[test]
+fn shutdown_and_reboot_wait_print_xl_reason_codes() {
+    let host = Host::start();
+    let _a = host.create_guest("sdw", 1, 12, "");
+    let _b = host.create_guest("rbw", 1, 12, "");
+    let a = host.rxl_ok(&["domid", "sdw"]).trim().to_string();
+    let b = host.rxl_ok(&["domid", "rbw"]).trim().to_string();
+    let out = host.rxl(&["shutdown", "-F", "-w", "sdw"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "Shutting down domain {a}\nWaiting for 1 domains\nDomain {a} has been shut down, reason code 0\n"
+        )
+    );
+    let out = host.rxl(&["reboot", "-ww", "rbw"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "Rebooting domain {b}\nWaiting for 1 domains\nDomain {b} has been shut down, reason code 1\nDomain {b} continue waiting for death\nDomain {b} has been destroyed\n"
+        )
+    );
+    // on_reboot = "restart": back under a new ID.
+    wait_until(BOOT, "rbw is back", || host.list_row("rbw").is_some());
+    let out = host.rxl(&["shutdown"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "You must specify -a or a domain id.\n\n");
+}

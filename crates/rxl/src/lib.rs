@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod domains;
 pub mod format;
+pub mod power;
 pub mod sched;
 pub mod shell;
 pub mod top;

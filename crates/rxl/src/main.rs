@@ -9,7 +9,7 @@ use rxl::cli::front::{self, Globals, Invocation};
 use rxl::cli::{Cli, Cmd};
 use rxl::client::{Client, ClientError};
 use rxl::transfer::{self, Progress};
-use rxl::{console, format, sched, top};
+use rxl::{console, domains, format, power, sched, top};
 
 /// A failure to report: one line on stderr and exit status 1.
 struct Failure(String);
@@ -109,9 +109,20 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             started(&mut c, resp, console)
         }
         Cmd::Console { domain } => attach(&mut connect()?, &domain),
-        Cmd::Shutdown { wait, all, domain } => power(&mut connect()?, wait, all, domain, false),
-        Cmd::Reboot { wait, all, domain } => power(&mut connect()?, wait, all, domain, true),
-        Cmd::Destroy { domain } => Ok(connect()?.call_ok(&Request::Destroy { domain })?),
+        Cmd::Shutdown {
+            wait, all, domain, ..
+        } => power(&mut connect()?, wait, all, domain, false),
+        Cmd::Reboot {
+            wait, all, domain, ..
+        } => power(&mut connect()?, wait, all, domain, true),
+        Cmd::Destroy { force, domain } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            domains::may_destroy(domid, force).map_err(|e| Failure(e.to_string()))?;
+            Ok(c.call_ok(&Request::Destroy {
+                domain: domid.to_string(),
+            })?)
+        }
         Cmd::Pause { domain } => Ok(connect()?.call_ok(&Request::Pause { domain })?),
         Cmd::Unpause { domain } => Ok(connect()?.call_ok(&Request::Unpause { domain })?),
         Cmd::Rename { domain, new_name } => {
@@ -263,12 +274,16 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             Ok(())
         }
         Cmd::Domid { name } => {
-            let (id, _) = lookup(&mut connect()?, &name)?;
+            let all = list(&mut connect()?, Vec::new())?;
+            let id = domains::domid_of(&all, &name).map_err(|e| Failure(e.to_string()))?;
             println!("{id}");
             Ok(())
         }
         Cmd::Domname { id } => {
-            let (_, name) = lookup(&mut connect()?, &id)?;
+            // An ID without digits is refused before rxend is asked, as xl does.
+            domains::parse_domid(&id).map_err(|e| Failure(e.to_string()))?;
+            let all = list(&mut connect()?, Vec::new())?;
+            let name = domains::name_of(&all, &id).map_err(|e| Failure(e.to_string()))?;
             println!("{name}");
             Ok(())
         }
@@ -592,7 +607,7 @@ fn attach(c: &mut Client, domain: &str) -> Outcome {
     Ok(())
 }
 
-/// `shutdown`/`reboot` with xl's `-a` and `-w`.
+/// `shutdown`/`reboot` with xl's `-a` and `-w` (`-ww`: until the domains are gone).
 fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bool) -> Outcome {
     let targets: Vec<(u32, String)> = if all {
         list(c, Vec::new())?
@@ -602,7 +617,7 @@ fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bo
             .collect()
     } else {
         let Some(d) = domain else {
-            return Err(Failure("a domain is required (or -a for all)".into()));
+            return Err(Failure("You must specify -a or a domain id.\n".into()));
         };
         vec![lookup(c, &d)?]
     };
@@ -619,34 +634,38 @@ fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bo
             })?;
         }
     }
-    if wait == 0 || targets.is_empty() {
+    if wait == 0 {
         return Ok(());
     }
     eprintln!("Waiting for {} domains", targets.len());
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut pending = targets;
-    while !pending.is_empty() {
+    let mut waiters: Vec<power::Waiter> = targets
+        .iter()
+        .map(|(id, _)| power::Waiter::new(*id, wait >= 2))
+        .collect();
+    loop {
         let now = list(c, Vec::new())?;
-        pending.retain(|(id, _)| {
-            let done = match now.iter().find(|d| d.domid == *id) {
-                None => true,
-                // One -w also returns when the domain is shut down but kept; -ww waits for death.
-                Some(d) => wait < 2 && d.state.as_bytes().get(3) == Some(&b's'),
+        for w in waiters.iter_mut() {
+            let seen = match now.iter().find(|d| d.domid == w.domid) {
+                Some(d) => power::Seen::Listed(d.state.clone()),
+                None => match c.call(&Request::Ended { domid: w.domid })? {
+                    Response::Ended { reason } => power::Seen::Gone(reason),
+                    other => return Err(Failure(format!("unexpected answer: {other:?}"))),
+                },
             };
-            if done {
-                eprintln!("Domain {id} has been shut down");
+            for line in w.observe(&seen) {
+                eprintln!("{line}");
             }
-            !done
-        });
-        if pending.is_empty() {
-            break;
+        }
+        waiters.retain(|w| !w.done());
+        if waiters.is_empty() {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(Failure("timed out waiting for the domains".into()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
 }
 
 /// `xl uptime -s`: ` HH:MM:SS up <d days, H:MM>, <name> (<id>)`.

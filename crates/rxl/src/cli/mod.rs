@@ -118,6 +118,10 @@ pub enum Cmd {
         /// Shut down every domain.
         #[arg(short = 'a', long = "all")]
         all: bool,
+        /// xl: fall back to the ACPI button without PV drivers. Accepted: rxen always asks
+        /// through the guest's power button or reset port (the test guest's, or ACPI).
+        #[arg(short = 'F')]
+        fallback: bool,
         /// The domain (name or ID).
         domain: Option<String>,
     },
@@ -129,11 +133,18 @@ pub enum Cmd {
         /// Reboot every domain.
         #[arg(short = 'a', long = "all")]
         all: bool,
+        /// xl: fall back to the ACPI button without PV drivers. Accepted: rxen always asks
+        /// through the guest's power button or reset port (the test guest's, or ACPI).
+        #[arg(short = 'F')]
+        fallback: bool,
         /// The domain (name or ID).
         domain: Option<String>,
     },
     /// Destroy a domain at once.
     Destroy {
+        /// xl: permit destroying domain 0. rxen still refuses: Domain-0 is the host.
+        #[arg(short = 'f')]
+        force: bool,
         /// The domain (name or ID).
         domain: String,
     },
