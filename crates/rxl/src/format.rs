@@ -83,6 +83,30 @@ pub fn uptime_text(secs: u64) -> String {
     }
 }
 
+/// xl's short uptime text (`uptime -s`): `"%d days, %2d:%02d"`, `"%d day, %2d:%02d"` or
+/// `"%2d:%02d"`.
+pub fn short_uptime_text(secs: u64) -> String {
+    let days = secs / 86400;
+    let h = (secs / 3600) % 24;
+    let m = (secs / 60) % 60;
+    match days {
+        0 => format!("{h:>2}:{m:02}"),
+        1 => format!("1 day, {h:>2}:{m:02}"),
+        d => format!("{d} days, {h:>2}:{m:02}"),
+    }
+}
+
+/// One `xl uptime -s` line: `" %s up %s, %s (%d)"`, the first `%s` being the local time of
+/// day as `%H:%M:%S` (given here as `clock`).
+pub fn short_uptime_line(clock: &str, d: &DomainInfo) -> String {
+    format!(
+        " {clock} up {}, {} ({})",
+        short_uptime_text(d.uptime_s as u64),
+        d.name,
+        d.domid
+    )
+}
+
 /// The whole `xl uptime` table: `"%-33s %4s %s"`.
 pub fn uptime_table(domains: &[DomainInfo]) -> String {
     let mut out = format!("{:<33} {:>4} {}\n", "Name", "ID", "Uptime");
@@ -152,6 +176,17 @@ mod tests {
         assert_eq!(info_lines(&f), "host                   : scarlett\n");
         assert_eq!(info_field(&f, "ho"), Some("scarlett"));
         assert_eq!(info_field(&f, "nope"), None);
+    }
+
+    #[test]
+    fn short_uptime_pads_hours_as_xl() {
+        assert_eq!(short_uptime_text(5 * 3600 + 7 * 60 + 59), " 5:07");
+        assert_eq!(short_uptime_text(86400 + 61), "1 day,  0:01");
+        assert_eq!(short_uptime_text(2 * 86400 + 13 * 3600), "2 days, 13:00");
+        assert_eq!(
+            short_uptime_line("09:05:03", &dom("web", 3, 1, 1, "-b----", 0.0)),
+            " 09:05:03 up  1:02, web (3)"
+        );
     }
 
     #[test]

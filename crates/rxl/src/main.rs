@@ -290,8 +290,10 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         Cmd::Uptime { short, domains } => {
             let list = list(&mut connect()?, domains)?;
             if short {
+                // xl: the local time of day, as strftime's %H:%M:%S.
+                let clock = chrono::Local::now().format("%H:%M:%S").to_string();
                 for d in &list {
-                    println!("{}", short_uptime(d));
+                    println!("{}", format::short_uptime_line(&clock, d));
                 }
             } else {
                 print!("{}", format::uptime_table(&list));
@@ -666,29 +668,4 @@ fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bo
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `xl uptime -s`: ` HH:MM:SS up <d days, H:MM>, <name> (<id>)`.
-fn short_uptime(d: &DomainInfo) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|x| x.as_secs())
-        .unwrap_or(0);
-    let clock = now % 86400;
-    let up = d.uptime_s as u64;
-    let days = up / 86400;
-    let hm = format!("{}:{:02}", (up / 3600) % 24, (up / 60) % 60);
-    let up_text = match days {
-        0 => hm,
-        1 => format!("1 day, {hm}"),
-        n => format!("{n} days, {hm}"),
-    };
-    format!(
-        " {:02}:{:02}:{:02} up {up_text}, {} ({})",
-        clock / 3600,
-        (clock / 60) % 60,
-        clock % 60,
-        d.name,
-        d.domid
-    )
 }
