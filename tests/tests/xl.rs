@@ -201,3 +201,67 @@ fn shutdown_and_reboot_wait_print_xl_reason_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "You must specify -a or a domain id.\n\n");
 }
+
+#[test]
+fn missing_devices_and_unknown_domains_get_xl_messages() {
+    let host = Host::start();
+    let _con = host.create_guest("devs", 1, 12, "");
+    let out = host.rxl(&["block-detach", "devs", "xvdz"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Error: Device xvdz not connected.\n", Some(1))
+    );
+    let out = host.rxl(&["network-detach", "devs", "5"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Unknown device 5.\n", Some(1))
+    );
+    let out = host.rxl(&["network-detach", "devs", "00:16:3e:00:00:99"]);
+    assert_eq!(stderr(&out), "Unknown device 00:16:3e:00:00:99.\n");
+    // block-list names an unknown domain and goes on, with status 0, as xl does.
+    let out = host.rxl(&["block-list", "nosuch", "devs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "nosuch is an invalid domain identifier\n");
+    assert!(stdout(&out).starts_with("Vdev  BE  handle state evt-ch ring-ref BE-path"));
+    // network-list stops at it, with xl's find_domain message and status 1.
+    let out = host.rxl(&["network-list", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "nosuch is an invalid domain identifier (rc=-6)\n"
+    );
+}
+
+#[test]
+fn short_uptime_pads_hours_and_uses_local_time() {
+    let host = Host::start();
+    let _con = host.create_guest("upt", 1, 12, "");
+    let id = host.rxl_ok(&["domid", "upt"]).trim().to_string();
+    // UTC+14 (POSIX TZ strings count west of Greenwich as positive).
+    let utc_hour = || {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        (secs / 3600 + 14) % 24
+    };
+    let before = utc_hour();
+    let out = host
+        .rxl_command()
+        .env("TZ", "XYZ-14")
+        .args(["uptime", "-s", "upt"])
+        .output()
+        .expect("rxl");
+    let after = utc_hour();
+    let line = stdout(&out);
+    assert!(
+        line.ends_with(&format!(" up  0:00, upt ({id})\n")),
+        "hours not padded as %2d: {line:?}"
+    );
+    let hour: u64 = line[1..3].parse().expect("hour");
+    assert!(
+        hour == before || hour == after,
+        "{line:?} is not the time at UTC+14"
+    );
+    assert_eq!(&line[3..4], ":");
+}

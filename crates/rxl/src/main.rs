@@ -468,6 +468,12 @@ fn device_lists(c: &mut Client, domains: &[String], disks: bool) -> Outcome {
         }
     );
     for d in domains {
+        // xl's block-list names an unknown domain and goes on to the next (status 0);
+        // its network-list stops with the usual "(rc=-6)" message, as rxend's answer has it.
+        if disks && lookup(c, d).is_err() {
+            eprintln!("{d} is an invalid domain identifier");
+            continue;
+        }
         let resp = c.call(&Request::DeviceList { domain: d.clone() })?;
         let Response::Devices {
             domid,
