@@ -265,3 +265,38 @@ fn short_uptime_pads_hours_and_uses_local_time() {
     );
     assert_eq!(&line[3..4], ":");
 }
+
+#[test]
+fn info_has_hw_and_virt_caps_and_filters_as_xl() {
+    let host = Host::start();
+    let info = host.rxl_ok(&["info"]);
+    let hw = info
+        .lines()
+        .find_map(|l| l.strip_prefix("hw_caps                : "))
+        .expect("hw_caps line");
+    assert_eq!(hw.len(), 8 * 8 + 7, "{hw}");
+    assert!(
+        hw.split(':').all(|w| u32::from_str_radix(w, 16).is_ok()),
+        "{hw}"
+    );
+    let virt = host.rxl_ok(&["info", "virt_caps"]);
+    assert!(
+        virt == "hvm hap\n" || virt == "hvm shadow\n",
+        "virt_caps {virt:?}"
+    );
+    // xl's "%d.%d%s": major, minor, extra.
+    let v: Vec<String> = ["xen_major", "xen_minor", "xen_extra", "xen_version"]
+        .iter()
+        .map(|f| host.rxl_ok(&["info", f]).trim_end().to_string())
+        .collect();
+    assert_eq!(v[3], format!("{}.{}{}", v[0], v[1], v[2]));
+    // Every line FIELD starts; nothing, and success, when none does.
+    let xen_m = host.rxl_ok(&["info", "xen_m"]);
+    assert_eq!(xen_m, format!("{}\n{}\n", v[0], v[1]));
+    assert_eq!(host.rxl_ok(&["info", "nosuchfield"]), "");
+    let x = host.rxl_ok(&["info", "-x"]);
+    assert!(
+        x.contains("xenstore_features      : 0x00000000\nxend_config_format     : 4\n"),
+        "{x}"
+    );
+}

@@ -62,12 +62,27 @@ pub fn info_lines(fields: &[(String, String)]) -> String {
         .collect()
 }
 
-/// `xl info FIELD`: the value of the first field whose name starts with FIELD.
-pub fn info_field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
+/// `xl info FIELD`: the value of every line that starts with FIELD (`xen` gives every
+/// `xen_*` value), one per line; nothing when none does.
+pub fn info_matching(fields: &[(String, String)], prefix: &str) -> String {
+    info_lines(fields)
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| {
+            let (_, value) = line.split_once(':')?;
+            Some(format!("{}\n", value.strip_prefix(' ')?))
+        })
+        .collect()
+}
+
+/// `xl info -x`: the `xenstore_features` line, before `xend_config_format`. rxen has no
+/// xenstore, so it has no features.
+pub fn with_xenstore_features(fields: &mut Vec<(String, String)>) {
+    let at = fields
         .iter()
-        .find(|(k, _)| k.starts_with(name))
-        .map(|(_, v)| v.as_str())
+        .position(|(k, _)| k == "xend_config_format")
+        .unwrap_or(fields.len());
+    fields.insert(at, ("xenstore_features".into(), "0x00000000".into()));
 }
 
 /// xl's uptime text: `"%d days, %2d:%02d:%02d"`, `"%d day, ..."` or `"%2d:%02d:%02d"`.
@@ -174,8 +189,28 @@ mod tests {
     fn info_pads_names_to_23_columns() {
         let f = vec![("host".to_string(), "scarlett".to_string())];
         assert_eq!(info_lines(&f), "host                   : scarlett\n");
-        assert_eq!(info_field(&f, "ho"), Some("scarlett"));
-        assert_eq!(info_field(&f, "nope"), None);
+        assert_eq!(info_matching(&f, "ho"), "scarlett\n");
+    }
+
+    #[test]
+    fn info_field_prints_every_line_it_prefixes() {
+        let mut f: Vec<(String, String)> = [
+            ("xen_major", "0"),
+            ("xen_minor", "1"),
+            ("xen_version", "0.1.0-rxen"),
+            ("xen_commandline", "a=b:c"),
+            ("xend_config_format", "4"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(info_matching(&f, "xen_m"), "0\n1\n");
+        assert_eq!(info_matching(&f, "xen_commandline"), "a=b:c\n");
+        assert_eq!(info_matching(&f, "xen"), "0\n1\n0.1.0-rxen\na=b:c\n4\n");
+        assert_eq!(info_matching(&f, "nosuch"), "");
+        with_xenstore_features(&mut f);
+        assert_eq!(f[4].0, "xenstore_features");
+        assert_eq!(f[5].0, "xend_config_format");
     }
 
     #[test]

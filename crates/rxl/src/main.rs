@@ -300,16 +300,16 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             }
             Ok(())
         }
-        Cmd::Info { field } => {
+        Cmd::Info { xenstore, field } => {
             let resp = connect()?.call(&Request::Info)?;
-            let Response::Host(host) = resp else {
+            let Response::Host(mut host) = resp else {
                 return Err(Failure(format!("unexpected answer: {resp:?}")));
             };
+            if xenstore {
+                format::with_xenstore_features(&mut host.fields);
+            }
             match field {
-                Some(f) => match format::info_field(&host.fields, &f) {
-                    Some(v) => println!("{v}"),
-                    None => return Err(Failure(format!("no field {f} in rxl info"))),
-                },
+                Some(f) => print!("{}", format::info_matching(&host.fields, &f)),
                 None => print!("{}", format::info_lines(&host.fields)),
             }
             Ok(())

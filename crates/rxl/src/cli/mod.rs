@@ -185,7 +185,10 @@ pub enum Cmd {
     },
     /// Print information about the host.
     Info {
-        /// Print only this field's value.
+        /// Also print xenstore's features (rxen has no xenstore: none).
+        #[arg(short = 'x', long = "xenstore")]
+        xenstore: bool,
+        /// Print the values of every line that starts with FIELD.
         field: Option<String>,
     },
     /// Show or set credit-scheduler weights and caps.
