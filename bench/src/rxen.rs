@@ -176,10 +176,10 @@ impl RxenHost {
             .output()
             .map(|o| [o.stdout, o.stderr].concat())
             .unwrap_or_default();
-        // clap's help lists one subcommand per line: `  NAME  Description`.
+        // `rxl help` lists one subcommand per line, as xl: ` NAME  Description`.
         String::from_utf8_lossy(&out)
             .lines()
-            .filter(|l| l.starts_with("  "))
+            .filter(|l| l.starts_with(' '))
             .any(|l| l.split_whitespace().next() == Some(subcommand))
     }
 

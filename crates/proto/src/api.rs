@@ -232,6 +232,12 @@ pub enum Request {
         /// Leave the received domain paused.
         paused: bool,
     },
+    /// Why a domain that is gone ended (`rxl shutdown -w` prints xl's reason code). rxend
+    /// remembers the last few.
+    Ended {
+        /// The ID the domain had.
+        domid: u32,
+    },
 }
 
 /// A config file given on the command line: its absolute path and text.
@@ -459,6 +465,11 @@ pub enum Response {
     Progress {
         /// How far it got; `None` when no transfer runs.
         progress: Option<crate::vmctl::TransferProgress>,
+    },
+    /// The answer to `Ended`.
+    Ended {
+        /// Why it ended; `None` when rxend does not remember the domain.
+        reason: Option<crate::vmspec::ExitReason>,
     },
     /// The request failed; `message` is one line for the user.
     Error {

@@ -167,7 +167,12 @@ pub struct Daemon {
     rotate_warned: Mutex<std::collections::HashMap<u32, Instant>>,
     /// The state directory's lock, held for the daemon's life.
     _lock: crate::statelock::StateLock,
+    /// How the last domains that ended ended, newest last (for `rxl shutdown -w`).
+    ended: Mutex<std::collections::VecDeque<(ExitReason, DomainRecord)>>,
 }
+
+/// How many ended domains [`Daemon::ended`] remembers.
+const ENDED_KEPT: usize = 64;
 
 fn now_secs() -> f64 {
     SystemTime::now()
@@ -279,6 +284,7 @@ impl Daemon {
             sandbox: std::sync::atomic::AtomicBool::new(true),
             sandbox_uids: Mutex::new(crate::config::SandboxConfig::default().uids()),
             rotate_warned: Mutex::new(std::collections::HashMap::new()),
+            ended: Mutex::new(std::collections::VecDeque::new()),
             _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
@@ -1068,6 +1074,16 @@ impl Daemon {
         let _ = fs::remove_dir_all(self.paths.run_dir(id));
     }
 
+    /// Why domain `domid` ended, if it ended lately and the caller may manage it.
+    pub fn ended(&self, caller: &Caller, domid: u32) -> Option<ExitReason> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended
+            .iter()
+            .rev()
+            .find(|(_, rec)| rec.domid == domid && caller.may_manage(rec))
+            .map(|(reason, _)| *reason)
+    }
+
     /// Renames a domain.
     pub fn rename(&self, caller: &Caller, r: &str, new_name: &str) -> Result<(), DaemonError> {
         if !caller.is_root() {
@@ -1261,6 +1277,13 @@ impl Daemon {
             rec.name,
             reason_word(reason)
         ));
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            if ended.len() >= ENDED_KEPT {
+                ended.pop_front();
+            }
+            ended.push_back((reason, rec.clone()));
+        }
         let preserve = |rec: &mut DomainRecord| {
             rec.state = DomainState::Shutdown { reason };
             let mut t = self.table();

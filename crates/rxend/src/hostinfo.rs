@@ -134,9 +134,6 @@ pub fn info_fields(free_cpus: u32, sandbox: bool) -> Vec<(String, String)> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(cores);
     let threads = (siblings / cores.max(1)).max(1);
-    let flags = cpuinfo_field(&cpuinfo, "flags").unwrap_or_default();
-    let hvm = flags.split(' ').any(|f| f == "vmx" || f == "svm");
-    let hap = flags.split(' ').any(|f| f == "ept" || f == "npt");
     let mem = memory();
     let n = nr_cpus();
     let version = env!("CARGO_PKG_VERSION");
@@ -146,13 +143,11 @@ pub fn info_fields(free_cpus: u32, sandbox: bool) -> Vec<(String, String)> {
         .unwrap_or(("0", "0"));
     let mhz_int = mhz as u64;
     let mhz_frac = ((mhz - mhz_int as f64) * 1000.0).round() as u64 % 1000;
-    let mut virt_caps = String::new();
-    if hvm {
-        virt_caps.push_str(" hvm");
-    }
-    if hap {
-        virt_caps.push_str(" hap");
-    }
+    let virt_caps = virt_caps(
+        std::path::Path::new("/dev/kvm").exists(),
+        kvm_two_dimensional_paging(),
+    );
+    let patch = version.split('.').nth(2).unwrap_or("0");
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let f = |k: &str, v: String| (k.to_string(), v);
     vec![
@@ -166,6 +161,7 @@ pub fn info_fields(free_cpus: u32, sandbox: bool) -> Vec<(String, String)> {
         f("cores_per_socket", cores.to_string()),
         f("threads_per_core", threads.to_string()),
         f("cpu_mhz", format!("{mhz_int}.{mhz_frac:03}")),
+        f("hw_caps", format_hw_caps(&hw_caps())),
         f("virt_caps", virt_caps),
         f("total_memory", (mem.total_kib / 1024).to_string()),
         f("free_memory", (mem.free_kib / 1024).to_string()),
@@ -175,8 +171,9 @@ pub fn info_fields(free_cpus: u32, sandbox: bool) -> Vec<(String, String)> {
         f("free_cpus", free_cpus.to_string()),
         f("xen_major", major.to_string()),
         f("xen_minor", minor.to_string()),
-        f("xen_extra", "-rxen".into()),
-        f("xen_version", format!("{version}-rxen (KVM)")),
+        f("xen_extra", format!(".{patch}-rxen")),
+        // xl's "%d.%d%s": major, minor, extra.
+        f("xen_version", format!("{major}.{minor}.{patch}-rxen")),
         f("xen_caps", "hvm-3.0-x86_64".into()),
         f("xen_scheduler", "credit".into()),
         f("xen_pagesize", "4096".into()),
@@ -200,6 +197,76 @@ pub fn info_fields(free_cpus: u32, sandbox: bool) -> Vec<(String, String)> {
     ]
 }
 
+/// Xen's `virt_caps` for a KVM host (xl prints each with a space before it, so the line reads
+/// `virt_caps              : hvm hap`): `hvm` when `/dev/kvm` is there (every rxen domain is a
+/// fully virtualized one), then `hap` when KVM uses the CPU's two-dimensional paging (EPT or
+/// NPT) or `shadow` when it shadows the guest's page tables itself (as PVM does).
+pub fn virt_caps(kvm: bool, hap: bool) -> String {
+    match (kvm, hap) {
+        (false, _) => String::new(),
+        (true, true) => "hvm hap".into(),
+        (true, false) => "hvm shadow".into(),
+    }
+}
+
+/// Whether KVM's MMU uses EPT (Intel) or NPT (AMD), from its module parameters.
+fn kvm_two_dimensional_paging() -> bool {
+    [
+        "/sys/module/kvm_intel/parameters/ept",
+        "/sys/module/kvm_amd/parameters/npt",
+    ]
+    .iter()
+    .filter_map(|p| fs::read_to_string(p).ok())
+    .any(|v| matches!(v.trim(), "Y" | "y" | "1"))
+}
+
+/// xl's `hw_caps`: eight feature words, `"%08x:%08x:...`.
+pub fn format_hw_caps(words: &[u32; 8]) -> String {
+    words
+        .iter()
+        .map(|w| format!("{w:08x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The host CPU's feature words in Xen's featureset order (its `hw_cap`): CPUID 1 EDX, 1 ECX,
+/// 0x80000001 EDX, 0x80000001 ECX, 0xD:1 EAX, 7:0 EBX, 7:0 ECX, 0x80000007 EDX; zero for a
+/// leaf the CPU does not have.
+#[cfg(target_arch = "x86_64")]
+pub fn hw_caps() -> [u32; 8] {
+    use std::arch::x86_64::{__cpuid_count, CpuidResult};
+    // SAFETY: every x86_64 CPU has CPUID; it only reads the CPU's identification registers.
+    #[allow(unused_unsafe)]
+    let leaf = |l: u32, sub: u32| -> CpuidResult { unsafe { __cpuid_count(l, sub) } };
+    let max = leaf(0, 0).eax;
+    let max_ext = leaf(0x8000_0000, 0).eax;
+    let get = |l: u32, sub: u32| {
+        let have = if l >= 0x8000_0000 {
+            l <= max_ext
+        } else {
+            l <= max
+        };
+        have.then(|| leaf(l, sub))
+    };
+    let w = |r: Option<CpuidResult>, f: fn(&CpuidResult) -> u32| r.as_ref().map_or(0, f);
+    [
+        w(get(1, 0), |r| r.edx),
+        w(get(1, 0), |r| r.ecx),
+        w(get(0x8000_0001, 0), |r| r.edx),
+        w(get(0x8000_0001, 0), |r| r.ecx),
+        w(get(0xd, 1), |r| r.eax),
+        w(get(7, 0), |r| r.ebx),
+        w(get(7, 0), |r| r.ecx),
+        w(get(0x8000_0007, 0), |r| r.edx),
+    ]
+}
+
+/// No CPUID elsewhere: no feature words.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn hw_caps() -> [u32; 8] {
+    [0; 8]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +283,20 @@ mod tests {
         );
         let m = parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\n");
         assert_eq!(m.free_kib, 100);
+    }
+
+    #[test]
+    fn virt_and_hw_caps_in_xl_form() {
+        assert_eq!(virt_caps(true, true), "hvm hap");
+        assert_eq!(virt_caps(true, false), "hvm shadow");
+        assert_eq!(virt_caps(false, true), "");
+        assert_eq!(
+            format_hw_caps(&[0x178bfbff, 0x7ed8320b, 0, 1, 2, 3, 4, 0xffffffff]),
+            "178bfbff:7ed8320b:00000000:00000001:00000002:00000003:00000004:ffffffff"
+        );
+        // Every x86_64 CPU has FPU and TSC (CPUID 1 EDX bits 0 and 4).
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(hw_caps()[0] & 0x11, 0x11);
     }
 
     #[test]

@@ -411,6 +411,9 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             result(daemon.vcpu_pin(caller, &domain, &vcpu, &hard))
         }
         Request::Counters => Reply::Plain(Response::Counters(daemon.counters(caller))),
+        Request::Ended { domid } => Reply::Plain(Response::Ended {
+            reason: daemon.ended(caller, domid),
+        }),
         Request::VcpuSet { domain, count } => result(daemon.vcpu_set(caller, &domain, count)),
         Request::MemSet { domain, mib } => result(daemon.mem_set(caller, &domain, mib)),
         Request::MemMax { domain, mib } => result(daemon.mem_max(caller, &domain, mib)),

@@ -62,12 +62,27 @@ pub fn info_lines(fields: &[(String, String)]) -> String {
         .collect()
 }
 
-/// `xl info FIELD`: the value of the first field whose name starts with FIELD.
-pub fn info_field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
+/// `xl info FIELD`: the value of every line that starts with FIELD (`xen` gives every
+/// `xen_*` value), one per line; nothing when none does.
+pub fn info_matching(fields: &[(String, String)], prefix: &str) -> String {
+    info_lines(fields)
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| {
+            let (_, value) = line.split_once(':')?;
+            Some(format!("{}\n", value.strip_prefix(' ')?))
+        })
+        .collect()
+}
+
+/// `xl info -x`: the `xenstore_features` line, before `xend_config_format`. rxen has no
+/// xenstore, so it has no features.
+pub fn with_xenstore_features(fields: &mut Vec<(String, String)>) {
+    let at = fields
         .iter()
-        .find(|(k, _)| k.starts_with(name))
-        .map(|(_, v)| v.as_str())
+        .position(|(k, _)| k == "xend_config_format")
+        .unwrap_or(fields.len());
+    fields.insert(at, ("xenstore_features".into(), "0x00000000".into()));
 }
 
 /// xl's uptime text: `"%d days, %2d:%02d:%02d"`, `"%d day, ..."` or `"%2d:%02d:%02d"`.
@@ -81,6 +96,30 @@ pub fn uptime_text(secs: u64) -> String {
         1 => format!("1 day, {h:>2}:{m:02}:{s:02}"),
         d => format!("{d} days, {h:>2}:{m:02}:{s:02}"),
     }
+}
+
+/// xl's short uptime text (`uptime -s`): `"%d days, %2d:%02d"`, `"%d day, %2d:%02d"` or
+/// `"%2d:%02d"`.
+pub fn short_uptime_text(secs: u64) -> String {
+    let days = secs / 86400;
+    let h = (secs / 3600) % 24;
+    let m = (secs / 60) % 60;
+    match days {
+        0 => format!("{h:>2}:{m:02}"),
+        1 => format!("1 day, {h:>2}:{m:02}"),
+        d => format!("{d} days, {h:>2}:{m:02}"),
+    }
+}
+
+/// One `xl uptime -s` line: `" %s up %s, %s (%d)"`, the first `%s` being the local time of
+/// day as `%H:%M:%S` (given here as `clock`).
+pub fn short_uptime_line(clock: &str, d: &DomainInfo) -> String {
+    format!(
+        " {clock} up {}, {} ({})",
+        short_uptime_text(d.uptime_s as u64),
+        d.name,
+        d.domid
+    )
 }
 
 /// The whole `xl uptime` table: `"%-33s %4s %s"`.
@@ -150,8 +189,39 @@ mod tests {
     fn info_pads_names_to_23_columns() {
         let f = vec![("host".to_string(), "scarlett".to_string())];
         assert_eq!(info_lines(&f), "host                   : scarlett\n");
-        assert_eq!(info_field(&f, "ho"), Some("scarlett"));
-        assert_eq!(info_field(&f, "nope"), None);
+        assert_eq!(info_matching(&f, "ho"), "scarlett\n");
+    }
+
+    #[test]
+    fn info_field_prints_every_line_it_prefixes() {
+        let mut f: Vec<(String, String)> = [
+            ("xen_major", "0"),
+            ("xen_minor", "1"),
+            ("xen_version", "0.1.0-rxen"),
+            ("xen_commandline", "a=b:c"),
+            ("xend_config_format", "4"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(info_matching(&f, "xen_m"), "0\n1\n");
+        assert_eq!(info_matching(&f, "xen_commandline"), "a=b:c\n");
+        assert_eq!(info_matching(&f, "xen"), "0\n1\n0.1.0-rxen\na=b:c\n4\n");
+        assert_eq!(info_matching(&f, "nosuch"), "");
+        with_xenstore_features(&mut f);
+        assert_eq!(f[4].0, "xenstore_features");
+        assert_eq!(f[5].0, "xend_config_format");
+    }
+
+    #[test]
+    fn short_uptime_pads_hours_as_xl() {
+        assert_eq!(short_uptime_text(5 * 3600 + 7 * 60 + 59), " 5:07");
+        assert_eq!(short_uptime_text(86400 + 61), "1 day,  0:01");
+        assert_eq!(short_uptime_text(2 * 86400 + 13 * 3600), "2 days, 13:00");
+        assert_eq!(
+            short_uptime_line("09:05:03", &dom("web", 3, 1, 1, "-b----", 0.0)),
+            " 09:05:03 up  1:02, web (3)"
+        );
     }
 
     #[test]

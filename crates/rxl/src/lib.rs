@@ -2,9 +2,12 @@
 //! rxend, printing in xl's formats, and attaching to consoles; and of
 //! `rxen-shell`, the customers' restricted login shell.
 
+pub mod cli;
 pub mod client;
 pub mod console;
+pub mod domains;
 pub mod format;
+pub mod power;
 pub mod sched;
 pub mod shell;
 pub mod top;

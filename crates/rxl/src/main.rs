@@ -4,371 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{ArgAction, Parser, Subcommand};
 use rxen_proto::api::{ConfigText, DomainInfo, Request, Response};
-use rxl::client::{Client, ClientError, DEFAULT_SOCKET};
+use rxl::cli::front::{self, Globals, Invocation};
+use rxl::cli::{Cli, Cmd};
+use rxl::client::{Client, ClientError};
 use rxl::transfer::{self, Progress};
-use rxl::{console, format, sched, top};
-
-/// xl-compatible management of rxen domains.
-#[derive(Parser, Debug)]
-#[command(name = "rxl", version, about, propagate_version = true)]
-struct Cli {
-    /// rxend's socket.
-    #[arg(long, global = true, env = "RXEN_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Create a domain from a config file.
-    Create {
-        /// Attach to the console after creating the domain.
-        #[arg(short = 'c')]
-        console: bool,
-        /// Leave the domain paused after creating it.
-        #[arg(short = 'p')]
-        paused: bool,
-        /// Dry run: print the resolved configuration as JSON and create nothing.
-        #[arg(short = 'n', long = "dryrun")]
-        dry_run: bool,
-        /// Quiet: print no "Parsing config" line.
-        #[arg(short = 'q')]
-        quiet: bool,
-        /// Start the domain even if its config uses keys rxen does not support (they are ignored).
-        #[arg(long)]
-        ignore_unsupported: bool,
-        /// The config file (looked up in /etc/xen/ if it has no slash and is not here).
-        file: String,
-        /// KEY=VALUE settings that override the file, as extra config lines.
-        overrides: Vec<String>,
-    },
-    /// Create a domain again from the config file rxend remembers for it (rxen).
-    Boot {
-        /// Attach to the console after booting the domain.
-        #[arg(short = 'c')]
-        console: bool,
-        /// The domain's name.
-        domain: String,
-    },
-    /// List domains in xl's format.
-    List {
-        /// Print the full configuration as JSON.
-        #[arg(short = 'l', long = "long")]
-        long: bool,
-        /// Add UUID, reason code and security label columns.
-        #[arg(short = 'v', long = "verbose")]
-        verbose: bool,
-        /// Domains to show (all when none).
-        domains: Vec<String>,
-    },
-    /// Attach to a domain's console (Ctrl-] detaches).
-    Console {
-        /// The domain (name or ID).
-        domain: String,
-    },
-    /// Ask a domain to shut down.
-    Shutdown {
-        /// Wait for the domain to finish shutting down.
-        #[arg(short = 'w', long = "wait", action = ArgAction::Count)]
-        wait: u8,
-        /// Shut down every domain.
-        #[arg(short = 'a', long = "all")]
-        all: bool,
-        /// The domain (name or ID).
-        domain: Option<String>,
-    },
-    /// Ask a domain to reboot.
-    Reboot {
-        /// Wait for the domain to finish rebooting.
-        #[arg(short = 'w', long = "wait", action = ArgAction::Count)]
-        wait: u8,
-        /// Reboot every domain.
-        #[arg(short = 'a', long = "all")]
-        all: bool,
-        /// The domain (name or ID).
-        domain: Option<String>,
-    },
-    /// Destroy a domain at once.
-    Destroy {
-        /// The domain (name or ID).
-        domain: String,
-    },
-    /// Pause a domain.
-    Pause {
-        /// The domain (name or ID).
-        domain: String,
-    },
-    /// Unpause a domain.
-    Unpause {
-        /// The domain (name or ID).
-        domain: String,
-    },
-    /// Rename a domain.
-    Rename {
-        /// The domain (name or ID).
-        domain: String,
-        /// The new name.
-        new_name: String,
-    },
-    /// Print a domain's ID.
-    Domid {
-        /// The domain's name.
-        name: String,
-    },
-    /// Print a domain's name.
-    Domname {
-        /// The domain's ID.
-        id: String,
-    },
-    /// Print how long domains have been up.
-    Uptime {
-        /// Short form, like uptime(1).
-        #[arg(short = 's')]
-        short: bool,
-        /// Domains to show (all when none).
-        domains: Vec<String>,
-    },
-    /// Print information about the host.
-    Info {
-        /// Print only this field's value.
-        field: Option<String>,
-    },
-    /// Show or set credit-scheduler weights and caps.
-    #[command(name = "sched-credit")]
-    SchedCredit {
-        /// The domain (name or ID); all domains when absent.
-        #[arg(short = 'd', long = "domain")]
-        domain: Option<String>,
-        /// New weight (1-65535; 256 is the default).
-        #[arg(short = 'w', long = "weight")]
-        weight: Option<u32>,
-        /// New cap in percent of one host CPU (0: no cap).
-        #[arg(short = 'c', long = "cap")]
-        cap: Option<u32>,
-    },
-    /// List the vCPUs of domains.
-    #[command(name = "vcpu-list")]
-    VcpuList {
-        /// Domains to show (all when none).
-        domains: Vec<String>,
-    },
-    /// Set the hard affinity of a domain's vCPUs.
-    #[command(name = "vcpu-pin")]
-    VcpuPin {
-        /// The domain (name or ID).
-        domain: String,
-        /// A vCPU number, or `all`.
-        vcpu: String,
-        /// Host CPUs: a list like `3,5-8,^6`, `all`, or `-` for unchanged.
-        hard: String,
-        /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
-        soft: Option<String>,
-    },
-    /// Set how many vCPUs a domain has online (up to maxvcpus).
-    #[command(name = "vcpu-set")]
-    VcpuSet {
-        /// Allow more vCPUs than the host has CPUs.
-        #[arg(short = 'i', long = "ignore-host")]
-        ignore_host: bool,
-        /// The domain (name or ID).
-        domain: String,
-        /// vCPUs to have online.
-        count: u32,
-    },
-    /// Set a domain's memory through its balloon.
-    #[command(name = "mem-set")]
-    MemSet {
-        /// The domain (name or ID).
-        domain: String,
-        /// The new size: a number of MiB, or with a suffix b, k, m, g or t.
-        size: String,
-    },
-    /// Set a domain's maximum memory.
-    #[command(name = "mem-max")]
-    MemMax {
-        /// The domain (name or ID).
-        domain: String,
-        /// The new maximum: a number of MiB, or with a suffix b, k, m, g or t.
-        size: String,
-    },
-    /// Show domains and their use of CPU, memory, network and disks, as xentop does.
-    Top {
-        /// Seconds between refreshes.
-        #[arg(short = 'd', long = "delay", default_value_t = 3.0)]
-        delay: f64,
-        /// Batch mode: print plain lines for scripts instead of the screen.
-        #[arg(short = 'b', long = "batch")]
-        batch: bool,
-        /// Stop after this many refreshes.
-        #[arg(short = 'i', long = "iterations")]
-        iterations: Option<u64>,
-        /// Show full domain names.
-        #[arg(short = 'f', long = "full-name")]
-        full_name: bool,
-        /// Show Domain-0 first.
-        #[arg(short = 'z', long = "dom0-first")]
-        dom0_first: bool,
-        /// Show each NIC's counters under its domain.
-        #[arg(short = 'n', long = "networks")]
-        networks: bool,
-        /// Show each virtual block device's counters under its domain.
-        #[arg(short = 'x', long = "vbds")]
-        vbds: bool,
-        /// Show each vCPU's CPU seconds under its domain.
-        #[arg(short = 'v', long = "vcpus")]
-        vcpus: bool,
-        /// Repeat the column header before every domain.
-        #[arg(short = 'r', long = "repeat-header")]
-        repeat_header: bool,
-    },
-    /// Save a domain to a file (it stops, unless -c or -p).
-    Save {
-        /// Checkpoint: leave the domain running after saving it.
-        #[arg(short = 'c')]
-        checkpoint: bool,
-        /// Leave the domain paused after saving it.
-        #[arg(short = 'p')]
-        paused: bool,
-        /// Also print where the downtime went, phase by phase.
-        #[arg(short = 'v', long = "verbose")]
-        verbose: bool,
-        /// The domain (name or ID).
-        domain: String,
-        /// The save file.
-        file: PathBuf,
-        /// A config file to store instead of the domain's own.
-        config: Option<String>,
-    },
-    /// Restore a domain from a save file.
-    Restore {
-        /// Leave the restored domain paused.
-        #[arg(short = 'p')]
-        paused: bool,
-        /// Do not wait in the background for the death of the domain (accepted for xl compatibility).
-        #[arg(short = 'e')]
-        no_wait: bool,
-        /// Attach to the console after restoring.
-        #[arg(short = 'c')]
-        console: bool,
-        /// The save file.
-        file: PathBuf,
-        /// A config file to use instead of the one in the save file.
-        config: Option<String>,
-    },
-    /// Move a domain to another host: live by default. Over ssh as xl does
-    /// (`ssh HOST rxl migrate-receive`), or to HOST's relocation server
-    /// (rxend, TCP port 8002) with --relocation, --port or --key.
-    Migrate {
-        /// Use this command instead of ssh; with '', run HOST itself as the command (as xl).
-        #[arg(short = 's')]
-        ssh: Option<String>,
-        /// Do not wait in the background for the death of the domain on the target (xl compatibility).
-        #[arg(short = 'e')]
-        no_wait: bool,
-        /// Leave the domain paused on the target.
-        #[arg(short = 'p')]
-        paused: bool,
-        /// Live migration (the default).
-        #[arg(long, conflicts_with = "non_live")]
-        live: bool,
-        /// Pause the domain, copy it, resume it on the target (as xm migrate without --live).
-        #[arg(long = "non-live")]
-        non_live: bool,
-        /// Use HOST's relocation server (rxend) instead of ssh.
-        #[arg(long)]
-        relocation: bool,
-        /// The relocation server's port (implies --relocation).
-        #[arg(long)]
-        port: Option<u16>,
-        /// The relocation key file (implies --relocation; default: rxend's configured key).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Most pre-copy rounds before stop-and-copy.
-        #[arg(long, default_value_t = 30)]
-        max_rounds: u32,
-        /// Stop-and-copy once the dirty pages can be sent within this many milliseconds.
-        #[arg(long, default_value_t = 20)]
-        downtime_ms: u64,
-        /// Also print where the downtime went, phase by phase.
-        #[arg(short = 'v', long = "verbose")]
-        verbose: bool,
-        /// The domain (name or ID).
-        domain: String,
-        /// The target host.
-        host: String,
-    },
-    /// Receive a migrating domain on stdin/stdout (run by `rxl migrate` through ssh).
-    MigrateReceive {
-        /// Leave the received domain paused.
-        #[arg(short = 'p')]
-        paused: bool,
-        /// Accepted for xl compatibility.
-        #[arg(short = 'e')]
-        no_wait: bool,
-        /// Accepted for xl compatibility (debug).
-        #[arg(short = 'd')]
-        debug: bool,
-    },
-    /// Attach a disk to a running domain.
-    #[command(name = "block-attach")]
-    BlockAttach {
-        /// The domain (name or ID).
-        domain: String,
-        /// The disk spec (its parts may be given as separate arguments, as with xl).
-        #[arg(required = true)]
-        spec: Vec<String>,
-    },
-    /// Detach a disk from a running domain.
-    #[command(name = "block-detach")]
-    BlockDetach {
-        /// Accepted for xl compatibility (a device the guest holds is removed after 5 s anyway).
-        #[arg(short = 'f', long = "force")]
-        force: bool,
-        /// The domain (name or ID).
-        domain: String,
-        /// The virtual device (xvdb) or its device ID.
-        vdev: String,
-    },
-    /// List a domain's disks.
-    #[command(name = "block-list")]
-    BlockList {
-        /// The domains (name or ID).
-        #[arg(required = true)]
-        domains: Vec<String>,
-    },
-    /// Attach a network interface to a running domain.
-    #[command(name = "network-attach")]
-    NetworkAttach {
-        /// The domain (name or ID).
-        domain: String,
-        /// vif settings as key=value (mac=, bridge=, ip=, script=, vifname=, rate=, ...).
-        settings: Vec<String>,
-    },
-    /// Detach a network interface from a running domain.
-    #[command(name = "network-detach")]
-    NetworkDetach {
-        /// The domain (name or ID).
-        domain: String,
-        /// The device ID or MAC address.
-        device: String,
-    },
-    /// List a domain's network interfaces.
-    #[command(name = "network-list")]
-    NetworkList {
-        /// The domains (name or ID).
-        #[arg(required = true)]
-        domains: Vec<String>,
-    },
-    /// Print rxend's log.
-    Dmesg {
-        /// Clear the log after printing it.
-        #[arg(short = 'c', long = "clear")]
-        clear: bool,
-    },
-}
+use rxl::{console, domains, format, power, sched, top};
 
 /// A failure to report: one line on stderr and exit status 1.
 struct Failure(String);
@@ -382,17 +23,26 @@ impl From<ClientError> for Failure {
 type Outcome = Result<(), Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let (globals, cli) = match front::parse(std::env::args_os()) {
+        Invocation::Run { globals, cli } => (globals, cli),
+        Invocation::Exit(exit) => {
+            print!("{}", exit.stdout);
+            eprint!("{}", exit.stderr);
+            return ExitCode::from(exit.code);
+        }
+    };
+    match run(globals, cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg)) => {
-            eprintln!("{msg}");
+            if !msg.is_empty() {
+                eprintln!("{msg}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Outcome {
+fn run(globals: Globals, cli: Cli) -> Outcome {
     let socket = cli.socket;
     let connect = || Client::connect_or_start(&socket).map_err(Failure::from);
     match cli.cmd {
@@ -402,9 +52,14 @@ fn run(cli: Cli) -> Outcome {
             dry_run,
             quiet,
             ignore_unsupported,
+            vnc,
             file,
             overrides,
         } => {
+            if let Some(why) = vnc.refusal() {
+                return Err(Failure(why.into()));
+            }
+            let dry_run = dry_run || globals.dry_run;
             let path = config_path(&file);
             let text = read_config_file(&path)?;
             if !quiet {
@@ -454,9 +109,20 @@ fn run(cli: Cli) -> Outcome {
             started(&mut c, resp, console)
         }
         Cmd::Console { domain } => attach(&mut connect()?, &domain),
-        Cmd::Shutdown { wait, all, domain } => power(&mut connect()?, wait, all, domain, false),
-        Cmd::Reboot { wait, all, domain } => power(&mut connect()?, wait, all, domain, true),
-        Cmd::Destroy { domain } => Ok(connect()?.call_ok(&Request::Destroy { domain })?),
+        Cmd::Shutdown {
+            wait, all, domain, ..
+        } => power(&mut connect()?, wait, all, domain, false),
+        Cmd::Reboot {
+            wait, all, domain, ..
+        } => power(&mut connect()?, wait, all, domain, true),
+        Cmd::Destroy { force, domain } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            domains::may_destroy(domid, force).map_err(|e| Failure(e.to_string()))?;
+            Ok(c.call_ok(&Request::Destroy {
+                domain: domid.to_string(),
+            })?)
+        }
         Cmd::Pause { domain } => Ok(connect()?.call_ok(&Request::Pause { domain })?),
         Cmd::Unpause { domain } => Ok(connect()?.call_ok(&Request::Unpause { domain })?),
         Cmd::Rename { domain, new_name } => {
@@ -486,7 +152,7 @@ fn run(cli: Cli) -> Outcome {
             match r? {
                 Response::Transferred { name, stats } => {
                     eprintln!("Saved domain {name}: {}", transfer::figures(&stats));
-                    if verbose {
+                    if verbose || globals.verbose > 0 {
                         eprint!("{}", transfer::breakdown(&stats));
                     }
                     Ok(())
@@ -498,9 +164,19 @@ fn run(cli: Cli) -> Outcome {
             paused,
             no_wait: _,
             console,
-            file,
-            config,
+            vnc,
+            files,
         } => {
+            if let Some(why) = vnc.refusal() {
+                return Err(Failure(why.into()));
+            }
+            // xl: `restore [ConfigFile] CheckpointFile`.
+            let Some((config, file)) = rxl::cli::restore_files(&files) else {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                print!("{}", front::help(&cmd, Some("restore")));
+                return Err(Failure(String::new()));
+            };
+            let (config, file) = (config.map(str::to_string), PathBuf::from(file));
             let abs = std::path::absolute(&file).unwrap_or(file);
             let config = config.map(|c| read_config(&c)).transpose()?;
             let mut c = connect()?;
@@ -571,7 +247,7 @@ fn run(cli: Cli) -> Outcome {
                 Response::Transferred { name, stats } => {
                     eprintln!("Migration successful.");
                     println!("migrated {name} to {host}: {}", transfer::figures(&stats));
-                    if verbose {
+                    if verbose || globals.verbose > 0 {
                         print!("{}", transfer::breakdown(&stats));
                     }
                     Ok(())
@@ -598,36 +274,42 @@ fn run(cli: Cli) -> Outcome {
             Ok(())
         }
         Cmd::Domid { name } => {
-            let (id, _) = lookup(&mut connect()?, &name)?;
+            let all = list(&mut connect()?, Vec::new())?;
+            let id = domains::domid_of(&all, &name).map_err(|e| Failure(e.to_string()))?;
             println!("{id}");
             Ok(())
         }
         Cmd::Domname { id } => {
-            let (_, name) = lookup(&mut connect()?, &id)?;
+            // An ID without digits is refused before rxend is asked, as xl does.
+            domains::parse_domid(&id).map_err(|e| Failure(e.to_string()))?;
+            let all = list(&mut connect()?, Vec::new())?;
+            let name = domains::name_of(&all, &id).map_err(|e| Failure(e.to_string()))?;
             println!("{name}");
             Ok(())
         }
         Cmd::Uptime { short, domains } => {
             let list = list(&mut connect()?, domains)?;
             if short {
+                // xl: the local time of day, as strftime's %H:%M:%S.
+                let clock = chrono::Local::now().format("%H:%M:%S").to_string();
                 for d in &list {
-                    println!("{}", short_uptime(d));
+                    println!("{}", format::short_uptime_line(&clock, d));
                 }
             } else {
                 print!("{}", format::uptime_table(&list));
             }
             Ok(())
         }
-        Cmd::Info { field } => {
+        Cmd::Info { xenstore, field } => {
             let resp = connect()?.call(&Request::Info)?;
-            let Response::Host(host) = resp else {
+            let Response::Host(mut host) = resp else {
                 return Err(Failure(format!("unexpected answer: {resp:?}")));
             };
+            if xenstore {
+                format::with_xenstore_features(&mut host.fields);
+            }
             match field {
-                Some(f) => match format::info_field(&host.fields, &f) {
-                    Some(v) => println!("{v}"),
-                    None => return Err(Failure(format!("no field {f} in rxl info"))),
-                },
+                Some(f) => print!("{}", format::info_matching(&host.fields, &f)),
                 None => print!("{}", format::info_lines(&host.fields)),
             }
             Ok(())
@@ -786,6 +468,12 @@ fn device_lists(c: &mut Client, domains: &[String], disks: bool) -> Outcome {
         }
     );
     for d in domains {
+        // xl's block-list names an unknown domain and goes on to the next (status 0);
+        // its network-list stops with the usual "(rc=-6)" message, as rxend's answer has it.
+        if disks && lookup(c, d).is_err() {
+            eprintln!("{d} is an invalid domain identifier");
+            continue;
+        }
         let resp = c.call(&Request::DeviceList { domain: d.clone() })?;
         let Response::Devices {
             domid,
@@ -927,7 +615,7 @@ fn attach(c: &mut Client, domain: &str) -> Outcome {
     Ok(())
 }
 
-/// `shutdown`/`reboot` with xl's `-a` and `-w`.
+/// `shutdown`/`reboot` with xl's `-a` and `-w` (`-ww`: until the domains are gone).
 fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bool) -> Outcome {
     let targets: Vec<(u32, String)> = if all {
         list(c, Vec::new())?
@@ -937,7 +625,7 @@ fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bo
             .collect()
     } else {
         let Some(d) = domain else {
-            return Err(Failure("a domain is required (or -a for all)".into()));
+            return Err(Failure("You must specify -a or a domain id.\n".into()));
         };
         vec![lookup(c, &d)?]
     };
@@ -954,57 +642,36 @@ fn power(c: &mut Client, wait: u8, all: bool, domain: Option<String>, reboot: bo
             })?;
         }
     }
-    if wait == 0 || targets.is_empty() {
+    if wait == 0 {
         return Ok(());
     }
     eprintln!("Waiting for {} domains", targets.len());
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut pending = targets;
-    while !pending.is_empty() {
+    let mut waiters: Vec<power::Waiter> = targets
+        .iter()
+        .map(|(id, _)| power::Waiter::new(*id, wait >= 2))
+        .collect();
+    loop {
         let now = list(c, Vec::new())?;
-        pending.retain(|(id, _)| {
-            let done = match now.iter().find(|d| d.domid == *id) {
-                None => true,
-                // One -w also returns when the domain is shut down but kept; -ww waits for death.
-                Some(d) => wait < 2 && d.state.as_bytes().get(3) == Some(&b's'),
+        for w in waiters.iter_mut() {
+            let seen = match now.iter().find(|d| d.domid == w.domid) {
+                Some(d) => power::Seen::Listed(d.state.clone()),
+                None => match c.call(&Request::Ended { domid: w.domid })? {
+                    Response::Ended { reason } => power::Seen::Gone(reason),
+                    other => return Err(Failure(format!("unexpected answer: {other:?}"))),
+                },
             };
-            if done {
-                eprintln!("Domain {id} has been shut down");
+            for line in w.observe(&seen) {
+                eprintln!("{line}");
             }
-            !done
-        });
-        if pending.is_empty() {
-            break;
+        }
+        waiters.retain(|w| !w.done());
+        if waiters.is_empty() {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(Failure("timed out waiting for the domains".into()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
-}
-
-/// `xl uptime -s`: ` HH:MM:SS up <d days, H:MM>, <name> (<id>)`.
-fn short_uptime(d: &DomainInfo) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|x| x.as_secs())
-        .unwrap_or(0);
-    let clock = now % 86400;
-    let up = d.uptime_s as u64;
-    let days = up / 86400;
-    let hm = format!("{}:{:02}", (up / 3600) % 24, (up / 60) % 60);
-    let up_text = match days {
-        0 => hm,
-        1 => format!("1 day, {hm}"),
-        n => format!("{n} days, {hm}"),
-    };
-    format!(
-        " {:02}:{:02}:{:02} up {up_text}, {} ({})",
-        clock / 3600,
-        (clock / 60) % 60,
-        clock % 60,
-        d.name,
-        d.domid
-    )
 }

@@ -97,8 +97,19 @@ impl Daemon {
     /// Hot-unplugs a disk by vdev name or device ID.
     pub fn block_detach(&self, caller: &Caller, r: &str, vdev: &str) -> Result<(), DaemonError> {
         let (id, dir) = self.device_guest(caller, r)?;
-        let devid = storage::vdev_devid(vdev)
-            .ok_or_else(|| config_err(format!("Error: Device {vdev} not connected.")))?;
+        // xl's words for a vdev the domain does not have.
+        let not_connected = || config_err(format!("Error: Device {vdev} not connected."));
+        let devid = storage::vdev_devid(vdev).ok_or_else(not_connected)?;
+        let attached = self.table().domains.get(&id).is_some_and(|e| {
+            e.rec
+                .config
+                .disks
+                .iter()
+                .any(|d| storage::vdev_devid(&d.vdev) == Some(devid))
+        });
+        if !attached {
+            return Err(not_connected());
+        }
         vmm::command(&dir, &VmRequest::DetachDisk { devid })?;
         self.update_config(id, |c| {
             c.disks
@@ -171,7 +182,8 @@ impl Daemon {
                 || v.nic.mac.eq_ignore_ascii_case(device)
         };
         let Some(pos) = vifs.iter().position(wanted) else {
-            return Err(config_err(format!("Error: Device {device} not connected.")));
+            // xl's words for a device ID or MAC the domain does not have.
+            return Err(config_err(format!("Unknown device {device}.")));
         };
         let v = vifs.remove(pos);
         vmm::command(&dir, &VmRequest::DetachNic { devid: v.nic.devid })?;

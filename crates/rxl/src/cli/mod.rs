@@ -1,0 +1,429 @@
+//! rxl's commands and their options, as clap reads them; [`front`] reads the command
+//! line the way xl does before clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::client::DEFAULT_SOCKET;
+
+pub mod front;
+
+/// xl-compatible management of rxen domains.
+#[derive(Parser, Debug)]
+// No automatic `-V`: in xl, `-V` on `create` and `restore` means "connect a VNC viewer";
+// rxl's version is `rxl --version` (read by [`front`]). `help` is xl's, also in [`front`].
+#[command(
+    name = "rxl",
+    about,
+    disable_version_flag = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// rxend's socket.
+    #[arg(long, global = true, env = "RXEN_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// xl's `-V, --vncviewer` and `-A, --vncviewer-autopass` on `create` and `restore`: parsed so
+/// that they can be refused with a clear message (rxen domains have no VNC display).
+#[derive(clap::Args, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Vnc {
+    /// xl: connect a VNC viewer. Refused: rxen domains have no VNC display (-c attaches the console).
+    #[arg(short = 'V', long = "vncviewer")]
+    pub viewer: bool,
+    /// xl: pass the VNC password to the viewer. Refused, as -V.
+    #[arg(short = 'A', long = "vncviewer-autopass")]
+    pub autopass: bool,
+}
+
+impl Vnc {
+    /// The refusal when either option was given.
+    pub fn refusal(&self) -> Option<&'static str> {
+        (self.viewer || self.autopass).then_some(
+            "-V/--vncviewer and -A/--vncviewer-autopass are not supported: rxen domains have no VNC display (use -c to attach the serial console)",
+        )
+    }
+}
+
+/// xl's `restore [ConfigFile] CheckpointFile`: the config file (if any) and the save file, from
+/// one or two names; `None` for any other number.
+pub fn restore_files(files: &[String]) -> Option<(Option<&str>, &str)> {
+    match files {
+        [file] => Some((None, file)),
+        [config, file] => Some((Some(config), file)),
+        _ => None,
+    }
+}
+
+/// rxl's commands, in the order `rxl help` lists them.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a domain from a config file.
+    Create {
+        /// Attach to the console after creating the domain.
+        #[arg(short = 'c')]
+        console: bool,
+        /// Leave the domain paused after creating it.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Dry run: print the resolved configuration as JSON and create nothing.
+        #[arg(short = 'n', long = "dryrun")]
+        dry_run: bool,
+        /// Quiet: print no "Parsing config" line.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Start the domain even if its config uses keys rxen does not support (they are ignored).
+        #[arg(long)]
+        ignore_unsupported: bool,
+        #[command(flatten)]
+        vnc: Vnc,
+        /// The config file (looked up in /etc/xen/ if it has no slash and is not here).
+        file: String,
+        /// KEY=VALUE settings that override the file, as extra config lines.
+        overrides: Vec<String>,
+    },
+    /// Create a domain again from the config file rxend remembers for it (rxen).
+    Boot {
+        /// Attach to the console after booting the domain.
+        #[arg(short = 'c')]
+        console: bool,
+        /// The domain's name.
+        domain: String,
+    },
+    /// List domains in xl's format.
+    List {
+        /// Print the full configuration as JSON.
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        /// Add UUID, reason code and security label columns.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
+        /// Domains to show (all when none).
+        domains: Vec<String>,
+    },
+    /// Attach to a domain's console (Ctrl-] detaches).
+    Console {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Ask a domain to shut down.
+    Shutdown {
+        /// Wait for the domain to finish shutting down.
+        #[arg(short = 'w', long = "wait", action = ArgAction::Count)]
+        wait: u8,
+        /// Shut down every domain.
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        /// xl: fall back to the ACPI button without PV drivers. Accepted: rxen always asks
+        /// through the guest's power button or reset port (the test guest's, or ACPI).
+        #[arg(short = 'F')]
+        fallback: bool,
+        /// The domain (name or ID).
+        domain: Option<String>,
+    },
+    /// Ask a domain to reboot.
+    Reboot {
+        /// Wait for the domain to finish rebooting.
+        #[arg(short = 'w', long = "wait", action = ArgAction::Count)]
+        wait: u8,
+        /// Reboot every domain.
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        /// xl: fall back to the ACPI button without PV drivers. Accepted: rxen always asks
+        /// through the guest's power button or reset port (the test guest's, or ACPI).
+        #[arg(short = 'F')]
+        fallback: bool,
+        /// The domain (name or ID).
+        domain: Option<String>,
+    },
+    /// Destroy a domain at once.
+    Destroy {
+        /// xl: permit destroying domain 0. rxen still refuses: Domain-0 is the host.
+        #[arg(short = 'f')]
+        force: bool,
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Pause a domain.
+    Pause {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Unpause a domain.
+    Unpause {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Rename a domain.
+    Rename {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new name.
+        new_name: String,
+    },
+    /// Print a domain's ID.
+    Domid {
+        /// The domain's name.
+        name: String,
+    },
+    /// Print a domain's name.
+    Domname {
+        /// The domain's ID.
+        id: String,
+    },
+    /// Print how long domains have been up.
+    Uptime {
+        /// Short form, like uptime(1).
+        #[arg(short = 's')]
+        short: bool,
+        /// Domains to show (all when none).
+        domains: Vec<String>,
+    },
+    /// Print information about the host.
+    Info {
+        /// Also print xenstore's features (rxen has no xenstore: none).
+        #[arg(short = 'x', long = "xenstore")]
+        xenstore: bool,
+        /// Print the values of every line that starts with FIELD.
+        field: Option<String>,
+    },
+    /// Show or set credit-scheduler weights and caps.
+    #[command(name = "sched-credit")]
+    SchedCredit {
+        /// The domain (name or ID); all domains when absent.
+        #[arg(short = 'd', long = "domain")]
+        domain: Option<String>,
+        /// New weight (1-65535; 256 is the default).
+        #[arg(short = 'w', long = "weight")]
+        weight: Option<u32>,
+        /// New cap in percent of one host CPU (0: no cap).
+        #[arg(short = 'c', long = "cap")]
+        cap: Option<u32>,
+    },
+    /// List the vCPUs of domains.
+    #[command(name = "vcpu-list")]
+    VcpuList {
+        /// Domains to show (all when none).
+        domains: Vec<String>,
+    },
+    /// Set the hard affinity of a domain's vCPUs.
+    #[command(name = "vcpu-pin")]
+    VcpuPin {
+        /// The domain (name or ID).
+        domain: String,
+        /// A vCPU number, or `all`.
+        vcpu: String,
+        /// Host CPUs: a list like `3,5-8,^6`, `all`, or `-` for unchanged.
+        hard: String,
+        /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
+        soft: Option<String>,
+    },
+    /// Set how many vCPUs a domain has online (up to maxvcpus).
+    #[command(name = "vcpu-set")]
+    VcpuSet {
+        /// Allow more vCPUs than the host has CPUs.
+        #[arg(short = 'i', long = "ignore-host")]
+        ignore_host: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// vCPUs to have online.
+        count: u32,
+    },
+    /// Set a domain's memory through its balloon.
+    #[command(name = "mem-set")]
+    MemSet {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new size: a number of MiB, or with a suffix b, k, m, g or t.
+        size: String,
+    },
+    /// Set a domain's maximum memory.
+    #[command(name = "mem-max")]
+    MemMax {
+        /// The domain (name or ID).
+        domain: String,
+        /// The new maximum: a number of MiB, or with a suffix b, k, m, g or t.
+        size: String,
+    },
+    /// Show domains and their use of CPU, memory, network and disks, as xentop does.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(short = 'd', long = "delay", default_value_t = 3.0)]
+        delay: f64,
+        /// Batch mode: print plain lines for scripts instead of the screen.
+        #[arg(short = 'b', long = "batch")]
+        batch: bool,
+        /// Stop after this many refreshes.
+        #[arg(short = 'i', long = "iterations")]
+        iterations: Option<u64>,
+        /// Show full domain names.
+        #[arg(short = 'f', long = "full-name")]
+        full_name: bool,
+        /// Show Domain-0 first.
+        #[arg(short = 'z', long = "dom0-first")]
+        dom0_first: bool,
+        /// Show each NIC's counters under its domain.
+        #[arg(short = 'n', long = "networks")]
+        networks: bool,
+        /// Show each virtual block device's counters under its domain.
+        #[arg(short = 'x', long = "vbds")]
+        vbds: bool,
+        /// Show each vCPU's CPU seconds under its domain.
+        #[arg(short = 'v', long = "vcpus")]
+        vcpus: bool,
+        /// Repeat the column header before every domain.
+        #[arg(short = 'r', long = "repeat-header")]
+        repeat_header: bool,
+    },
+    /// Save a domain to a file (it stops, unless -c or -p).
+    Save {
+        /// Checkpoint: leave the domain running after saving it.
+        #[arg(short = 'c')]
+        checkpoint: bool,
+        /// Leave the domain paused after saving it.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Also print where the downtime went, phase by phase.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// The save file.
+        file: PathBuf,
+        /// A config file to store instead of the domain's own.
+        config: Option<String>,
+    },
+    /// Restore a domain from a save file.
+    Restore {
+        /// Leave the restored domain paused.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Do not wait in the background for the death of the domain (accepted for xl compatibility).
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Attach to the console after restoring.
+        #[arg(short = 'c')]
+        console: bool,
+        #[command(flatten)]
+        vnc: Vnc,
+        /// `[ConfigFile] CheckpointFile`, as xl: the save file last, after a config file to
+        /// use instead of the one in the save file.
+        #[arg(required = true, value_name = "[ConfigFile] CheckpointFile")]
+        files: Vec<String>,
+    },
+    /// Move a domain to another host, live by default.
+    ///
+    /// Over ssh as xl does (`ssh HOST rxl migrate-receive`), or to HOST's relocation server
+    /// (rxend, TCP port 8002) with --relocation, --port or --key.
+    Migrate {
+        /// Use this command instead of ssh; with '', run HOST itself as the command (as xl).
+        #[arg(short = 's')]
+        ssh: Option<String>,
+        /// Do not wait in the background for the death of the domain on the target (xl compatibility).
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Leave the domain paused on the target.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Live migration (the default).
+        #[arg(long, conflicts_with = "non_live")]
+        live: bool,
+        /// Pause the domain, copy it, resume it on the target (as xm migrate without --live).
+        #[arg(long = "non-live")]
+        non_live: bool,
+        /// Use HOST's relocation server (rxend) instead of ssh.
+        #[arg(long)]
+        relocation: bool,
+        /// The relocation server's port (implies --relocation).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The relocation key file (implies --relocation; default: rxend's configured key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Most pre-copy rounds before stop-and-copy.
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
+        /// Stop-and-copy once the dirty pages can be sent within this many milliseconds.
+        #[arg(long, default_value_t = 20)]
+        downtime_ms: u64,
+        /// Also print where the downtime went, phase by phase.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// The target host.
+        host: String,
+    },
+    /// Receive a migrating domain on stdin/stdout (run by `rxl migrate` through ssh).
+    MigrateReceive {
+        /// Leave the received domain paused.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Accepted for xl compatibility.
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Accepted for xl compatibility (debug).
+        #[arg(short = 'd')]
+        debug: bool,
+    },
+    /// Attach a disk to a running domain.
+    #[command(name = "block-attach")]
+    BlockAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The disk spec (its parts may be given as separate arguments, as with xl).
+        #[arg(required = true)]
+        spec: Vec<String>,
+    },
+    /// Detach a disk from a running domain.
+    #[command(name = "block-detach")]
+    BlockDetach {
+        /// Accepted for xl compatibility (a device the guest holds is removed after 5 s anyway).
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// The virtual device (xvdb) or its device ID.
+        vdev: String,
+    },
+    /// List a domain's disks.
+    #[command(name = "block-list")]
+    BlockList {
+        /// The domains (name or ID).
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Attach a network interface to a running domain.
+    #[command(name = "network-attach")]
+    NetworkAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// vif settings as key=value (mac=, bridge=, ip=, script=, vifname=, rate=, ...).
+        settings: Vec<String>,
+    },
+    /// Detach a network interface from a running domain.
+    #[command(name = "network-detach")]
+    NetworkDetach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The device ID or MAC address.
+        device: String,
+    },
+    /// List a domain's network interfaces.
+    #[command(name = "network-list")]
+    NetworkList {
+        /// The domains (name or ID).
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Print rxend's log.
+    Dmesg {
+        /// Clear the log after printing it.
+        #[arg(short = 'c', long = "clear")]
+        clear: bool,
+    },
+}

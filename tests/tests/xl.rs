@@ -1,0 +1,302 @@
+//! xl fidelity: what a Xen administrator's hands and scripts do with `rxl`, checked against
+//! xl's argument orders, messages and exit codes (Xen's tools/xl/).
+
+use std::process::Output;
+use std::time::Duration;
+
+use rxen_e2e::{wait_until, Host};
+
+const BOOT: Duration = Duration::from_secs(30);
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn restore_takes_the_config_file_before_the_checkpoint_file() {
+    let host = Host::start();
+    let con = host.create_guest("xlsave", 1, 12, "");
+    let file = host.dir.path().join("xlsave.sav");
+    let f = file.to_str().expect("utf-8");
+    host.rxl_ok(&["save", "xlsave", f]);
+    drop(con);
+    // xl restore [options] [ConfigFile] CheckpointFile: the config renames the domain.
+    let cfg = host.config(
+        "xlsave2.cfg",
+        "name = \"xlsave2\"\nkernel = \"builtin:testguest\"\nmemory = 12\nvcpus = 1\n",
+    );
+    host.rxl_ok(&["restore", "-p", cfg.to_str().expect("utf-8"), f]);
+    let row = host
+        .list_row("xlsave2")
+        .expect("restored under the config's name");
+    assert_eq!(row[4], "--p---", "-p before the files was not honoured");
+    host.rxl_ok(&["destroy", "xlsave2"]);
+    wait_until(BOOT, "xlsave2 is gone", || {
+        host.list_row("xlsave2").is_none()
+    });
+    // The save file alone restores the domain with its own config.
+    host.rxl_ok(&["restore", f]);
+    assert!(
+        host.list_row("xlsave").is_some(),
+        "restore FILE did not restore"
+    );
+    // Three names are not xl's usage: its help, and failure.
+    let out = host.rxl(&["restore", "a", "b", f]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Usage: rxl "), "{}", stdout(&out));
+}
+
+#[test]
+fn capital_v_asks_for_a_vnc_viewer_and_is_refused() {
+    let host = Host::start();
+    let cfg = host.config(
+        "vnc.cfg",
+        "name = \"vnc\"\nkernel = \"builtin:testguest\"\nmemory = 12\n",
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    for args in [
+        &["create", "-V", cfg][..],
+        &["create", cfg, "--vncviewer"],
+        &["restore", "-A", "/nonexistent.sav"],
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no VNC display"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains(env!("CARGO_PKG_VERSION")));
+    }
+    assert!(
+        host.list_row("vnc").is_none(),
+        "create -V created the domain"
+    );
+    let out = host.rxl_ok(&["--version"]);
+    assert_eq!(out, format!("rxl {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn global_options_abbreviations_and_xl_exit_codes() {
+    let host = Host::start();
+    // Options before the command, and a prefix of `list`.
+    let list = host.rxl_ok(&["-v", "-t", "-T", "-f", "li"]);
+    assert!(list.contains("\nDomain-0 "), "{list}");
+    // -N is create's dry run: the config as JSON, and no domain.
+    let cfg = host.config(
+        "dry.cfg",
+        "name = \"dry\"\nkernel = \"builtin:testguest\"\nmemory = 12\n",
+    );
+    let json = host.rxl_ok(&["-N", "cr", cfg.to_str().expect("utf-8")]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("dry run prints JSON");
+    assert_eq!(v["name"], "dry");
+    assert!(host.list_row("dry").is_none(), "-N created the domain");
+    let out = host.rxl(&["-N", "destroy", "dry"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "command does not implement -N (dryrun) option\n"
+    );
+    let out = host.rxl(&["-q", "list"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("unknown global option\n", Some(1))
+    );
+    let out = host.rxl(&["frobnicate"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("command not implemented\n", Some(1))
+    );
+    let out = host.rxl(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("Usage rxl [-vfNtT] <subcommand> [args]\n"));
+    assert!(
+        stdout(&out).contains("\n list                List domains"),
+        "{}",
+        stdout(&out)
+    );
+    let out = host.rxl(&["list", "-y"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("option `y' not supported.\n", Some(2))
+    );
+    let out = host.rxl(&["pause"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "'rxl pause' requires at least 1 argument.\n\n"
+    );
+}
+
+#[test]
+fn domid_takes_a_name_domname_an_id_and_domain_0_is_not_destroyed() {
+    let host = Host::start();
+    let _con = host.create_guest("ids", 1, 12, "");
+    let id = host.rxl_ok(&["domid", "ids"]).trim().to_string();
+    assert_eq!(host.rxl_ok(&["domname", &id]), "ids\n");
+    // An ID is not a name to domid, nor a name an ID to domname.
+    let out = host.rxl(&["domid", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!("Can't get domid of domain name '{id}', maybe this domain does not exist.\n")
+    );
+    let out = host.rxl(&["domname", "ids"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Invalid domain id.\n\n", Some(1))
+    );
+    let out = host.rxl(&["domname", "4242"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "Can't get domain name of domain id '4242', maybe this domain does not exist.\n"
+    );
+    for args in [&["destroy", "0"][..], &["destroy", "Domain-0"]] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).starts_with("Not destroying domain 0; use -f to force.\n"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = host.rxl(&["destroy", "-f", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Domain-0 is the host"),
+        "{}",
+        stderr(&out)
+    );
+    host.rxl_ok(&["destroy", &id]);
+    wait_until(BOOT, "ids is gone", || host.list_row("ids").is_none());
+}
+
+#[test]
+fn shutdown_and_reboot_wait_print_xl_reason_codes() {
+    let host = Host::start();
+    let _a = host.create_guest("sdw", 1, 12, "");
+    let _b = host.create_guest("rbw", 1, 12, "");
+    let a = host.rxl_ok(&["domid", "sdw"]).trim().to_string();
+    let b = host.rxl_ok(&["domid", "rbw"]).trim().to_string();
+    let out = host.rxl(&["shutdown", "-F", "-w", "sdw"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "Shutting down domain {a}\nWaiting for 1 domains\nDomain {a} has been shut down, reason code 0\n"
+        )
+    );
+    let out = host.rxl(&["reboot", "-ww", "rbw"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "Rebooting domain {b}\nWaiting for 1 domains\nDomain {b} has been shut down, reason code 1\nDomain {b} continue waiting for death\nDomain {b} has been destroyed\n"
+        )
+    );
+    // on_reboot = "restart": back under a new ID.
+    wait_until(BOOT, "rbw is back", || host.list_row("rbw").is_some());
+    let out = host.rxl(&["shutdown"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "You must specify -a or a domain id.\n\n");
+}
+
+#[test]
+fn missing_devices_and_unknown_domains_get_xl_messages() {
+    let host = Host::start();
+    let _con = host.create_guest("devs", 1, 12, "");
+    let out = host.rxl(&["block-detach", "devs", "xvdz"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Error: Device xvdz not connected.\n", Some(1))
+    );
+    let out = host.rxl(&["network-detach", "devs", "5"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Unknown device 5.\n", Some(1))
+    );
+    let out = host.rxl(&["network-detach", "devs", "00:16:3e:00:00:99"]);
+    assert_eq!(stderr(&out), "Unknown device 00:16:3e:00:00:99.\n");
+    // block-list names an unknown domain and goes on, with status 0, as xl does.
+    let out = host.rxl(&["block-list", "nosuch", "devs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "nosuch is an invalid domain identifier\n");
+    assert!(stdout(&out).starts_with("Vdev  BE  handle state evt-ch ring-ref BE-path"));
+    // network-list stops at it, with xl's find_domain message and status 1.
+    let out = host.rxl(&["network-list", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "nosuch is an invalid domain identifier (rc=-6)\n"
+    );
+}
+
+#[test]
+fn short_uptime_pads_hours_and_uses_local_time() {
+    let host = Host::start();
+    let _con = host.create_guest("upt", 1, 12, "");
+    let id = host.rxl_ok(&["domid", "upt"]).trim().to_string();
+    // UTC+14 (POSIX TZ strings count west of Greenwich as positive).
+    let utc_hour = || {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        (secs / 3600 + 14) % 24
+    };
+    let before = utc_hour();
+    let out = host
+        .rxl_command()
+        .env("TZ", "XYZ-14")
+        .args(["uptime", "-s", "upt"])
+        .output()
+        .expect("rxl");
+    let after = utc_hour();
+    let line = stdout(&out);
+    assert!(
+        line.ends_with(&format!(" up  0:00, upt ({id})\n")),
+        "hours not padded as %2d: {line:?}"
+    );
+    let hour: u64 = line[1..3].parse().expect("hour");
+    assert!(
+        hour == before || hour == after,
+        "{line:?} is not the time at UTC+14"
+    );
+    assert_eq!(&line[3..4], ":");
+}
+
+#[test]
+fn info_has_hw_and_virt_caps_and_filters_as_xl() {
+    let host = Host::start();
+    let info = host.rxl_ok(&["info"]);
+    let hw = info
+        .lines()
+        .find_map(|l| l.strip_prefix("hw_caps                : "))
+        .expect("hw_caps line");
+    assert_eq!(hw.len(), 8 * 8 + 7, "{hw}");
+    assert!(
+        hw.split(':').all(|w| u32::from_str_radix(w, 16).is_ok()),
+        "{hw}"
+    );
+    let virt = host.rxl_ok(&["info", "virt_caps"]);
+    assert!(
+        virt == "hvm hap\n" || virt == "hvm shadow\n",
+        "virt_caps {virt:?}"
+    );
+    // xl's "%d.%d%s": major, minor, extra.
+    let v: Vec<String> = ["xen_major", "xen_minor", "xen_extra", "xen_version"]
+        .iter()
+        .map(|f| host.rxl_ok(&["info", f]).trim_end().to_string())
+        .collect();
+    assert_eq!(v[3], format!("{}.{}{}", v[0], v[1], v[2]));
+    // Every line FIELD starts; nothing, and success, when none does.
+    let xen_m = host.rxl_ok(&["info", "xen_m"]);
+    assert_eq!(xen_m, format!("{}\n{}\n", v[0], v[1]));
+    assert_eq!(host.rxl_ok(&["info", "nosuchfield"]), "");
+    let x = host.rxl_ok(&["info", "-x"]);
+    assert!(
+        x.contains("xenstore_features      : 0x00000000\nxend_config_format     : 4\n"),
+        "{x}"
+    );
+}
