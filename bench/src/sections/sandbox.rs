@@ -1,5 +1,6 @@
-//! Sandbox: what confining the VMM costs (per-thread seccomp filters, no
-//! capabilities, no_new_privs), against the same rxen with `rxend --no-sandbox`.
+//! Sandbox: what confining the VMM costs (its jail: namespaces, an empty root, a uid of its
+//! own; per-thread seccomp filters, no capabilities, no_new_privs), against the same rxen with
+//! `rxend --no-sandbox`.
 
 use std::time::Duration;
 
@@ -147,7 +148,9 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         rows,
         method: vec![
             "its own table: both columns are rxen; \"sandbox on\" is rxend as shipped (each VMM \
-             thread under its seccomp filter, capabilities emptied, no_new_privs), \"sandbox off\" \
+             in its jail: PID, mount, IPC, UTS, cgroup and network namespaces of its own, an \
+             empty root, a uid of its own; each thread under its seccomp filter, capabilities \
+             emptied, no_new_privs), \"sandbox off\" \
              is `rxend --no-sandbox`; on/off above 1 is what the sandbox costs. Each setting has \
              its own rxend and its own migration target (the same setting on both ends), in one \
              run, the order alternating run by run (on first, then off first)."
