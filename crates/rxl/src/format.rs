@@ -19,17 +19,26 @@ pub fn list_row(d: &DomainInfo) -> String {
     )
 }
 
+/// The reason code of a shut-down domain from its state letters (`---sr-` is a reboot, 1);
+/// `None` while it is not shut down.
+pub fn shutdown_code(state: &str) -> Option<u32> {
+    let s = state.as_bytes();
+    if s.get(3) != Some(&b's') {
+        return None;
+    }
+    Some(match s.get(4) {
+        Some(b'r') => 1,
+        Some(b's') => 2,
+        Some(b'c') => 3,
+        Some(b'w') => 4,
+        Some(b'S') => 5,
+        _ => 0,
+    })
+}
+
 /// The columns `xl list -v` appends to a row: UUID, reason code, security label.
 pub fn list_verbose_suffix(d: &DomainInfo) -> String {
-    let reason = if d.state.as_bytes().get(3) == Some(&b's') {
-        let code = match d.state.as_bytes().get(4) {
-            Some(b'r') => 1,
-            Some(b's') => 2,
-            Some(b'c') => 3,
-            Some(b'w') => 4,
-            Some(b'S') => 5,
-            _ => 0,
-        };
+    let reason = if let Some(code) = shutdown_code(&d.state) {
         format!("{code:>8x}")
     } else {
         format!("{:>8}", "-")

@@ -27,22 +27,6 @@ pub fn reason_code(reason: ExitReason) -> Option<u32> {
     }
 }
 
-/// The reason code of a shut-down domain from its state letters (`---sr-` is a reboot).
-fn code_from_state(state: &str) -> Option<u32> {
-    let s = state.as_bytes();
-    if s.get(3) != Some(&b's') {
-        return None;
-    }
-    Some(match s.get(4) {
-        Some(b'r') => 1,
-        Some(b's') => 2,
-        Some(b'c') => 3,
-        Some(b'w') => 4,
-        Some(b'S') => 5,
-        _ => 0,
-    })
-}
-
 /// One domain being waited for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiter {
@@ -78,7 +62,7 @@ impl Waiter {
         }
         let id = self.domid;
         let code = match seen {
-            Seen::Listed(state) => code_from_state(state),
+            Seen::Listed(state) => crate::format::shutdown_code(state),
             Seen::Gone(reason) => reason.and_then(reason_code),
         };
         if let (Some(code), false) = (code, self.shut_down) {
