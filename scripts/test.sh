@@ -21,7 +21,8 @@ fi
 # Bridges and namespaces need iproute2; the PVH boot tests and the guest's
 # drivers on QEMU's microvm devices need QEMU; the stock-Linux tests
 # (scripts/linux-l1) need QEMU, a static busybox, cpio and objcopy; ACPICA's
-# disassembler checks rxen's ACPI tables. Install what is missing.
+# disassembler checks rxen's ACPI tables; pygrub's tests build ext4 images.
+# Install what is missing.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v losetup >/dev/null 2>&1 || missing+=(mount)
@@ -30,6 +31,8 @@ command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
 command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
+# pygrub's tests build ext4 images with mkfs.ext4 -d.
+command -v mkfs.ext4 >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "scripts/test.sh: installing ${missing[*]}" >&2

@@ -95,6 +95,33 @@ pub enum LinuxBootError {
     Acpi(#[from] acpi::AcpiError),
 }
 
+/// An initrd to load: a file opened already, or bytes read already (from a guest's own disk),
+/// each with the name errors give it.
+#[derive(Debug)]
+pub enum Initrd {
+    /// An open file.
+    File(PathBuf, File),
+    /// Bytes in memory.
+    Bytes(PathBuf, Vec<u8>),
+}
+
+impl Initrd {
+    /// The name errors give it.
+    pub fn name(&self) -> &Path {
+        match self {
+            Initrd::File(p, _) | Initrd::Bytes(p, _) => p,
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> std::io::Result<u64> {
+        match self {
+            Initrd::File(_, f) => Ok(f.metadata()?.len()),
+            Initrd::Bytes(_, b) => Ok(b.len() as u64),
+        }
+    }
+}
+
 /// Loads kernel (vmlinux ELF or bzImage, detected by content), optional initrd, command line;
 /// writes boot_params with e820 and the MP table for `vcpus` CPUs.
 pub fn load_linux<M: GuestMemoryBackend>(
@@ -109,7 +136,7 @@ pub fn load_linux<M: GuestMemoryBackend>(
         source,
     })?;
     let initrd = match initrd {
-        Some(path) => Some((
+        Some(path) => Some(Initrd::File(
             path.to_path_buf(),
             File::open(path).map_err(|source| LinuxBootError::OpenInitrd {
                 path: path.to_path_buf(),
@@ -130,7 +157,7 @@ pub fn load_linux_from<M, R>(
     mem: &M,
     kernel: &mut R,
     kernel_name: &Path,
-    initrd: Option<(PathBuf, File)>,
+    initrd: Option<Initrd>,
     cmdline: &str,
     vcpus: u8,
     acpi: Option<&acpi::Machine>,
@@ -174,7 +201,8 @@ where
 
     let initrd_placed = match initrd {
         None => None,
-        Some((path, mut file)) => {
+        Some(initrd) => {
+            let path = initrd.name().to_path_buf();
             let open_err = |source| LinuxBootError::OpenInitrd {
                 path: path.clone(),
                 source,
@@ -183,7 +211,7 @@ where
                 path: path.clone(),
                 source,
             };
-            let size = file.metadata().map_err(open_err)?.len();
+            let size = initrd.size().map_err(open_err)?;
             let lowest = loaded
                 .end
                 .checked_add(PAGE_SIZE - 1)
@@ -191,7 +219,16 @@ where
                 .unwrap_or(u64::MAX);
             let addr = initrd::place_initrd(size, hdr.initrd_addr_max, lowest, ram_end)
                 .map_err(initrd_err)?;
-            initrd::load_initrd(mem, &mut file, addr, size).map_err(initrd_err)?;
+            match initrd {
+                Initrd::File(_, mut file) => initrd::load_initrd(mem, &mut file, addr, size),
+                Initrd::Bytes(_, bytes) => initrd::load_initrd(
+                    mem,
+                    &mut std::io::Cursor::new(bytes.as_slice()),
+                    addr,
+                    size,
+                ),
+            }
+            .map_err(initrd_err)?;
             Some((addr, size))
         }
     };

@@ -12,6 +12,12 @@ pub enum KernelSource {
     Builtin(String),
     /// A kernel image on the host: an ELF (test guest or Linux vmlinux) or a bzImage.
     Path(PathBuf),
+    /// The kernel, initrd and command line the first disk's GRUB menu boots (`bootloader =
+    /// "pygrub"`), read by the VMM inside its jail; `entry` overrides the menu's default.
+    Bootloader {
+        /// The menu entry to boot (`bootloader_args = ["--entry=N"]`).
+        entry: Option<u32>,
+    },
 }
 
 /// Everything a VMM needs to run one domain. Written by rxend as JSON.

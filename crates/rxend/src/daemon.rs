@@ -1485,6 +1485,26 @@ fn kernel_source(
     config: &DomainConfig,
     config_path: Option<&str>,
 ) -> Result<KernelSource, DaemonError> {
+    if config.kernel.is_none() {
+        if let Some(b) = config
+            .bootloader
+            .as_deref()
+            .filter(|b| xlcfg::model::is_pygrub(b))
+        {
+            let Some(entry) = xlcfg::model::pygrub_entry(&config.bootloader_args) else {
+                return Err(DaemonError::Config(format!(
+                    "bootloader_args {:?}: rxen's pygrub takes --entry=N alone",
+                    config.bootloader_args
+                )));
+            };
+            if config.disks.is_empty() {
+                return Err(DaemonError::Config(format!(
+                    "bootloader = \"{b}\" boots the domain's first disk, and it has none"
+                )));
+            }
+            return Ok(KernelSource::Bootloader { entry });
+        }
+    }
     let Some(kernel) = config.kernel.as_deref() else {
         return Err(DaemonError::Config(format!(
             "domain \"{}\" has no kernel: set kernel = \"builtin:testguest\" or the path of a kernel image",

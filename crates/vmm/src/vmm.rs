@@ -50,7 +50,7 @@ use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
 use crate::regcheck::CpuLimits;
-use crate::sandbox::preopen::{HostFiles, PreopenError, RunFiles};
+use crate::sandbox::preopen::{HostFiles, KernelPlan, PreopenError, RunFiles};
 use crate::snapshot::{self, SnapshotError};
 use crate::transfer::{
     self, merge_sorted, DirtyLog, PageHashes, PageSender, Received, TransferError,
@@ -482,16 +482,32 @@ impl Vm {
     pub fn build(spec: VmSpec, incoming: Option<&File>, host: HostFiles) -> Result<Self, VmmError> {
         let HostFiles {
             kvm,
-            kernel: image,
+            kernel,
             initrd,
             disks,
             taps,
             restore,
             run,
         } = host;
+        let mut spec = spec;
+        let (image, initrd) = match kernel {
+            KernelPlan::Read(image) => (
+                image,
+                initrd.map(|(p, f)| rxen_linuxboot::Initrd::File(p, f)),
+            ),
+            KernelPlan::FirstDisk { entry } => {
+                let (Some(d), Some(f)) = (spec.disks.first(), disks.first()) else {
+                    return Err(LoaderError::NoBootDisk.into());
+                };
+                let boot = loader::from_disk(f, &d.vdev, entry)?;
+                // The entry's command line, then the domain's own (`root`, `extra`), as xl
+                // passes them to pygrub.
+                spec.cmdline = format!("{} {}", boot.args, spec.cmdline).trim().to_string();
+                (boot.image, boot.initrd)
+            }
+        };
         // The test guest gets `maxvcpus` vCPUs with the first `vcpus` online (ports
         // 0x516/0x517); other kernels get `vcpus`.
-        let mut spec = spec;
         let online = spec.vcpus;
         if image.kind == KernelKind::TestGuest {
             spec.vcpus = spec.vcpus.max(spec.max_vcpus);

@@ -557,7 +557,9 @@ pub(crate) fn interpret(
     };
     let bootloader = cx.string("bootloader", "a bootloader path")?;
     if let Some((b, pos)) = &bootloader {
-        cx.diag(*pos, DiagnosticKind::Unsupported, "bootloader", format!("bootloader = \"{b}\" is not supported: rxen boots `kernel` (with `ramdisk`) directly; extract the guest's kernel and set kernel = and ramdisk ="));
+        if !crate::model::is_pygrub(b) {
+            cx.diag(*pos, DiagnosticKind::Unsupported, "bootloader", format!("bootloader = \"{b}\" is not supported: rxen has its own pygrub (bootloader = \"pygrub\"), or boots `kernel` (with `ramdisk`) directly"));
+        }
     }
     let bootloader = bootloader.map(|(b, _)| b);
     let bootloader_args: Vec<String> = cx
@@ -570,6 +572,11 @@ pub(crate) fn interpret(
                     "bootloader_args",
                     "bootloader_args without bootloader is ignored".into(),
                 );
+            }
+            for (a, apos) in &v {
+                if bootloader.is_some() && crate::model::pygrub_entry(std::slice::from_ref(a)).is_none() {
+                    cx.diag(*apos, DiagnosticKind::Unsupported, "bootloader_args", format!("bootloader_args \"{a}\" is not supported: rxen's pygrub takes --entry=N alone"));
+                }
             }
             v.into_iter().map(|(s, _)| s).collect()
         })

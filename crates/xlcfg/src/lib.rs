@@ -18,7 +18,7 @@ mod error;
 mod interpret;
 mod keys;
 mod lexer;
-mod model;
+pub mod model;
 mod number;
 mod render;
 mod spec;
@@ -64,7 +64,7 @@ impl Parsed {
 /// (diagnostics for them name the file `<command line>`, with the argument's number as line).
 ///
 /// ```
-/// let text = "name = 'web'\nkernel = '/boot/vmlinuz'\nmemory = 512\nbootloader = 'pygrub'\n";
+/// let text = "name = 'web'\nkernel = '/boot/vmlinuz'\nmemory = 512\nbootloader = 'pvgrub'\n";
 /// let parsed = xlcfg::parse(text, "web.cfg", &["vcpus=2".to_string()]).unwrap();
 /// assert_eq!(parsed.config.memory_mib, 512);
 /// assert_eq!(parsed.config.vcpus, 2);

@@ -176,3 +176,26 @@ pub struct DomainConfig {
     #[serde(default)]
     pub other_keys: BTreeMap<String, serde_json::Value>,
 }
+
+/// Whether `bootloader` names pygrub (as xl configs spell it), which rxen carries out itself.
+pub fn is_pygrub(bootloader: &str) -> bool {
+    matches!(
+        bootloader,
+        "pygrub" | "/usr/bin/pygrub" | "/usr/lib/xen/bin/pygrub" | "/usr/local/bin/pygrub"
+    )
+}
+
+/// The menu entry `bootloader_args` asks pygrub for (`--entry=N`; `-q` is accepted and
+/// changes nothing): `Some(None)` for none, `None` when they ask for something rxen's pygrub
+/// does not do.
+pub fn pygrub_entry(args: &[String]) -> Option<Option<u32>> {
+    let mut entry = None;
+    for a in args {
+        // pygrub's quiet switch changes nothing here.
+        if a == "-q" || a == "--quiet" {
+            continue;
+        }
+        entry = Some(a.strip_prefix("--entry=")?.trim().parse().ok()?);
+    }
+    Some(entry)
+}

@@ -369,16 +369,26 @@ fn cmdline_root_extra() {
 fn kernel_ramdisk_bootloader() {
     let p = ok("ramdisk = '/boot/initrd.img'");
     assert_eq!(p.config.ramdisk.as_deref(), Some("/boot/initrd.img"));
-    let p = ok("bootloader = 'pygrub'\nbootloader_args = ['-q']");
+    let p = ok("bootloader = 'pygrub'\nbootloader_args = ['-q', '--entry=2']");
     assert_eq!(p.config.bootloader.as_deref(), Some("pygrub"));
-    assert_eq!(p.config.bootloader_args, vec!["-q"]);
+    assert_eq!(p.config.bootloader_args, vec!["-q", "--entry=2"]);
+    assert_eq!(p.unsupported().count(), 0, "rxen carries out pygrub itself");
+    assert_eq!(
+        xlcfg::model::pygrub_entry(&p.config.bootloader_args),
+        Some(Some(2))
+    );
+    let p = ok("bootloader = '/usr/lib/xen/bin/pygrub'\nbootloader_args = ['--kernel=/x']");
+    let u: Vec<_> = p.unsupported().collect();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].key, "bootloader_args");
+    let p = ok("bootloader = 'pvgrub'");
     let u: Vec<_> = p.unsupported().collect();
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].key, "bootloader");
     assert_eq!((u[0].line, u[0].column), (3, 14));
     assert!(
         u[0].to_string()
-            .starts_with("t.cfg:3:14: unsupported: bootloader = \"pygrub\""),
+            .starts_with("t.cfg:3:14: unsupported: bootloader = \"pvgrub\""),
         "{}",
         u[0]
     );

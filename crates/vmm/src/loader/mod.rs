@@ -5,6 +5,7 @@ pub mod builtin;
 pub mod elf;
 
 use crate::memory::GuestMemory;
+use rxen_linuxboot::Initrd;
 use std::path::{Path, PathBuf};
 
 use rxen_proto::vmspec::KernelSource;
@@ -37,6 +38,27 @@ pub enum LoaderError {
     #[error("kernel {0} is larger than {MAX_KERNEL_FILE} bytes")]
     TooLarge(PathBuf),
     /// The image is neither an ELF nor a bzImage.
+    #[error("disk {disk}: pygrub: {source}")]
+    Pygrub {
+        /// The disk's vdev.
+        disk: String,
+        /// What was wrong.
+        source: rxen_pygrub::PygrubError,
+    },
+    /// The kernel a disk's menu names is not one.
+    #[error("disk {disk}: pygrub: {path}: {why}")]
+    DiskKernel {
+        /// The disk's vdev.
+        disk: String,
+        /// The kernel's path on the disk.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `bootloader = "pygrub"` with no disk to read.
+    #[error("bootloader = \"pygrub\" boots the first disk, and the domain has none")]
+    NoBootDisk,
+    /// The image is not a kernel.
     #[error("kernel is neither an ELF nor a bzImage")]
     UnknownFormat,
     /// The ELF is malformed.
@@ -158,6 +180,7 @@ pub fn read_kernel(source: &KernelSource) -> Result<KernelImage, LoaderError> {
             })
         }
         KernelSource::Builtin(name) => Err(LoaderError::UnknownBuiltin(name.clone())),
+        KernelSource::Bootloader { .. } => Err(LoaderError::NoBootDisk),
         KernelSource::Path(path) => {
             let bytes = read_file(path)?;
             Ok(KernelImage {
@@ -167,6 +190,58 @@ pub fn read_kernel(source: &KernelSource) -> Result<KernelImage, LoaderError> {
             })
         }
     }
+}
+
+/// What a guest's own first disk boots (`bootloader = "pygrub"`): its GRUB menu's entry
+/// `entry` (or default), read from the disk inside the VMM's jail.
+pub struct DiskBoot {
+    /// The kernel, classified.
+    pub image: KernelImage,
+    /// The initrd.
+    pub initrd: Option<Initrd>,
+    /// The entry's command line.
+    pub args: String,
+}
+
+/// Finds and reads what `disk` (vdev `name`) boots.
+pub fn from_disk(
+    disk: &std::fs::File,
+    name: &str,
+    entry: Option<u32>,
+) -> Result<DiskBoot, LoaderError> {
+    let pygrub = |source| LoaderError::Pygrub {
+        disk: name.to_string(),
+        source,
+    };
+    let c = rxen_pygrub::choose(disk, entry.map(|e| e as usize)).map_err(pygrub)?;
+    tracing::info!(
+        disk = name,
+        partition = c.partition,
+        menu = %c.menu,
+        entry = c.index,
+        title = %c.title,
+        kernel = %c.kernel_path,
+        initrd = c.initrd.as_ref().map_or("", |(p, _)| p.as_str()),
+        args = %c.args,
+        "pygrub: booting the disk's menu entry"
+    );
+    let path = PathBuf::from(format!("{name}:{}", c.kernel_path));
+    let kind = classify(&c.kernel).map_err(|e| LoaderError::DiskKernel {
+        disk: name.to_string(),
+        path: c.kernel_path.clone(),
+        why: e.to_string(),
+    })?;
+    Ok(DiskBoot {
+        image: KernelImage {
+            kind,
+            bytes: KernelBytes::Owned(c.kernel),
+            path: Some(path),
+        },
+        initrd: c
+            .initrd
+            .map(|(p, b)| Initrd::Bytes(PathBuf::from(format!("{name}:{p}")), b)),
+        args: c.args,
+    })
 }
 
 /// Writes `len` zero bytes at `addr`.
@@ -221,7 +296,7 @@ pub fn load_test_guest(mem: &GuestMemory, bytes: &[u8]) -> Result<LoadedKernel, 
 pub fn load_linux(
     mem: &GuestMemory,
     image: &KernelImage,
-    initrd: Option<(PathBuf, std::fs::File)>,
+    initrd: Option<Initrd>,
     cmdline: &str,
     vcpus: u32,
 ) -> Result<LoadedKernel, LoaderError> {
@@ -253,7 +328,7 @@ pub fn load_linux(
 pub fn load(
     mem: &GuestMemory,
     image: &KernelImage,
-    initrd: Option<(PathBuf, std::fs::File)>,
+    initrd: Option<Initrd>,
     cmdline: &str,
     vcpus: u32,
 ) -> Result<LoadedKernel, LoaderError> {

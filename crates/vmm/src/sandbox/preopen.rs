@@ -49,12 +49,24 @@ pub struct RunFiles {
     pub proc_status: Option<ProcFile>,
 }
 
+/// Where the kernel comes from.
+pub enum KernelPlan {
+    /// Read from the host (or built in) before the jail.
+    Read(KernelImage),
+    /// From the first disk's GRUB menu (pygrub), read inside the jail: the disk is the guest's,
+    /// and its file system is parsed with nothing of the host in view.
+    FirstDisk {
+        /// The menu entry asked for.
+        entry: Option<u32>,
+    },
+}
+
 /// What a VMM needs from the host's filesystem, open.
 pub struct HostFiles {
     /// The VM, created on `/dev/kvm`.
     pub kvm: KvmVm,
-    /// The kernel, read and classified.
-    pub kernel: KernelImage,
+    /// The kernel, read and classified, or where to find it.
+    pub kernel: KernelPlan,
     /// The initrd, with its path for messages.
     pub initrd: Option<(PathBuf, File)>,
     /// The disks' images, in the order of the spec's disks (not yet locked).
@@ -72,7 +84,15 @@ impl HostFiles {
     /// it (a spec written by hand may name the path alone).
     pub fn open(spec: &VmSpec) -> Result<Self, PreopenError> {
         let open_err = |path: PathBuf| move |source| PreopenError::Open { path, source };
-        let kernel = loader::read_kernel(&spec.kernel)?;
+        let kernel = match spec.kernel {
+            rxen_proto::vmspec::KernelSource::Bootloader { entry } => {
+                if spec.disks.is_empty() {
+                    return Err(LoaderError::NoBootDisk.into());
+                }
+                KernelPlan::FirstDisk { entry }
+            }
+            ref source => KernelPlan::Read(loader::read_kernel(source)?),
+        };
         let initrd = match &spec.initrd {
             Some(p) => Some((p.clone(), File::open(p).map_err(open_err(p.clone()))?)),
             None => None,
