@@ -177,6 +177,12 @@ pub enum Request {
         /// The maximum in MiB.
         mib: u64,
     },
+    /// Save every running domain into the host's save directory, shutting down those whose
+    /// save fails (`rxl host-shutdown`, Xen's `xendomains stop`).
+    HostShutdown,
+    /// Restore every domain saved there, then create those whose configs are in the
+    /// auto-start directory and do not run (`rxl host-start`, Xen's `xendomains start`).
+    HostStart,
     /// Save a domain to a file (`rxl save`).
     Save {
         /// The domain.
@@ -440,6 +446,11 @@ pub enum Response {
         /// The figures.
         stats: crate::vmctl::TransferStats,
     },
+    /// What [`Request::HostShutdown`] or [`Request::HostStart`] did to each domain.
+    HostDomains {
+        /// One entry per domain, in the order they were handled.
+        domains: Vec<HostDomainOutcome>,
+    },
     /// The answer to [`Request::DeviceList`].
     Devices {
         /// The domain's ID.
@@ -505,5 +516,48 @@ mod tests {
                 domain: "goneril".into()
             }
         );
+    }
+}
+
+/// What happened to one domain when the host went down or came up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDomainOutcome {
+    /// The domain's name.
+    pub name: String,
+    /// What was done.
+    pub action: HostDomainAction,
+    /// The file involved (save file or config), if any.
+    pub file: Option<String>,
+    /// Why it went as it did, when not as planned.
+    pub detail: Option<String>,
+}
+
+/// What was done to a domain by `host-shutdown` or `host-start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostDomainAction {
+    /// Saved to the save directory (and gone from the host).
+    Saved,
+    /// Its save failed; it was shut down cleanly instead.
+    ShutDown,
+    /// Its save failed and it did not shut down in time; it was destroyed.
+    Destroyed,
+    /// Restored from its save file (the file is removed).
+    Restored,
+    /// Created from its config in the auto-start directory.
+    Created,
+    /// Left alone: it runs already.
+    AlreadyRunning,
+    /// Its restore or creation failed (a save file stays where it was).
+    Failed,
+}
+
+impl HostDomainAction {
+    /// Whether the domain ended up as planned (saved, restored, created or running).
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            Self::Saved | Self::Restored | Self::Created | Self::AlreadyRunning
+        )
     }
 }

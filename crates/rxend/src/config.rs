@@ -14,6 +14,9 @@ pub struct RxendConfig {
     /// How VMMs are confined.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Where domains go when the host shuts down, and which start with it.
+    #[serde(default)]
+    pub domains: DomainsConfig,
     /// What this host admits.
     #[serde(default)]
     pub host: HostConfig,
@@ -102,6 +105,49 @@ impl SandboxConfig {
     }
 }
 
+/// The `[domains]` section: `rxl host-shutdown` and `rxl host-start` (Xen's `xendomains`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DomainsConfig {
+    /// Where running domains are saved when the host goes down (default: `save/` in the state
+    /// directory; Xen's `XENDOMAINS_SAVE`).
+    #[serde(default)]
+    pub save_dir: Option<std::path::PathBuf>,
+    /// Configs (or links to them) of the domains that start with the host (Xen's
+    /// `XENDOMAINS_AUTO`).
+    #[serde(default = "default_auto_dir")]
+    pub auto_dir: std::path::PathBuf,
+    /// Domains saved or restored at once.
+    #[serde(default = "default_parallel")]
+    pub parallel: u32,
+    /// How long a domain whose save failed has to shut down before it is destroyed.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u64,
+}
+
+fn default_auto_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from("/etc/xen/auto")
+}
+
+fn default_parallel() -> u32 {
+    4
+}
+
+fn default_shutdown_timeout() -> u64 {
+    60
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        Self {
+            save_dir: None,
+            auto_dir: default_auto_dir(),
+            parallel: default_parallel(),
+            shutdown_timeout_seconds: default_shutdown_timeout(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +169,12 @@ mod tests {
             assert!(c.sandbox.validate().is_err(), "{bad}");
         }
         assert!(RxendConfig::parse("[sandbox]\nuid = 5\n").is_err());
+        let c = RxendConfig::parse("[domains]\nsave-dir = \"/srv/save\"\nparallel = 2\n")
+            .expect("domains");
+        assert_eq!(c.domains.parallel, 2);
+        assert_eq!(
+            c.domains.auto_dir,
+            std::path::PathBuf::from("/etc/xen/auto")
+        );
     }
 }

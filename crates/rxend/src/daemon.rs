@@ -1,6 +1,7 @@
 //! The domain table and every operation on it. Locks are held only for
 //! bookkeeping, never while a VMM starts or answers.
 
+mod host_domains;
 mod hotplug;
 
 use std::collections::BTreeMap;
@@ -163,6 +164,8 @@ pub struct Daemon {
     sandbox: std::sync::atomic::AtomicBool,
     /// The uids VMMs run as (`[sandbox]` in rxend.toml).
     sandbox_uids: Mutex<std::ops::Range<u32>>,
+    /// `[domains]` in rxend.toml: host shutdown and start.
+    domains_config: Mutex<crate::config::DomainsConfig>,
     /// When a console log that could not be rotated was last complained about, by domain.
     rotate_warned: Mutex<std::collections::HashMap<u32, Instant>>,
     /// The state directory's lock, held for the daemon's life.
@@ -283,6 +286,7 @@ impl Daemon {
             memory_percent: std::sync::atomic::AtomicU32::new(100),
             sandbox: std::sync::atomic::AtomicBool::new(true),
             sandbox_uids: Mutex::new(crate::config::SandboxConfig::default().uids()),
+            domains_config: Mutex::new(crate::config::DomainsConfig::default()),
             rotate_warned: Mutex::new(std::collections::HashMap::new()),
             ended: Mutex::new(std::collections::VecDeque::new()),
             _lock: lock,

@@ -181,6 +181,7 @@ fn main() -> ExitCode {
     daemon.set_relocation_key_file(config.relocation.key_file.clone());
     daemon.set_memory_overcommit_percent(config.host.memory_overcommit_percent);
     daemon.set_sandbox_uids(config.sandbox.uids());
+    daemon.set_domains_config(config.domains.clone());
     if config.relocation.server {
         if let Err(e) = relocation::serve(Arc::clone(&daemon), &config.relocation) {
             daemon.log.error(format!("relocation server: {e}"));

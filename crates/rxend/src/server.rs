@@ -370,6 +370,14 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             }))
         }
         Request::Destroy { domain } => result(daemon.destroy(caller, &domain)),
+        Request::HostShutdown => match daemon.host_shutdown(caller) {
+            Ok(domains) => Reply::Plain(Response::HostDomains { domains }),
+            Err(e) => error(e),
+        },
+        Request::HostStart => match daemon.host_start(caller) {
+            Ok(domains) => Reply::Plain(Response::HostDomains { domains }),
+            Err(e) => error(e),
+        },
         Request::Shutdown { domain } => result(daemon.request_shutdown(caller, &domain, false)),
         Request::Reboot { domain } => result(daemon.request_shutdown(caller, &domain, true)),
         Request::Pause { domain } => result(daemon.set_paused(caller, &domain, true)),

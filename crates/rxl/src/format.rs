@@ -321,3 +321,26 @@ mod device_tests {
         );
     }
 }
+
+/// One line of `rxl host-shutdown` or `rxl host-start`: the domain, what was done, and why
+/// when it did not go as planned.
+pub fn host_domain_line(o: &rxen_proto::api::HostDomainOutcome) -> String {
+    use rxen_proto::api::HostDomainAction as A;
+    let what = match o.action {
+        A::Saved => "saved",
+        A::ShutDown => "shut down (not saved)",
+        A::Destroyed => "destroyed (not saved)",
+        A::Restored => "restored",
+        A::Created => "created",
+        A::AlreadyRunning => "already running",
+        A::Failed => "FAILED",
+    };
+    let mut line = format!("{}: {what}", o.name);
+    if let Some(f) = &o.file {
+        line.push_str(&format!(" ({f})"));
+    }
+    if let Some(d) = &o.detail {
+        line.push_str(&format!(": {d}"));
+    }
+    line
+}

@@ -287,6 +287,28 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             println!("{name}");
             Ok(())
         }
+        cmd @ (Cmd::HostShutdown | Cmd::HostStart) => {
+            let req = if matches!(cmd, Cmd::HostShutdown) {
+                Request::HostShutdown
+            } else {
+                Request::HostStart
+            };
+            let resp = connect()?.call(&req)?;
+            let Response::HostDomains { domains: outcomes } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            for o in &outcomes {
+                println!("{}", format::host_domain_line(o));
+            }
+            let failed = outcomes.iter().filter(|o| !o.action.is_success()).count();
+            if failed > 0 {
+                return Err(Failure(format!(
+                    "{failed} of {} domain(s) did not go as planned",
+                    outcomes.len()
+                )));
+            }
+            Ok(())
+        }
         Cmd::Uptime { short, domains } => {
             let list = list(&mut connect()?, domains)?;
             if short {

@@ -146,7 +146,7 @@ pub fn read_progress(path: &Path) -> Option<rxen_proto::vmctl::TransferProgress>
 }
 
 impl Daemon {
-    fn only_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
+    pub(super) fn only_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
         if caller.is_root() {
             return Ok(());
         }

@@ -175,6 +175,10 @@ pub enum Cmd {
         /// The domain's ID.
         id: String,
     },
+    /// Save every running domain for a host shutdown; shut down those that cannot be saved (rxen: Xen's xendomains stop).
+    HostShutdown,
+    /// Restore the domains saved by host-shutdown and create the auto-start ones (rxen: Xen's xendomains start).
+    HostStart,
     /// Print how long domains have been up.
     Uptime {
         /// Short form, like uptime(1).
