@@ -89,7 +89,7 @@ fn global_options_abbreviations_and_xl_exit_codes() {
     );
     let json = host.rxl_ok(&["-N", "cr", cfg.to_str().expect("utf-8")]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("dry run prints JSON");
-    assert_eq!(v["name"], "dry");
+    assert_eq!(v["c_info"]["name"], "dry");
     assert!(host.list_row("dry").is_none(), "-N created the domain");
     let out = host.rxl(&["-N", "destroy", "dry"]);
     assert_eq!(out.status.code(), Some(1));
@@ -299,4 +299,51 @@ fn info_has_hw_and_virt_caps_and_filters_as_xl() {
         x.contains("xenstore_features      : 0x00000000\nxend_config_format     : 4\n"),
         "{x}"
     );
+}
+
+#[test]
+fn create_dry_run_and_list_long_print_libxl_json() {
+    let host = Host::start();
+    let cfg = host.config(
+        "lj.cfg",
+        "name = \"lj\"\nkernel = \"builtin:testguest\"\nmemory = 12\nvcpus = 2\ncpus = \"0\"\n\
+         on_reboot = \"rename-restart\"\nxen_shell = \"alice\"\n",
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    // xl create -n: libxl_domain_config_to_json, nothing wrapped around it.
+    let dry: serde_json::Value =
+        serde_json::from_str(&host.rxl_ok(&["create", "-n", cfg])).expect("JSON");
+    assert_eq!(dry["c_info"]["name"], "lj");
+    assert_eq!(dry["c_info"]["type"], "pv");
+    assert_eq!(dry["b_info"]["max_vcpus"], 2);
+    assert_eq!(dry["b_info"]["target_memkb"], 12 * 1024);
+    assert_eq!(
+        dry["b_info"]["vcpu_hard_affinity"],
+        serde_json::json!([[0], [0]])
+    );
+    assert_eq!(dry["b_info"]["type.pv"], serde_json::json!({}));
+    assert_eq!(dry["on_reboot"], "restart_rename");
+    assert_eq!(dry["rxen"]["xen_shell"], serde_json::json!(["alice"]));
+    assert!(
+        dry.get("name").is_none(),
+        "rxen's own model at the top level"
+    );
+    let _con = host.create_guest("lj2", 1, 12, "");
+    let id: u64 = host.rxl_ok(&["domid", "lj2"]).trim().parse().expect("id");
+    // xl list -l: [{"domid": N, "config": {...}}], Domain-0 left out.
+    let all: serde_json::Value = serde_json::from_str(&host.rxl_ok(&["list", "-l"])).expect("JSON");
+    let all = all.as_array().expect("an array");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["domid"], id);
+    let c = &all[0]["config"];
+    assert_eq!(c["c_info"]["name"], "lj2");
+    let uuid = c["c_info"]["uuid"]
+        .as_str()
+        .expect("the running domain's UUID");
+    assert!(host.rxl_ok(&["list", "-v"]).contains(uuid));
+    assert_eq!(c["b_info"]["max_memkb"], 12 * 1024);
+    assert!(c["rxen"]["config_path"].as_str().is_some(), "{c}");
+    let zero: serde_json::Value =
+        serde_json::from_str(&host.rxl_ok(&["list", "-l", "0"])).expect("JSON");
+    assert_eq!(zero, serde_json::json!([]));
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod console;
 pub mod domains;
 pub mod format;
+pub mod libxl;
 pub mod power;
 pub mod sched;
 pub mod shell;

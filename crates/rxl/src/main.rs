@@ -9,7 +9,7 @@ use rxl::cli::front::{self, Globals, Invocation};
 use rxl::cli::{Cli, Cmd};
 use rxl::client::{Client, ClientError};
 use rxl::transfer::{self, Progress};
-use rxl::{console, domains, format, power, sched, top};
+use rxl::{console, domains, format, libxl, power, sched, top};
 
 /// A failure to report: one line on stderr and exit status 1.
 struct Failure(String);
@@ -86,17 +86,25 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         } => {
             let list = list(&mut connect()?, domains)?;
             if long {
-                let out: Vec<serde_json::Value> = list
+                // xl skips the domains whose configuration it cannot retrieve: Domain-0 among them.
+                let out: Vec<libxl::ListEntry> = list
                     .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "domid": d.domid,
-                            "config": d.config.clone().unwrap_or_else(|| serde_json::json!({"name": d.name})),
+                    .filter_map(|d| {
+                        let cfg: xlcfg::DomainConfig =
+                            serde_json::from_value(d.config.clone()?).ok()?;
+                        let mut config =
+                            libxl::LibxlConfig::from_config(&cfg, d.config_path.clone());
+                        // The UUID the domain runs with, generated when the config had none.
+                        if !d.uuid.is_empty() {
+                            config.c_info.uuid = Some(d.uuid.clone());
+                        }
+                        Some(libxl::ListEntry {
+                            domid: d.domid,
+                            config,
                         })
                     })
                     .collect();
-                let text =
-                    serde_json::to_string_pretty(&out).map_err(|e| Failure(e.to_string()))?;
+                let text = libxl::to_json(&out).map_err(|e| Failure(e.to_string()))?;
                 println!("{text}");
             } else {
                 print!("{}", format::list_table(&list, verbose));
@@ -558,7 +566,8 @@ fn dry_run_create(path: &Path, text: &str, overrides: &[String]) -> Outcome {
     for d in &parsed.diagnostics {
         eprintln!("{d}");
     }
-    let json = serde_json::to_string_pretty(&parsed.config).map_err(|e| Failure(e.to_string()))?;
+    let json = libxl::to_json(&libxl::LibxlConfig::from_config(&parsed.config, None))
+        .map_err(|e| Failure(e.to_string()))?;
     println!("{json}");
     Ok(())
 }
