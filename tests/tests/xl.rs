@@ -347,3 +347,32 @@ fn create_dry_run_and_list_long_print_libxl_json() {
         serde_json::from_str(&host.rxl_ok(&["list", "-l", "0"])).expect("JSON");
     assert_eq!(zero, serde_json::json!([]));
 }
+
+#[test]
+fn save_prints_xl_saving_line_and_refuses_minus_capital_d() {
+    let host = Host::start();
+    let _con = host.create_guest("svl", 1, 12, "");
+    let file = host.dir.path().join("svl.sav");
+    let f = file.to_str().expect("utf-8");
+    // -D would keep the domain ID in the file: refused before anything is saved.
+    let out = host.rxl(&["save", "-D", "svl", f]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("-D"), "{}", stderr(&out));
+    assert!(!file.exists(), "save -D wrote a file");
+    assert!(host.list_row("svl").is_some(), "save -D stopped the domain");
+    let out = host.rxl(&["save", "-c", "svl", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Saving to "))
+        .unwrap_or_else(|| panic!("no Saving line: {err}"));
+    let prefix = format!("Saving to {f} new rxl format (info 0x0/0x0/");
+    let len: u64 = line
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?} is not xl's line"))
+        .parse()
+        .expect("the config's length");
+    assert!(len > 50, "{line}");
+}

@@ -139,15 +139,18 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         Cmd::Save {
             checkpoint,
             paused,
+            keep_domid,
             verbose,
             domain,
             file,
             config,
         } => {
+            if keep_domid {
+                return Err(Failure(transfer::KEEP_DOMID_REFUSAL.into()));
+            }
             let abs = std::path::absolute(&file).unwrap_or(file);
             let config = config.map(|c| read_config(&c)).transpose()?;
             let mut c = connect()?;
-            eprintln!("Saving to {} new rxl format", abs.display());
             let p = follow(&socket, format!("saving {domain}"), &domain);
             let r = c.call(&Request::Save {
                 domain,
@@ -159,6 +162,12 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             p.finish();
             match r? {
                 Response::Transferred { name, stats } => {
+                    // xl prints this once the header is written; rxl once the VMM wrote the
+                    // stream, whose header and config record it reads back.
+                    match transfer::SaveFileInfo::of_file(&abs) {
+                        Ok(info) => eprintln!("{}", transfer::saving_line(&abs, &info)),
+                        Err(e) => eprintln!("Saving to {} new rxl format ({e})", abs.display()),
+                    }
                     eprintln!("Saved domain {name}: {}", transfer::figures(&stats));
                     if verbose || globals.verbose > 0 {
                         eprint!("{}", transfer::breakdown(&stats));

@@ -287,6 +287,10 @@ pub enum Cmd {
         /// Leave the domain paused after saving it.
         #[arg(short = 'p')]
         paused: bool,
+        /// xl: store the domain ID in the saved configuration. Refused: rxen gives every
+        /// domain an ID of its own, a restored one too.
+        #[arg(short = 'D')]
+        keep_domid: bool,
         /// Also print where the downtime went, phase by phase.
         #[arg(short = 'v', long = "verbose")]
         verbose: bool,
