@@ -376,3 +376,41 @@ fn save_prints_xl_saving_line_and_refuses_minus_capital_d() {
         .expect("the config's length");
     assert!(len > 50, "{line}");
 }
+
+#[test]
+fn console_takes_type_number_and_escape_as_xl() {
+    let host = Host::start();
+    let _con = host.create_guest("cons", 1, 12, "");
+    // The serial console 0 is the domain's console; -e names the byte that detaches.
+    let mut con = rxen_e2e::Console::spawn(
+        host.rxl_command()
+            .args(["console", "-t", "serial", "-n", "0", "-e", "^a", "cons"]),
+    );
+    con.sync();
+    con.send("\u{1}");
+    let status = con.wait_closed(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(host.list_row("cons").is_some());
+    let out = host.rxl(&["console", "-t", "vga", "cons"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("console type supported are: pv, serial, vuart\n", Some(1))
+    );
+    for args in [
+        &["console", "-t", "pv", "cons"][..],
+        &["console", "-t", "serial", "-n", "1", "cons"],
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).ends_with("\nUnable to attach console\n"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = host.rxl(&["console", "-e", "xy", "cons"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Invalid escape argument\n", Some(1))
+    );
+}

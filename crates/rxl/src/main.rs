@@ -116,7 +116,20 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             let resp = c.call(&Request::Boot { domain })?;
             started(&mut c, resp, console)
         }
-        Cmd::Console { domain } => attach(&mut connect()?, &domain),
+        Cmd::Console {
+            kind,
+            number,
+            escape,
+            domain,
+        } => {
+            let fail = |e: console::ConsoleChoiceError| Failure(e.to_string());
+            console::choose(kind.as_deref(), number.as_deref()).map_err(fail)?;
+            let escape = escape
+                .as_deref()
+                .map_or(Ok(console::ESCAPE), console::escape_byte)
+                .map_err(fail)?;
+            attach_with(&mut connect()?, &domain, escape)
+        }
         Cmd::Shutdown {
             wait, all, domain, ..
         } => power(&mut connect()?, wait, all, domain, false),
@@ -626,10 +639,14 @@ fn follow(socket: &Path, message: String, domain: &str) -> Progress {
 }
 
 fn attach(c: &mut Client, domain: &str) -> Outcome {
+    attach_with(c, domain, console::ESCAPE)
+}
+
+fn attach_with(c: &mut Client, domain: &str, escape: u8) -> Outcome {
     let fd = c.call_fd(&Request::Console {
         domain: domain.to_string(),
     })?;
-    console::attach(fd).map_err(|e| Failure(format!("console: {e}")))?;
+    console::attach_with(fd, escape).map_err(|e| Failure(format!("console: {e}")))?;
     Ok(())
 }
 

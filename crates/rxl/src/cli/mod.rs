@@ -107,6 +107,15 @@ pub enum Cmd {
     },
     /// Attach to a domain's console (Ctrl-] detaches).
     Console {
+        /// Console type: serial (the domain's 16550 UART); pv and vuart are refused (none).
+        #[arg(short = 't', value_name = "TYPE")]
+        kind: Option<String>,
+        /// Console number (with -t): 0, rxen domains have one serial console.
+        #[arg(short = 'n', value_name = "NUMBER")]
+        number: Option<String>,
+        /// Escape character that detaches: ^X for Ctrl-X, or one character (default ^]).
+        #[arg(short = 'e', value_name = "ESCAPE")]
+        escape: Option<String>,
         /// The domain (name or ID).
         domain: String,
     },
