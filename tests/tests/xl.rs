@@ -414,3 +414,42 @@ fn console_takes_type_number_and_escape_as_xl() {
         ("Invalid escape argument\n", Some(1))
     );
 }
+
+#[test]
+fn vcpu_pin_sets_soft_affinity_and_takes_force_as_xl() {
+    let host = Host::start();
+    let _con = host.create_guest("soft", 2, 12, "");
+    let row = |vcpu: usize| {
+        let out = host.rxl_ok(&["vcpu-list", "soft"]);
+        out.lines()
+            .nth(1 + vcpu)
+            .unwrap_or_else(|| panic!("no vCPU {vcpu}: {out}"))
+            .to_string()
+    };
+    // `xl vcpu-pin d 0 - 0`: the hard affinity unchanged, the soft one CPU 0, for vCPU 0 only.
+    host.rxl_ok(&["vcpu-pin", "soft", "0", "-", "0"]);
+    assert!(row(0).ends_with("  all / 0"), "{}", row(0));
+    assert!(row(1).ends_with("  all / all"), "{}", row(1));
+    // Both at once, -f for one vCPU; the soft affinity stays when only the hard one changes.
+    host.rxl_ok(&["vcpu-pin", "-f", "soft", "1", "0", "0"]);
+    assert!(row(1).ends_with("  0 / 0"), "{}", row(1));
+    host.rxl_ok(&["vcpu-pin", "soft", "1", "all"]);
+    assert!(row(1).ends_with("  all / 0"), "{}", row(1));
+    host.rxl_ok(&["vcpu-pin", "soft", "all", "-", "all"]);
+    assert!(row(0).ends_with("  all / all"), "{}", row(0));
+    assert!(row(1).ends_with("  all / all"), "{}", row(1));
+    let out = host.rxl(&["vcpu-pin", "-f", "soft", "all", "0"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Error: --force and 'all' as VCPU not allowed.\n", Some(1))
+    );
+    let out = host.rxl(&["vcpu-pin", "soft", "first", "0"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Error: Invalid argument first as VCPU.\n", Some(1))
+    );
+    assert!(!host
+        .rxl(&["vcpu-pin", "soft", "0", "-", "99"])
+        .status
+        .success());
+}

@@ -140,7 +140,7 @@ pub enum Request {
         /// Domains to show; all when empty.
         domains: Vec<DomainRef>,
     },
-    /// Set the hard affinity of vCPUs (`rxl vcpu-pin`).
+    /// Set the hard and soft affinity of vCPUs (`rxl vcpu-pin`).
     VcpuPin {
         /// The domain.
         domain: DomainRef,
@@ -148,6 +148,9 @@ pub enum Request {
         vcpu: String,
         /// Hard affinity: a CPU list (`3,5-8,^6`), `all`, or `-` for unchanged.
         hard: String,
+        /// Soft affinity, the same way; `None` (as `-`) leaves it unchanged.
+        #[serde(default)]
+        soft: Option<String>,
     },
     /// Every counter rxend keeps, for `rxl top` and metrics.
     Counters,

@@ -376,19 +376,20 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             Ok(())
         }
         Cmd::VcpuPin {
+            force,
+            ignore_masks: _,
             domain,
             vcpu,
             hard,
             soft,
         } => {
-            if let Some(s) = soft.as_deref() {
-                if s != "all" && s != "-" {
-                    return Err(Failure(
-                        "soft affinity is not supported by rxen (only \"all\" or \"-\")".into(),
-                    ));
-                }
-            }
-            Ok(connect()?.call_ok(&Request::VcpuPin { domain, vcpu, hard })?)
+            let vcpu = sched::pin_target(&vcpu, force).map_err(|e| Failure(e.to_string()))?;
+            Ok(connect()?.call_ok(&Request::VcpuPin {
+                domain,
+                vcpu,
+                hard,
+                soft,
+            })?)
         }
         Cmd::VcpuSet {
             ignore_host,

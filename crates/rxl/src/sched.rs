@@ -1,4 +1,5 @@
-//! xl's scheduler and vCPU output formats: `xl sched-credit` and `xl vcpu-list`.
+//! xl's scheduler and vCPU output formats: `xl sched-credit` and `xl vcpu-list`; and how
+//! `xl vcpu-pin` reads its vCPU argument.
 
 use rxen_proto::api::{SchedEntry, VcpuInfo};
 
@@ -56,6 +57,43 @@ pub fn parse_mem_size_mib(s: &str) -> Option<u64> {
     };
     let mib = kib / 1024;
     (mib > 0).then_some(mib)
+}
+
+/// `rxl vcpu-pin`'s vCPU argument refused, in xl's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    /// Neither a number nor `all`.
+    #[error("Error: Invalid argument {0} as VCPU.")]
+    InvalidVcpu(String),
+    /// `-f` with `all`.
+    #[error("Error: --force and 'all' as VCPU not allowed.")]
+    ForceAll,
+}
+
+/// The vCPU `xl vcpu-pin` acts on, read as xl reads it (`strtol`: the leading digits; `all`
+/// when there are none and the word is `all`), as rxend's request spells it.
+pub fn pin_target(vcpu: &str, force: bool) -> Result<String, PinError> {
+    let t = vcpu.trim_start();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let number = digits[..end].parse::<u64>().unwrap_or(u64::MAX);
+    if end == 0 || (negative && number != 0) {
+        if vcpu != "all" {
+            return Err(PinError::InvalidVcpu(vcpu.to_string()));
+        }
+        if force {
+            return Err(PinError::ForceAll);
+        }
+        return Ok("all".into());
+    }
+    Ok(number.to_string())
 }
 
 /// The header of `xl vcpu-list`: `"%-32s %5s %5s %5s %5s %9s %s"`.
@@ -142,6 +180,27 @@ mod tests {
             "Name                                ID  VCPU   CPU State   Time(s) Affinity (Hard / Soft)\n\
              Domain-0                             0     0    2   r--      15.3  all / all\n\
              guest1                               3     1    -   --p       0.0  0-3 / all\n"
+        );
+    }
+
+    #[test]
+    fn vcpu_pin_reads_its_vcpu_as_xl() {
+        assert_eq!(pin_target("3", false), Ok("3".into()));
+        assert_eq!(pin_target("3", true), Ok("3".into()));
+        assert_eq!(pin_target(" 2x", false), Ok("2".into()));
+        assert_eq!(pin_target("all", false), Ok("all".into()));
+        assert_eq!(pin_target("all", true), Err(PinError::ForceAll));
+        assert_eq!(
+            pin_target("-1", false),
+            Err(PinError::InvalidVcpu("-1".into()))
+        );
+        assert_eq!(
+            pin_target("first", false).map_err(|e| e.to_string()),
+            Err("Error: Invalid argument first as VCPU.".into())
+        );
+        assert_eq!(
+            PinError::ForceAll.to_string(),
+            "Error: --force and 'all' as VCPU not allowed."
         );
     }
 

@@ -219,16 +219,23 @@ pub enum Cmd {
         /// Domains to show (all when none).
         domains: Vec<String>,
     },
-    /// Set the hard affinity of a domain's vCPUs.
+    /// Set which CPUs a domain's vCPUs can use.
     #[command(name = "vcpu-pin")]
     VcpuPin {
+        /// xl: undo a pinning the guest kernel made. rxen guests cannot pin themselves, so it
+        /// pins as without it (but not with `all` as the vCPU, as in xl).
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        /// xl: ignore xl.conf's global affinity masks (rxen has none).
+        #[arg(short = 'i', long = "ignore-global-affinity-masks")]
+        ignore_masks: bool,
         /// The domain (name or ID).
         domain: String,
         /// A vCPU number, or `all`.
         vcpu: String,
-        /// Host CPUs: a list like `3,5-8,^6`, `all`, or `-` for unchanged.
+        /// Hard affinity: host CPUs as `3,5-8,^6`, `all`, or `-` for unchanged.
         hard: String,
-        /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
+        /// Soft affinity (preferred CPUs), the same way; kept and shown by vcpu-list.
         soft: Option<String>,
     },
     /// Set how many vCPUs a domain has online (up to maxvcpus).
