@@ -453,3 +453,70 @@ fn vcpu_pin_sets_soft_affinity_and_takes_force_as_xl() {
         .status
         .success());
 }
+
+#[test]
+fn sched_credit_pool_parameters_and_credit2_share_the_weights() {
+    let host = Host::start();
+    let _con = host.create_guest("cr2", 1, 12, "cpu_weight = 300\ncap = 20");
+    let id = host.rxl_ok(&["domid", "cr2"]).trim().to_string();
+    // -s: xl's pool line, from CFS: the cap period rxen uses, the kernel's bandwidth slice.
+    let slice: u64 = std::fs::read_to_string("/proc/sys/kernel/sched_cfs_bandwidth_slice_us")
+        .expect("bandwidth slice")
+        .trim()
+        .parse()
+        .expect("a number");
+    let pool = host.rxl_ok(&["sched-credit", "-s"]);
+    let want = format!("Cpupool Pool-0: tslice=100ms ratelimit={slice}us migration-delay=");
+    assert!(
+        pool.starts_with(&want) && pool.ends_with("us\n") && pool.lines().count() == 1,
+        "{pool}"
+    );
+    assert_eq!(host.rxl_ok(&["sched-credit", "-s", "-p", "Pool-0"]), pool);
+    assert_eq!(
+        host.rxl_ok(&["sched-credit2", "-s"]),
+        format!("Cpupool Pool-0: ratelimit={slice}us\n")
+    );
+    // sched-credit2 lists and changes the same weights and caps.
+    let row = format!("{:<33} {:>4} {:>6} {:>4}", "cr2", id, 300, 20);
+    let all = host.rxl_ok(&["sched-credit2", "-p", "Pool-0"]);
+    assert!(
+        all.starts_with(&format!("Cpupool Pool-0: ratelimit={slice}us\nName "))
+            && all.contains(&row),
+        "{all}"
+    );
+    host.rxl_ok(&["sched-credit2", "-d", "cr2", "-w", "512"]);
+    let one = host.rxl_ok(&["sched-credit", "-d", "cr2"]);
+    assert!(
+        one.ends_with(&format!("{:<33} {:>4} {:>6} {:>4}\n", "cr2", id, 512, 20)),
+        "{one}"
+    );
+    // xl's refusals.
+    for (args, msg) in [
+        (
+            &["sched-credit", "-s", "-d", "cr2"][..],
+            "Specifying a cpupool or schedparam is not allowed with domain options.\n",
+        ),
+        (
+            &["sched-credit2", "-p", "Pool-0", "-d", "cr2"],
+            "Specifying a cpupool is not allowed with other options.\n",
+        ),
+        (
+            &["sched-credit", "-t", "30"],
+            "Must specify schedparam to set schedule parameter values.\n",
+        ),
+        (
+            &["sched-credit", "-p", "Pool-1"],
+            "unknown cpupool 'Pool-1'\n",
+        ),
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(
+            (stderr(&out).as_str(), out.status.code()),
+            (msg, Some(1)),
+            "{args:?}"
+        );
+    }
+    let out = host.rxl(&["sched-credit", "-s", "-t", "30"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot be set"), "{}", stderr(&out));
+}

@@ -403,6 +403,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             Ok(entries) => Reply::Plain(Response::Sched { entries }),
             Err(e) => error(e),
         },
+        Request::SchedPool => Reply::Plain(Response::SchedPool(crate::schedparams::current())),
         Request::VcpuList { domains } => match daemon.vcpu_list(caller, &domains) {
             Ok(vcpus) => Reply::Plain(Response::Vcpus { vcpus }),
             Err(e) => error(e),

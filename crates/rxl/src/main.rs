@@ -348,25 +348,42 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             domain,
             weight,
             cap,
+            schedparam,
+            tslice,
+            ratelimit,
+            migration_delay,
+            cpupool,
         } => {
-            if domain.is_none() && (weight.is_some() || cap.is_some()) {
-                return Err(Failure("Must specify a domain.".into()));
-            }
-            let named = domain.is_some();
-            let changing = weight.is_some() || cap.is_some();
-            let resp = connect()?.call(&Request::SchedCredit {
+            let setting_params =
+                tslice.is_some() || ratelimit.is_some() || migration_delay.is_some();
+            sched_credit(
+                &mut || connect(),
+                sched::Credit::One,
                 domain,
                 weight,
                 cap,
-            })?;
-            let Response::Sched { entries } = resp else {
-                return Err(Failure(format!("unexpected answer: {resp:?}")));
-            };
-            if !changing {
-                print!("{}", sched::sched_table(&entries, !named));
-            }
-            Ok(())
+                schedparam,
+                setting_params,
+                cpupool,
+            )
         }
+        Cmd::SchedCredit2 {
+            domain,
+            weight,
+            cap,
+            schedparam,
+            ratelimit,
+            cpupool,
+        } => sched_credit(
+            &mut || connect(),
+            sched::Credit::Two,
+            domain,
+            weight,
+            cap,
+            schedparam,
+            ratelimit.is_some(),
+            cpupool,
+        ),
         Cmd::VcpuList { domains } => {
             let resp = connect()?.call(&Request::VcpuList { domains })?;
             let Response::Vcpus { vcpus } = resp else {
@@ -486,6 +503,56 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// `rxl sched-credit` and `sched-credit2`: the same weights and caps, each with its pool line.
+#[allow(clippy::too_many_arguments)]
+fn sched_credit(
+    connect: &mut dyn FnMut() -> Result<Client, Failure>,
+    which: sched::Credit,
+    domain: Option<String>,
+    weight: Option<u32>,
+    cap: Option<u32>,
+    schedparam: bool,
+    setting_params: bool,
+    cpupool: Option<String>,
+) -> Outcome {
+    let args = sched::SchedArgs {
+        domain: domain.clone(),
+        changing: weight.is_some() || cap.is_some(),
+        schedparam,
+        setting_params,
+        cpupool,
+    };
+    let action = sched::sched_action(which, &args).map_err(|e| Failure(e.to_string()))?;
+    let mut c = connect()?;
+    let pool_line = |c: &mut Client| -> Result<String, Failure> {
+        match c.call(&Request::SchedPool)? {
+            Response::SchedPool(p) => Ok(sched::pool_line(which, &p)),
+            other => Err(Failure(format!("unexpected answer: {other:?}"))),
+        }
+    };
+    if action == sched::SchedAction::PoolParams {
+        println!("{}", pool_line(&mut c)?);
+        return Ok(());
+    }
+    let resp = c.call(&Request::SchedCredit {
+        domain,
+        weight,
+        cap,
+    })?;
+    let Response::Sched { entries } = resp else {
+        return Err(Failure(format!("unexpected answer: {resp:?}")));
+    };
+    match action {
+        sched::SchedAction::All => {
+            let line = pool_line(&mut c)?;
+            print!("{}", sched::sched_table(&entries, Some(&line)));
+        }
+        sched::SchedAction::Show => print!("{}", sched::sched_table(&entries, None)),
+        sched::SchedAction::Set | sched::SchedAction::PoolParams => {}
+    }
+    Ok(())
 }
 
 /// `rxl block-list` / `network-list`: the header once, then each domain's devices.

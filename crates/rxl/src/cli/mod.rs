@@ -212,6 +212,43 @@ pub enum Cmd {
         /// New cap in percent of one host CPU (0: no cap).
         #[arg(short = 'c', long = "cap")]
         cap: Option<u32>,
+        /// Show the pool's scheduler parameters (tslice, ratelimit, migration delay).
+        #[arg(short = 's', long = "schedparam")]
+        schedparam: bool,
+        /// Set the time slice, in ms (refused: it is the CFS period rxen caps over).
+        #[arg(short = 't', long = "tslice_ms", value_name = "TSLICE")]
+        tslice: Option<String>,
+        /// Set the rate limit, in us (refused: it is Linux's CFS bandwidth slice).
+        #[arg(short = 'r', long = "ratelimit_us", value_name = "RLIMIT")]
+        ratelimit: Option<String>,
+        /// Set the migration delay, in us (refused: it is Linux's migration cost).
+        #[arg(short = 'm', long = "migration_delay_us", value_name = "DLY")]
+        migration_delay: Option<String>,
+        /// Only this CPU pool (rxen has one: Pool-0).
+        #[arg(short = 'p', long = "cpupool", value_name = "CPUPOOL")]
+        cpupool: Option<String>,
+    },
+    /// Show or set credit2-scheduler weights and caps (the same as sched-credit's).
+    #[command(name = "sched-credit2")]
+    SchedCredit2 {
+        /// The domain (name or ID); all domains when absent.
+        #[arg(short = 'd', long = "domain")]
+        domain: Option<String>,
+        /// New weight (1-65535; 256 is the default).
+        #[arg(short = 'w', long = "weight")]
+        weight: Option<u32>,
+        /// New cap in percent of one host CPU (0: no cap).
+        #[arg(short = 'c', long = "cap")]
+        cap: Option<u32>,
+        /// Show the pool's scheduler parameters (ratelimit).
+        #[arg(short = 's', long = "schedparam")]
+        schedparam: bool,
+        /// Set the rate limit, in us (refused: it is Linux's CFS bandwidth slice).
+        #[arg(short = 'r', long = "ratelimit_us", value_name = "RLIMIT")]
+        ratelimit: Option<String>,
+        /// Only this CPU pool (rxen has one: Pool-0).
+        #[arg(short = 'p', long = "cpupool", value_name = "CPUPOOL")]
+        cpupool: Option<String>,
     },
     /// List the vCPUs of domains.
     #[command(name = "vcpu-list")]
