@@ -520,3 +520,25 @@ fn sched_credit_pool_parameters_and_credit2_share_the_weights() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot be set"), "{}", stderr(&out));
 }
+
+#[test]
+fn pci_passthrough_commands_say_it_needs_vfio() {
+    let host = Host::start();
+    for args in [
+        &["pci-attach", "Domain-0", "0000:00:1f.0"][..],
+        &["pci-detach", "Domain-0", "0000:00:1f.0"],
+        &["pci-list", "Domain-0"],
+        &["pci-assignable-add", "-n", "nic", "0000:00:1f.0"],
+        &["pci-assignable-remove", "-r", "0000:00:1f.0"],
+        &["pci-assignable-list", "-n"],
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&format!("{}: PCI passthrough is not supported", args[0]))
+                && err.contains("VFIO"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -494,6 +494,12 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         }
         Cmd::BlockList { domains } => device_lists(&mut connect()?, &domains, true),
         Cmd::NetworkList { domains } => device_lists(&mut connect()?, &domains, false),
+        Cmd::PciAttach { .. } => no_passthrough("pci-attach"),
+        Cmd::PciDetach { .. } => no_passthrough("pci-detach"),
+        Cmd::PciList { .. } => no_passthrough("pci-list"),
+        Cmd::PciAssignableAdd { .. } => no_passthrough("pci-assignable-add"),
+        Cmd::PciAssignableRemove { .. } => no_passthrough("pci-assignable-remove"),
+        Cmd::PciAssignableList { .. } => no_passthrough("pci-assignable-list"),
         Cmd::Dmesg { clear } => {
             let resp = connect()?.call(&Request::Dmesg { clear })?;
             let Response::Log { text } = resp else {
@@ -503,6 +509,11 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// The PCI passthrough commands: refused, with why.
+fn no_passthrough(command: &'static str) -> Outcome {
+    Err(Failure(rxl::pci::NoPassthrough { command }.to_string()))
 }
 
 /// `rxl sched-credit` and `sched-credit2`: the same weights and caps, each with its pool line.

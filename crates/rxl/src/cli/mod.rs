@@ -477,6 +477,57 @@ pub enum Cmd {
         #[arg(required = true)]
         domains: Vec<String>,
     },
+    /// Insert a new pass-through PCI device (refused: rxen has no passthrough).
+    #[command(name = "pci-attach")]
+    PciAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The PCI device (BDF and options).
+        #[arg(value_name = "PCI_SPEC_STRING")]
+        spec: String,
+    },
+    /// Remove a domain's pass-through PCI device (refused: rxen has no passthrough).
+    #[command(name = "pci-detach")]
+    PciDetach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The PCI device (BDF and options).
+        #[arg(value_name = "PCI_SPEC_STRING")]
+        spec: String,
+    },
+    /// List pass-through PCI devices for a domain (refused: rxen has no passthrough).
+    #[command(name = "pci-list")]
+    PciList {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Make a device assignable for PCI passthrough (refused: rxen has no passthrough).
+    #[command(name = "pci-assignable-add")]
+    PciAssignableAdd {
+        /// Name the assignable device.
+        #[arg(short = 'n', long = "name", value_name = "NAME")]
+        name: Option<String>,
+        /// The device's BDF.
+        #[arg(value_name = "BDF")]
+        bdf: String,
+    },
+    /// Remove a device from being assignable (refused: rxen has no passthrough).
+    #[command(name = "pci-assignable-remove")]
+    PciAssignableRemove {
+        /// Attempt to re-assign the device to the original driver.
+        #[arg(short = 'r')]
+        rebind: bool,
+        /// The device's BDF or name.
+        #[arg(value_name = "BDF|NAME")]
+        device: String,
+    },
+    /// List all the assignable PCI devices (refused: rxen has no passthrough).
+    #[command(name = "pci-assignable-list")]
+    PciAssignableList {
+        /// Display assignable device names where supplied.
+        #[arg(short = 'n', long = "show-names")]
+        show_names: bool,
+    },
     /// Print rxend's log.
     Dmesg {
         /// Clear the log after printing it.
