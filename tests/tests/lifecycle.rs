@@ -426,7 +426,7 @@ fn names_ids_rename_uptime_info_and_dmesg() {
     let long = host.rxl_ok(&["list", "-l", "second"]);
     let v: serde_json::Value = serde_json::from_str(&long).expect("list -l is JSON");
     assert_eq!(v[0]["domid"], id);
-    assert_eq!(v[0]["config"]["name"], "second");
+    assert_eq!(v[0]["config"]["c_info"]["name"], "second");
 }
 
 #[test]
@@ -546,10 +546,10 @@ fn dry_run_prints_the_resolved_config_and_refuses_bad_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert_eq!(v["name"], "web");
-    assert_eq!(v["memory_mib"], 512, "the override wins");
-    assert_eq!(v["vcpus"], 2);
-    assert_eq!(v["cpu_weight"], 256);
+    assert_eq!(v["c_info"]["name"], "web");
+    assert_eq!(v["b_info"]["target_memkb"], 512 * 1024, "the override wins");
+    assert_eq!(v["b_info"]["avail_vcpus"], serde_json::json!([0, 1]));
+    assert_eq!(v["b_info"]["sched_params"]["weight"], 256);
     assert_eq!(v["on_crash"], "destroy");
     assert!(host.list_row("web").is_none(), "a dry run created a domain");
     let bad = host.config("bad.cfg", "name = \"bad\"\nvcpus = [ 1, 2\n");

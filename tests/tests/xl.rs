@@ -89,7 +89,7 @@ fn global_options_abbreviations_and_xl_exit_codes() {
     );
     let json = host.rxl_ok(&["-N", "cr", cfg.to_str().expect("utf-8")]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("dry run prints JSON");
-    assert_eq!(v["name"], "dry");
+    assert_eq!(v["c_info"]["name"], "dry");
     assert!(host.list_row("dry").is_none(), "-N created the domain");
     let out = host.rxl(&["-N", "destroy", "dry"]);
     assert_eq!(out.status.code(), Some(1));
@@ -299,4 +299,246 @@ fn info_has_hw_and_virt_caps_and_filters_as_xl() {
         x.contains("xenstore_features      : 0x00000000\nxend_config_format     : 4\n"),
         "{x}"
     );
+}
+
+#[test]
+fn create_dry_run_and_list_long_print_libxl_json() {
+    let host = Host::start();
+    let cfg = host.config(
+        "lj.cfg",
+        "name = \"lj\"\nkernel = \"builtin:testguest\"\nmemory = 12\nvcpus = 2\ncpus = \"0\"\n\
+         on_reboot = \"rename-restart\"\nxen_shell = \"alice\"\n",
+    );
+    let cfg = cfg.to_str().expect("utf-8");
+    // xl create -n: libxl_domain_config_to_json, nothing wrapped around it.
+    let dry: serde_json::Value =
+        serde_json::from_str(&host.rxl_ok(&["create", "-n", cfg])).expect("JSON");
+    assert_eq!(dry["c_info"]["name"], "lj");
+    assert_eq!(dry["c_info"]["type"], "pv");
+    assert_eq!(dry["b_info"]["max_vcpus"], 2);
+    assert_eq!(dry["b_info"]["target_memkb"], 12 * 1024);
+    assert_eq!(
+        dry["b_info"]["vcpu_hard_affinity"],
+        serde_json::json!([[0], [0]])
+    );
+    assert_eq!(dry["b_info"]["type.pv"], serde_json::json!({}));
+    assert_eq!(dry["on_reboot"], "restart_rename");
+    assert_eq!(dry["rxen"]["xen_shell"], serde_json::json!(["alice"]));
+    assert!(
+        dry.get("name").is_none(),
+        "rxen's own model at the top level"
+    );
+    let _con = host.create_guest("lj2", 1, 12, "");
+    let id: u64 = host.rxl_ok(&["domid", "lj2"]).trim().parse().expect("id");
+    // xl list -l: [{"domid": N, "config": {...}}], Domain-0 left out.
+    let all: serde_json::Value = serde_json::from_str(&host.rxl_ok(&["list", "-l"])).expect("JSON");
+    let all = all.as_array().expect("an array");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["domid"], id);
+    let c = &all[0]["config"];
+    assert_eq!(c["c_info"]["name"], "lj2");
+    let uuid = c["c_info"]["uuid"]
+        .as_str()
+        .expect("the running domain's UUID");
+    assert!(host.rxl_ok(&["list", "-v"]).contains(uuid));
+    assert_eq!(c["b_info"]["max_memkb"], 12 * 1024);
+    assert!(c["rxen"]["config_path"].as_str().is_some(), "{c}");
+    let zero: serde_json::Value =
+        serde_json::from_str(&host.rxl_ok(&["list", "-l", "0"])).expect("JSON");
+    assert_eq!(zero, serde_json::json!([]));
+}
+
+#[test]
+fn save_prints_xl_saving_line_and_refuses_minus_capital_d() {
+    let host = Host::start();
+    let _con = host.create_guest("svl", 1, 12, "");
+    let file = host.dir.path().join("svl.sav");
+    let f = file.to_str().expect("utf-8");
+    // -D would keep the domain ID in the file: refused before anything is saved.
+    let out = host.rxl(&["save", "-D", "svl", f]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("-D"), "{}", stderr(&out));
+    assert!(!file.exists(), "save -D wrote a file");
+    assert!(host.list_row("svl").is_some(), "save -D stopped the domain");
+    let out = host.rxl(&["save", "-c", "svl", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Saving to "))
+        .unwrap_or_else(|| panic!("no Saving line: {err}"));
+    let prefix = format!("Saving to {f} new rxl format (info 0x0/0x0/");
+    let len: u64 = line
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?} is not xl's line"))
+        .parse()
+        .expect("the config's length");
+    assert!(len > 50, "{line}");
+}
+
+#[test]
+fn console_takes_type_number_and_escape_as_xl() {
+    let host = Host::start();
+    let _con = host.create_guest("cons", 1, 12, "");
+    // The serial console 0 is the domain's console; -e names the byte that detaches.
+    let mut con = rxen_e2e::Console::spawn(
+        host.rxl_command()
+            .args(["console", "-t", "serial", "-n", "0", "-e", "^a", "cons"]),
+    );
+    con.sync();
+    con.send("\u{1}");
+    let status = con.wait_closed(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(host.list_row("cons").is_some());
+    let out = host.rxl(&["console", "-t", "vga", "cons"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("console type supported are: pv, serial, vuart\n", Some(1))
+    );
+    for args in [
+        &["console", "-t", "pv", "cons"][..],
+        &["console", "-t", "serial", "-n", "1", "cons"],
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).ends_with("\nUnable to attach console\n"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = host.rxl(&["console", "-e", "xy", "cons"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Invalid escape argument\n", Some(1))
+    );
+}
+
+#[test]
+fn vcpu_pin_sets_soft_affinity_and_takes_force_as_xl() {
+    let host = Host::start();
+    let _con = host.create_guest("soft", 2, 12, "");
+    let row = |vcpu: usize| {
+        let out = host.rxl_ok(&["vcpu-list", "soft"]);
+        out.lines()
+            .nth(1 + vcpu)
+            .unwrap_or_else(|| panic!("no vCPU {vcpu}: {out}"))
+            .to_string()
+    };
+    // `xl vcpu-pin d 0 - 0`: the hard affinity unchanged, the soft one CPU 0, for vCPU 0 only.
+    host.rxl_ok(&["vcpu-pin", "soft", "0", "-", "0"]);
+    assert!(row(0).ends_with("  all / 0"), "{}", row(0));
+    assert!(row(1).ends_with("  all / all"), "{}", row(1));
+    // Both at once, -f for one vCPU; the soft affinity stays when only the hard one changes.
+    host.rxl_ok(&["vcpu-pin", "-f", "soft", "1", "0", "0"]);
+    assert!(row(1).ends_with("  0 / 0"), "{}", row(1));
+    host.rxl_ok(&["vcpu-pin", "soft", "1", "all"]);
+    assert!(row(1).ends_with("  all / 0"), "{}", row(1));
+    host.rxl_ok(&["vcpu-pin", "soft", "all", "-", "all"]);
+    assert!(row(0).ends_with("  all / all"), "{}", row(0));
+    assert!(row(1).ends_with("  all / all"), "{}", row(1));
+    let out = host.rxl(&["vcpu-pin", "-f", "soft", "all", "0"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Error: --force and 'all' as VCPU not allowed.\n", Some(1))
+    );
+    let out = host.rxl(&["vcpu-pin", "soft", "first", "0"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Error: Invalid argument first as VCPU.\n", Some(1))
+    );
+    assert!(!host
+        .rxl(&["vcpu-pin", "soft", "0", "-", "99"])
+        .status
+        .success());
+}
+
+#[test]
+fn sched_credit_pool_parameters_and_credit2_share_the_weights() {
+    let host = Host::start();
+    let _con = host.create_guest("cr2", 1, 12, "cpu_weight = 300\ncap = 20");
+    let id = host.rxl_ok(&["domid", "cr2"]).trim().to_string();
+    // -s: xl's pool line, from CFS: the cap period rxen uses, the kernel's bandwidth slice.
+    let slice: u64 = std::fs::read_to_string("/proc/sys/kernel/sched_cfs_bandwidth_slice_us")
+        .expect("bandwidth slice")
+        .trim()
+        .parse()
+        .expect("a number");
+    let pool = host.rxl_ok(&["sched-credit", "-s"]);
+    let want = format!("Cpupool Pool-0: tslice=100ms ratelimit={slice}us migration-delay=");
+    assert!(
+        pool.starts_with(&want) && pool.ends_with("us\n") && pool.lines().count() == 1,
+        "{pool}"
+    );
+    assert_eq!(host.rxl_ok(&["sched-credit", "-s", "-p", "Pool-0"]), pool);
+    assert_eq!(
+        host.rxl_ok(&["sched-credit2", "-s"]),
+        format!("Cpupool Pool-0: ratelimit={slice}us\n")
+    );
+    // sched-credit2 lists and changes the same weights and caps.
+    let row = format!("{:<33} {:>4} {:>6} {:>4}", "cr2", id, 300, 20);
+    let all = host.rxl_ok(&["sched-credit2", "-p", "Pool-0"]);
+    assert!(
+        all.starts_with(&format!("Cpupool Pool-0: ratelimit={slice}us\nName "))
+            && all.contains(&row),
+        "{all}"
+    );
+    host.rxl_ok(&["sched-credit2", "-d", "cr2", "-w", "512"]);
+    let one = host.rxl_ok(&["sched-credit", "-d", "cr2"]);
+    assert!(
+        one.ends_with(&format!("{:<33} {:>4} {:>6} {:>4}\n", "cr2", id, 512, 20)),
+        "{one}"
+    );
+    // xl's refusals.
+    for (args, msg) in [
+        (
+            &["sched-credit", "-s", "-d", "cr2"][..],
+            "Specifying a cpupool or schedparam is not allowed with domain options.\n",
+        ),
+        (
+            &["sched-credit2", "-p", "Pool-0", "-d", "cr2"],
+            "Specifying a cpupool is not allowed with other options.\n",
+        ),
+        (
+            &["sched-credit", "-t", "30"],
+            "Must specify schedparam to set schedule parameter values.\n",
+        ),
+        (
+            &["sched-credit", "-p", "Pool-1"],
+            "unknown cpupool 'Pool-1'\n",
+        ),
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(
+            (stderr(&out).as_str(), out.status.code()),
+            (msg, Some(1)),
+            "{args:?}"
+        );
+    }
+    let out = host.rxl(&["sched-credit", "-s", "-t", "30"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot be set"), "{}", stderr(&out));
+}
+
+#[test]
+fn pci_passthrough_commands_say_it_needs_vfio() {
+    let host = Host::start();
+    for args in [
+        &["pci-attach", "Domain-0", "0000:00:1f.0"][..],
+        &["pci-detach", "Domain-0", "0000:00:1f.0"],
+        &["pci-list", "Domain-0"],
+        &["pci-assignable-add", "-n", "nic", "0000:00:1f.0"],
+        &["pci-assignable-remove", "-r", "0000:00:1f.0"],
+        &["pci-assignable-list", "-n"],
+    ] {
+        let out = host.rxl(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&format!("{}: PCI passthrough is not supported", args[0]))
+                && err.contains("VFIO"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -140,7 +140,7 @@ pub enum Request {
         /// Domains to show; all when empty.
         domains: Vec<DomainRef>,
     },
-    /// Set the hard affinity of vCPUs (`rxl vcpu-pin`).
+    /// Set the hard and soft affinity of vCPUs (`rxl vcpu-pin`).
     VcpuPin {
         /// The domain.
         domain: DomainRef,
@@ -148,6 +148,9 @@ pub enum Request {
         vcpu: String,
         /// Hard affinity: a CPU list (`3,5-8,^6`), `all`, or `-` for unchanged.
         hard: String,
+        /// Soft affinity, the same way; `None` (as `-`) leaves it unchanged.
+        #[serde(default)]
+        soft: Option<String>,
     },
     /// Every counter rxend keeps, for `rxl top` and metrics.
     Counters,
@@ -238,6 +241,8 @@ pub enum Request {
         /// Leave the received domain paused.
         paused: bool,
     },
+    /// The scheduler's pool parameters (`rxl sched-credit -s`), as CFS has them.
+    SchedPool,
     /// Why a domain that is gone ended (`rxl shutdown -w` prints xl's reason code). rxend
     /// remembers the last few.
     Ended {
@@ -266,6 +271,18 @@ pub struct SchedEntry {
     pub weight: u32,
     /// Cap in percent of one host CPU, 0 = none.
     pub cap: u32,
+}
+
+/// The pool parameters `xl sched-credit -s` prints, from what Linux's CFS uses under rxen
+/// (see rxend's `schedparams`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedPoolParams {
+    /// `tslice`: the CFS bandwidth period caps are accounted over, in ms.
+    pub tslice_ms: u32,
+    /// `ratelimit`: the run time a CPU takes from a cap's quota at a time, in us.
+    pub ratelimit_us: u32,
+    /// `migration-delay`: how long a task counts as cache-hot, in us.
+    pub migration_delay_us: u32,
 }
 
 /// One row of `xl vcpu-list`.
@@ -465,6 +482,8 @@ pub enum Response {
         /// One entry per domain.
         entries: Vec<SchedEntry>,
     },
+    /// The answer to `SchedPool`.
+    SchedPool(SchedPoolParams),
     /// The answer to `VcpuList`.
     Vcpus {
         /// One entry per vCPU.

@@ -21,6 +21,7 @@ pub mod record;
 pub mod relocation;
 pub mod savefile;
 pub mod sched;
+pub mod schedparams;
 pub mod server;
 pub mod statelock;
 pub mod storage;

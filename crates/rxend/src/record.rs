@@ -82,6 +82,10 @@ pub struct DomainRecord {
     /// The bound for `rxl mem-set` set by `rxl mem-max`; `None` = `maxmem` from the config.
     #[serde(default)]
     pub mem_max_mib: Option<u64>,
+    /// Soft affinity set by `rxl vcpu-pin`, per vCPU (a vCPU not here: all CPUs). Linux's
+    /// scheduler has no preferred CPUs to give it; it is kept and shown by `rxl vcpu-list`.
+    #[serde(default)]
+    pub soft_affinity: std::collections::BTreeMap<u32, Vec<u32>>,
     /// Current state.
     pub state: DomainState,
 }
@@ -114,6 +118,7 @@ impl DomainRecord {
             mem_target_mib: None,
             online_vcpus: None,
             mem_max_mib: None,
+            soft_affinity: Default::default(),
             state,
         }
     }

@@ -411,13 +411,17 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             Ok(entries) => Reply::Plain(Response::Sched { entries }),
             Err(e) => error(e),
         },
+        Request::SchedPool => Reply::Plain(Response::SchedPool(crate::schedparams::current())),
         Request::VcpuList { domains } => match daemon.vcpu_list(caller, &domains) {
             Ok(vcpus) => Reply::Plain(Response::Vcpus { vcpus }),
             Err(e) => error(e),
         },
-        Request::VcpuPin { domain, vcpu, hard } => {
-            result(daemon.vcpu_pin(caller, &domain, &vcpu, &hard))
-        }
+        Request::VcpuPin {
+            domain,
+            vcpu,
+            hard,
+            soft,
+        } => result(daemon.vcpu_pin(caller, &domain, &vcpu, &hard, soft.as_deref())),
         Request::Counters => Reply::Plain(Response::Counters(daemon.counters(caller))),
         Request::Ended { domid } => Reply::Plain(Response::Ended {
             reason: daemon.ended(caller, domid),

@@ -7,6 +7,8 @@ pub mod client;
 pub mod console;
 pub mod domains;
 pub mod format;
+pub mod libxl;
+pub mod pci;
 pub mod power;
 pub mod sched;
 pub mod shell;

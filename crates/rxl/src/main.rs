@@ -9,7 +9,7 @@ use rxl::cli::front::{self, Globals, Invocation};
 use rxl::cli::{Cli, Cmd};
 use rxl::client::{Client, ClientError};
 use rxl::transfer::{self, Progress};
-use rxl::{console, domains, format, power, sched, top};
+use rxl::{console, domains, format, libxl, power, sched, top};
 
 /// A failure to report: one line on stderr and exit status 1.
 struct Failure(String);
@@ -86,17 +86,25 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         } => {
             let list = list(&mut connect()?, domains)?;
             if long {
-                let out: Vec<serde_json::Value> = list
+                // xl skips the domains whose configuration it cannot retrieve: Domain-0 among them.
+                let out: Vec<libxl::ListEntry> = list
                     .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "domid": d.domid,
-                            "config": d.config.clone().unwrap_or_else(|| serde_json::json!({"name": d.name})),
+                    .filter_map(|d| {
+                        let cfg: xlcfg::DomainConfig =
+                            serde_json::from_value(d.config.clone()?).ok()?;
+                        let mut config =
+                            libxl::LibxlConfig::from_config(&cfg, d.config_path.clone());
+                        // The UUID the domain runs with, generated when the config had none.
+                        if !d.uuid.is_empty() {
+                            config.c_info.uuid = Some(d.uuid.clone());
+                        }
+                        Some(libxl::ListEntry {
+                            domid: d.domid,
+                            config,
                         })
                     })
                     .collect();
-                let text =
-                    serde_json::to_string_pretty(&out).map_err(|e| Failure(e.to_string()))?;
+                let text = libxl::to_json(&out).map_err(|e| Failure(e.to_string()))?;
                 println!("{text}");
             } else {
                 print!("{}", format::list_table(&list, verbose));
@@ -108,7 +116,20 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             let resp = c.call(&Request::Boot { domain })?;
             started(&mut c, resp, console)
         }
-        Cmd::Console { domain } => attach(&mut connect()?, &domain),
+        Cmd::Console {
+            kind,
+            number,
+            escape,
+            domain,
+        } => {
+            let fail = |e: console::ConsoleChoiceError| Failure(e.to_string());
+            console::choose(kind.as_deref(), number.as_deref()).map_err(fail)?;
+            let escape = escape
+                .as_deref()
+                .map_or(Ok(console::ESCAPE), console::escape_byte)
+                .map_err(fail)?;
+            attach_with(&mut connect()?, &domain, escape)
+        }
         Cmd::Shutdown {
             wait, all, domain, ..
         } => power(&mut connect()?, wait, all, domain, false),
@@ -131,15 +152,18 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         Cmd::Save {
             checkpoint,
             paused,
+            keep_domid,
             verbose,
             domain,
             file,
             config,
         } => {
+            if keep_domid {
+                return Err(Failure(transfer::KEEP_DOMID_REFUSAL.into()));
+            }
             let abs = std::path::absolute(&file).unwrap_or(file);
             let config = config.map(|c| read_config(&c)).transpose()?;
             let mut c = connect()?;
-            eprintln!("Saving to {} new rxl format", abs.display());
             let p = follow(&socket, format!("saving {domain}"), &domain);
             let r = c.call(&Request::Save {
                 domain,
@@ -151,6 +175,12 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             p.finish();
             match r? {
                 Response::Transferred { name, stats } => {
+                    // xl prints this once the header is written; rxl once the VMM wrote the
+                    // stream, whose header and config record it reads back.
+                    match transfer::SaveFileInfo::of_file(&abs) {
+                        Ok(info) => eprintln!("{}", transfer::saving_line(&abs, &info)),
+                        Err(e) => eprintln!("Saving to {} new rxl format ({e})", abs.display()),
+                    }
                     eprintln!("Saved domain {name}: {}", transfer::figures(&stats));
                     if verbose || globals.verbose > 0 {
                         eprint!("{}", transfer::breakdown(&stats));
@@ -340,25 +370,42 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             domain,
             weight,
             cap,
+            schedparam,
+            tslice,
+            ratelimit,
+            migration_delay,
+            cpupool,
         } => {
-            if domain.is_none() && (weight.is_some() || cap.is_some()) {
-                return Err(Failure("Must specify a domain.".into()));
-            }
-            let named = domain.is_some();
-            let changing = weight.is_some() || cap.is_some();
-            let resp = connect()?.call(&Request::SchedCredit {
+            let setting_params =
+                tslice.is_some() || ratelimit.is_some() || migration_delay.is_some();
+            sched_credit(
+                &mut || connect(),
+                sched::Credit::One,
                 domain,
                 weight,
                 cap,
-            })?;
-            let Response::Sched { entries } = resp else {
-                return Err(Failure(format!("unexpected answer: {resp:?}")));
-            };
-            if !changing {
-                print!("{}", sched::sched_table(&entries, !named));
-            }
-            Ok(())
+                schedparam,
+                setting_params,
+                cpupool,
+            )
         }
+        Cmd::SchedCredit2 {
+            domain,
+            weight,
+            cap,
+            schedparam,
+            ratelimit,
+            cpupool,
+        } => sched_credit(
+            &mut || connect(),
+            sched::Credit::Two,
+            domain,
+            weight,
+            cap,
+            schedparam,
+            ratelimit.is_some(),
+            cpupool,
+        ),
         Cmd::VcpuList { domains } => {
             let resp = connect()?.call(&Request::VcpuList { domains })?;
             let Response::Vcpus { vcpus } = resp else {
@@ -368,19 +415,20 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             Ok(())
         }
         Cmd::VcpuPin {
+            force,
+            ignore_masks: _,
             domain,
             vcpu,
             hard,
             soft,
         } => {
-            if let Some(s) = soft.as_deref() {
-                if s != "all" && s != "-" {
-                    return Err(Failure(
-                        "soft affinity is not supported by rxen (only \"all\" or \"-\")".into(),
-                    ));
-                }
-            }
-            Ok(connect()?.call_ok(&Request::VcpuPin { domain, vcpu, hard })?)
+            let vcpu = sched::pin_target(&vcpu, force).map_err(|e| Failure(e.to_string()))?;
+            Ok(connect()?.call_ok(&Request::VcpuPin {
+                domain,
+                vcpu,
+                hard,
+                soft,
+            })?)
         }
         Cmd::VcpuSet {
             ignore_host,
@@ -468,6 +516,12 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         }
         Cmd::BlockList { domains } => device_lists(&mut connect()?, &domains, true),
         Cmd::NetworkList { domains } => device_lists(&mut connect()?, &domains, false),
+        Cmd::PciAttach { .. } => no_passthrough("pci-attach"),
+        Cmd::PciDetach { .. } => no_passthrough("pci-detach"),
+        Cmd::PciList { .. } => no_passthrough("pci-list"),
+        Cmd::PciAssignableAdd { .. } => no_passthrough("pci-assignable-add"),
+        Cmd::PciAssignableRemove { .. } => no_passthrough("pci-assignable-remove"),
+        Cmd::PciAssignableList { .. } => no_passthrough("pci-assignable-list"),
         Cmd::Dmesg { clear } => {
             let resp = connect()?.call(&Request::Dmesg { clear })?;
             let Response::Log { text } = resp else {
@@ -477,6 +531,61 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// The PCI passthrough commands: refused, with why.
+fn no_passthrough(command: &'static str) -> Outcome {
+    Err(Failure(rxl::pci::NoPassthrough { command }.to_string()))
+}
+
+/// `rxl sched-credit` and `sched-credit2`: the same weights and caps, each with its pool line.
+#[allow(clippy::too_many_arguments)]
+fn sched_credit(
+    connect: &mut dyn FnMut() -> Result<Client, Failure>,
+    which: sched::Credit,
+    domain: Option<String>,
+    weight: Option<u32>,
+    cap: Option<u32>,
+    schedparam: bool,
+    setting_params: bool,
+    cpupool: Option<String>,
+) -> Outcome {
+    let args = sched::SchedArgs {
+        domain: domain.clone(),
+        changing: weight.is_some() || cap.is_some(),
+        schedparam,
+        setting_params,
+        cpupool,
+    };
+    let action = sched::sched_action(which, &args).map_err(|e| Failure(e.to_string()))?;
+    let mut c = connect()?;
+    let pool_line = |c: &mut Client| -> Result<String, Failure> {
+        match c.call(&Request::SchedPool)? {
+            Response::SchedPool(p) => Ok(sched::pool_line(which, &p)),
+            other => Err(Failure(format!("unexpected answer: {other:?}"))),
+        }
+    };
+    if action == sched::SchedAction::PoolParams {
+        println!("{}", pool_line(&mut c)?);
+        return Ok(());
+    }
+    let resp = c.call(&Request::SchedCredit {
+        domain,
+        weight,
+        cap,
+    })?;
+    let Response::Sched { entries } = resp else {
+        return Err(Failure(format!("unexpected answer: {resp:?}")));
+    };
+    match action {
+        sched::SchedAction::All => {
+            let line = pool_line(&mut c)?;
+            print!("{}", sched::sched_table(&entries, Some(&line)));
+        }
+        sched::SchedAction::Show => print!("{}", sched::sched_table(&entries, None)),
+        sched::SchedAction::Set | sched::SchedAction::PoolParams => {}
+    }
+    Ok(())
 }
 
 /// `rxl block-list` / `network-list`: the header once, then each domain's devices.
@@ -580,7 +689,8 @@ fn dry_run_create(path: &Path, text: &str, overrides: &[String]) -> Outcome {
     for d in &parsed.diagnostics {
         eprintln!("{d}");
     }
-    let json = serde_json::to_string_pretty(&parsed.config).map_err(|e| Failure(e.to_string()))?;
+    let json = libxl::to_json(&libxl::LibxlConfig::from_config(&parsed.config, None))
+        .map_err(|e| Failure(e.to_string()))?;
     println!("{json}");
     Ok(())
 }
@@ -630,10 +740,14 @@ fn follow(socket: &Path, message: String, domain: &str) -> Progress {
 }
 
 fn attach(c: &mut Client, domain: &str) -> Outcome {
+    attach_with(c, domain, console::ESCAPE)
+}
+
+fn attach_with(c: &mut Client, domain: &str, escape: u8) -> Outcome {
     let fd = c.call_fd(&Request::Console {
         domain: domain.to_string(),
     })?;
-    console::attach(fd).map_err(|e| Failure(format!("console: {e}")))?;
+    console::attach_with(fd, escape).map_err(|e| Failure(format!("console: {e}")))?;
     Ok(())
 }
 

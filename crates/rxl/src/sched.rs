@@ -1,11 +1,119 @@
-//! xl's scheduler and vCPU output formats: `xl sched-credit` and `xl vcpu-list`.
+//! xl's scheduler and vCPU output formats: `xl sched-credit` and `xl vcpu-list`; and how
+//! `xl vcpu-pin` reads its vCPU argument.
 
-use rxen_proto::api::{SchedEntry, VcpuInfo};
+use rxen_proto::api::{SchedEntry, SchedPoolParams, VcpuInfo};
 
-/// The pool line of `xl sched-credit`. Linux's CFS has no credit time slice,
-/// rate limit or migration delay to report, so rxen prints xl's own line for
-/// parameters it cannot read.
-pub const SCHED_POOL_LINE: &str = "Cpupool Pool-0: [sched params unavailable]";
+/// rxen's one CPU pool, as xl names the first.
+pub const POOL: &str = "Pool-0";
+
+/// Which of xl's two credit commands: their tables are the same, their pool lines differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credit {
+    /// `sched-credit`.
+    One,
+    /// `sched-credit2`.
+    Two,
+}
+
+/// What `sched-credit`/`sched-credit2` were asked, refused in xl's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedArgsError {
+    /// sched-credit: `-p` or `-s` with `-d`, `-w` or `-c`.
+    #[error("Specifying a cpupool or schedparam is not allowed with domain options.")]
+    PoolWithDomain,
+    /// sched-credit2: `-p` with `-d`, `-w` or `-c`.
+    #[error("Specifying a cpupool is not allowed with other options.")]
+    PoolWithOthers,
+    /// `-w` or `-c` without `-d`.
+    #[error("Must specify a domain.")]
+    NoDomain,
+    /// sched-credit: `-t`, `-r` or `-m` without `-s`.
+    #[error("Must specify schedparam to set schedule parameter values.")]
+    NoSchedparam,
+    /// `-p` naming a pool other than rxen's one.
+    #[error("unknown cpupool '{0}'")]
+    UnknownPool(String),
+    /// `-s` with values to set.
+    #[error("the scheduler's pool parameters are Linux's CFS settings under rxen and cannot be set with rxl (tslice is the CFS period of rxen's caps, ratelimit the kernel's sched_cfs_bandwidth_slice_us, migration-delay its migration cost)")]
+    ReadOnlyParams,
+}
+
+/// What a `sched-credit`/`sched-credit2` command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedAction {
+    /// The pool line only (`-s`).
+    PoolParams,
+    /// Every domain, under the pool line.
+    All,
+    /// One domain's row (`-d`).
+    Show,
+    /// Change one domain's weight or cap.
+    Set,
+}
+
+/// The options of `sched-credit` (`-d -w -c -s -t -r -m -p`) or `sched-credit2` (no `-t`, `-m`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedArgs {
+    /// `-d`.
+    pub domain: Option<String>,
+    /// `-w` or `-c` given.
+    pub changing: bool,
+    /// `-s`.
+    pub schedparam: bool,
+    /// `-t`, `-r` or `-m` given.
+    pub setting_params: bool,
+    /// `-p`.
+    pub cpupool: Option<String>,
+}
+
+/// Checks the options as xl does, in xl's order, and says what to do.
+pub fn sched_action(which: Credit, a: &SchedArgs) -> Result<SchedAction, SchedArgsError> {
+    let domain_opts = a.domain.is_some() || a.changing;
+    match which {
+        Credit::One if (a.cpupool.is_some() || a.schedparam) && domain_opts => {
+            return Err(SchedArgsError::PoolWithDomain)
+        }
+        Credit::Two if a.cpupool.is_some() && domain_opts => {
+            return Err(SchedArgsError::PoolWithOthers)
+        }
+        _ => {}
+    }
+    if a.domain.is_none() && a.changing {
+        return Err(SchedArgsError::NoDomain);
+    }
+    if which == Credit::One && !a.schedparam && a.setting_params {
+        return Err(SchedArgsError::NoSchedparam);
+    }
+    if let Some(p) = &a.cpupool {
+        // xl takes a pool's name or its ID.
+        if p != POOL && p != "0" {
+            return Err(SchedArgsError::UnknownPool(p.clone()));
+        }
+    }
+    if a.schedparam {
+        if a.setting_params {
+            return Err(SchedArgsError::ReadOnlyParams);
+        }
+        return Ok(SchedAction::PoolParams);
+    }
+    Ok(match (&a.domain, a.changing) {
+        (None, _) => SchedAction::All,
+        (Some(_), false) => SchedAction::Show,
+        (Some(_), true) => SchedAction::Set,
+    })
+}
+
+/// The pool line: `Cpupool %s: tslice=%dms ratelimit=%dus migration-delay=%dus` for credit,
+/// `Cpupool %s: ratelimit=%dus` for credit2.
+pub fn pool_line(which: Credit, p: &SchedPoolParams) -> String {
+    match which {
+        Credit::One => format!(
+            "Cpupool {POOL}: tslice={}ms ratelimit={}us migration-delay={}us",
+            p.tslice_ms, p.ratelimit_us, p.migration_delay_us
+        ),
+        Credit::Two => format!("Cpupool {POOL}: ratelimit={}us", p.ratelimit_us),
+    }
+}
 
 /// The header of `xl sched-credit`: `"%-33s %4s %6s %4s"`.
 pub fn sched_header() -> String {
@@ -17,12 +125,12 @@ pub fn sched_row(e: &SchedEntry) -> String {
     format!("{:<33} {:>4} {:>6} {:>4}", e.name, e.domid, e.weight, e.cap)
 }
 
-/// The output of `xl sched-credit`: the pool line when no domain was named,
+/// The output of `xl sched-credit`: the pool line (when no domain was named),
 /// then the header and the rows.
-pub fn sched_table(entries: &[SchedEntry], with_pool: bool) -> String {
+pub fn sched_table(entries: &[SchedEntry], pool: Option<&str>) -> String {
     let mut out = String::new();
-    if with_pool {
-        out.push_str(SCHED_POOL_LINE);
+    if let Some(line) = pool {
+        out.push_str(line);
         out.push('\n');
     }
     out.push_str(&sched_header());
@@ -56,6 +164,43 @@ pub fn parse_mem_size_mib(s: &str) -> Option<u64> {
     };
     let mib = kib / 1024;
     (mib > 0).then_some(mib)
+}
+
+/// `rxl vcpu-pin`'s vCPU argument refused, in xl's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    /// Neither a number nor `all`.
+    #[error("Error: Invalid argument {0} as VCPU.")]
+    InvalidVcpu(String),
+    /// `-f` with `all`.
+    #[error("Error: --force and 'all' as VCPU not allowed.")]
+    ForceAll,
+}
+
+/// The vCPU `xl vcpu-pin` acts on, read as xl reads it (`strtol`: the leading digits; `all`
+/// when there are none and the word is `all`), as rxend's request spells it.
+pub fn pin_target(vcpu: &str, force: bool) -> Result<String, PinError> {
+    let t = vcpu.trim_start();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let number = digits[..end].parse::<u64>().unwrap_or(u64::MAX);
+    if end == 0 || (negative && number != 0) {
+        if vcpu != "all" {
+            return Err(PinError::InvalidVcpu(vcpu.to_string()));
+        }
+        if force {
+            return Err(PinError::ForceAll);
+        }
+        return Ok("all".into());
+    }
+    Ok(number.to_string())
 }
 
 /// The header of `xl vcpu-list`: `"%-32s %5s %5s %5s %5s %9s %s"`.
@@ -146,6 +291,27 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_pin_reads_its_vcpu_as_xl() {
+        assert_eq!(pin_target("3", false), Ok("3".into()));
+        assert_eq!(pin_target("3", true), Ok("3".into()));
+        assert_eq!(pin_target(" 2x", false), Ok("2".into()));
+        assert_eq!(pin_target("all", false), Ok("all".into()));
+        assert_eq!(pin_target("all", true), Err(PinError::ForceAll));
+        assert_eq!(
+            pin_target("-1", false),
+            Err(PinError::InvalidVcpu("-1".into()))
+        );
+        assert_eq!(
+            pin_target("first", false).map_err(|e| e.to_string()),
+            Err("Error: Invalid argument first as VCPU.".into())
+        );
+        assert_eq!(
+            PinError::ForceAll.to_string(),
+            "Error: --force and 'all' as VCPU not allowed."
+        );
+    }
+
+    #[test]
     fn memory_sizes_as_xl_reads_them() {
         assert_eq!(parse_mem_size_mib("256"), Some(256));
         assert_eq!(parse_mem_size_mib("256m"), Some(256));
@@ -161,6 +327,12 @@ mod tests {
 
     #[test]
     fn sched_credit_matches_xl() {
+        let p = SchedPoolParams {
+            tslice_ms: 100,
+            ratelimit_us: 5000,
+            migration_delay_us: 500,
+        };
+        let line = pool_line(Credit::One, &p);
         let t = sched_table(
             &[SchedEntry {
                 name: "Domain-0".into(),
@@ -168,13 +340,81 @@ mod tests {
                 weight: 1024,
                 cap: 0,
             }],
-            true,
+            Some(&line),
         );
         assert_eq!(
             t,
-            "Cpupool Pool-0: [sched params unavailable]\n\
+            "Cpupool Pool-0: tslice=100ms ratelimit=5000us migration-delay=500us\n\
              Name                                ID Weight  Cap\n\
              Domain-0                             0   1024    0\n"
+        );
+        assert_eq!(
+            pool_line(Credit::Two, &p),
+            "Cpupool Pool-0: ratelimit=5000us"
+        );
+    }
+
+    #[test]
+    fn sched_options_are_checked_as_xl_checks_them() {
+        let a = |domain: Option<&str>, changing, schedparam, setting_params, pool: Option<&str>| {
+            SchedArgs {
+                domain: domain.map(String::from),
+                changing,
+                schedparam,
+                setting_params,
+                cpupool: pool.map(String::from),
+            }
+        };
+        use Credit::{One, Two};
+        let ok = |w, args| sched_action(w, &args);
+        assert_eq!(
+            ok(One, a(None, false, false, false, None)),
+            Ok(SchedAction::All)
+        );
+        assert_eq!(
+            ok(One, a(Some("d"), false, false, false, None)),
+            Ok(SchedAction::Show)
+        );
+        assert_eq!(
+            ok(Two, a(Some("d"), true, false, false, None)),
+            Ok(SchedAction::Set)
+        );
+        assert_eq!(
+            ok(One, a(None, false, true, false, Some("Pool-0"))),
+            Ok(SchedAction::PoolParams)
+        );
+        assert_eq!(
+            ok(Two, a(None, false, false, false, Some("0"))),
+            Ok(SchedAction::All)
+        );
+        assert_eq!(
+            ok(One, a(Some("d"), false, true, false, None)),
+            Err(SchedArgsError::PoolWithDomain)
+        );
+        // credit2 lets -s pass with -d, and then shows the pool.
+        assert_eq!(
+            ok(Two, a(Some("d"), false, true, false, None)),
+            Ok(SchedAction::PoolParams)
+        );
+        assert_eq!(
+            ok(Two, a(Some("d"), false, false, false, Some("Pool-0"))),
+            Err(SchedArgsError::PoolWithOthers)
+        );
+        assert_eq!(
+            ok(Two, a(None, true, false, false, None)),
+            Err(SchedArgsError::NoDomain)
+        );
+        assert_eq!(
+            ok(One, a(None, false, false, true, None)),
+            Err(SchedArgsError::NoSchedparam)
+        );
+        assert_eq!(
+            ok(One, a(None, false, true, true, None)),
+            Err(SchedArgsError::ReadOnlyParams)
+        );
+        assert_eq!(
+            ok(One, a(None, false, false, false, Some("web"))).map_err(|e| e.to_string()),
+            Err("unknown cpupool 'web'".into())
         );
     }
 }

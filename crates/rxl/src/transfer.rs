@@ -23,6 +23,64 @@ pub enum TransferError {
     /// A local socket could not be made.
     #[error("cannot create a socket pair: {0}")]
     Socket(#[source] std::io::Error),
+    /// A save file could not be read back.
+    #[error("cannot read {path}: {source}")]
+    SaveFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: rxen_proto::stream::StreamError,
+    },
+}
+
+/// `rxl save -D`'s refusal.
+pub const KEEP_DOMID_REFUSAL: &str = "-D (store the domain ID) is not supported: rxen never gives a second domain an ID that another has had, so a restored domain always gets a new ID";
+
+/// What xl's "Saving to F new xl format (info M/O/L)" line reports of a save file: its
+/// mandatory flags, optional flags and the length of the config data that rides in front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveFileInfo {
+    /// The stream header's flags word (rxen's mandatory flags: 0 for a save file).
+    pub mandatory_flags: u32,
+    /// Optional flags: rxen's header has none.
+    pub optional_flags: u32,
+    /// The length of the config record's body (xl: the optional data, its JSON config).
+    pub config_len: u32,
+}
+
+impl SaveFileInfo {
+    /// Reads the header and the config record at the start of a save stream.
+    pub fn read(reader: impl Read) -> Result<SaveFileInfo, rxen_proto::stream::StreamError> {
+        let mut r = rxen_proto::stream::StreamReader::new(reader)?;
+        let config = r.expect(rxen_proto::stream::RecordType::Config)?;
+        Ok(SaveFileInfo {
+            mandatory_flags: r.header.flags,
+            optional_flags: 0,
+            config_len: u32::try_from(config.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Reads them from the save file at `path`.
+    pub fn of_file(path: &std::path::Path) -> Result<SaveFileInfo, TransferError> {
+        let fail = |source| TransferError::SaveFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(|e| fail(e.into()))?;
+        SaveFileInfo::read(std::io::BufReader::new(file)).map_err(fail)
+    }
+}
+
+/// xl's line for a save (`"Saving to %s new xl format (info 0x%x/0x%x/%u)"`), with rxl's name
+/// for the format, which is rxen's own.
+pub fn saving_line(path: &std::path::Path, info: &SaveFileInfo) -> String {
+    format!(
+        "Saving to {} new rxl format (info 0x{:x}/0x{:x}/{})",
+        path.display(),
+        info.mandatory_flags,
+        info.optional_flags,
+        info.config_len
+    )
 }
 
 /// Progress on stderr when it is a terminal, nothing otherwise: a spinner
@@ -262,6 +320,30 @@ mod tests {
         };
         assert!(figures(&s).starts_with("rounds 3, 1048576 bytes sent (1.0 MiB"));
         assert!(breakdown(&s).contains("no breakdown"));
+    }
+
+    #[test]
+    fn the_saving_line_reports_the_header_flags_and_the_config_length() {
+        use rxen_proto::stream::{Header, RecordType, StreamWriter};
+        let mut w = StreamWriter::new(Vec::new(), Header::new(false)).expect("header");
+        w.record(RecordType::Config, b"{\"config\":{}}")
+            .expect("record");
+        w.record(RecordType::End, b"").expect("end");
+        let bytes = w.into_inner();
+        let info = SaveFileInfo::read(&bytes[..]).expect("info");
+        assert_eq!(
+            info,
+            SaveFileInfo {
+                mandatory_flags: 0,
+                optional_flags: 0,
+                config_len: 13
+            }
+        );
+        assert_eq!(
+            saving_line(std::path::Path::new("/tmp/d.sav"), &info),
+            "Saving to /tmp/d.sav new rxl format (info 0x0/0x0/13)"
+        );
+        assert!(SaveFileInfo::read(&bytes[..40]).is_err());
     }
 
     #[test]

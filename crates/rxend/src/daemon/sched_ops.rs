@@ -74,6 +74,13 @@ pub(super) fn open_cgroups(opts: &SchedOptions, log: &Log) -> Option<Cgroups> {
     }
 }
 
+/// vCPU `v`'s soft affinity as xl prints it (`all` unless `rxl vcpu-pin` set one).
+fn soft_text(rec: &DomainRecord, v: u32, host: u32) -> String {
+    rec.soft_affinity
+        .get(&v)
+        .map_or_else(|| "all".into(), |c| sched::bitmap_text(c, host))
+}
+
 fn host_cpus() -> u32 {
     hostinfo::nr_cpus()
 }
@@ -364,7 +371,7 @@ impl Daemon {
                     blocked: !paused && st.state != 'R',
                     time_s: ((st.utime + st.stime) * 1_000_000_000 / ticks) as f64 / 1e9,
                     hard,
-                    soft: "all".into(),
+                    soft: soft_text(&e.rec, th.index, host),
                 });
             }
             // vCPUs up to maxvcpus that are not online.
@@ -387,7 +394,7 @@ impl Daemon {
                     blocked: false,
                     time_s: 0.0,
                     hard,
-                    soft: "all".into(),
+                    soft: soft_text(&e.rec, v, host),
                 });
             }
         }
@@ -430,27 +437,68 @@ impl Daemon {
         Ok(())
     }
 
-    /// `rxl vcpu-pin`: sets the hard affinity of one vCPU thread, or of all.
+    /// `rxl vcpu-pin`: sets the hard affinity of one vCPU thread, or of all, and records their
+    /// soft affinity (`-` or `None`: unchanged).
     pub fn vcpu_pin(
         &self,
         caller: &Caller,
         domain: &str,
         vcpu: &str,
         hard: &str,
+        soft: Option<&str>,
     ) -> Result<(), DaemonError> {
         let (id, _) = self.running_guest(caller, domain, "pinned")?;
-        if hard == "-" {
-            return Ok(());
-        }
         let host = host_cpus();
-        let cpus = xlcfg::parse_cpu_list(hard, host)
-            .map_err(|e| DaemonError::Config(format!("invalid CPU list \"{hard}\": {e}")))?;
-        let pid = {
+        let parse = |list: &str| {
+            xlcfg::parse_cpu_list(list, host)
+                .map_err(|e| DaemonError::Config(format!("invalid CPU list \"{list}\": {e}")))
+        };
+        let soft = soft.filter(|s| *s != "-").map(parse).transpose()?;
+        let hard = (hard != "-").then(|| parse(hard)).transpose()?;
+        let (pid, maxvcpus) = {
             let t = self.table();
-            match t.domains.get(&id).map(|e| &e.rec.state) {
-                Some(DomainState::Running { pid, .. }) => *pid,
+            match t.domains.get(&id).map(|e| (&e.rec.state, &e.rec.config)) {
+                Some((DomainState::Running { pid, .. }, c)) => (*pid, c.maxvcpus.max(c.vcpus)),
                 _ => return Err(DaemonError::NotRunning(domain.to_string())),
             }
+        };
+        if let Some(soft) = soft {
+            let which: Vec<u32> = if vcpu == "all" {
+                (0..maxvcpus).collect()
+            } else {
+                match vcpu.parse::<u32>() {
+                    Ok(n) if n < maxvcpus => vec![n],
+                    _ => {
+                        return Err(DaemonError::Config(format!(
+                            "vcpu {vcpu} of domain {domain} does not exist"
+                        )))
+                    }
+                }
+            };
+            let all: Vec<u32> = (0..host).collect();
+            let rec = {
+                let mut t = self.table();
+                let Some(e) = t.domains.get_mut(&id) else {
+                    return Err(DaemonError::NoSuchDomain(domain.to_string()));
+                };
+                for v in which {
+                    if soft == all {
+                        e.rec.soft_affinity.remove(&v);
+                    } else {
+                        e.rec.soft_affinity.insert(v, soft.clone());
+                    }
+                }
+                e.rec.clone()
+            };
+            self.save(&rec)?;
+            self.log.info(format!(
+                "domain {id}: vcpu {vcpu} soft affinity {} (recorded: Linux has no preferred CPUs) by {}",
+                sched::bitmap_text(&soft, host),
+                caller.describe()
+            ));
+        }
+        let Some(cpus) = hard else {
+            return Ok(());
         };
         let threads = vcpu_threads(pid);
         let chosen: Vec<_> = if vcpu == "all" {

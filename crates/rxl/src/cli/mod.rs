@@ -107,6 +107,15 @@ pub enum Cmd {
     },
     /// Attach to a domain's console (Ctrl-] detaches).
     Console {
+        /// Console type: serial (the domain's 16550 UART); pv and vuart are refused (none).
+        #[arg(short = 't', value_name = "TYPE")]
+        kind: Option<String>,
+        /// Console number (with -t): 0, rxen domains have one serial console.
+        #[arg(short = 'n', value_name = "NUMBER")]
+        number: Option<String>,
+        /// Escape character that detaches: ^X for Ctrl-X, or one character (default ^]).
+        #[arg(short = 'e', value_name = "ESCAPE")]
+        escape: Option<String>,
         /// The domain (name or ID).
         domain: String,
     },
@@ -207,6 +216,43 @@ pub enum Cmd {
         /// New cap in percent of one host CPU (0: no cap).
         #[arg(short = 'c', long = "cap")]
         cap: Option<u32>,
+        /// Show the pool's scheduler parameters (tslice, ratelimit, migration delay).
+        #[arg(short = 's', long = "schedparam")]
+        schedparam: bool,
+        /// Set the time slice, in ms (refused: it is the CFS period rxen caps over).
+        #[arg(short = 't', long = "tslice_ms", value_name = "TSLICE")]
+        tslice: Option<String>,
+        /// Set the rate limit, in us (refused: it is Linux's CFS bandwidth slice).
+        #[arg(short = 'r', long = "ratelimit_us", value_name = "RLIMIT")]
+        ratelimit: Option<String>,
+        /// Set the migration delay, in us (refused: it is Linux's migration cost).
+        #[arg(short = 'm', long = "migration_delay_us", value_name = "DLY")]
+        migration_delay: Option<String>,
+        /// Only this CPU pool (rxen has one: Pool-0).
+        #[arg(short = 'p', long = "cpupool", value_name = "CPUPOOL")]
+        cpupool: Option<String>,
+    },
+    /// Show or set credit2-scheduler weights and caps (the same as sched-credit's).
+    #[command(name = "sched-credit2")]
+    SchedCredit2 {
+        /// The domain (name or ID); all domains when absent.
+        #[arg(short = 'd', long = "domain")]
+        domain: Option<String>,
+        /// New weight (1-65535; 256 is the default).
+        #[arg(short = 'w', long = "weight")]
+        weight: Option<u32>,
+        /// New cap in percent of one host CPU (0: no cap).
+        #[arg(short = 'c', long = "cap")]
+        cap: Option<u32>,
+        /// Show the pool's scheduler parameters (ratelimit).
+        #[arg(short = 's', long = "schedparam")]
+        schedparam: bool,
+        /// Set the rate limit, in us (refused: it is Linux's CFS bandwidth slice).
+        #[arg(short = 'r', long = "ratelimit_us", value_name = "RLIMIT")]
+        ratelimit: Option<String>,
+        /// Only this CPU pool (rxen has one: Pool-0).
+        #[arg(short = 'p', long = "cpupool", value_name = "CPUPOOL")]
+        cpupool: Option<String>,
     },
     /// List the vCPUs of domains.
     #[command(name = "vcpu-list")]
@@ -214,16 +260,23 @@ pub enum Cmd {
         /// Domains to show (all when none).
         domains: Vec<String>,
     },
-    /// Set the hard affinity of a domain's vCPUs.
+    /// Set which CPUs a domain's vCPUs can use.
     #[command(name = "vcpu-pin")]
     VcpuPin {
+        /// xl: undo a pinning the guest kernel made. rxen guests cannot pin themselves, so it
+        /// pins as without it (but not with `all` as the vCPU, as in xl).
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        /// xl: ignore xl.conf's global affinity masks (rxen has none).
+        #[arg(short = 'i', long = "ignore-global-affinity-masks")]
+        ignore_masks: bool,
         /// The domain (name or ID).
         domain: String,
         /// A vCPU number, or `all`.
         vcpu: String,
-        /// Host CPUs: a list like `3,5-8,^6`, `all`, or `-` for unchanged.
+        /// Hard affinity: host CPUs as `3,5-8,^6`, `all`, or `-` for unchanged.
         hard: String,
-        /// Soft affinity: accepted for xl compatibility; rxen has none (only `all` or `-`).
+        /// Soft affinity (preferred CPUs), the same way; kept and shown by vcpu-list.
         soft: Option<String>,
     },
     /// Set how many vCPUs a domain has online (up to maxvcpus).
@@ -291,6 +344,10 @@ pub enum Cmd {
         /// Leave the domain paused after saving it.
         #[arg(short = 'p')]
         paused: bool,
+        /// xl: store the domain ID in the saved configuration. Refused: rxen gives every
+        /// domain an ID of its own, a restored one too.
+        #[arg(short = 'D')]
+        keep_domid: bool,
         /// Also print where the downtime went, phase by phase.
         #[arg(short = 'v', long = "verbose")]
         verbose: bool,
@@ -423,6 +480,57 @@ pub enum Cmd {
         /// The domains (name or ID).
         #[arg(required = true)]
         domains: Vec<String>,
+    },
+    /// Insert a new pass-through PCI device (refused: rxen has no passthrough).
+    #[command(name = "pci-attach")]
+    PciAttach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The PCI device (BDF and options).
+        #[arg(value_name = "PCI_SPEC_STRING")]
+        spec: String,
+    },
+    /// Remove a domain's pass-through PCI device (refused: rxen has no passthrough).
+    #[command(name = "pci-detach")]
+    PciDetach {
+        /// The domain (name or ID).
+        domain: String,
+        /// The PCI device (BDF and options).
+        #[arg(value_name = "PCI_SPEC_STRING")]
+        spec: String,
+    },
+    /// List pass-through PCI devices for a domain (refused: rxen has no passthrough).
+    #[command(name = "pci-list")]
+    PciList {
+        /// The domain (name or ID).
+        domain: String,
+    },
+    /// Make a device assignable for PCI passthrough (refused: rxen has no passthrough).
+    #[command(name = "pci-assignable-add")]
+    PciAssignableAdd {
+        /// Name the assignable device.
+        #[arg(short = 'n', long = "name", value_name = "NAME")]
+        name: Option<String>,
+        /// The device's BDF.
+        #[arg(value_name = "BDF")]
+        bdf: String,
+    },
+    /// Remove a device from being assignable (refused: rxen has no passthrough).
+    #[command(name = "pci-assignable-remove")]
+    PciAssignableRemove {
+        /// Attempt to re-assign the device to the original driver.
+        #[arg(short = 'r')]
+        rebind: bool,
+        /// The device's BDF or name.
+        #[arg(value_name = "BDF|NAME")]
+        device: String,
+    },
+    /// List all the assignable PCI devices (refused: rxen has no passthrough).
+    #[command(name = "pci-assignable-list")]
+    PciAssignableList {
+        /// Display assignable device names where supplied.
+        #[arg(short = 'n', long = "show-names")]
+        show_names: bool,
     },
     /// Print rxend's log.
     Dmesg {
