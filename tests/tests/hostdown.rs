@@ -33,7 +33,7 @@ fn host_shutdown_saves_every_domain_and_host_start_brings_them_back() {
     with_domains_config(&mut h, &save, &auto);
     let mut a = h.create_guest("hd-a", 1, 64, "");
     let mut b = h.create_guest("hd-b", 2, 64, "");
-    let mut c = h.create_guest("hd-c", 2, 128, "");
+    let mut c = h.create_guest("hd-c", 2, 32, "");
     c.memfill(11);
     let sum = c.memsum();
     // Busy: vCPU 1 burns while the host goes down.
@@ -98,7 +98,7 @@ fn a_domain_whose_save_fails_is_shut_down_and_reported() {
     let save = h.dir.path().join("small");
     fs::create_dir(&save).expect("mkdir");
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
         .arg(&save)
         .status()
         .expect("mount");
@@ -108,9 +108,9 @@ fn a_domain_whose_save_fails_is_shut_down_and_reported() {
     };
     let no_auto = h.dir.path().join("no-auto");
     with_domains_config(&mut h, &save, &no_auto);
-    let mut con = h.create_guest("hd-full", 1, 64, "");
-    // 32 MiB of distinct pages: its save cannot fit in 1 MiB.
-    con.memfill(5);
+    // Even an idle guest's save (its page list and the pages it touched: about 256 KiB) does
+    // not fit in 64 KiB.
+    let con = h.create_guest("hd-full", 1, 64, "");
     drop(con);
     let out = h.rxl(&["host-shutdown"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
