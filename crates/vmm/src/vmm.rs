@@ -1740,6 +1740,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     let console = bind_socket(&run_dir.join(files::CONSOLE_SOCKET))?;
     // The record is written at exit through this descriptor.
     let exit_file = crate::exit::ExitRecordFile::create(&run_dir)?;
+    let jail_started = Instant::now();
     crate::sandbox::jail::enter_jail(&crate::sandbox::jail::JailSpec {
         mount_at: &run_dir,
         uid: spec.sandbox_uid,
@@ -1747,6 +1748,13 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     })
     .map_err(VmmError::from)
     .map_err(tell_source)?;
+    if crate::sandbox::jail::entered() {
+        tracing::info!(
+            us = micros(jail_started.elapsed()),
+            uid = ?spec.sandbox_uid,
+            "jailed: own namespaces, empty root"
+        );
+    }
     let mut vm = Vm::build(spec, incoming.as_ref(), host).map_err(tell_source)?;
     let mut timings = TargetTimings::default();
     let mut go_at = None;
