@@ -186,6 +186,20 @@ pub enum Request {
     /// Restore every domain saved there, then create those whose configs are in the
     /// auto-start directory and do not run (`rxl host-start`, Xen's `xendomains start`).
     HostStart,
+    /// Back a running domain up into a new directory under `dir`: its state and a copy of
+    /// every disk taken at the same instant, with a manifest (`rxl backup`).
+    Backup {
+        /// The domain.
+        domain: DomainRef,
+        /// The directory that holds the domain's backups (absolute).
+        dir: String,
+    },
+    /// Bring a domain back from one backup directory: its disks copied back, its state
+    /// restored (`rxl backup-restore`).
+    BackupRestore {
+        /// The backup's own directory (absolute).
+        dir: String,
+    },
     /// Save a domain to a file (`rxl save`).
     Save {
         /// The domain.
@@ -463,6 +477,17 @@ pub enum Response {
         /// The figures.
         stats: crate::vmctl::TransferStats,
     },
+    /// A backup was written.
+    BackedUp {
+        /// Its directory.
+        dir: String,
+        /// How long the domain was paused, in milliseconds.
+        paused_ms: u64,
+        /// Each disk copied and how.
+        disks: Vec<BackedUpDisk>,
+        /// Bytes of the domain's state.
+        state_bytes: u64,
+    },
     /// What [`Request::HostShutdown`] or [`Request::HostStart`] did to each domain.
     HostDomains {
         /// One entry per domain, in the order they were handled.
@@ -579,4 +604,15 @@ impl HostDomainAction {
             Self::Saved | Self::Restored | Self::Created | Self::AlreadyRunning
         )
     }
+}
+
+/// One disk in a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackedUpDisk {
+    /// Its vdev.
+    pub vdev: String,
+    /// Bytes copied (the image's size).
+    pub bytes: u64,
+    /// `reflink` (an instant copy-on-write clone) or `copy` (read while the domain was paused).
+    pub method: String,
 }

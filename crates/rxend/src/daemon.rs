@@ -1,6 +1,7 @@
 //! The domain table and every operation on it. Locks are held only for
 //! bookkeeping, never while a VMM starts or answers.
 
+mod backup;
 mod host_domains;
 mod hotplug;
 

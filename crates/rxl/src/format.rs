@@ -344,3 +344,22 @@ pub fn host_domain_line(o: &rxen_proto::api::HostDomainOutcome) -> String {
     }
     line
 }
+
+/// What `rxl backup` says: where the backup went, how long the domain was paused, and each
+/// disk with how it was copied.
+pub fn backup_line(
+    dir: &str,
+    paused_ms: u64,
+    state_bytes: u64,
+    disks: &[rxen_proto::api::BackedUpDisk],
+) -> String {
+    let disks = disks
+        .iter()
+        .map(|d| format!("{} {} bytes ({})", d.vdev, d.bytes, d.method))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "Backed up to {dir}: state {state_bytes} bytes{}{disks}; paused {paused_ms} ms",
+        if disks.is_empty() { "" } else { ", disks " }
+    )
+}

@@ -317,6 +317,38 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             println!("{name}");
             Ok(())
         }
+        Cmd::Backup { domain, dir } => {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let resp = connect()?.call(&Request::Backup {
+                domain,
+                dir: dir.display().to_string(),
+            })?;
+            let Response::BackedUp {
+                dir,
+                paused_ms,
+                disks,
+                state_bytes,
+            } = resp
+            else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            println!(
+                "{}",
+                format::backup_line(&dir, paused_ms, state_bytes, &disks)
+            );
+            Ok(())
+        }
+        Cmd::BackupRestore { dir } => {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let resp = connect()?.call(&Request::BackupRestore {
+                dir: dir.display().to_string(),
+            })?;
+            let Response::Domain { domid, name, .. } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            println!("Restored domain {name} (id {domid}) from {}", dir.display());
+            Ok(())
+        }
         cmd @ (Cmd::HostShutdown | Cmd::HostStart) => {
             let req = if matches!(cmd, Cmd::HostShutdown) {
                 Request::HostShutdown

@@ -184,6 +184,18 @@ pub enum Cmd {
         /// The domain's ID.
         id: String,
     },
+    /// Back a running domain up: its state and every disk at one instant, with a manifest (rxen).
+    Backup {
+        /// The domain (name or ID).
+        domain: String,
+        /// The directory that holds the domain's backups; each goes in a new directory there.
+        dir: std::path::PathBuf,
+    },
+    /// Bring a domain back from one backup directory: disks copied back, state restored (rxen).
+    BackupRestore {
+        /// The backup's directory (as `rxl backup` printed it).
+        dir: std::path::PathBuf,
+    },
     /// Save every running domain for a host shutdown; shut down those that cannot be saved (rxen: Xen's xendomains stop).
     HostShutdown,
     /// Restore the domains saved by host-shutdown and create the auto-start ones (rxen: Xen's xendomains start).
