@@ -321,6 +321,52 @@ fn a_hot_plugged_disk_larger_than_any_file_at_start_is_written_to_its_end() {
     assert!(host.list_row("bigdisk").is_some(), "the VMM died");
 }
 
+/// Milliseconds `blkbench DISK write|read MIB` took in the guest.
+fn bench_ms(con: &mut rxen_e2e::Console, disk: &str, what: &str, mib: u32) -> u64 {
+    con.sync();
+    con.send(&format!("blkbench {disk} {what} {mib}"));
+    let line = answer_within(con, " MiB in ", Duration::from_secs(120));
+    line.split(" in ")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches(" ms").trim().parse().ok())
+        .unwrap_or_else(|| panic!("blkbench said {line:?}"))
+}
+
+#[test]
+fn rxen_bps_and_iops_hold_a_disk_to_its_limits() {
+    let host = Host::start();
+    let (a, b, c) = (
+        image(&host, "bps.img", 8),
+        image(&host, "iops.img", 8),
+        image(&host, "free.img", 8),
+    );
+    let mut con = host.create_guest(
+        "limited",
+        1,
+        64,
+        &format!(
+            "disk = [ 'file:{},xvda,w,rxen-bps=1M', 'file:{},xvdb,w,rxen-iops=10', 'file:{},xvdc,w' ]",
+            a.display(),
+            b.display(),
+            c.display()
+        ),
+    );
+    // 3 MiB at 1 MiB/s, one second's worth in hand at the start: at least 2 s.
+    let bps = bench_ms(&mut con, "xvda", "write", 3);
+    // 2 MiB in 64 KiB requests is 32 requests at 10 a second, 10 in hand: at least 2 s.
+    let iops = bench_ms(&mut con, "xvdb", "read", 2);
+    let free = bench_ms(&mut con, "xvdc", "write", 3);
+    assert!(bps >= 1800, "rxen-bps=1M moved 3 MiB in {bps} ms");
+    assert!(iops >= 1800, "rxen-iops=10 served 32 requests in {iops} ms");
+    assert!(
+        free * 2 < bps,
+        "the unlimited disk ({free} ms) is not faster than the limited one ({bps} ms)"
+    );
+    // What was written under the limit is there.
+    assert_eq!(read_at(&a, 0, 512).len(), 512);
+    assert!(host.list_row("limited").is_some());
+}
+
 fn iface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }

@@ -104,6 +104,12 @@ pub struct DiskDevice {
     /// the VMM finds out itself at start-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discard: Option<bool>,
+    /// Bytes per second the guest may move through the disk (`rxen-bps=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
+    /// Requests per second (`rxen-iops=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_per_sec: Option<u64>,
 }
 
 /// A `rate=` limit on the guest's transmit side: `bytes` per `interval_us`.

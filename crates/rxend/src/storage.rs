@@ -152,6 +152,8 @@ pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
         cdrom: spec.is_cdrom,
         shared_writable: spec.access == DiskAccess::ReadWriteShared,
         discard: None,
+        bytes_per_sec: spec.rxen_bps,
+        ops_per_sec: spec.rxen_iops,
     })
 }
 

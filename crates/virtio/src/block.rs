@@ -9,6 +9,7 @@
 //! [`VirtioDevice::process_queue`].
 
 mod disk;
+pub mod limits;
 mod request;
 mod stats;
 #[cfg(test)]
@@ -63,6 +64,9 @@ pub enum BlockError {
     /// The queue size is not a power of two between 4 and 32768.
     #[error("queue size {0} is not a power of two between 4 and 32768")]
     BadQueueSize(u16),
+    /// The I/O limits are unusable.
+    #[error(transparent)]
+    Limits(#[from] limits::LimitError),
 }
 
 /// How the VMM wants a block device set up.
@@ -80,6 +84,8 @@ pub struct BlockConfig {
     pub backend_discard: Option<bool>,
     /// Size of the request queue.
     pub queue_size: u16,
+    /// I/O limits (none by default).
+    pub rate: limits::BlockRate,
 }
 
 impl Default for BlockConfig {
@@ -90,6 +96,7 @@ impl Default for BlockConfig {
             discard: true,
             backend_discard: None,
             queue_size: DEFAULT_QUEUE_SIZE,
+            rate: limits::BlockRate::default(),
         }
     }
 }
@@ -113,6 +120,7 @@ pub struct Block {
     queue_sizes: [u16; 1],
     stats: Arc<BlockStats>,
     bounce: Vec<u8>,
+    limiter: Option<limits::Limiter>,
     active: Option<Active>,
 }
 
@@ -177,6 +185,7 @@ impl Block {
             queue_sizes: [queue_size],
             stats: Arc::new(BlockStats::default()),
             bounce: vec![0; BOUNCE_SIZE],
+            limiter: limits::Limiter::new(config.rate)?,
             active: None,
         })
     }
@@ -194,6 +203,12 @@ impl Block {
     /// Whether the device refuses writes.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The timer fd that becomes readable when a rate-limited queue may go on; the VMM then
+    /// calls `process_queue(0)`. Valid as long as the device lives.
+    pub fn rate_timer_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.limiter.as_ref().map(|l| l.timer.fd())
     }
 
     /// Whether the device is running (activated and not reset since).
@@ -248,6 +263,9 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+        if let Some(l) = &self.limiter {
+            l.timer.disarm();
+        }
     }
 
     fn queue_positions(&self) -> Vec<(u16, u16)> {
@@ -284,7 +302,12 @@ impl VirtioDevice for Block {
             stats: &self.stats,
             bounce: &mut self.bounce,
         };
+        if let Some(l) = &self.limiter {
+            l.timer.drain();
+        }
+        let limiter = &mut self.limiter;
         let mut used_any = false;
+        let mut held_back = None;
         loop {
             if queue.event_idx_enabled() {
                 queue.disable_notification(mem.as_ref()).map_err(broken)?;
@@ -297,7 +320,26 @@ impl VirtioDevice for Block {
             if avail.0.wrapping_sub(queue.next_avail()) > queue.size() {
                 return Err(broken(virtio_queue::Error::InvalidAvailRingIndex));
             }
-            while let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) {
+            loop {
+                if let Some(w) = limiter
+                    .as_mut()
+                    .and_then(|l| l.wait(std::time::Instant::now()))
+                {
+                    held_back = Some(w);
+                    break;
+                }
+                let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
+                    break;
+                };
+                // The data the request moves: its descriptors less the header and status.
+                let bytes = chain
+                    .clone()
+                    .map(|d| u64::from(d.len()))
+                    .sum::<u64>()
+                    .saturating_sub(17);
+                if let Some(l) = limiter.as_mut() {
+                    l.charge(bytes);
+                }
                 let head = chain.head_index();
                 if head >= queue.size() {
                     // Not a descriptor of this queue: there is nothing valid to return.
@@ -309,6 +351,11 @@ impl VirtioDevice for Block {
                     .add_used(mem.as_ref(), head, used_len)
                     .map_err(broken)?;
                 used_any = true;
+            }
+            // Held back by a limit: the timer, not the driver, says when to go on.
+            if let (Some(w), Some(l)) = (held_back, limiter.as_ref()) {
+                l.timer.arm(w);
+                break;
             }
             if !queue.event_idx_enabled()
                 || !queue.enable_notification(mem.as_ref()).map_err(broken)?

@@ -52,6 +52,7 @@ pub mod device;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod ratetimer;
 pub mod state;
 
 pub use balloon::{Balloon, BalloonError, BalloonHandle, BALLOON_PAGE};

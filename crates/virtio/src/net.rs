@@ -18,7 +18,7 @@ pub mod tap;
 mod tests;
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ pub use self::tap::{NetBackend, Tap, TapError};
 
 use crate::device::{needs_interrupt, read_config_bytes, Activation, DeviceError, VirtioDevice};
 use crate::interrupt::{InterruptKind, IrqLine};
+use crate::ratetimer::RateTimer;
 use crate::GuestMemoryMmap;
 
 /// Size of `virtio_net_hdr_v1` (with num_buffers), the header of every frame under VERSION_1.
@@ -100,28 +101,13 @@ pub struct Net {
     queue_sizes: [u16; 2],
     filter: AntiSpoof,
     bucket: Option<TokenBucket>,
-    timer: Option<OwnedFd>,
+    timer: Option<RateTimer>,
     stats: Arc<NetStats>,
     /// A frame read from the backend that found no receive buffer yet.
     pending_rx: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     active: Option<Active>,
-}
-
-fn timerfd() -> io::Result<OwnedFd> {
-    // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd we own.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Net {
@@ -137,7 +123,7 @@ impl Net {
         let (bucket, timer) = match config.rate {
             Some((bytes, interval)) => (
                 Some(TokenBucket::new(bytes, interval, Instant::now())?),
-                Some(timerfd().map_err(NetError::Timer)?),
+                Some(RateTimer::new("virtio-net").map_err(NetError::Timer)?),
             ),
             None => (None, None),
         };
@@ -165,56 +151,26 @@ impl Net {
     /// The timer fd that becomes readable when a rate-limited transmit queue may go on; the
     /// VMM then calls `process_queue(TX_QUEUE)`. Valid as long as the device lives.
     pub fn rate_timer_fd(&self) -> Option<RawFd> {
-        self.timer.as_ref().map(AsRawFd::as_raw_fd)
+        self.timer.as_ref().map(RateTimer::fd)
     }
 
     fn arm_timer(&mut self, wait: Duration) {
-        let Some(fd) = self.timer.as_ref() else {
-            return;
-        };
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32).max(1),
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec for the call; the old value is not asked for.
-        let rc = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if rc < 0 {
-            tracing::warn!(
-                "virtio-net: cannot arm the rate timer: {}",
-                io::Error::last_os_error()
-            );
+        if let Some(t) = &self.timer {
+            t.arm(wait);
         }
     }
 
     fn drain_timer(&mut self) {
-        if let Some(fd) = self.timer.as_ref() {
-            let mut buf = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into `buf`; the fd is non-blocking.
-            let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if let Some(t) = &self.timer {
+            t.drain();
         }
     }
 
     /// Stops the rate timer (a reset device has nothing to send) and consumes any expiry.
     fn disarm_timer(&mut self) {
-        if let Some(fd) = self.timer.as_ref() {
-            // SAFETY: an all-zero itimerspec is valid and disarms the timer; no old value asked.
-            let rc = unsafe {
-                libc::timerfd_settime(fd.as_raw_fd(), 0, &std::mem::zeroed(), std::ptr::null_mut())
-            };
-            if rc < 0 {
-                tracing::warn!(
-                    "virtio-net: cannot stop the rate timer: {}",
-                    io::Error::last_os_error()
-                );
-            }
+        if let Some(t) = &self.timer {
+            t.disarm();
         }
-        self.drain_timer();
     }
 
     /// Moves frames from the backend into receive buffers; returns whether any buffer was used.

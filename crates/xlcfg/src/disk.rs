@@ -132,6 +132,12 @@ pub struct DiskSpec {
     /// `discard` / `no-discard`; `None` = the backend's default.
     #[serde(default)]
     pub discard: Option<bool>,
+    /// rxen's own `rxen-bps=N[K|M|G]`: bytes per second the guest may read and write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rxen_bps: Option<u64>,
+    /// rxen's own `rxen-iops=N[K|M|G]`: requests per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rxen_iops: Option<u64>,
     /// `trusted` / `untrusted`; `None` = default.
     #[serde(default)]
     pub trusted: Option<bool>,
@@ -165,6 +171,8 @@ struct Ctx {
     specification: Option<String>,
     direct_io_safe: bool,
     discard: Option<bool>,
+    rxen_bps: Option<u64>,
+    rxen_iops: Option<u64>,
     trusted: Option<bool>,
     grant_usage: Option<bool>,
     colo: BTreeMap<String, String>,
@@ -279,6 +287,8 @@ fn vdev_and_devtype(ctx: &mut Ctx, s: &str) -> Result<bool, SpecError> {
 /// The rules of the scanner, in the order flex prefers them on equal match lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rule {
+    RxenBps,
+    RxenIops,
     Format,
     Cdrom,
     DevtypeCdrom,
@@ -364,6 +374,8 @@ fn best_rule(rest: &str) -> Option<(Rule, usize)> {
     push(Rule::Script, setting_len(rest, "script="));
     push(Rule::DirectIoSafe, flag_len(rest, "direct-io-safe"));
     push(Rule::Discard, flag_len(rest, "discard"));
+    push(Rule::RxenBps, setting_len(rest, "rxen-bps="));
+    push(Rule::RxenIops, setting_len(rest, "rxen-iops="));
     push(Rule::NoDiscard, flag_len(rest, "no-discard"));
     push(Rule::Colo, flag_len(rest, "colo"));
     push(Rule::NoColo, flag_len(rest, "no-colo"));
@@ -441,6 +453,26 @@ fn best_rule(rest: &str) -> Option<(Rule, usize)> {
     best
 }
 
+/// A limit: a positive number, with `K`, `M` or `G` (powers of 1024) after it.
+fn rate_value(what: &'static str, value: &str) -> Result<u64, SpecError> {
+    let bad = || SpecError::BadDiskValue {
+        what,
+        value: value.to_string(),
+        expected: "a positive number, optionally with K, M or G",
+    };
+    let v = value.trim();
+    let (num, shift) = match v.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&v[..i], 10),
+        Some((i, 'M' | 'm')) => (&v[..i], 20),
+        Some((i, 'G' | 'g')) => (&v[..i], 30),
+        _ => (v, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(bad)
+}
+
 /// The value after the first `=` of a matched setting, without a trailing comma.
 fn value_of(text: &str) -> &str {
     let v = text.split_once('=').map_or("", |(_, v)| v);
@@ -512,6 +544,8 @@ fn apply(ctx: &mut Ctx, rule: Rule, text: &str) -> Result<(), SpecError> {
         Rule::Script => save(&mut ctx.script, "script", value)?,
         Rule::DirectIoSafe => ctx.direct_io_safe = true,
         Rule::Discard => ctx.discard = Some(true),
+        Rule::RxenBps => ctx.rxen_bps = Some(rate_value("rxen-bps", value)?),
+        Rule::RxenIops => ctx.rxen_iops = Some(rate_value("rxen-iops", value)?),
         Rule::NoDiscard => ctx.discard = Some(false),
         Rule::Colo => {
             ctx.colo.insert("colo".into(), "1".into());
@@ -641,6 +675,8 @@ fn finish(ctx: Ctx) -> Result<DiskSpec, SpecError> {
         specification: ctx.specification,
         direct_io_safe: ctx.direct_io_safe,
         discard: ctx.discard,
+        rxen_bps: ctx.rxen_bps,
+        rxen_iops: ctx.rxen_iops,
         trusted: ctx.trusted,
         grant_usage: ctx.grant_usage,
         colo: ctx.colo,
@@ -800,5 +836,27 @@ mod tests {
             parse_disk_spec("/x,raw,xvda,format=qcow2"),
             Err(SpecError::Respecified { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod rxen_limits {
+    use super::*;
+
+    #[test]
+    fn rxen_bps_and_iops_take_numbers_with_suffixes() {
+        let d = parse_disk_spec("file:/a.img,xvda,w,rxen-bps=10M,rxen-iops=500").expect("spec");
+        assert_eq!(d.rxen_bps, Some(10 << 20));
+        assert_eq!(d.rxen_iops, Some(500));
+        assert_eq!(d.vdev, "xvda");
+        for bad in [
+            "rxen-bps=0",
+            "rxen-bps=fast",
+            "rxen-iops=-3",
+            "rxen-bps=99999999999G",
+        ] {
+            let e = parse_disk_spec(&format!("file:/a.img,xvda,w,{bad}")).expect_err(bad);
+            assert!(e.to_string().contains("rxen-"), "{bad}: {e}");
+        }
     }
 }

@@ -357,6 +357,8 @@ const TOKEN_STOP: u64 = u64::MAX;
 const TOKEN_TAP: u64 = 1000;
 /// Token of a NIC's rate timer.
 const TOKEN_TIMER: u64 = 1001;
+/// A rate-limited disk's timer: its request queue (0) may go on.
+const TOKEN_DISK_TIMER: u64 = 1002;
 
 /// The loop of one device's I/O thread.
 fn io_loop(
@@ -388,6 +390,7 @@ fn io_loop(
                 }
                 TOKEN_TAP => lock(&transport).notify(RX_QUEUE),
                 TOKEN_TIMER => lock(&transport).notify(TX_QUEUE),
+                TOKEN_DISK_TIMER => lock(&transport).notify(0),
                 q => {
                     if let Some(evt) = usize::try_from(q).ok().and_then(|i| notifies.get(i)) {
                         let _ = evt.read();
@@ -544,6 +547,10 @@ impl VirtioSlots {
                 read_only: d.read_only || d.cdrom,
                 serial: d.vdev.chars().take(rxen_virtio::block::ID_BYTES).collect(),
                 backend_discard: d.discard,
+                rate: rxen_virtio::block::limits::BlockRate {
+                    bytes_per_sec: d.bytes_per_sec,
+                    ops_per_sec: d.ops_per_sec,
+                },
                 ..BlockConfig::default()
             },
         )
@@ -552,6 +559,10 @@ impl VirtioSlots {
             source,
         })?;
         let stats = block.stats();
+        let extra = block
+            .rate_timer_fd()
+            .map(|fd| vec![(fd, TOKEN_DISK_TIMER, false)])
+            .unwrap_or_default();
         self.install(
             vm,
             Box::new(block),
@@ -560,7 +571,7 @@ impl VirtioSlots {
                 stats,
                 lock,
             },
-            Vec::new(),
+            extra,
         )
     }
 
