@@ -167,6 +167,33 @@ fn save_restore_twice_keeps_the_heartbeat_and_a_flipped_byte_is_refused() {
         "a domain runs from a corrupt file"
     );
 
+    // A file of another stream format version (its header's checksum right):
+    // refused, saying which version it is and which this rxen reads.
+    let mut bytes = std::fs::read(&file).expect("read");
+    let other = rxen_proto::stream::Header {
+        version: rxen_proto::stream::VERSION + 1,
+        ..rxen_proto::stream::Header::new(false)
+    };
+    let header = other.encode();
+    bytes[..header.len()].copy_from_slice(&header);
+    std::fs::write(&bad, &bytes).expect("write");
+    let out = host.rxl(&["restore", bad.to_str().expect("utf-8")]);
+    assert!(
+        !out.status.success(),
+        "a save file of another version was restored"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "stream version {} is not supported (this rxen reads version {})",
+        rxen_proto::stream::VERSION + 1,
+        rxen_proto::stream::VERSION
+    );
+    assert!(err.contains(&want), "unclear error: {err}");
+    assert!(
+        host.list_row("saved1").is_none(),
+        "a domain runs from a file of another version"
+    );
+
     let mut bytes = std::fs::read(&file).expect("read");
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&bad, &bytes).expect("write");

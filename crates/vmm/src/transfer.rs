@@ -4,7 +4,6 @@
 
 use std::io::Read;
 
-use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use rxen_proto::stream::{
     self, decode_pages, encode_pages, DeviceRecord, RecordType, StreamError, StreamReader,
     StreamWriter, VmInfo, MAX_BATCH, PAGE_SIZE, ZERO_PAGE,
@@ -26,7 +25,7 @@ pub enum TransferError {
     /// vCPU or VM state could not be captured or applied.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    /// Dirty logging could not be switched.
+    /// The dirty log could not be read.
     #[error(transparent)]
     Kvm(#[from] KvmVmError),
     /// Guest memory could not be read or written.
@@ -57,24 +56,24 @@ pub fn all_pfns(mem: &GuestMemory) -> Vec<u64> {
 }
 
 /// Dirty page tracking over all memory slots: KVM's log for vCPU writes,
-/// the guest memory's bitmap for the VMM's (device) writes.
+/// the guest memory's bitmap for the VMM's (device) writes. KVM logs from
+/// each slot's creation ([`KvmVm::register_memory`]); tracking starts by
+/// clearing both logs.
 pub struct DirtyLog {
     slots: Vec<MemSlot>,
 }
 
 impl DirtyLog {
-    /// Turns on KVM dirty logging and clears both logs.
+    /// Clears both logs: what is written from here on is reported.
     pub fn start(kvm: &KvmVm, mem: &GuestMemory) -> Result<Self, TransferError> {
-        let slots = memory::memslots(mem);
-        for s in &slots {
-            kvm.set_memslot(s, KVM_MEM_LOG_DIRTY_PAGES)?;
-        }
-        let log = Self { slots };
+        let log = Self {
+            slots: memory::memslots(mem),
+        };
         log.collect(kvm, mem)?;
         Ok(log)
     }
 
-    /// Page frame numbers written since the last call (or since `start`).
+    /// Page frame numbers written since the last call (or since `start`), sorted.
     pub fn collect(&self, kvm: &KvmVm, mem: &GuestMemory) -> Result<Vec<u64>, TransferError> {
         let mut out = Vec::new();
         for (s, region) in self.slots.iter().zip(mem.iter()) {
@@ -105,15 +104,6 @@ impl DirtyLog {
             }
         }
         Ok(out)
-    }
-
-    /// Turns dirty logging off again.
-    pub fn stop(self, kvm: &KvmVm) {
-        for s in &self.slots {
-            if let Err(e) = kvm.set_memslot(s, 0) {
-                tracing::warn!("cannot turn dirty logging off: {e}");
-            }
-        }
     }
 }
 

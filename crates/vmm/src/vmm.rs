@@ -522,7 +522,7 @@ impl Vm {
         let vcpu_masks = VcpuMasks::new(online);
         kvm.check_vcpus(spec.vcpus)?;
         let mem = memory::create_guest_memory(spec.memory_mib)?;
-        kvm.register_memory(&mem, 0)?;
+        kvm.register_memory(&mem)?;
 
         // Devices first: a disk or TAP that cannot be opened fails the start cleanly.
         let slots = Arc::new(VirtioSlots::new(Arc::new(mem.clone())));
@@ -874,7 +874,9 @@ impl Vm {
             if std::time::Instant::now() >= deadline {
                 return Err(VmmError::VcpusNotStarted(timeout));
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            // Briefly: a migration's target says "resumed" only after this
+            // (a 1 ms nap here was a millisecond of every migration's downtime).
+            std::thread::sleep(std::time::Duration::from_micros(20));
         }
         // A jailed VMM has no /proc (rxend samples its threads from the host's instead).
         if !crate::sandbox::jail::entered() {
@@ -1098,12 +1100,7 @@ impl Vm {
     ) -> Result<Sent<W>, TransferError> {
         let started = Instant::now();
         let was_paused = self.control.is_paused();
-        let mut log = None;
-        let r = self.send_inner(out, opts, was_paused, &mut log);
-        if let Some(l) = log {
-            l.stop(&self.kvm);
-        }
-        match r {
+        match self.send_inner(out, opts, was_paused) {
             Ok((writer, stats, paused_at)) => Ok(Sent {
                 writer,
                 stats,
@@ -1123,7 +1120,6 @@ impl Vm {
         out: W,
         opts: &SendOptions<'_>,
         was_paused: bool,
-        log: &mut Option<DirtyLog>,
     ) -> Result<(W, TransferStats, Instant), TransferError> {
         let mut w = StreamWriter::new(out, Header::new(opts.live))?;
         w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
@@ -1143,6 +1139,7 @@ impl Vm {
             memory::ram_bytes(&self.mem) / pstream::PAGE_SIZE as u64,
         );
         let mut hashes = None;
+        let mut log = None;
         if opts.live && !was_paused {
             let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
             let hashes = hashes.insert(PageHashes::new(&self.mem, self.pagemap.clone()));
