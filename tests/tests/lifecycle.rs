@@ -365,13 +365,13 @@ fn bad_configs_start_nothing_and_say_where() {
     assert!(host.list_row("broken").is_none());
     // A key rxen cannot honour is refused unless explicitly ignored.
     let cfg = host.config(
-        "pygrub.cfg",
-        "name = \"grubby\"\nkernel = \"builtin:testguest\"\nmemory = 64\nbootloader = \"pygrub\"\n",
+        "pvgrub.cfg",
+        "name = \"grubby\"\nkernel = \"builtin:testguest\"\nmemory = 64\nbootloader = \"pvgrub\"\n",
     );
     let out = host.rxl(&["create", cfg.to_str().expect("path")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pygrub.cfg:4:"), "{err}");
+    assert!(err.contains("pvgrub.cfg:4:"), "{err}");
     assert!(err.contains("--ignore-unsupported"), "{err}");
     assert!(host.list_row("grubby").is_none());
     // Unknown domains get xl's message.
