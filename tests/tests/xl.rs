@@ -542,3 +542,61 @@ fn pci_passthrough_commands_say_it_needs_vfio() {
         );
     }
 }
+
+#[test]
+fn config_update_is_used_at_the_next_reboot_and_vm_list_prints_xl_columns() {
+    let host = Host::start();
+    let _con = host.create_guest("cfgup", 1, 12, "");
+    let old_id = host.rxl_ok(&["domid", "cfgup"]).trim().to_string();
+    let new = host.config(
+        "cfgup-new.cfg",
+        "name = \"cfgup\"\nkernel = \"builtin:testguest\"\nmemory = 16\nvcpus = 1\n",
+    );
+    let new = new.to_str().expect("utf-8");
+    let out = host.rxl(&["config-update", "cfgup", new, "vcpus=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("setting dom{old_id} configuration\n"));
+    // Nothing changes until the domain is created again.
+    let row = host.list_row("cfgup").expect("cfgup");
+    assert_eq!((row[2].as_str(), row[3].as_str()), ("12", "1"), "{row:?}");
+    host.rxl_ok(&["reboot", "cfgup"]);
+    wait_until(BOOT, "cfgup is back under a new ID", || {
+        host.list_row("cfgup").is_some_and(|r| r[1] != old_id)
+    });
+    let row = host.list_row("cfgup").expect("cfgup");
+    assert_eq!(
+        (row[2].as_str(), row[3].as_str()),
+        ("16", "2"),
+        "the restart did not use the updated config: {row:?}"
+    );
+    // xl's messages for a missing file and an unknown domain.
+    let out = host.rxl(&["config-update", "cfgup"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Config file not specified\n", Some(1))
+    );
+    let out = host.rxl(&["config-update", "nosuch", new]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("nosuch is an invalid domain identifier (rc=-6)\n", Some(1))
+    );
+    // vm-list: UUID, ID and name, as xl prints them.
+    let id = host.rxl_ok(&["domid", "cfgup"]).trim().to_string();
+    let uuid = host.rxl_ok(&["list", "-v", "cfgup"]);
+    let uuid = uuid
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(6))
+        .expect("uuid column")
+        .to_string();
+    let out = host.rxl_ok(&["vm-list"]);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("UUID                                  ID    name")
+    );
+    assert!(
+        out.contains(&format!("\n{uuid}  {id}    cfgup{}\n", " ".repeat(25))),
+        "{out}"
+    );
+}

@@ -87,6 +87,21 @@ pub enum Request {
         /// The domain's name.
         domain: String,
     },
+    /// Store a new config for a domain, used the next time rxend creates it again (its
+    /// `on_reboot`/`on_poweroff`/`on_crash` restart, `rxl boot`): `rxl config-update`.
+    ConfigUpdate {
+        /// The domain.
+        domain: DomainRef,
+        /// Absolute path of the config file, remembered with the domain.
+        path: String,
+        /// The file's text as the client read it.
+        text: String,
+        /// Trailing `KEY=VALUE` overrides, applied after the file.
+        overrides: Vec<String>,
+        /// Accept the config even if it has keys rxen does not support (they are ignored).
+        #[serde(default)]
+        ignore_unsupported: bool,
+    },
     /// The domains the caller may manage, running or not (rxen-shell).
     Known {
         /// Only this domain: empty answer (and a logged refusal) unless the caller may manage it.

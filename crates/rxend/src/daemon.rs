@@ -1,6 +1,7 @@
 //! The domain table and every operation on it. Locks are held only for
 //! bookkeeping, never while a VMM starts or answers.
 
+mod config_update;
 mod host_domains;
 mod hotplug;
 
@@ -1317,17 +1318,22 @@ impl Daemon {
                     ));
                 }
                 self.forget(id);
-                self.restart(rec.config, rec.config_path);
+                let (config, path) = next_config(rec, &self.log);
+                self.restart(config, path);
             }
             Action::RenameRestart => {
                 let original = rec.name.clone();
                 let stamp = chrono::Utc::now().format("-%Y%m%dT%H%MZ");
+                let next = rec.next_config.take();
                 rec.name = format!("{original}{stamp}");
                 rec.config.name = rec.name.clone();
                 preserve(&mut rec);
-                let mut config = rec.config;
+                let mut config = rec.config.clone();
                 config.name = original;
-                self.restart(config, rec.config_path);
+                rec.config = config;
+                rec.next_config = next;
+                let (config, path) = next_config(rec, &self.log);
+                self.restart(config, path);
             }
         }
     }
@@ -1340,6 +1346,21 @@ impl Daemon {
                 .info(format!("domain {name} restarted as domain {}", c.domid)),
             Err(e) => self.log.error(format!("cannot restart domain {name}: {e}")),
         }
+    }
+}
+
+/// The config a domain is created from again: the one `rxl config-update` stored, if any
+/// (xl's "\"xl\" configuration found, using it"), else the one it ran with.
+fn next_config(rec: DomainRecord, log: &Log) -> (DomainConfig, Option<String>) {
+    match rec.next_config {
+        Some(next) => {
+            log.info(format!(
+                "domain {}: restarting with the configuration from {} (config-update)",
+                rec.name, next.path
+            ));
+            (next.config, Some(next.path))
+        }
+        None => (rec.config, rec.config_path),
     }
 }
 

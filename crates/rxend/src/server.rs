@@ -337,6 +337,27 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             }),
             Err(e) => error(e),
         },
+        Request::ConfigUpdate {
+            domain,
+            path,
+            text,
+            overrides,
+            ignore_unsupported,
+        } => match daemon.config_update(
+            caller,
+            &domain,
+            &path,
+            &text,
+            &overrides,
+            ignore_unsupported,
+        ) {
+            Ok(c) => Reply::Plain(Response::Domain {
+                domid: c.domid,
+                name: c.name,
+                warnings: c.warnings,
+            }),
+            Err(e) => error(e),
+        },
         Request::Known { domain } => Reply::Plain(Response::Known {
             domains: daemon.known(caller, domain.as_deref()),
         }),

@@ -111,6 +111,64 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             }
             Ok(())
         }
+        Cmd::ConfigUpdate {
+            defconfig,
+            debug,
+            ignore_unsupported,
+            domain,
+            args,
+        } => {
+            let (file, overrides) = match rxl::cli::config_update_args(defconfig.as_deref(), &args)
+            {
+                Ok(x) => x,
+                Err(_) => {
+                    print!(
+                        "{}",
+                        front::help(
+                            &<Cli as clap::CommandFactory>::command(),
+                            Some("config-update")
+                        )
+                    );
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(2);
+                }
+            };
+            let Some(file) = file else {
+                return Err(Failure("Config file not specified".into()));
+            };
+            let path = config_path(&file);
+            let text = read_config_file(&path)
+                .map_err(|_| Failure(format!("Failed to read config file: {file}")))?;
+            if debug || globals.dry_run {
+                dry_run_create(&path, &text, &overrides)?;
+            }
+            if globals.dry_run {
+                return Ok(());
+            }
+            let abs = std::path::absolute(&path).unwrap_or(path);
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            eprintln!("setting dom{domid} configuration");
+            let resp = c.call(&Request::ConfigUpdate {
+                domain: domid.to_string(),
+                path: abs.display().to_string(),
+                text,
+                overrides,
+                ignore_unsupported,
+            })?;
+            let Response::Domain { warnings, .. } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(())
+        }
+        Cmd::VmList => {
+            print!("{}", format::vm_list(&list(&mut connect()?, Vec::new())?));
+            Ok(())
+        }
         Cmd::Boot { console, domain } => {
             let mut c = connect()?;
             let resp = c.call(&Request::Boot { domain })?;
