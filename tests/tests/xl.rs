@@ -600,3 +600,57 @@ fn config_update_is_used_at_the_next_reboot_and_vm_list_prints_xl_columns() {
         "{out}"
     );
 }
+
+#[test]
+fn generated_manual_pages_and_bash_completion_know_the_commands_and_domains() {
+    let host = Host::start();
+    let _con = host.create_guest("complme", 1, 12, "");
+    let dir = host.dir.path().join("gen");
+    let out = std::process::Command::new(rxen_e2e::bin("rxl-gen-man"))
+        .arg(&dir)
+        .output()
+        .expect("run rxl-gen-man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rxl1 = std::fs::read_to_string(dir.join("man1/rxl.1")).expect("rxl.1");
+    for cmd in [
+        "host\\-shutdown",
+        "sched\\-credit2",
+        "config\\-update",
+        "vm\\-list",
+    ] {
+        assert!(rxl1.contains(cmd), "rxl.1 lacks {cmd}");
+    }
+    assert!(dir.join("man1/rxl-sched-credit2.1").exists());
+    assert!(std::fs::read_to_string(dir.join("man1/rxen-shell.1"))
+        .expect("rxen-shell.1")
+        .contains(".SH COMMANDS"));
+    // bash, with the completion sourced, completes a command, an option and a running
+    // domain's name (from `rxl list` against this host).
+    let rxl = rxen_e2e::bin("rxl");
+    let path = format!(
+        "{}:{}",
+        rxl.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = format!(
+        "source {}\n\
+         c() {{ COMP_WORDS=(\"$@\"); COMP_CWORD=$(($# - 1)); COMPREPLY=(); \
+         _rxl_with_domains rxl \"${{@: -1}}\" \"${{@: -2:1}}\"; echo \"${{COMPREPLY[*]}}\"; }}\n\
+         c rxl host-sh\nc rxl sched-credit2 --we\nc rxl destroy compl\n",
+        dir.join("bash-completion/rxl").display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", path)
+        .env("RXEN_SOCKET", host.socket())
+        .output()
+        .expect("run bash");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "host-shutdown\n--weight\ncomplme\n",
+        "{}",
+        stderr(&out)
+    );
+}

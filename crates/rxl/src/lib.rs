@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod docgen;
 pub mod domains;
 pub mod format;
 pub mod libxl;
