@@ -654,3 +654,42 @@ fn generated_manual_pages_and_bash_completion_know_the_commands_and_domains() {
         stderr(&out)
     );
 }
+
+#[test]
+fn trigger_reset_restarts_at_once_and_power_presses_the_button() {
+    let host = Host::start();
+    let _con = host.create_guest("trig", 1, 12, "");
+    let old_id = host.rxl_ok(&["domid", "trig"]).trim().to_string();
+    // Paused, the guest cannot answer a reboot request: a reset does not ask it.
+    host.rxl_ok(&["pause", "trig"]);
+    host.rxl_ok(&["trigger", "trig", "reset"]);
+    wait_until(BOOT, "trig is back under a new ID", || {
+        host.list_row("trig").is_some_and(|r| r[1] != old_id)
+    });
+    let row = host.list_row("trig").expect("trig");
+    assert!(
+        !row[4].contains('p'),
+        "the reset domain is still paused: {row:?}"
+    );
+    let out = host.rxl(&["trigger", "trig", "nmi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("trigger nmi is not supported: "),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.rxl(&["trigger", "trig", "kick"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Invalid trigger \"kick\"\n", Some(1))
+    );
+    let out = host.rxl(&["trigger", "nosuch", "power"]);
+    assert_eq!(
+        stderr(&out),
+        "nosuch is an invalid domain identifier (rc=-6)\n"
+    );
+    // power: the guest's power button; on_poweroff = destroy.
+    let _con = host.console("trig");
+    host.rxl_ok(&["trigger", "trig", "power"]);
+    wait_until(BOOT, "trig powered off", || host.list_row("trig").is_none());
+}

@@ -46,6 +46,12 @@ pub enum Request {
         /// The domain.
         domain: DomainRef,
     },
+    /// Reset the guest at once, without asking it (`rxl trigger reset`); it then ends as
+    /// rebooted and its `on_reboot` policy applies.
+    Reset {
+        /// The domain.
+        domain: DomainRef,
+    },
     /// Pause a domain's vCPUs.
     Pause {
         /// The domain.

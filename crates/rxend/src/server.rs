@@ -403,6 +403,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::Reboot { domain } => result(daemon.request_shutdown(caller, &domain, true)),
         Request::Pause { domain } => result(daemon.set_paused(caller, &domain, true)),
         Request::Unpause { domain } => result(daemon.set_paused(caller, &domain, false)),
+        Request::Reset { domain } => result(daemon.reset(caller, &domain)),
         Request::Rename { domain, new_name } => result(daemon.rename(caller, &domain, &new_name)),
         Request::Lookup { domain } => match daemon.lookup(caller, &domain) {
             Ok((domid, name)) => Reply::Plain(Response::Domain {

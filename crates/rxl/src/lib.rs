@@ -15,3 +15,4 @@ pub mod sched;
 pub mod shell;
 pub mod top;
 pub mod transfer;
+pub mod trigger;

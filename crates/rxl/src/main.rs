@@ -361,6 +361,33 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             eprintln!("migration target: domain received and running");
             Ok(())
         }
+        Cmd::Trigger {
+            domain,
+            trigger,
+            vcpu,
+        } => {
+            use rxl::trigger::Trigger;
+            let fail = |e: rxl::trigger::TriggerError| Failure(e.to_string());
+            // As xl: the domain first, then the trigger.
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            let t = Trigger::parse(&trigger).map_err(fail)?;
+            if let Some(v) = vcpu {
+                // xl reads it with strtol and falls back to vCPU 0 on garbage.
+                if !v
+                    .trim_start()
+                    .starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+                {
+                    eprint!("Invalid vcpuid, using default vcpuid=0.\n\n");
+                }
+            }
+            let t = t.supported().map_err(fail)?;
+            let domain = domid.to_string();
+            Ok(c.call_ok(&match t {
+                Trigger::Reset => Request::Reset { domain },
+                _ => Request::Shutdown { domain },
+            })?)
+        }
         Cmd::Domid { name } => {
             let all = list(&mut connect()?, Vec::new())?;
             let id = domains::domid_of(&all, &name).map_err(|e| Failure(e.to_string()))?;

@@ -31,6 +31,7 @@ pub const DRY_RUN: &[&str] = &["create", "config-update"];
 const MODIFIES: &[&str] = &[
     "create",
     "config-update",
+    "trigger",
     "vcpu-pin",
     "block-attach",
     "network-attach",

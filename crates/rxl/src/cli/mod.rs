@@ -213,6 +213,16 @@ pub enum Cmd {
         /// The new name.
         new_name: String,
     },
+    /// Send a trigger to a domain.
+    Trigger {
+        /// The domain (name or ID).
+        domain: String,
+        /// power (the power button), reset (at once); nmi, init, sleep and s3resume are refused.
+        #[arg(value_name = "nmi|reset|init|power|sleep|s3resume")]
+        trigger: String,
+        /// The vCPU (xl passes it to Xen; rxen's triggers act on the whole domain).
+        vcpu: Option<String>,
+    },
     /// Print a domain's ID.
     Domid {
         /// The domain's name.
