@@ -542,3 +542,154 @@ fn pci_passthrough_commands_say_it_needs_vfio() {
         );
     }
 }
+
+#[test]
+fn config_update_is_used_at_the_next_reboot_and_vm_list_prints_xl_columns() {
+    let host = Host::start();
+    let _con = host.create_guest("cfgup", 1, 12, "");
+    let old_id = host.rxl_ok(&["domid", "cfgup"]).trim().to_string();
+    let new = host.config(
+        "cfgup-new.cfg",
+        "name = \"cfgup\"\nkernel = \"builtin:testguest\"\nmemory = 16\nvcpus = 1\n",
+    );
+    let new = new.to_str().expect("utf-8");
+    let out = host.rxl(&["config-update", "cfgup", new, "vcpus=2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("setting dom{old_id} configuration\n"));
+    // Nothing changes until the domain is created again.
+    let row = host.list_row("cfgup").expect("cfgup");
+    assert_eq!((row[2].as_str(), row[3].as_str()), ("12", "1"), "{row:?}");
+    host.rxl_ok(&["reboot", "cfgup"]);
+    wait_until(BOOT, "cfgup is back under a new ID", || {
+        host.list_row("cfgup").is_some_and(|r| r[1] != old_id)
+    });
+    let row = host.list_row("cfgup").expect("cfgup");
+    assert_eq!(
+        (row[2].as_str(), row[3].as_str()),
+        ("16", "2"),
+        "the restart did not use the updated config: {row:?}"
+    );
+    // xl's messages for a missing file and an unknown domain.
+    let out = host.rxl(&["config-update", "cfgup"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Config file not specified\n", Some(1))
+    );
+    let out = host.rxl(&["config-update", "nosuch", new]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("nosuch is an invalid domain identifier (rc=-6)\n", Some(1))
+    );
+    // vm-list: UUID, ID and name, as xl prints them.
+    let id = host.rxl_ok(&["domid", "cfgup"]).trim().to_string();
+    let uuid = host.rxl_ok(&["list", "-v", "cfgup"]);
+    let uuid = uuid
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(6))
+        .expect("uuid column")
+        .to_string();
+    let out = host.rxl_ok(&["vm-list"]);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("UUID                                  ID    name")
+    );
+    assert!(
+        out.contains(&format!("\n{uuid}  {id}    cfgup{}\n", " ".repeat(25))),
+        "{out}"
+    );
+}
+
+#[test]
+fn generated_manual_pages_and_bash_completion_know_the_commands_and_domains() {
+    let host = Host::start();
+    let _con = host.create_guest("complme", 1, 12, "");
+    let dir = host.dir.path().join("gen");
+    let out = std::process::Command::new(rxen_e2e::bin("rxl-gen-man"))
+        .arg(&dir)
+        .output()
+        .expect("run rxl-gen-man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rxl1 = std::fs::read_to_string(dir.join("man1/rxl.1")).expect("rxl.1");
+    for cmd in [
+        "host\\-shutdown",
+        "sched\\-credit2",
+        "config\\-update",
+        "vm\\-list",
+    ] {
+        assert!(rxl1.contains(cmd), "rxl.1 lacks {cmd}");
+    }
+    assert!(dir.join("man1/rxl-sched-credit2.1").exists());
+    assert!(std::fs::read_to_string(dir.join("man1/rxen-shell.1"))
+        .expect("rxen-shell.1")
+        .contains(".SH COMMANDS"));
+    // bash, with the completion sourced, completes a command, an option and a running
+    // domain's name (from `rxl list` against this host).
+    let rxl = rxen_e2e::bin("rxl");
+    let path = format!(
+        "{}:{}",
+        rxl.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = format!(
+        "source {}\n\
+         c() {{ COMP_WORDS=(\"$@\"); COMP_CWORD=$(($# - 1)); COMPREPLY=(); \
+         _rxl_with_domains rxl \"${{@: -1}}\" \"${{@: -2:1}}\"; echo \"${{COMPREPLY[*]}}\"; }}\n\
+         c rxl host-sh\nc rxl sched-credit2 --we\nc rxl destroy compl\n",
+        dir.join("bash-completion/rxl").display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", path)
+        .env("RXEN_SOCKET", host.socket())
+        .output()
+        .expect("run bash");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "host-shutdown\n--weight\ncomplme\n",
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn trigger_reset_restarts_at_once_and_power_presses_the_button() {
+    let host = Host::start();
+    let _con = host.create_guest("trig", 1, 12, "");
+    let old_id = host.rxl_ok(&["domid", "trig"]).trim().to_string();
+    // Paused, the guest cannot answer a reboot request: a reset does not ask it.
+    host.rxl_ok(&["pause", "trig"]);
+    host.rxl_ok(&["trigger", "trig", "reset"]);
+    wait_until(BOOT, "trig is back under a new ID", || {
+        host.list_row("trig").is_some_and(|r| r[1] != old_id)
+    });
+    let row = host.list_row("trig").expect("trig");
+    assert!(
+        !row[4].contains('p'),
+        "the reset domain is still paused: {row:?}"
+    );
+    let out = host.rxl(&["trigger", "trig", "nmi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("trigger nmi is not supported: "),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.rxl(&["trigger", "trig", "kick"]);
+    assert_eq!(
+        (stderr(&out).as_str(), out.status.code()),
+        ("Invalid trigger \"kick\"\n", Some(1))
+    );
+    let out = host.rxl(&["trigger", "nosuch", "power"]);
+    assert_eq!(
+        stderr(&out),
+        "nosuch is an invalid domain identifier (rc=-6)\n"
+    );
+    // power: the guest's power button; on_poweroff = destroy.
+    let _con = host.console("trig");
+    host.rxl_ok(&["trigger", "trig", "power"]);
+    wait_until(BOOT, "trig powered off", || host.list_row("trig").is_none());
+}

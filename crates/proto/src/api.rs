@@ -46,6 +46,12 @@ pub enum Request {
         /// The domain.
         domain: DomainRef,
     },
+    /// Reset the guest at once, without asking it (`rxl trigger reset`); it then ends as
+    /// rebooted and its `on_reboot` policy applies.
+    Reset {
+        /// The domain.
+        domain: DomainRef,
+    },
     /// Pause a domain's vCPUs.
     Pause {
         /// The domain.
@@ -86,6 +92,21 @@ pub enum Request {
     Boot {
         /// The domain's name.
         domain: String,
+    },
+    /// Store a new config for a domain, used the next time rxend creates it again (its
+    /// `on_reboot`/`on_poweroff`/`on_crash` restart, `rxl boot`): `rxl config-update`.
+    ConfigUpdate {
+        /// The domain.
+        domain: DomainRef,
+        /// Absolute path of the config file, remembered with the domain.
+        path: String,
+        /// The file's text as the client read it.
+        text: String,
+        /// Trailing `KEY=VALUE` overrides, applied after the file.
+        overrides: Vec<String>,
+        /// Accept the config even if it has keys rxen does not support (they are ignored).
+        #[serde(default)]
+        ignore_unsupported: bool,
     },
     /// The domains the caller may manage, running or not (rxen-shell).
     Known {

@@ -2,6 +2,7 @@
 //! bookkeeping, never while a VMM starts or answers.
 
 mod backup;
+mod config_update;
 mod host_domains;
 mod hotplug;
 
@@ -173,6 +174,8 @@ pub struct Daemon {
     _lock: crate::statelock::StateLock,
     /// How the last domains that ended ended, newest last (for `rxl shutdown -w`).
     ended: Mutex<std::collections::VecDeque<(ExitReason, DomainRecord)>>,
+    /// Domains being reset (`rxl trigger reset`): their VMM's end counts as a reboot.
+    resetting: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// How many ended domains [`Daemon::ended`] remembers.
@@ -290,6 +293,7 @@ impl Daemon {
             domains_config: Mutex::new(crate::config::DomainsConfig::default()),
             rotate_warned: Mutex::new(std::collections::HashMap::new()),
             ended: Mutex::new(std::collections::VecDeque::new()),
+            resetting: Mutex::new(std::collections::BTreeSet::new()),
             _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
@@ -956,6 +960,27 @@ impl Daemon {
         Ok(())
     }
 
+    /// Resets a domain at once, as a hard reset button would (`rxl trigger reset`): its VMM is
+    /// stopped without asking the guest, and the domain ends as rebooted, so that its
+    /// `on_reboot` policy applies (by default it is created again at once).
+    pub fn reset(&self, caller: &Caller, r: &str) -> Result<(), DaemonError> {
+        let (id, dir) = self.running_guest(caller, r, "reset")?;
+        self.resetting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        if let Err(e) = vmm::command(&dir, &VmRequest::Destroy) {
+            self.resetting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(e.into());
+        }
+        self.log
+            .info(format!("domain {id}: reset by {}", caller.describe()));
+        Ok(())
+    }
+
     /// Destroys a domain at once: its VMM is stopped and its record removed.
     pub fn destroy(&self, caller: &Caller, r: &str) -> Result<(), DaemonError> {
         let (id, dir) = self.guest(caller, r, "destroyed")?;
@@ -1256,6 +1281,20 @@ impl Daemon {
                 None => (ExitReason::Crash, "the VMM process died".to_string(), 0, 0),
             },
         };
+        // A reset stops the VMM as `destroy` does; the domain then reboots (`on_reboot`).
+        let reset = self
+            .resetting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let (reason, detail) = if reset && reason == ExitReason::Destroyed {
+            (
+                ExitReason::Reboot,
+                "hard reset (rxl trigger reset)".to_string(),
+            )
+        } else {
+            (reason, detail)
+        };
         let Some(mut rec) = self.table().domains.get(&id).map(|e| {
             let mut r = e.rec.clone();
             r.cpu_time_ns += e.live_cpu_ns;
@@ -1318,17 +1357,22 @@ impl Daemon {
                     ));
                 }
                 self.forget(id);
-                self.restart(rec.config, rec.config_path);
+                let (config, path) = next_config(rec, &self.log);
+                self.restart(config, path);
             }
             Action::RenameRestart => {
                 let original = rec.name.clone();
                 let stamp = chrono::Utc::now().format("-%Y%m%dT%H%MZ");
+                let next = rec.next_config.take();
                 rec.name = format!("{original}{stamp}");
                 rec.config.name = rec.name.clone();
                 preserve(&mut rec);
-                let mut config = rec.config;
+                let mut config = rec.config.clone();
                 config.name = original;
-                self.restart(config, rec.config_path);
+                rec.config = config;
+                rec.next_config = next;
+                let (config, path) = next_config(rec, &self.log);
+                self.restart(config, path);
             }
         }
     }
@@ -1341,6 +1385,21 @@ impl Daemon {
                 .info(format!("domain {name} restarted as domain {}", c.domid)),
             Err(e) => self.log.error(format!("cannot restart domain {name}: {e}")),
         }
+    }
+}
+
+/// The config a domain is created from again: the one `rxl config-update` stored, if any
+/// (xl's "\"xl\" configuration found, using it"), else the one it ran with.
+fn next_config(rec: DomainRecord, log: &Log) -> (DomainConfig, Option<String>) {
+    match rec.next_config {
+        Some(next) => {
+            log.info(format!(
+                "domain {}: restarting with the configuration from {} (config-update)",
+                rec.name, next.path
+            ));
+            (next.config, Some(next.path))
+        }
+        None => (rec.config, rec.config_path),
     }
 }
 

@@ -86,8 +86,21 @@ pub struct DomainRecord {
     /// scheduler has no preferred CPUs to give it; it is kept and shown by `rxl vcpu-list`.
     #[serde(default)]
     pub soft_affinity: std::collections::BTreeMap<u32, Vec<u32>>,
+    /// A config stored by `rxl config-update`: the one the domain is created from when it is
+    /// next restarted, in place of `config`. `None`: `config` again.
+    #[serde(default)]
+    pub next_config: Option<NextConfig>,
     /// Current state.
     pub state: DomainState,
+}
+
+/// The config `rxl config-update` stored for a domain's next restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NextConfig {
+    /// The resolved configuration.
+    pub config: DomainConfig,
+    /// The config file it was read from (relative paths in it follow this file).
+    pub path: String,
 }
 
 impl DomainRecord {
@@ -119,6 +132,7 @@ impl DomainRecord {
             online_vcpus: None,
             mem_max_mib: None,
             soft_affinity: Default::default(),
+            next_config: None,
             state,
         }
     }

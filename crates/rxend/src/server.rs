@@ -337,6 +337,27 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             }),
             Err(e) => error(e),
         },
+        Request::ConfigUpdate {
+            domain,
+            path,
+            text,
+            overrides,
+            ignore_unsupported,
+        } => match daemon.config_update(
+            caller,
+            &domain,
+            &path,
+            &text,
+            &overrides,
+            ignore_unsupported,
+        ) {
+            Ok(c) => Reply::Plain(Response::Domain {
+                domid: c.domid,
+                name: c.name,
+                warnings: c.warnings,
+            }),
+            Err(e) => error(e),
+        },
         Request::Known { domain } => Reply::Plain(Response::Known {
             domains: daemon.known(caller, domain.as_deref()),
         }),
@@ -399,6 +420,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::Reboot { domain } => result(daemon.request_shutdown(caller, &domain, true)),
         Request::Pause { domain } => result(daemon.set_paused(caller, &domain, true)),
         Request::Unpause { domain } => result(daemon.set_paused(caller, &domain, false)),
+        Request::Reset { domain } => result(daemon.reset(caller, &domain)),
         Request::Rename { domain, new_name } => result(daemon.rename(caller, &domain, &new_name)),
         Request::Lookup { domain } => match daemon.lookup(caller, &domain) {
             Ok((domid, name)) => Reply::Plain(Response::Domain {

@@ -63,6 +63,17 @@ pub fn list_table(domains: &[DomainInfo], verbose: bool) -> String {
     out
 }
 
+/// `xl vm-list`: UUID, ID and name of every domain, in xl's columns (the name padded to 30).
+/// As libxl lists them today, Domain-0 is among them (its help says "excluding dom0", which
+/// libxl's `libxl_list_vm` no longer does: it lists from domain 0 and skips only stub domains).
+pub fn vm_list(domains: &[DomainInfo]) -> String {
+    let mut out = String::from("UUID                                  ID    name\n");
+    for d in domains {
+        out.push_str(&format!("{}  {}    {:<30}\n", d.uuid, d.domid, d.name));
+    }
+    out
+}
+
 /// `xl info` lines: the name padded to 23 columns, then `": value"`.
 pub fn info_lines(fields: &[(String, String)]) -> String {
     fields
@@ -163,6 +174,21 @@ mod tests {
             config: None,
             config_path: None,
         }
+    }
+
+    #[test]
+    fn vm_list_matches_xl_columns() {
+        let t = vm_list(&[
+            dom("Domain-0", 0, 4096, 4, "r-----", 1.0),
+            dom("web", 12, 64, 1, "-b----", 1.0),
+        ]);
+        // printf("%s  %d    %-30s\n", uuid, domid, name), under xl's header.
+        assert_eq!(
+            t,
+            "UUID                                  ID    name\n\
+             2f0a3d2e-6c1b-4c8e-9a57-0c7d5f1e8a11  0    Domain-0                      \n\
+             2f0a3d2e-6c1b-4c8e-9a57-0c7d5f1e8a11  12    web                           \n"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod docgen;
 pub mod domains;
 pub mod format;
 pub mod libxl;
@@ -14,3 +15,4 @@ pub mod sched;
 pub mod shell;
 pub mod top;
 pub mod transfer;
+pub mod trigger;

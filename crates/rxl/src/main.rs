@@ -111,6 +111,64 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             }
             Ok(())
         }
+        Cmd::ConfigUpdate {
+            defconfig,
+            debug,
+            ignore_unsupported,
+            domain,
+            args,
+        } => {
+            let (file, overrides) = match rxl::cli::config_update_args(defconfig.as_deref(), &args)
+            {
+                Ok(x) => x,
+                Err(_) => {
+                    print!(
+                        "{}",
+                        front::help(
+                            &<Cli as clap::CommandFactory>::command(),
+                            Some("config-update")
+                        )
+                    );
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(2);
+                }
+            };
+            let Some(file) = file else {
+                return Err(Failure("Config file not specified".into()));
+            };
+            let path = config_path(&file);
+            let text = read_config_file(&path)
+                .map_err(|_| Failure(format!("Failed to read config file: {file}")))?;
+            if debug || globals.dry_run {
+                dry_run_create(&path, &text, &overrides)?;
+            }
+            if globals.dry_run {
+                return Ok(());
+            }
+            let abs = std::path::absolute(&path).unwrap_or(path);
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            eprintln!("setting dom{domid} configuration");
+            let resp = c.call(&Request::ConfigUpdate {
+                domain: domid.to_string(),
+                path: abs.display().to_string(),
+                text,
+                overrides,
+                ignore_unsupported,
+            })?;
+            let Response::Domain { warnings, .. } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(())
+        }
+        Cmd::VmList => {
+            print!("{}", format::vm_list(&list(&mut connect()?, Vec::new())?));
+            Ok(())
+        }
         Cmd::Boot { console, domain } => {
             let mut c = connect()?;
             let resp = c.call(&Request::Boot { domain })?;
@@ -302,6 +360,33 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             r?;
             eprintln!("migration target: domain received and running");
             Ok(())
+        }
+        Cmd::Trigger {
+            domain,
+            trigger,
+            vcpu,
+        } => {
+            use rxl::trigger::Trigger;
+            let fail = |e: rxl::trigger::TriggerError| Failure(e.to_string());
+            // As xl: the domain first, then the trigger.
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            let t = Trigger::parse(&trigger).map_err(fail)?;
+            if let Some(v) = vcpu {
+                // xl reads it with strtol and falls back to vCPU 0 on garbage.
+                if !v
+                    .trim_start()
+                    .starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+                {
+                    eprint!("Invalid vcpuid, using default vcpuid=0.\n\n");
+                }
+            }
+            let t = t.supported().map_err(fail)?;
+            let domain = domid.to_string();
+            Ok(c.call_ok(&match t {
+                Trigger::Reset => Request::Reset { domain },
+                _ => Request::Shutdown { domain },
+            })?)
         }
         Cmd::Domid { name } => {
             let all = list(&mut connect()?, Vec::new())?;

@@ -25,10 +25,17 @@ pub struct Globals {
 }
 
 /// The commands that honour the global `-N`: they print what they would do and do nothing.
-pub const DRY_RUN: &[&str] = &["create"];
+pub const DRY_RUN: &[&str] = &["create", "config-update"];
 
 /// The commands xl marks as changing configuration (the `f` in their usage line).
-const MODIFIES: &[&str] = &["create", "vcpu-pin", "block-attach", "network-attach"];
+const MODIFIES: &[&str] = &[
+    "create",
+    "config-update",
+    "trigger",
+    "vcpu-pin",
+    "block-attach",
+    "network-attach",
+];
 
 /// What the command line came to.
 #[derive(Debug)]
@@ -423,6 +430,56 @@ mod tests {
             panic!("create")
         };
         assert_eq!(vnc.refusal(), None);
+    }
+
+    #[test]
+    fn config_update_reads_file_and_vars_as_xl() {
+        use crate::cli::config_update_args;
+        let (_, cmd) = run(&["config-up", "web", "web.cfg", "memory=64", "vcpus=2"]);
+        let Cmd::ConfigUpdate {
+            domain,
+            args,
+            defconfig,
+            ..
+        } = cmd
+        else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(domain, "web");
+        assert_eq!(
+            config_update_args(defconfig.as_deref(), &args),
+            Ok((
+                Some("web.cfg".into()),
+                vec!["memory=64".into(), "vcpus=2".into()]
+            ))
+        );
+        let (
+            _,
+            Cmd::ConfigUpdate {
+                args, defconfig, ..
+            },
+        ) = run(&["config-update", "web", "-f", "a.cfg", "memory=64"])
+        else {
+            panic!("config-update -f")
+        };
+        assert_eq!(
+            config_update_args(defconfig.as_deref(), &args),
+            Ok((Some("a.cfg".into()), vec!["memory=64".into()]))
+        );
+        assert_eq!(
+            config_update_args(Some("a.cfg"), &["b.cfg".into()]),
+            Err("b.cfg".into())
+        );
+        assert_eq!(config_update_args(None, &[]), Ok((None, vec![])));
+        // xl's table: config-update can dry-run and modifies, vm-list neither.
+        let (g, _) = run(&["-N", "config-update", "web", "web.cfg"]);
+        assert!(g.dry_run);
+        assert!(exit(&["help", "config-update"]).stdout.starts_with(
+            "Usage: rxl [-vtTfN] config-update [options] <DOMAIN> [ConfigFile] [vars]"
+        ));
+        assert!(exit(&["help", "vm-list"])
+            .stdout
+            .starts_with("Usage: rxl [-vtT] vm-list \n"));
     }
 
     #[test]

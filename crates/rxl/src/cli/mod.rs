@@ -59,6 +59,27 @@ pub fn restore_files(files: &[String]) -> Option<(Option<&str>, &str)> {
     }
 }
 
+/// `config-update`'s `[ConfigFile] [vars]`, read as xl reads them: the first argument without
+/// `=` is the config file (unless `-f` named one), those with `=` are settings. `Err` with a
+/// second file name (xl then prints the help and exits 2).
+pub fn config_update_args(
+    defconfig: Option<&str>,
+    args: &[String],
+) -> Result<(Option<String>, Vec<String>), String> {
+    let mut file = defconfig.map(str::to_string);
+    let mut vars = Vec::new();
+    for a in args {
+        if a.contains('=') {
+            vars.push(a.clone());
+        } else if file.is_none() {
+            file = Some(a.clone());
+        } else {
+            return Err(a.clone());
+        }
+    }
+    Ok((file, vars))
+}
+
 /// rxl's commands, in the order `rxl help` lists them.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -93,6 +114,24 @@ pub enum Cmd {
         console: bool,
         /// The domain's name.
         domain: String,
+    },
+    /// Update a running domain's saved configuration, used when rebuilding the domain after reboot.
+    #[command(name = "config-update")]
+    ConfigUpdate {
+        /// The config file (instead of the ConfigFile argument).
+        #[arg(short = 'f', long = "defconfig", value_name = "FILE")]
+        defconfig: Option<String>,
+        /// Also print the new configuration as JSON.
+        #[arg(short = 'd')]
+        debug: bool,
+        /// Accept the config even if it uses keys rxen does not support (they are ignored).
+        #[arg(long)]
+        ignore_unsupported: bool,
+        /// The domain (name or ID).
+        domain: String,
+        /// `[ConfigFile] [KEY=VALUE ...]`, as xl: the config file, then settings that override it.
+        #[arg(value_name = "[ConfigFile] [vars]")]
+        args: Vec<String>,
     },
     /// List domains in xl's format.
     List {
@@ -173,6 +212,16 @@ pub enum Cmd {
         domain: String,
         /// The new name.
         new_name: String,
+    },
+    /// Send a trigger to a domain.
+    Trigger {
+        /// The domain (name or ID).
+        domain: String,
+        /// power (the power button), reset (at once); nmi, init, sleep and s3resume are refused.
+        #[arg(value_name = "nmi|reset|init|power|sleep|s3resume")]
+        trigger: String,
+        /// The vCPU (xl passes it to Xen; rxen's triggers act on the whole domain).
+        vcpu: Option<String>,
     },
     /// Print a domain's ID.
     Domid {
@@ -302,6 +351,9 @@ pub enum Cmd {
         /// vCPUs to have online.
         count: u32,
     },
+    /// List guest domains, excluding dom0, stubdoms, etc.
+    #[command(name = "vm-list")]
+    VmList,
     /// Set a domain's memory through its balloon.
     #[command(name = "mem-set")]
     MemSet {
