@@ -148,7 +148,9 @@ wait_con() {
 }
 
 # The boot IDs of scenario S seen on rxend T (one per L2 boot).
-boots() { context "$1" | grep -a -o "L2-UP scen=$2 boot=[0-9a-f]*" | sed 's/.*boot=//' | sort -u; }
+# Only whole banners count (they end in L2-UP-END): a console log is read while it is written,
+# and a banner caught half-written once read as "cpus=''".
+boots() { context "$1" | grep -a "L2-UP scen=$2 boot=.* L2-UP-END" | grep -a -o "boot=[0-9a-f]*" | sed 's/.*boot=//' | sort -u; }
 
 # wait_new_boot T S OLDBOOTS SECS: waits for an L2-UP of scenario S whose boot ID is not in
 # OLDBOOTS; prints the banner.
@@ -157,7 +159,7 @@ wait_new_boot() {
     while :; do
         for b in $(boots "$1" "$2"); do
             case " $3 " in *" $b "*) ;; *)
-                context "$1" | grep -a "L2-UP scen=$2 boot=$b" | tail -n 1
+                context "$1" | grep -a "L2-UP scen=$2 boot=$b .* L2-UP-END" | tail -n 1
                 return 0
                 ;;
             esac
@@ -276,7 +278,7 @@ EOF
         fi
         timing rxl-create-devices "$(since "$t0")" "rxl create returned"
         id=$(domid A l2dev)
-        if banner=$(wait_con A "L2-UP scen=devices " 90); then
+        if banner=$(wait_con A "L2-UP scen=devices .* L2-UP-END" 90); then
             nid=$(domid A l2dev)
             if [ -z "$nid" ] || [ "$nid" = "$id" ]; then
                 break

@@ -4,7 +4,8 @@
 # The L2 guest's init (PID 1 of a stock Debian kernel under rxen, see run.sh).
 #
 # It prints machine-readable markers on its console (ttyS0), all starting with "L2-":
-#   L2-UP scen=S boot=B kernel=K uptime=U cpus=C   once per boot (B: the kernel's boot ID)
+#   L2-UP scen=S boot=B kernel=K uptime=U cpus=C L2-UP-END   once per boot (B: the kernel's
+#   boot ID; the end marker tells L1 the line is whole, not caught while still being written)
 #   L2-MODULES, L2-DEVICES, L2-PWRBTN, L2-DMESG    what the kernel found
 #   L2-DISK-READ/-WROTE, L2-NET, L2-TOUCHED          what the scenario did
 #   L2-READY scen=S boot=B                           the command loop runs
@@ -31,7 +32,7 @@ SCEN=$(arg l2scen none)
 BOOT=$(cut -c1-8 /proc/sys/kernel/random/boot_id)
 # L1 types commands on this console: do not echo them into the log.
 stty -echo 2>/dev/null
-echo "L2-UP scen=$SCEN boot=$BOOT kernel=$(uname -r) uptime=$(up) cpus=$(cat /sys/devices/system/cpu/online)"
+echo "L2-UP scen=$SCEN boot=$BOOT kernel=$(uname -r) uptime=$(up) cpus=$(cat /sys/devices/system/cpu/online) L2-UP-END"
 
 # The modules rxen's devices need, in dependency order (only those the kernel has as modules).
 M=/lib/mod/$(uname -r)
