@@ -88,17 +88,8 @@ pub fn choose(kind: Option<&str>, number: Option<&str>) -> Result<(), ConsoleCho
 
 /// C's `atoi`: leading blanks, a sign, the digits that follow; 0 when there are none.
 fn atoi(text: &str) -> i64 {
-    let t = text.trim_start();
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    let value: i64 = digits[..end].parse().unwrap_or(0);
+    let crate::cnum::Leading { negative, digits } = crate::cnum::leading(text);
+    let value: i64 = digits.parse().unwrap_or(0);
     if negative {
         -value
     } else {

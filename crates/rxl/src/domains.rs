@@ -27,21 +27,12 @@ pub enum DomainError {
 /// Reads a domain ID as xl's `domname` does (`strtol`, base 10): leading blanks, a sign and the
 /// digits that follow; the rest is ignored; a negative number wraps as it does in C.
 pub fn parse_domid(text: &str) -> Result<u32, DomainError> {
-    let t = text.trim_start();
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 {
+    let crate::cnum::Leading { negative, digits } = crate::cnum::leading(text);
+    if digits.is_empty() {
         return Err(DomainError::InvalidId);
     }
     // strtol saturates at LONG_MAX; the cast to uint32_t then keeps the low 32 bits.
-    let value = digits[..end].parse::<i64>().unwrap_or(i64::MAX);
+    let value = digits.parse::<i64>().unwrap_or(i64::MAX);
     let value = if negative {
         value.wrapping_neg()
     } else {

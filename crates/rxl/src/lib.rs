@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cnum;
 pub mod console;
 pub mod docgen;
 pub mod domains;

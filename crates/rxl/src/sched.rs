@@ -180,18 +180,9 @@ pub enum PinError {
 /// The vCPU `xl vcpu-pin` acts on, read as xl reads it (`strtol`: the leading digits; `all`
 /// when there are none and the word is `all`), as rxend's request spells it.
 pub fn pin_target(vcpu: &str, force: bool) -> Result<String, PinError> {
-    let t = vcpu.trim_start();
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    let number = digits[..end].parse::<u64>().unwrap_or(u64::MAX);
-    if end == 0 || (negative && number != 0) {
+    let crate::cnum::Leading { negative, digits } = crate::cnum::leading(vcpu);
+    let number = digits.parse::<u64>().unwrap_or(u64::MAX);
+    if digits.is_empty() || (negative && number != 0) {
         if vcpu != "all" {
             return Err(PinError::InvalidVcpu(vcpu.to_string()));
         }

@@ -131,17 +131,7 @@ impl Daemon {
                 }
             }
         });
-        for r in &results {
-            self.log.info(format!(
-                "host shutdown: domain {}: {:?}{}",
-                r.name,
-                r.action,
-                r.detail
-                    .as_deref()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
-            ));
-        }
+        self.log_outcomes("host shutdown", &results);
         Ok(results)
     }
 
@@ -242,9 +232,15 @@ impl Daemon {
         for cfg in autos {
             results.push(self.auto_start(caller, &cfg));
         }
-        for r in &results {
+        self.log_outcomes("host start", &results);
+        Ok(results)
+    }
+
+    /// One log line per domain of a host shutdown or start.
+    fn log_outcomes(&self, what: &str, results: &[HostDomainOutcome]) {
+        for r in results {
             self.log.info(format!(
-                "host start: domain {}: {:?}{}",
+                "{what}: domain {}: {:?}{}",
                 r.name,
                 r.action,
                 r.detail
@@ -253,7 +249,6 @@ impl Daemon {
                     .unwrap_or_default()
             ));
         }
-        Ok(results)
     }
 
     /// Creates the domain of auto-start config `cfg` unless one of its name runs.
