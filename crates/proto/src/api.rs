@@ -278,12 +278,86 @@ pub enum Request {
     },
     /// The scheduler's pool parameters (`rxl sched-credit -s`), as CFS has them.
     SchedPool,
+    /// The CPU pools (`rxl cpupool-list`).
+    CpupoolList,
+    /// Create a CPU pool (`rxl cpupool-create`).
+    CpupoolCreate {
+        /// Its name.
+        name: String,
+        /// Its scheduler (`credit` or `credit2`; `None`: rxend's).
+        sched: Option<String>,
+        /// Its CPUs: free CPUs or Pool-0's.
+        cpus: Vec<u32>,
+        /// Check and answer without creating it (`-n`).
+        dry_run: bool,
+    },
+    /// Destroy an empty CPU pool (`rxl cpupool-destroy`); its CPUs become free.
+    CpupoolDestroy {
+        /// The pool (name or ID).
+        pool: String,
+    },
+    /// Rename a CPU pool (`rxl cpupool-rename`).
+    CpupoolRename {
+        /// The pool (name or ID).
+        pool: String,
+        /// The new name.
+        new_name: String,
+    },
+    /// Add CPUs to a pool (`rxl cpupool-cpu-add`).
+    CpupoolCpuAdd {
+        /// The pool (name or ID).
+        pool: String,
+        /// The CPUs as xl writes them (`1`, `2-3`, `node:0`).
+        cpus: String,
+    },
+    /// Take CPUs out of a pool (`rxl cpupool-cpu-remove`); they become free.
+    CpupoolCpuRemove {
+        /// The pool (name or ID).
+        pool: String,
+        /// The CPUs as xl writes them.
+        cpus: String,
+    },
+    /// Move a domain to another pool (`rxl cpupool-migrate`).
+    CpupoolMigrate {
+        /// The domain.
+        domain: DomainRef,
+        /// The pool (name or ID).
+        pool: String,
+    },
+    /// One pool per NUMA node (`rxl cpupool-numa-split`).
+    CpupoolNumaSplit,
     /// Why a domain that is gone ended (`rxl shutdown -w` prints xl's reason code). rxend
     /// remembers the last few.
     Ended {
         /// The ID the domain had.
         domid: u32,
     },
+}
+
+/// One CPU pool, as `rxl cpupool-list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpupoolInfo {
+    /// Its ID (Pool-0 is 0).
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// Its scheduler's name.
+    pub sched: String,
+    /// Its CPUs, ascending.
+    pub cpus: Vec<u32>,
+    /// The domains in it (Domain-0 counts in Pool-0).
+    pub domains: u32,
+}
+
+/// What `rxl cpupool-create` did (or, with `-n`, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpupoolCreated {
+    /// The pool's name.
+    pub name: String,
+    /// Its scheduler.
+    pub sched: String,
+    /// How many CPUs it has.
+    pub cpus: u32,
 }
 
 /// A config file given on the command line: its absolute path and text.
@@ -530,6 +604,13 @@ pub enum Response {
     },
     /// The answer to `SchedPool`.
     SchedPool(SchedPoolParams),
+    /// The answer to `CpupoolList` and `CpupoolNumaSplit` (the pools afterwards).
+    Cpupools {
+        /// Every pool, by ID.
+        pools: Vec<CpupoolInfo>,
+    },
+    /// The answer to `CpupoolCreate`.
+    CpupoolCreated(CpupoolCreated),
     /// The answer to `VcpuList`.
     Vcpus {
         /// One entry per vCPU.

@@ -31,6 +31,7 @@ use crate::storage;
 use crate::vmm::{self, VmmError};
 
 mod memory_ops;
+mod pool_ops;
 mod recovery;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
@@ -156,6 +157,10 @@ pub struct Daemon {
     table: Mutex<Table>,
     /// CPU cgroups (`None` when the host has none or they are turned off).
     cgroups: Option<crate::cgroup::Cgroups>,
+    /// The cpusets that confine domains to their CPU pools (`None` when the host has none).
+    cpusets: Option<crate::cpuset::Cpusets>,
+    /// The CPU pool definitions.
+    pools: Mutex<crate::pools::PoolTable>,
     /// Domain-0's credit weight.
     dom0_weight: std::sync::atomic::AtomicU32,
     /// The relocation key file from rxend's config, used when `rxl migrate` names none.
@@ -277,6 +282,8 @@ impl Daemon {
             .unwrap_or(1);
         let next_domid = stored_next.max(max_id + 1).max(1);
         let cgroups = sched_ops::open_cgroups(&sched, &log);
+        let cpusets = pool_ops::open_cpusets(sched.cgroup.as_deref(), &log);
+        let pools = Mutex::new(pool_ops::open_pools(&paths.cpupools_file(), &log));
         let daemon = Daemon {
             paths,
             log,
@@ -296,6 +303,8 @@ impl Daemon {
             resetting: Mutex::new(std::collections::BTreeSet::new()),
             _lock: lock,
             cgroups,
+            cpusets,
+            pools,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
         };
         daemon.reconcile();
@@ -719,6 +728,8 @@ impl Daemon {
         incoming: Option<OwnedFd>,
     ) -> Result<Created, DaemonError> {
         check_name(&config.name)?;
+        // Its CPU pool must exist here (a save file or migration may name one this host lacks).
+        self.config_pool(&config)?;
         let kernel = kernel_source(&config, config_path.as_deref())?;
         let uuid = config
             .uuid
@@ -787,6 +798,17 @@ impl Daemon {
             }
         };
         crate::failpoint::hit(crate::failpoint::START_PLUGGED);
+        let join = match self.prepare_pool(domid, &config) {
+            Ok(j) => j,
+            Err(err) => {
+                self.unplug_devices(domid, &run_dir);
+                self.remove_cpuset(domid);
+                self.abandon_start(domid, &run_dir);
+                self.log
+                    .error(format!("domain {domid} ({name}) failed to start: {err}"));
+                return Err(err);
+            }
+        };
         let spec = VmSpec {
             name: name.clone(),
             domid,
@@ -810,7 +832,7 @@ impl Daemon {
             disks,
             nics: vifs.iter().map(|v| v.nic.clone()).collect(),
         };
-        match vmm::launch_with(&spec, incoming) {
+        match vmm::launch_with(&spec, incoming, join) {
             Ok(l) => {
                 crate::failpoint::hit(crate::failpoint::START_READY);
                 let mut t = self.table();
@@ -842,6 +864,7 @@ impl Daemon {
             }
             Err(err) => {
                 self.unplug_devices(domid, &run_dir);
+                self.remove_cpuset(domid);
                 self.abandon_start(domid, &run_dir);
                 self.log
                     .error(format!("domain {domid} ({name}) failed to start: {err}"));

@@ -37,6 +37,11 @@ impl Paths {
         self.state_dir.join("next-domid")
     }
 
+    /// The CPU pool definitions (`rxl cpupool-*`).
+    pub fn cpupools_file(&self) -> PathBuf {
+        self.state_dir.join("cpupools.json")
+    }
+
     /// The registry of config files that domains were created from (for `boot`).
     pub fn known_configs_file(&self) -> PathBuf {
         self.state_dir.join("known-configs.json")

@@ -451,6 +451,37 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             Err(e) => error(e),
         },
         Request::SchedPool => Reply::Plain(Response::SchedPool(crate::schedparams::current())),
+        Request::CpupoolList => Reply::Plain(Response::Cpupools {
+            pools: daemon.cpupool_list(),
+        }),
+        Request::CpupoolCreate {
+            name,
+            sched,
+            cpus,
+            dry_run,
+        } => match daemon.cpupool_create(caller, &name, sched.as_deref(), &cpus, dry_run) {
+            Ok(c) => Reply::Plain(Response::CpupoolCreated(c)),
+            Err(e) => error(e),
+        },
+        Request::CpupoolDestroy { pool } => result(daemon.cpupool_destroy(caller, &pool)),
+        Request::CpupoolRename { pool, new_name } => {
+            result(daemon.cpupool_rename(caller, &pool, &new_name))
+        }
+        Request::CpupoolCpuAdd { pool, cpus } => {
+            result(daemon.cpupool_cpus(caller, &pool, &cpus, true))
+        }
+        Request::CpupoolCpuRemove { pool, cpus } => {
+            result(daemon.cpupool_cpus(caller, &pool, &cpus, false))
+        }
+        Request::CpupoolMigrate { domain, pool } => {
+            result(daemon.cpupool_migrate(caller, &domain, &pool))
+        }
+        Request::CpupoolNumaSplit => match daemon.cpupool_numa_split(caller) {
+            Ok(()) => Reply::Plain(Response::Cpupools {
+                pools: daemon.cpupool_list(),
+            }),
+            Err(e) => error(e),
+        },
         Request::VcpuList { domains } => match daemon.vcpu_list(caller, &domains) {
             Ok(vcpus) => Reply::Plain(Response::Vcpus { vcpus }),
             Err(e) => error(e),

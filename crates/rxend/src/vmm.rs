@@ -90,15 +90,20 @@ const INCOMING_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Writes the spec into its run directory, starts a VMM in a session of its
 /// own (so it outlives rxend), and waits until it reports `ready`.
 pub fn launch(spec: &VmSpec) -> Result<Launched, VmmError> {
-    launch_with(spec, None)
+    launch_with(spec, None, None)
 }
 
 /// Like [`launch`]; with `incoming`, the VMM receives the domain on that
 /// connection (as descriptor [`INCOMING_FD`]). rxend's own copy is closed
 /// as soon as the VMM has it, so that the peer sees the VMM's end alone.
 /// A spec that restores from a save file gets the file opened here, as
-/// descriptor [`RESTORE_FD`].
-pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched, VmmError> {
+/// descriptor [`RESTORE_FD`]. With `join` (a cgroup's `cgroup.procs`, open for writing), the
+/// VMM moves itself into that group before it runs anything (its CPU pool's cpuset).
+pub fn launch_with(
+    spec: &VmSpec,
+    incoming: Option<OwnedFd>,
+    join: Option<File>,
+) -> Result<Launched, VmmError> {
     let mut spec = spec.clone();
     let handover = match (incoming, &spec.restore_from) {
         (Some(sock), _) => {
@@ -140,9 +145,18 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
     let inherit = handover.as_ref().map(|(f, to)| (f.as_raw_fd(), *to));
-    // SAFETY: setsid, dup2 and fcntl are async-signal-safe and touch no memory of the parent.
+    let join_fd = join.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: setsid, write, dup2 and fcntl are async-signal-safe and touch no memory of the
+    // parent; the written byte is a static.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = join_fd {
+                // "0" is the writing process: the VMM joins its cgroup with every thread it
+                // will have. The descriptor closes at exec (O_CLOEXEC).
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             if let Some((fd, to)) = inherit {
                 if fd == to {
@@ -166,6 +180,7 @@ pub fn launch_with(spec: &VmSpec, incoming: Option<OwnedFd>) -> Result<Launched,
         source,
     })?;
     drop(handover);
+    drop(join);
     let pid = child.id() as i32;
     note_child(pid);
     crate::failpoint::hit(crate::failpoint::START_SPAWNED);

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod cnum;
 pub mod console;
+pub mod cpupool;
 pub mod docgen;
 pub mod domains;
 pub mod format;

@@ -62,6 +62,9 @@ pub struct CreateInfo {
     /// `uuid`; absent until the domain exists when the config names none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// `pool_name` (`pool`); absent for Pool-0's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_name: Option<String>,
 }
 
 /// `libxl_domain_build_info`.
@@ -383,6 +386,7 @@ impl LibxlConfig {
                 domain_type: cfg.domain_type.as_str(),
                 name: cfg.name.clone(),
                 uuid: cfg.uuid.clone(),
+                pool_name: cfg.pool.clone(),
             },
             b_info: BuildInfo {
                 max_vcpus: cfg.maxvcpus,

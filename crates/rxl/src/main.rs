@@ -523,6 +523,14 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             ratelimit.is_some(),
             cpupool,
         ),
+        c @ (Cmd::CpupoolCreate { .. }
+        | Cmd::CpupoolList { .. }
+        | Cmd::CpupoolDestroy { .. }
+        | Cmd::CpupoolRename { .. }
+        | Cmd::CpupoolCpuAdd { .. }
+        | Cmd::CpupoolCpuRemove { .. }
+        | Cmd::CpupoolMigrate { .. }
+        | Cmd::CpupoolNumaSplit) => cpupool_cmd(c, globals.dry_run, &socket),
         Cmd::VcpuList { domains } => {
             let resp = connect()?.call(&Request::VcpuList { domains })?;
             let Response::Vcpus { vcpus } = resp else {
@@ -749,6 +757,93 @@ const CONFIG_MAX_BYTES: u64 = 1 << 20;
 
 /// Reads a config file: a regular file of at most [`CONFIG_MAX_BYTES`]. It is opened without
 /// blocking, so a FIFO or a device is refused instead of hanging.
+/// The `cpupool-*` commands.
+fn cpupool_cmd(cmd: Cmd, global_dry_run: bool, socket: &Path) -> Outcome {
+    use rxl::cpupool;
+    let connect = || Client::connect_or_start(socket).map_err(Failure::from);
+    let req = match cmd {
+        Cmd::CpupoolCreate {
+            defconfig,
+            dry_run,
+            args,
+        } => {
+            let Ok((file, vars)) = rxl::cli::config_update_args(defconfig.as_deref(), &args) else {
+                print!(
+                    "{}",
+                    front::help(
+                        &<Cli as clap::CommandFactory>::command(),
+                        Some("cpupool-create")
+                    )
+                );
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(2);
+            };
+            let text = match &file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| Failure(format!("Failed to read config file: {f}: {e}")))?,
+                None => String::new(),
+            };
+            let host = std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .ok()
+                .and_then(|t| xlcfg::parse_cpu_list(t.trim(), xlcfg::MAX_CPUS).ok())
+                .and_then(|v| v.last().map(|m| m + 1))
+                .unwrap_or(1);
+            let node_cpus = |n: u32| {
+                let t =
+                    std::fs::read_to_string(format!("/sys/devices/system/node/node{n}/cpulist"))
+                        .ok()?;
+                xlcfg::parse_cpu_list(t.trim(), xlcfg::MAX_CPUS).ok()
+            };
+            let r = cpupool::pool_request(&text, file.as_deref(), &vars, host, node_cpus)
+                .map_err(|e| Failure(e.to_string()))?;
+            for k in &r.ignored {
+                eprintln!(
+                    "warning: \"{k}\" is not a cpupool setting (name, sched, cpus, nodes); ignored"
+                );
+            }
+            let resp = connect()?.call(&Request::CpupoolCreate {
+                name: r.name,
+                sched: r.sched,
+                cpus: r.cpus,
+                dry_run: dry_run || global_dry_run,
+            })?;
+            let Response::CpupoolCreated(c) = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            print!(
+                "{}",
+                cpupool::created_text(file.as_deref().unwrap_or("command line"), &c)
+            );
+            return Ok(());
+        }
+        Cmd::CpupoolList { cpus, pool } => {
+            let resp = connect()?.call(&Request::CpupoolList)?;
+            let Response::Cpupools { pools } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            if let Some(p) = &pool {
+                if !pools.iter().any(|x| &x.name == p) {
+                    return Err(Failure(format!("Pool '{p}' does not exist")));
+                }
+            }
+            print!("{}", cpupool::list_text(&pools, cpus, pool.as_deref()));
+            return Ok(());
+        }
+        Cmd::CpupoolDestroy { pool } => Request::CpupoolDestroy { pool },
+        Cmd::CpupoolRename { pool, new_name } => Request::CpupoolRename { pool, new_name },
+        Cmd::CpupoolCpuAdd { pool, cpus } => Request::CpupoolCpuAdd { pool, cpus },
+        Cmd::CpupoolCpuRemove { pool, cpus } => Request::CpupoolCpuRemove { pool, cpus },
+        Cmd::CpupoolMigrate { domain, pool } => Request::CpupoolMigrate { domain, pool },
+        Cmd::CpupoolNumaSplit => Request::CpupoolNumaSplit,
+        other => return Err(Failure(format!("not a cpupool command: {other:?}"))),
+    };
+    match connect()?.call(&req)? {
+        Response::Ok | Response::Cpupools { .. } => Ok(()),
+        other => Err(Failure(format!("unexpected answer: {other:?}"))),
+    }
+}
+
 fn read_config_file(path: &std::path::Path) -> Result<String, Failure> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;

@@ -529,6 +529,7 @@ pub(crate) fn interpret(
             i64::from(maxvcpus) * 100,
         )?
         .map_or(0, |(n, _)| n as u32);
+    let pool = cx.string("pool", "a CPU pool name")?.map(|(s, _)| s);
 
     // boot
     let kernel = cx.string("kernel", "a kernel path")?.map(|(s, _)| s);
@@ -776,6 +777,7 @@ pub(crate) fn interpret(
         maxvcpus,
         cpus,
         cpu_weight,
+        pool,
         cap,
         kernel,
         ramdisk,

@@ -73,7 +73,6 @@ pub(crate) fn classify(key: &str) -> Option<Class> {
         // placement, security, architecture
         "cpus_soft" => u("soft affinity is not supported; use cpus", &[]),
         "vnuma" => u("virtual NUMA topologies are not supported", &["[]"]),
-        "pool" => u("CPU pools are not supported", &["Pool-0"]),
         "seclabel" | "init_seclabel" => u("XSM/FLASK security labels are not supported", &[]),
         "nomigrate" => u("marking a domain non-migratable is not supported", &["0"]),
         "driver_domain" => u("driver domains are not supported", &["0"]),
@@ -144,6 +143,7 @@ pub(crate) const MODELED: &[&str] = &[
     "cpus",
     "cpu_weight",
     "cap",
+    "pool",
     "kernel",
     "ramdisk",
     "cmdline",

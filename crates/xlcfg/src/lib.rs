@@ -20,6 +20,7 @@ mod keys;
 mod lexer;
 pub mod model;
 mod number;
+mod pool;
 mod render;
 mod spec;
 mod syntax;
@@ -34,6 +35,7 @@ pub use model::{
     Action, DomainConfig, DomainType, UnknownAction, DEFAULT_CPU_WEIGHT, DEFAULT_MEMORY_MIB,
 };
 pub use number::{parse_c_long, NumberError};
+pub use pool::{parse_pool, PoolConfig, PoolCpus};
 pub use render::{cpu_ranges, disk_spec_text, quote, rate_text, vif_spec_text};
 pub use spec::SpecError;
 pub use vif::{parse_rate, parse_vif_spec, MacAddr, Rate, VifSpec};
@@ -75,6 +77,21 @@ impl Parsed {
 /// assert_eq!((err.line, err.column), (2, 10));
 /// ```
 pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Parsed, ConfigError> {
+    let (settings, files) = read_settings(text, file, overrides)?;
+    let (config, diagnostics) = interpret::interpret(&settings, &files)?;
+    Ok(Parsed {
+        config,
+        diagnostics,
+    })
+}
+
+/// Reads xl.cfg text and its overrides into settings (each key's last value), and the names
+/// of the sources (the file, then `<command line>` once per override).
+fn read_settings(
+    text: &str,
+    file: &str,
+    overrides: &[String],
+) -> Result<(syntax::Settings, Vec<String>), ConfigError> {
     let mut files = vec![file.to_string()];
     let mut settings = syntax::Settings::default();
     let to_error = |files: &[String], (pos, kind): (lexer::Pos, ConfigErrorKind)| ConfigError {
@@ -101,11 +118,7 @@ pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Parsed, Con
         renumber(&mut s.key_pos);
         renumber_value(&mut s.value);
     }
-    let (config, diagnostics) = interpret::interpret(&settings, &files)?;
-    Ok(Parsed {
-        config,
-        diagnostics,
-    })
+    Ok((settings, files))
 }
 
 fn renumber(p: &mut lexer::Pos) {

@@ -131,6 +131,9 @@ pub struct DomainConfig {
     pub cpus: Option<CpuAffinity>,
     /// `cpu_weight` (default 256, 1..=65535).
     pub cpu_weight: u32,
+    /// `pool`: the CPU pool the domain runs in; `None` = Pool-0.
+    #[serde(default)]
+    pub pool: Option<String>,
     /// `cap`: percent of one host CPU, 0 = no cap.
     pub cap: u32,
     /// `kernel` (kept as written; `builtin:testguest` is rxen's test guest).

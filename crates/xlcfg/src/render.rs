@@ -192,6 +192,9 @@ impl DomainConfig {
         }
         line("cpu_weight", self.cpu_weight.to_string());
         line("cap", self.cap.to_string());
+        if let Some(p) = &self.pool {
+            line("pool", quote(p));
+        }
         let opt = |v: &Option<String>| v.as_deref().map(quote);
         for (k, v) in [
             ("kernel", opt(&self.kernel)),

@@ -717,8 +717,6 @@ fn every_class_of_unmodeled_key() {
         ("spicehost", "'0.0.0.0'", Unsupported),
         ("device_model_version", "'qemu-xen'", Unsupported),
         ("cpus_soft", "'0-3'", Unsupported),
-        ("pool", "'Pool-0'", Warning),
-        ("pool", "'fast'", Unsupported),
         ("seclabel", "'system_u:system_r:domU_t'", Unsupported),
         ("nomigrate", "1", Unsupported),
         ("pvshim", "1", Unsupported),
@@ -763,4 +761,15 @@ fn configs_from_json_are_held_to_the_parser_ranges() {
         let e = xlcfg::check_config(&c).expect_err(what);
         assert!(e.contains(what), "{what}: {e}");
     }
+}
+
+#[test]
+fn pool_names_the_cpu_pool_and_renders_back() {
+    let p = ok("pool = 'fast'");
+    assert_eq!(p.config.pool.as_deref(), Some("fast"));
+    assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+    assert!(!p.config.other_keys.contains_key("pool"));
+    let again = xlcfg::parse(&p.config.to_xl_cfg(), "again.cfg", &[]).expect("reparse");
+    assert_eq!(again.config.pool.as_deref(), Some("fast"));
+    assert_eq!(ok("").config.pool, None);
 }

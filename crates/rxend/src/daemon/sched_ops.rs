@@ -74,6 +74,11 @@ pub(super) fn open_cgroups(opts: &SchedOptions, log: &Log) -> Option<Cgroups> {
     }
 }
 
+/// Whether a hard affinity is `all` (the domain's pool's CPUs).
+fn hard_all(text: &str) -> bool {
+    text.trim() == "all"
+}
+
 /// vCPU `v`'s soft affinity as xl prints it (`all` unless `rxl vcpu-pin` set one).
 fn soft_text(rec: &DomainRecord, v: u32, host: u32) -> String {
     rec.soft_affinity
@@ -152,6 +157,7 @@ impl Daemon {
         pin: bool,
     ) -> Vec<String> {
         let mut warnings = Vec::new();
+        let pool_cpus = self.place_in_pool(domid, pid, config);
         let threads = vcpu_threads(pid);
         if let Some(cg) = &self.cgroups {
             let tids: Vec<i32> = threads.iter().map(|t| t.thread.tid).collect();
@@ -168,7 +174,19 @@ impl Daemon {
                 let Some(cpus) = sched::config_cpus(aff, t.index, host) else {
                     continue;
                 };
-                let cpus: Vec<u32> = cpus.into_iter().filter(|&c| c < host).collect();
+                // Hard affinity stays within the domain's CPU pool.
+                let cpus: Vec<u32> = cpus
+                    .into_iter()
+                    .filter(|&c| c < host && pool_cpus.contains(&c))
+                    .collect();
+                if cpus.is_empty() {
+                    warnings.push(format!(
+                        "cpus: vCPU {}: none of its CPUs is in its cpupool ({}); it runs on the pool's CPUs",
+                        t.index,
+                        crate::cpuset::cpus_text(&pool_cpus)
+                    ));
+                    continue;
+                }
                 if let Err(e) = sched::set_affinity(t.thread.tid, &cpus) {
                     warnings.push(format!("cpus: vCPU {}: {e}", t.index));
                 }
@@ -199,6 +217,7 @@ impl Daemon {
 
     /// Removes a domain's cgroup once its VMM is gone.
     pub(super) fn remove_sched(&self, domid: u32) {
+        self.remove_cpuset(domid);
         if let Some(cg) = &self.cgroups {
             if let Err(e) = cg.remove_domain(domid, Duration::from_secs(2)) {
                 self.log
@@ -454,6 +473,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::Config(format!("invalid CPU list \"{list}\": {e}")))
         };
         let soft = soft.filter(|s| *s != "-").map(parse).transpose()?;
+        let hard_text = hard;
         let hard = (hard != "-").then(|| parse(hard)).transpose()?;
         let (pid, maxvcpus) = {
             let t = self.table();
@@ -497,9 +517,36 @@ impl Daemon {
                 caller.describe()
             ));
         }
-        let Some(cpus) = hard else {
+        let Some(mut cpus) = hard else {
             return Ok(());
         };
+        // Hard affinity stays within the domain's CPU pool: `all` is the pool's CPUs, and CPUs
+        // outside it are refused (the cpuset would not let the threads run there).
+        let pool = {
+            let t = self.table();
+            let config = t.domains.get(&id).map(|e| e.rec.config.clone());
+            drop(t);
+            match config {
+                Some(c) => self.config_pool(&c)?,
+                None => return Err(DaemonError::NoSuchDomain(domain.to_string())),
+            }
+        };
+        if hard_all(hard_text) {
+            cpus = pool.cpus.clone();
+        }
+        let outside: Vec<u32> = cpus
+            .iter()
+            .copied()
+            .filter(|c| !pool.cpus.contains(c))
+            .collect();
+        if !outside.is_empty() {
+            return Err(DaemonError::Config(format!(
+                "CPU {} outside cpupool '{}' (CPUs {}) of domain {domain}: hard affinity must be within the domain's pool",
+                crate::cpuset::cpus_text(&outside),
+                pool.name,
+                crate::cpuset::cpus_text(&pool.cpus)
+            )));
+        }
         let threads = vcpu_threads(pid);
         let chosen: Vec<_> = if vcpu == "all" {
             threads.iter().collect()

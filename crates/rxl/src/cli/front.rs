@@ -25,11 +25,12 @@ pub struct Globals {
 }
 
 /// The commands that honour the global `-N`: they print what they would do and do nothing.
-pub const DRY_RUN: &[&str] = &["create", "config-update"];
+pub const DRY_RUN: &[&str] = &["create", "config-update", "cpupool-create"];
 
 /// The commands xl marks as changing configuration (the `f` in their usage line).
 const MODIFIES: &[&str] = &[
     "create",
+    "cpupool-create",
     "config-update",
     "trigger",
     "vcpu-pin",

@@ -315,6 +315,78 @@ pub enum Cmd {
         #[arg(short = 'p', long = "cpupool", value_name = "CPUPOOL")]
         cpupool: Option<String>,
     },
+    /// Create a new CPU pool.
+    #[command(name = "cpupool-create")]
+    CpupoolCreate {
+        /// Use the given configuration file.
+        #[arg(short = 'f', long = "defconfig", value_name = "FILE")]
+        defconfig: Option<String>,
+        /// Dry run: print the resulting configuration and create nothing.
+        #[arg(short = 'n', long = "dryrun")]
+        dry_run: bool,
+        /// `[ConfigFile] [Variable=value ...]`: the pool file (`name`, `sched`, `cpus`, `nodes`), then settings that override it.
+        #[arg(value_name = "[ConfigFile] [Variable=value]")]
+        args: Vec<String>,
+    },
+    /// List CPU pools on host.
+    #[command(name = "cpupool-list")]
+    CpupoolList {
+        /// Output list of CPUs used by a pool.
+        #[arg(short = 'c', long = "cpus")]
+        cpus: bool,
+        /// Only this pool.
+        #[arg(value_name = "CPU Pool")]
+        pool: Option<String>,
+    },
+    /// Deactivates a CPU pool (its CPUs become free).
+    #[command(name = "cpupool-destroy")]
+    CpupoolDestroy {
+        /// The pool (name or ID).
+        #[arg(value_name = "CPU Pool")]
+        pool: String,
+    },
+    /// Renames a CPU pool.
+    #[command(name = "cpupool-rename")]
+    CpupoolRename {
+        /// The pool (name or ID).
+        #[arg(value_name = "CPU Pool")]
+        pool: String,
+        /// Its new name.
+        #[arg(value_name = "new name")]
+        new_name: String,
+    },
+    /// Adds a CPU to a CPU pool (a free CPU, or one of Pool-0's).
+    #[command(name = "cpupool-cpu-add")]
+    CpupoolCpuAdd {
+        /// The pool (name or ID).
+        #[arg(value_name = "CPU Pool")]
+        pool: String,
+        /// A CPU number or range (`1`, `2-3`), or `node:N`.
+        #[arg(value_name = "CPU nr|node:node nr")]
+        cpus: String,
+    },
+    /// Removes a CPU from a CPU pool (it becomes free).
+    #[command(name = "cpupool-cpu-remove")]
+    CpupoolCpuRemove {
+        /// The pool (name or ID).
+        #[arg(value_name = "CPU Pool")]
+        pool: String,
+        /// A CPU number or range (`1`, `2-3`), or `node:N`.
+        #[arg(value_name = "CPU nr|node:node nr")]
+        cpus: String,
+    },
+    /// Moves a domain into a CPU pool.
+    #[command(name = "cpupool-migrate")]
+    CpupoolMigrate {
+        /// The domain (name or ID).
+        domain: String,
+        /// The pool (name or ID).
+        #[arg(value_name = "CPU Pool")]
+        pool: String,
+    },
+    /// Splits up the machine into one CPU pool per NUMA node.
+    #[command(name = "cpupool-numa-split")]
+    CpupoolNumaSplit,
     /// List the vCPUs of domains.
     #[command(name = "vcpu-list")]
     VcpuList {

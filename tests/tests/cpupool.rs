@@ -1,0 +1,199 @@
+//! CPU pools on real guests with the host's real cgroup cpusets: a pool made from CPU 1
+//! confines every thread of its domains' VMMs there (read back from
+//! /proc/PID/task/*/status), `cpupool-migrate` moves a running domain's threads, a pool with
+//! domains cannot be destroyed, `vcpu-pin` stays within the pool, pools and confinement
+//! survive an rxend restart and a save/restore, and xl's `cpupool-list` layout.
+//! Each test's rxend has pools of its own: tests running in parallel never see them.
+
+use std::fs;
+use std::time::Duration;
+
+use rxen_e2e::{wait_until, Host};
+
+/// Every thread's `Cpus_allowed_list` of process `pid`, one entry per thread.
+fn allowed(pid: i32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|t| {
+            let status = fs::read_to_string(t.path().join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// Waits until every thread of `pid` (at least two: the VMM has several) may run on `cpus` only.
+fn wait_confined(pid: i32, cpus: &str) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("every thread of VMM {pid} confined to CPUs {cpus}"),
+        || {
+            let a = allowed(pid);
+            a.len() >= 2 && a.iter().all(|c| c == cpus)
+        },
+    );
+}
+
+fn domid(host: &Host, name: &str) -> u32 {
+    host.rxl_ok(&["domid", name])
+        .trim()
+        .parse()
+        .expect("numeric domid")
+}
+
+fn need_two_cpus() {
+    let online = fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs");
+    assert!(
+        online.trim() != "0",
+        "these tests need two host CPUs (a pool with CPU 1, Pool-0 with CPU 0); the host has {online}"
+    );
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_pool_confines_its_domains_threads_and_they_follow_migrate_and_restart() {
+    need_two_cpus();
+    let mut h = Host::start();
+    assert_eq!(
+        h.rxl_ok(&["cpupool-list"]),
+        "Name               CPUs   Sched     Active   Domain count\n\
+         Pool-0               2    credit       y          1\n"
+    );
+    let pool_file = h.config(
+        "web.pool",
+        "name = \"web\"\nsched = \"credit\"\ncpus = [\"1\"]\n",
+    );
+    let out = h.rxl_ok(&["cpupool-create", pool_file.to_str().expect("utf-8")]);
+    assert!(
+        out.contains("cpupool name:   web\nscheduler:      credit\nnumber of cpus: 1\n"),
+        "{out}"
+    );
+    assert_eq!(
+        h.rxl_ok(&["cpupool-list", "-c"]),
+        "Name               CPU list\nPool-0             0\nweb                1\n"
+    );
+
+    let _con = h.create_guest("pooled", 2, 32, "pool = \"web\"");
+    let id = domid(&h, "pooled");
+    let pid = h.vmm_pid(id);
+    wait_confined(pid, "1");
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(
+        cg.lines()
+            .any(|l| l.contains("cpuset") && l.ends_with(&format!("/dom{id}"))),
+        "the VMM is in its domain's cpuset: {cg}"
+    );
+    assert_eq!(
+        h.rxl_ok(&["cpupool-list", "web"]),
+        "Name               CPUs   Sched     Active   Domain count\n\
+         web                  1    credit       y          1\n"
+    );
+
+    // A pool with domains stays.
+    let out = h.rxl(&["cpupool-destroy", "web"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Can't destroy cpupool 'web'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(h
+        .rxl_ok(&["cpupool-list", "-c"])
+        .contains("web                1\n"));
+    // Hard affinity stays within the pool.
+    let out = h.rxl(&["vcpu-pin", "pooled", "0", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("outside cpupool 'web'"),
+        "{}",
+        stderr(&out)
+    );
+    wait_confined(pid, "1");
+
+    // Moving the running domain moves every thread.
+    h.rxl_ok(&["cpupool-migrate", "pooled", "Pool-0"]);
+    wait_confined(pid, "0");
+    assert!(h
+        .rxl_ok(&["cpupool-list"])
+        .contains("Pool-0               1    credit       y          2\n"));
+    h.rxl_ok(&["cpupool-migrate", "pooled", "web"]);
+    wait_confined(pid, "1");
+
+    // rxend restarts (killed, as a crash): pools, the domain's pool and its confinement stay.
+    h.kill_rxend();
+    h.start_rxend();
+    assert_eq!(
+        h.rxl_ok(&["cpupool-list"]),
+        "Name               CPUs   Sched     Active   Domain count\n\
+         Pool-0               1    credit       y          1\n\
+         web                  1    credit       y          1\n"
+    );
+    wait_confined(pid, "1");
+    h.rxl_ok(&["cpupool-migrate", "pooled", "0"]);
+    wait_confined(pid, "0");
+
+    // Emptied, the pool goes; its CPU is free until added back to Pool-0.
+    h.rxl_ok(&["cpupool-destroy", "web"]);
+    assert_eq!(
+        h.rxl_ok(&["cpupool-list", "-c"]),
+        "Name               CPU list\nPool-0             0\n"
+    );
+    h.rxl_ok(&["cpupool-cpu-add", "Pool-0", "1"]);
+    wait_confined(pid, "0-1");
+    h.rxl_ok(&["destroy", "pooled"]);
+}
+
+#[test]
+fn a_domain_keeps_its_pool_through_save_and_restore_and_unknown_pools_are_refused() {
+    need_two_cpus();
+    let h = Host::start();
+    let bad = h.config(
+        "bad.cfg",
+        "name = \"bad\"\nkernel = \"builtin:testguest\"\nmemory = 32\npool = \"nosuch\"\n",
+    );
+    let out = h.rxl(&["create", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown cpupool 'nosuch'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(h.list_row("bad").is_none());
+
+    h.rxl_ok(&["cpupool-create", "name=\"batch\"", "cpus=\"1\""]);
+    let _con = h.create_guest("saver", 1, 32, "pool = \"batch\"");
+    wait_confined(h.vmm_pid(domid(&h, "saver")), "1");
+    let save = h.dir.path().join("saver.save");
+    let save = save.to_str().expect("utf-8");
+    h.rxl_ok(&["save", "saver", save]);
+    h.rxl_ok(&["restore", save]);
+    let pid = h.vmm_pid(domid(&h, "saver"));
+    wait_confined(pid, "1");
+    assert!(h
+        .rxl_ok(&["cpupool-list"])
+        .contains("batch                1    credit       y          1\n"));
+
+    // A save file whose pool this host lacks is refused, and kept.
+    h.rxl_ok(&["save", "saver", save]);
+    h.rxl_ok(&["cpupool-destroy", "batch"]);
+    let out = h.rxl(&["restore", save]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown cpupool 'batch'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::path::Path::new(save).exists());
+    assert!(h.list_row("saver").is_none());
+    // With the pool back, the same file restores into it.
+    h.rxl_ok(&["cpupool-create", "name=\"batch\"", "cpus=\"1\""]);
+    h.rxl_ok(&["restore", save]);
+    wait_confined(h.vmm_pid(domid(&h, "saver")), "1");
+    h.rxl_ok(&["destroy", "saver"]);
+}
