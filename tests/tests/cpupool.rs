@@ -2,7 +2,8 @@
 //! confines every thread of its domains' VMMs there (read back from
 //! /proc/PID/task/*/status), `cpupool-migrate` moves a running domain's threads, a pool with
 //! domains cannot be destroyed, `vcpu-pin` stays within the pool, pools and confinement
-//! survive an rxend restart and a save/restore, and xl's `cpupool-list` layout.
+//! survive an rxend restart, a save/restore and a migration (a target without the pool
+//! refuses it), and xl's `cpupool-list` layout.
 //! Each test's rxend has pools of its own: tests running in parallel never see them.
 
 use std::fs;
@@ -196,4 +197,48 @@ fn a_domain_keeps_its_pool_through_save_and_restore_and_unknown_pools_are_refuse
     h.rxl_ok(&["restore", save]);
     wait_confined(h.vmm_pid(domid(&h, "saver")), "1");
     h.rxl_ok(&["destroy", "saver"]);
+}
+
+/// `rxl migrate` from `a` to `b` over xl's ssh transport with `-s ''` (HOST is run as the
+/// command: `rxl migrate-receive` against `b`'s rxend), both rxends on this machine.
+fn migrate(a: &Host, b: &Host, name: &str) -> std::process::Output {
+    let receiver = format!(
+        "env RXEN_SOCKET={} {} migrate-receive",
+        b.socket().display(),
+        rxen_e2e::bin("rxl").display()
+    );
+    a.rxl(&["migrate", "-s", "", name, &receiver])
+}
+
+#[test]
+fn a_migration_keeps_the_pool_and_a_target_without_it_refuses() {
+    need_two_cpus();
+    let a = Host::start();
+    let b = Host::start();
+    a.rxl_ok(&["cpupool-create", "name=\"web\"", "cpus=\"1\""]);
+    let _con = a.create_guest("mover", 1, 16, "pool = \"web\"");
+    let pid_a = a.vmm_pid(domid(&a, "mover"));
+    wait_confined(pid_a, "1");
+
+    let out = migrate(&a, &b, "mover");
+    assert!(!out.status.success(), "B has no pool web");
+    assert!(
+        stderr(&out).contains("unknown cpupool 'web'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(b.list_row("mover").is_none());
+    assert!(a.list_row("mover").is_some());
+    assert_eq!(a.vmm_pid(domid(&a, "mover")), pid_a, "the guest stays on A");
+    wait_confined(pid_a, "1");
+
+    b.rxl_ok(&["cpupool-create", "name=\"web\"", "cpus=\"1\""]);
+    let out = migrate(&a, &b, "mover");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(a.list_row("mover").is_none());
+    wait_confined(b.vmm_pid(domid(&b, "mover")), "1");
+    assert!(b
+        .rxl_ok(&["cpupool-list"])
+        .contains("web                  1    credit       y          1\n"));
+    b.rxl_ok(&["destroy", "mover"]);
 }

@@ -509,6 +509,10 @@ impl Daemon {
         if self.table().domains.values().any(|e| e.rec.name == r.name) {
             return Err(format!("domain name \"{}\" is already in use here", r.name));
         }
+        let pool = self.config_pool(&config).map_err(|e| format!("{e} here"))?;
+        if pool.cpus.is_empty() {
+            return Err(format!("cpupool '{}' has no CPUs here", pool.name));
+        }
         let free_mib = crate::hostinfo::memory().free_kib / 1024;
         if r.memory_mib > free_mib {
             return Err(format!(
