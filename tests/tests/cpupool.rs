@@ -147,6 +147,37 @@ fn a_pool_confines_its_domains_threads_and_they_follow_migrate_and_restart() {
     );
     h.rxl_ok(&["cpupool-cpu-add", "Pool-0", "1"]);
     wait_confined(pid, "0-1");
+
+    // One pool per NUMA node; Pool-0 becomes its first node's pool, with its domains.
+    h.rxl_ok(&["cpupool-numa-split"]);
+    let list = h.rxl_ok(&["cpupool-list", "-c"]);
+    let mut nodes: Vec<(u32, String)> = fs::read_dir("/sys/devices/system/node")
+        .expect("sysfs nodes")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_prefix("node")?.parse().ok()?;
+            let cpus = fs::read_to_string(e.path().join("cpulist")).ok()?;
+            (!cpus.trim().is_empty()).then(|| (n, cpus.trim().to_string()))
+        })
+        .collect();
+    nodes.sort();
+    for (n, cpus) in &nodes {
+        // sysfs writes ranges (`0-1,4`); the list prints every CPU.
+        let cpus: Vec<String> = cpus
+            .split(',')
+            .flat_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                let (a, b): (u32, u32) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+                (a..=b).map(|c| c.to_string())
+            })
+            .collect();
+        let line = format!("{:<19}{}\n", format!("Pool-node{n}"), cpus.join(","));
+        assert!(list.contains(&line), "{line:?} in\n{list}");
+    }
+    assert!(!list.contains("Pool-0"), "{list}");
+    assert!(h
+        .rxl_ok(&["cpupool-list", &format!("Pool-node{}", nodes[0].0)])
+        .ends_with("       y          2\n"));
     h.rxl_ok(&["destroy", "pooled"]);
 }
 
