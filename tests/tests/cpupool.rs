@@ -96,6 +96,25 @@ fn a_pool_confines_its_domains_threads_and_they_follow_migrate_and_restart() {
          web                  1    credit       y          1\n"
     );
 
+    // sched-credit lists each pool with its domains.
+    let web = h.rxl_ok(&["sched-credit", "-p", "web"]);
+    assert!(
+        web.starts_with("Cpupool web: tslice=")
+            && web.lines().count() == 3
+            && web.contains("pooled"),
+        "{web}"
+    );
+    let all = h.rxl_ok(&["sched-credit"]);
+    let (pool0, rest) = all.split_once("Cpupool web:").expect("web's section");
+    assert!(
+        pool0.starts_with("Cpupool Pool-0:") && pool0.contains("Domain-0"),
+        "{all}"
+    );
+    assert!(
+        !pool0.contains("pooled") && rest.contains("pooled"),
+        "{all}"
+    );
+
     // A pool with domains stays.
     let out = h.rxl(&["cpupool-destroy", "web"]);
     assert!(!out.status.success());

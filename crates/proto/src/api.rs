@@ -380,6 +380,9 @@ pub struct SchedEntry {
     pub weight: u32,
     /// Cap in percent of one host CPU, 0 = none.
     pub cap: u32,
+    /// The ID of its CPU pool (0: Pool-0).
+    #[serde(default)]
+    pub pool: u32,
 }
 
 /// The pool parameters `xl sched-credit -s` prints, from what Linux's CFS uses under rxen

@@ -684,14 +684,28 @@ fn sched_credit(
     };
     let action = sched::sched_action(which, &args).map_err(|e| Failure(e.to_string()))?;
     let mut c = connect()?;
-    let pool_line = |c: &mut Client| -> Result<String, Failure> {
-        match c.call(&Request::SchedPool)? {
-            Response::SchedPool(p) => Ok(sched::pool_line(which, &p)),
-            other => Err(Failure(format!("unexpected answer: {other:?}"))),
-        }
+    let pools = match c.call(&Request::CpupoolList)? {
+        Response::Cpupools { pools } => pools,
+        other => return Err(Failure(format!("unexpected answer: {other:?}"))),
+    };
+    let only = args
+        .cpupool
+        .as_deref()
+        .map(|q| sched::find_pool(&pools, q).map(|p| p.id))
+        .transpose()
+        .map_err(|e| Failure(e.to_string()))?;
+    let params = match c.call(&Request::SchedPool)? {
+        Response::SchedPool(p) => p,
+        other => return Err(Failure(format!("unexpected answer: {other:?}"))),
     };
     if action == sched::SchedAction::PoolParams {
-        println!("{}", pool_line(&mut c)?);
+        // xl: the pool -p names, else Pool-0.
+        let id = only.unwrap_or(0);
+        let name = pools
+            .iter()
+            .find(|p| p.id == id)
+            .map_or(sched::POOL, |p| p.name.as_str());
+        println!("{}", sched::pool_line(which, &params, name));
         return Ok(());
     }
     let resp = c.call(&Request::SchedCredit {
@@ -704,8 +718,10 @@ fn sched_credit(
     };
     match action {
         sched::SchedAction::All => {
-            let line = pool_line(&mut c)?;
-            print!("{}", sched::sched_table(&entries, Some(&line)));
+            print!(
+                "{}",
+                sched::pools_table(which, &params, &pools, &entries, only)
+            );
         }
         sched::SchedAction::Show => print!("{}", sched::sched_table(&entries, None)),
         sched::SchedAction::Set | sched::SchedAction::PoolParams => {}

@@ -1,7 +1,7 @@
 //! xl's scheduler and vCPU output formats: `xl sched-credit` and `xl vcpu-list`; and how
 //! `xl vcpu-pin` reads its vCPU argument.
 
-use rxen_proto::api::{SchedEntry, SchedPoolParams, VcpuInfo};
+use rxen_proto::api::{CpupoolInfo, SchedEntry, SchedPoolParams, VcpuInfo};
 
 /// rxen's one CPU pool, as xl names the first.
 pub const POOL: &str = "Pool-0";
@@ -84,12 +84,6 @@ pub fn sched_action(which: Credit, a: &SchedArgs) -> Result<SchedAction, SchedAr
     if which == Credit::One && !a.schedparam && a.setting_params {
         return Err(SchedArgsError::NoSchedparam);
     }
-    if let Some(p) = &a.cpupool {
-        // xl takes a pool's name or its ID.
-        if p != POOL && p != "0" {
-            return Err(SchedArgsError::UnknownPool(p.clone()));
-        }
-    }
     if a.schedparam {
         if a.setting_params {
             return Err(SchedArgsError::ReadOnlyParams);
@@ -103,16 +97,48 @@ pub fn sched_action(which: Credit, a: &SchedArgs) -> Result<SchedAction, SchedAr
     })
 }
 
-/// The pool line: `Cpupool %s: tslice=%dms ratelimit=%dus migration-delay=%dus` for credit,
-/// `Cpupool %s: ratelimit=%dus` for credit2.
-pub fn pool_line(which: Credit, p: &SchedPoolParams) -> String {
+/// The pool line of pool `name`: `Cpupool %s: tslice=%dms ratelimit=%dus
+/// migration-delay=%dus` for credit, `Cpupool %s: ratelimit=%dus` for credit2.
+pub fn pool_line(which: Credit, p: &SchedPoolParams, name: &str) -> String {
     match which {
         Credit::One => format!(
-            "Cpupool {POOL}: tslice={}ms ratelimit={}us migration-delay={}us",
+            "Cpupool {name}: tslice={}ms ratelimit={}us migration-delay={}us",
             p.tslice_ms, p.ratelimit_us, p.migration_delay_us
         ),
-        Credit::Two => format!("Cpupool {POOL}: ratelimit={}us", p.ratelimit_us),
+        Credit::Two => format!("Cpupool {name}: ratelimit={}us", p.ratelimit_us),
     }
+}
+
+/// The pool `-p` names: by name, or by ID written as a number (as xl).
+pub fn find_pool<'a>(pools: &'a [CpupoolInfo], q: &str) -> Result<&'a CpupoolInfo, SchedArgsError> {
+    pools
+        .iter()
+        .find(|p| p.name == q)
+        .or_else(|| {
+            let id: u32 = q.parse().ok()?;
+            pools.iter().find(|p| p.id == id)
+        })
+        .ok_or_else(|| SchedArgsError::UnknownPool(q.to_string()))
+}
+
+/// `xl sched-credit` without `-d`: each pool (or only `only`) with its line, the header and
+/// its domains.
+pub fn pools_table(
+    which: Credit,
+    params: &SchedPoolParams,
+    pools: &[CpupoolInfo],
+    entries: &[SchedEntry],
+    only: Option<u32>,
+) -> String {
+    let mut out = String::new();
+    for p in pools.iter().filter(|p| only.is_none_or(|o| o == p.id)) {
+        let mine: Vec<SchedEntry> = entries.iter().filter(|e| e.pool == p.id).cloned().collect();
+        out.push_str(&sched_table(
+            &mine,
+            Some(&pool_line(which, params, &p.name)),
+        ));
+    }
+    out
 }
 
 /// The header of `xl sched-credit`: `"%-33s %4s %6s %4s"`.
@@ -323,13 +349,14 @@ mod tests {
             ratelimit_us: 5000,
             migration_delay_us: 500,
         };
-        let line = pool_line(Credit::One, &p);
+        let line = pool_line(Credit::One, &p, POOL);
         let t = sched_table(
             &[SchedEntry {
                 name: "Domain-0".into(),
                 domid: 0,
                 weight: 1024,
                 cap: 0,
+                pool: 0,
             }],
             Some(&line),
         );
@@ -340,8 +367,58 @@ mod tests {
              Domain-0                             0   1024    0\n"
         );
         assert_eq!(
-            pool_line(Credit::Two, &p),
+            pool_line(Credit::Two, &p, POOL),
             "Cpupool Pool-0: ratelimit=5000us"
+        );
+        // One section per pool, each with its domains.
+        let pools = [
+            CpupoolInfo {
+                id: 0,
+                name: POOL.into(),
+                sched: "credit".into(),
+                cpus: vec![0],
+                domains: 1,
+            },
+            CpupoolInfo {
+                id: 3,
+                name: "web".into(),
+                sched: "credit".into(),
+                cpus: vec![1],
+                domains: 1,
+            },
+        ];
+        let entries = [
+            SchedEntry {
+                name: "Domain-0".into(),
+                domid: 0,
+                weight: 1024,
+                cap: 0,
+                pool: 0,
+            },
+            SchedEntry {
+                name: "w1".into(),
+                domid: 4,
+                weight: 256,
+                cap: 0,
+                pool: 3,
+            },
+        ];
+        assert_eq!(
+            pools_table(Credit::Two, &p, &pools, &entries, Some(3)),
+            "Cpupool web: ratelimit=5000us\n\
+             Name                                ID Weight  Cap\n\
+             w1                                   4    256    0\n"
+        );
+        assert_eq!(
+            pools_table(Credit::Two, &p, &pools, &entries, None)
+                .matches("Cpupool ")
+                .count(),
+            2
+        );
+        assert_eq!(find_pool(&pools, "3").map(|p| p.name.as_str()), Ok("web"));
+        assert_eq!(
+            find_pool(&pools, "Pool-1").map_err(|e| e.to_string()),
+            Err("unknown cpupool 'Pool-1'".to_string())
         );
     }
 
@@ -402,10 +479,6 @@ mod tests {
         assert_eq!(
             ok(One, a(None, false, true, true, None)),
             Err(SchedArgsError::ReadOnlyParams)
-        );
-        assert_eq!(
-            ok(One, a(None, false, false, false, Some("web"))).map_err(|e| e.to_string()),
-            Err("unknown cpupool 'web'".into())
         );
     }
 }

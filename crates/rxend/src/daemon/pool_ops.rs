@@ -155,6 +155,17 @@ impl Daemon {
         }
     }
 
+    /// A function giving the ID of the pool a config names (0 when it names none or an unknown
+    /// one), from the pools as they are now; it holds no lock, so it may be used under the table.
+    pub(super) fn pool_id_of(&self) -> impl Fn(&DomainConfig) -> u32 {
+        let host = host_cpus();
+        let t = self.pools().clone();
+        move |c: &DomainConfig| match &c.pool {
+            None => 0,
+            Some(n) => t.find(&host, n).map_or(0, |v| v.id),
+        }
+    }
+
     /// Checks a new domain's pool and prepares its cpuset: the `cgroup.procs` its VMM joins.
     pub(super) fn prepare_pool(
         &self,

@@ -268,6 +268,7 @@ impl Daemon {
                 self.set_credit(id, weight, cap)?;
             }
         }
+        let pool_of = self.pool_id_of();
         let t = self.table();
         Ok(ids
             .into_iter()
@@ -278,6 +279,7 @@ impl Daemon {
                         domid: 0,
                         weight: self.dom0_weight.load(Ordering::Relaxed),
                         cap: 0,
+                        pool: 0,
                     });
                 }
                 t.domains.get(&id).map(|e| SchedEntry {
@@ -285,6 +287,7 @@ impl Daemon {
                     domid: id,
                     weight: e.rec.config.cpu_weight,
                     cap: e.rec.config.cap,
+                    pool: pool_of(&e.rec.config),
                 })
             })
             .collect())
