@@ -198,6 +198,23 @@ fn a_pool_confines_its_domains_threads_and_they_follow_migrate_and_restart() {
         .rxl_ok(&["cpupool-list", &format!("Pool-node{}", nodes[0].0)])
         .ends_with("       y          2\n"));
     h.rxl_ok(&["destroy", "pooled"]);
+    let cpuset = cpuset_mount()
+        .expect("these machines have the cgroup v1 cpuset controller")
+        .join(h.cgroup_name())
+        .join(format!("dom{id}"));
+    wait_until(Duration::from_secs(10), "the domain's cpuset goes", || {
+        !cpuset.exists()
+    });
+}
+
+/// The cgroup v1 `cpuset` hierarchy of this host, if it has one.
+fn cpuset_mount() -> Option<std::path::PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup") && f.get(3)?.split(',').any(|o| o == "cpuset"))
+            .then(|| std::path::PathBuf::from(f[1]))
+    })
 }
 
 #[test]

@@ -238,20 +238,7 @@ impl Cgroups {
 
     /// The domain IDs that have a group (`dom<ID>`) now, Domain-0's included.
     pub fn domain_ids(&self) -> Vec<u32> {
-        let Ok(dir) = fs::read_dir(self.base()) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<u32> = dir
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let id: u32 = name.strip_prefix("dom")?.parse().ok()?;
-                (format!("dom{id}") == name).then_some(id)
-            })
-            .collect();
-        ids.sort_unstable();
-        ids
+        domain_ids_in(&self.base())
     }
 
     /// The thread IDs in a domain's group.
@@ -290,6 +277,24 @@ impl Cgroups {
     pub fn remove_domain(&self, domid: u32, timeout: Duration) -> Result<(), CgroupError> {
         remove_dir(&self.domain_dir(domid), timeout)
     }
+}
+
+/// The domain IDs that have a group (`dom<ID>`) in `base`, sorted.
+pub fn domain_ids_in(base: &Path) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = dir
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id: u32 = name.strip_prefix("dom")?.parse().ok()?;
+            (format!("dom{id}") == name).then_some(id)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// The group of this process in the hierarchy of `version`, from `/proc/self/cgroup`'s text.

@@ -180,6 +180,11 @@ impl Cpusets {
         read(&self.domain_dir(domid).join("cpuset.cpus")).ok()
     }
 
+    /// The domain IDs that have a cpuset now.
+    pub fn domain_ids(&self) -> Vec<u32> {
+        crate::cgroup::domain_ids_in(&self.base())
+    }
+
     /// Removes a domain's group, waiting up to `timeout` for its threads to go.
     pub fn remove_domain(&self, domid: u32, timeout: Duration) -> Result<(), CpusetError> {
         Ok(remove_dir(&self.domain_dir(domid), timeout)?)

@@ -175,10 +175,20 @@ impl Daemon {
 
     /// Domain cgroups no record names (Domain-0's stays).
     fn remove_unrecorded_cgroups(&self) {
-        let Some(cg) = &self.cgroups else {
-            return;
-        };
-        for id in cg.domain_ids() {
+        let mut ids: Vec<u32> = self
+            .cgroups
+            .as_ref()
+            .map(|cg| cg.domain_ids())
+            .unwrap_or_default();
+        ids.extend(
+            self.cpusets
+                .as_ref()
+                .map(|cs| cs.domain_ids())
+                .unwrap_or_default(),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
             if id != 0 && !self.table().domains.contains_key(&id) {
                 self.remove_sched(id);
             }
