@@ -4,22 +4,25 @@
 # rxl-gen-man generates, the systemd units of contrib/systemd, /etc/rxen/rxend.toml (a
 # conffile) and the documentation.
 #
-#   scripts/package-deb.sh [--bin-dir DIR] [--out DIR]
+#   scripts/package-deb.sh [--bin-dir DIR] [--out DIR] [--fast]
 #
 # --bin-dir takes the binaries (rxl, rxend, rxen-vmm, rxen-shell, rxl-gen-man) already built
 # there, e.g. target/debug, and runs no cargo; without it, the release binaries are built.
-# --out is where the package goes (default target/deb). The binaries are stripped in the
-# staging copy. Prints the package's path.
+# --out is where the package goes (default target/deb). --fast compresses with gzip -1
+# (1.7 s instead of 11 s for debug binaries here, 15% larger; the tests use it). The binaries
+# are stripped in the staging copy. Prints the package's path.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin_dir=""
 out="$root/target/deb"
+level=9
 while [ $# -gt 0 ]; do
     case "$1" in
         --bin-dir) bin_dir=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --fast) level=1; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "package-deb.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -135,6 +138,6 @@ chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/postrm"
 
 mkdir -p "$out"
 deb="$out/rxen_${version}_${arch}.deb"
-# gzip level 6: xz would take most of the time on stripped binaries for a few MiB less.
-dpkg-deb --root-owner-group -Zgzip --build "$stage" "$deb" >/dev/null
+# gzip rather than dpkg-deb's default xz: xz takes far longer for a few MiB less.
+dpkg-deb --root-owner-group -Zgzip -z"$level" --build "$stage" "$deb" >/dev/null
 echo "$deb"

@@ -89,7 +89,8 @@ fn the_package_installs_runs_a_guest_from_usr_bin_and_purges() {
         .arg("--bin-dir")
         .arg(bin_dir())
         .arg("--out")
-        .arg(tmp.path().join("out")));
+        .arg(tmp.path().join("out"))
+        .arg("--fast"));
     assert!(out.status.success(), "package-deb.sh: {}", text(&out));
     let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let name = deb.file_name().and_then(|n| n.to_str()).expect("deb name");
