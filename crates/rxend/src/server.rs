@@ -452,7 +452,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         },
         Request::SchedPool => Reply::Plain(Response::SchedPool(crate::schedparams::current())),
         Request::CpupoolList => Reply::Plain(Response::Cpupools {
-            pools: daemon.cpupool_list(),
+            pools: daemon.cpupool_list(caller),
         }),
         Request::CpupoolCreate {
             name,
@@ -478,7 +478,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         }
         Request::CpupoolNumaSplit => match daemon.cpupool_numa_split(caller) {
             Ok(()) => Reply::Plain(Response::Cpupools {
-                pools: daemon.cpupool_list(),
+                pools: daemon.cpupool_list(caller),
             }),
             Err(e) => error(e),
         },

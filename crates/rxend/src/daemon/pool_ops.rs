@@ -258,10 +258,16 @@ impl Daemon {
 
     /// The names of the domains in pool `id`.
     fn pool_domains(&self, t: &PoolTable, id: u32) -> Vec<String> {
+        self.pool_domains_seen(t, id, None)
+    }
+
+    /// The names of the domains in pool `id` that `caller` may see (all without one).
+    fn pool_domains_seen(&self, t: &PoolTable, id: u32, caller: Option<&Caller>) -> Vec<String> {
         let host = host_cpus();
         self.table()
             .domains
             .values()
+            .filter(|e| caller.is_none_or(|c| c.may_manage(&e.rec)))
             .filter(|e| {
                 let pid = match &e.rec.config.pool {
                     None => Some(0),
@@ -273,16 +279,17 @@ impl Daemon {
             .collect()
     }
 
-    /// `rxl cpupool-list`: every pool with its CPUs and domain count.
-    pub fn cpupool_list(&self) -> Vec<CpupoolInfo> {
+    /// `rxl cpupool-list`: every pool with its CPUs and the number of domains in it that
+    /// `caller` may see (Domain-0 for root).
+    pub fn cpupool_list(&self, caller: &Caller) -> Vec<CpupoolInfo> {
         let host = host_cpus();
         let t = self.pools();
         t.views(&host)
             .into_iter()
             .map(|v| {
-                let dom0 = u32::from(v.id == 0);
+                let dom0 = u32::from(v.id == 0 && caller.is_root());
                 CpupoolInfo {
-                    domains: self.pool_domains(&t, v.id).len() as u32 + dom0,
+                    domains: self.pool_domains_seen(&t, v.id, Some(caller)).len() as u32 + dom0,
                     id: v.id,
                     name: v.name,
                     sched: v.sched,
