@@ -485,6 +485,35 @@ impl Daemon {
                 _ => return Err(DaemonError::NotRunning(domain.to_string())),
             }
         };
+        // Hard affinity stays within the domain's CPU pool: `all` is the pool's CPUs, and CPUs
+        // outside it are refused (the cpuset would not let the threads run there).
+        let pool = {
+            let t = self.table();
+            let config = t.domains.get(&id).map(|e| e.rec.config.clone());
+            drop(t);
+            match config {
+                Some(c) => self.config_pool(&c)?,
+                None => return Err(DaemonError::NoSuchDomain(domain.to_string())),
+            }
+        };
+        let hard = match hard {
+            Some(_) if hard_all(hard_text) => Some(pool.cpus.clone()),
+            other => other,
+        };
+        let outside: Vec<u32> = hard
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|c| !pool.cpus.contains(c))
+            .collect();
+        if !outside.is_empty() {
+            return Err(DaemonError::Config(format!(
+                "CPU {} outside cpupool '{}' (CPUs {}) of domain {domain}: hard affinity must be within the domain's pool",
+                crate::cpuset::cpus_text(&outside),
+                pool.name,
+                crate::cpuset::cpus_text(&pool.cpus)
+            )));
+        }
         if let Some(soft) = soft {
             let which: Vec<u32> = if vcpu == "all" {
                 (0..maxvcpus).collect()
@@ -520,36 +549,9 @@ impl Daemon {
                 caller.describe()
             ));
         }
-        let Some(mut cpus) = hard else {
+        let Some(cpus) = hard else {
             return Ok(());
         };
-        // Hard affinity stays within the domain's CPU pool: `all` is the pool's CPUs, and CPUs
-        // outside it are refused (the cpuset would not let the threads run there).
-        let pool = {
-            let t = self.table();
-            let config = t.domains.get(&id).map(|e| e.rec.config.clone());
-            drop(t);
-            match config {
-                Some(c) => self.config_pool(&c)?,
-                None => return Err(DaemonError::NoSuchDomain(domain.to_string())),
-            }
-        };
-        if hard_all(hard_text) {
-            cpus = pool.cpus.clone();
-        }
-        let outside: Vec<u32> = cpus
-            .iter()
-            .copied()
-            .filter(|c| !pool.cpus.contains(c))
-            .collect();
-        if !outside.is_empty() {
-            return Err(DaemonError::Config(format!(
-                "CPU {} outside cpupool '{}' (CPUs {}) of domain {domain}: hard affinity must be within the domain's pool",
-                crate::cpuset::cpus_text(&outside),
-                pool.name,
-                crate::cpuset::cpus_text(&pool.cpus)
-            )));
-        }
         let threads = vcpu_threads(pid);
         let chosen: Vec<_> = if vcpu == "all" {
             threads.iter().collect()
