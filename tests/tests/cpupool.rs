@@ -134,6 +134,8 @@ fn a_pool_confines_its_domains_threads_and_they_follow_migrate_and_restart() {
         "{}",
         stderr(&out)
     );
+    // `all` is the pool's CPUs.
+    h.rxl_ok(&["vcpu-pin", "pooled", "all", "all"]);
     wait_confined(pid, "1");
 
     // Moving the running domain moves every thread.
