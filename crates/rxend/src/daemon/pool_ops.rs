@@ -493,11 +493,19 @@ impl Daemon {
             (e.rec.clone(), running)
         };
         self.save(&rec)?;
-        if running {
-            if let Some(cs) = &self.cpusets {
-                cs.set_cpus(id, &view.cpus).map_err(|e| {
-                    DaemonError::Config(format!("cannot move its threads to the pool's CPUs: {e}"))
-                })?;
+        if let (true, Some(cs)) = (running, &self.cpusets) {
+            cs.set_cpus(id, &view.cpus).map_err(|e| {
+                DaemonError::Config(format!("cannot move its threads to the pool's CPUs: {e}"))
+            })?;
+            // As Xen resets a moved domain's hard affinity: every thread may use every CPU of
+            // its new pool (a kernel that keeps the mask a pin asked for would keep old pins).
+            if let DomainState::Running { pid, .. } = rec.state {
+                let all = host_cpus();
+                for t in crate::procfs::threads(pid, "") {
+                    if let Err(e) = crate::sched::set_affinity(t.tid, &all) {
+                        self.log.warn(format!("domain {id}: thread {}: {e}", t.tid));
+                    }
+                }
             }
         }
         self.log.info(format!(

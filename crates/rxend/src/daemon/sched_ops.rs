@@ -74,7 +74,7 @@ pub(super) fn open_cgroups(opts: &SchedOptions, log: &Log) -> Option<Cgroups> {
     }
 }
 
-/// Whether a hard affinity is `all` (the domain's pool's CPUs).
+/// Whether a hard affinity is `all` (every host CPU: the pool's, within its cpuset).
 fn hard_all(text: &str) -> bool {
     text.trim() == "all"
 }
@@ -485,8 +485,9 @@ impl Daemon {
                 _ => return Err(DaemonError::NotRunning(domain.to_string())),
             }
         };
-        // Hard affinity stays within the domain's CPU pool: `all` is the pool's CPUs, and CPUs
-        // outside it are refused (the cpuset would not let the threads run there).
+        // Hard affinity stays within the domain's CPU pool: CPUs outside it are refused (the
+        // cpuset would not let the threads run there). `all` is every host CPU, as in Xen: the
+        // threads run on all of the pool's CPUs, whichever pool that is later.
         let pool = {
             let t = self.table();
             let config = t.domains.get(&id).map(|e| e.rec.config.clone());
@@ -496,15 +497,11 @@ impl Daemon {
                 None => return Err(DaemonError::NoSuchDomain(domain.to_string())),
             }
         };
-        let hard = match hard {
-            Some(_) if hard_all(hard_text) => Some(pool.cpus.clone()),
-            other => other,
-        };
         let outside: Vec<u32> = hard
             .iter()
             .flatten()
             .copied()
-            .filter(|c| !pool.cpus.contains(c))
+            .filter(|c| !hard_all(hard_text) && !pool.cpus.contains(c))
             .collect();
         if !outside.is_empty() {
             return Err(DaemonError::Config(format!(
