@@ -475,6 +475,9 @@ mod tests {
         assert_eq!(v["c_info"]["type"], "pvh");
         assert_eq!(v["c_info"]["name"], "web");
         assert!(v["c_info"].get("uuid").is_none());
+        assert!(v["c_info"].get("pool_name").is_none());
+        let pooled = json(&parse("name = \"p\"\npool = \"batch\"\n"));
+        assert_eq!(pooled["c_info"]["pool_name"], "batch");
         let b = &v["b_info"];
         assert_eq!(b["max_vcpus"], 3);
         assert_eq!(b["avail_vcpus"], serde_json::json!([0, 1]));
