@@ -57,9 +57,11 @@ done
 
 gen="$stage/gen"
 "$bin_dir/rxl-gen-man" "$gen" >/dev/null
-install -d "$stage/usr/share/man/man1"
-for page in "$gen"/man1/*.1; do
-    gzip -9n <"$page" >"$stage/usr/share/man/man1/$(basename "$page").gz"
+for section in 1 5 8; do
+    install -d "$stage/usr/share/man/man$section"
+    for page in "$gen/man$section"/*."$section"; do
+        gzip -9n <"$page" >"$stage/usr/share/man/man$section/$(basename "$page").gz"
+    done
 done
 install -D -m 0644 "$gen/bash-completion/rxl" "$stage/usr/share/bash-completion/completions/rxl"
 install -D -m 0644 "$gen/zsh/_rxl" "$stage/usr/share/zsh/vendor-completions/_rxl"

@@ -128,11 +128,17 @@ fn the_package_installs_runs_a_guest_from_usr_bin_and_purges() {
         "{}",
         text(&conffiles)
     );
-    for page in ["rxl", "rxl-cpupool-list", "rxen-shell"] {
-        let out = run(Command::new("man").args(["-w", page]));
+    for (page, section) in [
+        ("rxl", "1"),
+        ("rxl-cpupool-list", "1"),
+        ("rxen-shell", "1"),
+        ("rxl.cfg", "5"),
+        ("rxend", "8"),
+    ] {
+        let out = run(Command::new("man").args(["-w", section, page]));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            format!("/usr/share/man/man1/{page}.1.gz"),
+            format!("/usr/share/man/man{section}/{page}.{section}.gz"),
             "man -w {page}: {}",
             text(&out)
         );

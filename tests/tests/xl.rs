@@ -621,6 +621,12 @@ fn generated_manual_pages_and_bash_completion_know_the_commands_and_domains() {
         assert!(rxl1.contains(cmd), "rxl.1 lacks {cmd}");
     }
     assert!(dir.join("man1/rxl-sched-credit2.1").exists());
+    assert!(std::fs::read_to_string(dir.join("man5/rxl.cfg.5"))
+        .expect("rxl.cfg.5")
+        .contains("\\fBon_crash\\fR (default: destroy)"));
+    assert!(std::fs::read_to_string(dir.join("man8/rxend.8"))
+        .expect("rxend.8")
+        .contains(".TH rxend 8"));
     assert!(std::fs::read_to_string(dir.join("man1/rxen-shell.1"))
         .expect("rxen-shell.1")
         .contains(".SH COMMANDS"));

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod auth;
 pub mod cfgfile;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod cpuset;
 pub mod daemon;

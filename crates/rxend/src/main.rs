@@ -6,45 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use rxend::cli::Args;
 use rxend::config::RxendConfig;
-use rxend::daemon::{Daemon, SchedOptions, DEFAULT_DOM0_WEIGHT};
-use rxend::paths::{Paths, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use rxend::daemon::{Daemon, SchedOptions};
+use rxend::paths::Paths;
 use rxend::relocation;
 use rxend::{metrics, server};
-
-/// The rxen host daemon: it runs and supervises domains for rxl and rxen-shell.
-#[derive(Parser, Debug)]
-#[command(name = "rxend", version)]
-struct Args {
-    /// Unix socket that clients connect to.
-    #[arg(long, env = "RXEN_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Directory for domain records, run directories and the log.
-    #[arg(long, env = "RXEN_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// Group that owns the socket (mode 0660): its members may connect, as
-    /// rxen-shell's customers must; rxend still decides every request.
-    #[arg(long, env = "RXEN_SOCKET_GROUP")]
-    socket_group: Option<String>,
-    /// Name of rxend's top CPU cgroup; domains get `NAME/dom<ID>`, Domain-0 `NAME/dom0`.
-    #[arg(long, env = "RXEN_CGROUP", default_value = "rxen")]
-    cgroup: String,
-    /// Do not use cgroups (weights and caps are then not enforced).
-    #[arg(long)]
-    no_cgroups: bool,
-    /// Credit weight of Domain-0's own work (rxend, the VMMs' device threads).
-    #[arg(long, default_value_t = DEFAULT_DOM0_WEIGHT, value_parser = clap::value_parser!(u32).range(1..=65535))]
-    dom0_weight: u32,
-    /// Serve every counter in Prometheus text format at http://ADDR:PORT/metrics (off by default).
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics_listen: Option<String>,
-    /// Start VMMs unconfined (no seccomp filters, capabilities kept): for debugging only.
-    #[arg(long)]
-    no_sandbox: bool,
-    /// rxend's config file (TOML: the relocation server); /etc/rxen/rxend.toml if it exists.
-    #[arg(long, env = "RXEN_CONFIG")]
-    config: Option<PathBuf>,
-}
 
 /// The config file rxend reads when none is named.
 const DEFAULT_CONFIG: &str = "/etc/rxen/rxend.toml";

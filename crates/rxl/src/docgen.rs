@@ -1,6 +1,7 @@
 //! Manual pages and shell completion generated from the code, so that they never drift from
 //! it: `rxl(1)` and one page per command (`rxl-create(1)`, ...) from rxl's clap definitions,
-//! `rxen-shell(1)` from the shell's own command words, and bash and zsh completion for `rxl`
+//! `rxen-shell(1)` from the shell's own command words, `rxl.cfg(5)` from the config parser's key
+//! tables, `rxend(8)` from rxend's clap definitions, and bash and zsh completion for `rxl`
 //! (commands, options, and domain names from `rxl list`). `rxl-gen-man DIR` writes them all.
 
 use std::fs;
@@ -129,8 +130,78 @@ fn roff_escape(text: &str) -> String {
     }
 }
 
+/// `rxl.cfg(5)`: every key rxen models with its default (`xlcfg::reference`), then every key of
+/// xl's that rxen refuses, ignores or reads as an old spelling, with the reason (`xlcfg::keys`).
+pub fn config_man() -> Vec<u8> {
+    use xlcfg::keys::{Class, RULES};
+    let version = env!("CARGO_PKG_VERSION");
+    let mut out = format!(
+        ".TH rxl.cfg 5 \"rxl.cfg {version}\"\n\
+         .SH NAME\nrxl.cfg \\- rxen domain configuration files (xl.cfg syntax)\n\
+         .SH DESCRIPTION\n\
+         rxen reads the domain configuration files of Xen's xl (xl.cfg(5)) with the same syntax: \
+         KEY = VALUE lines, numbers, quoted strings and lists. An error names the file, line and \
+         column and starts nothing. A key rxen does not know is kept and reported; a Xen feature \
+         rxen lacks stops rxl create unless given --ignore-unsupported.\n\
+         .SH KEYS\n"
+    );
+    for d in xlcfg::reference::KEYS {
+        out.push_str(&format!(
+            ".TP\n\\fB{}\\fR (default: {})\n{}\n",
+            roff_escape(d.key),
+            roff_escape(d.default),
+            roff_escape(d.meaning)
+        ));
+    }
+    type Reason = fn(&Class) -> Option<&'static str>;
+    let sections: [(&str, Reason); 3] = [
+        ("UNSUPPORTED KEYS", |c| match c {
+            Class::Unsupported { why, .. } => Some(why),
+            _ => None,
+        }),
+        ("IGNORED KEYS", |c| match c {
+            Class::Ignored { why } => Some(why),
+            _ => None,
+        }),
+        ("OLD SPELLINGS", |c| match c {
+            Class::Deprecated { instead } => Some(instead),
+            _ => None,
+        }),
+    ];
+    for (title, reason) in sections {
+        out.push_str(&format!(".SH \"{title}\"\n"));
+        for rule in RULES {
+            if let Some(why) = reason(&rule.class) {
+                let keys: Vec<String> = rule.keys.iter().map(|k| roff_escape(k)).collect();
+                let benign = match rule.class {
+                    Class::Unsupported { benign, .. } if !benign.is_empty() => {
+                        format!(" Accepted when set to {}.", benign.join(" or "))
+                    }
+                    _ => String::new(),
+                };
+                out.push_str(&format!(
+                    ".TP\n\\fB{}\\fR\n{}.{}\n",
+                    keys.join("\\fR, \\fB"),
+                    roff_escape(why),
+                    roff_escape(&benign)
+                ));
+            }
+        }
+    }
+    out.push_str(".SH \"SEE ALSO\"\n\\fBrxl\\fR(1), \\fBrxend\\fR(8), \\fBxl.cfg\\fR(5)\n");
+    out.into_bytes()
+}
+
+/// `rxend(8)`: the page clap_mangen makes from rxend's own options.
+pub fn rxend_man() -> Vec<u8> {
+    let cmd = rxend::cli::Args::command().version(env!("CARGO_PKG_VERSION"));
+    let mut out = Vec::new();
+    let _ = clap_mangen::Man::new(cmd).section("8").render(&mut out);
+    out
+}
+
 /// The manual pages: `(file name, contents)`, `rxl.1` first, then `rxl-COMMAND.1` for each
-/// command, then `rxen-shell.1`.
+/// command, then `rxen-shell.1`, `rxl.cfg.5` and `rxend.8`.
 pub fn man_pages() -> Vec<(String, Vec<u8>)> {
     let mut cmd = rxl_command();
     cmd.build();
@@ -147,6 +218,8 @@ pub fn man_pages() -> Vec<(String, Vec<u8>)> {
         pages.push((format!("{name}.1"), page));
     }
     pages.push(("rxen-shell.1".to_string(), shell_man()));
+    pages.push(("rxl.cfg.5".to_string(), config_man()));
+    pages.push(("rxend.8".to_string(), rxend_man()));
     pages
 }
 
@@ -247,7 +320,7 @@ pub fn completion(shell: Shell) -> String {
     script
 }
 
-/// Writes the manual pages into `dir/man1/` and the completion into `dir/bash-completion/rxl`
+/// Writes the manual pages into `dir/manN/` (N their section) and the completion into `dir/bash-completion/rxl`
 /// and `dir/zsh/_rxl`; returns the files written.
 pub fn write_all(dir: &Path) -> Result<Vec<PathBuf>, DocgenError> {
     let mut written = Vec::new();
@@ -266,7 +339,8 @@ pub fn write_all(dir: &Path) -> Result<Vec<PathBuf>, DocgenError> {
         Ok(())
     };
     for (name, page) in man_pages() {
-        put(dir.join("man1").join(name), &page)?;
+        let section = name.rsplit('.').next().unwrap_or("1");
+        put(dir.join(format!("man{section}")).join(name), &page)?;
     }
     put(
         dir.join("bash-completion").join("rxl"),
@@ -320,6 +394,41 @@ mod tests {
         let credit = page("rxl-sched-credit2.1");
         assert!(credit.contains("\\-\\-weight"), "{credit}");
         assert!(credit.contains("\\-\\-cap"), "{credit}");
+    }
+
+    #[test]
+    fn the_config_page_has_every_key_with_its_default_and_every_refused_key() {
+        let p = page("rxl.cfg.5");
+        assert!(p.starts_with(".TH rxl.cfg 5"), "{p}");
+        for d in xlcfg::reference::KEYS {
+            assert!(
+                p.contains(&format!("\\fB{}\\fR (default: ", d.key)),
+                "{} missing",
+                d.key
+            );
+        }
+        assert!(p.contains("\\fBmemory\\fR (default: 32)"), "{p}");
+        for rule in xlcfg::keys::RULES {
+            for k in rule.keys {
+                assert!(p.contains(&format!("\\fB{k}\\fR")), "{k} missing");
+            }
+        }
+        let unsupported = p.find(".SH \"UNSUPPORTED KEYS\"").expect("section");
+        let ignored = p.find(".SH \"IGNORED KEYS\"").expect("section");
+        let pci = p.find("\\fBpci\\fR").expect("pci");
+        assert!(
+            unsupported < pci && pci < ignored,
+            "pci is listed as unsupported"
+        );
+    }
+
+    #[test]
+    fn the_rxend_page_is_section_8_with_rxends_options() {
+        let p = page("rxend.8");
+        assert!(p.contains(".TH rxend 8"), "{p}");
+        for opt in ["state\\-dir", "no\\-sandbox", "config", "socket\\-group"] {
+            assert!(p.contains(opt), "{opt} missing: {p}");
+        }
     }
 
     #[test]

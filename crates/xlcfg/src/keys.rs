@@ -3,7 +3,7 @@
 
 /// How an unmodeled key is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
+pub enum Class {
     /// A Xen feature rxen does not have; values in `benign` mean "off" and are only warned about.
     Unsupported {
         /// Why (appended to the message).
@@ -29,108 +29,261 @@ const DEVICES: &str = "this device class is not supported (rxen guests get a ser
 const XEN_ONLY: &str = "a Xen-internal limit with no meaning under KVM";
 const DM: &str = "there is no device model (qemu) in rxen";
 
-/// The class of a key rxen does not model, or `None` for a key unknown to xl too.
-pub(crate) fn classify(key: &str) -> Option<Class> {
-    use Class::*;
-    let u = |why, benign| Some(Unsupported { why, benign });
-    if key.starts_with("spice") {
-        return u("SPICE displays are not supported", &["0"]);
-    }
-    if key.starts_with("device_model") {
-        return u(DM, &[]);
-    }
-    match key {
-        // passthrough
-        "pci" | "dtdev" | "ioports" | "iomem" | "irqs" | "rdm" | "usbdev" => {
-            u(PASSTHROUGH, &["[]"])
-        }
-        "gfx_passthru" => u(PASSTHROUGH, &["0"]),
-        "passthrough" => u(PASSTHROUGH, &["disabled"]),
-        "pci_permissive" | "pci_msitranslate" | "pci_seize" | "pci_power_mgmt"
-        | "rdm_mem_boundary" => Some(Ignored {
-            why: "only meaningful with PCI passthrough, which is not supported",
-        }),
-        // device classes
-        "usbctrl" | "vtpm" | "p9" | "pvcalls" | "vkb" | "vdispl" | "vsnd" | "channel"
-        | "virtio" | "vscsi" => u(DEVICES, &["[]"]),
-        "usb" => u(DEVICES, &["0"]),
-        "usbdevice" | "soundhw" => u(DEVICES, &["[]"]),
-        // HVM platform
-        "pae" | "acpi" | "apic" | "hap" | "nx" | "hpet" | "xen_platform_pci" | "acpi_s3"
-        | "acpi_s4" => u(HVM, &["1"]),
-        "localtime" | "viridian" | "nestedhvm" | "stdvga" | "acpi_laptop_slate" | "vpmu"
-        | "e820_host" => u(HVM, &["0"]),
-        "rtc_timeoffset" => u(HVM, &["0"]),
-        "tsc_mode" => u(HVM, &["default"]),
-        "altp2m" => u(HVM, &["disabled"]),
-        "firmware" | "bios" | "firmware_override" | "bios_path_override" | "cpuid"
-        | "smbios_firmware" | "acpi_firmware" | "mmio_hole" | "ms_vm_genid" | "timer_mode"
-        | "vendor_device" | "vga" | "mca_caps" => u(HVM, &[]),
-        "boot" | "videoram" | "nographic" | "keymap" | "vnclisten" | "vncdisplay" | "vncunused"
-        | "vncpasswd" | "opengl" | "display" | "xauthority" => Some(Ignored {
-            why: "display and firmware settings have no effect: rxen has no graphical console",
-        }),
-        // placement, security, architecture
-        "cpus_soft" => u("soft affinity is not supported; use cpus", &[]),
-        "vnuma" => u("virtual NUMA topologies are not supported", &["[]"]),
-        "seclabel" | "init_seclabel" => u("XSM/FLASK security labels are not supported", &[]),
-        "nomigrate" => u("marking a domain non-migratable is not supported", &["0"]),
-        "driver_domain" => u("driver domains are not supported", &["0"]),
-        "pvshim" | "pvshim_path" | "pvshim_cmdline" | "pvshim_extra" => u(
-            "the PV shim is not supported (PV guests run directly)",
-            &["0"],
-        ),
-        "device_tree"
-        | "vuart"
-        | "tee"
-        | "sve"
-        | "gic_version"
-        | "trap_unmapped_accesses"
-        | "vpci" => u("Arm platform settings are not supported", &[]),
-        "llc_colors" => u("cache colouring is not supported", &[]),
-        "dm_restrict" => u(DM, &["0"]),
-        "max_grant_frames"
-        | "max_maptrack_frames"
-        | "max_grant_version"
-        | "max_event_channels"
-        | "shadow_memory"
-        | "claim_mode"
-        | "xend_suspend_evtchn_compat" => Some(Ignored { why: XEN_ONLY }),
-        // xm-era keys
-        "nics" => Some(Deprecated {
-            instead: "the number of network interfaces is the length of `vif`",
-        }),
-        "on_xend_start" | "on_xend_stop" => Some(Deprecated {
-            instead: "there is no xend; start domains at boot with your init system",
-        }),
-        "vncconsole" | "vncviewer" => Some(Deprecated {
-            instead: "rxen has no graphical console",
-        }),
-        "dhcp" | "netmask" | "gateway" | "hostname" | "interface" | "nfs_server" | "nfs_root"
-        | "ip" => Some(Deprecated {
-            instead: "put kernel IP settings in `extra` (e.g. extra = \"ip=dhcp\")",
-        }),
-        "restart" => Some(Deprecated {
-            instead: "use on_poweroff, on_reboot and on_crash",
-        }),
-        "cpu" => Some(Deprecated {
-            instead: "use cpus to pin vCPUs",
-        }),
-        "vcpu_avail" => Some(Deprecated {
-            instead: "use vcpus and maxvcpus",
-        }),
-        "bootargs" => Some(Deprecated {
-            instead: "use bootloader_args",
-        }),
-        "blkif" | "netif" | "tpmif" | "security" | "access_control" | "extid" => Some(Deprecated {
-            instead: "xend-only setting with no xl equivalent",
-        }),
-        _ => None,
+/// One line of the table: the keys it covers (a trailing `*` covers every key that starts
+/// with what comes before it) and how they are treated.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// Key names, or prefixes ending in `*`.
+    pub keys: &'static [&'static str],
+    /// The treatment.
+    pub class: Class,
+}
+
+const fn unsupported(
+    keys: &'static [&'static str],
+    why: &'static str,
+    benign: &'static [&'static str],
+) -> Rule {
+    Rule {
+        keys,
+        class: Class::Unsupported { why, benign },
     }
 }
 
+const fn ignored(keys: &'static [&'static str], why: &'static str) -> Rule {
+    Rule {
+        keys,
+        class: Class::Ignored { why },
+    }
+}
+
+const fn deprecated(keys: &'static [&'static str], instead: &'static str) -> Rule {
+    Rule {
+        keys,
+        class: Class::Deprecated { instead },
+    }
+}
+
+/// Every key xl knows and rxen does not model, with its treatment: the one source for the
+/// parser's messages and for the `rxl.cfg(5)` manual page.
+pub const RULES: &[Rule] = &[
+    unsupported(&["spice*"], "SPICE displays are not supported", &["0"]),
+    unsupported(&["device_model*"], DM, &[]),
+    // passthrough
+    unsupported(
+        &["pci", "dtdev", "ioports", "iomem", "irqs", "rdm", "usbdev"],
+        PASSTHROUGH,
+        &["[]"],
+    ),
+    unsupported(&["gfx_passthru"], PASSTHROUGH, &["0"]),
+    unsupported(&["passthrough"], PASSTHROUGH, &["disabled"]),
+    ignored(
+        &[
+            "pci_permissive",
+            "pci_msitranslate",
+            "pci_seize",
+            "pci_power_mgmt",
+            "rdm_mem_boundary",
+        ],
+        "only meaningful with PCI passthrough, which is not supported",
+    ),
+    // device classes
+    unsupported(
+        &[
+            "usbctrl", "vtpm", "p9", "pvcalls", "vkb", "vdispl", "vsnd", "channel", "virtio",
+            "vscsi",
+        ],
+        DEVICES,
+        &["[]"],
+    ),
+    unsupported(&["usb"], DEVICES, &["0"]),
+    unsupported(&["usbdevice", "soundhw"], DEVICES, &["[]"]),
+    // HVM platform
+    unsupported(
+        &[
+            "pae",
+            "acpi",
+            "apic",
+            "hap",
+            "nx",
+            "hpet",
+            "xen_platform_pci",
+            "acpi_s3",
+            "acpi_s4",
+        ],
+        HVM,
+        &["1"],
+    ),
+    unsupported(
+        &[
+            "localtime",
+            "viridian",
+            "nestedhvm",
+            "stdvga",
+            "acpi_laptop_slate",
+            "vpmu",
+            "e820_host",
+        ],
+        HVM,
+        &["0"],
+    ),
+    unsupported(&["rtc_timeoffset"], HVM, &["0"]),
+    unsupported(&["tsc_mode"], HVM, &["default"]),
+    unsupported(&["altp2m"], HVM, &["disabled"]),
+    unsupported(
+        &[
+            "firmware",
+            "bios",
+            "firmware_override",
+            "bios_path_override",
+            "cpuid",
+            "smbios_firmware",
+            "acpi_firmware",
+            "mmio_hole",
+            "ms_vm_genid",
+            "timer_mode",
+            "vendor_device",
+            "vga",
+            "mca_caps",
+        ],
+        HVM,
+        &[],
+    ),
+    ignored(
+        &[
+            "boot",
+            "videoram",
+            "nographic",
+            "keymap",
+            "vnclisten",
+            "vncdisplay",
+            "vncunused",
+            "vncpasswd",
+            "opengl",
+            "display",
+            "xauthority",
+        ],
+        "display and firmware settings have no effect: rxen has no graphical console",
+    ),
+    // placement, security, architecture
+    unsupported(
+        &["cpus_soft"],
+        "soft affinity is not supported; use cpus",
+        &[],
+    ),
+    unsupported(
+        &["vnuma"],
+        "virtual NUMA topologies are not supported",
+        &["[]"],
+    ),
+    unsupported(
+        &["seclabel", "init_seclabel"],
+        "XSM/FLASK security labels are not supported",
+        &[],
+    ),
+    unsupported(
+        &["nomigrate"],
+        "marking a domain non-migratable is not supported",
+        &["0"],
+    ),
+    unsupported(
+        &["driver_domain"],
+        "driver domains are not supported",
+        &["0"],
+    ),
+    unsupported(
+        &["pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra"],
+        "the PV shim is not supported (PV guests run directly)",
+        &["0"],
+    ),
+    unsupported(
+        &[
+            "device_tree",
+            "vuart",
+            "tee",
+            "sve",
+            "gic_version",
+            "trap_unmapped_accesses",
+            "vpci",
+        ],
+        "Arm platform settings are not supported",
+        &[],
+    ),
+    unsupported(&["llc_colors"], "cache colouring is not supported", &[]),
+    unsupported(&["dm_restrict"], DM, &["0"]),
+    ignored(
+        &[
+            "max_grant_frames",
+            "max_maptrack_frames",
+            "max_grant_version",
+            "max_event_channels",
+            "shadow_memory",
+            "claim_mode",
+            "xend_suspend_evtchn_compat",
+        ],
+        XEN_ONLY,
+    ),
+    // xm-era keys
+    deprecated(
+        &["nics"],
+        "the number of network interfaces is the length of `vif`",
+    ),
+    deprecated(
+        &["on_xend_start", "on_xend_stop"],
+        "there is no xend; start domains at boot with your init system",
+    ),
+    deprecated(
+        &["vncconsole", "vncviewer"],
+        "rxen has no graphical console",
+    ),
+    deprecated(
+        &[
+            "dhcp",
+            "netmask",
+            "gateway",
+            "hostname",
+            "interface",
+            "nfs_server",
+            "nfs_root",
+            "ip",
+        ],
+        "put kernel IP settings in `extra` (e.g. extra = \"ip=dhcp\")",
+    ),
+    deprecated(&["restart"], "use on_poweroff, on_reboot and on_crash"),
+    deprecated(&["cpu"], "use cpus to pin vCPUs"),
+    deprecated(&["vcpu_avail"], "use vcpus and maxvcpus"),
+    deprecated(&["bootargs"], "use bootloader_args"),
+    deprecated(
+        &[
+            "blkif",
+            "netif",
+            "tpmif",
+            "security",
+            "access_control",
+            "extid",
+        ],
+        "xend-only setting with no xl equivalent",
+    ),
+];
+
+/// Whether `pattern` (a key, or a prefix ending in `*`) covers `key`.
+fn covers(pattern: &str, key: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => key.starts_with(prefix),
+        None => pattern == key,
+    }
+}
+
+/// The class of a key rxen does not model, or `None` for a key unknown to xl too.
+pub(crate) fn classify(key: &str) -> Option<Class> {
+    RULES
+        .iter()
+        .find(|r| r.keys.iter().any(|p| covers(p, key)))
+        .map(|r| r.class)
+}
+
 /// The keys rxen models.
-pub(crate) const MODELED: &[&str] = &[
+pub const MODELED: &[&str] = &[
     "name",
     "uuid",
     "type",
@@ -218,6 +371,21 @@ mod tests {
         assert_eq!(suggest("kernal"), Some("kernel"));
         assert_eq!(suggest("frobnicate"), None);
         assert_eq!(suggest("x"), None);
+    }
+
+    #[test]
+    fn each_rule_key_is_classified_by_its_own_rule_and_none_is_modeled() {
+        for rule in RULES {
+            for k in rule.keys {
+                let key = k.trim_end_matches('*');
+                assert_eq!(
+                    classify(key),
+                    Some(rule.class),
+                    "{k} is shadowed by an earlier rule"
+                );
+                assert!(!MODELED.contains(&key), "{k} is modeled");
+            }
+        }
     }
 
     #[test]
