@@ -34,6 +34,9 @@ pub enum DeviceError {
     /// Saved device state that does not fit this device.
     #[error("saved state does not fit: {0}")]
     BadState(String),
+    /// The backend could not take up where the saved device was (a disk image's tables).
+    #[error("cannot take over the backend: {0}")]
+    Restore(#[source] std::io::Error),
     /// The driver broke a queue's ring (for instance an available index too far ahead).
     #[error("queue {index} is broken: {source}")]
     BrokenQueue {

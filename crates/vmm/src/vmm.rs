@@ -496,8 +496,11 @@ impl Vm {
                 initrd.map(|(p, f)| rxen_linuxboot::Initrd::File(p, f)),
             ),
             KernelPlan::FirstDisk { entry } => {
-                let (Some(d), Some(f)) = (spec.disks.first(), disks.first()) else {
+                let (Some(d), Some(image)) = (spec.disks.first(), disks.first()) else {
                     return Err(LoaderError::NoBootDisk.into());
+                };
+                let rxen_virtio::block::DiskImage::Raw(f) = image else {
+                    return Err(LoaderError::BootDiskFormat(d.vdev.clone()).into());
                 };
                 let boot = loader::from_disk(f, &d.vdev, entry)?;
                 // The entry's command line, then the domain's own (`root`, `extra`), as xl
@@ -1587,17 +1590,22 @@ impl ControlTarget for Vm {
         let file = file.ok_or_else(|| {
             ControlError::Failed("attach_disk needs the opened image passed with it".into())
         })?;
-        let file = File::from(file);
-        let len = file
-            .metadata()
-            .map_err(|e| ControlError::Failed(format!("cannot size the disk: {e}")))?
-            .len();
+        // The VMM opens no path now: a qcow2 image that names a backing file is refused (rxend
+        // refuses it before it gets here).
+        let image = virtio_slots::disk_image(disk, File::from(file), &mut |p| {
+            Err(std::io::Error::other(format!(
+                "{}: hot-plugged disks cannot open backing files",
+                p.display()
+            )))
+        })
+        .map_err(|e| ControlError::Failed(e.to_string()))?;
+        let len = image.largest_write();
         crate::sandbox::jail::allow_file_size(len).map_err(|e| {
             ControlError::Failed(format!("cannot allow writes to a {len}-byte disk: {e}"))
         })?;
         let slot = self
             .slots
-            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false, Some(file))
+            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false, Some(image))
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
         self.slots.announce_attach();

@@ -67,6 +67,19 @@ impl Daemon {
         let (id, dir) = self.device_guest(caller, r)?;
         let parsed = xlcfg::parse_disk_spec(spec).map_err(config_err)?;
         let mut disk = storage::prepare_disk(&parsed).map_err(config_err)?;
+        // One descriptor travels with the request: a qcow2 image that needs more (its backing
+        // files) is refused; it works at create time, when the VMM opens the whole chain.
+        if !storage::backing_files(&disk)
+            .map_err(config_err)?
+            .is_empty()
+        {
+            return Err(config_err(format!(
+                "disk {}: {}: hot-plugging a qcow2 image with a backing file is not supported \
+                 (give the disk in the domain's config, or `qemu-img rebase -b ''` it first)",
+                disk.vdev,
+                disk.path.display()
+            )));
+        }
         // Opened here and passed (the VMM opens no path once its guest runs); the VMM takes
         // the sharing lock on it, so a disk another domain holds is refused as before.
         let file = storage::open_for_vmm(&disk).map_err(|e| {

@@ -58,6 +58,9 @@ pub enum LoaderError {
     /// `bootloader = "pygrub"` with no disk to read.
     #[error("bootloader = \"pygrub\" boots the first disk, and the domain has none")]
     NoBootDisk,
+    /// `bootloader = "pygrub"` on a first disk pygrub cannot read.
+    #[error("disk {0}: pygrub reads raw images and block devices only, not qcow2 images")]
+    BootDiskFormat(String),
     /// The image is not a kernel.
     #[error("kernel is neither an ELF nor a bzImage")]
     UnknownFormat,
