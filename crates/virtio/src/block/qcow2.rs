@@ -182,6 +182,9 @@ struct Layer {
     qcow2: Qcow2<Storage>,
 }
 
+/// The backing file a layer names (resolved) and its format, when the header says it.
+type Below = Option<(PathBuf, Option<String>)>;
+
 fn io_storage(file: File, path: &Path, writable: bool) -> Result<Storage, Qcow2Error> {
     let opts = imago::StorageOpenOptions::new()
         .write(writable)
@@ -194,11 +197,7 @@ fn io_storage(file: File, path: &Path, writable: bool) -> Result<Storage, Qcow2E
 
 /// Opens one qcow2 layer and returns it with the backing file its header names (resolved) and
 /// that file's format, when the header says it.
-fn open_layer(
-    file: File,
-    path: &Path,
-    writable: bool,
-) -> Result<(Layer, Option<(PathBuf, Option<String>)>), Qcow2Error> {
+fn open_layer(file: File, path: &Path, writable: bool) -> Result<(Layer, Below), Qcow2Error> {
     check_header(&file, path)?;
     let name = path.display().to_string();
     let storage = io_storage(file, path, writable)?;
