@@ -295,6 +295,12 @@ impl VirtioDevice for Block {
         serde_json::Value::Null
     }
 
+    fn flush(&mut self) {
+        if let Err(e) = self.disk.flush() {
+            tracing::warn!("virtio-blk: flush as the VMM ends failed: {e}");
+        }
+    }
+
     fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
         // The image was last written by the saved domain (a migration's source until just
         // now): what this side read of a qcow2 image's tables at start-up may be stale.

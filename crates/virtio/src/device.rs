@@ -100,6 +100,10 @@ pub trait VirtioDevice: Send {
         serde_json::Value::Null
     }
 
+    /// Makes what the device wrote durable, as the VMM ends (a qcow2 disk writes its cached
+    /// tables back); nothing by default.
+    fn flush(&mut self) {}
+
     /// Called on a migration's target once the guest runs there (a NIC
     /// announces its MAC, so that switches learn the new port).
     fn after_migration(&mut self) {}

@@ -325,6 +325,8 @@ impl Loop<'_> {
     /// Writes the exit record with the NICs' byte counts as they end (rxend adds them to the
     /// domain's totals: its own samples are seconds old, or missing while it is away).
     fn write_final(&self, mut record: ExitRecord) -> Result<ExitRecord, EventLoopError> {
+        // Before the record: once rxend reads it, another VMM may open the disks.
+        self.vm.slots.flush_disks();
         let (_, nics) = self.vm.slots.stats();
         record.net_tx_bytes = nics.iter().map(|n| n.tx_bytes).sum();
         record.net_rx_bytes = nics.iter().map(|n| n.rx_bytes).sum();

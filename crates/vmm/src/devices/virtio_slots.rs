@@ -917,6 +917,16 @@ impl VirtioSlots {
         Ok(())
     }
 
+    /// Writes every disk's cached state back and makes it durable (the VMM is ending: a qcow2
+    /// image's tables would otherwise be lost with the process).
+    pub fn flush_disks(&self) {
+        for (_, d) in self.devices() {
+            if let SlotKind::Disk { .. } = &d.kind {
+                lock(&d.transport).flush_device();
+            }
+        }
+    }
+
     /// Drops every disk's sharing lock (a migration's source, once its
     /// devices are saved: the target takes them).
     pub fn release_disk_locks(&self) {
