@@ -499,10 +499,7 @@ impl Vm {
                 let (Some(d), Some(image)) = (spec.disks.first(), disks.first()) else {
                     return Err(LoaderError::NoBootDisk.into());
                 };
-                let rxen_virtio::block::DiskImage::Raw(f) = image else {
-                    return Err(LoaderError::BootDiskFormat(d.vdev.clone()).into());
-                };
-                let boot = loader::from_disk(f, &d.vdev, entry)?;
+                let boot = loader::from_disk(loader::boot_disk(image, &d.vdev)?, &d.vdev, entry)?;
                 // The entry's command line, then the domain's own (`root`, `extra`), as xl
                 // passes them to pygrub.
                 spec.cmdline = format!("{} {}", boot.args, spec.cmdline).trim().to_string();

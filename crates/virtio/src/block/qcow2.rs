@@ -105,6 +105,7 @@ pub struct BackingFile {
 /// An open qcow2 image with its backing chain.
 pub struct Qcow2Image {
     access: FormatAccess<Storage>,
+    path: PathBuf,
     top: File,
     backing: Vec<BackingFile>,
     writable: bool,
@@ -321,9 +322,28 @@ impl Qcow2Image {
         })?;
         Ok(Qcow2Image {
             access,
+            path: path.to_path_buf(),
             top,
             backing,
             writable,
+        })
+    }
+
+    /// A second, read-only view of the same chain over duplicates of its descriptors (opens no
+    /// path: for reading the disk inside the jail, as pygrub does, before the guest runs).
+    pub fn read_only_view(&self) -> Result<Qcow2Image, Qcow2Error> {
+        let path = self.path.clone();
+        let top = self.top.try_clone().map_err(|source| Qcow2Error::Invalid {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let backing = &self.backing;
+        Qcow2Image::open(top, &path, false, &mut |p| {
+            backing
+                .iter()
+                .find(|b| b.path == p)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+                .and_then(|b| b.file.try_clone())
         })
     }
 
@@ -562,6 +582,13 @@ mod tests {
         drop(image);
         assert_eq!(std::fs::read(&base).expect("read"), before_base);
         assert_eq!(std::fs::read(&mid).expect("read"), before_mid);
+        let image = open(&top, true).expect("open chain");
+        let view = image.read_only_view().expect("view");
+        assert!(!view.writable());
+        view.read_at(&mut buf, 70_000 - 66_048 + 65_536)
+            .expect("read");
+        assert_eq!(buf[66_048 - 65_536..][..1536], data[..]);
+        drop((view, image));
         assert_eq!(
             backing_chain(&top).expect("chain"),
             vec![mid, dir.path().join("sub/../base.raw")]
