@@ -1,8 +1,8 @@
 //! qcow2 disks on real guests under /dev/kvm with the default sandbox: version 3 and version 2
 //! images and a backing chain made by `qemu-img`, read and written by the guest; the results
 //! checked with `qemu-img check`, `qemu-io` and `qemu-img convert`; backing files shared
-//! read-only and never written; chains that loop refused; hot-plug, save/restore and live
-//! migration with qcow2 disks.
+//! read-only and never written; chains that loop refused; hot-plug (an overlay with its
+//! chain), save/restore and live migration with qcow2 disks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -295,7 +295,7 @@ fn backing_files_are_shared_read_only_and_nobody_writes_one() {
 }
 
 #[test]
-fn broken_chains_are_refused_and_hot_plug_takes_images_without_backing() {
+fn broken_chains_are_refused_and_hot_plugged_overlays_read_their_chain() {
     let host = Host::start();
     let dir = host.dir.path();
     // a -> b -> a (qemu-img -u writes the names without opening them).
@@ -338,8 +338,9 @@ fn broken_chains_are_refused_and_hot_plug_takes_images_without_backing() {
         assert!(host.list_row("bad").is_none());
     }
 
-    // Hot-plug: an image without a backing file works; one with a backing file is refused.
+    // Hot-plug: an image alone, and an overlay whose backing file rxend opens and passes too.
     let hot = qcow2(dir, "hot.qcow2", "2M", &[]);
+    qemu_io(&hot, "write -q -P 0x3c 0 64k");
     let chained = qcow2(
         dir,
         "chained.qcow2",
@@ -348,31 +349,39 @@ fn broken_chains_are_refused_and_hot_plug_takes_images_without_backing() {
     );
     let mut con = host.create_guest("h", 1, 32, "");
     con.sync();
-    let out = host.rxl(&[
-        "block-attach",
-        "h",
-        &format!("qcow2:{},xvdc,w", chained.display()),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("hot-plugging a qcow2 image with a backing file is not supported"),
-        "{err}"
-    );
     host.rxl_ok(&[
         "block-attach",
         "h",
-        &format!("qcow2:{},xvdb,w", hot.display()),
+        &format!("qcow2:{},xvdb,w", chained.display()),
     ]);
     con.wait_for("xvdb attached", CMD);
+    con.send("blkread xvdb 0 128");
+    assert!(answer(&con, "blkread crc32=").ends_with(&crc_line(&[0x3c; 65536])));
     con.blkwrite_flushed("xvdb", 4000, 95, 12);
     con.assert_blkread("xvdb", 4000, 95, 12);
+    // Its backing file is now read-only for everyone: attaching it writable is refused.
+    let out = host.rxl(&[
+        "block-attach",
+        "h",
+        &format!("qcow2:{},xvdc,w", hot.display()),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use"), "{err}");
     host.rxl_ok(&["block-detach", "h", "xvdb"]);
     wait_until(CMD, "the disk is detached", || {
         host.rxl_ok(&["block-list", "h"]).lines().count() == 1
     });
-    check(&hot);
-    assert_qemu_reads(&hot, 4000, 95, 12);
+    check(&chained);
+    assert_qemu_reads(&chained, 4000, 95, 12);
+    // Once the overlay is gone, the former backing file may be written.
+    host.rxl_ok(&[
+        "block-attach",
+        "h",
+        &format!("qcow2:{},xvdc,w", hot.display()),
+    ]);
+    con.wait_for("xvdc attached", CMD);
+    con.blkwrite_flushed("xvdc", 8, 4, 13);
     shut_down(&host, &mut con, "h");
 }
 

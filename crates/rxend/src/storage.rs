@@ -213,6 +213,31 @@ pub fn open_for_vmm(d: &DiskDevice) -> std::io::Result<std::fs::File> {
         .open(&d.path)
 }
 
+/// Opens the backing files of disk `d` for a running VMM (a hot-plug), read-only, each with the
+/// path its chain names it by (top down); none for a raw disk.
+pub fn open_backing_for_vmm(d: &DiskDevice) -> Result<Vec<(PathBuf, std::fs::File)>, StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if d.format != ImageFormat::Qcow2 {
+        return Ok(Vec::new());
+    }
+    let bad = |reason: String| StorageError::Qcow2 {
+        vdev: d.vdev.clone(),
+        reason,
+    };
+    rxen_virtio::block::qcow2::backing_chain(&d.path)
+        .map_err(|e| bad(e.to_string()))?
+        .into_iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&p)
+                .map(|f| (p.clone(), f))
+                .map_err(|e| bad(format!("{}: {e}", p.display())))
+        })
+        .collect()
+}
+
 /// Whether an open image takes discards (what the VMM would look up itself at start-up).
 pub fn takes_discards(file: &std::fs::File) -> bool {
     rxen_virtio::block::takes_discards(file)

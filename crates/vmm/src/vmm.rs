@@ -1583,17 +1583,26 @@ impl ControlTarget for Vm {
         &mut self,
         disk: &DiskDevice,
         file: Option<OwnedFd>,
+        backing: Vec<(std::path::PathBuf, OwnedFd)>,
     ) -> Result<(), ControlError> {
         let file = file.ok_or_else(|| {
             ControlError::Failed("attach_disk needs the opened image passed with it".into())
         })?;
-        // The VMM opens no path now: a qcow2 image that names a backing file is refused (rxend
-        // refuses it before it gets here).
-        let image = virtio_slots::disk_image(disk, File::from(file), &mut |p| {
-            Err(std::io::Error::other(format!(
-                "{}: hot-plugged disks cannot open backing files",
+        // The VMM opens no path now: a qcow2 image's backing files come opened by rxend, in the
+        // order the chain names them; a chain that names another file than rxend opened is
+        // refused.
+        let mut given = backing.into_iter();
+        let image = virtio_slots::disk_image(disk, File::from(file), &mut |p| match given.next() {
+            Some((path, fd)) if path == p => Ok(File::from(fd)),
+            Some((path, _)) => Err(std::io::Error::other(format!(
+                "rxend opened {} where the chain names {}",
+                path.display(),
                 p.display()
-            )))
+            ))),
+            None => Err(std::io::Error::other(format!(
+                "{}: not opened by rxend",
+                p.display()
+            ))),
         })
         .map_err(|e| ControlError::Failed(e.to_string()))?;
         let len = image.largest_write();
