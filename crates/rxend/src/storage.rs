@@ -216,7 +216,6 @@ pub fn open_for_vmm(d: &DiskDevice) -> std::io::Result<std::fs::File> {
 /// Opens the backing files of disk `d` for a running VMM (a hot-plug), read-only, each with the
 /// path its chain names it by (top down); none for a raw disk.
 pub fn open_backing_for_vmm(d: &DiskDevice) -> Result<Vec<(PathBuf, std::fs::File)>, StorageError> {
-    use std::os::unix::fs::OpenOptionsExt;
     if d.format != ImageFormat::Qcow2 {
         return Ok(Vec::new());
     }
@@ -228,10 +227,7 @@ pub fn open_backing_for_vmm(d: &DiskDevice) -> Result<Vec<(PathBuf, std::fs::Fil
         .map_err(|e| bad(e.to_string()))?
         .into_iter()
         .map(|p| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&p)
+            rxen_virtio::block::qcow2::open_backing(&p)
                 .map(|f| (p.clone(), f))
                 .map_err(|e| bad(format!("{}: {e}", p.display())))
         })

@@ -6,8 +6,10 @@
 //! confines itself), so nothing here opens a path on its own. A backing file's name is resolved
 //! as QEMU does: an absolute name as it is, a relative one against the directory of the image
 //! that names it. Backing files are opened read-only. Refused, with the image's path: encrypted
-//! images, images with an external data file, backing formats other than qcow2 and raw, a chain
-//! that comes back to a file already in it, and one longer than [`MAX_CHAIN`] backing files.
+//! images, images with an external data file, backing formats other than qcow2 and raw, a
+//! backing file whose format the image does not say (never probed), backing files that are not
+//! regular files or block devices, a chain that comes back to a file already in it, and one
+//! longer than [`MAX_CHAIN`] backing files.
 
 use std::fs::File;
 use std::io;
@@ -69,6 +71,17 @@ pub enum Qcow2Error {
         /// The format its header names.
         format: String,
     },
+    /// A backing file whose format the image does not say.
+    #[error(
+        "{path}: the image does not say the format of its backing file {backing} (rxen does not \
+         guess it; set it with `qemu-img rebase -u -b {backing} -F qcow2` or `-F raw`)"
+    )]
+    BackingFormatMissing {
+        /// The image that names it.
+        path: String,
+        /// The backing file.
+        backing: String,
+    },
     /// The chain comes back to a file already in it.
     #[error("{path}: the backing chain loops: {backing} is already in it")]
     Loop {
@@ -118,16 +131,6 @@ impl std::fmt::Debug for Qcow2Image {
             .field("backing", &self.backing)
             .field("writable", &self.writable)
             .finish()
-    }
-}
-
-/// Whether `file` starts with the qcow2 magic (a file shorter than 4 bytes does not).
-pub fn is_qcow2(file: &File) -> io::Result<bool> {
-    let mut magic = [0u8; 4];
-    match file.read_exact_at(&mut magic, 0) {
-        Ok(()) => Ok(magic == MAGIC),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
@@ -252,6 +255,17 @@ impl Qcow2Image {
                 backing: backing_path.display().to_string(),
                 source,
             })?;
+            let kind = file.metadata().map(|m| m.file_type());
+            if !kind.is_ok_and(|k| {
+                use std::os::unix::fs::FileTypeExt;
+                k.is_file() || k.is_block_device()
+            }) {
+                return Err(Qcow2Error::OpenBacking {
+                    path: names_it.display().to_string(),
+                    backing: backing_path.display().to_string(),
+                    source: io::Error::other("neither a regular file nor a block device"),
+                });
+            }
             let id = identity(&file);
             if id.is_some() && seen.contains(&id) {
                 return Err(Qcow2Error::Loop {
@@ -263,24 +277,20 @@ impl Qcow2Image {
             let format = match format.as_deref() {
                 Some("qcow2") => Format::Qcow2,
                 Some("raw") => Format::Raw,
+                // No format in the header: refused rather than probed (as libvirt does): a
+                // raw file a guest once wrote could pass for a qcow2 image naming any host file.
+                None | Some("") => {
+                    return Err(Qcow2Error::BackingFormatMissing {
+                        path: names_it.display().to_string(),
+                        backing: backing_path.display().to_string(),
+                    })
+                }
                 Some(other) => {
                     return Err(Qcow2Error::BackingFormat {
                         path: names_it.display().to_string(),
                         format: other.to_string(),
                     })
                 }
-                // No format in the header: probe, as QEMU does. The file is read-only here, so a
-                // guest cannot turn a raw backing file into a qcow2 one through this chain.
-                None => match is_qcow2(&file) {
-                    Ok(true) => Format::Qcow2,
-                    Ok(false) => Format::Raw,
-                    Err(source) => {
-                        return Err(Qcow2Error::Invalid {
-                            path: backing_path.display().to_string(),
-                            source,
-                        })
-                    }
-                },
             };
             let lock = file.try_clone().map_err(|source| Qcow2Error::Invalid {
                 path: backing_path.display().to_string(),
@@ -494,6 +504,17 @@ fn identity(file: &File) -> Option<(u64, u64)> {
     file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Opens a backing file as every chain does: read-only, close-on-exec, and without waiting on
+/// a FIFO (a backing file must be a regular file or a block device; [`Qcow2Image::open`]
+/// refuses anything else).
+pub fn open_backing(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// The backing chain of the qcow2 image at `path`, opened read-only (what rxend checks before it
 /// starts a domain): every backing file's resolved path, from the image's own down.
 pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>, Qcow2Error> {
@@ -501,7 +522,7 @@ pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>, Qcow2Error> {
         path: path.display().to_string(),
         source,
     })?;
-    let image = Qcow2Image::open(file, path, false, &mut |p| File::open(p))?;
+    let image = Qcow2Image::open(file, path, false, &mut |p| open_backing(p))?;
     Ok(image.backing.iter().map(|b| b.path.clone()).collect())
 }
 
@@ -629,6 +650,22 @@ mod tests {
         create(&missing, 1 << 20, Some(("gone.raw", "raw")));
         let e = open(&missing, false).expect_err("missing");
         assert!(e.to_string().contains("gone.raw"), "{e}");
+
+        let unsaid = dir.path().join("u.qcow2");
+        create(&unsaid, 1 << 20, Some(("c0.qcow2", "")));
+        // An empty format name, as a missing one.
+        let e = open(&unsaid, false).expect_err("no format");
+        assert!(matches!(e, Qcow2Error::BackingFormatMissing { .. }), "{e}");
+
+        let fifo = dir.path().join("fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("name");
+        // SAFETY: mkfifo reads the NUL-terminated name for the length of the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let f = dir.path().join("f.qcow2");
+        create(&f, 1 << 20, Some(("fifo", "raw")));
+        let file = File::open(&f).expect("open");
+        let e = Qcow2Image::open(file, &f, false, &mut |p| open_backing(p)).expect_err("fifo");
+        assert!(e.to_string().contains("neither a regular file"), "{e}");
 
         let vmdk = dir.path().join("v.qcow2");
         create(&vmdk, 1 << 20, Some(("c0.qcow2", "vmdk")));

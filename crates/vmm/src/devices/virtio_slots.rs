@@ -329,12 +329,7 @@ pub fn open_disk_file(d: &DiskDevice) -> Result<std::fs::File, SlotError> {
 /// a qcow2 image with every backing file of its chain (read-only).
 pub fn open_disk_image(d: &DiskDevice) -> Result<DiskImage, SlotError> {
     let file = open_disk_file(d)?;
-    disk_image(d, file, &mut |p| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(p)
-    })
+    disk_image(d, file, &mut |p| rxen_virtio::block::qcow2::open_backing(p))
 }
 
 /// Wraps the opened `file` of disk `d` as its format wants, opening backing files through `open`.
