@@ -19,6 +19,14 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     fi
 fi
 
+# The qcow2 disk rows make their images with qemu-img.
+if ! command -v qemu-img >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "bench.sh: installing qemu-utils (qemu-img, for the qcow2 disk rows)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+fi
+
 cargo build --release --workspace --bins
 
 out=bench/RESULTS.md

@@ -35,6 +35,8 @@ command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 # pygrub's tests build ext4 images with mkfs.ext4 -d.
 command -v mkfs.ext4 >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+# The qcow2 tests make and check images with qemu-img and qemu-io.
+{ command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || missing+=(qemu-utils)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "scripts/test.sh: installing ${missing[*]}" >&2

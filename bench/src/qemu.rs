@@ -226,16 +226,17 @@ impl Drop for Qemu {
     }
 }
 
-/// QEMU arguments for a virtio-blk disk over the raw image `path`, serial `serial` (the name
-/// the test guest's disk commands take), on a microvm virtio-mmio transport that speaks
-/// version 2 (QEMU's virtio-mmio is legacy by default, and the test guest drives version 2).
-pub fn disk_args(path: &Path, serial: &str) -> Vec<String> {
+/// QEMU arguments for a virtio-blk disk over the image `path` of `format` (`raw`, `qcow2`),
+/// serial `serial` (the name the test guest's disk commands take), on a microvm virtio-mmio
+/// transport that speaks version 2 (QEMU's virtio-mmio is legacy by default, and the test
+/// guest drives version 2).
+pub fn disk_args(path: &Path, format: &str, serial: &str) -> Vec<String> {
     vec![
         "-global".into(),
         "virtio-mmio.force-legacy=false".into(),
         "-drive".into(),
         format!(
-            "file={},if=none,id=disk0,format=raw,cache=writeback",
+            "file={},if=none,id=disk0,format={format},cache=writeback",
             path.display()
         ),
         "-device".into(),

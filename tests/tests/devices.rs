@@ -217,14 +217,14 @@ fn formats_other_than_raw_and_missing_images_are_refused_clearly() {
     let cfg = host.config(
         "q.cfg",
         &format!(
-            "name = \"q\"\nkernel = \"builtin:testguest\"\nmemory = 64\ndisk = [ '{},qcow2,xvda,w' ]\n",
+            "name = \"q\"\nkernel = \"builtin:testguest\"\nmemory = 64\ndisk = [ '{},vhd,xvda,w' ]\n",
             img.display()
         ),
     );
     let out = host.rxl(&["create", cfg.to_str().expect("path")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("format qcow2 is not supported"), "{err}");
+    assert!(err.contains("format vhd is not supported"), "{err}");
     let cfg = host.config(
         "m.cfg",
         "name = \"m\"\nkernel = \"builtin:testguest\"\nmemory = 64\ndisk = [ 'phy:rxen-no-such-volume,xvda,w' ]\n",

@@ -147,6 +147,58 @@ fn a_domain_boots_the_default_entry_of_its_disks_grub_cfg_or_the_one_asked_for()
 }
 
 #[test]
+fn a_qcow2_disk_and_an_overlay_on_it_boot_through_pygrub() {
+    let h = Host::start();
+    let root = tree(&h, "q", "/boot/grub/grub.cfg", GRUB_CFG);
+    let raw = mkfs(&h, "q", &root, 16, 1 << 20);
+    mbr(&raw, 16);
+    // The disk as qcow2 (Debian's qemu-utils), and an overlay that reads it as its backing file.
+    let dir = h.dir.path();
+    for args in [
+        &["convert", "-O", "qcow2", "q.img", "base.qcow2"][..],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ][..],
+    ] {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run qemu-img (qemu-utils)");
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    }
+    fs::remove_file(&raw).expect("remove the raw image");
+    for (name, image) in [("pyq", "base.qcow2"), ("pyqt", "top.qcow2")] {
+        let cfg = h.config(
+            &format!("{name}.cfg"),
+            &format!(
+                "name = \"{name}\"\nbootloader = \"pygrub\"\nmemory = 64\nvcpus = 1\n\
+                 disk = [ 'qcow2:{},xvda,w' ]\n",
+                dir.join(image).display()
+            ),
+        );
+        h.rxl_ok(&["create", cfg.to_str().expect("utf-8")]);
+        let mut con = h.console(name);
+        con.wait_for("booted on 1 vCPUs", BOOT);
+        let log = vmm_log(&h, name);
+        assert!(
+            log.contains("partition=1") && log.contains("/boot/testguest"),
+            "{log}"
+        );
+        con.send("shutdown");
+        rxen_e2e::wait_until(BOOT, "the domain ends", || h.list_row(name).is_none());
+    }
+}
+
+#[test]
 fn an_mbr_partition_and_a_legacy_menu_lst_boot_too() {
     let h = Host::start();
     let menu = "default 0\ntimeout 3\ntitle rxen test guest\n  root (hd0,0)\n  kernel /boot/testguest ro\n";

@@ -30,10 +30,14 @@ pub enum VmRequest {
         target_mib: u64,
     },
     /// Hot-plug a disk into the lowest free slot; rxend passes the opened
-    /// image with this request (SCM_RIGHTS).
+    /// image with this request (SCM_RIGHTS), followed by its backing files'.
     AttachDisk {
         /// The disk.
         disk: crate::vmspec::DiskDevice,
+        /// A qcow2 image's backing files as its chain names them (resolved, top down), one
+        /// descriptor each after the image's.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backing: Vec<std::path::PathBuf>,
     },
     /// Hot-unplug the disk with this device ID.
     DetachDisk {

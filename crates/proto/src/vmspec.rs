@@ -89,8 +89,11 @@ pub struct DiskDevice {
     pub devid: u32,
     /// The virtual device name; also the virtio-blk serial.
     pub vdev: String,
-    /// Raw image file or host block device.
+    /// Raw image file, host block device, or qcow2 image (see `format`).
     pub path: PathBuf,
+    /// What the image holds (raw when absent, as from older rxend versions).
+    #[serde(default, skip_serializing_if = "ImageFormat::is_raw")]
+    pub format: ImageFormat,
     /// The guest sees a read-only disk.
     pub read_only: bool,
     /// A cdrom (read-only).
@@ -110,6 +113,24 @@ pub struct DiskDevice {
     /// Requests per second (`rxen-iops=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops_per_sec: Option<u64>,
+}
+
+/// The format of a disk's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// The file's bytes are the disk's (an image file or a block device).
+    #[default]
+    Raw,
+    /// A qcow2 image (v2 or v3), possibly with a chain of backing files.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// Whether this is raw (the default, left out of the JSON).
+    pub fn is_raw(&self) -> bool {
+        *self == ImageFormat::Raw
+    }
 }
 
 /// A `rate=` limit on the guest's transmit side: `bytes` per `interval_us`.

@@ -11,6 +11,7 @@ pub mod partition;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 /// The largest kernel image read from a guest's disk.
 pub const MAX_KERNEL: u64 = 256 << 20;
@@ -113,7 +114,7 @@ impl Disk for File {
 
 /// One partition of a disk, as `ext4-view` reads it.
 struct Window {
-    file: File,
+    disk: Arc<dyn Disk>,
     start: u64,
     len: u64,
 }
@@ -132,7 +133,7 @@ impl ext4_view::Ext4Read for Window {
             .start
             .checked_add(start_byte)
             .ok_or("offset overflow")?;
-        self.file.read_exact_at(dst, at)?;
+        self.disk.read_at(at, dst)?;
         Ok(())
     }
 }
@@ -140,10 +141,15 @@ impl ext4_view::Ext4Read for Window {
 /// The kernel, initrd and command line `disk` boots: entry `wanted` of its menu, or the menu's
 /// default. `disk` is a block device or an image file (raw).
 pub fn choose(disk: &File, wanted: Option<usize>) -> Result<Choice, PygrubError> {
+    choose_from(Arc::new(disk.try_clone()?), wanted)
+}
+
+/// [`choose`] on any disk: a raw file, or the virtual disk of an image format (qcow2).
+pub fn choose_from(disk: Arc<dyn Disk>, wanted: Option<usize>) -> Result<Choice, PygrubError> {
     let mut tried = Vec::new();
-    for part in partition::partitions(disk)? {
+    for part in partition::partitions(&*disk)? {
         let window = Window {
-            file: disk.try_clone()?,
+            disk: disk.clone(),
             start: part.start,
             len: part.len,
         };

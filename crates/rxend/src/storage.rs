@@ -1,17 +1,18 @@
 //! Disks as rxend prepares them for a VMM: `disk =` entries checked, paths resolved, device IDs
-//! computed as Xen does, and formats other than raw refused.
+//! computed as Xen does, qcow2 backing chains checked, and formats other than raw and qcow2
+//! refused.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
-use rxen_proto::vmspec::DiskDevice;
+use rxen_proto::vmspec::{DiskDevice, ImageFormat};
 use xlcfg::{DiskAccess, DiskFormat, DiskSpec};
 
 /// Why a disk cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StorageError {
-    /// A format other than raw.
-    #[error("disk {vdev}: format {format} is not supported: rxen serves raw images and block devices only (convert with `qemu-img convert -O raw`)")]
+    /// A format other than raw and qcow2.
+    #[error("disk {vdev}: format {format} is not supported: rxen serves raw and qcow2 images and block devices only (convert with `qemu-img convert -O qcow2`)")]
     Format {
         /// The vdev.
         vdev: String,
@@ -29,6 +30,27 @@ pub enum StorageError {
     /// An empty drive.
     #[error("disk {0}: empty drives are not supported")]
     Empty(String),
+    /// A qcow2 image or its backing chain is unusable.
+    #[error("disk {vdev}: {reason}")]
+    Qcow2 {
+        /// The vdev.
+        vdev: String,
+        /// What is wrong (names the file).
+        reason: String,
+    },
+    /// A disk of the domain would write a backing file of another of its disks.
+    #[error(
+        "disk {writer} would write {path}, a backing file of disk {reader}: backing files are \
+         read-only"
+    )]
+    WritesBacking {
+        /// The writable disk.
+        writer: String,
+        /// The disk whose chain holds the file.
+        reader: String,
+        /// The file.
+        path: String,
+    },
     /// One image or device given to two of the domain's disks, one of them writable.
     #[error(
         "disks {first} and {second} are the same image {path}: a writable disk is exclusive \
@@ -119,14 +141,15 @@ pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
             script: script.clone(),
         });
     }
-    match spec.format {
-        DiskFormat::Raw => {}
+    let format = match spec.format {
+        DiskFormat::Raw => ImageFormat::Raw,
+        DiskFormat::Qcow2 => ImageFormat::Qcow2,
         DiskFormat::Empty => return Err(StorageError::Empty(vdev)),
         other => {
-            let format = format!("{other:?}").to_lowercase();
+            let format = other.as_str().to_string();
             return Err(StorageError::Format { vdev, format });
         }
-    }
+    };
     let target = match spec.target.as_deref() {
         None | Some("") => return Err(StorageError::Empty(vdev)),
         Some(t) => t,
@@ -144,17 +167,37 @@ pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
         return Err(bad("not a regular file or a block device".into()));
     }
     let read_only = spec.is_cdrom || spec.access == DiskAccess::ReadOnly;
-    Ok(DiskDevice {
+    let d = DiskDevice {
         devid,
         vdev,
         path,
+        format,
         read_only,
         cdrom: spec.is_cdrom,
         shared_writable: spec.access == DiskAccess::ReadWriteShared,
         discard: None,
         bytes_per_sec: spec.rxen_bps,
         ops_per_sec: spec.rxen_iops,
-    })
+    };
+    backing_files(&d)?;
+    Ok(d)
+}
+
+/// The backing files behind disk `d` (a qcow2 image's chain, resolved as QEMU does, links
+/// followed), after checking that the whole chain opens and is one rxen reads; none for raw.
+pub fn backing_files(d: &DiskDevice) -> Result<Vec<PathBuf>, StorageError> {
+    if d.format != ImageFormat::Qcow2 {
+        return Ok(Vec::new());
+    }
+    let chain =
+        rxen_virtio::block::qcow2::backing_chain(&d.path).map_err(|e| StorageError::Qcow2 {
+            vdev: d.vdev.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(chain
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect())
 }
 
 /// Opens a disk image for a running VMM (a hot-plug: the VMM opens no path
@@ -170,6 +213,27 @@ pub fn open_for_vmm(d: &DiskDevice) -> std::io::Result<std::fs::File> {
         .open(&d.path)
 }
 
+/// Opens the backing files of disk `d` for a running VMM (a hot-plug), read-only, each with the
+/// path its chain names it by (top down); none for a raw disk.
+pub fn open_backing_for_vmm(d: &DiskDevice) -> Result<Vec<(PathBuf, std::fs::File)>, StorageError> {
+    if d.format != ImageFormat::Qcow2 {
+        return Ok(Vec::new());
+    }
+    let bad = |reason: String| StorageError::Qcow2 {
+        vdev: d.vdev.clone(),
+        reason,
+    };
+    rxen_virtio::block::qcow2::backing_chain(&d.path)
+        .map_err(|e| bad(e.to_string()))?
+        .into_iter()
+        .map(|p| {
+            rxen_virtio::block::qcow2::open_backing(&p)
+                .map(|f| (p.clone(), f))
+                .map_err(|e| bad(format!("{}: {e}", p.display())))
+        })
+        .collect()
+}
+
 /// Whether an open image takes discards (what the VMM would look up itself at start-up).
 pub fn takes_discards(file: &std::fs::File) -> bool {
     rxen_virtio::block::takes_discards(file)
@@ -178,19 +242,20 @@ pub fn takes_discards(file: &std::fs::File) -> bool {
 /// Prepares every disk of a domain, refusing duplicate device IDs.
 pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError> {
     let mut out: Vec<DiskDevice> = Vec::new();
-    // Each disk's image with links resolved, beside `out`.
-    let mut images: Vec<std::path::PathBuf> = Vec::new();
+    // Each disk's image with links resolved, and its backing files, beside `out`.
+    let mut images: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
     for s in specs {
         let d = prepare_disk(s)?;
         if out.iter().any(|o| o.devid == d.devid) {
             return Err(StorageError::Duplicate(d.vdev));
         }
         let image = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+        let backing = backing_files(&d)?;
         let exclusive = |x: &DiskDevice| !x.read_only && !x.shared_writable;
         if let Some(o) = out
             .iter()
             .zip(&images)
-            .find(|(o, i)| **i == image && (exclusive(o) || exclusive(&d)))
+            .find(|(o, (i, _))| *i == image && (exclusive(o) || exclusive(&d)))
             .map(|(o, _)| o)
         {
             return Err(StorageError::SameImage {
@@ -199,7 +264,25 @@ pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError
                 path: d.path.display().to_string(),
             });
         }
-        images.push(image);
+        // Nobody writes a backing file: neither this disk one of an earlier disk, nor an
+        // earlier disk one of this one.
+        for (o, (oi, ob)) in out.iter().zip(&images) {
+            if !d.read_only && ob.contains(&image) {
+                return Err(StorageError::WritesBacking {
+                    writer: d.vdev.clone(),
+                    reader: o.vdev.clone(),
+                    path: image.display().to_string(),
+                });
+            }
+            if !o.read_only && backing.contains(oi) {
+                return Err(StorageError::WritesBacking {
+                    writer: o.vdev.clone(),
+                    reader: d.vdev.clone(),
+                    path: oi.display().to_string(),
+                });
+            }
+        }
+        images.push((image, backing));
         out.push(d);
     }
     Ok(out)
@@ -250,8 +333,11 @@ mod tests {
         assert!(d.read_only);
         assert_eq!(d.devid, 51712);
         let q = xlcfg::parse_disk_spec(&format!("{},qcow2,xvdb,w", img.display())).expect("spec");
-        let e = prepare_disk(&q).expect_err("qcow2");
-        assert!(e.to_string().contains("qcow2 is not supported"), "{e}");
+        let e = prepare_disk(&q).expect_err("not a qcow2 image");
+        assert!(e.to_string().contains("not a usable qcow2 image"), "{e}");
+        let v = xlcfg::parse_disk_spec(&format!("{},vhd,xvdb,w", img.display())).expect("spec");
+        let e = prepare_disk(&v).expect_err("vhd");
+        assert!(e.to_string().contains("vhd is not supported"), "{e}");
         let m = xlcfg::parse_disk_spec("file:/nonexistent/x.img,xvdc,w").expect("spec");
         assert!(matches!(prepare_disk(&m), Err(StorageError::Path { .. })));
         let w = xlcfg::parse_disk_spec(&format!("phy:{},xvdd,w!", img.display())).expect("spec");

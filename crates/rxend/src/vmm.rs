@@ -312,6 +312,16 @@ pub fn request_long(
     fd: Option<&OwnedFd>,
     timeout: Duration,
 ) -> Result<VmResponse, VmmError> {
+    request_with_fds(run_dir, req, fd.as_slice(), timeout)
+}
+
+/// [`request_long`] with any number of descriptors attached (SCM_RIGHTS, in one message).
+pub fn request_with_fds(
+    run_dir: &Path,
+    req: &VmRequest,
+    fds: &[&OwnedFd],
+    timeout: Duration,
+) -> Result<VmResponse, VmmError> {
     let path = run_dir.join(files::CONTROL_SOCKET);
     let ctl = |e: String| VmmError::Control(e);
     let stream = UnixStream::connect(&path).map_err(|e| ctl(format!("{}: {e}", path.display())))?;
@@ -320,9 +330,9 @@ pub fn request_long(
         .map_err(|e| ctl(e.to_string()))?;
     let mut line = serde_json::to_vec(req).map_err(|e| ctl(e.to_string()))?;
     line.push(b'\n');
-    match fd {
-        Some(fd) => {
-            let fds = [fd.as_raw_fd()];
+    match fds {
+        [_, ..] => {
+            let fds: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
             let cmsg = [ControlMessage::ScmRights(&fds)];
             let iov = [IoSlice::new(&line)];
             let n = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
@@ -331,7 +341,7 @@ pub fn request_long(
             w.write_all(line.get(n..).unwrap_or_default())
                 .map_err(|e| ctl(e.to_string()))?;
         }
-        None => {
+        [] => {
             let mut w = &stream;
             w.write_all(&line).map_err(|e| ctl(e.to_string()))?;
         }
@@ -340,9 +350,9 @@ pub fn request_long(
     jsonline::read(&mut r).map_err(|e| ctl(e.to_string()))
 }
 
-/// Sends a request that only needs an acknowledgement, with `fd` attached (SCM_RIGHTS).
-pub fn command_with_fd(run_dir: &Path, req: &VmRequest, fd: &OwnedFd) -> Result<(), VmmError> {
-    match request_long(run_dir, req, Some(fd), CONTROL_TIMEOUT)? {
+/// Sends a request that only needs an acknowledgement, with `fds` attached (SCM_RIGHTS).
+pub fn command_with_fds(run_dir: &Path, req: &VmRequest, fds: &[&OwnedFd]) -> Result<(), VmmError> {
+    match request_with_fds(run_dir, req, fds, CONTROL_TIMEOUT)? {
         VmResponse::Ok | VmResponse::Stats(_) | VmResponse::Transferred(_) => Ok(()),
         VmResponse::Error { message } => Err(VmmError::Control(message)),
     }

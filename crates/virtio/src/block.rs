@@ -10,6 +10,7 @@
 
 mod disk;
 pub mod limits;
+pub mod qcow2;
 mod request;
 mod stats;
 #[cfg(test)]
@@ -27,7 +28,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 
-pub use self::disk::{takes_discards, Disk, DiskError, DiskKind};
+pub use self::disk::{takes_discards, Disk, DiskError, DiskImage, DiskKind};
 pub use self::request::RequestError;
 pub use self::stats::{BlockStats, BlockStatsSnapshot};
 
@@ -127,6 +128,11 @@ pub struct Block {
 impl Block {
     /// Builds a block device over `file` (a raw image or a block device).
     pub fn new(file: File, config: BlockConfig) -> Result<Self, BlockError> {
+        Self::with_image(DiskImage::Raw(file), config)
+    }
+
+    /// Builds a block device over an opened image (raw, or qcow2 with its chain).
+    pub fn with_image(image: DiskImage, config: BlockConfig) -> Result<Self, BlockError> {
         let serial_bytes = config.serial.as_bytes();
         let mut serial = [0u8; ID_BYTES];
         serial
@@ -137,13 +143,18 @@ impl Block {
         if !queue_size.is_power_of_two() || !(4..=32768).contains(&queue_size) {
             return Err(BlockError::BadQueueSize(queue_size));
         }
-        let disk = Disk::open(file)?;
+        let disk = Disk::from_image(image)?;
         let read_only = config.read_only || !disk.writable();
+        // A qcow2 image answers for itself (version 3 frees clusters; version 2 cannot).
         let discard = config.discard
             && !read_only
-            && config
-                .backend_discard
-                .unwrap_or_else(|| disk.supports_discard());
+            && if disk.is_qcow2() {
+                disk.supports_discard()
+            } else {
+                config
+                    .backend_discard
+                    .unwrap_or_else(|| disk.supports_discard())
+            };
         let capacity = disk.size() / u64::from(SECTOR_SIZE);
 
         let mut features = (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -284,6 +295,18 @@ impl VirtioDevice for Block {
         serde_json::Value::Null
     }
 
+    fn flush(&mut self) {
+        if let Err(e) = self.disk.flush() {
+            tracing::warn!("virtio-blk: flush as the VMM ends failed: {e}");
+        }
+    }
+
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
+        // The image was last written by the saved domain (a migration's source until just
+        // now): what this side read of a qcow2 image's tables at start-up may be stale.
+        self.disk.reload().map_err(DeviceError::Restore)
+    }
+
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
         if index != 0 {
             return Err(DeviceError::NoSuchQueue(index));
@@ -293,7 +316,7 @@ impl VirtioDevice for Block {
         let queue = &mut active.queue;
         let broken = |source| DeviceError::BrokenQueue { index, source };
         let mut ctx = request::Context {
-            disk: &self.disk,
+            disk: &mut self.disk,
             capacity: self.capacity,
             queue_size: queue.size(),
             read_only: self.read_only,

@@ -34,6 +34,9 @@ pub enum DeviceError {
     /// Saved device state that does not fit this device.
     #[error("saved state does not fit: {0}")]
     BadState(String),
+    /// The backend could not take up where the saved device was (a disk image's tables).
+    #[error("cannot take over the backend: {0}")]
+    Restore(#[source] std::io::Error),
     /// The driver broke a queue's ring (for instance an available index too far ahead).
     #[error("queue {index} is broken: {source}")]
     BrokenQueue {
@@ -96,6 +99,10 @@ pub trait VirtioDevice: Send {
     fn save_state(&mut self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// Makes what the device wrote durable, as the VMM ends (a qcow2 disk writes its cached
+    /// tables back); nothing by default.
+    fn flush(&mut self) {}
 
     /// Called on a migration's target once the guest runs there (a NIC
     /// announces its MAC, so that switches learn the new port).

@@ -201,6 +201,11 @@ impl MmioTransport {
         }
     }
 
+    /// Makes what the device wrote durable (see [`VirtioDevice::flush`]): the VMM is ending.
+    pub fn flush_device(&mut self) {
+        self.device.flush();
+    }
+
     /// The registers, queues and device state, for a save file or migration.
     /// Call it frozen, so that the queues' progress matches guest memory.
     pub fn save_state(&mut self) -> TransportState {

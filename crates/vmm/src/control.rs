@@ -69,11 +69,13 @@ pub trait ControlTarget {
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
     }
-    /// Hot-plugs a disk whose image rxend opened (`file`).
+    /// Hot-plugs a disk whose image rxend opened (`file`), with the backing files of a qcow2
+    /// image's chain (`backing`: the path the chain names, and the file rxend opened).
     fn attach_disk(
         &mut self,
         _disk: &DiskDevice,
         _file: Option<OwnedFd>,
+        _backing: Vec<(std::path::PathBuf, OwnedFd)>,
     ) -> Result<(), ControlError> {
         Err(ControlError::Failed(
             "device hotplug is not supported".into(),
@@ -119,6 +121,17 @@ pub fn handle_line_with_fd(
     target: &mut impl ControlTarget,
     fd: Option<OwnedFd>,
 ) -> Reply {
+    handle_line_with_fds(line, target, &mut fd.into_iter().collect())
+}
+
+/// Like [`handle_line`], taking the descriptors the request carries from the front of `fds`
+/// (those received on the connection, oldest first): one, or for a disk attached with
+/// backing files one more per backing file.
+pub fn handle_line_with_fds(
+    line: &[u8],
+    target: &mut impl ControlTarget,
+    fds: &mut Vec<OwnedFd>,
+) -> Reply {
     let request: VmRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
@@ -128,6 +141,13 @@ pub fn handle_line_with_fd(
             }
         }
     };
+    let wanted = match &request {
+        VmRequest::AttachDisk { backing, .. } => 1 + backing.len(),
+        _ => 1,
+    };
+    let mut taken = fds.drain(..wanted.min(fds.len()));
+    let fd = taken.next();
+    let extra: Vec<OwnedFd> = taken.collect();
     if request == VmRequest::Stats {
         tracing::debug!(?request, "control request");
     } else {
@@ -178,7 +198,17 @@ pub fn handle_line_with_fd(
             }
             Err(e) => error(e),
         },
-        VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk, fd)),
+        VmRequest::AttachDisk { disk, backing } => {
+            if extra.len() == backing.len() {
+                ok(target.attach_disk(&disk, fd, backing.into_iter().zip(extra).collect()))
+            } else {
+                error(format!(
+                    "attach_disk names {} backing files but carries {} descriptors for them",
+                    backing.len(),
+                    extra.len()
+                ))
+            }
+        }
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic, fd)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
         VmRequest::DetachNic { devid } => ok(target.detach(false, devid)),

@@ -190,7 +190,8 @@ impl Loop<'_> {
         let mut data = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+            // A disk with a full backing chain carries 1 + 16 descriptors.
+            let mut cmsg = nix::cmsg_space!([RawFd; 32]);
             let mut iov = [io::IoSliceMut::new(&mut buf)];
             let r = recvmsg::<()>(
                 stream.as_raw_fd(),
@@ -280,10 +281,7 @@ impl Loop<'_> {
             let reply = match client.lines.next_line() {
                 Ok(None) => break,
                 Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(Some(line)) => {
-                    let fd = (!client.fds.is_empty()).then(|| client.fds.remove(0));
-                    control::handle_line_with_fd(&line, self.vm, fd)
-                }
+                Ok(Some(line)) => control::handle_line_with_fds(&line, self.vm, &mut client.fds),
                 Err(e) => control::Reply {
                     response: VmResponse::Error {
                         message: e.to_string(),
@@ -325,6 +323,8 @@ impl Loop<'_> {
     /// Writes the exit record with the NICs' byte counts as they end (rxend adds them to the
     /// domain's totals: its own samples are seconds old, or missing while it is away).
     fn write_final(&self, mut record: ExitRecord) -> Result<ExitRecord, EventLoopError> {
+        // Before the record: once rxend reads it, another VMM may open the disks.
+        self.vm.slots.flush_disks();
         let (_, nics) = self.vm.slots.stats();
         record.net_tx_bytes = nics.iter().map(|n| n.tx_bytes).sum();
         record.net_rx_bytes = nics.iter().map(|n| n.rx_bytes).sum();

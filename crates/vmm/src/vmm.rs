@@ -496,10 +496,10 @@ impl Vm {
                 initrd.map(|(p, f)| rxen_linuxboot::Initrd::File(p, f)),
             ),
             KernelPlan::FirstDisk { entry } => {
-                let (Some(d), Some(f)) = (spec.disks.first(), disks.first()) else {
+                let (Some(d), Some(image)) = (spec.disks.first(), disks.first()) else {
                     return Err(LoaderError::NoBootDisk.into());
                 };
-                let boot = loader::from_disk(f, &d.vdev, entry)?;
+                let boot = loader::from_disk(loader::boot_disk(image, &d.vdev)?, &d.vdev, entry)?;
                 // The entry's command line, then the domain's own (`root`, `extra`), as xl
                 // passes them to pygrub.
                 spec.cmdline = format!("{} {}", boot.args, spec.cmdline).trim().to_string();
@@ -1583,21 +1583,35 @@ impl ControlTarget for Vm {
         &mut self,
         disk: &DiskDevice,
         file: Option<OwnedFd>,
+        backing: Vec<(std::path::PathBuf, OwnedFd)>,
     ) -> Result<(), ControlError> {
         let file = file.ok_or_else(|| {
             ControlError::Failed("attach_disk needs the opened image passed with it".into())
         })?;
-        let file = File::from(file);
-        let len = file
-            .metadata()
-            .map_err(|e| ControlError::Failed(format!("cannot size the disk: {e}")))?
-            .len();
+        // The VMM opens no path now: a qcow2 image's backing files come opened by rxend, in the
+        // order the chain names them; a chain that names another file than rxend opened is
+        // refused.
+        let mut given = backing.into_iter();
+        let image = virtio_slots::disk_image(disk, File::from(file), &mut |p| match given.next() {
+            Some((path, fd)) if path == p => Ok(File::from(fd)),
+            Some((path, _)) => Err(std::io::Error::other(format!(
+                "rxend opened {} where the chain names {}",
+                path.display(),
+                p.display()
+            ))),
+            None => Err(std::io::Error::other(format!(
+                "{}: not opened by rxend",
+                p.display()
+            ))),
+        })
+        .map_err(|e| ControlError::Failed(e.to_string()))?;
+        let len = image.largest_write();
         crate::sandbox::jail::allow_file_size(len).map_err(|e| {
             ControlError::Failed(format!("cannot allow writes to a {len}-byte disk: {e}"))
         })?;
         let slot = self
             .slots
-            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false, Some(file))
+            .add_disk(&self.kvm.fd, disk, disk.shared_writable, false, Some(image))
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         tracing::info!(slot, vdev = %disk.vdev, "disk hot-plugged");
         self.slots.announce_attach();

@@ -954,9 +954,9 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
                 "empty cdrom drives are not supported (rxen's virtio disks have no removable media; a cdrom with an image is a read-only disk)"
                     .into(),
             );
-        } else if d.format != DiskFormat::Raw {
+        } else if !matches!(d.format, DiskFormat::Raw | DiskFormat::Qcow2) {
             refuse(format!(
-                "format {} is not supported: rxen serves raw images and block devices only",
+                "format {} is not supported: rxen serves raw and qcow2 images and block devices only",
                 d.format
             ));
         }

@@ -492,9 +492,9 @@ fn disks() {
         ConfigErrorKind::ExpectedList { .. }
     ));
     // what rxen lacks is reported, not dropped
-    let p = ok("disk = [ 'tap:qcow2:/srv/a.qcow2,xvda,w', '/root/x.iso,,hdc,cdrom', 'iscsi:iqn.2001-05.com.example:t1,xvdb,w' ]");
-    assert_eq!(p.config.disks.len(), 3);
-    // qcow2 and the iscsi script; a cdrom with an image is a read-only disk.
+    let p = ok("disk = [ 'tap:qcow2:/srv/a.qcow2,xvda,w', '/root/x.iso,,hdc,cdrom', 'iscsi:iqn.2001-05.com.example:t1,xvdb,w', 'tap:vhd:/srv/b.vhd,xvdc,w' ]");
+    assert_eq!(p.config.disks.len(), 4);
+    // vhd and the iscsi script; qcow2 is served; a cdrom with an image is a read-only disk.
     assert_eq!(p.unsupported().count(), 2);
     assert!(p.unsupported().all(|d| d.key == "disk"));
 }

@@ -67,19 +67,28 @@ impl Daemon {
         let (id, dir) = self.device_guest(caller, r)?;
         let parsed = xlcfg::parse_disk_spec(spec).map_err(config_err)?;
         let mut disk = storage::prepare_disk(&parsed).map_err(config_err)?;
-        // Opened here and passed (the VMM opens no path once its guest runs); the VMM takes
-        // the sharing lock on it, so a disk another domain holds is refused as before.
+        // Opened here and passed (the VMM opens no path once its guest runs), with a qcow2
+        // image's backing files (read-only); the VMM takes the sharing locks on them, so a disk
+        // another domain holds, or a backing file another domain writes, is refused as before.
         let file = storage::open_for_vmm(&disk).map_err(|e| {
             DaemonError::Vmm(vmm::VmmError::Control(format!(
                 "cannot open disk {}: {e}",
                 disk.path.display()
             )))
         })?;
+        let backing = storage::open_backing_for_vmm(&disk).map_err(config_err)?;
         disk.discard = Some(storage::takes_discards(&file));
-        vmm::command_with_fd(
+        let file = OwnedFd::from(file);
+        let (backing_paths, backing_files): (Vec<_>, Vec<_>) = backing.into_iter().unzip();
+        let backing_fds: Vec<OwnedFd> = backing_files.into_iter().map(OwnedFd::from).collect();
+        let fds: Vec<&OwnedFd> = std::iter::once(&file).chain(&backing_fds).collect();
+        vmm::command_with_fds(
             &dir,
-            &VmRequest::AttachDisk { disk: disk.clone() },
-            &OwnedFd::from(file),
+            &VmRequest::AttachDisk {
+                disk: disk.clone(),
+                backing: backing_paths,
+            },
+            &fds,
         )?;
         self.update_config(id, |c| {
             c.disks.retain(|d| d.vdev != parsed.vdev);
@@ -144,7 +153,7 @@ impl Daemon {
             // The TAP queue is opened here and passed: the VMM opens no path once its guest runs.
             let tap = network::open_tap(&v.nic.tap)
                 .map_err(|e| DaemonError::Vmm(vmm::VmmError::Control(e.to_string())))?;
-            vmm::command_with_fd(&dir, &VmRequest::AttachNic { nic: v.nic.clone() }, &tap)
+            vmm::command_with_fds(&dir, &VmRequest::AttachNic { nic: v.nic.clone() }, &[&tap])
                 .map_err(DaemonError::from)
         });
         if let Err(e) = plugged {

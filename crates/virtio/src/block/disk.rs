@@ -1,10 +1,12 @@
 //! The storage behind a block device: a raw image file or a host block device, accessed with
-//! positioned reads and writes.
+//! positioned reads and writes, or a qcow2 image (see [`super::qcow2`]).
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
+
+use super::qcow2::Qcow2Image;
 
 /// Errors opening a disk.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,9 @@ pub enum DiskError {
     /// The file's access mode could not be read.
     #[error("cannot read the disk's access mode: {0}")]
     AccessMode(#[source] io::Error),
+    /// A qcow2 image (or its chain) is unusable.
+    #[error(transparent)]
+    Qcow2(#[from] super::qcow2::Qcow2Error),
 }
 
 /// What kind of file backs a disk.
@@ -32,10 +37,57 @@ pub enum DiskKind {
     BlockDevice,
 }
 
+/// What the guest's sectors are stored in.
+#[derive(Debug)]
+enum Backend {
+    /// The file's bytes are the disk's.
+    Raw,
+    /// A qcow2 image and its backing chain.
+    Qcow2(Box<Qcow2Image>),
+}
+
+/// An open image as the VMM opened it: what [`Disk::from_image`] takes.
+#[derive(Debug)]
+pub enum DiskImage {
+    /// A raw image file or a host block device.
+    Raw(File),
+    /// A qcow2 image with its backing chain.
+    Qcow2(Box<Qcow2Image>),
+}
+
+impl DiskImage {
+    /// The image's own file (for a qcow2 image, the top one): what the sharing lock is taken on.
+    pub fn file(&self) -> &File {
+        match self {
+            DiskImage::Raw(f) => f,
+            DiskImage::Qcow2(q) => q.file(),
+        }
+    }
+
+    /// The backing files behind the image (none for a raw one).
+    pub fn backing(&self) -> &[super::qcow2::BackingFile] {
+        match self {
+            DiskImage::Raw(_) => &[],
+            DiskImage::Qcow2(q) => q.backing(),
+        }
+    }
+
+    /// The most bytes the image's file may grow to while the guest writes: a raw file keeps its
+    /// size; a qcow2 file holds the virtual disk's data plus its tables, and clusters freed by
+    /// rewrites of compressed data are not always reused: twice the virtual size and 256 MiB.
+    pub fn largest_write(&self) -> u64 {
+        match self {
+            DiskImage::Raw(f) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            DiskImage::Qcow2(q) => q.size().saturating_mul(2).saturating_add(256 << 20),
+        }
+    }
+}
+
 /// An open disk: the file, its size and whether it was opened for writing.
 #[derive(Debug)]
 pub struct Disk {
     file: File,
+    backend: Backend,
     size: u64,
     kind: DiskKind,
     writable: bool,
@@ -62,10 +114,34 @@ impl Disk {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         Ok(Disk {
             file,
+            backend: Backend::Raw,
             size,
             kind,
             writable,
         })
+    }
+
+    /// A disk over an opened image: a raw one as [`Disk::open`]; a qcow2 one with its virtual
+    /// size, writable when its top image was opened for writing.
+    pub fn from_image(image: DiskImage) -> Result<Self, DiskError> {
+        match image {
+            DiskImage::Raw(file) => Disk::open(file),
+            DiskImage::Qcow2(q) => {
+                let file = q.file().try_clone().map_err(DiskError::Metadata)?;
+                Ok(Disk {
+                    file,
+                    size: q.size(),
+                    kind: DiskKind::RegularFile,
+                    writable: q.writable(),
+                    backend: Backend::Qcow2(q),
+                })
+            }
+        }
+    }
+
+    /// Whether the disk is a qcow2 image.
+    pub fn is_qcow2(&self) -> bool {
+        matches!(self.backend, Backend::Qcow2(_))
     }
 
     /// Size in bytes when opened.
@@ -85,28 +161,52 @@ impl Disk {
 
     /// Fills `buf` from the disk at byte `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.backend {
+            Backend::Raw => self.file.read_exact_at(buf, offset),
+            Backend::Qcow2(q) => q.read_at(buf, offset),
+        }
     }
 
     /// Writes all of `buf` to the disk at byte `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        match &self.backend {
+            Backend::Raw => self.file.write_all_at(buf, offset),
+            Backend::Qcow2(q) => q.write_at(buf, offset),
+        }
     }
 
-    /// Makes written data durable (fdatasync).
+    /// Makes written data durable (fdatasync; a qcow2 image first writes its cached tables).
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        match &self.backend {
+            Backend::Raw => self.file.sync_data(),
+            Backend::Qcow2(q) => q.flush(),
+        }
+    }
+
+    /// Forgets what a qcow2 image cached of its tables (another host wrote it last: the source
+    /// of a migration); nothing for a raw disk.
+    pub fn reload(&mut self) -> io::Result<()> {
+        match &mut self.backend {
+            Backend::Raw => Ok(()),
+            Backend::Qcow2(q) => q.reload(),
+        }
     }
 
     /// Whether [`Disk::discard`] can work (see [`takes_discards`]).
     pub fn supports_discard(&self) -> bool {
-        takes_discards(&self.file)
+        match &self.backend {
+            Backend::Raw => takes_discards(&self.file),
+            Backend::Qcow2(q) => q.supports_discard(),
+        }
     }
 
     /// Discards `len` bytes at `offset`: punches a hole in a file (the range
     /// then reads as zeros), or `BLKDISCARD` on a block device (the range
     /// then reads as whatever the device returns for discarded blocks).
-    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+    pub fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if let Backend::Qcow2(q) = &mut self.backend {
+            return q.discard(offset, len);
+        }
         match self.kind {
             DiskKind::RegularFile => self.punch_hole(offset, len),
             DiskKind::BlockDevice => {

@@ -87,7 +87,7 @@ impl RequestError {
 /// What a request may use: the disk and the device's settings.
 pub(crate) struct Context<'a> {
     /// The disk.
-    pub disk: &'a Disk,
+    pub disk: &'a mut Disk,
     /// Capacity in 512-byte sectors.
     pub capacity: u64,
     /// Size of the queue: no chain may have more descriptors.

@@ -77,7 +77,10 @@ impl Harness {
         config: BlockConfig,
         wanted: u64,
     ) -> Harness {
-        let block = Block::new(file, config).expect("block");
+        Harness::over_block(Block::new(file, config).expect("block"), image, wanted)
+    }
+
+    fn over_block(block: Block, image: tempfile::NamedTempFile, wanted: u64) -> Harness {
         let stats = block.stats();
         let mem = guest_memory();
         let rec = Recorder::default();
@@ -923,4 +926,87 @@ fn discard_on_a_block_device_reaches_the_device() {
     assert_eq!(&data[range.clone()], &vec![0u8; range.len()][..]);
     assert_eq!(&data[..range.start], &pattern[..range.start]);
     h.still_works();
+}
+
+/// A device over a fresh qcow2 image of version `version` (4 MiB, empty).
+fn qcow2_device(version: u32) -> Harness {
+    let image = tempfile::NamedTempFile::new().expect("image");
+    super::qcow2::create_for_tests(image.path(), 4 << 20, version);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image.path())
+        .expect("open image");
+    let q = super::qcow2::Qcow2Image::open(file, image.path(), true, &mut |p| File::open(p))
+        .expect("qcow2");
+    let block =
+        Block::with_image(DiskImage::Qcow2(Box::new(q)), BlockConfig::default()).expect("block");
+    Harness::over_block(block, image, u64::MAX)
+}
+
+#[test]
+fn a_qcow2_disk_writes_flushes_and_discards_through_the_device() {
+    let mut h = qcow2_device(3);
+    assert_ne!(device_features(&mut h.t) & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    let mut cap = [0u8; 8];
+    h.t.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 8192);
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i * 13 % 253) as u8).collect();
+    h.mem.write_slice(&data, GuestAddress(DATA)).expect("data");
+    h.header(VIRTIO_BLK_T_OUT, 1024);
+    h.submit(&[(HDR, 16, R), (DATA, 256 * 1024, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    h.submit(&[(HDR, 16, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    let path = h.image.path().to_path_buf();
+    let blocks = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&path).expect("meta").blocks() * 512
+    };
+    let full = blocks();
+    h.mem
+        .write_slice(&[0u8; 4096], GuestAddress(DATA))
+        .expect("clear");
+    h.header(VIRTIO_BLK_T_IN, 1024 + 8);
+    h.submit(&[(HDR, 16, R), (DATA, 4096, W), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    assert!(h.guest_bytes(DATA, 4096) == data[4096..8192]);
+
+    // Discard all of it but a sector at each end: the whole clusters inside are freed and
+    // their space given back; everything discarded reads as zeros.
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    write_discard(&h, &[(1025, 510, 0)]);
+    h.submit(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    h.submit(&[(HDR, 16, R), (STATUS, 1, W)]);
+    let after = blocks();
+    assert!(after + 128 * 1024 <= full, "{full} -> {after}");
+    h.header(VIRTIO_BLK_T_IN, 1024);
+    h.submit(&[(HDR, 16, R), (DATA, 256 * 1024, W), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    let got = h.guest_bytes(DATA, 256 * 1024);
+    assert!(got[..512] == data[..512]);
+    assert!(got[512..511 * 512].iter().all(|&b| b == 0));
+    assert!(got[511 * 512..] == data[511 * 512..]);
+}
+
+#[test]
+fn a_qcow2_v2_disk_does_not_offer_discard() {
+    let mut h = qcow2_device(2);
+    assert_eq!(device_features(&mut h.t) & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    h.header(VIRTIO_BLK_T_OUT, 7);
+    h.mem
+        .write_slice(&[0xa5; 512], GuestAddress(DATA))
+        .expect("data");
+    h.submit(&[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    h.mem
+        .write_slice(&[0; 1024], GuestAddress(DATA))
+        .expect("clear");
+    h.header(VIRTIO_BLK_T_IN, 6);
+    h.submit(&[(HDR, 16, R), (DATA, 1024, W), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    assert!(h.guest_bytes(DATA, 512) == [0; 512] && h.guest_bytes(DATA + 512, 512) == [0xa5; 512]);
 }

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use rxen_proto::vmctl::{DiskStats, NicStats};
-use rxen_proto::vmspec::{DiskDevice, NicDevice};
-use rxen_virtio::block::BlockStats;
+use rxen_proto::vmspec::{DiskDevice, ImageFormat, NicDevice};
+use rxen_virtio::block::qcow2::Qcow2Image;
+use rxen_virtio::block::{BlockStats, DiskImage};
 use rxen_virtio::net::tap::Tap;
 use rxen_virtio::net::{NetStats, RX_QUEUE, TX_QUEUE};
 use rxen_virtio::{
@@ -63,6 +64,22 @@ pub enum SlotError {
     /// Another domain holds the disk.
     #[error("disk {0} is already in use by another domain (a writable disk is exclusive; access 'w!' shares it)")]
     DiskInUse(String),
+    /// A qcow2 image or its backing chain is unusable.
+    #[error("disk {vdev}: {source}")]
+    Qcow2 {
+        /// The disk.
+        vdev: String,
+        /// Why.
+        source: rxen_virtio::block::qcow2::Qcow2Error,
+    },
+    /// Another domain writes a backing file of this disk.
+    #[error("disk {vdev}: backing file {path} is in use as a writable disk by another domain (backing files are read-only)")]
+    BackingInUse {
+        /// The disk.
+        vdev: String,
+        /// The backing file.
+        path: String,
+    },
     /// The block device could not be built.
     #[error("disk {path}: {source}")]
     Block {
@@ -308,20 +325,55 @@ pub fn open_disk_file(d: &DiskDevice) -> Result<std::fs::File, SlotError> {
         })
 }
 
+/// Opens disk `d` as the VMM serves it (before it confines itself): a raw image or device, or
+/// a qcow2 image with every backing file of its chain (read-only).
+pub fn open_disk_image(d: &DiskDevice) -> Result<DiskImage, SlotError> {
+    let file = open_disk_file(d)?;
+    disk_image(d, file, &mut |p| rxen_virtio::block::qcow2::open_backing(p))
+}
+
+/// Wraps the opened `file` of disk `d` as its format wants, opening backing files through `open`.
+pub fn disk_image(
+    d: &DiskDevice,
+    file: std::fs::File,
+    open: &mut dyn FnMut(&std::path::Path) -> io::Result<std::fs::File>,
+) -> Result<DiskImage, SlotError> {
+    match d.format {
+        ImageFormat::Raw => Ok(DiskImage::Raw(file)),
+        ImageFormat::Qcow2 => Qcow2Image::open(file, &d.path, !d.read_only, open)
+            .map(|q| DiskImage::Qcow2(Box::new(q)))
+            .map_err(|source| SlotError::Qcow2 {
+                vdev: d.vdev.clone(),
+                source,
+            }),
+    }
+}
+
 fn open_disk(
     d: &DiskDevice,
     shared_writable: bool,
-    opened: Option<std::fs::File>,
-) -> Result<std::fs::File, SlotError> {
+    opened: Option<DiskImage>,
+) -> Result<DiskImage, SlotError> {
     let path = d.path.display().to_string();
-    let file = match opened {
+    let image = match opened {
         Some(f) => f,
-        None => open_disk_file(d)?,
+        None => open_disk_image(d)?,
     };
-    if !shared_writable && flock(&file, lock_op(d)).is_err() {
+    if !shared_writable && flock(image.file(), lock_op(d)).is_err() {
         return Err(SlotError::DiskInUse(path));
     }
-    Ok(file)
+    // Backing files are shared and read-only for everyone: a domain that writes one holds it
+    // exclusively and refuses this lock (and is refused while this one holds it). The lock
+    // lasts as long as the image keeps the file open.
+    for b in image.backing() {
+        if flock(&b.file, libc::LOCK_SH).is_err() {
+            return Err(SlotError::BackingInUse {
+                vdev: d.vdev.clone(),
+                path: b.path.display().to_string(),
+            });
+        }
+    }
+    Ok(image)
 }
 
 fn epoll_add(epoll: &Epoll, fd: RawFd, token: u64, edge: bool) -> io::Result<()> {
@@ -525,7 +577,7 @@ impl VirtioSlots {
         d: &DiskDevice,
         shared: bool,
         defer_lock: bool,
-        opened: Option<std::fs::File>,
+        opened: Option<DiskImage>,
     ) -> Result<usize, SlotError> {
         if self.has(true, d.devid) {
             return Err(SlotError::Duplicate {
@@ -533,16 +585,19 @@ impl VirtioSlots {
                 devid: d.devid,
             });
         }
-        let file = open_disk(d, shared || defer_lock, opened)?;
+        let image = open_disk(d, shared || defer_lock, opened)?;
         let lock = if shared {
             None
         } else {
             Some(Arc::new(
-                file.try_clone().map_err(sys("duplicate a disk fd"))?,
+                image
+                    .file()
+                    .try_clone()
+                    .map_err(sys("duplicate a disk fd"))?,
             ))
         };
-        let block = Block::new(
-            file,
+        let block = Block::with_image(
+            image,
             BlockConfig {
                 read_only: d.read_only || d.cdrom,
                 serial: d.vdev.chars().take(rxen_virtio::block::ID_BYTES).collect(),
@@ -855,6 +910,16 @@ impl VirtioSlots {
             }
         }
         Ok(())
+    }
+
+    /// Writes every disk's cached state back and makes it durable (the VMM is ending: a qcow2
+    /// image's tables would otherwise be lost with the process).
+    pub fn flush_disks(&self) {
+        for (_, d) in self.devices() {
+            if let SlotKind::Disk { .. } = &d.kind {
+                lock(&d.transport).flush_device();
+            }
+        }
     }
 
     /// Drops every disk's sharing lock (a migration's source, once its

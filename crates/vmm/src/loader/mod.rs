@@ -58,6 +58,14 @@ pub enum LoaderError {
     /// `bootloader = "pygrub"` with no disk to read.
     #[error("bootloader = \"pygrub\" boots the first disk, and the domain has none")]
     NoBootDisk,
+    /// The first disk's image cannot be read for pygrub.
+    #[error("disk {disk}: pygrub cannot read the image: {why}")]
+    BootDiskImage {
+        /// The vdev.
+        disk: String,
+        /// Why.
+        why: String,
+    },
     /// The image is not a kernel.
     #[error("kernel is neither an ELF nor a bzImage")]
     UnknownFormat,
@@ -203,9 +211,48 @@ pub struct DiskBoot {
     pub args: String,
 }
 
+/// What pygrub reads of an opened disk: the raw file, or a read-only view of a qcow2 chain
+/// (the guest's own disk; it has not run yet).
+pub fn boot_disk(
+    image: &rxen_virtio::block::DiskImage,
+    name: &str,
+) -> Result<std::sync::Arc<dyn rxen_pygrub::Disk>, LoaderError> {
+    let bad = |why: String| LoaderError::BootDiskImage {
+        disk: name.to_string(),
+        why,
+    };
+    match image {
+        rxen_virtio::block::DiskImage::Raw(f) => Ok(std::sync::Arc::new(
+            f.try_clone().map_err(|e| bad(e.to_string()))?,
+        )),
+        rxen_virtio::block::DiskImage::Qcow2(q) => Ok(std::sync::Arc::new(Qcow2Boot(
+            q.read_only_view().map_err(|e| bad(e.to_string()))?,
+        ))),
+    }
+}
+
+/// A qcow2 chain's virtual disk, as pygrub reads it.
+struct Qcow2Boot(rxen_virtio::block::qcow2::Qcow2Image);
+
+impl rxen_pygrub::Disk for Qcow2Boot {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        // Past the end is an error here, as a file's read_exact_at would give.
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.0.size())
+        {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.0.read_at(buf, offset)
+    }
+}
+
 /// Finds and reads what `disk` (vdev `name`) boots.
 pub fn from_disk(
-    disk: &std::fs::File,
+    disk: std::sync::Arc<dyn rxen_pygrub::Disk>,
     name: &str,
     entry: Option<u32>,
 ) -> Result<DiskBoot, LoaderError> {
@@ -213,7 +260,7 @@ pub fn from_disk(
         disk: name.to_string(),
         source,
     };
-    let c = rxen_pygrub::choose(disk, entry.map(|e| e as usize)).map_err(pygrub)?;
+    let c = rxen_pygrub::choose_from(disk, entry.map(|e| e as usize)).map_err(pygrub)?;
     tracing::info!(
         disk = name,
         partition = c.partition,

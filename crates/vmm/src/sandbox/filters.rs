@@ -152,6 +152,9 @@ const DEVICE_IO: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
+    // A qcow2 image grows its file to the end of a new cluster whose untouched part it zeroes
+    // (imago: punch a hole, then set the length).
+    libc::SYS_ftruncate,
     libc::SYS_lseek,
     libc::SYS_timerfd_settime,
     libc::SYS_timerfd_gettime,
@@ -184,6 +187,9 @@ const CONTROL: &[i64] = &[
     libc::SYS_ftruncate,
     libc::SYS_sched_setaffinity,
     libc::SYS_sysinfo,
+    // A hot-plugged writable qcow2 image: imago reads the file system's block size (the
+    // discard granularity) from the descriptor.
+    libc::SYS_fstatfs,
 ];
 
 /// The `prctl` options threads use: naming themselves, and giving things up.

@@ -69,8 +69,9 @@ pub struct HostFiles {
     pub kernel: KernelPlan,
     /// The initrd, with its path for messages.
     pub initrd: Option<(PathBuf, File)>,
-    /// The disks' images, in the order of the spec's disks (not yet locked).
-    pub disks: Vec<File>,
+    /// The disks' images (a qcow2 one with its backing chain), in the order of the spec's disks
+    /// (not yet locked).
+    pub disks: Vec<rxen_virtio::block::DiskImage>,
     /// The NICs' TAP queues, in the order of the spec's NICs.
     pub taps: Vec<File>,
     /// The save file to restore from.
@@ -100,7 +101,7 @@ impl HostFiles {
         let disks = spec
             .disks
             .iter()
-            .map(virtio_slots::open_disk_file)
+            .map(virtio_slots::open_disk_image)
             .collect::<Result<Vec<_>, _>>()?;
         let taps = spec
             .nics
@@ -149,8 +150,7 @@ impl HostFiles {
         let disks = self
             .disks
             .iter()
-            .filter_map(|f| f.metadata().ok())
-            .map(|m| m.len())
+            .map(rxen_virtio::block::DiskImage::largest_write)
             .max()
             .unwrap_or(0);
         // A save stream holds the memory once, plus page headers and device state.
