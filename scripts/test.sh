@@ -31,6 +31,9 @@ command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
 command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
+# dump-core's test opens the core file with readelf (binutils) and gdb.
+command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+command -v gdb >/dev/null 2>&1 || missing+=(gdb)
 # pygrub's tests build ext4 images with mkfs.ext4 -d.
 command -v mkfs.ext4 >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -31,12 +31,30 @@ pub fn init() {
     outb(MCR, 0x03); // DTR and RTS; OUT2 off, so the UART never interrupts
 }
 
-/// Returns the next received byte, if one is waiting.
-pub fn try_read() -> Option<u8> {
-    if inb(LSR) & LSR_DATA_READY != 0 {
-        Some(inb(DATA))
+/// LSR: break interrupt, set with the NUL byte a BREAK condition leaves in the FIFO.
+const LSR_BREAK: u8 = 1 << 4;
+
+/// What the UART received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A byte.
+    Byte(u8),
+    /// A BREAK condition (its NUL byte is taken with it), as a terminal sends before a
+    /// magic SysRq key.
+    Break,
+}
+
+/// Returns what was received, if anything is waiting.
+pub fn try_read() -> Option<Received> {
+    let lsr = inb(LSR);
+    if lsr & LSR_DATA_READY == 0 {
+        return None;
+    }
+    let byte = inb(DATA);
+    if lsr & LSR_BREAK != 0 {
+        Some(Received::Break)
     } else {
-        None
+        Some(Received::Byte(byte))
     }
 }
 

@@ -52,6 +52,21 @@ pub enum Request {
         /// The domain.
         domain: DomainRef,
     },
+    /// Write an ELF core file of a running domain's memory and vCPU registers (`rxl
+    /// dump-core`); the domain goes on running.
+    DumpCore {
+        /// The domain.
+        domain: DomainRef,
+        /// Absolute path of the core file to create (an existing file is not replaced).
+        path: String,
+    },
+    /// Send a magic SysRq key to a domain's serial console (`rxl sysrq`).
+    Sysrq {
+        /// The domain.
+        domain: DomainRef,
+        /// The key.
+        key: u8,
+    },
     /// Pause a domain's vCPUs.
     Pause {
         /// The domain.

@@ -3,6 +3,7 @@
 
 mod backup;
 mod config_update;
+mod dump_core;
 mod host_domains;
 mod hotplug;
 

@@ -421,6 +421,8 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::Pause { domain } => result(daemon.set_paused(caller, &domain, true)),
         Request::Unpause { domain } => result(daemon.set_paused(caller, &domain, false)),
         Request::Reset { domain } => result(daemon.reset(caller, &domain)),
+        Request::DumpCore { domain, path } => result(daemon.dump_core(caller, &domain, &path)),
+        Request::Sysrq { domain, key } => result(daemon.sysrq(caller, &domain, key)),
         Request::Rename { domain, new_name } => result(daemon.rename(caller, &domain, &new_name)),
         Request::Lookup { domain } => match daemon.lookup(caller, &domain) {
             Ok((domid, name)) => Reply::Plain(Response::Domain {

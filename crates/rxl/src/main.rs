@@ -388,6 +388,33 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 _ => Request::Shutdown { domain },
             })?)
         }
+        Cmd::Sysrq { domain, letter } => {
+            // As xl: the domain first, then exactly one character.
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            let &[key] = letter.as_bytes() else {
+                eprint!("Invalid sysrq.\n\n");
+                print!(
+                    "{}",
+                    front::command_help(&<Cli as clap::CommandFactory>::command(), "sysrq")
+                );
+                return Err(Failure(String::new()));
+            };
+            Ok(c.call_ok(&Request::Sysrq {
+                domain: domid.to_string(),
+                key,
+            })?)
+        }
+        Cmd::DumpCore { domain, filename } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            let abs = std::path::absolute(&filename).unwrap_or(filename);
+            c.call_ok(&Request::DumpCore {
+                domain: domid.to_string(),
+                path: abs.display().to_string(),
+            })
+            .map_err(|e| Failure(format!("{e}\ncore dump failed (rc=-3)")))
+        }
         Cmd::Domid { name } => {
             let all = list(&mut connect()?, Vec::new())?;
             let id = domains::domid_of(&all, &name).map_err(|e| Failure(e.to_string()))?;

@@ -69,6 +69,15 @@ pub trait ControlTarget {
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
     }
+    /// Writes an ELF core of the guest to `file` (rxend's, named `path` once done); returns
+    /// its size in bytes.
+    fn dump_core(&mut self, _file: Option<OwnedFd>, _path: &Path) -> Result<u64, ControlError> {
+        Err(ControlError::Failed("dump-core is not supported".into()))
+    }
+    /// Sends a BREAK and then `key` on the serial console (a magic SysRq).
+    fn sysrq(&mut self, _key: u8) -> Result<(), ControlError> {
+        Err(ControlError::Failed("sysrq is not supported".into()))
+    }
     /// Hot-plugs a disk whose image rxend opened (`file`).
     fn attach_disk(
         &mut self,
@@ -178,6 +187,8 @@ pub fn handle_line_with_fd(
             }
             Err(e) => error(e),
         },
+        VmRequest::DumpCore { path } => ok(target.dump_core(fd, &path).map(|_| ())),
+        VmRequest::Sysrq { key } => ok(target.sysrq(key)),
         VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk, fd)),
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic, fd)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),

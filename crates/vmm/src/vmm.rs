@@ -1081,6 +1081,66 @@ impl Vm {
         out
     }
 
+    /// Moves queued console input (and BREAKs) into the UART as it has room.
+    pub fn feed_input(&mut self) {
+        let mut serial = crate::lock(&self.serial);
+        let serial = &mut *serial;
+        let cell = std::cell::RefCell::new(serial);
+        self.input.feed(
+            |bytes| cell.borrow_mut().enqueue(bytes),
+            || cell.borrow_mut().receive_break(),
+        );
+    }
+
+    /// Writes an ELF core of the guest to `file` (`path` names it in messages): the vCPUs
+    /// are paused and the virtio devices frozen meanwhile (no device writes guest memory),
+    /// and they go on after unless the guest was paused before, as xl's dump-core does.
+    pub fn dump_core_to(&mut self, file: &File, path: &Path) -> Result<u64, String> {
+        let was_paused = self.control.is_paused();
+        self.pause_all().map_err(|e| e.to_string())?;
+        self.slots.freeze_all();
+        let r = self.dump_core_paused(file);
+        self.resume_after_transfer(was_paused);
+        r.map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    fn dump_core_paused(&self, file: &File) -> Result<u64, String> {
+        use crate::coredump::{CoreLayout, CpuRegs, RamRegion};
+        use vm_memory::Bytes;
+        let cpus = self
+            .on_each_vcpu(|v, _| -> Result<CpuRegs, kvm_ioctls::Error> {
+                Ok(CpuRegs {
+                    regs: v.get_regs()?,
+                    sregs: v.get_sregs()?,
+                })
+            })
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot read the vCPUs' registers: {e}"))?;
+        let regions = crate::memory::memslots(&self.mem)
+            .iter()
+            .map(|s| RamRegion {
+                gpa: s.guest_addr,
+                len: s.size,
+            })
+            .collect();
+        let layout = CoreLayout::new(regions, cpus);
+        crate::sandbox::jail::allow_file_size(layout.file_size()).map_err(|e| {
+            format!(
+                "cannot allow writes of a {}-byte core file: {e}",
+                layout.file_size()
+            )
+        })?;
+        layout
+            .write(file, |gpa, buf| {
+                self.mem
+                    .read_slice(buf, GuestAddress(gpa))
+                    .map_err(std::io::Error::other)
+            })
+            .map_err(|e| e.to_string())
+    }
+
     /// Lets the devices and the vCPUs run again after a transfer stopped them.
     fn resume_after_transfer(&self, was_paused: bool) {
         self.slots.thaw_all();
@@ -1577,6 +1637,36 @@ impl ControlTarget for Vm {
         };
         self.migrate_to(sock, &opts)
             .map_err(|e| ControlError::Failed(e.to_string()))
+    }
+
+    fn dump_core(&mut self, file: Option<OwnedFd>, path: &Path) -> Result<u64, ControlError> {
+        let file = File::from(file.ok_or_else(|| {
+            ControlError::Failed("dump_core needs the core file passed with it".into())
+        })?);
+        if self.held_save.is_some() {
+            return Err(ControlError::Failed("a save is waiting to finish".into()));
+        }
+        let t = Instant::now();
+        let size = self
+            .dump_core_to(&file, path)
+            .map_err(ControlError::Failed)?;
+        tracing::info!(
+            bytes = size,
+            ms = t.elapsed().as_millis() as u64,
+            "core dumped to {}",
+            path.display()
+        );
+        Ok(size)
+    }
+
+    fn sysrq(&mut self, key: u8) -> Result<(), ControlError> {
+        if !self.input.push_break(key) {
+            return Err(ControlError::Failed(
+                "the console's input queue is full".into(),
+            ));
+        }
+        self.feed_input();
+        Ok(())
     }
 
     fn attach_disk(

@@ -223,6 +223,21 @@ pub enum Cmd {
         /// The vCPU (xl passes it to Xen; rxen's triggers act on the whole domain).
         vcpu: Option<String>,
     },
+    /// Send a sysrq to a domain.
+    Sysrq {
+        /// The domain (name or ID).
+        domain: String,
+        /// The SysRq key: one character (a BREAK and then it go to the serial console).
+        #[arg(value_name = "LETTER")]
+        letter: String,
+    },
+    /// Core dump a domain.
+    DumpCore {
+        /// The domain (name or ID).
+        domain: String,
+        /// The ELF core file to create (an existing file is not replaced).
+        filename: std::path::PathBuf,
+    },
     /// Print a domain's ID.
     Domid {
         /// The domain's name.
