@@ -496,7 +496,11 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             }
             Ok(())
         }
-        Cmd::Info { xenstore, field } => {
+        Cmd::Info {
+            numa,
+            xenstore,
+            field,
+        } => {
             let resp = connect()?.call(&Request::Info)?;
             let Response::Host(mut host) = resp else {
                 return Err(Failure(format!("unexpected answer: {resp:?}")));
@@ -504,7 +508,12 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             if xenstore {
                 format::with_xenstore_features(&mut host.fields);
             }
+            // As xl: with -n, a FIELD argument is ignored.
             match field {
+                _ if numa => print!(
+                    "{}",
+                    format::info_with_topology(&host.fields, &host.topology)
+                ),
                 Some(f) => print!("{}", format::info_matching(&host.fields, &f)),
                 None => print!("{}", format::info_lines(&host.fields)),
             }

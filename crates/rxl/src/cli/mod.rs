@@ -274,6 +274,9 @@ pub enum Cmd {
     },
     /// Print information about the host.
     Info {
+        /// Also print the host's CPU topology, PCI devices' nodes and NUMA nodes.
+        #[arg(short = 'n', long = "numa")]
+        numa: bool,
         /// Also print xenstore's features (rxen has no xenstore: none).
         #[arg(short = 'x', long = "xenstore")]
         xenstore: bool,
