@@ -44,14 +44,27 @@ pub enum Received {
     Break,
 }
 
+/// A BREAK seen in LSR while writing: reading LSR clears its BI bit, so it is kept here for the
+/// next read of the byte it belongs to (as Linux's 8250 driver keeps `lsr_saved_flags`).
+static SAVED_BREAK: AtomicBool = AtomicBool::new(false);
+
+/// Reads LSR, keeping a BREAK it reports for [`try_read`].
+fn read_lsr() -> u8 {
+    let lsr = inb(LSR);
+    if lsr & LSR_BREAK != 0 {
+        SAVED_BREAK.store(true, Ordering::Relaxed);
+    }
+    lsr
+}
+
 /// Returns what was received, if anything is waiting.
 pub fn try_read() -> Option<Received> {
-    let lsr = inb(LSR);
+    let lsr = read_lsr();
     if lsr & LSR_DATA_READY == 0 {
         return None;
     }
     let byte = inb(DATA);
-    if lsr & LSR_BREAK != 0 {
+    if SAVED_BREAK.swap(false, Ordering::Relaxed) {
         Some(Received::Break)
     } else {
         Some(Received::Byte(byte))
@@ -61,7 +74,7 @@ pub fn try_read() -> Option<Received> {
 fn write_byte(byte: u8) {
     // Bounded, so that a missing UART cannot hang the guest.
     for _ in 0..100_000 {
-        if inb(LSR) & LSR_THR_EMPTY != 0 {
+        if read_lsr() & LSR_THR_EMPTY != 0 {
             break;
         }
         spin_loop();
