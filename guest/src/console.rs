@@ -110,6 +110,11 @@ pub fn run(mut vcpu: Vcpu) -> ! {
         if ticks.wrapping_sub(last_slow_poll) >= SLOW_POLL_TICKS {
             last_slow_poll = ticks;
             hotplug.poll(console.devices);
+            for disk in console.devices.disks_mut() {
+                if disk.media_changed() {
+                    println!("media: {} {}", disk.serial(), disk.sectors);
+                }
+            }
             vcpus::poll();
             if let Some(balloon) = console.devices.balloon() {
                 balloon.poll();

@@ -60,6 +60,15 @@ pub enum Request {
         /// Absolute path of the core file to create (an existing file is not replaced).
         path: String,
     },
+    /// Change the medium of a running domain's cdrom drive (`rxl cd-insert`, `rxl cd-eject`).
+    ChangeCdrom {
+        /// The domain.
+        domain: DomainRef,
+        /// The drive's virtual device (`hdc`, `xvdc`).
+        vdev: String,
+        /// Absolute path of the new medium; `None` ejects.
+        target: Option<String>,
+    },
     /// Send a magic SysRq key to a domain's serial console (`rxl sysrq`).
     Sysrq {
         /// The domain.

@@ -89,6 +89,12 @@ pub enum VmRequest {
         /// The core file, for messages.
         path: std::path::PathBuf,
     },
+    /// Put the medium passed with this request (SCM_RIGHTS; an empty file for none) in the
+    /// cdrom drive with this device ID; the guest gets a configuration-change interrupt.
+    ChangeMedia {
+        /// The drive's Xen device ID.
+        devid: u32,
+    },
     /// Send a magic SysRq key on the console: a BREAK on the UART, then `key`, as a serial
     /// terminal does and Linux's 8250 driver understands.
     Sysrq {

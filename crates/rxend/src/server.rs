@@ -426,6 +426,11 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::Reset { domain } => result(daemon.reset(caller, &domain)),
         Request::DumpCore { domain, path } => result(daemon.dump_core(caller, &domain, &path)),
         Request::Sysrq { domain, key } => result(daemon.sysrq(caller, &domain, key)),
+        Request::ChangeCdrom {
+            domain,
+            vdev,
+            target,
+        } => result(daemon.change_cdrom(caller, &domain, &vdev, target.as_deref())),
         Request::Rename { domain, new_name } => result(daemon.rename(caller, &domain, &new_name)),
         Request::Lookup { domain } => match daemon.lookup(caller, &domain) {
             Ok((domid, name)) => Reply::Plain(Response::Domain {

@@ -405,6 +405,29 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 key,
             })?)
         }
+        Cmd::CdInsert { domain, vdev, path } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            // As xl: the file must be there.
+            if std::fs::metadata(&path).is_err() {
+                return Err(Failure(format!("Cannot stat file: {}", path.display())));
+            }
+            let abs = std::path::absolute(&path).unwrap_or(path);
+            Ok(c.call_ok(&Request::ChangeCdrom {
+                domain: domid.to_string(),
+                vdev,
+                target: Some(abs.display().to_string()),
+            })?)
+        }
+        Cmd::CdEject { domain, vdev } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            Ok(c.call_ok(&Request::ChangeCdrom {
+                domain: domid.to_string(),
+                vdev,
+                target: None,
+            })?)
+        }
         Cmd::DumpCore { domain, filename } => {
             let mut c = connect()?;
             let (domid, _) = lookup(&mut c, &domain)?;

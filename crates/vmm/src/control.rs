@@ -74,6 +74,12 @@ pub trait ControlTarget {
     fn dump_core(&mut self, _file: Option<OwnedFd>, _path: &Path) -> Result<u64, ControlError> {
         Err(ControlError::Failed("dump-core is not supported".into()))
     }
+    /// Puts the medium `file` in the cdrom drive `devid`; returns its capacity in sectors.
+    fn change_media(&mut self, _devid: u32, _file: Option<OwnedFd>) -> Result<u64, ControlError> {
+        Err(ControlError::Failed(
+            "media changes are not supported".into(),
+        ))
+    }
     /// Sends a BREAK and then `key` on the serial console (a magic SysRq).
     fn sysrq(&mut self, _key: u8) -> Result<(), ControlError> {
         Err(ControlError::Failed("sysrq is not supported".into()))
@@ -189,6 +195,7 @@ pub fn handle_line_with_fd(
         },
         VmRequest::DumpCore { path } => ok(target.dump_core(fd, &path).map(|_| ())),
         VmRequest::Sysrq { key } => ok(target.sysrq(key)),
+        VmRequest::ChangeMedia { devid } => ok(target.change_media(devid, fd).map(|_| ())),
         VmRequest::AttachDisk { disk } => ok(target.attach_disk(&disk, fd)),
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic, fd)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),

@@ -1659,6 +1659,18 @@ impl ControlTarget for Vm {
         Ok(size)
     }
 
+    fn change_media(&mut self, devid: u32, file: Option<OwnedFd>) -> Result<u64, ControlError> {
+        let file = File::from(file.ok_or_else(|| {
+            ControlError::Failed("change_media needs the medium passed with it".into())
+        })?);
+        let sectors = self
+            .slots
+            .change_media(devid, file)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        tracing::info!(devid, sectors, "cdrom medium changed");
+        Ok(sectors)
+    }
+
     fn sysrq(&mut self, key: u8) -> Result<(), ControlError> {
         if !self.input.push_break(key) {
             return Err(ControlError::Failed(

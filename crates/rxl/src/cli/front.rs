@@ -32,6 +32,8 @@ const MODIFIES: &[&str] = &[
     "create",
     "config-update",
     "trigger",
+    "cd-insert",
+    "cd-eject",
     "vcpu-pin",
     "block-attach",
     "network-attach",

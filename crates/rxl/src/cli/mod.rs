@@ -231,6 +231,24 @@ pub enum Cmd {
         #[arg(value_name = "LETTER")]
         letter: String,
     },
+    /// Insert a cdrom into a guest's cd drive.
+    CdInsert {
+        /// The domain (name or ID).
+        domain: String,
+        /// The cdrom drive (its vdev, as in the config: hdc, xvdc).
+        #[arg(value_name = "VIRTUALDEVICE")]
+        vdev: String,
+        /// The medium: an image file or a block device.
+        path: std::path::PathBuf,
+    },
+    /// Eject a cdrom from a guest's cd drive.
+    CdEject {
+        /// The domain (name or ID).
+        domain: String,
+        /// The cdrom drive (its vdev, as in the config: hdc, xvdc).
+        #[arg(value_name = "VIRTUALDEVICE")]
+        vdev: String,
+    },
     /// Core dump a domain.
     DumpCore {
         /// The domain (name or ID).
