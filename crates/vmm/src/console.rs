@@ -229,6 +229,27 @@ impl InputQueue {
         }
     }
 
+    /// Where the queued BREAKs wait (indices into [`InputQueue::contents`]), in order.
+    pub fn breaks(&self) -> Vec<usize> {
+        self.breaks.iter().copied().collect()
+    }
+
+    /// Queues `bytes` with BREAKs before the bytes at `breaks` (a saved queue); `None` (nothing
+    /// queued) when they do not fit: more than [`INPUT_QUEUE_MAX`] bytes, or breaks out of
+    /// order or past the bytes.
+    pub fn restore(bytes: &[u8], breaks: &[usize]) -> Option<Self> {
+        if bytes.len() > INPUT_QUEUE_MAX
+            || breaks.windows(2).any(|w| w[0] > w[1])
+            || breaks.iter().any(|&b| b >= bytes.len())
+        {
+            return None;
+        }
+        Some(Self {
+            queue: bytes.iter().copied().collect(),
+            breaks: breaks.iter().copied().collect(),
+        })
+    }
+
     /// Bytes still queued.
     pub fn len(&self) -> usize {
         self.queue.len()
@@ -322,6 +343,21 @@ mod tests {
         assert_eq!(fifo, b"tbeat\n");
         assert!(q.is_empty());
         assert_eq!(q.push(&vec![0; INPUT_QUEUE_MAX + 5]), 5);
+    }
+
+    #[test]
+    fn a_saved_queue_with_breaks_comes_back_and_a_bad_one_is_refused() {
+        let mut q = InputQueue::default();
+        q.push(b"ab");
+        assert!(q.push_break(b'h'));
+        let back = InputQueue::restore(&q.contents(), &q.breaks()).expect("restore");
+        assert_eq!((back.contents(), back.breaks()), (b"abh".to_vec(), vec![2]));
+        assert!(InputQueue::restore(b"ab", &[2]).is_none(), "past the bytes");
+        assert!(
+            InputQueue::restore(b"abc", &[2, 1]).is_none(),
+            "out of order"
+        );
+        assert!(InputQueue::restore(&vec![0; INPUT_QUEUE_MAX + 1], &[]).is_none());
     }
 
     #[test]

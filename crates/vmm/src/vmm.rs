@@ -111,6 +111,18 @@ impl SavedDevices {
                             ),
                         ));
                     }
+                    if crate::console::InputQueue::restore(&st.queued_input, &st.queued_breaks)
+                        .is_none()
+                    {
+                        return Err(bad_device(
+                            name,
+                            format!(
+                                "queued BREAKs at {:?} do not fit its {} bytes of queued input",
+                                st.queued_breaks,
+                                st.queued_input.len()
+                            ),
+                        ));
+                    }
                     saved.serial = Some(st);
                 }
                 "acpi" => {
@@ -811,10 +823,10 @@ impl Vm {
 
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
         let progress = run.progress;
-        let mut input = crate::console::InputQueue::default();
-        if let Some(st) = &serial_state {
-            input.push(&st.queued_input);
-        }
+        let input = serial_state
+            .as_ref()
+            .and_then(|st| crate::console::InputQueue::restore(&st.queued_input, &st.queued_breaks))
+            .unwrap_or_default();
         Ok(Self {
             input,
             spec,
@@ -1043,6 +1055,7 @@ impl Vm {
     fn device_records(&self) -> Vec<DeviceRecord> {
         let mut serial = crate::lock(&self.serial).snapshot();
         serial.queued_input = self.input.contents();
+        serial.queued_breaks = self.input.breaks();
         let virtio = self.slots.save_states().into_iter().map(|st| DeviceRecord {
             name: format!("virtio:{}", st.slot),
             state: serde_json::to_value(st).unwrap_or_default(),
@@ -1995,6 +2008,10 @@ mod tests {
         refused(
             &|r| r[0].state["queued_input"] = vec![0u8; 64 * 1024 + 1].into(),
             "bytes of queued input",
+        );
+        refused(
+            &|r| r[0].state["queued_breaks"] = vec![5usize].into(),
+            "queued BREAKs at [5] do not fit its 1 bytes",
         );
         refused(
             &|r| r.push(r[2].clone()),

@@ -52,6 +52,12 @@ pub struct SerialSnapshot {
     /// Console input typed but not yet in the FIFO (the VMM's queue).
     #[serde(default)]
     pub queued_input: Vec<u8>,
+    /// Where a BREAK (`rxl sysrq`) waits before a byte of `queued_input`, in order.
+    #[serde(default)]
+    pub queued_breaks: Vec<usize>,
+    /// A received BREAK whose BI bit the guest has not read yet from LSR.
+    #[serde(default)]
+    pub break_pending: bool,
 }
 
 /// LSR: break interrupt (a BREAK condition was received with the byte at the FIFO's head).
@@ -100,7 +106,7 @@ impl<W: Write + Send> SerialDevice<W> {
             .map_err(|e| format!("serial state: {e:?}"))?;
         Ok(Self {
             uart,
-            break_pending: false,
+            break_pending: snap.break_pending,
         })
     }
 
@@ -120,6 +126,8 @@ impl<W: Write + Send> SerialDevice<W> {
             ],
             fifo: s.in_buffer,
             queued_input: Vec::new(),
+            queued_breaks: Vec::new(),
+            break_pending: self.break_pending,
         }
     }
 
