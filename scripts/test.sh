@@ -33,6 +33,9 @@ command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
 command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
 # The Debian package's test asks man where rxl(1) is (package-deb.sh needs binutils' strip).
 command -v man >/dev/null 2>&1 || missing+=(man-db)
+# dump-core's test opens the core file with readelf (binutils) and gdb.
+command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+command -v gdb >/dev/null 2>&1 || missing+=(gdb)
 # pygrub's tests build ext4 images with mkfs.ext4 -d.
 command -v mkfs.ext4 >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 # The qcow2 tests make and check images with qemu-img and qemu-io.

@@ -56,6 +56,8 @@ struct Console {
     line: [u8; LINE_MAX],
     len: usize,
     after_cr: bool,
+    /// A BREAK was received: the next byte is a magic SysRq key, not input.
+    sysrq: bool,
     devices: &'static mut Devices,
 }
 
@@ -83,6 +85,7 @@ pub fn run(mut vcpu: Vcpu) -> ! {
         line: [0; LINE_MAX],
         len: 0,
         after_cr: false,
+        sysrq: false,
         // SAFETY: `run` is vCPU 0's loop, entered once and never left, and nothing else
         // touches DEVICES: this is the only reference ever made to it.
         devices: unsafe { &mut *core::ptr::addr_of_mut!(DEVICES) },
@@ -107,13 +110,32 @@ pub fn run(mut vcpu: Vcpu) -> ! {
         if ticks.wrapping_sub(last_slow_poll) >= SLOW_POLL_TICKS {
             last_slow_poll = ticks;
             hotplug.poll(console.devices);
+            for disk in console.devices.disks_mut() {
+                if disk.media_changed() {
+                    println!("media: {} {}", disk.serial(), disk.sectors);
+                }
+            }
             vcpus::poll();
             if let Some(balloon) = console.devices.balloon() {
                 balloon.poll();
             }
         }
-        while let Some(byte) = serial::try_read() {
-            console.input(byte, &mut vcpu);
+        while let Some(got) = serial::try_read() {
+            match got {
+                serial::Received::Break => console.sysrq = true,
+                serial::Received::Byte(key) if core::mem::take(&mut console.sysrq) => {
+                    // A magic SysRq key (a BREAK, then the key): named, not typed.
+                    if console.len > 0 {
+                        print!("\n");
+                    }
+                    if key.is_ascii_graphic() {
+                        println!("sysrq: {}", char::from(key));
+                    } else {
+                        println!("sysrq: {key:#04x}");
+                    }
+                }
+                serial::Received::Byte(byte) => console.input(byte, &mut vcpu),
+            }
         }
         vcpu.next_tick();
     }

@@ -110,6 +110,14 @@ impl Devices {
         })
     }
 
+    /// The disks, in slot order, to change.
+    pub fn disks_mut(&mut self) -> impl Iterator<Item = &mut Disk> {
+        self.slots.iter_mut().filter_map(|slot| match slot {
+            Some(Device::Disk(disk)) => Some(disk),
+            _ => None,
+        })
+    }
+
     /// The network cards, in slot order.
     pub fn links(&mut self) -> impl Iterator<Item = &mut Link> {
         self.slots.iter_mut().filter_map(|slot| match slot {

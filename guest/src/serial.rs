@@ -31,19 +31,50 @@ pub fn init() {
     outb(MCR, 0x03); // DTR and RTS; OUT2 off, so the UART never interrupts
 }
 
-/// Returns the next received byte, if one is waiting.
-pub fn try_read() -> Option<u8> {
-    if inb(LSR) & LSR_DATA_READY != 0 {
-        Some(inb(DATA))
+/// LSR: break interrupt, set with the NUL byte a BREAK condition leaves in the FIFO.
+const LSR_BREAK: u8 = 1 << 4;
+
+/// What the UART received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A byte.
+    Byte(u8),
+    /// A BREAK condition (its NUL byte is taken with it), as a terminal sends before a
+    /// magic SysRq key.
+    Break,
+}
+
+/// A BREAK seen in LSR while writing: reading LSR clears its BI bit, so it is kept here for the
+/// next read of the byte it belongs to (as Linux's 8250 driver keeps `lsr_saved_flags`).
+static SAVED_BREAK: AtomicBool = AtomicBool::new(false);
+
+/// Reads LSR, keeping a BREAK it reports for [`try_read`].
+fn read_lsr() -> u8 {
+    let lsr = inb(LSR);
+    if lsr & LSR_BREAK != 0 {
+        SAVED_BREAK.store(true, Ordering::Relaxed);
+    }
+    lsr
+}
+
+/// Returns what was received, if anything is waiting.
+pub fn try_read() -> Option<Received> {
+    let lsr = read_lsr();
+    if lsr & LSR_DATA_READY == 0 {
+        return None;
+    }
+    let byte = inb(DATA);
+    if SAVED_BREAK.swap(false, Ordering::Relaxed) {
+        Some(Received::Break)
     } else {
-        None
+        Some(Received::Byte(byte))
     }
 }
 
 fn write_byte(byte: u8) {
     // Bounded, so that a missing UART cannot hang the guest.
     for _ in 0..100_000 {
-        if inb(LSR) & LSR_THR_EMPTY != 0 {
+        if read_lsr() & LSR_THR_EMPTY != 0 {
             break;
         }
         spin_loop();

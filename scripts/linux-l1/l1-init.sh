@@ -249,7 +249,7 @@ sector() { dd if="$1" bs=512 skip="$2" count=1 2>/dev/null | tr -cd 'A-Za-z0-9-'
 # ---------------------------------------------------------------------------------------------
 # Group "devices": the cloud kernel with 2 vCPUs, a disk, a NIC on br0 and the balloon.
 # ---------------------------------------------------------------------------------------------
-CHECKS_devices="boot-2vcpu disk-vda net balloon hotplug rxl-shutdown disk-write"
+CHECKS_devices="boot-2vcpu disk-vda net balloon hotplug sysrq rxl-shutdown disk-write"
 group_devices() {
     say "=== GROUP devices BEGIN"
     tok=$(rand)
@@ -367,6 +367,17 @@ EOF
         *vdb*"|"*) check hotplug PASS "vdb ($plat) appeared $attach_s s after rxl block-attach; after unbinding it, rxl block-detach took $detach_s s; guest disks now: $after" ;;
         *) check hotplug FAIL "no vdb in the guest within 20 s of rxl block-attach: ${seen:-no answer}; $(rxend_said A "$id")" ;;
         esac
+    fi
+
+    # sysrq: a BREAK and a key on the 16550; Linux's 8250 driver hands the key to SysRq,
+    # which prints its help for 'h' at the default console level whatever the kernel's quiet.
+    t1=$(up)
+    if ! rx A 30 sysrq l2dev h; then
+        check sysrq FAIL "rxl sysrq l2dev h: $(oneline </tmp/rxl.out)"
+    elif got=$(wait_con A "sysrq: HELP" 30); then
+        check sysrq PASS "L2's kernel answered rxl sysrq h within $(since "$t1") s: $(echo "$got" | cut -c1-48)"
+    else
+        check sysrq FAIL "no 'sysrq: HELP' on L2's console within 30 s of rxl sysrq h; console: $(context A | tail -n 3 | oneline)"
     fi
 
     btn=$(context A | grep -a '^L2-PWRBTN' | tail -n 1)

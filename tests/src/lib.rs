@@ -567,6 +567,13 @@ impl Console {
         stdin.flush().expect("flush console");
     }
 
+    /// Types `text` on the guest's console as it is, without a newline.
+    pub fn type_text(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("console stdin");
+        stdin.write_all(text.as_bytes()).expect("write to console");
+        stdin.flush().expect("flush console");
+    }
+
     /// Waits until `needle` appears in output not yet consumed, and returns
     /// the line that holds it; later calls look only after it.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {

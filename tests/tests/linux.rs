@@ -190,6 +190,7 @@ const CHECKS: &[(&str, &str)] = &[
     ("net", "devices"),
     ("balloon", "devices"),
     ("hotplug", "devices"),
+    ("sysrq", "devices"),
     ("rxl-shutdown", "devices"),
     ("disk-write", "devices"),
     ("boot-1vcpu", "life"),
@@ -262,6 +263,11 @@ fn linux_balloon_gives_memory_back() {
 #[test]
 fn a_disk_hot_plugs_into_a_running_linux_guest() {
     assert_check("hotplug", "devices");
+}
+
+#[test]
+fn rxl_sysrq_reaches_linux_magic_sysrq() {
+    assert_check("sysrq", "devices");
 }
 
 #[test]

@@ -672,8 +672,9 @@ fn trigger_reset_restarts_at_once_and_power_presses_the_button() {
     wait_until(BOOT, "trig is back under a new ID", || {
         host.list_row("trig").is_some_and(|r| r[1] != old_id)
     });
-    // While it starts, the new domain shows `p` too: wait for it to run.
-    wait_until(BOOT, "the reset domain runs, not paused", || {
+    // While rxend starts it, the new domain shows `--p---`, as xl's does while it is built;
+    // then it runs, not paused as the old one was.
+    wait_until(BOOT, "the reset domain runs unpaused", || {
         host.list_row("trig").is_some_and(|r| !r[4].contains('p'))
     });
     let out = host.rxl(&["trigger", "trig", "nmi"]);
@@ -697,4 +698,120 @@ fn trigger_reset_restarts_at_once_and_power_presses_the_button() {
     let _con = host.console("trig");
     host.rxl_ok(&["trigger", "trig", "power"]);
     wait_until(BOOT, "trig powered off", || host.list_row("trig").is_none());
+}
+
+/// What /sys says of each online CPU: (cpu, core, socket, node), the node from the CPU's
+/// `nodeN` link (rxend reads the nodes' cpulists).
+fn sys_cpus() -> Vec<(u32, u32, u32, u32)> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .expect("/sys/devices/system/cpu")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(cpu) = name.strip_prefix("cpu").and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let read = |f: &str| {
+            std::fs::read_to_string(e.path().join("topology").join(f))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+        };
+        let (Some(core), Some(socket)) = (read("core_id"), read("physical_package_id")) else {
+            continue;
+        };
+        let node = std::fs::read_dir(e.path())
+            .expect("cpu dir")
+            .flatten()
+            .find_map(|n| {
+                n.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("node")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        out.push((cpu, core, socket, node));
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn info_n_prints_the_hosts_cpu_topology_and_numa_nodes_from_sys() {
+    let host = Host::start();
+    let text = host.rxl_ok(&["info", "-n"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |l: &str| {
+        lines
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("no line {l:?} in:\n{text}"))
+    };
+    let topo = pos("cpu_topology           :");
+    assert_eq!(lines[topo + 1], "cpu:    core    socket     node");
+    assert!(lines[topo - 1].starts_with("free_cpus "), "{text}");
+    let cpus = sys_cpus();
+    assert!(!cpus.is_empty());
+    for (i, (cpu, core, socket, node)) in cpus.iter().enumerate() {
+        assert_eq!(
+            lines[topo + 2 + i],
+            format!("{cpu:3}:    {core:4}     {socket:4}     {node:4}"),
+            "{text}"
+        );
+    }
+    let dev = pos("device topology        :");
+    assert_eq!(dev, topo + 2 + cpus.len(), "{text}");
+    assert_eq!(lines[dev + 1], "device           node");
+    let numa = pos("numa_info              :");
+    assert_eq!(lines[numa + 1], "node:    memsize    memfree    distances");
+    // Each node's line: its memory (MiB) and distances as /sys has them.
+    let node_dir = std::path::Path::new("/sys/devices/system/node");
+    let mut nodes = 0;
+    for row in &lines[numa + 2..] {
+        let Some((id, rest)) = row.split_once(':') else {
+            break;
+        };
+        let Ok(id) = id.trim().parse::<u32>() else {
+            break;
+        };
+        nodes += 1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{row}");
+        let size: u64 = f[0].parse().expect("memsize");
+        let free: u64 = f[1].parse().expect("memfree");
+        assert!(free <= size, "{row}");
+        if node_dir.exists() {
+            let dir = node_dir.join(format!("node{id}"));
+            let meminfo = std::fs::read_to_string(dir.join("meminfo")).expect("meminfo");
+            let total_kb: u64 = meminfo
+                .lines()
+                .find(|l| l.contains("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+                .expect("MemTotal");
+            assert_eq!(size, total_kb >> 10, "{row}");
+            let dist = std::fs::read_to_string(dir.join("distance")).expect("distance");
+            assert_eq!(
+                f[2],
+                dist.split_whitespace().collect::<Vec<_>>().join(","),
+                "{row}"
+            );
+        }
+        assert!(
+            row.starts_with(&format!("{id:4}:    {size:6}     {free:6}      ")),
+            "{row:?}"
+        );
+    }
+    assert!(nodes >= 1, "{text}");
+    assert_eq!(
+        lines[numa + 2 + nodes].split(':').next(),
+        Some("xen_major              ")
+    );
+    let nr_nodes = host.rxl_ok(&["info", "nr_nodes"]);
+    assert_eq!(nr_nodes.trim(), nodes.to_string());
+    // As xl: with -n, a FIELD is ignored.
+    assert!(host
+        .rxl_ok(&["info", "-n", "xen_major"])
+        .contains("numa_info"));
 }

@@ -52,6 +52,30 @@ pub enum Request {
         /// The domain.
         domain: DomainRef,
     },
+    /// Write an ELF core file of a running domain's memory and vCPU registers (`rxl
+    /// dump-core`); the domain goes on running.
+    DumpCore {
+        /// The domain.
+        domain: DomainRef,
+        /// Absolute path of the core file to create (an existing file is not replaced).
+        path: String,
+    },
+    /// Change the medium of a running domain's cdrom drive (`rxl cd-insert`, `rxl cd-eject`).
+    ChangeCdrom {
+        /// The domain.
+        domain: DomainRef,
+        /// The drive's virtual device (`hdc`, `xvdc`).
+        vdev: String,
+        /// Absolute path of the new medium; `None` ejects.
+        target: Option<String>,
+    },
+    /// Send a magic SysRq key to a domain's serial console (`rxl sysrq`).
+    Sysrq {
+        /// The domain.
+        domain: DomainRef,
+        /// The key.
+        key: u8,
+    },
     /// Pause a domain's vCPUs.
     Pause {
         /// The domain.
@@ -534,6 +558,62 @@ pub struct KnownDomain {
 pub struct HostInfo {
     /// `(field, value)` pairs in display order.
     pub fields: Vec<(String, String)>,
+    /// The host's CPU, memory and device topology (`rxl info -n`).
+    #[serde(default)]
+    pub topology: HostTopology,
+}
+
+/// The host's topology as Linux describes it in `/sys` (`rxl info -n`: xl's `cpu_topology`,
+/// `device topology` and `numa_info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostTopology {
+    /// Every online CPU, by number.
+    pub cpus: Vec<CpuTopology>,
+    /// Every NUMA node with memory or CPUs, by number.
+    pub nodes: Vec<NodeInfo>,
+    /// PCI devices whose NUMA node is known, by address.
+    pub pci: Vec<PciNode>,
+}
+
+/// Where one host CPU sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTopology {
+    /// The CPU's number.
+    pub cpu: u32,
+    /// Its core ID (`topology/core_id`).
+    pub core: u32,
+    /// Its socket (`topology/physical_package_id`).
+    pub socket: u32,
+    /// Its NUMA node.
+    pub node: u32,
+}
+
+/// One NUMA node's memory and distances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's number.
+    pub node: u32,
+    /// Its memory in bytes.
+    pub size: u64,
+    /// Its free memory in bytes.
+    pub free: u64,
+    /// Its distance to each node, in node order (10 = local).
+    pub distances: Vec<u32>,
+}
+
+/// A PCI device's NUMA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciNode {
+    /// PCI segment (domain).
+    pub seg: u16,
+    /// Bus.
+    pub bus: u8,
+    /// Device (slot).
+    pub dev: u8,
+    /// Function.
+    pub func: u8,
+    /// The node.
+    pub node: u32,
 }
 
 /// rxend's answer to one request.

@@ -86,6 +86,25 @@ pub enum VmRequest {
         /// Go to stop-and-copy once the dirty set can be sent within this many milliseconds.
         downtime_ms: u64,
     },
+    /// Write an ELF core file of the guest's memory and vCPU registers to the file passed
+    /// with this request (SCM_RIGHTS; rxend gives it `path`'s name once the VMM answered).
+    /// The guest is paused meanwhile and runs again after unless it was paused before.
+    DumpCore {
+        /// The core file, for messages.
+        path: std::path::PathBuf,
+    },
+    /// Put the medium passed with this request (SCM_RIGHTS; an empty file for none) in the
+    /// cdrom drive with this device ID; the guest gets a configuration-change interrupt.
+    ChangeMedia {
+        /// The drive's Xen device ID.
+        devid: u32,
+    },
+    /// Send a magic SysRq key on the console: a BREAK on the UART, then `key`, as a serial
+    /// terminal does and Linux's 8250 driver understands.
+    Sysrq {
+        /// The key.
+        key: u8,
+    },
 }
 
 /// What a domain does after `Save`.

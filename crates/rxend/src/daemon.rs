@@ -2,7 +2,9 @@
 //! bookkeeping, never while a VMM starts or answers.
 
 mod backup;
+mod cdrom;
 mod config_update;
+mod dump_core;
 mod host_domains;
 mod hotplug;
 

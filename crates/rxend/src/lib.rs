@@ -28,4 +28,5 @@ pub mod schedparams;
 pub mod server;
 pub mod statelock;
 pub mod storage;
+pub mod topology;
 pub mod vmm;

@@ -25,6 +25,9 @@ pub enum SaveFileError {
     /// The target exists and is not a regular file (a device, a FIFO, a directory...).
     #[error("{0} is not a regular file: a save goes to a new file or replaces a regular one")]
     NotRegular(PathBuf),
+    /// The target exists and the file being written may not replace it (a core dump).
+    #[error("{0} exists: not replacing it")]
+    Exists(PathBuf),
     /// An I/O error on the file or its directory.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -91,6 +94,51 @@ impl SaveFile {
             }
             Err(e) => Err(io_err(&dir)(e)),
         }
+    }
+
+    /// Starts a file at `target` that must not exist (a core dump); [`SaveFile::commit_new`]
+    /// puts it there only if nothing appeared there meanwhile.
+    pub fn create_new(target: &Path) -> Result<Self, SaveFileError> {
+        match std::fs::symlink_metadata(target) {
+            Ok(_) => Err(SaveFileError::Exists(target.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::create(target),
+            Err(e) => Err(io_err(target)(e)),
+        }
+    }
+
+    /// Like [`SaveFile::commit`], but never replaces what is at the target: a file that
+    /// appeared there since [`SaveFile::create_new`] stays and the new one is dropped.
+    pub fn commit_new(mut self) -> Result<(), SaveFileError> {
+        self.file.sync_all().map_err(io_err(&self.target))?;
+        let linked = match self.named.take() {
+            // link(2) fails with EEXIST rather than replace the target.
+            Some(n) => {
+                let r = std::fs::hard_link(&n, &self.target);
+                let _ = std::fs::remove_file(&n);
+                r
+            }
+            None => {
+                let proc_path = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+                nix::unistd::linkat(
+                    None,
+                    &proc_path,
+                    None,
+                    &self.target,
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(io::Error::from)
+            }
+        };
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(SaveFileError::Exists(self.target.clone()))
+            }
+            Err(e) => return Err(io_err(&self.target)(e)),
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
     }
 
     fn temp_name(target: &Path, dir: &Path) -> PathBuf {
@@ -216,6 +264,30 @@ mod tests {
         assert!(!target.exists());
         s.commit().expect("commit");
         assert_eq!(std::fs::read(&target).expect("read"), b"from the VMM");
+    }
+
+    #[test]
+    fn a_new_only_file_never_replaces_one_that_is_there() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let target = dir.path().join("core");
+        std::fs::write(&target, b"precious").expect("write");
+        assert!(matches!(
+            SaveFile::create_new(&target),
+            Err(SaveFileError::Exists(_))
+        ));
+        std::fs::remove_file(&target).expect("rm");
+        let s = SaveFile::create_new(&target).expect("create");
+        s.file().write_all(b"dump").expect("write");
+        // Someone else's file appears meanwhile: it stays.
+        std::fs::write(&target, b"theirs").expect("write");
+        assert!(matches!(s.commit_new(), Err(SaveFileError::Exists(_))));
+        assert_eq!(std::fs::read(&target).expect("read"), b"theirs");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+        std::fs::remove_file(&target).expect("rm");
+        let s = SaveFile::create_new(&target).expect("create");
+        s.file().write_all(b"dump").expect("write");
+        s.commit_new().expect("commit");
+        assert_eq!(std::fs::read(&target).expect("read"), b"dump");
     }
 
     #[test]

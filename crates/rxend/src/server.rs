@@ -386,9 +386,12 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
                 .map(|v| v.iter().filter(|d| d.domid != 0).map(|d| d.vcpus).sum())
                 .unwrap_or(0);
             let free = hostinfo::nr_cpus().saturating_sub(used);
-            Reply::Plain(Response::Host(HostInfo {
-                fields: hostinfo::info_fields(free, daemon.sandbox()),
-            }))
+            let topology = crate::topology::read(std::path::Path::new("/sys"));
+            let mut fields = hostinfo::info_fields(free, daemon.sandbox());
+            if let Some((_, n)) = fields.iter_mut().find(|(k, _)| k == "nr_nodes") {
+                *n = topology.nodes.len().max(1).to_string();
+            }
+            Reply::Plain(Response::Host(HostInfo { fields, topology }))
         }
         Request::Destroy { domain } => result(daemon.destroy(caller, &domain)),
         Request::Backup { domain, dir } => match daemon.backup_domain(caller, &domain, &dir) {
@@ -421,6 +424,13 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::Pause { domain } => result(daemon.set_paused(caller, &domain, true)),
         Request::Unpause { domain } => result(daemon.set_paused(caller, &domain, false)),
         Request::Reset { domain } => result(daemon.reset(caller, &domain)),
+        Request::DumpCore { domain, path } => result(daemon.dump_core(caller, &domain, &path)),
+        Request::Sysrq { domain, key } => result(daemon.sysrq(caller, &domain, key)),
+        Request::ChangeCdrom {
+            domain,
+            vdev,
+            target,
+        } => result(daemon.change_cdrom(caller, &domain, &vdev, target.as_deref())),
         Request::Rename { domain, new_name } => result(daemon.rename(caller, &domain, &new_name)),
         Request::Lookup { domain } => match daemon.lookup(caller, &domain) {
             Ok((domid, name)) => Reply::Plain(Response::Domain {

@@ -141,6 +141,25 @@ pub fn prepare_disk(spec: &DiskSpec) -> Result<DiskDevice, StorageError> {
             script: script.clone(),
         });
     }
+    let empty = matches!(spec.format, DiskFormat::Empty)
+        || spec.target.as_deref().is_none_or(str::is_empty);
+    if spec.is_cdrom && empty {
+        // An empty cdrom drive: the VMM gives it an empty medium (capacity 0) until
+        // `rxl cd-insert` puts one in.
+        let devid = vdev_devid(&vdev).ok_or_else(|| StorageError::Vdev(vdev.clone()))?;
+        return Ok(DiskDevice {
+            devid,
+            vdev,
+            path: PathBuf::new(),
+            format: ImageFormat::Raw,
+            read_only: true,
+            cdrom: true,
+            shared_writable: false,
+            discard: None,
+            bytes_per_sec: spec.rxen_bps,
+            ops_per_sec: spec.rxen_iops,
+        });
+    }
     let format = match spec.format {
         DiskFormat::Raw => ImageFormat::Raw,
         DiskFormat::Qcow2 => ImageFormat::Qcow2,
@@ -206,6 +225,9 @@ pub fn backing_files(d: &DiskDevice) -> Result<Vec<PathBuf>, StorageError> {
 /// the administrator's (LVM volumes are links), not one a VMM could plant.
 pub fn open_for_vmm(d: &DiskDevice) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    if d.cdrom && d.path.as_os_str().is_empty() {
+        return empty_medium();
+    }
     std::fs::OpenOptions::new()
         .read(true)
         .write(!d.read_only)
@@ -234,6 +256,15 @@ pub fn open_backing_for_vmm(d: &DiskDevice) -> Result<Vec<(PathBuf, std::fs::Fil
         .collect()
 }
 
+/// An empty cdrom medium for a running VMM (`rxl cd-eject`): an empty anonymous file.
+pub fn empty_medium() -> std::io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"rxen-empty-cdrom",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
 /// Whether an open image takes discards (what the VMM would look up itself at start-up).
 pub fn takes_discards(file: &std::fs::File) -> bool {
     rxen_virtio::block::takes_discards(file)
@@ -248,6 +279,12 @@ pub fn prepare_disks(specs: &[DiskSpec]) -> Result<Vec<DiskDevice>, StorageError
         let d = prepare_disk(s)?;
         if out.iter().any(|o| o.devid == d.devid) {
             return Err(StorageError::Duplicate(d.vdev));
+        }
+        if d.path.as_os_str().is_empty() {
+            // An empty cdrom drive shares no image.
+            out.push(d);
+            images.push((PathBuf::new(), Vec::new()));
+            continue;
         }
         let image = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
         let backing = backing_files(&d)?;
@@ -346,5 +383,17 @@ mod tests {
             xlcfg::parse_disk_spec(&format!("{},,hdc,devtype=cdrom", img.display())).expect("spec");
         let c = prepare_disk(&c).expect("cdrom");
         assert!(c.read_only && c.cdrom);
+    }
+
+    #[test]
+    fn an_empty_cdrom_drive_gets_an_empty_medium() {
+        let c = xlcfg::parse_disk_spec(",raw,hdc,devtype=cdrom").expect("spec");
+        let d = prepare_disk(&c).expect("empty cdrom");
+        assert!(d.cdrom && d.read_only && d.path.as_os_str().is_empty());
+        let f = open_for_vmm(&d).expect("an empty medium");
+        assert_eq!(f.metadata().expect("meta").len(), 0);
+        // Two empty drives share no image.
+        let c2 = xlcfg::parse_disk_spec(",raw,hdd,devtype=cdrom").expect("spec");
+        assert_eq!(prepare_disks(&[c, c2]).expect("two drives").len(), 2);
     }
 }

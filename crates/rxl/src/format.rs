@@ -95,6 +95,54 @@ pub fn info_matching(fields: &[(String, String)], prefix: &str) -> String {
         .collect()
 }
 
+/// `xl info -n`: the info lines with xl's `cpu_topology`, `device topology` and `numa_info`
+/// sections between the host's lines and the hypervisor's (before `xen_major`), in xl's
+/// printf formats (tools/xl/xl_info.c: output_topologyinfo, output_numainfo).
+pub fn info_with_topology(
+    fields: &[(String, String)],
+    t: &rxen_proto::api::HostTopology,
+) -> String {
+    let at = fields
+        .iter()
+        .position(|(k, _)| k == "xen_major")
+        .unwrap_or(fields.len());
+    let (host, rest) = fields.split_at(at);
+    let mut out = info_lines(host);
+    out.push_str("cpu_topology           :\n");
+    out.push_str("cpu:    core    socket     node\n");
+    for c in &t.cpus {
+        out.push_str(&format!(
+            "{:3}:    {:4}     {:4}     {:4}\n",
+            c.cpu, c.core, c.socket, c.node
+        ));
+    }
+    out.push_str("device topology        :\n");
+    out.push_str("device           node\n");
+    for p in &t.pci {
+        out.push_str(&format!(
+            "{:04x}:{:02x}:{:02x}.{:01x}      {}\n",
+            p.seg, p.bus, p.dev, p.func, p.node
+        ));
+    }
+    if t.pci.is_empty() {
+        out.push_str("No device topology data available\n");
+    }
+    out.push_str("numa_info              :\n");
+    out.push_str("node:    memsize    memfree    distances\n");
+    for n in &t.nodes {
+        let dists: Vec<String> = n.distances.iter().map(u32::to_string).collect();
+        out.push_str(&format!(
+            "{:4}:    {:6}     {:6}      {}\n",
+            n.node,
+            n.size >> 20,
+            n.free >> 20,
+            dists.join(",")
+        ));
+    }
+    out.push_str(&info_lines(rest));
+    out
+}
+
 /// `xl info -x`: the `xenstore_features` line, before `xend_config_format`. rxen has no
 /// xenstore, so it has no features.
 pub fn with_xenstore_features(fields: &mut Vec<(String, String)>) {
@@ -158,6 +206,68 @@ pub fn uptime_table(domains: &[DomainInfo]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn info_n_has_xls_sections_between_the_host_and_the_hypervisor() {
+        use rxen_proto::api::{CpuTopology, HostTopology, NodeInfo, PciNode};
+        let fields: Vec<(String, String)> = [("free_cpus", "4"), ("xen_major", "0")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let t = HostTopology {
+            cpus: vec![
+                CpuTopology {
+                    cpu: 0,
+                    core: 0,
+                    socket: 0,
+                    node: 0,
+                },
+                CpuTopology {
+                    cpu: 12,
+                    core: 3,
+                    socket: 1,
+                    node: 1,
+                },
+            ],
+            nodes: vec![
+                NodeInfo {
+                    node: 0,
+                    size: 2048 << 20,
+                    free: 1000 << 20,
+                    distances: vec![10, 21],
+                },
+                NodeInfo {
+                    node: 1,
+                    size: 4096 << 20,
+                    free: 7 << 20,
+                    distances: vec![21, 10],
+                },
+            ],
+            pci: vec![PciNode {
+                seg: 0,
+                bus: 0x3b,
+                dev: 0x1f,
+                func: 2,
+                node: 1,
+            }],
+        };
+        assert_eq!(
+            info_with_topology(&fields, &t),
+            "free_cpus              : 4\n\
+             cpu_topology           :\n\
+             cpu:    core    socket     node\n\
+             \x20 0:       0        0        0\n\
+             \x2012:       3        1        1\n\
+             device topology        :\n\
+             device           node\n\
+             0000:3b:1f.2      1\n\
+             numa_info              :\n\
+             node:    memsize    memfree    distances\n\
+             \x20  0:      2048       1000      10,21\n\
+             \x20  1:      4096          7      21,10\n\
+             xen_major              : 0\n"
+        );
+    }
+
     use super::*;
 
     fn dom(name: &str, domid: u32, mem: u64, vcpus: u32, state: &str, t: f64) -> DomainInfo {

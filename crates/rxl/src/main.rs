@@ -388,6 +388,56 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 _ => Request::Shutdown { domain },
             })?)
         }
+        Cmd::Sysrq { domain, letter } => {
+            // As xl: the domain first, then exactly one character.
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            let &[key] = letter.as_bytes() else {
+                eprint!("Invalid sysrq.\n\n");
+                print!(
+                    "{}",
+                    front::command_help(&<Cli as clap::CommandFactory>::command(), "sysrq")
+                );
+                return Err(Failure(String::new()));
+            };
+            Ok(c.call_ok(&Request::Sysrq {
+                domain: domid.to_string(),
+                key,
+            })?)
+        }
+        Cmd::CdInsert { domain, vdev, path } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            // As xl: the file must be there.
+            if std::fs::metadata(&path).is_err() {
+                return Err(Failure(format!("Cannot stat file: {}", path.display())));
+            }
+            let abs = std::path::absolute(&path).unwrap_or(path);
+            Ok(c.call_ok(&Request::ChangeCdrom {
+                domain: domid.to_string(),
+                vdev,
+                target: Some(abs.display().to_string()),
+            })?)
+        }
+        Cmd::CdEject { domain, vdev } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            Ok(c.call_ok(&Request::ChangeCdrom {
+                domain: domid.to_string(),
+                vdev,
+                target: None,
+            })?)
+        }
+        Cmd::DumpCore { domain, filename } => {
+            let mut c = connect()?;
+            let (domid, _) = lookup(&mut c, &domain)?;
+            let abs = std::path::absolute(&filename).unwrap_or(filename);
+            c.call_ok(&Request::DumpCore {
+                domain: domid.to_string(),
+                path: abs.display().to_string(),
+            })
+            .map_err(|e| Failure(format!("{e}\ncore dump failed (rc=-3)")))
+        }
         Cmd::Domid { name } => {
             let all = list(&mut connect()?, Vec::new())?;
             let id = domains::domid_of(&all, &name).map_err(|e| Failure(e.to_string()))?;
@@ -469,7 +519,11 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             }
             Ok(())
         }
-        Cmd::Info { xenstore, field } => {
+        Cmd::Info {
+            numa,
+            xenstore,
+            field,
+        } => {
             let resp = connect()?.call(&Request::Info)?;
             let Response::Host(mut host) = resp else {
                 return Err(Failure(format!("unexpected answer: {resp:?}")));
@@ -477,7 +531,12 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             if xenstore {
                 format::with_xenstore_features(&mut host.fields);
             }
+            // As xl: with -n, a FIELD argument is ignored.
             match field {
+                _ if numa => print!(
+                    "{}",
+                    format::info_with_topology(&host.fields, &host.topology)
+                ),
                 Some(f) => print!("{}", format::info_matching(&host.fields, &f)),
                 None => print!("{}", format::info_lines(&host.fields)),
             }

@@ -286,6 +286,20 @@ impl VirtioDevice for Block {
             .unwrap_or_default()
     }
 
+    fn change_media(&mut self, file: File) -> Result<u64, DeviceError> {
+        // Only a read-only drive takes new media: nothing written is lost with the old one.
+        if !self.read_only {
+            return Err(DeviceError::NotRemovable);
+        }
+        let disk = Disk::open(file).map_err(|e| DeviceError::Medium(e.to_string()))?;
+        self.capacity = disk.size() / u64::from(SECTOR_SIZE);
+        self.disk = disk;
+        if let Some(dst) = self.config_space.get_mut(0..8) {
+            dst.copy_from_slice(&self.capacity.to_le_bytes());
+        }
+        Ok(self.capacity)
+    }
+
     fn save_state(&mut self) -> serde_json::Value {
         // Requests complete before they are marked used; what they wrote
         // must be on stable storage before another host opens the disk.

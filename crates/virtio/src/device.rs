@@ -37,6 +37,12 @@ pub enum DeviceError {
     /// The backend could not take up where the saved device was (a disk image's tables).
     #[error("cannot take over the backend: {0}")]
     Restore(#[source] std::io::Error),
+    /// The device has no medium to change (only a cdrom drive has).
+    #[error("the device is not a removable drive")]
+    NotRemovable,
+    /// The new medium is unusable.
+    #[error("cannot use the new medium: {0}")]
+    Medium(String),
     /// The driver broke a queue's ring (for instance an available index too far ahead).
     #[error("queue {index} is broken: {source}")]
     BrokenQueue {
@@ -92,6 +98,13 @@ pub trait VirtioDevice: Send {
     /// that cannot be saved: its queues then restart where the driver set them up).
     fn queue_positions(&self) -> Vec<(u16, u16)> {
         Vec::new()
+    }
+
+    /// Replaces the medium of a removable drive (a cdrom) with `file` (an empty file: no
+    /// medium); returns the new capacity in 512-byte sectors. The caller then raises the
+    /// configuration-change interrupt.
+    fn change_media(&mut self, _file: std::fs::File) -> Result<u64, DeviceError> {
+        Err(DeviceError::NotRemovable)
     }
 
     /// The device model's own state for a save file or a migration, taken

@@ -177,6 +177,8 @@ impl Write for ConsoleWriter {
 #[derive(Debug, Default)]
 pub struct InputQueue {
     queue: VecDeque<u8>,
+    /// Where a BREAK comes before the queued byte at that index (`rxl sysrq`), in order.
+    breaks: VecDeque<usize>,
 }
 
 impl InputQueue {
@@ -188,16 +190,64 @@ impl InputQueue {
         bytes.len() - take
     }
 
-    /// Moves queued bytes into the FIFO through `enqueue` (which returns how many it took).
-    pub fn feed(&mut self, mut enqueue: impl FnMut(&[u8]) -> usize) {
-        while !self.queue.is_empty() {
+    /// Queues a BREAK followed by `key` (a magic SysRq on a serial line); false when the
+    /// queue is full.
+    pub fn push_break(&mut self, key: u8) -> bool {
+        if self.queue.len() >= INPUT_QUEUE_MAX {
+            return false;
+        }
+        self.breaks.push_back(self.queue.len());
+        self.queue.push_back(key);
+        true
+    }
+
+    /// Moves queued bytes into the FIFO through `enqueue` (which returns how many it took),
+    /// and each queued BREAK in its place through `brk` (false: not now, try again later).
+    pub fn feed(&mut self, mut enqueue: impl FnMut(&[u8]) -> usize, mut brk: impl FnMut() -> bool) {
+        loop {
+            if self.breaks.front() == Some(&0) {
+                if !brk() {
+                    break;
+                }
+                self.breaks.pop_front();
+                continue;
+            }
+            if self.queue.is_empty() {
+                break;
+            }
+            let limit = self.breaks.front().copied().unwrap_or(self.queue.len());
             let (front, _) = self.queue.as_slices();
-            let n = enqueue(front);
+            let n = enqueue(front.get(..limit.min(front.len())).unwrap_or_default());
             if n == 0 {
                 break;
             }
-            self.queue.drain(..n.min(self.queue.len()));
+            let n = n.min(self.queue.len());
+            self.queue.drain(..n);
+            for b in &mut self.breaks {
+                *b = b.saturating_sub(n);
+            }
         }
+    }
+
+    /// Where the queued BREAKs wait (indices into [`InputQueue::contents`]), in order.
+    pub fn breaks(&self) -> Vec<usize> {
+        self.breaks.iter().copied().collect()
+    }
+
+    /// Queues `bytes` with BREAKs before the bytes at `breaks` (a saved queue); `None` (nothing
+    /// queued) when they do not fit: more than [`INPUT_QUEUE_MAX`] bytes, or breaks out of
+    /// order or past the bytes.
+    pub fn restore(bytes: &[u8], breaks: &[usize]) -> Option<Self> {
+        if bytes.len() > INPUT_QUEUE_MAX
+            || breaks.windows(2).any(|w| w[0] > w[1])
+            || breaks.iter().any(|&b| b >= bytes.len())
+        {
+            return None;
+        }
+        Some(Self {
+            queue: bytes.iter().copied().collect(),
+            breaks: breaks.iter().copied().collect(),
+        })
     }
 
     /// Bytes still queued.
@@ -272,20 +322,73 @@ mod tests {
         let mut q = InputQueue::default();
         q.push(b"heartbeat\n");
         let mut fifo = Vec::new();
-        q.feed(|b| {
-            let n = b.len().min(4usize.saturating_sub(fifo.len()));
-            fifo.extend_from_slice(&b[..n]);
-            n
-        });
+        q.feed(
+            |b| {
+                let n = b.len().min(4usize.saturating_sub(fifo.len()));
+                fifo.extend_from_slice(&b[..n]);
+                n
+            },
+            || true,
+        );
         assert_eq!(fifo, b"hear");
         assert_eq!(q.len(), 6);
         fifo.clear();
-        q.feed(|b| {
-            fifo.extend_from_slice(b);
-            b.len()
-        });
+        q.feed(
+            |b| {
+                fifo.extend_from_slice(b);
+                b.len()
+            },
+            || true,
+        );
         assert_eq!(fifo, b"tbeat\n");
         assert!(q.is_empty());
         assert_eq!(q.push(&vec![0; INPUT_QUEUE_MAX + 5]), 5);
+    }
+
+    #[test]
+    fn a_saved_queue_with_breaks_comes_back_and_a_bad_one_is_refused() {
+        let mut q = InputQueue::default();
+        q.push(b"ab");
+        assert!(q.push_break(b'h'));
+        let back = InputQueue::restore(&q.contents(), &q.breaks()).expect("restore");
+        assert_eq!((back.contents(), back.breaks()), (b"abh".to_vec(), vec![2]));
+        assert!(InputQueue::restore(b"ab", &[2]).is_none(), "past the bytes");
+        assert!(
+            InputQueue::restore(b"abc", &[2, 1]).is_none(),
+            "out of order"
+        );
+        assert!(InputQueue::restore(&vec![0; INPUT_QUEUE_MAX + 1], &[]).is_none());
+    }
+
+    #[test]
+    fn a_break_goes_in_its_place_once_the_fifo_before_it_drained() {
+        let mut q = InputQueue::default();
+        q.push(b"ab");
+        assert!(q.push_break(b'h'));
+        q.push(b"c");
+        // The FIFO (`got`, B = a BREAK) takes bytes; a BREAK only when it is empty.
+        let mut got = Vec::new();
+        let mut fifo_empty = false;
+        let feed = |q: &mut InputQueue, got: &mut Vec<u8>, empty: bool| {
+            let got = std::cell::RefCell::new(got);
+            q.feed(
+                |b| {
+                    got.borrow_mut().extend_from_slice(b);
+                    b.len()
+                },
+                || {
+                    if empty {
+                        got.borrow_mut().push(b'B');
+                    }
+                    empty
+                },
+            )
+        };
+        feed(&mut q, &mut got, fifo_empty);
+        assert_eq!(got, b"ab", "the bytes before the BREAK go, the BREAK waits");
+        fifo_empty = true;
+        feed(&mut q, &mut got, fifo_empty);
+        assert_eq!(got, b"abBhc");
+        assert!(q.is_empty());
     }
 }

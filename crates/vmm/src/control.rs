@@ -69,6 +69,21 @@ pub trait ControlTarget {
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
     }
+    /// Writes an ELF core of the guest to `file` (rxend's, named `path` once done); returns
+    /// its size in bytes.
+    fn dump_core(&mut self, _file: Option<OwnedFd>, _path: &Path) -> Result<u64, ControlError> {
+        Err(ControlError::Failed("dump-core is not supported".into()))
+    }
+    /// Puts the medium `file` in the cdrom drive `devid`; returns its capacity in sectors.
+    fn change_media(&mut self, _devid: u32, _file: Option<OwnedFd>) -> Result<u64, ControlError> {
+        Err(ControlError::Failed(
+            "media changes are not supported".into(),
+        ))
+    }
+    /// Sends a BREAK and then `key` on the serial console (a magic SysRq).
+    fn sysrq(&mut self, _key: u8) -> Result<(), ControlError> {
+        Err(ControlError::Failed("sysrq is not supported".into()))
+    }
     /// Hot-plugs a disk whose image rxend opened (`file`), with the backing files of a qcow2
     /// image's chain (`backing`: the path the chain names, and the file rxend opened).
     fn attach_disk(
@@ -198,6 +213,9 @@ pub fn handle_line_with_fds(
             }
             Err(e) => error(e),
         },
+        VmRequest::DumpCore { path } => ok(target.dump_core(fd, &path).map(|_| ())),
+        VmRequest::Sysrq { key } => ok(target.sysrq(key)),
+        VmRequest::ChangeMedia { devid } => ok(target.change_media(devid, fd).map(|_| ())),
         VmRequest::AttachDisk { disk, backing } => {
             if extra.len() == backing.len() {
                 ok(target.attach_disk(&disk, fd, backing.into_iter().zip(extra).collect()))

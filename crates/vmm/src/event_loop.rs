@@ -15,7 +15,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{self, LineBuffer};
 use crate::exit::{ExitError, ExitRecordFile};
-use crate::lock;
 use crate::vmm::Vm;
 
 /// Errors of the main loop.
@@ -254,8 +253,7 @@ impl Loop<'_> {
     }
 
     fn feed_input(&mut self) {
-        let mut serial = lock(&self.vm.serial);
-        self.vm.input.feed(|bytes| serial.enqueue(bytes));
+        self.vm.feed_input();
     }
 
     fn drop_control(&mut self, id: u64) {

@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod console;
 pub mod control;
+pub mod coredump;
 pub mod cpuid;
 pub mod devices;
 pub mod event_loop;

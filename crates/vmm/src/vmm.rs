@@ -111,6 +111,18 @@ impl SavedDevices {
                             ),
                         ));
                     }
+                    if crate::console::InputQueue::restore(&st.queued_input, &st.queued_breaks)
+                        .is_none()
+                    {
+                        return Err(bad_device(
+                            name,
+                            format!(
+                                "queued BREAKs at {:?} do not fit its {} bytes of queued input",
+                                st.queued_breaks,
+                                st.queued_input.len()
+                            ),
+                        ));
+                    }
                     saved.serial = Some(st);
                 }
                 "acpi" => {
@@ -811,10 +823,10 @@ impl Vm {
 
         let control = Arc::new(RunControl::new(spec.vcpus as usize, spec.start_paused));
         let progress = run.progress;
-        let mut input = crate::console::InputQueue::default();
-        if let Some(st) = &serial_state {
-            input.push(&st.queued_input);
-        }
+        let input = serial_state
+            .as_ref()
+            .and_then(|st| crate::console::InputQueue::restore(&st.queued_input, &st.queued_breaks))
+            .unwrap_or_default();
         Ok(Self {
             input,
             spec,
@@ -1043,6 +1055,7 @@ impl Vm {
     fn device_records(&self) -> Vec<DeviceRecord> {
         let mut serial = crate::lock(&self.serial).snapshot();
         serial.queued_input = self.input.contents();
+        serial.queued_breaks = self.input.breaks();
         let virtio = self.slots.save_states().into_iter().map(|st| DeviceRecord {
             name: format!("virtio:{}", st.slot),
             state: serde_json::to_value(st).unwrap_or_default(),
@@ -1079,6 +1092,66 @@ impl Vm {
         ];
         out.extend(virtio);
         out
+    }
+
+    /// Moves queued console input (and BREAKs) into the UART as it has room.
+    pub fn feed_input(&mut self) {
+        let mut serial = crate::lock(&self.serial);
+        let serial = &mut *serial;
+        let cell = std::cell::RefCell::new(serial);
+        self.input.feed(
+            |bytes| cell.borrow_mut().enqueue(bytes),
+            || cell.borrow_mut().receive_break(),
+        );
+    }
+
+    /// Writes an ELF core of the guest to `file` (`path` names it in messages): the vCPUs
+    /// are paused and the virtio devices frozen meanwhile (no device writes guest memory),
+    /// and they go on after unless the guest was paused before, as xl's dump-core does.
+    pub fn dump_core_to(&mut self, file: &File, path: &Path) -> Result<u64, String> {
+        let was_paused = self.control.is_paused();
+        self.pause_all().map_err(|e| e.to_string())?;
+        self.slots.freeze_all();
+        let r = self.dump_core_paused(file);
+        self.resume_after_transfer(was_paused);
+        r.map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    fn dump_core_paused(&self, file: &File) -> Result<u64, String> {
+        use crate::coredump::{CoreLayout, CpuRegs, RamRegion};
+        use vm_memory::Bytes;
+        let cpus = self
+            .on_each_vcpu(|v, _| -> Result<CpuRegs, kvm_ioctls::Error> {
+                Ok(CpuRegs {
+                    regs: v.get_regs()?,
+                    sregs: v.get_sregs()?,
+                })
+            })
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot read the vCPUs' registers: {e}"))?;
+        let regions = crate::memory::memslots(&self.mem)
+            .iter()
+            .map(|s| RamRegion {
+                gpa: s.guest_addr,
+                len: s.size,
+            })
+            .collect();
+        let layout = CoreLayout::new(regions, cpus);
+        crate::sandbox::jail::allow_file_size(layout.file_size()).map_err(|e| {
+            format!(
+                "cannot allow writes of a {}-byte core file: {e}",
+                layout.file_size()
+            )
+        })?;
+        layout
+            .write(file, |gpa, buf| {
+                self.mem
+                    .read_slice(buf, GuestAddress(gpa))
+                    .map_err(std::io::Error::other)
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Lets the devices and the vCPUs run again after a transfer stopped them.
@@ -1579,6 +1652,48 @@ impl ControlTarget for Vm {
             .map_err(|e| ControlError::Failed(e.to_string()))
     }
 
+    fn dump_core(&mut self, file: Option<OwnedFd>, path: &Path) -> Result<u64, ControlError> {
+        let file = File::from(file.ok_or_else(|| {
+            ControlError::Failed("dump_core needs the core file passed with it".into())
+        })?);
+        if self.held_save.is_some() {
+            return Err(ControlError::Failed("a save is waiting to finish".into()));
+        }
+        let t = Instant::now();
+        let size = self
+            .dump_core_to(&file, path)
+            .map_err(ControlError::Failed)?;
+        tracing::info!(
+            bytes = size,
+            ms = t.elapsed().as_millis() as u64,
+            "core dumped to {}",
+            path.display()
+        );
+        Ok(size)
+    }
+
+    fn change_media(&mut self, devid: u32, file: Option<OwnedFd>) -> Result<u64, ControlError> {
+        let file = File::from(file.ok_or_else(|| {
+            ControlError::Failed("change_media needs the medium passed with it".into())
+        })?);
+        let sectors = self
+            .slots
+            .change_media(devid, file)
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        tracing::info!(devid, sectors, "cdrom medium changed");
+        Ok(sectors)
+    }
+
+    fn sysrq(&mut self, key: u8) -> Result<(), ControlError> {
+        if !self.input.push_break(key) {
+            return Err(ControlError::Failed(
+                "the console's input queue is full".into(),
+            ));
+        }
+        self.feed_input();
+        Ok(())
+    }
+
     fn attach_disk(
         &mut self,
         disk: &DiskDevice,
@@ -1907,6 +2022,10 @@ mod tests {
         refused(
             &|r| r[0].state["queued_input"] = vec![0u8; 64 * 1024 + 1].into(),
             "bytes of queued input",
+        );
+        refused(
+            &|r| r[0].state["queued_breaks"] = vec![5usize].into(),
+            "queued BREAKs at [5] do not fit its 1 bytes",
         );
         refused(
             &|r| r.push(r[2].clone()),

@@ -949,12 +949,8 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
             );
         };
         let empty = d.format == DiskFormat::Empty || d.target.as_deref().is_none_or(str::is_empty);
-        if d.is_cdrom && empty {
-            refuse(
-                "empty cdrom drives are not supported (rxen's virtio disks have no removable media; a cdrom with an image is a read-only disk)"
-                    .into(),
-            );
-        } else if !matches!(d.format, DiskFormat::Raw | DiskFormat::Qcow2) {
+        // An empty cdrom drive starts with no medium; `rxl cd-insert` puts one in.
+        if !(d.is_cdrom && empty) && !matches!(d.format, DiskFormat::Raw | DiskFormat::Qcow2) {
             refuse(format!(
                 "format {} is not supported: rxen serves raw and qcow2 images and block devices only",
                 d.format

@@ -175,6 +175,16 @@ impl Disk {
         self.data
     }
 
+    /// Whether the device changed its configuration (a cdrom's new medium): the capacity is
+    /// read again.
+    pub fn media_changed(&mut self) -> bool {
+        if !self.mmio.config_changed() {
+            return false;
+        }
+        self.sectors = u64::from_le_bytes(self.mmio.config::<8>(0));
+        true
+    }
+
     /// Reads (`FromDevice`) or writes (`ToDevice`) `sectors` (at most `CHUNK_SECTORS`) at `sector` through the buffer.
     pub fn io(&mut self, direction: Direction, sector: u64, sectors: u64) -> Result<(), BlkError> {
         let len = (sectors.min(CHUNK_SECTORS) * SECTOR) as u32;

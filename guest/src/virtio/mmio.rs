@@ -59,6 +59,8 @@ const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
 const QUEUE_READY: u64 = 0x044;
 const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
 const STATUS: u64 = 0x070;
 const QUEUE_DESC: u64 = 0x080;
 const QUEUE_DRIVER: u64 = 0x090;
@@ -242,6 +244,16 @@ impl Mmio {
             }
         }
         out
+    }
+
+    /// Whether the device raised a configuration-change interrupt (InterruptStatus bit 1)
+    /// since the last call; acknowledges it. The guest takes no interrupts: it looks.
+    pub fn config_changed(&self) -> bool {
+        if self.read(INTERRUPT_STATUS) & 2 == 0 {
+            return false;
+        }
+        self.write(INTERRUPT_ACK, 2);
+        true
     }
 
     /// Reads a little-endian u32 of configuration space at `offset` (a 4-byte access).

@@ -104,8 +104,10 @@ impl Daemon {
             .get(&id)
             .map(|e| e.rec.config.clone())
             .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
-        let disks = storage::prepare_disks(&config.disks)
+        let mut disks = storage::prepare_disks(&config.disks)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
+        // An empty cdrom drive has nothing to copy.
+        disks.retain(|d| !d.path.as_os_str().is_empty());
         let root = PathBuf::from(dir);
         if !root.is_absolute() {
             return Err(DaemonError::Config(format!(

@@ -17,7 +17,7 @@ fn config_err(e: impl std::fmt::Display) -> DaemonError {
 }
 
 impl Daemon {
-    fn device_guest(
+    pub(super) fn device_guest(
         &self,
         caller: &Caller,
         r: &str,
@@ -32,7 +32,7 @@ impl Daemon {
 
     /// Changes the domain's stored config, as libxl does on hotplug: the
     /// device then comes back on reboot and travels with saves and migrations.
-    fn update_config(
+    pub(super) fn update_config(
         &self,
         id: u32,
         change: impl FnOnce(&mut xlcfg::DomainConfig),

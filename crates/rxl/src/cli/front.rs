@@ -33,6 +33,8 @@ const MODIFIES: &[&str] = &[
     "cpupool-create",
     "config-update",
     "trigger",
+    "cd-insert",
+    "cd-eject",
     "vcpu-pin",
     "block-attach",
     "network-attach",

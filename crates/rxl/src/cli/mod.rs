@@ -223,6 +223,39 @@ pub enum Cmd {
         /// The vCPU (xl passes it to Xen; rxen's triggers act on the whole domain).
         vcpu: Option<String>,
     },
+    /// Send a sysrq to a domain.
+    Sysrq {
+        /// The domain (name or ID).
+        domain: String,
+        /// The SysRq key: one character (a BREAK and then it go to the serial console).
+        #[arg(value_name = "LETTER")]
+        letter: String,
+    },
+    /// Insert a cdrom into a guest's cd drive.
+    CdInsert {
+        /// The domain (name or ID).
+        domain: String,
+        /// The cdrom drive (its vdev, as in the config: hdc, xvdc).
+        #[arg(value_name = "VIRTUALDEVICE")]
+        vdev: String,
+        /// The medium: an image file or a block device.
+        path: std::path::PathBuf,
+    },
+    /// Eject a cdrom from a guest's cd drive.
+    CdEject {
+        /// The domain (name or ID).
+        domain: String,
+        /// The cdrom drive (its vdev, as in the config: hdc, xvdc).
+        #[arg(value_name = "VIRTUALDEVICE")]
+        vdev: String,
+    },
+    /// Core dump a domain.
+    DumpCore {
+        /// The domain (name or ID).
+        domain: String,
+        /// The ELF core file to create (an existing file is not replaced).
+        filename: std::path::PathBuf,
+    },
     /// Print a domain's ID.
     Domid {
         /// The domain's name.
@@ -259,6 +292,9 @@ pub enum Cmd {
     },
     /// Print information about the host.
     Info {
+        /// Also print the host's CPU topology, PCI devices' nodes and NUMA nodes.
+        #[arg(short = 'n', long = "numa")]
+        numa: bool,
         /// Also print xenstore's features (rxen has no xenstore: none).
         #[arg(short = 'x', long = "xenstore")]
         xenstore: bool,

@@ -1010,3 +1010,29 @@ fn a_qcow2_v2_disk_does_not_offer_discard() {
     assert_eq!(h.status(), VIRTIO_BLK_S_OK);
     assert!(h.guest_bytes(DATA, 512) == [0; 512] && h.guest_bytes(DATA + 512, 512) == [0xa5; 512]);
 }
+
+#[test]
+fn a_read_only_drive_takes_a_new_medium_and_a_writable_one_refuses() {
+    let mut h = Harness::new(BlockConfig {
+        read_only: true,
+        ..serial("hdc")
+    });
+    let mut medium = tempfile::tempfile().expect("medium");
+    medium.write_all(&vec![0x5a; 4096]).expect("fill");
+    let sectors = h.t.device_mut().change_media(medium).expect("new medium");
+    assert_eq!(sectors, 8);
+    let mut cap = [0u8; 8];
+    h.t.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 8, "the capacity in config space");
+    let empty = tempfile::tempfile().expect("empty");
+    assert_eq!(h.t.device_mut().change_media(empty).expect("no medium"), 0);
+    h.t.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 0);
+
+    let mut rw = Harness::new(serial("xvda"));
+    let other = tempfile::tempfile().expect("other");
+    assert!(matches!(
+        rw.t.device_mut().change_media(other),
+        Err(DeviceError::NotRemovable)
+    ));
+}

@@ -52,11 +52,25 @@ pub struct SerialSnapshot {
     /// Console input typed but not yet in the FIFO (the VMM's queue).
     #[serde(default)]
     pub queued_input: Vec<u8>,
+    /// Where a BREAK (`rxl sysrq`) waits before a byte of `queued_input`, in order.
+    #[serde(default)]
+    pub queued_breaks: Vec<usize>,
+    /// A received BREAK whose BI bit the guest has not read yet from LSR.
+    #[serde(default)]
+    pub break_pending: bool,
 }
+
+/// LSR: break interrupt (a BREAK condition was received with the byte at the FIFO's head).
+const LSR_BREAK: u8 = 1 << 4;
+/// The offset of the line status register.
+const LSR_OFFSET: u8 = 5;
 
 /// The COM1 device on the port bus.
 pub struct SerialDevice<W: Write + Send> {
     uart: Serial<IrqTrigger, InputDrained, W>,
+    /// A BREAK was received (its NUL is at the FIFO's head) and the guest has not yet read
+    /// LSR, whose BI bit it sets; reading LSR clears it, as on a 16550.
+    break_pending: bool,
 }
 
 impl<W: Write + Send> SerialDevice<W> {
@@ -64,6 +78,7 @@ impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: EventFd, drained: EventFd, out: W) -> Self {
         Self {
             uart: Serial::with_events(IrqTrigger(irq), InputDrained(drained), out),
+            break_pending: false,
         }
     }
 
@@ -89,7 +104,10 @@ impl<W: Write + Send> SerialDevice<W> {
         };
         let uart = Serial::from_state(&state, IrqTrigger(irq), InputDrained(drained), out)
             .map_err(|e| format!("serial state: {e:?}"))?;
-        Ok(Self { uart })
+        Ok(Self {
+            uart,
+            break_pending: snap.break_pending,
+        })
     }
 
     /// The UART's state.
@@ -108,6 +126,8 @@ impl<W: Write + Send> SerialDevice<W> {
             ],
             fifo: s.in_buffer,
             queued_input: Vec::new(),
+            queued_breaks: Vec::new(),
+            break_pending: self.break_pending,
         }
     }
 
@@ -131,11 +151,28 @@ impl<W: Write + Send> SerialDevice<W> {
     }
 }
 
+impl<W: Write + Send> SerialDevice<W> {
+    /// Receives a BREAK condition, as a 16550 does: a NUL byte in the FIFO with LSR's BI
+    /// bit set until the guest reads LSR. Only into an empty FIFO, so that the NUL is the
+    /// byte BI belongs to; false (nothing done) while the guest still has bytes to read.
+    pub fn receive_break(&mut self) -> bool {
+        if !self.uart.state().in_buffer.is_empty() || self.enqueue(&[0]) != 1 {
+            return false;
+        }
+        self.break_pending = true;
+        true
+    }
+}
+
 impl<W: Write + Send> PioDevice for SerialDevice<W> {
     fn read(&mut self, _base: u16, offset: u16, data: &mut [u8]) {
         data.fill(0);
         if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *first = self.uart.read(off);
+            if off == LSR_OFFSET && self.break_pending {
+                *first |= LSR_BREAK;
+                self.break_pending = false;
+            }
         }
     }
 
@@ -179,5 +216,24 @@ mod tests {
         // Out-of-range offsets are harmless.
         s.write(COM1_PORT, 300, &[1]);
         s.read(COM1_PORT, 300, &mut b);
+    }
+
+    #[test]
+    fn a_break_is_a_nul_with_bi_until_lsr_is_read() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("evt");
+        let drained = EventFd::new(libc::EFD_NONBLOCK).expect("evt");
+        let mut s = SerialDevice::new(irq, drained, Vec::new());
+        assert_eq!(s.enqueue(b"x"), 1);
+        assert!(!s.receive_break(), "not behind unread input");
+        let mut b = [0u8];
+        s.read(COM1_PORT, 0, &mut b);
+        assert!(s.receive_break());
+        let mut lsr = [0u8];
+        s.read(COM1_PORT, 5, &mut lsr);
+        assert_eq!(lsr[0] & (LSR_BREAK | 1), LSR_BREAK | 1);
+        s.read(COM1_PORT, 5, &mut lsr);
+        assert_eq!(lsr[0] & LSR_BREAK, 0, "reading LSR cleared BI");
+        s.read(COM1_PORT, 0, &mut b);
+        assert_eq!(b, [0]);
     }
 }

@@ -50,6 +50,12 @@ pub const DETACH_GRACE: Duration = Duration::from_secs(5);
 /// Errors setting up or changing devices.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
+    /// A medium change for a drive that is not a cdrom.
+    #[error("{0} is not a cdrom drive")]
+    NotCdrom(String),
+    /// The drive did not take the new medium.
+    #[error("{0}: {1}")]
+    Media(String, String),
     /// Every slot is taken.
     #[error("no free virtio-mmio slot (all {SLOT_COUNT} are in use)")]
     Full,
@@ -163,8 +169,9 @@ pub enum SlotKind {
         spec: DiskDevice,
         /// Its counters.
         stats: Arc<BlockStats>,
-        /// The open image that carries its sharing lock (none for `w!`).
-        lock: Option<Arc<std::fs::File>>,
+        /// The open image that carries its sharing lock (none for `w!`); a cdrom's changes
+        /// with its medium.
+        lock: Option<Arc<Mutex<std::fs::File>>>,
     },
     /// A virtio-net NIC.
     Nic {
@@ -314,6 +321,12 @@ fn flock(file: &std::fs::File, op: libc::c_int) -> io::Result<()> {
 /// Opens a disk's image or block device as the VMM uses it (read-only for `r` disks), without
 /// its lock: what the VMM opens before it confines itself.
 pub fn open_disk_file(d: &DiskDevice) -> Result<std::fs::File, SlotError> {
+    if d.cdrom && d.path.as_os_str().is_empty() {
+        return empty_medium().map_err(|source| SlotError::OpenDisk {
+            path: format!("(empty {})", d.vdev),
+            source,
+        });
+    }
     OpenOptions::new()
         .read(true)
         .write(!d.read_only)
@@ -347,6 +360,16 @@ pub fn disk_image(
                 source,
             }),
     }
+}
+
+/// What an empty cdrom drive reads: an empty anonymous file (capacity 0).
+pub fn empty_medium() -> io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"rxen-empty-cdrom",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    Ok(std::fs::File::from(fd))
 }
 
 fn open_disk(
@@ -589,12 +612,12 @@ impl VirtioSlots {
         let lock = if shared {
             None
         } else {
-            Some(Arc::new(
+            Some(Arc::new(Mutex::new(
                 image
                     .file()
                     .try_clone()
                     .map_err(sys("duplicate a disk fd"))?,
-            ))
+            )))
         };
         let block = Block::with_image(
             image,
@@ -930,7 +953,7 @@ impl VirtioSlots {
                 lock: Some(file), ..
             } = &d.kind
             {
-                let _ = flock(file, libc::LOCK_UN);
+                let _ = flock(&lock(file), libc::LOCK_UN);
             }
         }
     }
@@ -946,7 +969,7 @@ impl VirtioSlots {
                 ..
             } = &d.kind
             {
-                while flock(file, lock_op(spec)).is_err() {
+                while flock(&lock(file), lock_op(spec)).is_err() {
                     if Instant::now() >= until {
                         return Err(SlotError::DiskInUse(spec.path.display().to_string()));
                     }
@@ -968,6 +991,51 @@ impl VirtioSlots {
     pub fn announce_attach(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.changed();
+    }
+
+    /// Puts a new medium (`file`; an empty file for none) in the cdrom drive `devid`, taking
+    /// its shared sharing lock, and tells the guest (a configuration-change interrupt with the
+    /// new capacity). Returns the capacity in 512-byte sectors.
+    pub fn change_media(&self, devid: u32, file: std::fs::File) -> Result<u64, SlotError> {
+        let slot = self.slot_of(true, devid)?;
+        let Some(dev) = self.read_slots().get(slot).cloned().flatten() else {
+            return Err(SlotError::NotFound {
+                kind: "disk",
+                devid,
+            });
+        };
+        let SlotKind::Disk {
+            spec, lock: held, ..
+        } = &dev.kind
+        else {
+            return Err(SlotError::NotFound {
+                kind: "disk",
+                devid,
+            });
+        };
+        if !spec.cdrom {
+            return Err(SlotError::NotCdrom(spec.vdev.clone()));
+        }
+        if held.is_some() && flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_err() {
+            return Err(SlotError::DiskInUse(format!(
+                "the medium for {}",
+                spec.vdev
+            )));
+        }
+        let keep = file.try_clone().map_err(sys("duplicate a medium's fd"))?;
+        let mut t = lock(&dev.transport);
+        let sectors = t
+            .device_mut()
+            .change_media(file)
+            .map_err(|e| SlotError::Media(spec.vdev.clone(), e.to_string()))?;
+        if let Some(h) = held {
+            // The old medium's lock goes with its last descriptor.
+            *lock(h) = keep;
+        }
+        if let Err(e) = t.config_changed() {
+            tracing::warn!(vdev = %spec.vdev, "cannot raise the configuration interrupt: {e}");
+        }
+        Ok(sectors)
     }
 
     /// Finds the slot of the disk or NIC `devid`.

@@ -161,9 +161,9 @@ const DEVICE_IO: &[i64] = &[
 ];
 
 /// The control thread's calls beyond the others': its sockets (accepting rxend's requests and
-/// the descriptors they carry: save files, hot-plugged disks and TAPs, migration connections),
-/// threads it starts (hotplug, migration), event fds. No call that names a path: every file it
-/// needs at run time is a descriptor it holds.
+/// the descriptors they carry: save files, core files, hot-plugged disks and TAPs, migration
+/// connections), threads it starts (hotplug, migration), event fds. No call that names a path:
+/// every file it needs at run time is a descriptor it holds.
 const CONTROL: &[i64] = &[
     libc::SYS_accept4,
     libc::SYS_recvmsg,
