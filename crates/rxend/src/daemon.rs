@@ -31,6 +31,7 @@ use crate::storage;
 use crate::vmm::{self, VmmError};
 
 mod memory_ops;
+mod pool_ops;
 mod recovery;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
@@ -88,6 +89,12 @@ pub enum DaemonError {
     /// The VMM failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// The pool refused, or its etcd could not be reached.
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
+    /// A pool request on a host that is in no pool.
+    #[error("this host is in no pool ([pool] in rxend.toml)")]
+    NoPool,
     /// State could not be written.
     #[error("cannot write {path}: {source}")]
     Persist {
@@ -176,6 +183,8 @@ pub struct Daemon {
     ended: Mutex<std::collections::VecDeque<(ExitReason, DomainRecord)>>,
     /// Domains being reset (`rxl trigger reset`): their VMM's end counts as a reboot.
     resetting: Mutex<std::collections::BTreeSet<u32>>,
+    /// The pool this host is in (`[pool]` in rxend.toml), once joined.
+    pool: std::sync::OnceLock<std::sync::Arc<crate::pool::Pool>>,
 }
 
 /// How many ended domains [`Daemon::ended`] remembers.
@@ -294,6 +303,7 @@ impl Daemon {
             rotate_warned: Mutex::new(std::collections::HashMap::new()),
             ended: Mutex::new(std::collections::VecDeque::new()),
             resetting: Mutex::new(std::collections::BTreeSet::new()),
+            pool: std::sync::OnceLock::new(),
             _lock: lock,
             cgroups,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),
@@ -408,6 +418,9 @@ impl Daemon {
     }
 
     fn save(&self, rec: &DomainRecord) -> Result<(), DaemonError> {
+        if let Some(pool) = self.pool.get() {
+            pool.nudge();
+        }
         self.store.save(rec).map_err(|source| DaemonError::Persist {
             path: self.paths.records_dir(),
             source,
@@ -720,6 +733,22 @@ impl Daemon {
     ) -> Result<Created, DaemonError> {
         check_name(&config.name)?;
         let kernel = kernel_source(&config, config_path.as_deref())?;
+        // In a pool the name must be free on the other hosts too. A domain received by
+        // migration keeps its name: its key passes from the source to this host.
+        if self
+            .table()
+            .domains
+            .values()
+            .any(|e| e.rec.name == config.name)
+        {
+            return Err(DaemonError::NameTaken(config.name.clone()));
+        }
+        let pool = self.pool.get().map(std::sync::Arc::clone);
+        let received = incoming.is_some();
+        let _claim = match &pool {
+            Some(p) if !received => Some(p.claim(&config)?),
+            _ => None,
+        };
         let uuid = config
             .uuid
             .clone()
@@ -826,6 +855,9 @@ impl Daemon {
                 let rec = e.rec.clone();
                 drop(t);
                 self.save(&rec)?;
+                if let (Some(p), true) = (&pool, received) {
+                    p.take_over(&name);
+                }
                 let sched_warnings = self.apply_sched(domid, l.pid, &config, true);
                 self.log.info(format!(
                     "domain {domid} ({name}) started: VMM pid {}, {} MiB, {} vCPUs{}",

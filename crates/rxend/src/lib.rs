@@ -16,6 +16,7 @@ pub mod log;
 pub mod metrics;
 pub mod network;
 pub mod paths;
+pub mod pool;
 pub mod procfs;
 pub mod record;
 pub mod relocation;
