@@ -1158,6 +1158,21 @@ impl Daemon {
         }
         check_name(new_name)?;
         let (id, _) = self.guest(caller, r, "renamed")?;
+        // In a pool the new name must be free on the other hosts too.
+        let pool = self.pool.get().map(std::sync::Arc::clone);
+        let _claim = match &pool {
+            Some(p) => {
+                let mut config = self
+                    .table()
+                    .domains
+                    .get(&id)
+                    .map(|e| e.rec.config.clone())
+                    .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+                config.name = new_name.to_string();
+                Some(p.claim(&config)?)
+            }
+            None => None,
+        };
         let rec = {
             let mut t = self.table();
             if t.domains
