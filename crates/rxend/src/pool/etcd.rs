@@ -396,35 +396,44 @@ impl Etcd {
         path: &str,
         body: &B,
     ) -> Result<String, EtcdError> {
-        let token_used = self.token();
-        match self.call_once(op, path, body, token_used.as_deref()) {
-            // An expired or revoked token: authenticate again, once.
-            Err(EtcdError::Refused { code: 16, .. }) if self.credentials.is_some() => {
+        let token = self.token()?;
+        match self.call_once(op, path, body, token.as_deref()) {
+            // An expired or revoked token, or authentication turned on since: authenticate
+            // again, once.
+            Err(EtcdError::Refused { code, message, .. })
+                if self.credentials.is_some()
+                    && (code == 16 || message.contains("user name is empty")) =>
+            {
                 *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                let token = self.token();
+                let token = self.token()?;
                 self.call_once(op, path, body, token.as_deref())
             }
             other => other,
         }
     }
 
-    /// The auth token, fetched when missing (`None` without credentials or when etcd cannot be
-    /// reached; the call that follows then reports why).
-    fn token(&self) -> Option<String> {
-        let (user, password) = self.credentials.as_ref()?;
+    /// The auth token, fetched when missing; `None` without credentials.
+    fn token(&self) -> Result<Option<String>, EtcdError> {
+        let Some((user, password)) = self.credentials.as_ref() else {
+            return Ok(None);
+        };
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         if t.is_none() {
             let req = AuthReq {
                 name: user,
                 password,
             };
-            if let Ok(text) = self.call_once("authenticate", "/v3/auth/authenticate", &req, None) {
-                if let Ok(a) = serde_json::from_str::<AuthResp>(&text) {
-                    *t = Some(a.token);
-                }
-            }
+            *t = match self.call_once("authenticate", "/v3/auth/authenticate", &req, None) {
+                Ok(text) => Some(Self::parse::<AuthResp>("authenticate", &text)?.token),
+                // An etcd without authentication: no token is needed (an empty one stands
+                // for that until etcd asks for one).
+                Err(EtcdError::Refused {
+                    code: 9, message, ..
+                }) if message.contains("authentication is not enabled") => Some(String::new()),
+                Err(e) => return Err(e),
+            };
         }
-        t.clone()
+        Ok(t.clone().filter(|t| !t.is_empty()))
     }
 
     fn call_once<B: Serialize>(
