@@ -31,22 +31,37 @@ fn free_port() -> u16 {
 pub struct TestEtcd {
     /// Where its data and log live.
     pub dir: tempfile::TempDir,
+    /// The network namespace it runs in (`None`: this one) and its address there.
+    netns: Option<String>,
+    addr: String,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
 }
 
 impl TestEtcd {
-    /// Starts one on free ports and waits until it answers.
+    /// Starts one on free loopback ports and waits until it answers.
     pub fn start() -> TestEtcd {
+        TestEtcd::launch(None, "127.0.0.1", free_port(), free_port())
+    }
+
+    /// Starts one inside network namespace `netns`, on `addr` (an address there), ports 2379
+    /// and 2380 (the namespace is the test's own), and waits until it answers.
+    pub fn start_in(netns: &str, addr: &str) -> TestEtcd {
+        TestEtcd::launch(Some(netns.to_string()), addr, 2379, 2380)
+    }
+
+    fn launch(netns: Option<String>, addr: &str, client_port: u16, peer_port: u16) -> TestEtcd {
         let dir = tempfile::Builder::new()
             .prefix("rxen-etcd-")
             .tempdir()
             .expect("tempdir");
         let mut e = TestEtcd {
             dir,
-            client_port: free_port(),
-            peer_port: free_port(),
+            netns,
+            addr: addr.to_string(),
+            client_port,
+            peer_port,
             child: None,
         };
         e.restart();
@@ -55,7 +70,7 @@ impl TestEtcd {
 
     /// Its client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.addr, self.client_port)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -85,8 +100,16 @@ impl TestEtcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(etcd_binary())
+        let peer = format!("http://{}:{}", self.addr, self.peer_port);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(etcd_binary());
+                c
+            }
+            None => Command::new(etcd_binary()),
+        };
+        let child = cmd
             .arg("--name")
             .arg("rxen-test")
             .arg("--data-dir")
@@ -116,9 +139,30 @@ impl TestEtcd {
         }
     }
 
-    /// Whether it answers `GET /health` with `"health":"true"`.
+    /// Whether it answers `GET /health` with `"health":"true"` (asked from its namespace).
     pub fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let Some(ns) = self.netns.clone() else {
+            return self.ask_health();
+        };
+        // A thread of its own enters the namespace (setns changes only the calling thread).
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let Ok(f) = fs::File::open(format!("/run/netns/{ns}")) else {
+                        return false;
+                    };
+                    if nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                        return false;
+                    }
+                    self.ask_health()
+                })
+                .join()
+                .unwrap_or(false)
+        })
+    }
+
+    fn ask_health(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect((self.addr.as_str(), self.client_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -130,6 +174,35 @@ impl TestEtcd {
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
         answer.contains("\"health\":\"true\"")
+    }
+
+    /// Posts `body` (JSON) to etcd's gateway at `path` (an etcd on loopback only); the answer.
+    pub fn post(&self, path: &str, body: &str) -> String {
+        assert!(self.netns.is_none(), "post to a loopback etcd only");
+        let mut s = TcpStream::connect((self.addr.as_str(), self.client_port)).expect("etcd");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        write!(
+            s,
+            "POST {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .expect("send");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    }
+
+    /// Turns on etcd's authentication with user `root` (role root) and `password`.
+    pub fn enable_auth(&self, password: &str) {
+        self.post("/v3/auth/role/add", r#"{"name":"root"}"#);
+        let user = format!(r#"{{"name":"root","password":"{password}"}}"#);
+        let added = self.post("/v3/auth/user/add", &user);
+        assert!(added.contains("200 OK"), "{added}");
+        self.post("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#);
+        let on = self.post("/v3/auth/enable", "{}");
+        assert!(on.contains("200 OK"), "{on}");
     }
 
     /// Its log.

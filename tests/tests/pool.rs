@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rxen_e2e::etcd::TestEtcd;
-use rxen_e2e::{unique, wait_until, Console, Host};
+use rxen_e2e::{unique, wait_until, Console, Host, NetPair};
 
 /// The hosts' lease, seconds: short, so that a dead host shows as down quickly.
 const TTL: u64 = 3;
@@ -288,6 +288,107 @@ fn three_hosts_share_one_view_and_ride_out_etcd_and_host_failures() {
     for con in cons.iter_mut() {
         assert_runs(con);
     }
+}
+
+#[test]
+fn a_migrated_domain_moves_to_its_new_host_in_the_pool() {
+    // Two hosts in network namespaces joined by a link; etcd runs in A's, on A's address.
+    let net = NetPair::new();
+    let etcd = TestEtcd::start_in(&net.a, net.addr_a);
+    let keys = tempfile::tempdir().expect("tmp");
+    let key = keys.path().join("relocation.key");
+    std::fs::write(&key, "a shared secret of enough length\n").expect("key");
+    let key = key.display().to_string();
+    let allow = format!("\"^{}$\"", net.addr_a.replace('.', "\\\\."));
+    let pool = format!("p{}", unique());
+    let config = |addr: &str, host: &str| {
+        format!(
+            "{}relocation-address = \"{addr}:8002\"\n[relocation]\nserver = true\naddress = \"{addr}\"\n\
+             port = 8002\nhosts-allow = [{allow}]\nkey-file = \"{key}\"\n",
+            pool_config(&etcd, &pool, host)
+        )
+    };
+    let a = Host::start_in(&net.a, &config(net.addr_a, "a"));
+    let b = Host::start_in(&net.b, &config(net.addr_b, "b"));
+    wait_until(SLOW, "B's relocation server listens", || {
+        b.rxend_log().contains("relocation server listening")
+    });
+    let hosts = [("a", &a), ("b", &b)];
+    let name = format!("pm-{}", unique());
+    let mut con = a.create_guest(&name, 1, 16, "");
+    wait_until(SLOW, "the domain is in the pool on A", || {
+        hosts_show(&hosts, &[("a", "up", 1), ("b", "up", 0)])
+    });
+    assert_pool_agrees(&hosts, &b);
+    let before = con.heartbeat();
+    drop(con);
+
+    let out = a.rxl(&["migrate", "--key", &key, &name, net.addr_b]);
+    assert!(
+        out.status.success(),
+        "migrate: {}\nA: {}\nB: {}",
+        String::from_utf8_lossy(&out.stderr),
+        a.rxend_log(),
+        b.rxend_log()
+    );
+    // The key passes to B; A, whose domain ended by leaving, does not take it back or
+    // delete it.
+    wait_until(SLOW, "the pool shows the domain on B", || {
+        hosts_show(&hosts, &[("a", "up", 0), ("b", "up", 1)])
+    });
+    let settled = std::time::Instant::now();
+    while settled.elapsed() < Duration::from_secs(TTL * 2) {
+        assert_pool_agrees(&hosts, &a);
+        assert!(hosts_show(&hosts, &[("a", "up", 0), ("b", "up", 1)]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let row = pool_list(&a);
+    assert_eq!(row.len(), 1);
+    assert_eq!(
+        (row[0][0].as_str(), row[0][6].as_str()),
+        (name.as_str(), "b")
+    );
+    let mut con = b.console(&name);
+    wait_until(SLOW, "the heartbeat goes on on B", || {
+        con.heartbeat() > before
+    });
+    drop(con);
+}
+
+#[test]
+fn hosts_log_in_to_an_etcd_with_authentication() {
+    let etcd = TestEtcd::start();
+    etcd.enable_auth("the root password");
+    let pool = format!("p{}", unique());
+    let dir = tempfile::tempdir().expect("tmp");
+    let with_password = |host: &str, password: &str| {
+        let file = dir.path().join(format!("{host}.password"));
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        format!(
+            "{}user = \"root\"\npassword-file = \"{}\"\n",
+            pool_config(&etcd, &pool, host),
+            file.display()
+        )
+    };
+    let good = Host::start_configured(&with_password("good", "the root password"));
+    let bad = Host::start_configured(&with_password("bad", "not the password"));
+    let anonymous = Host::start_configured(&pool_config(&etcd, &pool, "anonymous"));
+    wait_until(SLOW, "the host with the password registers", || {
+        hosts_show(&[("good", &good)], &[("good", "up", 0)])
+    });
+    for (h, why) in [
+        (&bad, "authentication failed"),
+        (&anonymous, "user name is empty"),
+    ] {
+        wait_until(SLOW, "the refusal is in the log", || {
+            h.rxend_log().contains(why)
+        });
+        let out = h.rxl(&["host-list"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{err}");
+    }
+    // Only the host that logged in is in the pool.
+    assert_eq!(host_list(&good).len(), 1);
 }
 
 #[test]
