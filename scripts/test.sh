@@ -36,6 +36,8 @@ command -v iasl >/dev/null 2>&1 || missing+=(acpica-tools)
 command -v mkfs.ext4 >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 # The pool tests start an etcd of their own (Debian's etcd-server: etcd 3.4 or later).
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# ... and make its TLS certificates with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "scripts/test.sh: installing ${missing[*]}" >&2

@@ -33,6 +33,8 @@ pub struct TestEtcd {
     pub dir: tempfile::TempDir,
     /// The network namespace it runs in (`None`: this one) and its address there.
     netns: Option<String>,
+    /// Its TLS files, when clients reach it over https.
+    tls: Option<TlsFiles>,
     addr: String,
     client_port: u16,
     peer_port: u16,
@@ -51,6 +53,26 @@ impl TestEtcd {
         TestEtcd::launch(Some(netns.to_string()), addr, 2379, 2380)
     }
 
+    /// Starts one on free loopback ports serving clients over TLS only, with a certificate of
+    /// `tls`'s CA and client certificates required (`--client-cert-auth`).
+    pub fn start_tls(tls: &TlsFiles) -> TestEtcd {
+        let dir = tempfile::Builder::new()
+            .prefix("rxen-etcd-")
+            .tempdir()
+            .expect("tempdir");
+        let mut e = TestEtcd {
+            dir,
+            netns: None,
+            tls: Some(tls.clone()),
+            addr: "127.0.0.1".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        };
+        e.restart();
+        e
+    }
+
     fn launch(netns: Option<String>, addr: &str, client_port: u16, peer_port: u16) -> TestEtcd {
         let dir = tempfile::Builder::new()
             .prefix("rxen-etcd-")
@@ -59,6 +81,7 @@ impl TestEtcd {
         let mut e = TestEtcd {
             dir,
             netns,
+            tls: None,
             addr: addr.to_string(),
             client_port,
             peer_port,
@@ -70,7 +93,8 @@ impl TestEtcd {
 
     /// Its client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.addr, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.addr, self.client_port)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -109,6 +133,15 @@ impl TestEtcd {
             }
             None => Command::new(etcd_binary()),
         };
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
         let child = cmd
             .arg("--name")
             .arg("rxen-test")
@@ -139,8 +172,16 @@ impl TestEtcd {
         }
     }
 
-    /// Whether it answers `GET /health` with `"health":"true"` (asked from its namespace).
+    /// Whether it answers `GET /health` with `"health":"true"` (asked from its namespace);
+    /// over TLS, whether it says in its log that it serves clients (etcd's own gateway, which
+    /// dials etcd with the server's certificate, is up then too).
     pub fn healthy(&self) -> bool {
+        if self.tls.is_some() {
+            return self.log().contains(&format!(
+                "serving client requests on {}:{}",
+                self.addr, self.client_port
+            ));
+        }
         let Some(ns) = self.netns.clone() else {
             return self.ask_health();
         };
@@ -214,5 +255,102 @@ impl TestEtcd {
 impl Drop for TestEtcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A test CA and the certificates it signed: etcd's (for 127.0.0.1) and a client's.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// etcd's certificate and key.
+    pub server_cert: PathBuf,
+    /// etcd's key.
+    pub server_key: PathBuf,
+    /// A client certificate and key.
+    pub client_cert: PathBuf,
+    /// The client's key.
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a CA and its two certificates in `dir` with openssl (P-256 keys, two days).
+    pub fn make(dir: &std::path::Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is missing (scripts/test.sh installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rxen test CA",
+        ]);
+        run(&ca);
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, pem, extfile) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.pem"),
+                format!("{who}.ext"),
+            );
+            fs::write(dir.join(&extfile), ext).expect("extfile");
+            let mut req = vec!["req"];
+            req.extend(ec);
+            let subj = format!("/CN=rxen test {who}");
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run(&req);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ]);
+        }
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
     }
 }

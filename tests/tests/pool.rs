@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rxen_e2e::etcd::TestEtcd;
+use rxen_e2e::etcd::{TestEtcd, TlsFiles};
 use rxen_e2e::{unique, wait_until, Console, Host, NetPair};
 
 /// The hosts' lease, seconds: short, so that a dead host shows as down quickly.
@@ -388,6 +388,49 @@ fn hosts_log_in_to_an_etcd_with_authentication() {
         assert!(!out.status.success() && err.contains(why), "{err}");
     }
     // Only the host that logged in is in the pool.
+    assert_eq!(host_list(&good).len(), 1);
+}
+
+#[test]
+fn hosts_reach_etcd_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tls = TlsFiles::make(dir.path());
+    let etcd = TestEtcd::start_tls(&tls);
+    let pool = format!("p{}", unique());
+    let base = |host: &str| pool_config(&etcd, &pool, host);
+    let good = Host::start_configured(&format!(
+        "{}ca-file = \"{}\"\ncert-file = \"{}\"\nkey-file = \"{}\"\n",
+        base("good"),
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    ));
+    // Trusts etcd but has no client certificate; and one that does not trust etcd's CA.
+    let no_cert = Host::start_configured(&format!(
+        "{}ca-file = \"{}\"\n",
+        base("nocert"),
+        tls.ca.display()
+    ));
+    let no_ca = Host::start_configured(&base("noca"));
+    wait_until(SLOW, "the host with a client certificate registers", || {
+        hosts_show(&[("good", &good)], &[("good", "up", 0)])
+    });
+    for h in [&no_cert, &no_ca] {
+        wait_until(SLOW, "the refusal is in the log", || {
+            h.rxend_log().contains("domains keep running")
+        });
+        let out = h.rxl(&["host-list"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("etcd unreachable"),
+            "{err}"
+        );
+    }
+    assert!(
+        no_ca.rxend_log().to_lowercase().contains("certificate"),
+        "{}",
+        no_ca.rxend_log()
+    );
     assert_eq!(host_list(&good).len(), 1);
 }
 
