@@ -109,7 +109,7 @@ impl Keeper {
         if self.lease != 0 && due {
             if self.pool.etcd.keep_alive(self.lease)? {
                 self.renewed = Instant::now();
-                self.write_host()?;
+                self.write_host(self.lease)?;
             } else {
                 self.daemon.log.warn(format!(
                     "pool {}: lease {:x} of host {} expired; registering again",
@@ -124,13 +124,13 @@ impl Keeper {
         self.publish(due)
     }
 
-    /// Grants a lease, writes the host's keys and takes stock of the domain keys in etcd.
+    /// Grants a lease, writes the host's keys and takes stock of the domain keys in etcd. The
+    /// host counts as registered only once all of that is done (a lease granted by a round
+    /// that failed half-way just expires).
     fn register(&mut self) -> Result<(), EtcdError> {
         let ttl = i64::try_from(self.pool.ttl).unwrap_or(i64::MAX);
         let lease = self.pool.etcd.grant(ttl)?;
-        self.lease = lease;
-        self.renewed = Instant::now();
-        self.write_host()?;
+        self.write_host(lease)?;
         // Whatever etcd holds for this host is rewritten (etcd may have lost it, or hold what
         // an earlier rxend wrote), and keys of domains that no longer run here go.
         self.published.clear();
@@ -169,6 +169,8 @@ impl Keeper {
                     .delete_if_unchanged(&kv.key, kv.mod_revision)?;
             }
         }
+        self.lease = lease;
+        self.renewed = Instant::now();
         self.daemon.log.info(format!(
             "pool {}: host {} registered (lease {lease:x}, {} s), {} domains",
             self.pool.name,
@@ -180,13 +182,13 @@ impl Keeper {
     }
 
     /// Writes the host's figures: under the lease, and as a member (kept when the lease ends).
-    fn write_host(&self) -> Result<(), EtcdError> {
+    fn write_host(&self, lease: i64) -> Result<(), EtcdError> {
         let (free, total) = self.daemon.pool_memory();
         let rec = self.pool.host_record(free, total);
         let value = serde_json::to_vec(&rec).unwrap_or_default();
         self.pool
             .etcd
-            .put(&self.pool.keys.alive(&self.pool.host), &value, self.lease)?;
+            .put(&self.pool.keys.alive(&self.pool.host), &value, lease)?;
         self.pool
             .etcd
             .put(&self.pool.keys.member(&self.pool.host), &value, 0)
