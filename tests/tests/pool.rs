@@ -168,6 +168,19 @@ fn three_hosts_share_one_view_and_ride_out_etcd_and_host_failures() {
             "{err}"
         );
         assert_pool_agrees(&hosts, &hs[2]);
+        // So is renaming a domain to it; renamed to a free name, the pool follows.
+        let out = hs[1].rxl(&["rename", &guests[1], &guests[0]]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("on host h1"), "{err}");
+        let renamed = format!("renamed-{tag}");
+        hs[1].rxl_ok(&["rename", &guests[1], &renamed]);
+        wait_until(SLOW, "the pool shows the new name", || {
+            let rows = pool_list(&hs[0]);
+            rows.iter().any(|r| r[0] == renamed && r[6] == "h2")
+                && rows.iter().all(|r| r[0] != guests[1])
+        });
+        assert_pool_agrees(&hosts, &hs[0]);
 
         // A domain that ends leaves the pool; its name is free again.
         hs[2].rxl_ok(&["destroy", &guests[2]]);
@@ -225,9 +238,16 @@ fn three_hosts_share_one_view_and_ride_out_etcd_and_host_failures() {
         while outage.elapsed() < Duration::from_secs(TTL * 2) {
             std::thread::sleep(Duration::from_millis(200));
         }
+        // One line when etcd went, and one a minute after that, whatever the retries.
+        let allowed = 1 + outage.elapsed().as_secs() as usize / 60;
         for (h, b) in hs.iter().zip(&before) {
             assert_eq!(own_list(h).len(), 1);
-            assert_eq!(unreachable_lines(h) - b, 1, "{}", h.rxend_log());
+            let lines = unreachable_lines(h) - b;
+            assert!(
+                (1..=allowed).contains(&lines),
+                "{lines} lines: {}",
+                h.rxend_log()
+            );
         }
         etcd.restart();
         wait_until(SLOW, "the hosts are back in etcd", || {
