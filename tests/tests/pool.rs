@@ -455,6 +455,36 @@ fn hosts_reach_etcd_over_tls_with_client_certificates() {
 }
 
 #[test]
+fn an_endpoint_that_is_down_is_passed_over() {
+    // As with a three-member etcd one of whose members is down: the first endpoint refuses
+    // connections, the second answers.
+    let etcd = TestEtcd::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let pool = format!("p{}", unique());
+    let config = pool_config(&etcd, &pool, "h").replace(
+        "endpoints = [",
+        &format!("endpoints = [\"http://127.0.0.1:{dead_port}\", "),
+    );
+    assert!(
+        config.contains(&format!("127.0.0.1:{dead_port}\", \"http")),
+        "{config}"
+    );
+    let h = Host::start_configured(&config);
+    wait_until(
+        SLOW,
+        "the host registers through the second endpoint",
+        || hosts_show(&[("h", &h)], &[("h", "up", 0)]),
+    );
+    assert!(
+        !h.rxend_log().contains("domains keep running"),
+        "{}",
+        h.rxend_log()
+    );
+}
+
+#[test]
 fn a_host_in_no_pool_says_so() {
     let h = Host::start();
     for args in [
