@@ -18,6 +18,9 @@ const REPEAT_WARNING: Duration = Duration::from_secs(60);
 /// The longest the keeper sleeps between two looks at the domain table.
 const POLL: Duration = Duration::from_secs(1);
 
+/// The shortest pause between two rounds.
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+
 /// A domain's key as this host last wrote it.
 struct Published {
     /// The key's modification revision after our write.
@@ -55,17 +58,23 @@ pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
         down_since: None,
     };
     loop {
-        match k.round() {
-            Ok(()) => k.reachable(),
-            Err(e) => k.unreachable(&e),
-        }
         let interval = k.pool.interval();
-        let due = if k.lease == 0 {
-            interval
-        } else {
-            interval.saturating_sub(k.renewed.elapsed())
+        let pause = match k.round() {
+            Ok(()) => {
+                k.reachable();
+                // Until the next renewal, looking at the domain table every second.
+                interval
+                    .saturating_sub(k.renewed.elapsed())
+                    .clamp(MIN_PAUSE, POLL)
+            }
+            Err(e) => {
+                k.unreachable(&e);
+                // The next try in an interval (a change to the domain table brings it
+                // forward): never a tight loop against an etcd that refuses at once.
+                interval
+            }
         };
-        k.pool.wait(due.min(POLL));
+        k.pool.wait(pause);
     }
 }
 
