@@ -115,6 +115,19 @@ fn unreachable_lines(h: &Host) -> usize {
         .count()
 }
 
+/// CPU time `h`'s rxend has used, seconds (user and system, from /proc).
+fn rxend_cpu_seconds(h: &Host) -> f64 {
+    let pid = h.rxend.as_ref().expect("rxend runs").id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("rxend's stat");
+    // The fields after the command (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').expect("stat").1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
 /// Asserts that a guest's heartbeat still grows (its domain runs on).
 fn assert_runs(con: &mut Console) {
     let first = con.heartbeat();
@@ -209,6 +222,8 @@ fn three_hosts_share_one_view_and_ride_out_etcd_and_host_failures() {
         // etcd goes away: the domains run on, rxl list still answers, creating is refused
         // (the name cannot be checked), and each host says so once, not at every retry.
         let before: Vec<usize> = hs.iter().map(unreachable_lines).collect();
+        let cpu_before: Vec<f64> = hs.iter().map(rxend_cpu_seconds).collect();
+        let cpu_since = std::time::Instant::now();
         etcd.stop();
         for h in &hs {
             wait_until(SLOW, "rxend notices etcd is gone", || {
@@ -237,6 +252,16 @@ fn three_hosts_share_one_view_and_ride_out_etcd_and_host_failures() {
         }
         while outage.elapsed() < Duration::from_secs(TTL * 2) {
             std::thread::sleep(Duration::from_millis(200));
+        }
+        // Retrying is not a busy loop: rxend stays far below a quarter of a CPU (a thread that
+        // retried at once would take all the CPU it is given).
+        let wall = cpu_since.elapsed().as_secs_f64();
+        for (h, b) in hs.iter().zip(&cpu_before) {
+            let used = rxend_cpu_seconds(h) - b;
+            assert!(
+                used < wall / 4.0,
+                "rxend used {used:.2} s of CPU in {wall:.1} s of outage"
+            );
         }
         // One line when etcd went, and one a minute after that, whatever the retries.
         let allowed = 1 + outage.elapsed().as_secs() as usize / 60;
