@@ -21,7 +21,8 @@ fi
 # Bridges and namespaces need iproute2; the PVH boot tests and the guest's
 # drivers on QEMU's microvm devices need QEMU; the stock-Linux tests
 # (scripts/linux-l1) need QEMU, a static busybox, cpio and objcopy; ACPICA's
-# disassembler checks rxen's ACPI tables; pygrub's tests build ext4 images.
+# disassembler checks rxen's ACPI tables; pygrub's tests build ext4 images;
+# the pool tests run etcd.
 # Install what is missing.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
@@ -40,6 +41,10 @@ command -v gdb >/dev/null 2>&1 || missing+=(gdb)
 command -v mkfs.ext4 >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 # The qcow2 tests make and check images with qemu-img and qemu-io.
 { command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || missing+=(qemu-utils)
+# The pool tests start an etcd of their own (Debian's etcd-server: etcd 3.4 or later).
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# ... and make its TLS certificates with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "scripts/test.sh: installing ${missing[*]}" >&2

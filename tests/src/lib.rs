@@ -9,6 +9,8 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
+
 /// The directory holding the built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -59,6 +61,12 @@ pub struct Host {
 impl Host {
     /// Starts a fresh rxend.
     pub fn start() -> Host {
+        Host::start_configured("")
+    }
+
+    /// Starts a fresh rxend with `config` in its config file (TOML; a `[sandbox]` uid range of
+    /// its own is added).
+    pub fn start_configured(config: &str) -> Host {
         assert!(
             Path::new("/dev/kvm").exists(),
             "/dev/kvm is missing: these tests boot real guests"
@@ -67,7 +75,11 @@ impl Host {
             .prefix("rxen-e2e-")
             .tempdir()
             .expect("tempdir");
-        fs::write(dir.path().join("rxend.toml"), sandbox_uids()).expect("rxend config");
+        fs::write(
+            dir.path().join("rxend.toml"),
+            format!("{config}\n{}", sandbox_uids()),
+        )
+        .expect("rxend config");
         let mut h = Host {
             dir,
             rxend: None,

@@ -356,6 +356,76 @@ pub enum Request {
         /// The ID the domain had.
         domid: u32,
     },
+    /// The hosts of this host's pool, read from etcd (`rxl host-list`).
+    PoolHosts,
+    /// Every domain of this host's pool, read from etcd (`rxl list --pool`).
+    PoolDomains,
+    /// Marks a host of the pool disabled or enabled again (`rxl host-disable`/`host-enable`).
+    PoolHostEnable {
+        /// The host's name in the pool.
+        host: String,
+        /// Enabled (`true`) or disabled.
+        enabled: bool,
+    },
+}
+
+/// A host's state in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolHostState {
+    /// Its lease is alive and it is enabled.
+    Up,
+    /// Its lease is alive and it was disabled (`rxl host-disable`).
+    Disabled,
+    /// Its lease expired: its rxend stopped, or cannot reach etcd.
+    DownLeaseExpired,
+}
+
+/// One host of a pool (`rxl host-list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolHost {
+    /// Its name in the pool.
+    pub name: String,
+    /// Up, disabled or down.
+    pub state: PoolHostState,
+    /// Whether it is disabled (also while down).
+    pub disabled: bool,
+    /// Memory domains may still be given, MiB (as the host last said).
+    pub mem_free_mib: u64,
+    /// Memory all domains together may be given, MiB.
+    pub mem_total_mib: u64,
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Its one-minute load average.
+    pub load: f64,
+    /// Domains of the pool on it.
+    pub domains: u32,
+    /// Its rxend's version.
+    pub version: String,
+    /// Its relocation server's address.
+    pub relocation_address: Option<String>,
+    /// When it last wrote its figures, seconds since the Unix epoch.
+    pub updated: f64,
+}
+
+/// One domain of a pool (`rxl list --pool`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolDomain {
+    /// Its name.
+    pub name: String,
+    /// The host it is on.
+    pub host: String,
+    /// Its ID there.
+    pub domid: u32,
+    /// Current memory, MiB.
+    pub memory_mib: u64,
+    /// Online vCPUs.
+    pub vcpus: u32,
+    /// Six-letter xl state (`r-----` running, `--p---` paused or starting, `---s--` shut down,
+    /// `-----d` being saved or migrated away).
+    pub state: String,
+    /// CPU time used, seconds (as of its host's last refresh).
+    pub cpu_time_s: f64,
 }
 
 /// One CPU pool, as `rxl cpupool-list` shows it.
@@ -710,6 +780,20 @@ pub enum Response {
     Ended {
         /// Why it ended; `None` when rxend does not remember the domain.
         reason: Option<crate::vmspec::ExitReason>,
+    },
+    /// The answer to `PoolHosts`, by name.
+    PoolHosts {
+        /// The pool's name.
+        pool: String,
+        /// Its hosts.
+        hosts: Vec<PoolHost>,
+    },
+    /// The answer to `PoolDomains`, by host then name.
+    PoolDomains {
+        /// The pool's name.
+        pool: String,
+        /// Its domains.
+        domains: Vec<PoolDomain>,
     },
     /// The request failed; `message` is one line for the user.
     Error {

@@ -20,6 +20,108 @@ pub struct RxendConfig {
     /// What this host admits.
     #[serde(default)]
     pub host: HostConfig,
+    /// The pool this host joins (none: a host on its own).
+    #[serde(default)]
+    pub pool: Option<PoolConfig>,
+}
+
+/// The `[pool]` section: the etcd that holds the pool, and this host's place in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PoolConfig {
+    /// etcd's client URLs (`http://HOST:PORT` or `https://HOST:PORT`), tried in order.
+    pub endpoints: Vec<String>,
+    /// The pool's name: its keys are under `/rxen/pools/NAME/`.
+    pub name: String,
+    /// This host's name in the pool (default: the hostname).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Where the other hosts reach this host's relocation server (`HOST:PORT`).
+    #[serde(default)]
+    pub relocation_address: Option<String>,
+    /// PEM file of the CA that signed etcd's certificate.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd (with `key-file`).
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's key.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// etcd user (with `password-file`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Seconds the host's lease lasts without renewal; it is renewed every third of that.
+    #[serde(default = "default_pool_ttl")]
+    pub ttl: u64,
+}
+
+fn default_pool_ttl() -> u64 {
+    10
+}
+
+/// Whether `s` can be one path element of an etcd key: not empty, printable, no `/`.
+fn key_element(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != '/')
+}
+
+impl PoolConfig {
+    /// This host's name: `host`, else the hostname.
+    pub fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+
+    /// Checks the section: endpoints given and URLs, names usable in keys, a sane TTL.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("[pool] endpoints names no etcd".into());
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!(
+                    "[pool] endpoint {e:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if !key_element(&self.name) {
+            return Err(format!(
+                "[pool] name {:?} must be 1 to 128 printable characters without '/' or spaces",
+                self.name
+            ));
+        }
+        let host = self.host_name();
+        if !key_element(&host) {
+            return Err(format!(
+                "[pool] host {host:?} must be 1 to 128 printable characters without '/' or spaces"
+            ));
+        }
+        if !(2..=3600).contains(&self.ttl) {
+            return Err(format!(
+                "[pool] ttl = {} is out of range (2 to 3600 seconds)",
+                self.ttl
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("[pool] cert-file and key-file go together".into());
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err("[pool] user and password-file go together".into());
+        }
+        Ok(())
+    }
 }
 
 /// The `[host]` section: admission control.
@@ -169,6 +271,7 @@ mod tests {
             assert!(c.sandbox.validate().is_err(), "{bad}");
         }
         assert!(RxendConfig::parse("[sandbox]\nuid = 5\n").is_err());
+        assert_eq!(d.pool, None);
         let c = RxendConfig::parse("[domains]\nsave-dir = \"/srv/save\"\nparallel = 2\n")
             .expect("domains");
         assert_eq!(c.domains.parallel, 2);
@@ -176,5 +279,30 @@ mod tests {
             c.domains.auto_dir,
             std::path::PathBuf::from("/etc/xen/auto")
         );
+    }
+
+    #[test]
+    fn pool_section_parses_with_defaults_and_checks_names() {
+        let c = RxendConfig::parse(
+            "[pool]\nendpoints = [\"http://10.0.0.1:2379\"]\nname = \"prod\"\nhost = \"h1\"\n",
+        )
+        .expect("parse");
+        let p = c.pool.expect("pool");
+        assert_eq!(p.ttl, 10);
+        assert_eq!(p.host_name(), "h1");
+        assert!(p.validate().is_ok());
+        for bad in [
+            "endpoints = []\nname = \"p\"",
+            "endpoints = [\"10.0.0.1:2379\"]\nname = \"p\"",
+            "endpoints = [\"http://e\"]\nname = \"a/b\"",
+            "endpoints = [\"http://e\"]\nname = \"p\"\nhost = \"\"",
+            "endpoints = [\"http://e\"]\nname = \"p\"\nttl = 1",
+            "endpoints = [\"http://e\"]\nname = \"p\"\nuser = \"u\"",
+        ] {
+            let c = RxendConfig::parse(&format!("[pool]\n{bad}\n")).expect(bad);
+            assert!(c.pool.expect("pool").validate().is_err(), "{bad}");
+        }
+        assert!(RxendConfig::parse("[pool]\nname = \"p\"\n").is_err());
+        assert!(RxendConfig::parse("[pool]\nendpoints = []\nname = \"p\"\nleader = 1\n").is_err());
     }
 }

@@ -32,6 +32,7 @@ use crate::record::{write_atomic, DomainRecord, DomainState, RecordStore};
 use crate::storage;
 use crate::vmm::{self, VmmError};
 
+mod cpupool_ops;
 mod memory_ops;
 mod pool_ops;
 mod recovery;
@@ -91,6 +92,12 @@ pub enum DaemonError {
     /// The VMM failed.
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// The pool refused, or its etcd could not be reached.
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
+    /// A pool request on a host that is in no pool.
+    #[error("this host is in no pool ([pool] in rxend.toml)")]
+    NoPool,
     /// State could not be written.
     #[error("cannot write {path}: {source}")]
     Persist {
@@ -162,7 +169,7 @@ pub struct Daemon {
     /// The cpusets that confine domains to their CPU pools (`None` when the host has none).
     cpusets: Option<crate::cpuset::Cpusets>,
     /// The CPU pool definitions.
-    pools: Mutex<crate::pools::PoolTable>,
+    pools: Mutex<crate::cpupools::PoolTable>,
     /// Domain-0's credit weight.
     dom0_weight: std::sync::atomic::AtomicU32,
     /// The relocation key file from rxend's config, used when `rxl migrate` names none.
@@ -183,6 +190,8 @@ pub struct Daemon {
     ended: Mutex<std::collections::VecDeque<(ExitReason, DomainRecord)>>,
     /// Domains being reset (`rxl trigger reset`): their VMM's end counts as a reboot.
     resetting: Mutex<std::collections::BTreeSet<u32>>,
+    /// The pool this host is in (`[pool]` in rxend.toml), once joined.
+    pool: std::sync::OnceLock<std::sync::Arc<crate::pool::Pool>>,
 }
 
 /// How many ended domains [`Daemon::ended`] remembers.
@@ -284,8 +293,8 @@ impl Daemon {
             .unwrap_or(1);
         let next_domid = stored_next.max(max_id + 1).max(1);
         let cgroups = sched_ops::open_cgroups(&sched, &log);
-        let cpusets = pool_ops::open_cpusets(sched.cgroup.as_deref(), &log);
-        let pools = Mutex::new(pool_ops::open_pools(&paths.cpupools_file(), &log));
+        let cpusets = cpupool_ops::open_cpusets(sched.cgroup.as_deref(), &log);
+        let pools = Mutex::new(cpupool_ops::open_pools(&paths.cpupools_file(), &log));
         let daemon = Daemon {
             paths,
             log,
@@ -303,6 +312,7 @@ impl Daemon {
             rotate_warned: Mutex::new(std::collections::HashMap::new()),
             ended: Mutex::new(std::collections::VecDeque::new()),
             resetting: Mutex::new(std::collections::BTreeSet::new()),
+            pool: std::sync::OnceLock::new(),
             _lock: lock,
             cgroups,
             cpusets,
@@ -419,6 +429,9 @@ impl Daemon {
     }
 
     fn save(&self, rec: &DomainRecord) -> Result<(), DaemonError> {
+        if let Some(pool) = self.pool.get() {
+            pool.nudge();
+        }
         self.store.save(rec).map_err(|source| DaemonError::Persist {
             path: self.paths.records_dir(),
             source,
@@ -733,6 +746,22 @@ impl Daemon {
         // Its CPU pool must exist here (a save file or migration may name one this host lacks).
         self.config_pool(&config)?;
         let kernel = kernel_source(&config, config_path.as_deref())?;
+        // In a pool the name must be free on the other hosts too. A domain received by
+        // migration keeps its name: its key passes from the source to this host.
+        if self
+            .table()
+            .domains
+            .values()
+            .any(|e| e.rec.name == config.name)
+        {
+            return Err(DaemonError::NameTaken(config.name.clone()));
+        }
+        let pool = self.pool.get().map(std::sync::Arc::clone);
+        let received = incoming.is_some();
+        let _claim = match &pool {
+            Some(p) if !received => Some(p.claim(&config)?),
+            _ => None,
+        };
         let uuid = config
             .uuid
             .clone()
@@ -850,6 +879,9 @@ impl Daemon {
                 let rec = e.rec.clone();
                 drop(t);
                 self.save(&rec)?;
+                if let (Some(p), true) = (&pool, received) {
+                    p.take_over(&name);
+                }
                 let sched_warnings = self.apply_sched(domid, l.pid, &config, true);
                 self.log.info(format!(
                     "domain {domid} ({name}) started: VMM pid {}, {} MiB, {} vCPUs{}",
@@ -1151,6 +1183,21 @@ impl Daemon {
         }
         check_name(new_name)?;
         let (id, _) = self.guest(caller, r, "renamed")?;
+        // In a pool the new name must be free on the other hosts too.
+        let pool = self.pool.get().map(std::sync::Arc::clone);
+        let _claim = match &pool {
+            Some(p) => {
+                let mut config = self
+                    .table()
+                    .domains
+                    .get(&id)
+                    .map(|e| e.rec.config.clone())
+                    .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+                config.name = new_name.to_string();
+                Some(p.claim(&config)?)
+            }
+            None => None,
+        };
         let rec = {
             let mut t = self.table();
             if t.domains

@@ -68,7 +68,10 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|t| RxendConfig::parse(&t))
             .and_then(|c| c.sandbox.validate().map(|()| c))
-        {
+            .and_then(|c| match &c.pool {
+                Some(p) => p.validate().map(|()| c),
+                None => Ok(c),
+            }) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("rxend: config file {}: {e}", p.display());
@@ -154,6 +157,16 @@ fn main() -> ExitCode {
             daemon.log.error(format!("relocation server: {e}"));
             eprintln!("rxend: relocation server: {e}");
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(p) = &config.pool {
+        match rxend::pool::Pool::new(p) {
+            Ok(pool) => daemon.join_pool(pool),
+            Err(e) => {
+                daemon.log.error(format!("[pool]: {e}"));
+                eprintln!("rxend: [pool]: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     let stopper = Arc::clone(&daemon);

@@ -503,6 +503,17 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             soft,
         } => result(daemon.vcpu_pin(caller, &domain, &vcpu, &hard, soft.as_deref())),
         Request::Counters => Reply::Plain(Response::Counters(daemon.counters(caller))),
+        Request::PoolHosts => match daemon.pool_hosts(caller) {
+            Ok((pool, hosts)) => Reply::Plain(Response::PoolHosts { pool, hosts }),
+            Err(e) => error(e),
+        },
+        Request::PoolDomains => match daemon.pool_domain_list(caller) {
+            Ok((pool, domains)) => Reply::Plain(Response::PoolDomains { pool, domains }),
+            Err(e) => error(e),
+        },
+        Request::PoolHostEnable { host, enabled } => {
+            result(daemon.pool_host_enable(caller, &host, enabled))
+        }
         Request::Ended { domid } => Reply::Plain(Response::Ended {
             reason: daemon.ended(caller, domid),
         }),

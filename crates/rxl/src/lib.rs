@@ -12,6 +12,7 @@ pub mod domains;
 pub mod format;
 pub mod libxl;
 pub mod pci;
+pub mod pool;
 pub mod power;
 pub mod sched;
 pub mod shell;

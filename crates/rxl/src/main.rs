@@ -79,10 +79,41 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             })?;
             started(&mut c, resp, console)
         }
+        Cmd::List { pool: true, .. } => {
+            let resp = connect()?.call(&Request::PoolDomains)?;
+            let Response::PoolDomains { domains, .. } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            print!("{}", rxl::pool::domain_table(&domains));
+            Ok(())
+        }
+        Cmd::HostList => {
+            let resp = connect()?.call(&Request::PoolHosts)?;
+            let Response::PoolHosts { hosts, .. } = resp else {
+                return Err(Failure(format!("unexpected answer: {resp:?}")));
+            };
+            print!("{}", rxl::pool::host_table(&hosts));
+            Ok(())
+        }
+        Cmd::HostDisable { host } => {
+            connect()?.call_ok(&Request::PoolHostEnable {
+                host,
+                enabled: false,
+            })?;
+            Ok(())
+        }
+        Cmd::HostEnable { host } => {
+            connect()?.call_ok(&Request::PoolHostEnable {
+                host,
+                enabled: true,
+            })?;
+            Ok(())
+        }
         Cmd::List {
             long,
             verbose,
             domains,
+            ..
         } => {
             let list = list(&mut connect()?, domains)?;
             if long {

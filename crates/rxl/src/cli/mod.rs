@@ -141,6 +141,9 @@ pub enum Cmd {
         /// Add UUID, reason code and security label columns.
         #[arg(short = 'v', long = "verbose")]
         verbose: bool,
+        /// Every domain of this host's pool, with a Host column (rxen; see docs/pools.md).
+        #[arg(long = "pool", conflicts_with_all = ["long", "verbose", "domains"])]
+        pool: bool,
         /// Domains to show (all when none).
         domains: Vec<String>,
     },
@@ -277,6 +280,21 @@ pub enum Cmd {
     BackupRestore {
         /// The backup's directory (as `rxl backup` printed it).
         dir: std::path::PathBuf,
+    },
+    /// List the hosts of this host's pool: state, memory, CPUs, domains (rxen; see docs/pools.md).
+    #[command(name = "host-list")]
+    HostList,
+    /// Mark a host of the pool disabled (rxen; see docs/pools.md).
+    #[command(name = "host-disable")]
+    HostDisable {
+        /// The host's name in the pool.
+        host: String,
+    },
+    /// Mark a disabled host of the pool enabled again (rxen; see docs/pools.md).
+    #[command(name = "host-enable")]
+    HostEnable {
+        /// The host's name in the pool.
+        host: String,
     },
     /// Save every running domain for a host shutdown; shut down those that cannot be saved (rxen: Xen's xendomains stop).
     HostShutdown,
