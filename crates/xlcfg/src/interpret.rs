@@ -950,7 +950,8 @@ fn read_disks(cx: &mut Cx<'_>) -> R<Vec<DiskSpec>> {
         };
         let empty = d.format == DiskFormat::Empty || d.target.as_deref().is_none_or(str::is_empty);
         // An empty cdrom drive starts with no medium; `rxl cd-insert` puts one in.
-        if !(d.is_cdrom && empty) && !matches!(d.format, DiskFormat::Raw | DiskFormat::Qcow2) {
+        let served = matches!(d.format, DiskFormat::Raw | DiskFormat::Qcow2);
+        if !(served || d.is_cdrom && empty) {
             refuse(format!(
                 "format {} is not supported: rxen serves raw and qcow2 images and block devices only",
                 d.format
