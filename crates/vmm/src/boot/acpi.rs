@@ -6,7 +6,7 @@ use crate::devices::acpi::GED_GSI;
 use crate::devices::i8042::{DATA_PORT, KEYBOARD_GSI};
 use crate::devices::rtc::{RTC_IRQ, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{COM1_GSI, COM1_LEN, COM1_PORT};
-use crate::devices::virtio_slots::{GSI_BASE, SLOT_BASE, SLOT_COUNT, SLOT_SIZE};
+use crate::devices::virtio_slots::{slot_gsi, SLOT_BASE, SLOT_COUNT, SLOT_SIZE};
 
 /// The description of an rxen machine with `vcpus` vCPUs: every virtio slot (occupied or
 /// not: each is present only while it holds a device), COM1, the i8042, the RTC and the GED.
@@ -18,7 +18,7 @@ pub fn machine(vcpus: u8) -> Machine {
                 // The slots sit below 4 GiB (0xD000_0000 + 16 pages).
                 base: (SLOT_BASE + i as u64 * SLOT_SIZE) as u32,
                 len: SLOT_SIZE as u32,
-                gsi: GSI_BASE + i as u32,
+                gsi: slot_gsi(i),
             })
             .collect(),
         ged_gsi: GED_GSI,

@@ -1,4 +1,4 @@
-//! The 16 virtio-mmio slots reserved at boot (0xD000_0000 + i * 0x1000, GSI 5 + i), the devices
+//! The 16 virtio-mmio slots reserved at boot (0xD000_0000 + i * 0x1000, GSIs from [`slot_gsi`]), the devices
 //! in them (virtio-blk, virtio-net), their irqfds, ioeventfds and I/O threads, and hotplug.
 //!
 //! Each device gets one I/O thread (see `docs/internals.md` for why): it waits on the device's
@@ -38,8 +38,17 @@ pub const SLOT_BASE: u64 = 0xD000_0000;
 pub const SLOT_SIZE: u64 = 0x1000;
 /// Number of slots.
 pub const SLOT_COUNT: usize = 16;
-/// GSI (IOAPIC pin) of slot 0.
-pub const GSI_BASE: u32 = 5;
+/// Each slot's GSI (IOAPIC pin): 5 + the slot's number, except slot 3, whose 5 + 3 = 8 is
+/// the RTC's ISA IRQ (Linux's rtc_cmos holds IRQ 8 unshared, so a fourth virtio device's
+/// interrupt was refused: "genirq: Flags mismatch ... (virtio) vs. (rtc0)"); it takes 21, the
+/// first pin after the others. The other slots keep their pins, so a domain saved before the
+/// change restores with the interrupts its guest programmed. Pin 22 is free and 23 is the GED's.
+const SLOT_GSIS: [u32; SLOT_COUNT] = [5, 6, 7, 21, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20];
+
+/// The GSI (IOAPIC pin) of `slot`'s interrupt.
+pub fn slot_gsi(slot: usize) -> u32 {
+    SLOT_GSIS.get(slot).copied().unwrap_or(SLOT_GSIS[0])
+}
 /// Hotplug generation port (read u32).
 pub const HOTPLUG_GEN_PORT: u16 = 0x514;
 /// Hotplug detach-request port (read u32, bit i = slot i).
@@ -199,7 +208,7 @@ fn describe(kind: &SlotKind) -> String {
 /// Registers (or with `on` false, unregisters) a device's irqfd and
 /// queue-notify ioeventfds for `slot`.
 fn wire(vm: &VmFd, dev: &SlotDev, slot: usize, on: bool) -> Result<(), SlotError> {
-    let gsi = GSI_BASE + slot as u32;
+    let gsi = slot_gsi(slot);
     let notify_addr = IoEventAddress::Mmio(slot_addr(slot) + QUEUE_NOTIFY_OFFSET);
     let registered = if notify_mode() == NotifyMode::Inline {
         &dev.notifies[..0]
@@ -278,13 +287,7 @@ fn slot_addr(slot: usize) -> u64 {
 /// `virtio_mmio.device=` entries for a Linux command line, one per occupied slot.
 pub fn linux_cmdline_entries(slots: usize) -> String {
     (0..slots.min(SLOT_COUNT))
-        .map(|i| {
-            format!(
-                " virtio_mmio.device=4K@{:#x}:{}",
-                slot_addr(i),
-                GSI_BASE + i as u32
-            )
-        })
+        .map(|i| format!(" virtio_mmio.device=4K@{:#x}:{}", slot_addr(i), slot_gsi(i)))
         .collect()
 }
 
@@ -577,7 +580,7 @@ impl VirtioSlots {
         format!(
             " virtio_mmio.device=4K@{:#x}:{}",
             slot_addr(slot),
-            GSI_BASE + slot as u32
+            slot_gsi(slot)
         )
     }
 
@@ -753,7 +756,7 @@ impl VirtioSlots {
             }
         }
         .ok_or(SlotError::Full)?;
-        let gsi = GSI_BASE + idx as u32;
+        let gsi = slot_gsi(idx);
         let new_evt = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
         let irq = new_evt().map_err(sys("create an event fd"))?;
         let queues = device.queue_max_sizes().len();
@@ -1181,6 +1184,30 @@ impl PioDevice for HotplugPorts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_slot_has_a_pin_of_its_own_that_no_legacy_device_holds() {
+        use crate::devices::acpi::GED_GSI;
+        use crate::devices::i8042::KEYBOARD_GSI;
+        use crate::devices::rtc::RTC_IRQ;
+        use crate::devices::serial::COM1_GSI;
+        let pins: Vec<u32> = (0..SLOT_COUNT).map(slot_gsi).collect();
+        let mut distinct = pins.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), SLOT_COUNT, "{pins:?}");
+        // 0: the PIT, 2: the PICs' cascade; 24 pins on the IOAPIC.
+        let taken = [0, 2, KEYBOARD_GSI, COM1_GSI, u32::from(RTC_IRQ), GED_GSI];
+        for (slot, pin) in pins.iter().enumerate() {
+            assert!(!taken.contains(pin), "slot {slot} on pin {pin}");
+            assert!(*pin < 24, "slot {slot} on pin {pin}");
+        }
+        // Slots other than 3 keep the pins domains saved before the change were given.
+        for slot in (0..SLOT_COUNT).filter(|s| *s != 3) {
+            assert_eq!(slot_gsi(slot), 5 + slot as u32);
+        }
+        assert!(linux_cmdline_entries(4).ends_with(" virtio_mmio.device=4K@0xd0003000:21"));
+    }
 
     #[test]
     fn cmdline_entries() {
