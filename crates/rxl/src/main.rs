@@ -492,6 +492,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             ratelimit,
             migration_delay,
             cpupool,
+            verbose,
         } => {
             let setting_params =
                 tslice.is_some() || ratelimit.is_some() || migration_delay.is_some();
@@ -504,6 +505,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 schedparam,
                 setting_params,
                 cpupool,
+                verbose,
             )
         }
         Cmd::SchedCredit2 {
@@ -522,6 +524,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             schedparam,
             ratelimit.is_some(),
             cpupool,
+            false,
         ),
         c @ (Cmd::CpupoolCreate { .. }
         | Cmd::CpupoolList { .. }
@@ -674,6 +677,7 @@ fn sched_credit(
     schedparam: bool,
     setting_params: bool,
     cpupool: Option<String>,
+    verbose: bool,
 ) -> Outcome {
     let args = sched::SchedArgs {
         domain: domain.clone(),
@@ -724,7 +728,10 @@ fn sched_credit(
             );
         }
         sched::SchedAction::Show => print!("{}", sched::sched_table(&entries, None)),
-        sched::SchedAction::Set | sched::SchedAction::PoolParams => {}
+        sched::SchedAction::Set | sched::SchedAction::PoolParams => return Ok(()),
+    }
+    if verbose {
+        print!("\n{}", sched::io_table(&entries));
     }
     Ok(())
 }
