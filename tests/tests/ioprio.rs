@@ -1,7 +1,8 @@
 //! Disk priorities follow the credit weight, on real guests under /dev/kvm:
 //! the I/O priority every disk I/O thread (`blk-<vdev>`) of a VMM holds in
 //! the kernel (read with `ioprio_get`) for weights 512 and 256, after
-//! `rxl sched-credit -w`, for a hot-plugged disk and after save/restore, the
+//! `rxl sched-credit -w`, for a hot-plugged disk, after save/restore and on
+//! the target of a migration, the
 //! cgroup I/O weight where the kernel offers one, and `rxl sched-credit -v`.
 
 use std::fs;
@@ -193,4 +194,32 @@ fn disk_threads_get_the_io_priority_of_the_credit_weight() {
     let p = prios(&host, "heavy");
     assert_eq!(p.len(), 3, "{p:?}");
     assert!(all_are(&p, (BE, 3)), "heavy after restore: {p:?}");
+}
+
+#[test]
+fn a_migrated_domain_gets_its_priority_on_the_target() {
+    let a = Host::start();
+    let b = Host::start();
+    let img = image(&a, "m.img", 2);
+    let _con = a.create_guest(
+        "mover",
+        1,
+        32,
+        &format!(
+            "cpu_weight = 2048\ndisk = [ 'file:{},xvda,w' ]",
+            img.display()
+        ),
+    );
+    assert!(all_are(&prios(&a, "mover"), (BE, 1)));
+    // xl's ssh transport with `-s ''`: HOST is run as the command, `rxl migrate-receive`
+    // against b's rxend, both on this machine.
+    let receiver = format!(
+        "env RXEN_SOCKET={} {} migrate-receive",
+        b.socket().display(),
+        rxen_e2e::bin("rxl").display()
+    );
+    a.rxl_ok(&["migrate", "-s", "", "mover", &receiver]);
+    let p = prios(&b, "mover");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(all_are(&p, (BE, 1)), "on the target: {p:?}");
 }
