@@ -163,14 +163,27 @@ pub fn get(tid: i32) -> Result<IoPrio, IoprioError> {
     IoPrio::from_raw(value).ok_or(IoprioError::Unknown { tid, value })
 }
 
-/// Gives every disk I/O thread of VMM `pid` the priority of `weight`; returns the threads set.
+/// Gives every disk I/O thread of VMM `pid` the priority of `weight` and returns them. A
+/// thread that ended meanwhile (a disk detached) is skipped; any other refusal does not stop
+/// the others and is returned once all were tried.
 pub fn apply(pid: i32, weight: u32) -> Result<Vec<ThreadInfo>, IoprioError> {
     let prio = for_weight(weight);
     let threads = disk_threads(pid);
+    let mut first_err = None;
     for t in &threads {
-        set(t.tid, prio)?;
+        match set(t.tid, prio) {
+            Ok(()) => {}
+            Err(IoprioError::Sys { ref source, .. })
+                if source.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
     }
-    Ok(threads)
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(threads),
+    }
 }
 
 #[cfg(test)]
