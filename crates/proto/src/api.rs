@@ -477,6 +477,23 @@ pub struct SchedEntry {
     /// The ID of its CPU pool (0: Pool-0).
     #[serde(default)]
     pub pool: u32,
+    /// Its disk I/O priorities as the kernel holds them (`rxl sched-credit -v`); `None` for
+    /// Domain-0 and domains not running.
+    #[serde(default)]
+    pub io: Option<SchedIo>,
+}
+
+/// A running domain's disk I/O priorities, read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedIo {
+    /// How many disk I/O threads (`blk-<vdev>`) its VMM has.
+    pub threads: u32,
+    /// Their I/O priority in ionice's words (`best-effort: prio 3`, `idle`); `mixed` when
+    /// they differ, `None` without disk threads.
+    pub prio: Option<String>,
+    /// The cgroup I/O weight file and its value (`io.weight`, 200); `None` when the kernel
+    /// offers none.
+    pub cgroup_weight: Option<(String, u64)>,
 }
 
 /// The pool parameters `xl sched-credit -s` prints, from what Linux's CFS uses under rxen

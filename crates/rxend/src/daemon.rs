@@ -7,6 +7,7 @@ mod config_update;
 mod dump_core;
 mod host_domains;
 mod hotplug;
+mod io_sched;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -166,6 +167,8 @@ pub struct Daemon {
     table: Mutex<Table>,
     /// CPU cgroups (`None` when the host has none or they are turned off).
     cgroups: Option<crate::cgroup::Cgroups>,
+    /// Cgroup I/O weights (`None` when the kernel offers no weight file; logged once).
+    io_weights: Option<crate::iocgroup::IoWeights>,
     /// The cpusets that confine domains to their CPU pools (`None` when the host has none).
     cpusets: Option<crate::cpuset::Cpusets>,
     /// The CPU pool definitions.
@@ -293,6 +296,7 @@ impl Daemon {
             .unwrap_or(1);
         let next_domid = stored_next.max(max_id + 1).max(1);
         let cgroups = sched_ops::open_cgroups(&sched, &log);
+        let io_weights = io_sched::open_io_weights(&sched, cgroups.as_ref(), &log);
         let cpusets = cpupool_ops::open_cpusets(sched.cgroup.as_deref(), &log);
         let pools = Mutex::new(cpupool_ops::open_pools(&paths.cpupools_file(), &log));
         let daemon = Daemon {
@@ -315,6 +319,7 @@ impl Daemon {
             pool: std::sync::OnceLock::new(),
             _lock: lock,
             cgroups,
+            io_weights,
             cpusets,
             pools,
             dom0_weight: std::sync::atomic::AtomicU32::new(sched.dom0_weight),

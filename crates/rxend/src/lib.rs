@@ -14,6 +14,8 @@ pub mod cpuset;
 pub mod daemon;
 pub mod failpoint;
 pub mod hostinfo;
+pub mod iocgroup;
+pub mod ioprio;
 pub mod known;
 pub mod log;
 pub mod metrics;

@@ -582,6 +582,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             ratelimit,
             migration_delay,
             cpupool,
+            verbose,
         } => {
             let setting_params =
                 tslice.is_some() || ratelimit.is_some() || migration_delay.is_some();
@@ -594,6 +595,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 schedparam,
                 setting_params,
                 cpupool,
+                verbose,
             )
         }
         Cmd::SchedCredit2 {
@@ -612,6 +614,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             schedparam,
             ratelimit.is_some(),
             cpupool,
+            false,
         ),
         c @ (Cmd::CpupoolCreate { .. }
         | Cmd::CpupoolList { .. }
@@ -764,6 +767,7 @@ fn sched_credit(
     schedparam: bool,
     setting_params: bool,
     cpupool: Option<String>,
+    verbose: bool,
 ) -> Outcome {
     let args = sched::SchedArgs {
         domain: domain.clone(),
@@ -814,7 +818,10 @@ fn sched_credit(
             );
         }
         sched::SchedAction::Show => print!("{}", sched::sched_table(&entries, None)),
-        sched::SchedAction::Set | sched::SchedAction::PoolParams => {}
+        sched::SchedAction::Set | sched::SchedAction::PoolParams => return Ok(()),
+    }
+    if verbose {
+        print!("\n{}", sched::io_table(&entries));
     }
     Ok(())
 }

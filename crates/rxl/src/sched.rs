@@ -151,6 +151,32 @@ pub fn sched_row(e: &SchedEntry) -> String {
     format!("{:<33} {:>4} {:>6} {:>4}", e.name, e.domid, e.weight, e.cap)
 }
 
+/// rxen's `sched-credit -v` table, printed after xl's: each domain's disk I/O threads, their
+/// I/O priority and its cgroup I/O weight, as the kernel holds them (`-` for none).
+pub fn io_table(entries: &[SchedEntry]) -> String {
+    let mut out = format!(
+        "{:<33} {:>4} {:>6} {:>7}  {:<20}  {}\n",
+        "Name", "ID", "Weight", "Disks", "I/O priority", "Cgroup I/O weight"
+    );
+    for e in entries {
+        let (threads, prio, cg) = match &e.io {
+            Some(io) => (
+                io.threads.to_string(),
+                io.prio.clone().unwrap_or_else(|| "-".into()),
+                io.cgroup_weight
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |(f, v)| format!("{f}={v}")),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "{:<33} {:>4} {:>6} {:>7}  {:<20}  {}\n",
+            e.name, e.domid, e.weight, threads, prio, cg
+        ));
+    }
+    out
+}
+
 /// The output of `xl sched-credit`: the pool line (when no domain was named),
 /// then the header and the rows.
 pub fn sched_table(entries: &[SchedEntry], pool: Option<&str>) -> String {
@@ -343,6 +369,36 @@ mod tests {
     }
 
     #[test]
+    fn io_table_follows_xls_table_with_what_the_kernel_holds() {
+        let e = |name: &str, domid, io| SchedEntry {
+            name: name.into(),
+            domid,
+            weight: 512,
+            cap: 0,
+            pool: 0,
+            io,
+        };
+        let t = io_table(&[
+            e("Domain-0", 0, None),
+            e(
+                "web",
+                3,
+                Some(rxen_proto::api::SchedIo {
+                    threads: 2,
+                    prio: Some("best-effort: prio 3".into()),
+                    cgroup_weight: Some(("io.weight".into(), 200)),
+                }),
+            ),
+        ]);
+        assert_eq!(
+            t,
+            "Name                                ID Weight   Disks  I/O priority          Cgroup I/O weight\n\
+             Domain-0                             0    512       -  -                     -\n\
+             web                                  3    512       2  best-effort: prio 3   io.weight=200\n"
+        );
+    }
+
+    #[test]
     fn sched_credit_matches_xl() {
         let p = SchedPoolParams {
             tslice_ms: 100,
@@ -357,6 +413,7 @@ mod tests {
                 weight: 1024,
                 cap: 0,
                 pool: 0,
+                io: None,
             }],
             Some(&line),
         );
@@ -394,6 +451,7 @@ mod tests {
                 weight: 1024,
                 cap: 0,
                 pool: 0,
+                io: None,
             },
             SchedEntry {
                 name: "w1".into(),
@@ -401,6 +459,7 @@ mod tests {
                 weight: 256,
                 cap: 0,
                 pool: 3,
+                io: None,
             },
         ];
         assert_eq!(

@@ -94,6 +94,8 @@ impl Daemon {
             c.disks.retain(|d| d.vdev != parsed.vdev);
             c.disks.push(parsed.clone());
         })?;
+        // The new disk's I/O thread gets the domain's I/O priority.
+        self.reapply_io(id);
         self.log.info(format!(
             "domain {id}: disk {} ({}) attached by {}",
             disk.vdev,

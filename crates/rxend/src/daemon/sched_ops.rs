@@ -168,6 +168,7 @@ impl Daemon {
             warnings
                 .push("cpu_weight and cap are not enforced: no CPU cgroups on this host".into());
         }
+        warnings.extend(self.apply_io(domid, pid, config.cpu_weight));
         if let (true, Some(aff)) = (pin, &config.cpus) {
             let host = host_cpus();
             for t in &threads {
@@ -218,6 +219,7 @@ impl Daemon {
     /// Removes a domain's cgroup once its VMM is gone.
     pub(super) fn remove_sched(&self, domid: u32) {
         self.remove_cpuset(domid);
+        self.remove_io(domid);
         if let Some(cg) = &self.cgroups {
             if let Err(e) = cg.remove_domain(domid, Duration::from_secs(2)) {
                 self.log
@@ -280,6 +282,7 @@ impl Daemon {
                         weight: self.dom0_weight.load(Ordering::Relaxed),
                         cap: 0,
                         pool: 0,
+                        io: None,
                     });
                 }
                 t.domains.get(&id).map(|e| SchedEntry {
@@ -288,6 +291,10 @@ impl Daemon {
                     weight: e.rec.config.cpu_weight,
                     cap: e.rec.config.cap,
                     pool: pool_of(&e.rec.config),
+                    io: match e.rec.state {
+                        DomainState::Running { pid, .. } => Some(self.io_info(id, pid)),
+                        _ => None,
+                    },
                 })
             })
             .collect())
@@ -324,14 +331,22 @@ impl Daemon {
             if let Some(c) = cap {
                 e.rec.config.cap = c;
             }
-            let running = matches!(e.rec.state, DomainState::Running { .. }) && e.busy.is_none();
+            let running = match e.rec.state {
+                DomainState::Running { pid, .. } if e.busy.is_none() => Some(pid),
+                _ => None,
+            };
             (e.rec.clone(), running)
         };
         self.save(&rec)?;
-        if running {
+        if let Some(pid) = running {
             if let Some(cg) = &self.cgroups {
                 cg.set_weight(id, rec.config.cpu_weight).map_err(cg_err)?;
                 cg.set_cap(id, rec.config.cap).map_err(cg_err)?;
+            }
+            if weight.is_some() {
+                for w in self.apply_io(id, pid, rec.config.cpu_weight) {
+                    self.log.warn(format!("domain {id}: {w}"));
+                }
             }
         }
         self.log.info(format!(

@@ -346,6 +346,10 @@ pub enum Cmd {
         /// Only this CPU pool (rxen has one: Pool-0).
         #[arg(short = 'p', long = "cpupool", value_name = "CPUPOOL")]
         cpupool: Option<String>,
+        /// Also show each domain's disk I/O priority and cgroup I/O weight (rxen's; xl has
+        /// no -v): a second table after xl's.
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
     },
     /// Show or set credit2-scheduler weights and caps (the same as sched-credit's).
     #[command(name = "sched-credit2")]
