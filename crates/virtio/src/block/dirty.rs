@@ -161,8 +161,8 @@ impl DirtyMap {
     /// Returns the dirty blocks and clears them, in one step; the generation goes up by one.
     pub fn take(&self) -> DirtyTaken {
         let mut inner = self.lock();
-        let words = std::mem::replace(&mut inner.words, Vec::new());
-        inner.words = vec![0; words.len()];
+        let fresh = vec![0; inner.words.len()];
+        let words = std::mem::replace(&mut inner.words, fresh);
         inner.generation += 1;
         let generation = inner.generation;
         drop(inner);
