@@ -222,7 +222,17 @@ fn incremental_backups_hold_only_what_changed_and_restore_each_instant() {
         con.assert_blkread("xvda", S1, 8, 2);
         assert_zeros(con, S2);
     });
-    // The chain's directory alone: its latest.
+    // The chain's directory alone: its latest. The restored VMM's dirty map is new (it cannot
+    // know what the disk went through since the save), so the next backup copies the disk whole.
+    restore_and_check(&["backup-restore", store_s], &|con| {
+        con.assert_blkread("xvda", S0, 8, 3);
+        con.assert_blkread("xvda", S1, 8, 2);
+        con.assert_blkread("xvda", S2, 8, 4);
+        let (p3, out) = incr_backup(&h, "inc", &store);
+        assert_eq!(p3, store.join("0003-incr"), "{out}");
+        assert!(!out.contains("(increment)"), "{out}");
+        assert!(p3.join("xvda.img").exists(), "{out}");
+    });
     restore_and_check(&["backup-restore", store_s], &|con| {
         con.assert_blkread("xvda", S0, 8, 3);
         con.assert_blkread("xvda", S1, 8, 2);
@@ -230,7 +240,7 @@ fn incremental_backups_hold_only_what_changed_and_restore_each_instant() {
     });
     // A damaged increment is refused before the disk is touched.
     corrupt(&p1.join("xvda.incr"));
-    let out = h.rxl(&["backup-restore", store_s]);
+    let out = h.rxl(&["backup-restore", store_s, "0002-incr"]);
     assert!(!out.status.success(), "a damaged chain was restored");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match the manifest"), "{err}");
@@ -320,4 +330,42 @@ fn a_failed_or_interrupted_increment_leaves_the_chain_restorable_and_the_next_co
     con.assert_blkread("xvda", S0, 8, 4);
     con.assert_blkread("xvda", S1, 8, 2);
     con.assert_blkread("xvda", S2, 8, 3);
+}
+
+#[test]
+fn incremental_backups_of_qcow2_disks_are_refused_with_the_reason() {
+    let h = Host::start();
+    let img = h.dir.path().join("q.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .expect("run qemu-img (qemu-utils)");
+    assert!(out.status.success(), "qemu-img: {out:?}");
+    let mut con = h.create_guest(
+        "q",
+        1,
+        32,
+        &format!("disk = [ 'qcow2:{},xvda,w' ]", img.display()),
+    );
+    let store = h.dir.path().join("chain");
+    let out = h.rxl(&[
+        "backup",
+        "--incremental",
+        "q",
+        store.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "an incremental qcow2 backup was taken"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xvda is a qcow2 image"), "{err}");
+    assert!(
+        fs::read_dir(&store).map_or(true, |d| d.count() == 0),
+        "the refused backup left files"
+    );
+    // The domain was never paused: it runs on.
+    beats_on(&mut con);
 }
