@@ -129,12 +129,21 @@ fn corrupt(path: &Path) {
 /// 64 MiB: the disk of the incremental tests.
 const DISK_BYTES: u64 = 64 << 20;
 
-/// A guest with one 64 MiB sparse file disk (xvda) that holds nothing yet.
+/// Where the incremental tests' disk holds data from the start: its last 24 MiB.
+const FILLED_FROM: u64 = 40 << 20;
+
+/// A guest with one 64 MiB sparse file disk (xvda): zeros, then 24 MiB of data.
 fn incr_guest(h: &Host, name: &str) -> (Console, PathBuf) {
+    use std::os::unix::fs::FileExt;
     let img = h.dir.path().join(format!("{name}.img"));
-    fs::File::create(&img)
-        .and_then(|f| f.set_len(DISK_BYTES))
-        .expect("image");
+    let f = fs::File::create(&img).expect("image");
+    f.set_len(DISK_BYTES).expect("image size");
+    f.write_all_at(
+        &vec![0xab; (DISK_BYTES - FILLED_FROM) as usize],
+        FILLED_FROM,
+    )
+    .expect("image data");
+    drop(f);
     let con = h.create_guest(
         name,
         1,
@@ -193,10 +202,12 @@ fn incremental_backups_hold_only_what_changed_and_restore_each_instant() {
     assert_eq!(p2, store.join("0002-incr"), "{out}");
     let incr2 = fs::metadata(p2.join("xvda.incr")).expect("increment").len();
     assert_eq!(incr2, 128 << 10, "{out}");
+    let full = stored_bytes(&p0.join("xvda.img"));
     eprintln!(
-        "disk {DISK_BYTES} bytes; full backup stores {} bytes on disk; increments {incr} and {incr2}",
-        stored_bytes(&p0.join("xvda.img"))
+        "disk {DISK_BYTES} bytes; full backup stores {full} bytes; increments {incr} and {incr2}"
     );
+    assert!(full >= DISK_BYTES - FILLED_FROM, "{full}");
+    assert!(incr2 * 100 < full, "{incr2} against {full}");
     // Written after the last backup: in no backup.
     con.blkwrite_flushed("xvda", S1, 8, 5);
     drop(con);
