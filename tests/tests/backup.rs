@@ -380,3 +380,42 @@ fn incremental_backups_of_qcow2_disks_are_refused_with_the_reason() {
     // The domain was never paused: it runs on.
     beats_on(&mut con);
 }
+
+#[test]
+fn a_disk_hot_plugged_after_a_backup_is_copied_whole_then_by_increments() {
+    let h = Host::start();
+    let (mut con, _img) = incr_guest(&h, "hot");
+    let store = h.dir.path().join("chain");
+    con.blkwrite_flushed("xvda", S0, 8, 1);
+    incr_backup(&h, "hot", &store);
+    let img_b = h.dir.path().join("hotb.img");
+    fs::File::create(&img_b)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    h.rxl_ok(&[
+        "block-attach",
+        "hot",
+        &format!("file:{},xvdb,w", img_b.display()),
+    ]);
+    con.wait_for("xvdb attached", CMD);
+    con.blkwrite_flushed("xvdb", 0, 8, 7);
+    con.blkwrite_flushed("xvda", S1, 8, 2);
+    let (p1, out) = incr_backup(&h, "hot", &store);
+    assert!(out.contains("xvda 65536 bytes (increment)"), "{out}");
+    assert!(
+        p1.join("xvdb.img").exists(),
+        "xvdb is not copied whole: {out}"
+    );
+    con.blkwrite_flushed("xvdb", 256, 8, 8);
+    let (_p2, out) = incr_backup(&h, "hot", &store);
+    assert!(out.contains("xvdb 65536 bytes (increment)"), "{out}");
+    drop(con);
+    h.rxl_ok(&["destroy", "hot"]);
+    h.rxl_ok(&["backup-restore", store.to_str().expect("utf-8")]);
+    let mut con = h.console("hot");
+    beats_on(&mut con);
+    con.assert_blkread("xvda", S0, 8, 1);
+    con.assert_blkread("xvda", S1, 8, 2);
+    con.assert_blkread("xvdb", 0, 8, 7);
+    con.assert_blkread("xvdb", 256, 8, 8);
+}

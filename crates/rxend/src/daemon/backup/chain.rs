@@ -502,8 +502,28 @@ pub(super) fn plan(
                     increments.clear();
                 }
                 Some(inc) => {
-                    let sum: u64 = inc.extents.iter().map(|x| x.bytes).sum();
-                    if sum != e.copy.bytes {
+                    let outside = inc.extents.iter().find(|x| {
+                        x.offset
+                            .checked_add(x.bytes)
+                            .is_none_or(|end| end > inc.disk_bytes)
+                    });
+                    if let Some(x) = outside {
+                        return Err(DaemonError::Config(format!(
+                            "{}: disk {}'s extent {}+{} lies beyond its {} bytes: the backup \
+                             is damaged",
+                            ld.display(),
+                            e.vdev,
+                            x.offset,
+                            x.bytes,
+                            inc.disk_bytes
+                        )));
+                    }
+                    let sum = inc
+                        .extents
+                        .iter()
+                        .try_fold(0u64, |a, x| a.checked_add(x.bytes));
+                    if sum != Some(e.copy.bytes) {
+                        let sum = sum.map_or("more than 2^64".to_string(), |s| s.to_string());
                         return Err(DaemonError::Config(format!(
                             "{}: disk {}'s extents add up to {sum} bytes, its copy has {}: \
                              the backup is damaged",
