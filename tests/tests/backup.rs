@@ -296,34 +296,42 @@ fn a_failed_or_interrupted_increment_leaves_the_chain_restorable_and_the_next_co
         "the increment lacks the block written before the failed one: {out}"
     );
 
-    // A backup cut short by killing rxend once it has started.
+    // Backups cut short by killing rxend: once while the state is being saved (before the
+    // maps are read), once after the maps were read (the increment's file exists), with 8 MiB
+    // written so that the copy takes a while. Wherever a kill lands (a backup may even have
+    // finished), the chain before it stays whole and the next backup holds every write.
     con.blkwrite_flushed("xvda", S0, 8, 4);
-    let mut child = h
-        .rxl_command()
-        .args([
-            "backup",
-            "--incremental",
-            "cut",
-            store.to_str().expect("utf-8"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("rxl backup");
-    let partial = store.join(".0002-incr.partial");
-    let done = store.join("0002-incr");
-    wait_until(Duration::from_secs(30), "the backup starts", || {
-        partial.exists() || done.exists()
-    });
-    h.kill_rxend();
-    let _ = child.wait();
-    h.start_rxend();
-    // It may have been left paused by the save it was taking.
-    let _ = h.rxl(&["unpause", "cut"]);
-    beats_on(&mut con);
-    // The chain before it is whole, and the next backup holds every write since 0001-incr.
-    let (p2, out) = incr_backup(&h, "cut", &store);
-    assert_eq!(p2, store.join("0002-incr"), "{out}");
+    let mut next = 2;
+    let started = |p: &Path| p.exists();
+    let copying = |p: &Path| p.join("xvda.incr").exists() || p.join("xvda.img").exists();
+    for (stage, trigger) in [
+        ("saving", &started as &dyn Fn(&Path) -> bool),
+        ("copying", &copying),
+    ] {
+        if stage == "copying" {
+            con.blkwrite_flushed("xvda", BIG, BIG_SECTORS, 5);
+        }
+        let finished = kill_mid_backup(&mut h, "cut", &store, next, trigger);
+        wait_until(Duration::from_secs(30), "the domain runs again", || {
+            // It may have been left paused by the save it was taking (which the VMM finishes).
+            let _ = h.rxl(&["unpause", "cut"]);
+            h.list_row("cut")
+                .and_then(|r| r.get(4).cloned())
+                .is_some_and(|state| !state.contains('p'))
+        });
+        beats_on(&mut con);
+        if finished {
+            next += 1;
+        }
+        let (p, out) = incr_backup(&h, "cut", &store);
+        assert_eq!(p, store.join(format!("{next:04}-incr")), "{out}");
+        eprintln!("rxend killed while {stage}, the backup finished: {finished}; the next: {out}");
+        if stage == "copying" && !finished {
+            // The maps were read and rxend died with them: the disk is copied whole.
+            assert!(p.join("xvda.img").exists(), "{out}");
+        }
+        next += 1;
+    }
     drop(con);
     h.rxl_ok(&["destroy", "cut"]);
     let store_s = store.to_str().expect("utf-8");
@@ -341,6 +349,51 @@ fn a_failed_or_interrupted_increment_leaves_the_chain_restorable_and_the_next_co
     con.assert_blkread("xvda", S0, 8, 4);
     con.assert_blkread("xvda", S1, 8, 2);
     con.assert_blkread("xvda", S2, 8, 3);
+    con.assert_blkread("xvda", BIG, BIG_SECTORS, 5);
+}
+
+/// 8 MiB from 8 MiB: the large write of the interrupted backups.
+const BIG: u64 = 16384;
+const BIG_SECTORS: u64 = 16384;
+
+/// Starts `rxl backup --incremental` of `name` into `store` (backup `index` of the chain),
+/// kills rxend as soon as `trigger` holds for the backup's partial directory, and restarts
+/// it; returns whether the backup had finished anyway.
+fn kill_mid_backup(
+    h: &mut Host,
+    name: &str,
+    store: &Path,
+    index: u32,
+    trigger: &dyn Fn(&Path) -> bool,
+) -> bool {
+    let mut child = h
+        .rxl_command()
+        .args([
+            "backup",
+            "--incremental",
+            name,
+            store.to_str().expect("utf-8"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rxl backup");
+    let partial = store.join(format!(".{index:04}-incr.partial"));
+    let done = store.join(format!("{index:04}-incr"));
+    // Polled tightly: such a backup is short.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(trigger(&partial) || done.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup did not reach its point"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    h.kill_rxend();
+    let finished = done.join("manifest.json").exists();
+    let _ = child.wait();
+    h.start_rxend();
+    finished
 }
 
 #[test]
