@@ -593,6 +593,135 @@ mod tests {
         }
     }
 
+    /// Writes backup `name` of a chain in `root` holding `files` and disk entries `disks`
+    /// (vdev, file, increment) for a domain `dom` whose disk xvda is `original`.
+    fn write_backup(
+        root: &Path,
+        name: &str,
+        parent: Option<&str>,
+        dom: &str,
+        original: &Path,
+        disk: (&str, &[u8], Option<Increment>),
+    ) {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join(STATE), b"state").expect("state");
+        fs::write(dir.join(disk.0), disk.1).expect("disk");
+        let config = xlcfg::parse("name = \"d\"\nmemory = 32\nkernel = \"/k\"\n", "d.cfg", &[])
+            .expect("config")
+            .config;
+        let m = Manifest {
+            domain: dom.into(),
+            created: String::new(),
+            config,
+            state: backup_file(&dir.join(STATE)).expect("hash"),
+            disks: vec![BackupDiskFile {
+                vdev: "xvda".into(),
+                original: original.to_path_buf(),
+                copy: backup_file(&dir.join(disk.0)).expect("hash"),
+                increment: disk.2,
+                tracking: None,
+            }],
+            chain: Some(ChainLink {
+                index: entry_index(name).expect("name"),
+                parent: parent.map(str::to_string),
+            }),
+        };
+        fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).expect("json")).expect("manifest");
+    }
+
+    fn ext(offset: u64, bytes: u64) -> Extent {
+        Extent { offset, bytes }
+    }
+
+    #[test]
+    fn a_chain_is_planned_checked_and_applied() {
+        let t = tempfile::tempdir().expect("tmp");
+        let root = t.path().join("chain");
+        let original = t.path().join("disk.img");
+        let inc = |extents: Vec<Extent>| {
+            Some(Increment {
+                disk_bytes: 16,
+                extents,
+            })
+        };
+        write_backup(
+            &root,
+            "0000-full",
+            None,
+            "d",
+            &original,
+            ("xvda.img", &[b'a'; 16], None),
+        );
+        write_backup(
+            &root,
+            "0001-incr",
+            Some("0000-full"),
+            "d",
+            &original,
+            ("xvda.incr", b"bbcc", inc(vec![ext(2, 2), ext(10, 2)])),
+        );
+        write_backup(
+            &root,
+            "0002-incr",
+            Some("0001-incr"),
+            "d",
+            &original,
+            ("xvda.incr", b"dd", inc(vec![ext(14, 2)])),
+        );
+        let rebuilt = |name: Option<&str>| {
+            let (_, _, plans) = plan(&root, name).expect("plan");
+            let [p] = &plans[..] else { panic!("{plans:?}") };
+            super::super::copy_back(&p.base, &p.original, &p.increments).expect("copy back");
+            fs::read(&original).expect("disk")
+        };
+        assert_eq!(rebuilt(Some("0000-full")), b"aaaaaaaaaaaaaaaa");
+        assert_eq!(rebuilt(Some("0001-incr")), b"aabbaaaaaaccaaaa");
+        assert_eq!(rebuilt(None), b"aabbaaaaaaccaadd");
+        // Named by its own directory.
+        let (target, _, _) = plan(&root.join("0001-incr"), None).expect("plan");
+        assert_eq!(target, root.join("0001-incr"));
+
+        let err = |name: Option<&str>| plan(&root, name).expect_err("refused").to_string();
+        assert!(err(Some("../x")).contains("not a backup of a chain"));
+        assert!(err(Some("0007-incr")).contains("manifest.json"));
+        // An extent beyond the disk, a broken link, another domain's backup: damage, told.
+        write_backup(
+            &root,
+            "0003-incr",
+            Some("0002-incr"),
+            "d",
+            &original,
+            ("xvda.incr", b"ee", inc(vec![ext(15, 2)])),
+        );
+        assert!(err(None).contains("lies beyond"), "{}", err(None));
+        write_backup(
+            &root,
+            "0003-incr",
+            Some("0000-full"),
+            "d",
+            &original,
+            ("xvda.incr", b"ee", inc(vec![ext(0, 2)])),
+        );
+        assert!(err(None).contains("chain is broken"), "{}", err(None));
+        write_backup(
+            &root,
+            "0003-incr",
+            Some("0002-incr"),
+            "other",
+            &original,
+            ("xvda.incr", b"ee", inc(vec![ext(0, 2)])),
+        );
+        assert!(err(Some("0003-incr")).contains("chain is broken"));
+        fs::write(root.join("0001-incr/xvda.incr"), b"XXcc").expect("damage");
+        assert!(err(Some("0002-incr")).contains("does not match the manifest"));
+        assert_eq!(
+            fs::read(&original).expect("disk"),
+            b"aabbaaaaaaccaadd",
+            "touched"
+        );
+    }
+
     #[test]
     fn extents_are_clipped_to_the_disk() {
         let d = DirtyDisk {
