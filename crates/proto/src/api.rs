@@ -236,14 +236,23 @@ pub enum Request {
     Backup {
         /// The domain.
         domain: DomainRef,
-        /// The directory that holds the domain's backups (absolute).
+        /// The directory that holds the domain's backups (absolute); with `incremental`, the
+        /// chain's directory.
         dir: String,
+        /// Add to the chain in `dir`: the first backup there is full, each next one holds only
+        /// the blocks written since the one before (`rxl backup --incremental`).
+        #[serde(default)]
+        incremental: bool,
     },
     /// Bring a domain back from one backup directory: its disks copied back, its state
     /// restored (`rxl backup-restore`).
     BackupRestore {
-        /// The backup's own directory (absolute).
+        /// The backup's own directory, or a chain's directory (absolute).
         dir: String,
+        /// The backup of the chain in `dir` to bring back (its directory's name); the chain's
+        /// latest when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// Save a domain to a file (`rxl save`).
     Save {
@@ -899,6 +908,7 @@ pub struct BackedUpDisk {
     pub vdev: String,
     /// Bytes copied (the image's size).
     pub bytes: u64,
-    /// `reflink` (an instant copy-on-write clone) or `copy` (read while the domain was paused).
+    /// `reflink` (an instant copy-on-write clone), `copy` (read while the domain was paused)
+    /// or `increment` (only the blocks written since the chain's backup before).
     pub method: String,
 }

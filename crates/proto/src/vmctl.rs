@@ -105,6 +105,36 @@ pub enum VmRequest {
         /// The key.
         key: u8,
     },
+    /// Read and clear every disk's dirty map in one step (an incremental backup, while the
+    /// domain is paused); answered with [`VmResponse::Dirty`].
+    TakeDirty,
+    /// Give back what `TakeDirty` returned for one disk when its backup failed: its blocks
+    /// are marked again and its generation goes back, unless the map changed since.
+    MergeDirty {
+        /// The disk's map as taken.
+        disk: DirtyDisk,
+    },
+}
+
+/// One disk's dirty map as taken: the blocks the guest wrote or discarded since the take
+/// before (or since the device was created, for the first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirtyDisk {
+    /// Xen device ID.
+    pub devid: u32,
+    /// Virtual device name.
+    pub vdev: String,
+    /// The map's identity: new whenever the device is created (VMM start, hot-plug,
+    /// restore, migration).
+    pub epoch: u64,
+    /// The map's generation after this take (the one before is one less).
+    pub generation: u64,
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Blocks of the disk.
+    pub blocks: u64,
+    /// The dirty blocks as `[first, count]` runs, in order.
+    pub runs: Vec<[u64; 2]>,
 }
 
 /// What a domain does after `Save`.
@@ -395,6 +425,11 @@ pub enum VmResponse {
     Stats(VmStats),
     /// A save or migration finished.
     Transferred(TransferStats),
+    /// Every disk's dirty map, the answer to [`VmRequest::TakeDirty`].
+    Dirty {
+        /// One entry per disk.
+        disks: Vec<DirtyDisk>,
+    },
     /// The request failed.
     Error {
         /// What went wrong.

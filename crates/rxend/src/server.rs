@@ -394,7 +394,11 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             Reply::Plain(Response::Host(HostInfo { fields, topology }))
         }
         Request::Destroy { domain } => result(daemon.destroy(caller, &domain)),
-        Request::Backup { domain, dir } => match daemon.backup_domain(caller, &domain, &dir) {
+        Request::Backup {
+            domain,
+            dir,
+            incremental,
+        } => match daemon.backup_domain(caller, &domain, &dir, incremental) {
             Ok(b) => Reply::Plain(Response::BackedUp {
                 dir: b.dir.display().to_string(),
                 paused_ms: b.paused_ms,
@@ -403,14 +407,16 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             }),
             Err(e) => error(e),
         },
-        Request::BackupRestore { dir } => match daemon.backup_restore(caller, &dir) {
-            Ok(c) => Reply::Plain(Response::Domain {
-                domid: c.domid,
-                name: c.name,
-                warnings: c.warnings,
-            }),
-            Err(e) => error(e),
-        },
+        Request::BackupRestore { dir, name } => {
+            match daemon.backup_restore(caller, &dir, name.as_deref()) {
+                Ok(c) => Reply::Plain(Response::Domain {
+                    domid: c.domid,
+                    name: c.name,
+                    warnings: c.warnings,
+                }),
+                Err(e) => error(e),
+            }
+        }
         Request::HostShutdown => match daemon.host_shutdown(caller) {
             Ok(domains) => Reply::Plain(Response::HostDomains { domains }),
             Err(e) => error(e),

@@ -353,7 +353,10 @@ pub fn request_with_fds(
 /// Sends a request that only needs an acknowledgement, with `fds` attached (SCM_RIGHTS).
 pub fn command_with_fds(run_dir: &Path, req: &VmRequest, fds: &[&OwnedFd]) -> Result<(), VmmError> {
     match request_with_fds(run_dir, req, fds, CONTROL_TIMEOUT)? {
-        VmResponse::Ok | VmResponse::Stats(_) | VmResponse::Transferred(_) => Ok(()),
+        VmResponse::Ok
+        | VmResponse::Stats(_)
+        | VmResponse::Transferred(_)
+        | VmResponse::Dirty { .. } => Ok(()),
         VmResponse::Error { message } => Err(VmmError::Control(message)),
     }
 }
@@ -378,7 +381,10 @@ pub fn read_run_file(path: &Path) -> Option<Vec<u8>> {
 /// Sends a request that only needs an acknowledgement.
 pub fn command(run_dir: &Path, req: &VmRequest) -> Result<(), VmmError> {
     match request(run_dir, req)? {
-        VmResponse::Ok | VmResponse::Stats(_) | VmResponse::Transferred(_) => Ok(()),
+        VmResponse::Ok
+        | VmResponse::Stats(_)
+        | VmResponse::Transferred(_)
+        | VmResponse::Dirty { .. } => Ok(()),
         VmResponse::Error { message } => Err(VmmError::Control(message)),
     }
 }
@@ -418,6 +424,17 @@ pub fn connect_console(run_dir: &Path) -> std::io::Result<UnixStream> {
 /// Opens the console log of a domain for reading.
 pub fn open_console_log(run_dir: &Path) -> std::io::Result<File> {
     File::open(run_dir.join(files::CONSOLE_LOG))
+}
+
+/// Reads and clears every disk's dirty map of the paused domain whose VMM runs in `run_dir`.
+pub fn take_dirty(run_dir: &Path) -> Result<Vec<rxen_proto::vmctl::DirtyDisk>, VmmError> {
+    match request(run_dir, &VmRequest::TakeDirty)? {
+        VmResponse::Dirty { disks } => Ok(disks),
+        VmResponse::Error { message } => Err(VmmError::Control(message)),
+        other => Err(VmmError::Control(format!(
+            "unexpected answer to take_dirty: {other:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]

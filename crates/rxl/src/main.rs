@@ -483,11 +483,16 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             println!("{name}");
             Ok(())
         }
-        Cmd::Backup { domain, dir } => {
+        Cmd::Backup {
+            incremental,
+            domain,
+            dir,
+        } => {
             let dir = std::path::absolute(&dir).unwrap_or(dir);
             let resp = connect()?.call(&Request::Backup {
                 domain,
                 dir: dir.display().to_string(),
+                incremental,
             })?;
             let Response::BackedUp {
                 dir,
@@ -504,10 +509,11 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             );
             Ok(())
         }
-        Cmd::BackupRestore { dir } => {
+        Cmd::BackupRestore { dir, name } => {
             let dir = std::path::absolute(&dir).unwrap_or(dir);
             let resp = connect()?.call(&Request::BackupRestore {
                 dir: dir.display().to_string(),
+                name,
             })?;
             let Response::Domain { domid, name, .. } = resp else {
                 return Err(Failure(format!("unexpected answer: {resp:?}")));

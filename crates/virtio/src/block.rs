@@ -8,6 +8,7 @@
 //! (`BLKDISCARD`; an LVM volume on an SSD or thin pool, a loop device). Requests run synchronously in the thread that calls
 //! [`VirtioDevice::process_queue`].
 
+mod dirty;
 mod disk;
 pub mod limits;
 pub mod qcow2;
@@ -28,6 +29,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 
+pub use self::dirty::{DirtyError, DirtyMap, DirtyRun, DirtyTaken, DIRTY_BLOCK};
 pub use self::disk::{takes_discards, Disk, DiskError, DiskImage, DiskKind};
 pub use self::request::RequestError;
 pub use self::stats::{BlockStats, BlockStatsSnapshot};
@@ -120,6 +122,7 @@ pub struct Block {
     config_space: [u8; CONFIG_SPACE_SIZE],
     queue_sizes: [u16; 1],
     stats: Arc<BlockStats>,
+    dirty: Arc<DirtyMap>,
     bounce: Vec<u8>,
     limiter: Option<limits::Limiter>,
     active: Option<Active>,
@@ -195,6 +198,7 @@ impl Block {
             config_space,
             queue_sizes: [queue_size],
             stats: Arc::new(BlockStats::default()),
+            dirty: Arc::new(DirtyMap::new(capacity * u64::from(SECTOR_SIZE))),
             bounce: vec![0; BOUNCE_SIZE],
             limiter: limits::Limiter::new(config.rate)?,
             active: None,
@@ -204,6 +208,11 @@ impl Block {
     /// The device's counters, shared with whoever reports them.
     pub fn stats(&self) -> Arc<BlockStats> {
         self.stats.clone()
+    }
+
+    /// The blocks the guest changed since the map was last taken, shared with whoever takes it.
+    pub fn dirty(&self) -> Arc<DirtyMap> {
+        self.dirty.clone()
     }
 
     /// Capacity in 512-byte sectors (the image size rounded down).
@@ -337,6 +346,7 @@ impl VirtioDevice for Block {
             discard: active.discard,
             serial: &self.serial,
             stats: &self.stats,
+            dirty: &self.dirty,
             bounce: &mut self.bounce,
         };
         if let Some(l) = &self.limiter {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rxen_proto::jsonline::MAX_LINE;
 use rxen_proto::stream::ConfigRecord;
-use rxen_proto::vmctl::{AfterSave, TransferStats, VmRequest, VmResponse, VmStats};
+use rxen_proto::vmctl::{AfterSave, DirtyDisk, TransferStats, VmRequest, VmResponse, VmStats};
 use rxen_proto::vmspec::{DiskDevice, NicDevice};
 
 /// Errors a control operation reports back to the client.
@@ -108,6 +108,14 @@ pub trait ControlTarget {
             "device hotplug is not supported".into(),
         ))
     }
+    /// Reads and clears every disk's dirty map (the domain must be paused).
+    fn take_dirty(&mut self) -> Result<Vec<DirtyDisk>, ControlError> {
+        Err(ControlError::Failed("dirty maps are not supported".into()))
+    }
+    /// Gives a disk's taken dirty map back.
+    fn merge_dirty(&mut self, _disk: &DirtyDisk) -> Result<(), ControlError> {
+        Err(ControlError::Failed("dirty maps are not supported".into()))
+    }
 }
 
 /// The answer to one line, and whether the VMM must end after sending it.
@@ -163,7 +171,7 @@ pub fn handle_line_with_fds(
     let mut taken = fds.drain(..wanted.min(fds.len()));
     let fd = taken.next();
     let extra: Vec<OwnedFd> = taken.collect();
-    if request == VmRequest::Stats {
+    if matches!(request, VmRequest::Stats | VmRequest::MergeDirty { .. }) {
         tracing::debug!(?request, "control request");
     } else {
         tracing::info!(?request, "control request");
@@ -230,6 +238,11 @@ pub fn handle_line_with_fds(
         VmRequest::AttachNic { nic } => ok(target.attach_nic(&nic, fd)),
         VmRequest::DetachDisk { devid } => ok(target.detach(true, devid)),
         VmRequest::DetachNic { devid } => ok(target.detach(false, devid)),
+        VmRequest::TakeDirty => match target.take_dirty() {
+            Ok(disks) => VmResponse::Dirty { disks },
+            Err(e) => error(e),
+        },
+        VmRequest::MergeDirty { disk } => ok(target.merge_dirty(&disk)),
     };
     Reply { response, finish }
 }

@@ -1562,6 +1562,20 @@ impl ControlTarget for Vm {
         Ok(self.vm_stats())
     }
 
+    fn take_dirty(&mut self) -> Result<Vec<rxen_proto::vmctl::DirtyDisk>, ControlError> {
+        // Taken at one instant: no vCPU may submit a write between two disks' takes.
+        if !self.control.is_paused() {
+            return Err(ControlError::Failed(
+                "the dirty maps are taken only while the domain is paused".into(),
+            ));
+        }
+        Ok(self.slots.take_dirty())
+    }
+
+    fn merge_dirty(&mut self, disk: &rxen_proto::vmctl::DirtyDisk) -> Result<(), ControlError> {
+        self.slots.merge_dirty(disk).map_err(ControlError::Failed)
+    }
+
     fn set_vcpus(&mut self, online: u32) -> Result<(), ControlError> {
         if self.kind == KernelKind::Linux && online != self.spec.vcpus {
             // A Linux guest has every vCPU of its config online from boot; taking them on and

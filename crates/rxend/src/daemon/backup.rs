@@ -4,7 +4,10 @@
 //! paused); the domain runs on; a manifest lists every file with its size and SHA-256. A backup
 //! is written under a hidden name and renamed into place only once complete, so an interrupted
 //! one leaves the earlier backups as they were. `rxl backup-restore DIR` checks the manifest,
-//! copies the disks back where they were and restores the state.
+//! copies the disks back where they were and restores the state. Chains of incremental
+//! backups are in [`chain`].
+
+mod chain;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -41,6 +44,9 @@ pub struct Manifest {
     pub state: BackupFile,
     /// The disks.
     pub disks: Vec<BackupDiskFile>,
+    /// Where it sits in a chain of incremental backups (absent from a standalone backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<chain::ChainLink>,
 }
 
 /// One file of a backup.
@@ -61,8 +67,14 @@ pub struct BackupDiskFile {
     pub vdev: String,
     /// Where the domain had it.
     pub original: PathBuf,
-    /// The copy.
+    /// The copy: the whole image, or with `increment` its changed blocks only.
     pub copy: BackupFile,
+    /// For a disk of an incremental backup copied in part: which blocks the copy holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub increment: Option<chain::Increment>,
+    /// The disk's dirty map as this backup left it (backups of a chain only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<chain::Tracking>,
 }
 
 /// A backup that was written.
@@ -86,13 +98,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 }
 
 impl Daemon {
-    /// `rxl backup`: backs domain `r` up into a new directory under `dir`.
+    /// `rxl backup`: backs domain `r` up into a new directory under `dir` (with
+    /// `incremental`, adds a backup to the chain in `dir`).
     pub fn backup_domain(
         &self,
         caller: &Caller,
         r: &str,
         dir: &str,
+        incremental: bool,
     ) -> Result<BackupDone, DaemonError> {
+        if incremental {
+            return self.backup_chained(caller, r, dir);
+        }
         self.only_root(caller, "back domains up")?;
         let (id, name) = self.lookup(caller, r)?;
         if id == 0 {
@@ -170,6 +187,8 @@ impl Daemon {
                 vdev: disk.vdev.clone(),
                 original: original.clone(),
                 copy: backup_file(copy).map_err(cleanup)?,
+                increment: None,
+                tracking: None,
             });
         }
         let manifest = Manifest {
@@ -178,6 +197,7 @@ impl Daemon {
             config,
             state: state.clone(),
             disks: files,
+            chain: None,
         };
         let text = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| DaemonError::Config(e.to_string()))
@@ -202,18 +222,20 @@ impl Daemon {
         })
     }
 
-    /// `rxl backup-restore`: checks backup `dir` against its manifest, copies its disks back
-    /// to where the domain had them, and restores the domain's state.
-    pub fn backup_restore(&self, caller: &Caller, dir: &str) -> Result<Created, DaemonError> {
+    /// `rxl backup-restore`: checks backup `dir` (or backup `name` of the chain in `dir`, or
+    /// the chain's latest) against its manifests, rebuilds its disks where the domain had them
+    /// (a chain's whole copies with the increments after them applied), and restores the
+    /// domain's state.
+    pub fn backup_restore(
+        &self,
+        caller: &Caller,
+        dir: &str,
+        name: Option<&str>,
+    ) -> Result<Created, DaemonError> {
         self.only_root(caller, "restore backups")?;
         let dir = PathBuf::from(dir);
-        let mpath = dir.join(MANIFEST);
-        let mut text = Vec::new();
-        File::open(&mpath)
-            .and_then(|f| f.take(MANIFEST_MAX).read_to_end(&mut text))
-            .map_err(|e| DaemonError::Config(format!("{}: {e}", mpath.display())))?;
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| DaemonError::Config(format!("{}: {e}", mpath.display())))?;
+        // Every file as the manifests say, before anything is touched.
+        let (target, manifest, plans) = chain::plan(&dir, name)?;
         if self
             .table()
             .domains
@@ -222,30 +244,53 @@ impl Daemon {
         {
             return Err(DaemonError::NameTaken(manifest.domain));
         }
-        // Every file as the manifest says, before anything is touched.
-        for f in std::iter::once(&manifest.state).chain(manifest.disks.iter().map(|d| &d.copy)) {
-            let path = dir.join(&f.file);
-            if f.file.contains('/') {
-                return Err(DaemonError::Config(format!(
-                    "{}: file name {} is not in the backup directory",
-                    mpath.display(),
-                    f.file
-                )));
-            }
-            let now = backup_file(&path)?;
-            if now.bytes != f.bytes || now.sha256 != f.sha256 {
-                return Err(DaemonError::Config(format!(
-                    "{}: does not match the manifest (size or SHA-256 differs): the backup is damaged",
-                    path.display()
-                )));
-            }
+        for p in &plans {
+            copy_back(&p.base, &p.original, &p.increments)
+                .map_err(|e| DaemonError::Config(format!("disk {}: {e}", p.vdev)))?;
         }
-        for d in &manifest.disks {
-            copy_back(&dir.join(&d.copy.file), &d.original)
-                .map_err(|e| DaemonError::Config(format!("disk {}: {e}", d.vdev)))?;
-        }
-        self.restore_domain(caller, &dir.join(STATE).display().to_string(), None, false)
+        self.restore_domain(
+            caller,
+            &target.join(STATE).display().to_string(),
+            None,
+            false,
+        )
     }
+}
+
+/// Reads the manifest of backup `dir`.
+fn read_manifest(dir: &Path) -> Result<Manifest, DaemonError> {
+    let mpath = dir.join(MANIFEST);
+    let mut text = Vec::new();
+    File::open(&mpath)
+        .and_then(|f| f.take(MANIFEST_MAX).read_to_end(&mut text))
+        .map_err(|e| DaemonError::Config(format!("{}: {e}", mpath.display())))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| DaemonError::Config(format!("{}: {e}", mpath.display())))
+}
+
+/// Checks `files` of backup `dir` against what its manifest says of them.
+fn check_files<'a>(
+    dir: &Path,
+    files: impl Iterator<Item = &'a BackupFile>,
+) -> Result<(), DaemonError> {
+    for f in files {
+        if f.file.contains('/') || f.file.starts_with('.') || f.file.is_empty() {
+            return Err(DaemonError::Config(format!(
+                "{}: file name {} is not in the backup directory",
+                dir.join(MANIFEST).display(),
+                f.file
+            )));
+        }
+        let path = dir.join(&f.file);
+        let now = backup_file(&path)?;
+        if now.bytes != f.bytes || now.sha256 != f.sha256 {
+            return Err(DaemonError::Config(format!(
+                "{}: does not match the manifest (size or SHA-256 differs): the backup is damaged",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` with mode 0700 (and its parents) if missing.
@@ -378,15 +423,21 @@ fn data_extent(f: &File, pos: u64) -> std::io::Result<Option<(u64, u64)>> {
     Ok(Some((start as u64, end as u64)))
 }
 
-/// Puts backup copy `copy` back at `original`: a file is replaced whole (written beside it,
-/// then renamed over it); a block device is overwritten in place.
-fn copy_back(copy: &Path, original: &Path) -> std::io::Result<()> {
+/// Puts backup copy `copy` back at `original`, with the `increments` after it applied: a file
+/// is replaced whole (written beside it, then renamed over it); a block device is overwritten
+/// in place.
+fn copy_back(
+    copy: &Path,
+    original: &Path,
+    increments: &[(PathBuf, Vec<chain::Extent>)],
+) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let from = File::open(copy)?;
     let is_device = fs::metadata(original).is_ok_and(|m| !m.is_file());
     if is_device {
         let to = fs::OpenOptions::new().write(true).open(original)?;
         sparse_copy(&from, &to, false)?;
+        chain::apply(&to, increments)?;
         return to.sync_all();
     }
     let tmp = original.with_file_name(format!(
@@ -402,7 +453,9 @@ fn copy_back(copy: &Path, original: &Path) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    let result = sparse_copy(&from, &to, true).and_then(|()| to.sync_all());
+    let result = sparse_copy(&from, &to, true)
+        .and_then(|()| chain::apply(&to, increments))
+        .and_then(|()| to.sync_all());
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);

@@ -58,7 +58,9 @@ impl Daemon {
         match vmm::request(&dir, &VmRequest::Stats)? {
             VmResponse::Stats(s) => Ok((id, s.disks, s.nics)),
             VmResponse::Error { message } => Err(DaemonError::Vmm(vmm::VmmError::Control(message))),
-            VmResponse::Ok | VmResponse::Transferred(_) => Ok((id, Vec::new(), Vec::new())),
+            VmResponse::Ok | VmResponse::Transferred(_) | VmResponse::Dirty { .. } => {
+                Ok((id, Vec::new(), Vec::new()))
+            }
         }
     }
 

@@ -271,15 +271,21 @@ pub enum Cmd {
     },
     /// Back a running domain up: its state and every disk at one instant, with a manifest (rxen).
     Backup {
+        /// Add to the chain in DIR: the first backup there is full (0000-full), each next one
+        /// (0001-incr, ...) holds only the blocks the guest wrote since the one before.
+        #[arg(short = 'i', long)]
+        incremental: bool,
         /// The domain (name or ID).
         domain: String,
         /// The directory that holds the domain's backups; each goes in a new directory there.
         dir: std::path::PathBuf,
     },
-    /// Bring a domain back from one backup directory: disks copied back, state restored (rxen).
+    /// Bring a domain back from a backup: disks rebuilt (a chain's applied up to it), state restored (rxen).
     BackupRestore {
-        /// The backup's directory (as `rxl backup` printed it).
+        /// The backup's directory (as `rxl backup` printed it), or a chain's directory.
         dir: std::path::PathBuf,
+        /// The backup of the chain in DIR to bring back (0001-incr, ...); the latest if absent.
+        name: Option<String>,
     },
     /// List the hosts of this host's pool: state, memory, CPUs, domains (rxen; see docs/pools.md).
     #[command(name = "host-list")]

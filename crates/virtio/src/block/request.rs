@@ -18,6 +18,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{Address, Bytes};
 
+use super::dirty::DirtyMap;
 use super::disk::Disk;
 use super::stats::BlockStats;
 use super::{ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SECTOR_SIZE};
@@ -100,6 +101,8 @@ pub(crate) struct Context<'a> {
     pub serial: &'a [u8; ID_BYTES],
     /// The counters.
     pub stats: &'a BlockStats,
+    /// The blocks written or discarded since the last backup.
+    pub dirty: &'a DirtyMap,
     /// Scratch space for copies between the disk and guest memory (never empty).
     pub bounce: &'a mut [u8],
 }
@@ -311,9 +314,10 @@ fn write<B: BitmapSlice>(
             .get_mut(..n)
             .ok_or(RequestError::MalformedChain)?;
         reader.read_exact(buf).map_err(RequestError::Buffer)?;
-        ctx.disk
-            .write_at(buf, offset + done)
-            .map_err(RequestError::Disk)?;
+        let written = ctx.disk.write_at(buf, offset + done);
+        // After the write, whatever its outcome (a failed write may have changed some).
+        ctx.dirty.mark(offset + done, n as u64);
+        written.map_err(RequestError::Disk)?;
         done += n as u64;
     }
     ctx.stats.add_write(count);
@@ -355,12 +359,12 @@ fn discard<B: BitmapSlice>(
         if count == 0 {
             continue;
         }
-        ctx.disk
-            .discard(offset, count * u64::from(SECTOR_SIZE))
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) => RequestError::Unsupported(VIRTIO_BLK_T_DISCARD),
-                _ => RequestError::Disk(e),
-            })?;
+        let punched = ctx.disk.discard(offset, count * u64::from(SECTOR_SIZE));
+        ctx.dirty.mark(offset, count * u64::from(SECTOR_SIZE));
+        punched.map_err(|e| match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => RequestError::Unsupported(VIRTIO_BLK_T_DISCARD),
+            _ => RequestError::Disk(e),
+        })?;
     }
     ctx.stats.add_discard();
     Ok(())

@@ -44,6 +44,7 @@ struct Harness {
     t: MmioTransport,
     rec: Recorder,
     stats: Arc<BlockStats>,
+    dirty: Arc<super::DirtyMap>,
     image: tempfile::NamedTempFile,
     avail: u64,
     used: u64,
@@ -82,6 +83,7 @@ impl Harness {
 
     fn over_block(block: Block, image: tempfile::NamedTempFile, wanted: u64) -> Harness {
         let stats = block.stats();
+        let dirty = block.dirty();
         let mem = guest_memory();
         let rec = Recorder::default();
         let mut t =
@@ -99,6 +101,7 @@ impl Harness {
             t,
             rec,
             stats,
+            dirty,
             image,
             avail,
             used,
@@ -533,6 +536,39 @@ fn discard_punches_a_hole() {
     h.header(VIRTIO_BLK_T_DISCARD, 0);
     h.submit(&[(HDR, 16, R), (DATA, 17, R), (STATUS, 1, W)]);
     assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+}
+
+#[test]
+fn writes_and_discards_mark_the_dirty_map_and_reads_do_not() {
+    use super::{DirtyRun, DIRTY_BLOCK};
+    let mut h = Harness::new(BlockConfig::default());
+    let block = DIRTY_BLOCK / 512;
+    // A read marks nothing.
+    h.header(VIRTIO_BLK_T_IN, 0);
+    h.submit(&[(HDR, 16, R), (DATA, 4096, W), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    assert!(h.dirty.take().runs.is_empty());
+    // A write across the boundary of blocks 1 and 2, and a discard in block 5.
+    h.header(VIRTIO_BLK_T_OUT, 2 * block - 1);
+    h.submit(&[(HDR, 16, R), (DATA, 1024, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    write_discard(&h, &[(5 * block + 8, 8, 0)]);
+    h.submit(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    let t = h.dirty.take();
+    assert_eq!(
+        t.runs,
+        vec![
+            DirtyRun { first: 1, count: 2 },
+            DirtyRun { first: 5, count: 1 }
+        ]
+    );
+    // A refused write (out of range) marks nothing.
+    h.header(VIRTIO_BLK_T_OUT, IMAGE_SECTORS);
+    h.submit(&[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)]);
+    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+    assert!(h.dirty.take().runs.is_empty());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
-use rxen_proto::vmctl::{DiskStats, NicStats};
+use rxen_proto::vmctl::{DirtyDisk, DiskStats, NicStats};
 use rxen_proto::vmspec::{DiskDevice, ImageFormat, NicDevice};
 use rxen_virtio::block::qcow2::Qcow2Image;
 use rxen_virtio::block::{BlockStats, DiskImage};
@@ -178,6 +178,8 @@ pub enum SlotKind {
         spec: DiskDevice,
         /// Its counters.
         stats: Arc<BlockStats>,
+        /// The blocks the guest changed since the last backup.
+        dirty: Arc<rxen_virtio::block::DirtyMap>,
         /// The open image that carries its sharing lock (none for `w!`); a cdrom's changes
         /// with its medium.
         lock: Option<Arc<Mutex<std::fs::File>>>,
@@ -640,6 +642,7 @@ impl VirtioSlots {
             source,
         })?;
         let stats = block.stats();
+        let dirty = block.dirty();
         let extra = block
             .rate_timer_fd()
             .map(|fd| vec![(fd, TOKEN_DISK_TIMER, false)])
@@ -650,6 +653,7 @@ impl VirtioSlots {
             SlotKind::Disk {
                 spec: d.clone(),
                 stats,
+                dirty,
                 lock,
             },
             extra,
@@ -1114,6 +1118,53 @@ impl VirtioSlots {
             }
         }
         tracing::info!(slot, "device removed");
+    }
+
+    /// Reads and clears every disk's dirty map, all under the slots' lock (no disk is added
+    /// or removed meanwhile).
+    pub fn take_dirty(&self) -> Vec<DirtyDisk> {
+        let mut out = Vec::new();
+        for dev in self.read_slots().iter().flatten() {
+            if let SlotKind::Disk { spec, dirty, .. } = &dev.kind {
+                let t = dirty.take();
+                out.push(DirtyDisk {
+                    devid: spec.devid,
+                    vdev: spec.vdev.clone(),
+                    epoch: t.epoch,
+                    generation: t.generation,
+                    block_bytes: rxen_virtio::block::DIRTY_BLOCK,
+                    blocks: dirty.blocks(),
+                    runs: t.runs.iter().map(|r| [r.first, r.count]).collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Gives a disk's taken dirty map back (its backup failed).
+    pub fn merge_dirty(&self, d: &DirtyDisk) -> Result<(), String> {
+        let slots = self.read_slots();
+        let map = slots.iter().flatten().find_map(|dev| match &dev.kind {
+            SlotKind::Disk { spec, dirty, .. } if spec.devid == d.devid => Some(dirty.clone()),
+            _ => None,
+        });
+        let Some(map) = map else {
+            return Err(format!("no disk with device ID {}", d.devid));
+        };
+        if d.block_bytes != rxen_virtio::block::DIRTY_BLOCK {
+            return Err(format!(
+                "dirty blocks of {} bytes given back; this VMM tracks {}",
+                d.block_bytes,
+                rxen_virtio::block::DIRTY_BLOCK
+            ));
+        }
+        let runs: Vec<rxen_virtio::block::DirtyRun> = d
+            .runs
+            .iter()
+            .map(|&[first, count]| rxen_virtio::block::DirtyRun { first, count })
+            .collect();
+        map.merge(d.epoch, d.generation, &runs)
+            .map_err(|e| format!("disk {}: {e}", d.vdev))
     }
 
     /// Counters of every disk and NIC.
