@@ -105,6 +105,12 @@ pub enum VmRequest {
         /// The key.
         key: u8,
     },
+    /// Inject a non-maskable interrupt into one vCPU (`rxl trigger DOMAIN nmi [VCPU]`); a
+    /// paused vCPU takes it when the domain runs again.
+    Nmi {
+        /// The vCPU index.
+        vcpu: u32,
+    },
 }
 
 /// What a domain does after `Save`.
