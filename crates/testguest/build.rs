@@ -18,6 +18,9 @@ const GUEST_BIN: &str = "rxen-guest";
 /// writes, ...) and its emulator cannot run SSE arithmetic such as `xorps`
 /// (KVM_EXIT_INTERNAL_ERROR). rustc warns that x86_64's float ABI needs SSE2;
 /// the guest uses no floating point, so that does not apply.
+///
+/// No red zone: an NMI (`rxl trigger DOMAIN nmi`) can arrive at any instruction, and the
+/// CPU pushes its frame on the current stack, below RSP, where a red zone would be.
 const GUEST_RUSTFLAGS: &[&str] = &[
     "-C",
     "relocation-model=static",
@@ -25,6 +28,8 @@ const GUEST_RUSTFLAGS: &[&str] = &[
     "target-cpu=x86-64",
     "-C",
     "target-feature=-sse,-sse2",
+    "-C",
+    "no-redzone=yes",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

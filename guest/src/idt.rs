@@ -1,10 +1,26 @@
-//! The interrupt descriptor table: exceptions are fatal, the timer only wakes `hlt`.
+//! The interrupt descriptor table: exceptions are fatal, the timer only wakes `hlt`, an NMI
+//! is counted (and reported on the vCPU's next tick, see [`report_nmis`]).
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::cpu::{halt_forever, outb};
+use crate::cpu::{halt_forever, outb, rdmsr};
+use crate::println;
 use crate::serial::print_urgent;
+
+/// The NMI vector.
+pub const NMI_VECTOR: u8 = 2;
+
+/// The APIC base MSR and its x2APIC-enabled bit.
+const IA32_APIC_BASE: u32 = 0x1B;
+const X2APIC_ENABLE: u64 = 1 << 10;
+
+/// The x2APIC ID register (the vCPU index, by the rxen boot contract).
+const X2APIC_ID_MSR: u32 = 0x802;
+
+/// vCPUs whose NMIs are counted (the others' are ignored).
+const MAX_NMI_CPUS: usize = 256;
 
 /// The vector of the local APIC timer.
 pub const TIMER_VECTOR: u8 = 0x20;
@@ -19,6 +35,10 @@ pub const PVPANIC_PORT: u16 = 0x505;
 // vector, and hand (vector, RIP) to `rxen_exception`, which never returns.
 // The timer stub only signals end-of-interrupt (x2APIC EOI MSR) and returns;
 // the vCPU loop checks the TSC itself. Other vectors are acknowledged and ignored.
+// The NMI stub saves the registers a call may clobber (the guest has no SSE state), calls
+// `rxen_nmi` with the stack 16-byte aligned (the CPU aligns it before pushing its 5-quadword
+// frame; 9 pushes more make 0 mod 16) and returns with iretq, which also ends NMI blocking.
+// An NMI can arrive at any instruction, so the guest is built without a red zone.
 global_asm!(
     r#"
     .macro EXC_NOERR v
@@ -112,6 +132,31 @@ rxen_other_isr:
     iretq
 
     .balign 16
+    .global rxen_nmi_isr
+rxen_nmi_isr:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    cld
+    call rxen_nmi
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+    .balign 16
     .global rxen_spurious_isr
 rxen_spurious_isr:
     iretq
@@ -132,6 +177,33 @@ extern "C" {
     fn rxen_timer_isr();
     fn rxen_other_isr();
     fn rxen_spurious_isr();
+    fn rxen_nmi_isr();
+}
+
+/// NMIs taken and not yet reported, per vCPU.
+static NMIS: [AtomicU32; MAX_NMI_CPUS] = [const { AtomicU32::new(0) }; MAX_NMI_CPUS];
+
+/// Called by the NMI stub. It only counts: it may have interrupted this vCPU inside a
+/// `println!` that holds the console lock, so printing here could deadlock.
+#[no_mangle]
+extern "C" fn rxen_nmi() {
+    // Before this vCPU has enabled its x2APIC (early boot) its ID cannot be read: dropped.
+    if rdmsr(IA32_APIC_BASE) & X2APIC_ENABLE == 0 {
+        return;
+    }
+    let cpu = rdmsr(X2APIC_ID_MSR) as usize;
+    if let Some(n) = NMIS.get(cpu) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Prints `nmi: cpu N` once for each NMI vCPU `cpu` took since the last call (each vCPU calls
+/// this on its ticks, outside any interrupt handler).
+pub fn report_nmis(cpu: usize) {
+    let taken = NMIS.get(cpu).map_or(0, |n| n.swap(0, Ordering::Relaxed));
+    for _ in 0..taken {
+        println!("nmi: cpu {cpu}");
+    }
 }
 
 /// Called by the exception stubs: reports the exception and signals pvpanic.
@@ -167,6 +239,7 @@ pub fn build() {
     let table = IDT.0.get();
     for vector in 0..256usize {
         let handler = match vector {
+            v if v == usize::from(NMI_VECTOR) => rxen_nmi_isr as *const () as u64,
             0..=31 => stubs.get(vector).copied().unwrap_or(0),
             v if v == usize::from(TIMER_VECTOR) => rxen_timer_isr as *const () as u64,
             v if v == usize::from(SPURIOUS_VECTOR) => rxen_spurious_isr as *const () as u64,

@@ -89,6 +89,7 @@ impl Vcpu {
 
     /// The work due once per 10 ms tick.
     pub fn on_tick(&mut self) {
+        crate::idt::report_nmis(self.index);
         if self.index == 0 {
             TICKS.fetch_add(1, Ordering::Relaxed);
         }

@@ -677,10 +677,10 @@ fn trigger_reset_restarts_at_once_and_power_presses_the_button() {
     wait_until(BOOT, "the reset domain runs unpaused", || {
         host.list_row("trig").is_some_and(|r| !r[4].contains('p'))
     });
-    let out = host.rxl(&["trigger", "trig", "nmi"]);
+    let out = host.rxl(&["trigger", "trig", "init"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).starts_with("trigger nmi is not supported: "),
+        stderr(&out).starts_with("trigger init is not supported: "),
         "{}",
         stderr(&out)
     );
@@ -698,6 +698,65 @@ fn trigger_reset_restarts_at_once_and_power_presses_the_button() {
     let _con = host.console("trig");
     host.rxl_ok(&["trigger", "trig", "power"]);
     wait_until(BOOT, "trig powered off", || host.list_row("trig").is_none());
+}
+
+#[test]
+fn trigger_nmi_reaches_the_chosen_vcpu_and_the_guest_runs_on() {
+    let host = Host::start();
+    let mut con = host.create_guest("nmi", 2, 12, "");
+    let nmis = |con: &rxen_e2e::Console, cpu: u32| {
+        con.output().matches(&format!("nmi: cpu {cpu}")).count()
+    };
+    assert_eq!((nmis(&con, 0), nmis(&con, 1)), (0, 0));
+    let before = con.heartbeat();
+    // xl's default vCPU is 0; the guest's NMI handler counts it and vCPU 0 reports it.
+    host.rxl_ok(&["trigger", "nmi", "nmi"]);
+    assert_eq!(con.wait_for("nmi: cpu ", BOOT), "nmi: cpu 0");
+    // The handler returned (iretq): the guest runs on and answers.
+    wait_until(BOOT, "the heartbeat goes on after the NMI", || {
+        con.heartbeat() > before
+    });
+    host.rxl_ok(&["trigger", "nmi", "nmi", "1"]);
+    assert_eq!(con.wait_for("nmi: cpu ", BOOT), "nmi: cpu 1");
+    // A vCPU the domain does not have, and one no domain has.
+    let out = host.rxl(&["trigger", "nmi", "nmi", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no vCPU 5: this domain has 2 (0 to 1)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.rxl(&["trigger", "nmi", "nmi", "4294967296"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("vCPU 4294967296 is out of range"),
+        "{}",
+        stderr(&out)
+    );
+    // A paused domain takes its NMI when it runs again.
+    host.rxl_ok(&["pause", "nmi"]);
+    host.rxl_ok(&["trigger", "nmi", "nmi", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(nmis(&con, 1), 1, "an NMI reached a paused guest");
+    host.rxl_ok(&["unpause", "nmi"]);
+    assert_eq!(con.wait_for("nmi: cpu ", BOOT), "nmi: cpu 1");
+    assert_eq!((nmis(&con, 0), nmis(&con, 1)), (1, 2));
+    // NMIs that land at any instruction of a busy vCPU (not only in its `hlt`): it takes
+    // them all (back-to-back ones may merge, as on hardware) and finishes its work.
+    con.sync();
+    con.send("burn 1 1");
+    con.wait_for("burning vcpu 1 for 1 s", BOOT);
+    for _ in 0..20 {
+        host.rxl_ok(&["trigger", "nmi", "nmi", "1"]);
+    }
+    con.wait_for("burn done on vcpu 1", BOOT);
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = nmis(&con, 1) - 2;
+    assert!((1..=20).contains(&busy), "{busy} NMIs reported for 20");
+    let before = con.heartbeat();
+    wait_until(BOOT, "the heartbeat goes on after the unpause", || {
+        con.heartbeat() > before
+    });
 }
 
 /// What /sys says of each online CPU: (cpu, core, socket, node), the node from the CPU's

@@ -76,6 +76,14 @@ pub enum Request {
         /// The key.
         key: u8,
     },
+    /// Inject a non-maskable interrupt into one of a domain's vCPUs (`rxl trigger DOMAIN nmi
+    /// [VCPU]`); a paused domain takes it when it runs again.
+    Nmi {
+        /// The domain.
+        domain: DomainRef,
+        /// The vCPU index (xl's default is 0).
+        vcpu: u32,
+    },
     /// Pause a domain's vCPUs.
     Pause {
         /// The domain.

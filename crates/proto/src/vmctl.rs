@@ -114,6 +114,12 @@ pub enum VmRequest {
         /// The disk's map as taken.
         disk: DirtyDisk,
     },
+    /// Inject a non-maskable interrupt into one vCPU (`rxl trigger DOMAIN nmi [VCPU]`); a
+    /// paused vCPU takes it when the domain runs again.
+    Nmi {
+        /// The vCPU index.
+        vcpu: u32,
+    },
 }
 
 /// One disk's dirty map as taken: the blocks the guest wrote or discarded since the take

@@ -432,6 +432,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         Request::Reset { domain } => result(daemon.reset(caller, &domain)),
         Request::DumpCore { domain, path } => result(daemon.dump_core(caller, &domain, &path)),
         Request::Sysrq { domain, key } => result(daemon.sysrq(caller, &domain, key)),
+        Request::Nmi { domain, vcpu } => result(daemon.nmi(caller, &domain, vcpu)),
         Request::ChangeCdrom {
             domain,
             vdev,

@@ -403,19 +403,23 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             let mut c = connect()?;
             let (domid, _) = lookup(&mut c, &domain)?;
             let t = Trigger::parse(&trigger).map_err(fail)?;
+            let mut vcpu_value = 0;
             if let Some(v) = vcpu {
                 // xl reads it with strtol and falls back to vCPU 0 on garbage.
-                if !v
-                    .trim_start()
-                    .starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
-                {
+                let (value, read) = rxl::trigger::parse_vcpu(&v);
+                if !read {
                     eprint!("Invalid vcpuid, using default vcpuid=0.\n\n");
                 }
+                vcpu_value = value;
             }
             let t = t.supported().map_err(fail)?;
             let domain = domid.to_string();
             Ok(c.call_ok(&match t {
                 Trigger::Reset => Request::Reset { domain },
+                Trigger::Nmi => Request::Nmi {
+                    domain,
+                    vcpu: rxl::trigger::nmi_vcpu(vcpu_value).map_err(Failure)?,
+                },
                 _ => Request::Shutdown { domain },
             })?)
         }

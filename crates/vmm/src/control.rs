@@ -84,6 +84,11 @@ pub trait ControlTarget {
     fn sysrq(&mut self, _key: u8) -> Result<(), ControlError> {
         Err(ControlError::Failed("sysrq is not supported".into()))
     }
+
+    /// Injects an NMI into vCPU `vcpu`.
+    fn nmi(&mut self, _vcpu: u32) -> Result<(), ControlError> {
+        Err(ControlError::Failed("nmi is not supported".into()))
+    }
     /// Hot-plugs a disk whose image rxend opened (`file`), with the backing files of a qcow2
     /// image's chain (`backing`: the path the chain names, and the file rxend opened).
     fn attach_disk(
@@ -223,6 +228,7 @@ pub fn handle_line_with_fds(
         },
         VmRequest::DumpCore { path } => ok(target.dump_core(fd, &path).map(|_| ())),
         VmRequest::Sysrq { key } => ok(target.sysrq(key)),
+        VmRequest::Nmi { vcpu } => ok(target.nmi(vcpu)),
         VmRequest::ChangeMedia { devid } => ok(target.change_media(devid, fd).map(|_| ())),
         VmRequest::AttachDisk { disk, backing } => {
             if extra.len() == backing.len() {

@@ -71,6 +71,9 @@ pub struct VcpuInfo {
     pub tid: AtomicI32,
     /// Address of `kvm_run.immediate_exit` (null until the thread runs).
     immediate_exit: AtomicPtr<u8>,
+    /// An NMI was asked for (`rxl trigger DOMAIN nmi`): the thread injects it (`KVM_NMI`)
+    /// before it next enters the guest.
+    nmi_pending: AtomicBool,
 }
 
 impl VcpuInfo {
@@ -79,7 +82,18 @@ impl VcpuInfo {
             id,
             tid: AtomicI32::new(0),
             immediate_exit: AtomicPtr::new(std::ptr::null_mut()),
+            nmi_pending: AtomicBool::new(false),
         }
+    }
+
+    /// Asks for an NMI on this vCPU and makes its next (or current) KVM_RUN return at once;
+    /// the caller then kicks the thread ([`VcpuHandle::kick`]) in case it is inside KVM_RUN.
+    /// The flag is set before `immediate_exit`, and the thread clears `immediate_exit` before
+    /// it checks the flag, so an NMI asked for while it leaves KVM_RUN is not lost. A parked
+    /// (paused) vCPU injects it when it runs again.
+    pub fn request_nmi(&self) {
+        self.nmi_pending.store(true, Ordering::SeqCst);
+        self.set_immediate_exit(1);
     }
 
     fn set_immediate_exit(&self, value: u8) {
@@ -374,6 +388,13 @@ fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
         }
         if ctx.exit.is_requested() {
             break;
+        }
+        if info.nmi_pending.swap(false, Ordering::SeqCst) {
+            // KVM_NMI is a vCPU ioctl: issued here, on the vCPU's own thread, out of KVM_RUN.
+            match vcpu.nmi() {
+                Ok(()) => tracing::info!(vcpu = id, "NMI injected"),
+                Err(e) => tracing::warn!(vcpu = id, "cannot inject an NMI: {e}"),
+            }
         }
         match vcpu.run() {
             Ok(exit) => {

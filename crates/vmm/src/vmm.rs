@@ -1708,6 +1708,23 @@ impl ControlTarget for Vm {
         Ok(())
     }
 
+    fn nmi(&mut self, vcpu: u32) -> Result<(), ControlError> {
+        let count = self.vcpus.len();
+        let Some(v) = self.vcpus.get(vcpu as usize) else {
+            return Err(ControlError::Failed(format!(
+                "no vCPU {vcpu}: this domain has {count} (0 to {})",
+                count.saturating_sub(1)
+            )));
+        };
+        if v.is_finished() {
+            return Err(ControlError::Failed(format!("vCPU {vcpu} has stopped")));
+        }
+        v.info.request_nmi();
+        v.kick();
+        tracing::info!(vcpu, "NMI requested");
+        Ok(())
+    }
+
     fn attach_disk(
         &mut self,
         disk: &DiskDevice,

@@ -1,6 +1,6 @@
 //! `rxl dump-core` and `rxl sysrq`: a running domain's ELF core file, written by its jailed VMM
 //! into a file rxend creates (mode 0600, never replacing an existing one, named only once
-//! complete), and a magic SysRq key on its serial console.
+//! complete), a magic SysRq key on its serial console, and an NMI to one of its vCPUs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +60,18 @@ impl Daemon {
         self.log.info(format!(
             "domain {id}: SysRq {:?} sent by {}",
             char::from(key),
+            caller.describe()
+        ));
+        Ok(())
+    }
+
+    /// Injects an NMI into vCPU `vcpu` of domain `r` (`rxl trigger DOMAIN nmi [VCPU]`); the
+    /// VMM refuses a vCPU the domain does not have. A paused domain takes it when unpaused.
+    pub fn nmi(&self, caller: &Caller, r: &str, vcpu: u32) -> Result<(), DaemonError> {
+        let (id, dir) = self.running_guest(caller, r, "sent an NMI")?;
+        vmm::command(&dir, &VmRequest::Nmi { vcpu })?;
+        self.log.info(format!(
+            "domain {id}: NMI to vCPU {vcpu} sent by {}",
             caller.describe()
         ));
         Ok(())

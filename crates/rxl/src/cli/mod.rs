@@ -220,10 +220,12 @@ pub enum Cmd {
     Trigger {
         /// The domain (name or ID).
         domain: String,
-        /// power (the power button), reset (at once); nmi, init, sleep and s3resume are refused.
+        /// power (the power button), reset (at once), nmi (an NMI into one vCPU); init, sleep
+        /// and s3resume are refused.
         #[arg(value_name = "nmi|reset|init|power|sleep|s3resume")]
         trigger: String,
-        /// The vCPU (xl passes it to Xen; rxen's triggers act on the whole domain).
+        /// The vCPU an nmi goes to (default 0; one the domain does not have is refused); power
+        /// and reset act on the whole domain.
         vcpu: Option<String>,
     },
     /// Send a sysrq to a domain.
