@@ -59,6 +59,12 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// Finds the CPU controller in mount-table text (`/proc/self/mounts`).
 pub fn detect_in(mounts: &str) -> Option<Version> {
+    controller_in(mounts, "cpu")
+}
+
+/// Finds `controller` in mount-table text (`/proc/self/mounts`): a v1 hierarchy that has it,
+/// else the first v2 mount that offers it.
+pub fn controller_in(mounts: &str, controller: &str) -> Option<Version> {
     let mut v2 = None;
     for line in mounts.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -66,13 +72,13 @@ pub fn detect_in(mounts: &str) -> Option<Version> {
             continue;
         };
         match *kind {
-            "cgroup" if opts.split(',').any(|o| o == "cpu") => {
+            "cgroup" if opts.split(',').any(|o| o == controller) => {
                 return Some(Version::V1(PathBuf::from(dir)));
             }
             "cgroup2" if v2.is_none() => {
                 let controllers = fs::read_to_string(Path::new(dir).join("cgroup.controllers"))
                     .unwrap_or_default();
-                if controllers.split_whitespace().any(|c| c == "cpu") {
+                if controllers.split_whitespace().any(|c| c == controller) {
                     v2 = Some(Version::V2(PathBuf::from(dir)));
                 }
             }

@@ -47,27 +47,7 @@ fn read(path: &Path) -> Result<String, CpusetError> {
 
 /// Finds the cpuset controller in mount-table text (`/proc/self/mounts`); v1 first.
 pub fn detect_in(mounts: &str) -> Option<Version> {
-    let mut v2 = None;
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(dir), Some(kind), Some(opts)) = (f.get(1), f.get(2), f.get(3)) else {
-            continue;
-        };
-        match *kind {
-            "cgroup" if opts.split(',').any(|o| o == "cpuset") => {
-                return Some(Version::V1(PathBuf::from(dir)));
-            }
-            "cgroup2" if v2.is_none() => {
-                let controllers = fs::read_to_string(Path::new(dir).join("cgroup.controllers"))
-                    .unwrap_or_default();
-                if controllers.split_whitespace().any(|c| c == "cpuset") {
-                    v2 = Some(Version::V2(PathBuf::from(dir)));
-                }
-            }
-            _ => {}
-        }
-    }
-    v2
+    crate::cgroup::controller_in(mounts, "cpuset")
 }
 
 /// A CPU list as the kernel's cpuset files take it (`0-1,3`; empty for none).

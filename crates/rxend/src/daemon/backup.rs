@@ -98,6 +98,37 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 }
 
 impl Daemon {
+    /// The domain a backup is of: its ID, name, configuration and prepared disks (root only;
+    /// never Domain-0).
+    pub(super) fn backup_subject(
+        &self,
+        caller: &Caller,
+        r: &str,
+    ) -> Result<
+        (
+            u32,
+            String,
+            DomainConfig,
+            Vec<rxen_proto::vmspec::DiskDevice>,
+        ),
+        DaemonError,
+    > {
+        self.only_root(caller, "back domains up")?;
+        let (id, name) = self.lookup(caller, r)?;
+        if id == 0 {
+            return Err(DaemonError::Dom0("backed up"));
+        }
+        let config = self
+            .table()
+            .domains
+            .get(&id)
+            .map(|e| e.rec.config.clone())
+            .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+        let disks = storage::prepare_disks(&config.disks)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        Ok((id, name, config, disks))
+    }
+
     /// `rxl backup`: backs domain `r` up into a new directory under `dir` (with
     /// `incremental`, adds a backup to the chain in `dir`).
     pub fn backup_domain(
@@ -110,19 +141,7 @@ impl Daemon {
         if incremental {
             return self.backup_chained(caller, r, dir);
         }
-        self.only_root(caller, "back domains up")?;
-        let (id, name) = self.lookup(caller, r)?;
-        if id == 0 {
-            return Err(DaemonError::Dom0("backed up"));
-        }
-        let config = self
-            .table()
-            .domains
-            .get(&id)
-            .map(|e| e.rec.config.clone())
-            .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
-        let mut disks = storage::prepare_disks(&config.disks)
-            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let (id, name, config, mut disks) = self.backup_subject(caller, r)?;
         // An empty cdrom drive has nothing to copy.
         disks.retain(|d| !d.path.as_os_str().is_empty());
         let root = PathBuf::from(dir);

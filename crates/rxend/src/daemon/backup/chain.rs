@@ -25,7 +25,7 @@ use super::{
 };
 use crate::auth::Caller;
 use crate::daemon::{Daemon, DaemonError};
-use crate::{storage, vmm};
+use crate::vmm;
 
 /// Where a backup sits in its chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,19 +171,7 @@ impl Daemon {
         r: &str,
         dir: &str,
     ) -> Result<BackupDone, DaemonError> {
-        self.only_root(caller, "back domains up")?;
-        let (id, name) = self.lookup(caller, r)?;
-        if id == 0 {
-            return Err(DaemonError::Dom0("backed up"));
-        }
-        let config = self
-            .table()
-            .domains
-            .get(&id)
-            .map(|e| e.rec.config.clone())
-            .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
-        let disks = storage::prepare_disks(&config.disks)
-            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let (id, name, config, disks) = self.backup_subject(caller, r)?;
         if let Some(d) = disks.iter().find(|d| d.format != ImageFormat::Raw) {
             return Err(DaemonError::Config(format!(
                 "disk {} is a qcow2 image: incremental backups copy raw images and block \
