@@ -436,6 +436,9 @@ pub fn spawn(vcpu: VcpuFd, id: u32, ctx: VcpuContext) -> Result<VcpuHandle, Vcpu
     let thread_info = info.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
+        // With RXEN_VIRTIO_NOTIFY=inline a vCPU runs the disks' requests itself: the same
+        // stack as a device thread's.
+        .stack_size(crate::devices::virtio_slots::DEVICE_THREAD_STACK)
         .spawn(move || run_loop(vcpu, thread_info, ctx))
         .map_err(VcpuError::Spawn)?;
     let pthread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread);

@@ -49,6 +49,10 @@ const SLOT_GSIS: [u32; SLOT_COUNT] = [5, 6, 7, 21, 9, 10, 11, 12, 13, 14, 15, 16
 pub fn slot_gsi(slot: usize) -> u32 {
     SLOT_GSIS.get(slot).copied().unwrap_or(SLOT_GSIS[0])
 }
+/// Stack reserved for each device thread (touched pages only are ever backed). imago's
+/// qcow2 cluster allocation recurses once per refcount block it must allocate, and a damaged
+/// refcount table can ask for many: the 2 MiB default overflowed in a property test.
+pub const DEVICE_THREAD_STACK: usize = 64 << 20;
 /// Hotplug generation port (read u32).
 pub const HOTPLUG_GEN_PORT: u16 = 0x514;
 /// Hotplug detach-request port (read u32, bit i = slot i).
@@ -814,6 +818,7 @@ impl VirtioSlots {
         };
         let thread = std::thread::Builder::new()
             .name(name)
+            .stack_size(DEVICE_THREAD_STACK)
             .spawn(move || io_loop(epoll, thread_transport, thread_notifies, thread_stop))
             .map_err(sys("start a device thread"))?;
         if let Some(s) = slots.get_mut(idx) {
