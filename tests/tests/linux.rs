@@ -190,6 +190,7 @@ const CHECKS: &[(&str, &str)] = &[
     ("net", "devices"),
     ("balloon", "devices"),
     ("hotplug", "devices"),
+    ("cdrom", "devices"),
     ("sysrq", "devices"),
     ("rxl-shutdown", "devices"),
     ("disk-write", "devices"),
@@ -263,6 +264,11 @@ fn linux_balloon_gives_memory_back() {
 #[test]
 fn a_disk_hot_plugs_into_a_running_linux_guest() {
     assert_check("hotplug", "devices");
+}
+
+#[test]
+fn a_cdrom_media_change_reaches_linux() {
+    assert_check("cdrom", "devices");
 }
 
 #[test]
