@@ -96,7 +96,10 @@ impl Daemon {
             c.disks.retain(|d| d.vdev != parsed.vdev);
             c.disks.push(parsed.clone());
         })?;
-        // The new disk's I/O thread gets the domain's I/O priority.
+        // The new disk's I/O thread gets the domain's I/O priority. The VMM answers once the
+        // thread is started, but a thread takes its name only when it first runs: wait (briefly)
+        // until `blk-VDEV` shows, or it would be missed.
+        self.wait_disk_thread(id, &disk.vdev);
         self.reapply_io(id);
         self.log.info(format!(
             "domain {id}: disk {} ({}) attached by {}",

@@ -59,6 +59,30 @@ impl Daemon {
         warnings
     }
 
+    /// Waits up to 2 s for running domain `domid`'s VMM to show the I/O thread of disk `vdev`
+    /// by its name (`blk-VDEV`, cut to the kernel's 15 bytes).
+    pub(super) fn wait_disk_thread(&self, domid: u32, vdev: &str) {
+        let pid = self
+            .table()
+            .domains
+            .get(&domid)
+            .and_then(|e| match e.rec.state {
+                DomainState::Running { pid, .. } => Some(pid),
+                _ => None,
+            });
+        let Some(pid) = pid else { return };
+        let full = format!("blk-{vdev}");
+        let name: String = full.chars().take(15).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !crate::ioprio::disk_threads(pid)
+            .iter()
+            .any(|t| t.name == name)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// Re-applies the I/O priority of a running domain's weight (after a disk's hotplug).
     pub(super) fn reapply_io(&self, domid: u32) {
         let running = self
