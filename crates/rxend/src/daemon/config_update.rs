@@ -21,15 +21,7 @@ impl Daemon {
         overrides: &[String],
         ignore_unsupported: bool,
     ) -> Result<Created, DaemonError> {
-        if !caller.is_root() {
-            self.log.warn(format!(
-                "refused: {} may not update the config of domain {r}",
-                caller.describe()
-            ));
-            return Err(DaemonError::Denied(
-                "only root may update domain configurations".into(),
-            ));
-        }
+        self.only_root(caller, "update domain configurations")?;
         let (id, _) = self.guest(caller, r, "given a new configuration")?;
         let parsed =
             xlcfg::parse(text, path, overrides).map_err(|e| DaemonError::Config(e.to_string()))?;

@@ -129,14 +129,6 @@ impl Daemon {
         Ok(t.store(&self.paths.cpupools_file())?)
     }
 
-    fn pool_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
-        if caller.is_root() {
-            Ok(())
-        } else {
-            Err(DaemonError::Denied(format!("only root may {what}")))
-        }
-    }
-
     fn need_cpusets(&self) -> Result<&Cpusets, DaemonError> {
         self.cpusets.as_ref().ok_or_else(|| {
             DaemonError::Config(
@@ -308,7 +300,7 @@ impl Daemon {
         cpus: &[u32],
         dry_run: bool,
     ) -> Result<CpupoolCreated, DaemonError> {
-        self.pool_root(caller, "create CPU pools")?;
+        self.only_root(caller, "create CPU pools")?;
         self.need_cpusets()?;
         let host = host_cpus();
         let mut t = self.pools();
@@ -337,7 +329,7 @@ impl Daemon {
 
     /// `rxl cpupool-destroy`: refused while domains are in the pool.
     pub fn cpupool_destroy(&self, caller: &Caller, pool: &str) -> Result<(), DaemonError> {
-        self.pool_root(caller, "destroy CPU pools")?;
+        self.only_root(caller, "destroy CPU pools")?;
         let host = host_cpus();
         let mut t = self.pools();
         let view = t.find(&host, pool)?;
@@ -372,7 +364,7 @@ impl Daemon {
         pool: &str,
         new_name: &str,
     ) -> Result<(), DaemonError> {
-        self.pool_root(caller, "rename CPU pools")?;
+        self.only_root(caller, "rename CPU pools")?;
         let host = host_cpus();
         let mut t = self.pools();
         let view = t.find(&host, pool)?;
@@ -413,7 +405,7 @@ impl Daemon {
         cpus: &str,
         add: bool,
     ) -> Result<(), DaemonError> {
-        self.pool_root(caller, "change CPU pools")?;
+        self.only_root(caller, "change CPU pools")?;
         self.need_cpusets()?;
         let host = host_cpus();
         let mut t = self.pools();
@@ -456,7 +448,7 @@ impl Daemon {
         domain: &str,
         pool: &str,
     ) -> Result<(), DaemonError> {
-        self.pool_root(caller, "move domains between CPU pools")?;
+        self.only_root(caller, "move domains between CPU pools")?;
         let host = host_cpus();
         let view = self.pools().find(&host, pool)?;
         let id = {
@@ -521,7 +513,7 @@ impl Daemon {
     /// `rxl cpupool-numa-split`: Pool-0 becomes its first node's pool, each other node gets
     /// one; refused once other pools exist.
     pub fn cpupool_numa_split(&self, caller: &Caller) -> Result<(), DaemonError> {
-        self.pool_root(caller, "split CPU pools")?;
+        self.only_root(caller, "split CPU pools")?;
         self.need_cpusets()?;
         let host = host_cpus();
         let mut t = self.pools();

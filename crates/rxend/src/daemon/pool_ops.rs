@@ -31,11 +31,7 @@ impl Daemon {
     }
 
     fn pool_or_err(&self, caller: &Caller, what: &str) -> Result<&Arc<Pool>, DaemonError> {
-        if !caller.is_root() {
-            self.log
-                .warn(format!("refused: {} may not {what}", caller.describe()));
-            return Err(DaemonError::Denied(format!("only root may {what}")));
-        }
+        self.only_root(caller, what)?;
         self.pool.get().ok_or(DaemonError::NoPool)
     }
 
