@@ -185,6 +185,12 @@ fn a_qcow2_disk_and_an_overlay_on_it_boot_through_pygrub() {
                 dir.join(image).display()
             ),
         );
+        // The dry run reads the chain as the VMM does.
+        let c = dry_run_choice(&h, cfg.to_str().expect("utf-8"));
+        assert_eq!(
+            (&c["partition"], &c["kernel"]),
+            (&1.into(), &"/boot/testguest".into())
+        );
         h.rxl_ok(&["create", cfg.to_str().expect("utf-8")]);
         let mut con = h.console(name);
         con.wait_for("booted on 1 vCPUs", BOOT);
@@ -256,4 +262,67 @@ fn a_disk_without_a_menu_or_with_a_broken_superblock_is_refused_clearly() {
     let err = String::from_utf8_lossy(&h.rxl(&["create", cfg.to_str().expect("utf-8")]).stderr)
         .into_owned();
     assert!(err.contains("first disk"), "{err}");
+}
+
+/// `rxl create -n FILE`'s `rxen.pygrub`: what pygrub chose.
+fn dry_run_choice(h: &Host, cfg: &str) -> serde_json::Value {
+    let out = h.rxl(&["create", "-n", cfg]);
+    assert!(out.status.success(), "create -n: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("create -n prints JSON");
+    v["rxen"]["pygrub"].clone()
+}
+
+#[test]
+fn create_n_shows_what_pygrub_chose_and_refuses_what_it_cannot_boot() {
+    let h = Host::start();
+    let root = tree(&h, "dry", "/boot/grub/grub.cfg", GRUB_CFG);
+    let img = mkfs(&h, "dry", &root, 16, 1 << 20);
+    mbr(&img, 16);
+    // The menu's default, with the domain's own `extra` after the entry's line, as the VMM
+    // joins them.
+    let cfg = domain(&h, "dry", &img, "extra = \"quiet\"");
+    let c = dry_run_choice(&h, &cfg);
+    assert_eq!(c["disk"], "xvda", "{c}");
+    assert_eq!(c["partition"], 1, "{c}");
+    assert_eq!(c["menu"], "/boot/grub/grub.cfg", "{c}");
+    assert_eq!(c["entry"], 1, "{c}");
+    assert_eq!(c["title"], "rxen test guest", "{c}");
+    assert_eq!(c["kernel"], "/boot/testguest", "{c}");
+    assert_eq!(c["cmdline"], "console=hvc0 quiet", "{c}");
+    // A changed default is followed.
+    fs::write(
+        root.join("boot/grub/grub.cfg"),
+        GRUB_CFG.replace("set default=\"1\"", "set default=\"0\""),
+    )
+    .expect("menu");
+    let img = mkfs(&h, "dry", &root, 16, 1 << 20);
+    mbr(&img, 16);
+    let c = dry_run_choice(&h, &cfg);
+    assert_eq!(c["entry"], 0, "{c}");
+    assert_eq!(c["title"], "broken", "{c}");
+    // --entry=N is followed too, and the dry run started nothing.
+    let cfg1 = domain(&h, "dry1", &img, "bootloader_args = [ '--entry=1' ]");
+    assert_eq!(dry_run_choice(&h, &cfg1)["kernel"], "/boot/testguest");
+    assert!(h.list_row("dry").is_none() && h.list_row("dry1").is_none());
+    // A domain with a kernel has no pygrub choice.
+    let plain = h.config(
+        "plain.cfg",
+        "name = \"plain\"\nkernel = \"builtin:testguest\"\nmemory = 64\n",
+    );
+    assert!(dry_run_choice(&h, plain.to_str().expect("utf-8")).is_null());
+    // A broken superblock is the error the create would give, and nothing is printed.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&img).expect("open");
+        f.write_all_at(&[0u8; 1024], (1 << 20) + 1024)
+            .expect("zero the superblock");
+    }
+    let out = h.rxl(&["create", "-n", &cfg]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("xvda") && err.contains("no GRUB menu"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
 }

@@ -2,6 +2,7 @@
 //! rxend, printing in xl's formats, and attaching to consoles; and of
 //! `rxen-shell`, the customers' restricted login shell.
 
+pub mod bootloader;
 pub mod cli;
 pub mod client;
 pub mod cnum;

@@ -282,6 +282,9 @@ pub struct RxenExtras {
     /// Keys rxen does not model, as written (see docs/config.md).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub other_keys: BTreeMap<String, serde_json::Value>,
+    /// What `bootloader = "pygrub"` chose on the first disk (`create -n` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pygrub: Option<crate::bootloader::PygrubChoice>,
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -433,6 +436,7 @@ impl LibxlConfig {
                 sdl: cfg.sdl,
                 vfb: cfg.vfb.clone(),
                 other_keys: cfg.other_keys.clone(),
+                pygrub: None,
             },
         }
     }

@@ -1024,8 +1024,15 @@ fn dry_run_create(path: &Path, text: &str, overrides: &[String]) -> Outcome {
     for d in &parsed.diagnostics {
         eprintln!("{d}");
     }
-    let json = libxl::to_json(&libxl::LibxlConfig::from_config(&parsed.config, None))
-        .map_err(|e| Failure(e.to_string()))?;
+    let mut shown = libxl::LibxlConfig::from_config(&parsed.config, None);
+    // What pygrub will boot: a disk it cannot boot is an error, as the create would fail; a
+    // disk this caller may not read is only a warning, as rxend reads it, not the caller.
+    match rxl::bootloader::preview(&parsed.config) {
+        Ok(choice) => shown.rxen.pygrub = choice,
+        Err(e @ rxl::bootloader::PreviewError::Unreadable { .. }) => eprintln!("warning: {e}"),
+        Err(e) => return Err(Failure(e.to_string())),
+    }
+    let json = libxl::to_json(&shown).map_err(|e| Failure(e.to_string()))?;
     println!("{json}");
     Ok(())
 }

@@ -504,6 +504,24 @@ fn identity(file: &File) -> Option<(u64, u64)> {
     file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// pygrub reads a qcow2 chain's virtual disk as it reads a raw file (`bootloader = "pygrub"`
+/// on a qcow2 disk, in the VMM and in `rxl create -n`).
+impl rxen_pygrub::Disk for Qcow2Image {
+    fn size(&self) -> u64 {
+        Qcow2Image::size(self)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // Past the end is an error here, as a file's read_exact_at would give.
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > Qcow2Image::size(self))
+        {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Qcow2Image::read_at(self, buf, offset)
+    }
+}
+
 /// Opens a backing file as every chain does: read-only, close-on-exec, and without waiting on
 /// a FIFO (a backing file must be a regular file or a block device; [`Qcow2Image::open`]
 /// refuses anything else).

@@ -225,28 +225,9 @@ pub fn boot_disk(
         rxen_virtio::block::DiskImage::Raw(f) => Ok(std::sync::Arc::new(
             f.try_clone().map_err(|e| bad(e.to_string()))?,
         )),
-        rxen_virtio::block::DiskImage::Qcow2(q) => Ok(std::sync::Arc::new(Qcow2Boot(
+        rxen_virtio::block::DiskImage::Qcow2(q) => Ok(std::sync::Arc::new(
             q.read_only_view().map_err(|e| bad(e.to_string()))?,
-        ))),
-    }
-}
-
-/// A qcow2 chain's virtual disk, as pygrub reads it.
-struct Qcow2Boot(rxen_virtio::block::qcow2::Qcow2Image);
-
-impl rxen_pygrub::Disk for Qcow2Boot {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        // Past the end is an error here, as a file's read_exact_at would give.
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > self.0.size())
-        {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.0.read_at(buf, offset)
+        )),
     }
 }
 
