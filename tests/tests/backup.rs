@@ -4,7 +4,8 @@
 //! refused before anything is touched. Incremental backups: a chain (0000-full, 0001-incr, ...)
 //! whose increments hold only the blocks the guest wrote, each point restored exactly; a failed
 //! increment gives the dirty map back, and one cut short by killing rxend leaves the chain
-//! restorable and the next backup correct.
+//! restorable and the next backup correct; a qcow2 overlay's increments hold the guest's
+//! blocks and rebuild a sound image on the same backing file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -400,42 +401,116 @@ fn kill_mid_backup(
     finished
 }
 
-#[test]
-fn incremental_backups_of_qcow2_disks_are_refused_with_the_reason() {
-    let h = Host::start();
-    let img = h.dir.path().join("q.qcow2");
+/// `qemu-img check IMAGE` finds no error.
+fn qemu_img_check(image: &Path) {
     let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("16M")
+        .arg("check")
+        .arg(image)
         .output()
         .expect("run qemu-img (qemu-utils)");
-    assert!(out.status.success(), "qemu-img: {out:?}");
+    assert!(
+        out.status.success(),
+        "qemu-img check {}: {}{}",
+        image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn incremental_backups_of_a_qcow2_overlay_hold_guest_blocks_and_restore_each_instant() {
+    let h = Host::start();
+    let dir = h.dir.path();
+    // A base image with data, and the domain's overlay on it (relative backing name).
+    let qemu_img = |args: &[&str]| {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run qemu-img (qemu-utils)");
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    };
+    qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "64M"]);
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 40M 8M"])
+        .arg(dir.join("base.qcow2"))
+        .output()
+        .expect("run qemu-io (qemu-utils)");
+    assert!(out.status.success(), "qemu-io: {out:?}");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    let top = dir.join("top.qcow2");
     let mut con = h.create_guest(
-        "q",
+        "qinc",
         1,
         32,
-        &format!("disk = [ 'qcow2:{},xvda,w' ]", img.display()),
+        &format!("disk = [ 'qcow2:{},xvda,w' ]", top.display()),
     );
-    let store = h.dir.path().join("chain");
-    let out = h.rxl(&[
-        "backup",
-        "--incremental",
-        "q",
-        store.to_str().expect("utf-8"),
-    ]);
-    assert!(
-        !out.status.success(),
-        "an incremental qcow2 backup was taken"
+    let store = h.dir.path().join("qchain");
+    con.blkwrite_flushed("xvda", S0, 8, 1);
+    let (p0, out) = incr_backup(&h, "qinc", &store);
+    assert_eq!(p0, store.join("0000-full"), "{out}");
+    con.blkwrite_flushed("xvda", S1, 8, 2);
+    let (p1, out) = incr_backup(&h, "qinc", &store);
+    assert!(out.contains("(increment)"), "{out}");
+    // One 64 KiB block of guest data, whatever the image's clusters.
+    let incr = fs::metadata(p1.join("xvda.incr")).expect("increment").len();
+    assert_eq!(incr, 64 << 10, "{out}");
+    // A write over the backing file's data: the increment holds the guest's view.
+    let over_base = (41u64 << 20) / 512;
+    con.blkwrite_flushed("xvda", S0, 8, 3);
+    con.blkwrite_flushed("xvda", over_base, 8, 4);
+    let (p2, out) = incr_backup(&h, "qinc", &store);
+    assert_eq!(p2, store.join("0002-incr"), "{out}");
+    assert_eq!(
+        fs::metadata(p2.join("xvda.incr")).expect("increment").len(),
+        128 << 10,
+        "{out}"
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("xvda is a qcow2 image"), "{err}");
-    assert!(
-        fs::read_dir(&store).map_or(true, |d| d.count() == 0),
-        "the refused backup left files"
-    );
-    // The domain was never paused: it runs on.
-    beats_on(&mut con);
+    let manifest = fs::read_to_string(p2.join("manifest.json")).expect("manifest");
+    assert!(manifest.contains("\"format\": \"qcow2\""), "{manifest}");
+    // After the last backup: in none.
+    con.blkwrite_flushed("xvda", S1, 8, 5);
+    drop(con);
+    h.rxl_ok(&["destroy", "qinc"]);
+
+    let store_s = store.to_str().expect("utf-8");
+    let base_crc = format!("crc32={:08x}", crc32fast::hash(&[0xabu8; 4096]));
+    let restore_and_check = |which: &str, check: &dyn Fn(&mut Console)| {
+        h.rxl_ok(&["backup-restore", store_s, which]);
+        // The rebuilt overlay is a sound qcow2 image on the same backing file.
+        qemu_img_check(&top);
+        let mut con = h.console("qinc");
+        beats_on(&mut con);
+        check(&mut con);
+        drop(con);
+        h.rxl_ok(&["destroy", "qinc"]);
+    };
+    restore_and_check("0001-incr", &|con| {
+        con.assert_blkread("xvda", S0, 8, 1);
+        con.assert_blkread("xvda", S1, 8, 2);
+        con.send(&format!("blkread xvda {over_base} 8"));
+        let line = con.wait_for("blkread crc32=", CMD);
+        assert!(line.ends_with(&base_crc), "the base's data is gone: {line}");
+    });
+    restore_and_check("0002-incr", &|con| {
+        con.assert_blkread("xvda", S0, 8, 3);
+        con.assert_blkread("xvda", S1, 8, 2);
+        con.assert_blkread("xvda", over_base, 8, 4);
+    });
+    restore_and_check("0000-full", &|con| {
+        con.assert_blkread("xvda", S0, 8, 1);
+        assert_zeros(con, S1);
+    });
 }
 
 #[test]

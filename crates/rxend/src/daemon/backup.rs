@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rxen_proto::api::BackedUpDisk;
+use rxen_proto::vmspec::ImageFormat;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xlcfg::DomainConfig;
@@ -75,6 +76,14 @@ pub struct BackupDiskFile {
     /// The disk's dirty map as this backup left it (backups of a chain only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<chain::Tracking>,
+    /// The image's format: a qcow2 image's increments hold guest data, written back through
+    /// the image's own tables (absent: raw, as in backups before qcow2 chains).
+    #[serde(default, skip_serializing_if = "is_raw")]
+    pub format: ImageFormat,
+}
+
+fn is_raw(f: &ImageFormat) -> bool {
+    *f == ImageFormat::Raw
 }
 
 /// A backup that was written.
@@ -174,7 +183,7 @@ impl Daemon {
             None,
         )
         .map_err(cleanup)?;
-        let copied: Result<Vec<(BackedUpDisk, PathBuf, PathBuf)>, DaemonError> = disks
+        let copied: Result<Vec<(BackedUpDisk, PathBuf, PathBuf, ImageFormat)>, DaemonError> = disks
             .iter()
             .map(|d| {
                 let dst = partial.join(format!("{}.img", d.vdev));
@@ -189,6 +198,7 @@ impl Daemon {
                     },
                     d.path.clone(),
                     dst,
+                    d.format,
                 ))
             })
             .collect();
@@ -201,13 +211,14 @@ impl Daemon {
         let copied = copied.map_err(cleanup)?;
         let state = backup_file(&state_path).map_err(cleanup)?;
         let mut files = Vec::new();
-        for (disk, original, copy) in &copied {
+        for (disk, original, copy, format) in &copied {
             files.push(BackupDiskFile {
                 vdev: disk.vdev.clone(),
                 original: original.clone(),
                 copy: backup_file(copy).map_err(cleanup)?,
                 increment: None,
                 tracking: None,
+                format: *format,
             });
         }
         let manifest = Manifest {
@@ -236,7 +247,7 @@ impl Daemon {
         Ok(BackupDone {
             dir: final_dir,
             paused_ms,
-            disks: copied.into_iter().map(|(d, _, _)| d).collect(),
+            disks: copied.into_iter().map(|(d, _, _, _)| d).collect(),
             state_bytes: state.bytes,
         })
     }
@@ -264,7 +275,7 @@ impl Daemon {
             return Err(DaemonError::NameTaken(manifest.domain));
         }
         for p in &plans {
-            copy_back(&p.base, &p.original, &p.increments)
+            copy_back(&p.base, &p.original, &p.increments, p.format)
                 .map_err(|e| DaemonError::Config(format!("disk {}: {e}", p.vdev)))?;
         }
         self.restore_domain(
@@ -449,14 +460,18 @@ fn copy_back(
     copy: &Path,
     original: &Path,
     increments: &[(PathBuf, Vec<chain::Extent>)],
+    format: ImageFormat,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let from = File::open(copy)?;
     let is_device = fs::metadata(original).is_ok_and(|m| !m.is_file());
     if is_device {
-        let to = fs::OpenOptions::new().write(true).open(original)?;
+        let to = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(original)?;
         sparse_copy(&from, &to, false)?;
-        chain::apply(&to, increments)?;
+        chain::apply_to(&to, original, format, increments)?;
         return to.sync_all();
     }
     let tmp = original.with_file_name(format!(
@@ -467,13 +482,17 @@ fn copy_back(
             .unwrap_or_default()
     ));
     let _ = fs::remove_file(&tmp);
+    // Read too: a qcow2 image's tables are read back to apply the increments.
     let to = fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
+    // Beside the original, so that a qcow2 copy's relative backing file names resolve as
+    // the original's do.
     let result = sparse_copy(&from, &to, true)
-        .and_then(|()| chain::apply(&to, increments))
+        .and_then(|()| chain::apply_to(&to, &tmp, format, increments))
         .and_then(|()| to.sync_all());
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);

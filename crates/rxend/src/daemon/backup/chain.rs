@@ -17,6 +17,7 @@ use std::time::Instant;
 use rxen_proto::api::BackedUpDisk;
 use rxen_proto::vmctl::{DirtyDisk, VmRequest};
 use rxen_proto::vmspec::ImageFormat;
+use rxen_virtio::block::qcow2::{self, Qcow2Image};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -114,16 +115,60 @@ fn lock_chain(root: &Path) -> Result<ChainLock, DaemonError> {
     Ok(ChainLock(f))
 }
 
-/// Size of a disk image or block device.
-fn disk_size(path: &Path) -> std::io::Result<u64> {
-    let mut f = File::open(path)?;
-    std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+/// A disk as the guest sees it, read-only: the bytes of a raw image or block device, or a
+/// qcow2 image read through its tables and backing chain (the dirty map is of guest offsets).
+enum GuestView {
+    /// A raw image or block device.
+    Raw(File),
+    /// A qcow2 chain.
+    Qcow2(Box<Qcow2Image>),
 }
 
-/// Copies the `extents` of disk `src` into the new file `dst`, one after another.
-fn copy_extents(src: &Path, dst: &Path, extents: &[Extent]) -> std::io::Result<()> {
+impl GuestView {
+    /// Opens the disk at `path` of format `format`.
+    fn open(path: &Path, format: ImageFormat) -> std::io::Result<GuestView> {
+        let file = File::open(path)?;
+        Ok(match format {
+            ImageFormat::Raw => GuestView::Raw(file),
+            ImageFormat::Qcow2 => GuestView::Qcow2(Box::new(
+                Qcow2Image::open(file, path, false, &mut |p| qcow2::open_backing(p))
+                    .map_err(std::io::Error::other)?,
+            )),
+        })
+    }
+
+    /// The disk's size as the guest sees it.
+    fn size(&mut self) -> std::io::Result<u64> {
+        match self {
+            GuestView::Raw(f) => std::io::Seek::seek(f, std::io::SeekFrom::End(0)),
+            GuestView::Qcow2(q) => Ok(q.size()),
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at guest offset `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            GuestView::Raw(f) => f.read_exact_at(buf, offset),
+            GuestView::Qcow2(q) => q.read_at(buf, offset),
+        }
+    }
+}
+
+/// Size of a disk as the guest sees it.
+fn disk_size(path: &Path, format: ImageFormat) -> std::io::Result<u64> {
+    GuestView::open(path, format)?.size()
+}
+
+/// Copies the `extents` of disk `src` (guest offsets) into the new file `dst`, one after
+/// another.
+fn copy_extents(
+    src: &Path,
+    format: ImageFormat,
+    dst: &Path,
+    extents: &[Extent],
+) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let from = File::open(src)?;
+    let from = GuestView::open(src, format)?;
     let to = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -136,8 +181,8 @@ fn copy_extents(src: &Path, dst: &Path, extents: &[Extent]) -> std::io::Result<(
         while done < e.bytes {
             let want = usize::try_from((e.bytes - done).min(buf.len() as u64)).unwrap_or(0);
             let chunk = buf.get_mut(..want).unwrap_or_default();
-            from.read_exact_at(chunk, e.offset + done)?;
-            to.write_all_at(chunk, out)?;
+            from.read_at(chunk, e.offset + done)?;
+            FileExt::write_all_at(&to, chunk, out)?;
             done += want as u64;
             out += want as u64;
         }
@@ -172,13 +217,6 @@ impl Daemon {
         dir: &str,
     ) -> Result<BackupDone, DaemonError> {
         let (id, name, config, disks) = self.backup_subject(caller, r)?;
-        if let Some(d) = disks.iter().find(|d| d.format != ImageFormat::Raw) {
-            return Err(DaemonError::Config(format!(
-                "disk {} is a qcow2 image: incremental backups copy raw images and block \
-                 devices only; back this domain up without --incremental",
-                d.vdev
-            )));
-        }
         let root = PathBuf::from(dir);
         if !root.is_absolute() {
             return Err(DaemonError::Config(format!(
@@ -264,7 +302,7 @@ impl Daemon {
             .iter()
             .map(|d| {
                 let map = taken.iter().find(|t| t.devid == d.devid);
-                let size = disk_size(&d.path).map_err(io_err(&d.path))?;
+                let size = disk_size(&d.path, d.format).map_err(io_err(&d.path))?;
                 let before = previous.as_ref().and_then(|(_, _, m)| {
                     m.disks
                         .iter()
@@ -287,7 +325,7 @@ impl Daemon {
                     Some(map) => {
                         let extents = extents_of(map, size);
                         let dst = partial.join(format!("{}.incr", d.vdev));
-                        copy_extents(&d.path, &dst, &extents).map_err(fail)?;
+                        copy_extents(&d.path, d.format, &dst, &extents).map_err(fail)?;
                         (
                             dst,
                             "increment",
@@ -316,6 +354,7 @@ impl Daemon {
                         copy,
                         increment,
                         tracking,
+                        format: d.format,
                     },
                 ))
             })
@@ -379,6 +418,8 @@ pub(super) struct DiskPlan {
     pub base: PathBuf,
     /// The increments after it, in order: their data file and extents.
     pub increments: Vec<(PathBuf, Vec<Extent>)>,
+    /// The whole copy's format (the increments are guest data either way).
+    pub format: ImageFormat,
 }
 
 /// What a restore brings back: the backup's directory, its manifest, and its disks' plans;
@@ -424,6 +465,7 @@ pub(super) fn plan(
                 original: d.original.clone(),
                 base: target.join(&d.copy.file),
                 increments: Vec::new(),
+                format: d.format,
             })
             .collect();
         return Ok((target, manifest, plans));
@@ -470,7 +512,7 @@ pub(super) fn plan(
     debug_assert_eq!(links.len() as u64, u64::from(link.index) + 1);
     let mut plans = Vec::new();
     for d in &manifest.disks {
-        let mut base: Option<PathBuf> = None;
+        let mut base: Option<(PathBuf, ImageFormat)> = None;
         let mut increments = Vec::new();
         for (ld, lm) in &links {
             let Some(e) = lm
@@ -486,7 +528,7 @@ pub(super) fn plan(
             super::check_files(ld, std::iter::once(&e.copy))?;
             match &e.increment {
                 None => {
-                    base = Some(ld.join(&e.copy.file));
+                    base = Some((ld.join(&e.copy.file), e.format));
                     increments.clear();
                 }
                 Some(inc) => {
@@ -524,7 +566,7 @@ pub(super) fn plan(
                 }
             }
         }
-        let Some(base) = base else {
+        let Some((base, format)) = base else {
             return Err(DaemonError::Config(format!(
                 "disk {}: no whole copy of it before {}: the chain is broken",
                 d.vdev,
@@ -536,13 +578,59 @@ pub(super) fn plan(
             original: d.original.clone(),
             base,
             increments,
+            format,
         });
     }
     Ok((target, manifest, plans))
 }
 
+/// Writes each increment's extents (guest data) over `to`, the disk rebuilt so far at `path`:
+/// a raw image's bytes directly, a qcow2 image's through its tables (allocating clusters,
+/// copying partial ones from its backing chain), then its tables written back.
+pub(super) fn apply_to(
+    to: &File,
+    path: &Path,
+    format: ImageFormat,
+    increments: &[(PathBuf, Vec<Extent>)],
+) -> std::io::Result<()> {
+    match format {
+        ImageFormat::Raw => apply(to, increments),
+        ImageFormat::Qcow2 => {
+            if increments.is_empty() {
+                return Ok(());
+            }
+            let image =
+                Qcow2Image::open(to.try_clone()?, path, true, &mut |p| qcow2::open_backing(p))
+                    .map_err(std::io::Error::other)?;
+            apply(&QcowWriter(&image), increments)?;
+            image.flush()
+        }
+    }
+}
+
+/// Where [`apply`] writes.
+trait WriteAt {
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl WriteAt for File {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+}
+
+/// A qcow2 image written at guest offsets.
+struct QcowWriter<'a>(&'a Qcow2Image);
+
+impl WriteAt for QcowWriter<'_> {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+}
+
 /// Writes each increment's extents over `to` (the disk rebuilt so far).
-pub(super) fn apply(to: &File, increments: &[(PathBuf, Vec<Extent>)]) -> std::io::Result<()> {
+fn apply(to: &dyn WriteAt, increments: &[(PathBuf, Vec<Extent>)]) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     for (file, extents) in increments {
         let from = File::open(file)?;
@@ -609,6 +697,7 @@ mod tests {
                 copy: backup_file(&dir.join(disk.0)).expect("hash"),
                 increment: disk.2,
                 tracking: None,
+                format: ImageFormat::Raw,
             }],
             chain: Some(ChainLink {
                 index: entry_index(name).expect("name"),
@@ -660,7 +749,8 @@ mod tests {
         let rebuilt = |name: Option<&str>| {
             let (_, _, plans) = plan(&root, name).expect("plan");
             let [p] = &plans[..] else { panic!("{plans:?}") };
-            super::super::copy_back(&p.base, &p.original, &p.increments).expect("copy back");
+            super::super::copy_back(&p.base, &p.original, &p.increments, p.format)
+                .expect("copy back");
             fs::read(&original).expect("disk")
         };
         assert_eq!(rebuilt(Some("0000-full")), b"aaaaaaaaaaaaaaaa");
