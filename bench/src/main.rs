@@ -5,7 +5,8 @@
 //!
 //! Options: `--quick` (a smoke run), `--runs N` (or `RXEN_BENCH_RUNS`),
 //! `--out FILE`, `--only SECTION,...` (boot, memory, saverestore, migration,
-//! disk, iosplit, net, sched, sandbox).
+//! migration-intact, disk, iosplit, net, sched, sandbox; `migration` selects
+//! `migration-intact` too).
 
 mod console;
 mod error;
@@ -51,7 +52,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.only = Some(args.next().ok_or("--only needs sections")?.split(',').map(str::to_string).collect())
             }
             "-h" | "--help" => {
-                return Err("usage: rxen-bench [--quick] [--runs N] [--out FILE] [--only boot,memory,saverestore,migration,disk,iosplit,net,sched,sandbox]".into())
+                return Err("usage: rxen-bench [--quick] [--runs N] [--out FILE] [--only boot,memory,saverestore,migration,migration-intact,disk,iosplit,net,sched,sandbox]".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -70,6 +71,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("memory", sections::memory::run),
     ("saverestore", sections::saverestore::run),
     ("migration", sections::migration::run),
+    ("migration-intact", sections::intact::run),
     ("disk", sections::disk::run),
     ("iosplit", sections::iosplit::run),
     ("net", sections::net::run),
@@ -142,7 +144,7 @@ fn main() {
         if opts
             .only
             .as_ref()
-            .is_some_and(|o| !o.iter().any(|s| s == name))
+            .is_some_and(|o| !o.iter().any(|s| selects(s, name)))
         {
             continue;
         }
@@ -168,6 +170,12 @@ fn main() {
     }
 }
 
+/// Whether `--only`'s `choice` selects the section `name`: its name, or the name before
+/// its `-` (`migration` also selects `migration-intact`).
+fn selects(choice: &str, name: &str) -> bool {
+    name == choice || name.split_once('-').is_some_and(|(head, _)| head == choice)
+}
+
 /// Why QEMU cannot run the guest here, or `None` when it can be tried.
 fn qemu_unavailable(
     bin: &str,
@@ -188,4 +196,18 @@ fn qemu_unavailable(
         return Some("the test guest has no PVH ELF note yet, so QEMU cannot boot it".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects;
+
+    #[test]
+    fn only_selects_a_section_and_its_parts() {
+        assert!(selects("migration", "migration"));
+        assert!(selects("migration", "migration-intact"));
+        assert!(selects("migration-intact", "migration-intact"));
+        assert!(!selects("migration-intact", "migration"));
+        assert!(!selects("boot", "migration-intact"));
+    }
 }

@@ -23,6 +23,15 @@ pub enum Cell {
         /// One message per failed repetition.
         failures: Vec<String>,
     },
+    /// Yes-or-no outcomes of repeated checks (e.g. memory intact after a migration).
+    Tally {
+        /// Runs whose check held.
+        yes: usize,
+        /// Why each run whose check did not hold failed it.
+        no: Vec<String>,
+        /// One message per repetition that could not be checked at all.
+        failures: Vec<String>,
+    },
     /// The feature has not landed (or cannot be measured yet), with why.
     Pending(String),
     /// The figure does not apply to this monitor, with why.
@@ -35,6 +44,27 @@ impl Cell {
         Cell::Samples {
             values: Vec::new(),
             failures: Vec::new(),
+        }
+    }
+
+    /// An empty tally of checks, to be filled repetition by repetition.
+    pub fn tally() -> Cell {
+        Cell::Tally {
+            yes: 0,
+            no: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Adds one repetition's check to a tally: `Ok(Ok(()))` it held, `Ok(Err(why))` it
+    /// did not, `Err(e)` the repetition could not be checked.
+    pub fn push_check<E: std::fmt::Display>(&mut self, r: Result<Result<(), String>, E>) {
+        if let Cell::Tally { yes, no, failures } = self {
+            match r {
+                Ok(Ok(())) => *yes += 1,
+                Ok(Err(why)) => no.push(why),
+                Err(e) => failures.push(e.to_string()),
+            }
         }
     }
 
@@ -75,6 +105,29 @@ impl Cell {
         match self {
             Cell::Pending(why) => format!("pending: {}", escape(why)),
             Cell::NotApplicable(why) => format!("n/a: {}", escape(why)),
+            Cell::Tally { yes, no, failures } => {
+                let checked = yes + no.len();
+                let mut out = if checked == 0 {
+                    match failures.first() {
+                        Some(f) => return format!("failed: {}", escape(f)),
+                        None => return "not run".to_string(),
+                    }
+                } else {
+                    format!("**{yes} of {checked}** {unit}")
+                };
+                if let Some(why) = no.first() {
+                    out.push_str(&format!("; not in {}: {}", no.len(), escape(why)));
+                }
+                if let Some(f) = failures.first() {
+                    out.push_str(&format!(
+                        "; {} of {} runs failed: {}",
+                        failures.len(),
+                        failures.len() + checked,
+                        escape(f)
+                    ));
+                }
+                out
+            }
             Cell::Samples { values, failures } => match Summary::of(values) {
                 None => match failures.first() {
                     Some(f) => format!("failed: {}", escape(f)),
@@ -333,5 +386,22 @@ mod tests {
         assert_eq!(c.render("ms", 1), "failed: boom \\| bang");
         c.push::<String>(Ok(2.0));
         assert_eq!(c.render("ms", 0), "2 ms; 1 of 2 runs failed: boom \\| bang");
+    }
+
+    #[test]
+    fn tallies_count_checks_and_say_why_one_did_not_hold() {
+        let mut c = Cell::tally();
+        assert_eq!(c.render("intact", 0), "not run");
+        c.push_check::<String>(Err("no console".into()));
+        assert_eq!(c.render("intact", 0), "failed: no console");
+        c.push_check::<String>(Ok(Ok(())));
+        c.push_check::<String>(Ok(Err("memsum 0x1, expected 0x2".into())));
+        c.push_check::<String>(Ok(Ok(())));
+        assert_eq!(
+            c.render("intact", 0),
+            "**2 of 3** intact; not in 1: memsum 0x1, expected 0x2; 1 of 4 runs failed: no console"
+        );
+        // A tally has no median: the ratio column stays empty.
+        assert_eq!(c.summary(), None);
     }
 }

@@ -623,10 +623,166 @@ fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
         .expect("run in netns")
 }
 
-/// A bridge `xbr` with 10.78.0.1/24 in namespace `ns`, as each host's xenbr0.
+/// Bursts of disk writes and datagrams the guest runs during the disk+NIC migration.
+const BURSTS: u64 = 8;
+/// Sectors of each burst's block.
+const BURST_SECTORS: u64 = 16;
+/// The UDP port of burst 0's datagrams (burst i: this + i).
+const DGRAM_PORT: u16 = 41000;
+/// Datagrams in one burst: `udpsend ADDR PORT 1` sends 1 MiB in 1400-byte payloads.
+const DATAGRAMS_PER_BURST: u16 = 749;
+
+/// Where burst `i` writes its block on xvda.
+fn burst_sector(i: u64) -> u64 {
+    2048 + i * BURST_SECTORS
+}
+
+/// The pattern seed of burst `i`'s block.
+fn burst_seed(i: u64) -> u32 {
+    100 + i as u32
+}
+
+/// What a [`HostTap`] saw: the datagrams as (port, IPv4 identification), and the RARP frames.
+type Seen = (Vec<(u16, u16)>, usize);
+
+/// What a host (a network namespace) received from the guest while it watched: every
+/// datagram from 10.78.0.2 to the bursts' ports as (port, IPv4 identification), seen by a
+/// raw IP socket (one copy per datagram the host's stack takes in), and the RARP frames
+/// from the guest's MAC (the target's announcement).
+struct HostTap {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Datagrams and RARP frames recorded so far.
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<Seen>>,
+}
+
+impl HostTap {
+    /// Starts watching in namespace `ns` for frames from `mac`; returns once both sockets are open.
+    fn start(ns: &str, mac: [u8; 6]) -> HostTap {
+        use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+        let path = format!("/run/netns/{ns}");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = std::sync::Arc::clone(&stop);
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&count);
+        let (ready, opened) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("the namespace file");
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let udp = socket::socket(
+                AddressFamily::Inet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::Udp,
+            )
+            .expect("raw UDP socket");
+            const ETH_P_RARP: u16 = 0x8035;
+            // SAFETY: socket(2) with constant arguments; its descriptor is owned just below.
+            let raw = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    i32::from(ETH_P_RARP.to_be()),
+                )
+            };
+            assert!(
+                raw >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+            let rarp = unsafe { OwnedFd::from_raw_fd(raw) };
+            let _ = socket::setsockopt(&udp, socket::sockopt::RcvBufForce, &(8 << 20));
+            ready.send(()).expect("ready");
+            let (mut datagrams, mut rarps) = (Vec::new(), 0);
+            let mut buf = [0u8; 2048];
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut fds = [
+                    nix::poll::PollFd::new(udp.as_fd(), nix::poll::PollFlags::POLLIN),
+                    nix::poll::PollFd::new(rarp.as_fd(), nix::poll::PollFlags::POLLIN),
+                ];
+                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)).unwrap_or(0) <= 0
+                {
+                    continue;
+                }
+                let ready: Vec<bool> = fds
+                    .iter()
+                    .map(|f| {
+                        f.revents()
+                            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
+                    })
+                    .collect();
+                if ready[0] {
+                    if let Ok(n) = socket::recv(udp.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                        let ip = &buf[..n];
+                        let ihl = usize::from(ip.first().copied().unwrap_or(0) & 0xf) * 4;
+                        if ip.len() >= ihl + 4 && ihl >= 20 && ip[12..16] == [10, 78, 0, 2] {
+                            let id = u16::from_be_bytes([ip[4], ip[5]]);
+                            let port = u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]]);
+                            if (DGRAM_PORT..DGRAM_PORT + BURSTS as u16).contains(&port) {
+                                datagrams.push((port, id));
+                                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                if ready[1] {
+                    if let Ok(n) = socket::recv(rarp.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+                    {
+                        if n >= 14 && buf[6..12] == mac {
+                            rarps += 1;
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            (datagrams, rarps)
+        });
+        opened
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the tap did not open its sockets");
+        HostTap {
+            stop,
+            count,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching once nothing more has come for half a second (at most 10 s);
+    /// returns the datagrams and the count of RARP frames seen.
+    fn finish(mut self) -> Seen {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = usize::MAX;
+        while std::time::Instant::now() < deadline {
+            let now = self.count.load(std::sync::atomic::Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("tap thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HostTap {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A bridge `xbr` with 10.78.0.1/24 in namespace `ns`, as each host's xenbr0. Every such
+/// bridge has the same MAC, so that 10.78.0.1 is one gateway as the guest sees it, reached
+/// from either host: the guest's ARP entry for it stays right when the guest moves.
 fn bridge_in(ns: &str) {
     for args in [
         &["ip", "link", "add", "xbr", "type", "bridge"][..],
+        &["ip", "link", "set", "xbr", "address", "02:00:0a:4e:00:01"],
         &["ip", "addr", "add", "10.78.0.1/24", "dev", "xbr"],
         &["ip", "link", "set", "xbr", "up"],
     ] {
@@ -692,18 +848,106 @@ fn a_domain_with_a_disk_and_a_nic_migrates_and_keeps_using_both() {
     let before = heartbeat_beyond(&mut con, 2);
     let since = std::time::Instant::now();
 
+    // During the migration the guest writes numbered blocks to xvda and sends numbered
+    // datagrams to its host (burst i to UDP port DGRAM_PORT + i, each datagram's IPv4
+    // identification its number in the burst): commands typed at once, which the guest
+    // runs one after the other, on A and then on B. Both hosts' bridges are watched.
+    let mac_bytes = [0x00, 0x16, 0x3e, 0x4d, 0x49, 0x47];
+    let taps = [
+        HostTap::start(&p.net.a, mac_bytes),
+        HostTap::start(&p.net.b, mac_bytes),
+    ];
+    let acked_before = con.output().matches("blkwrite ok").count();
+    let done = format!("burstsdone{}", std::process::id());
+    let mut typed = String::new();
+    for i in 0..BURSTS {
+        typed.push_str(&format!(
+            "blkwrite xvda {} {BURST_SECTORS} {}\nudpsend 10.78.0.1 {} 1\n",
+            burst_sector(i),
+            burst_seed(i),
+            DGRAM_PORT + i as u16
+        ));
+    }
+    typed.push_str(&format!("{done}\n"));
+    con.type_text(&typed);
+    // The migration starts once the first block is acknowledged: the rest is in flight.
+    con.wait_for("blkwrite ok", BOOT);
     p.migrate_a_to_b("migdev");
     assert!(p.a.list_row("migdev").is_none(), "still on A");
-    // The target announced the guest's MAC: B's bridge learned it on the
-    // guest's port before the guest sent anything there.
+    // B's bridge knows the guest's MAC on its port (announced by the target; see the RARP
+    // count below).
     let fdb =
         String::from_utf8_lossy(&in_ns(&p.net.b, &["bridge", "fdb", "show", "br", "xbr"]).stdout)
             .into_owned();
     assert!(fdb.contains(mac), "B's bridge did not learn {mac}: {fdb}");
-
+    let on_a = con.output();
+    let acked_on_a = on_a.matches("blkwrite ok").count() - acked_before;
     let mut con = p.b.console("migdev");
+    // Answered once every burst is done (the queued input moved with the domain).
+    con.wait_for(
+        &format!("unknown command: {done}"),
+        Duration::from_secs(300),
+    );
+    let on_b = con.output();
+    for out in [&on_a, &on_b] {
+        assert!(
+            !out.contains("blkwrite error") && !out.contains("udpsend error"),
+            "a burst failed:\nA:\n{on_a}\nB:\n{on_b}"
+        );
+    }
+    let sent_on_a = on_a.matches("udpsend done").count();
+    // Every block acknowledged (on A before the pause, or on B) is on the target's disk,
+    // as the guest reads it there and in the shared image.
+    let image = std::fs::read(&img).expect("read image");
+    for i in 0..BURSTS {
+        con.assert_blkread("xvda", burst_sector(i), BURST_SECTORS, burst_seed(i));
+        let at = burst_sector(i) as usize * 512;
+        let len = BURST_SECTORS as usize * 512;
+        assert!(
+            image.get(at..at + len) == Some(&blk_pattern(burst_seed(i), len)[..]),
+            "block {i} is not in the image"
+        );
+    }
     let after = con.heartbeat();
     assert_continues(before, after, since);
+    // Nothing reached the hosts twice: no (port, number) seen twice on A, on B or across them.
+    let [tap_a, tap_b] = taps;
+    let ((got_a, _), (got_b, rarps_b)) = (tap_a.finish(), tap_b.finish());
+    // The target announced the guest's MAC into B's network (a RARP from that MAC).
+    assert!(rarps_b >= 1, "no RARP announcement from {mac} on B");
+    let mut seen = std::collections::BTreeMap::new();
+    for d in got_a.iter().chain(&got_b) {
+        *seen.entry(*d).or_insert(0u32) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "datagrams sent twice ((port, number), times): {twice:?}"
+    );
+    assert!(
+        seen.keys()
+            .all(|(port, id)| *port < DGRAM_PORT + BURSTS as u16 && *id < DATAGRAMS_PER_BURST),
+        "datagrams the guest never sent: {seen:?}"
+    );
+    eprintln!(
+        "disk+nic migration: {acked_on_a} of {BURSTS} blocks acknowledged on A before the pause, \
+         {sent_on_a} of {BURSTS} bursts done on A; datagrams received: {} on A, {} on B, \
+         {} of {} distinct, none twice",
+        got_a.len(),
+        got_b.len(),
+        seen.len(),
+        BURSTS as u16 * DATAGRAMS_PER_BURST
+    );
+    assert!(acked_on_a >= 1, "no block was acknowledged on A");
+    // The NIC works on B: every burst that started there reached B's host.
+    for i in sent_on_a as u64 + 1..BURSTS {
+        let port = DGRAM_PORT + i as u16;
+        assert!(
+            got_b.iter().any(|(p, _)| *p == port),
+            "nothing of burst {i} (port {port}) reached B"
+        );
+    }
+
     // The disk: what was written on A reads back on B, and B's writes land.
     con.assert_blkread("xvda", 100, 16, 7);
     con.assert_blkread("xvdb", 8, 4, 42);

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod disk;
+pub mod intact;
 pub mod iosplit;
 pub mod memory;
 pub mod migration;

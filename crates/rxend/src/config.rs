@@ -1,8 +1,10 @@
-//! rxend's config file, `/etc/rxen/rxend.toml` (`--config`): its sections and their defaults.
+//! rxend's config file, `/etc/rxen/rxend.toml` (`--config`): all its sections and their
+//! defaults, and nothing else (the code that acts on a section imports it from here).
 
 use serde::{Deserialize, Serialize};
 
-use crate::relocation::RelocationConfig;
+/// The relocation port xend used.
+pub const DEFAULT_RELOCATION_PORT: u16 = 8002;
 
 /// rxend's config file (`--config`, TOML).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,43 @@ pub struct RxendConfig {
     /// The pool this host joins (none: a host on its own).
     #[serde(default)]
     pub pool: Option<PoolConfig>,
+}
+
+/// `[relocation]` in rxend's config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RelocationConfig {
+    /// Listen for migrations (xend-relocation-server).
+    #[serde(default)]
+    pub server: bool,
+    /// TCP port (xend-relocation-port).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Address to bind; empty = every interface (xend-relocation-address).
+    #[serde(default)]
+    pub address: String,
+    /// Regular expressions on the peer's address or name; empty = allow all (xend-relocation-hosts-allow).
+    #[serde(default)]
+    pub hosts_allow: Vec<String>,
+    /// The shared key; both sides need the same.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_RELOCATION_PORT
+}
+
+impl Default for RelocationConfig {
+    fn default() -> Self {
+        Self {
+            server: false,
+            port: DEFAULT_RELOCATION_PORT,
+            address: String::new(),
+            hosts_allow: Vec::new(),
+            key_file: None,
+        }
+    }
 }
 
 /// The `[pool]` section: the etcd that holds the pool, and this host's place in it.
@@ -253,6 +292,25 @@ impl Default for DomainsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relocation_section_parses_with_defaults() {
+        let c = RxendConfig::parse(
+            "[relocation]\nserver = true\naddress = \"10.0.0.2\"\nhosts-allow = [\"^10\\\\.0\\\\.0\\\\.1$\"]\nkey-file = \"/etc/rxen/key\"\n",
+        )
+        .expect("parse");
+        assert!(c.relocation.server);
+        assert_eq!(c.relocation.port, 8002);
+        assert_eq!(
+            c.relocation.hosts_allow,
+            vec!["^10\\.0\\.0\\.1$".to_string()]
+        );
+        assert!(RxendConfig::parse("[relocation]\nsrever = true\n").is_err());
+        assert_eq!(
+            RxendConfig::parse("").expect("empty"),
+            RxendConfig::default()
+        );
+    }
 
     #[test]
     fn sandbox_section_parses_and_checks_its_range() {

@@ -39,8 +39,6 @@ mod pool_ops;
 mod recovery;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};
-mod transfer;
-pub use transfer::{MigrateOptions, Reservation};
 
 /// Built-in kernels that `kernel = "builtin:NAME"` may name.
 pub const BUILTIN_KERNELS: &[&str] = &["testguest"];
@@ -111,7 +109,7 @@ pub enum DaemonError {
 
 /// An operation in progress that keeps the supervisor away from a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Busy {
+pub(crate) enum Busy {
     Starting,
     Destroying,
     Exiting,
@@ -426,6 +424,80 @@ impl Daemon {
             .clone()
     }
 
+    /// Refuses callers other than root, logging who was refused `what`.
+    pub(crate) fn only_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
+        if caller.is_root() {
+            return Ok(());
+        }
+        self.log
+            .warn(format!("refused: {} may not {what}", caller.describe()));
+        Err(DaemonError::Denied(format!("only root may {what}")))
+    }
+
+    /// Marks a running, idle guest `busy` (a save or a migration: the supervisor keeps away);
+    /// its ID, run directory and record.
+    pub(crate) fn mark_busy(
+        &self,
+        caller: &Caller,
+        r: &str,
+        verb: &'static str,
+        busy: Busy,
+    ) -> Result<(u32, PathBuf, DomainRecord), DaemonError> {
+        let (id, dir) = self.running_guest(caller, r, verb)?;
+        let mut t = self.table();
+        let e = t
+            .domains
+            .get_mut(&id)
+            .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
+        if let Some(b) = e.busy {
+            return Err(DaemonError::Busy(e.rec.name.clone(), b.what()));
+        }
+        e.busy = Some(busy);
+        Ok((id, dir, e.rec.clone()))
+    }
+
+    /// Sets or clears what keeps the supervisor away from a domain.
+    pub(crate) fn set_busy(&self, id: u32, busy: Option<Busy>) {
+        if let Some(e) = self.table().domains.get_mut(&id) {
+            e.busy = busy;
+        }
+    }
+
+    /// Changes a domain's record and writes it (nothing when the domain is gone).
+    pub(crate) fn update_record(
+        &self,
+        id: u32,
+        change: impl FnOnce(&mut DomainRecord),
+    ) -> Result<(), DaemonError> {
+        let rec = self.table().domains.get_mut(&id).map(|e| {
+            change(&mut e.rec);
+            e.rec.clone()
+        });
+        match rec {
+            Some(rec) => self.save(&rec),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a domain of this name is here (running, starting or on its way out).
+    pub(crate) fn name_in_use(&self, name: &str) -> bool {
+        self.table().domains.values().any(|e| e.rec.name == name)
+    }
+
+    /// Waits for a VMM that is done (saved or migrated) to exit, then forgets the domain.
+    pub(crate) fn finish_gone(&self, id: u32, rec: &DomainRecord) {
+        if let DomainState::Running {
+            pid, start_ticks, ..
+        } = rec.state
+        {
+            if !wait_gone(pid, start_ticks, Duration::from_secs(10)) {
+                kill_vmm(pid, start_ticks);
+                wait_gone(pid, start_ticks, Duration::from_secs(5));
+            }
+        }
+        self.forget(id);
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         match self.table.lock() {
             Ok(g) => g,
@@ -495,7 +567,7 @@ impl Daemon {
     }
 
     /// Resolves a domain that must be a guest (not Domain-0) and returns its ID and run directory.
-    fn guest(
+    pub(crate) fn guest(
         &self,
         caller: &Caller,
         r: &str,
@@ -739,7 +811,7 @@ impl Daemon {
     }
 
     /// Like [`Self::start`], restoring from a save file or receiving on a migration connection.
-    fn start_from(
+    pub(crate) fn start_from(
         &self,
         config: DomainConfig,
         config_path: Option<String>,

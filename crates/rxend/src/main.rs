@@ -9,8 +9,8 @@ use clap::Parser;
 use rxend::cli::Args;
 use rxend::config::RxendConfig;
 use rxend::daemon::{Daemon, SchedOptions};
+use rxend::migration::relocation;
 use rxend::paths::Paths;
-use rxend::relocation;
 use rxend::{metrics, server};
 
 /// The config file rxend reads when none is named.

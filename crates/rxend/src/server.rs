@@ -570,7 +570,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         } => transferred(daemon.migrate_domain(
             caller,
             &domain,
-            crate::daemon::MigrateOptions {
+            crate::migration::MigrateOptions {
                 host,
                 port,
                 key_file,
@@ -590,7 +590,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             let Some(fd) = fd else {
                 return error(DaemonError::Config("no connection to receive on".into()));
             };
-            match crate::relocation::receive_over_ssh(daemon, fd, paused) {
+            match crate::migration::relocation::receive_over_ssh(daemon, fd, paused) {
                 Ok(()) => Reply::Plain(Response::Ok),
                 Err(e) => Reply::Plain(Response::Error { message: e }),
             }

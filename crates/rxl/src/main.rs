@@ -8,7 +8,7 @@ use rxen_proto::api::{ConfigText, DomainInfo, Request, Response};
 use rxl::cli::front::{self, Globals, Invocation};
 use rxl::cli::{Cli, Cmd};
 use rxl::client::{Client, ClientError};
-use rxl::transfer::{self, Progress};
+use rxl::migration::{self, Progress};
 use rxl::{console, domains, format, libxl, power, sched, top};
 
 /// A failure to report: one line on stderr and exit status 1.
@@ -248,7 +248,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             config,
         } => {
             if keep_domid {
-                return Err(Failure(transfer::KEEP_DOMID_REFUSAL.into()));
+                return Err(Failure(migration::KEEP_DOMID_REFUSAL.into()));
             }
             let abs = std::path::absolute(&file).unwrap_or(file);
             let config = config.map(|c| read_config(&c)).transpose()?;
@@ -266,13 +266,13 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 Response::Transferred { name, stats } => {
                     // xl prints this once the header is written; rxl once the VMM wrote the
                     // stream, whose header and config record it reads back.
-                    match transfer::SaveFileInfo::of_file(&abs) {
-                        Ok(info) => eprintln!("{}", transfer::saving_line(&abs, &info)),
+                    match migration::SaveFileInfo::of_file(&abs) {
+                        Ok(info) => eprintln!("{}", migration::saving_line(&abs, &info)),
                         Err(e) => eprintln!("Saving to {} new rxl format ({e})", abs.display()),
                     }
-                    eprintln!("Saved domain {name}: {}", transfer::figures(&stats));
+                    eprintln!("Saved domain {name}: {}", migration::figures(&stats));
                     if verbose || globals.verbose > 0 {
-                        eprint!("{}", transfer::breakdown(&stats));
+                        eprint!("{}", migration::breakdown(&stats));
                     }
                     Ok(())
                 }
@@ -354,8 +354,8 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                     *ssh = true;
                 }
                 let cmd = ssh.unwrap_or_else(|| "ssh".into());
-                let (mut child, channel) =
-                    transfer::spawn_ssh(&cmd, &host, paused).map_err(|e| Failure(e.to_string()))?;
+                let (mut child, channel) = migration::spawn_ssh(&cmd, &host, paused)
+                    .map_err(|e| Failure(e.to_string()))?;
                 let r = c.call_with_fd(&req, &channel);
                 drop(channel);
                 let _ = child.wait();
@@ -365,9 +365,9 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             match r? {
                 Response::Transferred { name, stats } => {
                     eprintln!("Migration successful.");
-                    println!("migrated {name} to {host}: {}", transfer::figures(&stats));
+                    println!("migrated {name} to {host}: {}", migration::figures(&stats));
                     if verbose || globals.verbose > 0 {
-                        print!("{}", transfer::breakdown(&stats));
+                        print!("{}", migration::breakdown(&stats));
                     }
                     Ok(())
                 }
@@ -379,7 +379,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             no_wait: _,
             debug: _,
         } => {
-            let (channel, out) = transfer::stdio_channel().map_err(|e| Failure(e.to_string()))?;
+            let (channel, out) = migration::stdio_channel().map_err(|e| Failure(e.to_string()))?;
             let mut c = connect()?;
             let r = c.call_with_fd(&Request::MigrateReceive { paused }, &channel);
             drop(channel);

@@ -138,7 +138,7 @@ impl Daemon {
     }
 
     /// The pool a domain config names (Pool-0 when none).
-    pub(super) fn config_pool(&self, config: &DomainConfig) -> Result<PoolView, DaemonError> {
+    pub(crate) fn config_pool(&self, config: &DomainConfig) -> Result<PoolView, DaemonError> {
         let host = host_cpus();
         let t = self.pools();
         match &config.pool {

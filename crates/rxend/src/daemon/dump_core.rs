@@ -9,7 +9,7 @@ use rxen_proto::vmctl::{VmRequest, VmResponse};
 
 use super::{Daemon, DaemonError};
 use crate::auth::Caller;
-use crate::savefile::SaveFile;
+use crate::migration::savefile::SaveFile;
 use crate::vmm::{self, VmmError};
 
 /// How long a VMM may take to write a core file.

@@ -1,8 +1,7 @@
-//! The relocation server (xend's, for live migration): TCP, `hosts-allow`
-//! regular expressions on the peer's address or name, and a shared key that
-//! both sides prove they hold by HMAC-SHA256 over random nonces (the key
-//! never crosses the wire). Everything else is refused before a single page
-//! is accepted, and logged.
+//! The relocation wire protocol, both sides of it, and nothing of the daemon: the
+//! handshake in which both peers prove by HMAC-SHA256 over random nonces that they hold
+//! the shared key (the key never crosses the wire), the [`Reservation`] the source sends
+//! before a single page, the ssh transport's ready line, the key file and `hosts-allow`.
 //!
 //! Handshake, one JSON object per line:
 //! 1. target → source: `{"hello":"rxen-relocation","version":1,"nonce":N1}`
@@ -12,20 +11,16 @@
 //! 5. target → source: `{"ok":true}` or `{"error":...}`; then the stream.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use xlcfg::DomainConfig;
 
-use crate::daemon::{Daemon, Reservation};
-
-/// The relocation port xend used.
-pub const DEFAULT_PORT: u16 = 8002;
 /// Longest handshake line.
 const MAX_MSG: usize = 1 << 20;
 /// The line xl's receiver sends first on the ssh transport.
@@ -57,43 +52,6 @@ pub enum RelocationError {
     /// A `hosts-allow` entry is not a regular expression.
     #[error("hosts-allow entry {0:?}: {1}")]
     BadPattern(String, String),
-}
-
-/// `[relocation]` in rxend's config file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct RelocationConfig {
-    /// Listen for migrations (xend-relocation-server).
-    #[serde(default)]
-    pub server: bool,
-    /// TCP port (xend-relocation-port).
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Address to bind; empty = every interface (xend-relocation-address).
-    #[serde(default)]
-    pub address: String,
-    /// Regular expressions on the peer's address or name; empty = allow all (xend-relocation-hosts-allow).
-    #[serde(default)]
-    pub hosts_allow: Vec<String>,
-    /// The shared key; both sides need the same.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-}
-
-fn default_port() -> u16 {
-    DEFAULT_PORT
-}
-
-impl Default for RelocationConfig {
-    fn default() -> Self {
-        Self {
-            server: false,
-            port: DEFAULT_PORT,
-            address: String::new(),
-            hosts_allow: Vec::new(),
-            key_file: None,
-        }
-    }
 }
 
 /// Reads a shared key file (its bytes, without a trailing newline); at least 16 bytes.
@@ -275,7 +233,8 @@ fn write_json<T: Serialize>(mut w: impl Write, v: &T) -> Result<(), RelocationEr
     Ok(())
 }
 
-fn refuse(w: impl Write, why: &str) {
+/// Tells the peer why it is refused (best effort: it may be gone already).
+pub fn refuse(w: impl Write, why: &str) {
     let _ = write_json(
         w,
         &Msg {
@@ -362,196 +321,136 @@ pub fn ssh_sender_handshake(
     reserve_as_source(&f, reservation)
 }
 
-/// Serves the relocation port forever (one thread per connection).
-pub fn serve(daemon: Arc<Daemon>, config: &RelocationConfig) -> Result<(), String> {
-    let key_path = config
-        .key_file
-        .clone()
-        .ok_or("the relocation server needs key-file: refusing to listen without a key")?;
-    let key = Arc::new(read_key(&key_path).map_err(|e| e.to_string())?);
-    let allow = Arc::new(HostsAllow::new(&config.hosts_allow).map_err(|e| e.to_string())?);
-    let bind = if config.address.is_empty() {
-        format!("0.0.0.0:{}", config.port)
-    } else if config.address.contains(':') {
-        format!("[{}]:{}", config.address, config.port)
-    } else {
-        format!("{}:{}", config.address, config.port)
-    };
-    let listener = TcpListener::bind(&bind).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
-    daemon
-        .log
-        .info(format!("relocation server listening on {bind}"));
-    let d = daemon.clone();
-    std::thread::Builder::new()
-        .name("relocation".into())
-        .spawn(move || {
-            crate::accept::serve(
-                &daemon.log,
-                "relocation",
-                MAX_CONNECTIONS,
-                || listener.accept().map(|(s, _)| s),
-                |s: &TcpStream| s.peer_addr().ok().map(|a| a.ip().to_string()),
-                move |sock| handle(&d, sock, &key, &allow),
-            )
-        })
-        .map_err(|e| format!("cannot start the relocation server: {e}"))?;
+/// The target's side of the handshake, up to the reservation: greet, check that the
+/// source holds the key, prove that we hold it. A source that fails is told so.
+pub fn server_handshake(sock: &TcpStream, key: &[u8]) -> Result<(), RelocationError> {
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let n1 = nonce()?;
+    write_json(
+        sock,
+        &Msg {
+            hello: Some("rxen-relocation".into()),
+            version: Some(1),
+            nonce: Some(hex(&n1)),
+            ..Default::default()
+        },
+    )?;
+    let m: Msg = read_json(sock)?;
+    let n2 = m
+        .nonce
+        .as_deref()
+        .and_then(unhex)
+        .filter(|n| n.len() == 32)
+        .ok_or_else(|| RelocationError::Auth("no nonce".into()))?;
+    let theirs = m.mac.as_deref().and_then(unhex).unwrap_or_default();
+    if !verify(key, "rxen-relocation source", &n1, &n2, &theirs) {
+        refuse(sock, "authentication failed");
+        return Err(RelocationError::Auth("wrong key".into()));
+    }
+    write_json(
+        sock,
+        &Msg {
+            mac: Some(hex(&mac(key, "rxen-relocation target", &n2, &n1)?)),
+            ..Default::default()
+        },
+    )?;
     Ok(())
 }
 
-/// Connections the relocation server serves at once (before and after authentication):
-/// a peer that opens many cannot starve the others or exhaust rxend's threads.
-pub const MAX_CONNECTIONS: crate::accept::Limits = crate::accept::Limits {
-    total: 32,
-    per_peer: 4,
-};
-
-fn handle(daemon: &Daemon, sock: TcpStream, key: &[u8], allow: &HostsAllow) {
-    let peer = match sock.peer_addr() {
-        Ok(p) => p,
-        Err(e) => {
-            daemon.log.warn(format!("relocation: no peer address: {e}"));
-            return;
-        }
-    };
-    if !allow.allows(peer.ip(), || reverse_name(peer.ip())) {
-        daemon.log.warn(format!(
-            "relocation: refused {peer}: not allowed by hosts-allow"
-        ));
-        refuse(&sock, "your host is not allowed to migrate domains here");
-        return;
-    }
-    let r = (|| -> Result<(), RelocationError> {
-        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let n1 = nonce()?;
-        write_json(
-            &sock,
-            &Msg {
-                hello: Some("rxen-relocation".into()),
-                version: Some(1),
-                nonce: Some(hex(&n1)),
-                ..Default::default()
-            },
-        )?;
-        let m: Msg = read_json(&sock)?;
-        let n2 = m
-            .nonce
-            .as_deref()
-            .and_then(unhex)
-            .filter(|n| n.len() == 32)
-            .ok_or_else(|| RelocationError::Auth("no nonce".into()))?;
-        let theirs = m.mac.as_deref().and_then(unhex).unwrap_or_default();
-        if !verify(key, "rxen-relocation source", &n1, &n2, &theirs) {
-            refuse(&sock, "authentication failed");
-            return Err(RelocationError::Auth("wrong key".into()));
-        }
-        write_json(
-            &sock,
-            &Msg {
-                mac: Some(hex(&mac(key, "rxen-relocation target", &n2, &n1)?)),
-                ..Default::default()
-            },
-        )?;
-        Ok(())
-    })();
-    if let Err(e) = r {
-        daemon.log.warn(format!("relocation: refused {peer}: {e}"));
-        return;
-    }
-    let fd = match sock.as_fd().try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => {
-            daemon.log.error(format!("relocation: {e}"));
-            return;
-        }
-    };
-    drop(sock);
-    receive_reserved(daemon, fd, &peer.to_string());
+/// The receiver's side of the ssh transport (ssh authenticated the peer): xl's ready line.
+pub fn ssh_receiver_ready(mut w: impl Write) -> Result<(), RelocationError> {
+    w.write_all(format!("{XL_READY}\n").as_bytes())?;
+    w.flush()?;
+    Ok(())
 }
 
-/// `rxl migrate-receive` (ssh authenticated the peer): xl's ready line, then
-/// as after our own handshake. `paused` overrides the source's wish.
-pub fn receive_over_ssh(daemon: &Daemon, channel: OwnedFd, paused: bool) -> Result<(), String> {
-    let mut f = std::fs::File::from(channel.try_clone().map_err(|e| e.to_string())?);
-    f.write_all(format!("{XL_READY}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    drop(f);
-    match receive_reserved_as(daemon, channel, "ssh", paused) {
-        Some(name) => Ok(name).map(|_| ()),
-        None => Err("the domain did not arrive; see rxl dmesg".into()),
-    }
+/// The target reads the source's [`Reservation`] (after either transport's handshake).
+pub fn read_reservation(r: impl Read) -> Result<Reservation, RelocationError> {
+    read_json(r)
 }
 
-/// After authentication (ours or ssh's): the reservation, then a receiving VMM.
-pub fn receive_reserved(daemon: &Daemon, channel: OwnedFd, from: &str) {
-    receive_reserved_as(daemon, channel, from, false);
-}
-
-fn receive_reserved_as(
-    daemon: &Daemon,
-    channel: OwnedFd,
-    from: &str,
-    force_paused: bool,
-) -> Option<String> {
-    let f = match channel.try_clone() {
-        Ok(fd) => std::fs::File::from(fd),
-        Err(e) => {
-            daemon.log.error(format!("relocation: {e}"));
-            return None;
-        }
-    };
-    let mut reservation: Reservation = match read_json(&f) {
-        Ok(r) => r,
-        Err(e) => {
-            daemon
-                .log
-                .warn(format!("relocation: {from}: no reservation: {e}"));
-            refuse(&f, &e.to_string());
-            return None;
-        }
-    };
-    reservation.paused |= force_paused;
-    let config = match daemon.reserve(&reservation) {
-        Ok(c) => c,
-        Err(why) => {
-            daemon.log.warn(format!(
-                "relocation: refused domain {} from {from}: {why}",
-                reservation.name
-            ));
-            refuse(&f, &why);
-            return None;
-        }
-    };
-    if let Err(e) = write_json(
-        &f,
+/// The target accepts the reservation: the stream follows.
+pub fn accept_reservation(w: impl Write) -> Result<(), RelocationError> {
+    write_json(
+        w,
         &Msg {
             ok: Some(true),
             ..Default::default()
         },
-    ) {
-        daemon.log.warn(format!("relocation: {from}: {e}"));
-        return None;
-    }
-    drop(f);
-    daemon.log.info(format!(
-        "relocation: receiving domain {} ({} MiB, {} vCPUs) from {from}",
-        reservation.name, reservation.memory_mib, reservation.vcpus
-    ));
-    match daemon.receive(config, &reservation, channel, from) {
-        Ok(c) => Some(c.name),
-        Err(e) => {
-            daemon.log.error(format!(
-                "relocation: domain {} from {from} did not arrive: {e}",
-                reservation.name
+    )
+}
+
+/// What the source asks the target to set aside before anything moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The domain's name (must be free on the target).
+    pub name: String,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// The domain's config (JSON of `xlcfg::DomainConfig`).
+    pub config: serde_json::Value,
+    /// The config file it came from.
+    #[serde(default)]
+    pub config_path: Option<String>,
+    /// Leave the domain paused on the target.
+    #[serde(default)]
+    pub paused: bool,
+    /// What `rxl mem-set`, `mem-max` and `vcpu-set` changed on the source,
+    /// so that the target's record (and `rxl list`) agree with the guest.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Settings changed on a running domain that are not in its config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeSettings {
+    /// The balloon target (`rxl mem-set`).
+    #[serde(default)]
+    pub mem_target_mib: Option<u64>,
+    /// The bound of `rxl mem-max`.
+    #[serde(default)]
+    pub mem_max_mib: Option<u64>,
+    /// vCPUs online (`rxl vcpu-set`).
+    #[serde(default)]
+    pub online_vcpus: Option<u32>,
+}
+
+impl RuntimeSettings {
+    /// Why these settings cannot be those of a domain of `config`, if they
+    /// cannot: what `rxl mem-set`, `mem-max` and `vcpu-set` would have
+    /// refused (a migration's source sends them; the target keeps them).
+    pub fn check(&self, config: &DomainConfig) -> Result<(), String> {
+        let ram = crate::record::ram_mib(config);
+        if let Some(m) = self.mem_max_mib.filter(|&m| m == 0 || m > ram) {
+            return Err(format!(
+                "memory maximum {m} MiB is outside 1-{ram} MiB (the RAM it is built with)"
             ));
-            None
         }
+        let max = self.mem_max_mib.unwrap_or(config.maxmem_mib).min(ram);
+        if let Some(t) = self.mem_target_mib.filter(|&t| t == 0 || t > max) {
+            return Err(format!(
+                "memory target {t} MiB is outside 1-{max} MiB (maxmem)"
+            ));
+        }
+        let current = self.mem_target_mib.unwrap_or(config.memory_mib);
+        if let Some(m) = self.mem_max_mib.filter(|&m| m < current) {
+            return Err(format!(
+                "memory maximum {m} MiB is below the current memory ({current} MiB)"
+            ));
+        }
+        let vcpus = config.maxvcpus.max(config.vcpus);
+        if let Some(n) = self.online_vcpus.filter(|&n| n == 0 || n > vcpus) {
+            return Err(format!("{n} vCPUs online is outside 1-{vcpus} (maxvcpus)"));
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RxendConfig;
 
     #[test]
     fn hosts_allow_matches_address_or_name() {
@@ -581,22 +480,124 @@ mod tests {
         assert_eq!(unhex("zz"), None);
     }
 
-    #[test]
-    fn config_file() {
-        let c = RxendConfig::parse(
-            "[relocation]\nserver = true\naddress = \"10.0.0.2\"\nhosts-allow = [\"^10\\\\.0\\\\.0\\\\.1$\"]\nkey-file = \"/etc/rxen/key\"\n",
-        )
-        .expect("parse");
-        assert!(c.relocation.server);
-        assert_eq!(c.relocation.port, 8002);
-        assert_eq!(
-            c.relocation.hosts_allow,
-            vec!["^10\\.0\\.0\\.1$".to_string()]
+    fn config(memory: u64, maxmem: u64, vcpus: u32, maxvcpus: u32) -> DomainConfig {
+        let text = format!(
+            "name = \"g\"\nkernel = \"/boot/vmlinuz\"\nmemory = {memory}\nmaxmem = {maxmem}\nvcpus = {vcpus}\nmaxvcpus = {maxvcpus}\n"
         );
-        assert!(RxendConfig::parse("[relocation]\nsrever = true\n").is_err());
-        assert_eq!(
-            RxendConfig::parse("").expect("empty"),
-            RxendConfig::default()
+        let c = xlcfg::parse(&text, "g.cfg", &[]).expect("config").config;
+        assert_eq!((c.memory_mib, c.maxmem_mib), (memory, maxmem));
+        c
+    }
+
+    #[test]
+    fn runtime_settings_keep_to_what_the_commands_allow() {
+        let c = config(512, 1024, 2, 4);
+        let rt = |mem_target_mib, mem_max_mib, online_vcpus| RuntimeSettings {
+            mem_target_mib,
+            mem_max_mib,
+            online_vcpus,
+        };
+        for ok in [
+            rt(None, None, None),
+            rt(Some(1), None, Some(1)),
+            rt(Some(1024), None, Some(4)),
+            rt(Some(256), Some(256), Some(3)),
+            rt(None, Some(512), None),
+            rt(Some(300), Some(1024), None),
+        ] {
+            assert_eq!(ok.check(&c), Ok(()), "{ok:?}");
+        }
+        for (bad, why) in [
+            (rt(Some(0), None, None), "memory target 0 MiB"),
+            (
+                rt(Some(1025), None, None),
+                "memory target 1025 MiB is outside 1-1024",
+            ),
+            (
+                rt(Some(600), Some(512), None),
+                "memory target 600 MiB is outside 1-512",
+            ),
+            (rt(None, Some(0), None), "memory maximum 0 MiB"),
+            (
+                rt(None, Some(2048), None),
+                "memory maximum 2048 MiB is outside 1-1024",
+            ),
+            (
+                rt(None, Some(300), None),
+                "below the current memory (512 MiB)",
+            ),
+            (rt(None, None, Some(0)), "0 vCPUs online"),
+            (rt(None, None, Some(5)), "5 vCPUs online is outside 1-4"),
+            (rt(None, None, Some(u32::MAX)), "outside 1-4"),
+        ] {
+            let e = bad.check(&c).expect_err(why);
+            assert!(e.contains(why), "{e} (expected {why})");
+        }
+    }
+
+    fn reservation() -> Reservation {
+        let c = config(64, 64, 1, 1);
+        Reservation {
+            name: c.name.clone(),
+            memory_mib: 64,
+            vcpus: 1,
+            config: serde_json::to_value(&c).expect("config"),
+            config_path: None,
+            paused: false,
+            runtime: RuntimeSettings::default(),
+        }
+    }
+
+    /// Runs the target's side (handshake, reservation, answer) on a loopback connection
+    /// and the source's side here; returns what each side got.
+    fn handshake_between(
+        target_key: &'static [u8],
+        source_key: &[u8],
+        accept: bool,
+    ) -> (
+        Result<(), RelocationError>,
+        Result<Option<Reservation>, RelocationError>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = std::thread::spawn(move || {
+            let (sock, _) = listener.accept()?;
+            server_handshake(&sock, target_key)?;
+            let r = read_reservation(&sock)?;
+            if accept {
+                accept_reservation(&sock)?;
+            } else {
+                refuse(&sock, "no room");
+            }
+            Ok(Some(r))
+        });
+        let sock = TcpStream::connect(addr).expect("connect");
+        let source = client_handshake(&sock, source_key, &reservation());
+        drop(sock);
+        (source, target.join().expect("target thread"))
+    }
+
+    #[test]
+    fn both_sides_prove_the_key_before_the_reservation_passes() {
+        let key: &'static [u8] = b"0123456789abcdef";
+        let (source, target) = handshake_between(key, key, true);
+        source.expect("source side");
+        assert_eq!(target.expect("target side"), Some(reservation()));
+
+        let (source, _) = handshake_between(key, key, false);
+        assert!(
+            matches!(&source, Err(RelocationError::Refused(e)) if e == "no room"),
+            "{source:?}"
+        );
+
+        let (source, target) = handshake_between(key, b"0123456789abcdeX", true);
+        assert!(
+            matches!(target, Err(RelocationError::Auth(_))),
+            "{target:?}"
+        );
+        assert!(
+            matches!(&source, Err(RelocationError::Refused(e)) if e == "authentication failed"),
+            "{source:?}"
         );
     }
 }

@@ -1,4 +1,6 @@
-//! Save, restore and migration: the daemon's side (the VMM moves the bytes).
+//! Save, restore and migration, the daemon's side (the VMM moves the bytes): `rxl save`,
+//! `rxl restore`, `rxl migrate` (the source: connect, [`handshake`], hand the connection
+//! to the VMM) and the target's reservation check and receiving VMM. An `impl Daemon` block.
 
 use std::fs;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -9,86 +11,17 @@ use std::time::Duration;
 use rxen_proto::api::ConfigText;
 use rxen_proto::stream::{self, ConfigRecord, RecordType, StreamReader};
 use rxen_proto::vmctl::{AfterSave, TransferStats, VmRequest, VmResponse};
-use serde::{Deserialize, Serialize};
 use xlcfg::DomainConfig;
 
-use super::{Busy, Created, Daemon, DaemonError};
+use super::handshake::{self, Reservation, RuntimeSettings};
+use super::savefile::SaveFile;
 use crate::auth::Caller;
+use crate::daemon::{Busy, Created, Daemon, DaemonError};
 use crate::record::DomainState;
-use crate::relocation;
-use crate::savefile::SaveFile;
 use crate::vmm::{self, VmmError};
 
 /// How long a save or a migration may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What the source asks the target to set aside before anything moves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reservation {
-    /// The domain's name (must be free on the target).
-    pub name: String,
-    /// Memory in MiB.
-    pub memory_mib: u64,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// The domain's config (JSON of `xlcfg::DomainConfig`).
-    pub config: serde_json::Value,
-    /// The config file it came from.
-    #[serde(default)]
-    pub config_path: Option<String>,
-    /// Leave the domain paused on the target.
-    #[serde(default)]
-    pub paused: bool,
-    /// What `rxl mem-set`, `mem-max` and `vcpu-set` changed on the source,
-    /// so that the target's record (and `rxl list`) agree with the guest.
-    #[serde(default)]
-    pub runtime: RuntimeSettings,
-}
-
-/// Settings changed on a running domain that are not in its config.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuntimeSettings {
-    /// The balloon target (`rxl mem-set`).
-    #[serde(default)]
-    pub mem_target_mib: Option<u64>,
-    /// The bound of `rxl mem-max`.
-    #[serde(default)]
-    pub mem_max_mib: Option<u64>,
-    /// vCPUs online (`rxl vcpu-set`).
-    #[serde(default)]
-    pub online_vcpus: Option<u32>,
-}
-
-impl RuntimeSettings {
-    /// Why these settings cannot be those of a domain of `config`, if they
-    /// cannot: what `rxl mem-set`, `mem-max` and `vcpu-set` would have
-    /// refused (a migration's source sends them; the target keeps them).
-    pub fn check(&self, config: &DomainConfig) -> Result<(), String> {
-        let ram = crate::record::ram_mib(config);
-        if let Some(m) = self.mem_max_mib.filter(|&m| m == 0 || m > ram) {
-            return Err(format!(
-                "memory maximum {m} MiB is outside 1-{ram} MiB (the RAM it is built with)"
-            ));
-        }
-        let max = self.mem_max_mib.unwrap_or(config.maxmem_mib).min(ram);
-        if let Some(t) = self.mem_target_mib.filter(|&t| t == 0 || t > max) {
-            return Err(format!(
-                "memory target {t} MiB is outside 1-{max} MiB (maxmem)"
-            ));
-        }
-        let current = self.mem_target_mib.unwrap_or(config.memory_mib);
-        if let Some(m) = self.mem_max_mib.filter(|&m| m < current) {
-            return Err(format!(
-                "memory maximum {m} MiB is below the current memory ({current} MiB)"
-            ));
-        }
-        let vcpus = config.maxvcpus.max(config.vcpus);
-        if let Some(n) = self.online_vcpus.filter(|&n| n == 0 || n > vcpus) {
-            return Err(format!("{n} vCPUs online is outside 1-{vcpus} (maxvcpus)"));
-        }
-        Ok(())
-    }
-}
 
 /// `rxl migrate`'s options, as rxend gets them.
 #[derive(Debug)]
@@ -146,25 +79,10 @@ pub fn read_progress(path: &Path) -> Option<rxen_proto::vmctl::TransferProgress>
 }
 
 impl Daemon {
-    pub(super) fn only_root(&self, caller: &Caller, what: &str) -> Result<(), DaemonError> {
-        if caller.is_root() {
-            return Ok(());
-        }
-        self.log
-            .warn(format!("refused: {} may not {what}", caller.describe()));
-        Err(DaemonError::Denied(format!("only root may {what}")))
-    }
-
     fn parse_config(&self, c: &ConfigText) -> Result<DomainConfig, DaemonError> {
         xlcfg::parse(&c.text, &c.path, &[])
             .map(|p| p.config)
             .map_err(|e| DaemonError::Config(e.to_string()))
-    }
-
-    fn set_busy(&self, id: u32, busy: Option<Busy>) {
-        if let Some(e) = self.table().domains.get_mut(&id) {
-            e.busy = busy;
-        }
     }
 
     /// The config record and VMM process of a running, idle domain, marked `busy`.
@@ -176,19 +94,7 @@ impl Daemon {
         busy: Busy,
         config: Option<&ConfigText>,
     ) -> Result<(u32, PathBuf, ConfigRecord, crate::record::DomainRecord), DaemonError> {
-        let (id, dir) = self.running_guest(caller, r, verb)?;
-        let rec = {
-            let mut t = self.table();
-            let e = t
-                .domains
-                .get_mut(&id)
-                .ok_or_else(|| DaemonError::NoSuchDomain(r.to_string()))?;
-            if let Some(b) = e.busy {
-                return Err(DaemonError::Busy(e.rec.name.clone(), b.what()));
-            }
-            e.busy = Some(busy);
-            e.rec.clone()
-        };
+        let (id, dir, rec) = self.mark_busy(caller, r, verb, busy)?;
         let record = match config {
             Some(c) => match self.parse_config(c) {
                 Ok(cfg) => ConfigRecord {
@@ -206,20 +112,6 @@ impl Daemon {
             },
         };
         Ok((id, dir, record, rec))
-    }
-
-    /// Waits for a VMM that is done (saved or migrated) to exit, then forgets the domain.
-    fn finish_gone(&self, id: u32, rec: &crate::record::DomainRecord) {
-        if let DomainState::Running {
-            pid, start_ticks, ..
-        } = rec.state
-        {
-            if !super::wait_gone(pid, start_ticks, Duration::from_secs(10)) {
-                super::kill_vmm(pid, start_ticks);
-                super::wait_gone(pid, start_ticks, Duration::from_secs(5));
-            }
-        }
-        self.forget(id);
     }
 
     /// `rxl save`: writes the domain to `path`; it then stops, keeps running (`checkpoint`) or stays paused.
@@ -316,19 +208,13 @@ impl Daemon {
             AfterSave::Exit | AfterSave::Hold => self.finish_gone(id, &rec),
             AfterSave::Resume => self.set_busy(id, None),
             AfterSave::Pause => {
-                let saved = {
-                    let mut t = self.table();
-                    t.domains.get_mut(&id).map(|e| {
-                        e.busy = None;
-                        if let DomainState::Running { paused, .. } = &mut e.rec.state {
-                            *paused = true;
-                        }
-                        e.rec.clone()
-                    })
-                };
-                if let Some(rec) = saved {
-                    self.save(&rec)?;
-                }
+                let saved = self.update_record(id, |rec| {
+                    if let DomainState::Running { paused, .. } = &mut rec.state {
+                        *paused = true;
+                    }
+                });
+                self.set_busy(id, None);
+                saved?;
             }
         }
         Ok((name, stats))
@@ -448,7 +334,7 @@ impl Daemon {
                             "no relocation key: pass --key FILE or set relocation.key-file in rxend's config".into(),
                         )
                     })?;
-                let key = relocation::read_key(&key_path).map_err(transfer_err)?;
+                let key = handshake::read_key(&key_path).map_err(transfer_err)?;
                 let addr = (opts.host.as_str(), opts.port)
                     .to_socket_addrs()
                     .map_err(|e| transfer_err(format!("{}: {e}", opts.host)))?
@@ -456,13 +342,13 @@ impl Daemon {
                     .ok_or_else(|| transfer_err(format!("{}: no address", opts.host)))?;
                 let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
                     .map_err(|e| transfer_err(format!("cannot connect to {addr}: {e}")))?;
-                relocation::client_handshake(&sock, &key, &reservation).map_err(transfer_err)?;
+                handshake::client_handshake(&sock, &key, &reservation).map_err(transfer_err)?;
                 let _ = sock.set_nodelay(true);
                 OwnedFd::from(sock)
             }
         };
         if opts.channel.is_some() {
-            relocation::ssh_sender_handshake(&channel, &reservation).map_err(transfer_err)?;
+            handshake::ssh_sender_handshake(&channel, &reservation).map_err(transfer_err)?;
         }
         self.log.info(format!(
             "domain {id} ({}): sending to {} ({} MiB, {})",
@@ -505,8 +391,8 @@ impl Daemon {
         r.runtime
             .check(&config)
             .map_err(|e| format!("the domain's runtime settings are unusable here: {e}"))?;
-        super::check_name(&r.name).map_err(|e| e.to_string())?;
-        if self.table().domains.values().any(|e| e.rec.name == r.name) {
+        crate::daemon::check_name(&r.name).map_err(|e| e.to_string())?;
+        if self.name_in_use(&r.name) {
             return Err(format!("domain name \"{}\" is already in use here", r.name));
         }
         let pool = self.config_pool(&config).map_err(|e| format!("{e} here"))?;
@@ -555,18 +441,11 @@ impl Daemon {
         let vifs = config.vifs.len();
         let created =
             self.start_from(config, r.config_path.clone(), r.paused, None, Some(channel))?;
-        let rec = {
-            let mut t = self.table();
-            t.domains.get_mut(&created.domid).map(|e| {
-                e.rec.mem_target_mib = r.runtime.mem_target_mib;
-                e.rec.mem_max_mib = r.runtime.mem_max_mib;
-                e.rec.online_vcpus = r.runtime.online_vcpus;
-                e.rec.clone()
-            })
-        };
-        if let Some(rec) = rec {
-            self.save(&rec)?;
-        }
+        self.update_record(created.domid, |rec| {
+            rec.mem_target_mib = r.runtime.mem_target_mib;
+            rec.mem_max_mib = r.runtime.mem_max_mib;
+            rec.online_vcpus = r.runtime.online_vcpus;
+        })?;
         // The VMM announces each NIC's MAC (a RARP broadcast into its TAP, as
         // QEMU does) once the guest runs, so that bridges learn the new port.
         self.log.info(format!(
@@ -634,61 +513,6 @@ mod tests {
              state capture 300 us, last round on the wire 700 us, file sync 20 us, \
              last round 4096 bytes, not broken down 330 us"
         );
-    }
-
-    fn config(memory: u64, maxmem: u64, vcpus: u32, maxvcpus: u32) -> DomainConfig {
-        let text = format!(
-            "name = \"g\"\nkernel = \"/boot/vmlinuz\"\nmemory = {memory}\nmaxmem = {maxmem}\nvcpus = {vcpus}\nmaxvcpus = {maxvcpus}\n"
-        );
-        let c = xlcfg::parse(&text, "g.cfg", &[]).expect("config").config;
-        assert_eq!((c.memory_mib, c.maxmem_mib), (memory, maxmem));
-        c
-    }
-
-    #[test]
-    fn runtime_settings_keep_to_what_the_commands_allow() {
-        let c = config(512, 1024, 2, 4);
-        let rt = |mem_target_mib, mem_max_mib, online_vcpus| RuntimeSettings {
-            mem_target_mib,
-            mem_max_mib,
-            online_vcpus,
-        };
-        for ok in [
-            rt(None, None, None),
-            rt(Some(1), None, Some(1)),
-            rt(Some(1024), None, Some(4)),
-            rt(Some(256), Some(256), Some(3)),
-            rt(None, Some(512), None),
-            rt(Some(300), Some(1024), None),
-        ] {
-            assert_eq!(ok.check(&c), Ok(()), "{ok:?}");
-        }
-        for (bad, why) in [
-            (rt(Some(0), None, None), "memory target 0 MiB"),
-            (
-                rt(Some(1025), None, None),
-                "memory target 1025 MiB is outside 1-1024",
-            ),
-            (
-                rt(Some(600), Some(512), None),
-                "memory target 600 MiB is outside 1-512",
-            ),
-            (rt(None, Some(0), None), "memory maximum 0 MiB"),
-            (
-                rt(None, Some(2048), None),
-                "memory maximum 2048 MiB is outside 1-1024",
-            ),
-            (
-                rt(None, Some(300), None),
-                "below the current memory (512 MiB)",
-            ),
-            (rt(None, None, Some(0)), "0 vCPUs online"),
-            (rt(None, None, Some(5)), "5 vCPUs online is outside 1-4"),
-            (rt(None, None, Some(u32::MAX)), "outside 1-4"),
-        ] {
-            let e = bad.check(&c).expect_err(why);
-            assert!(e.contains(why), "{e} (expected {why})");
-        }
     }
 
     #[test]
