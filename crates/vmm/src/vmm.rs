@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
-use rxen_proto::stream::{ConfigRecord, DeviceRecord};
+use rxen_proto::stream::ConfigRecord;
 use rxen_proto::vmctl::{
     AfterSave, BalloonStats, TargetTimings, TransferStats, VcpuState, VcpuStats, VmStats,
 };
@@ -46,7 +46,7 @@ use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
 use crate::micros;
 use crate::migration::channel::{read_line, take_incoming, TIMINGS_PREFIX};
-use crate::migration::devices::{bad_device, SavedDevices};
+use crate::migration::devices::{bad_device, DeviceRecord, SavedDevices};
 use crate::migration::regcheck::CpuLimits;
 use crate::migration::vcpu_state::{self as snapshot, SnapshotError};
 use crate::migration::{self, Received, SendOptions, TransferError};
@@ -429,8 +429,8 @@ impl Vm {
         } else {
             None
         };
-        if let Some(r) = restored {
-            let devices = SavedDevices::decode(&r.devices, &spec)?;
+        if let Some(mut r) = restored {
+            let devices = SavedDevices::decode(std::mem::take(&mut r.devices), spec.vcpus)?;
             let mut vm = Self::assemble(
                 spec,
                 kvm,
@@ -501,8 +501,8 @@ impl Vm {
             }
             Restore::Saved(r, devices) => {
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
-                if let Some((wanted, reported)) = devices.vcpu_masks {
-                    extras.1.restore(wanted, reported);
+                if let Some(m) = devices.vcpu_masks {
+                    extras.1.restore(m.wanted, m.reported);
                 }
                 let kind = if r.info.kernel == "linux" {
                     KernelKind::Linux
@@ -557,7 +557,7 @@ impl Vm {
         let serial_state = saved.serial;
         let exit = Arc::new(ExitSignal::new()?);
         let host_request = Arc::new(HostRequestReg::default());
-        host_request.set_raw(saved.host_request);
+        host_request.set_raw(saved.power.host_request);
         let console = Arc::new(ConsoleHub::with_log(Some(run.console_log)));
         let evt =
             || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::EventFd);
@@ -572,7 +572,7 @@ impl Vm {
                 ConsoleWriter(console.clone()),
                 st,
             )
-            .map_err(|e| bad_device("serial", e))?,
+            .map_err(|e| VmmError::Restore(bad_device("serial", e)))?,
             None => SerialDevice::new(irq, drained_for_uart, ConsoleWriter(console.clone())),
         };
         let serial = Arc::new(Mutex::new(serial));
@@ -882,41 +882,20 @@ impl Vm {
         let mut serial = crate::lock(&self.serial).snapshot();
         serial.queued_input = self.input.contents();
         serial.queued_breaks = self.input.breaks();
-        let virtio = self.slots.save_states().into_iter().map(|st| DeviceRecord {
-            name: format!("virtio:{}", st.slot),
-            state: serde_json::to_value(st).unwrap_or_default(),
-        });
         let mut out = vec![
-            DeviceRecord {
-                name: "serial".into(),
-                state: serde_json::to_value(serial).unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "i8042".into(),
-                state: serde_json::to_value(crate::lock(&self.i8042).snapshot())
-                    .unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "rtc".into(),
-                state: serde_json::to_value(crate::lock(&self.rtc).snapshot()).unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "acpi".into(),
-                state: serde_json::to_value(self.ged.snapshot()).unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "power".into(),
-                state: serde_json::json!({ "host_request": self.host_request.get() }),
-            },
-            DeviceRecord {
-                name: "vcpus".into(),
-                state: serde_json::json!({
-                    "wanted": self.vcpu_masks.wanted(),
-                    "reported": self.vcpu_masks.reported(),
-                }),
-            },
+            DeviceRecord::Serial(serial),
+            DeviceRecord::I8042(crate::lock(&self.i8042).snapshot()),
+            DeviceRecord::Rtc(crate::lock(&self.rtc).snapshot()),
+            DeviceRecord::Acpi(self.ged.snapshot()),
+            DeviceRecord::Power(self.host_request.snapshot()),
+            DeviceRecord::Vcpus(self.vcpu_masks.snapshot()),
         ];
-        out.extend(virtio);
+        out.extend(
+            self.slots
+                .save_states()
+                .into_iter()
+                .map(DeviceRecord::Virtio),
+        );
         out
     }
 

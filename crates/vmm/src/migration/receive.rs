@@ -5,11 +5,11 @@
 use std::io::Read;
 
 use rxen_proto::stream::{
-    self, decode_pages, DeviceRecord, RecordType, StreamError, StreamReader, VmInfo, PAGE_SIZE,
-    ZERO_PAGE,
+    self, decode_pages, RecordType, StreamError, StreamReader, VmInfo, PAGE_SIZE, ZERO_PAGE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::devices::DeviceRecord;
 use super::regcheck::CpuLimits;
 use super::vcpu_state::{self as snapshot, VcpuState, VmState};
 use super::TransferError;
@@ -228,10 +228,8 @@ mod tests {
             out.push((VCPU, Parts::sample(id).encode()));
         }
         out.push((VMSTATE, vm_body()));
-        let serial = DeviceRecord {
-            name: "serial".into(),
-            state: serde_json::json!({"divisor": [1, 0], "regs": [0, 1, 3, 0x60, 8, 0xB0, 0], "fifo": []}),
-        };
+        let serial = serde_json::json!({"name": "serial", "state": {"divisor": [1, 0], "regs": [0, 1, 3, 0x60, 8, 0xB0, 0], "fifo": []}});
+        let serial: DeviceRecord = serde_json::from_value(serial).expect("a serial record");
         out.push((DEVICE, stream::json_body(&serial).expect("json")));
         out.push((END, Vec::new()));
         out
