@@ -17,6 +17,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 
 use crate::device::{needs_interrupt, read_config_bytes, Activation, DeviceError, VirtioDevice};
 use crate::interrupt::{InterruptKind, IrqLine};
+use crate::state::{BalloonState, DeviceState};
 use crate::GuestMemoryMmap;
 
 /// The balloon's page size: page frame numbers count 4 KiB pages whatever the guest uses.
@@ -246,30 +247,22 @@ impl VirtioDevice for Balloon {
             .unwrap_or_default()
     }
 
-    fn save_state(&mut self) -> serde_json::Value {
-        serde_json::json!({
-            "num_pages": self.shared.num_pages.load(Ordering::SeqCst),
-            "actual": self.shared.actual.load(Ordering::SeqCst),
-            "pages": self.pages.iter().collect::<Vec<_>>(),
+    fn save_state(&mut self) -> DeviceState {
+        DeviceState::Balloon(BalloonState {
+            num_pages: self.shared.num_pages.load(Ordering::SeqCst),
+            actual: self.shared.actual.load(Ordering::SeqCst),
+            pages: self.pages.iter().copied().collect(),
         })
     }
 
-    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), DeviceError> {
-        let field = |name: &str| {
-            state
-                .get(name)
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| DeviceError::BadState(format!("balloon: no {name}")))
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        let DeviceState::Balloon(state) = state else {
+            return Err(DeviceError::BadState(format!(
+                "the saved state of {} does not fit the balloon",
+                state.kind()
+            )));
         };
-        let pages = state
-            .get("pages")
-            .and_then(serde_json::Value::as_array)
-            .ok_or_else(|| DeviceError::BadState("balloon: no pages".into()))?
-            .iter()
-            .map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
-            .collect::<Option<BTreeSet<u32>>>()
-            .ok_or_else(|| DeviceError::BadState("balloon: a page is not a number".into()))?;
+        let pages: BTreeSet<u32> = state.pages.iter().copied().collect();
         // Only RAM pages ever go into the balloon, and the host never asks for more than all.
         let mem = self
             .active
@@ -282,14 +275,14 @@ impl VirtioDevice for Balloon {
             )));
         }
         let ram_pages: u64 = mem.iter().map(|r| r.len() / BALLOON_PAGE).sum();
-        let num_pages = field("num_pages")?;
+        let num_pages = state.num_pages;
         if u64::from(num_pages) > ram_pages {
             return Err(DeviceError::BadState(format!(
                 "balloon: a target of {num_pages} pages, over the guest's {ram_pages}"
             )));
         }
         self.shared.num_pages.store(num_pages, Ordering::SeqCst);
-        self.shared.actual.store(field("actual")?, Ordering::SeqCst);
+        self.shared.actual.store(state.actual, Ordering::SeqCst);
         // Ballooned pages arrive as zero pages: the host backs none of them.
         self.shared
             .inflated
@@ -540,30 +533,49 @@ mod tests {
         assert_eq!(handle.target_pages(), PAGES);
         assert_eq!(handle.inflated_pages(), u64::from(PAGES));
         let ram_pages = MEM_SIZE / BALLOON_PAGE;
-        for (edit, why) in [
+        let ram_pages = u32::try_from(ram_pages).expect("small");
+        let edits: [(&dyn Fn(&mut BalloonState), String); 3] = [
             (
-                serde_json::json!({"pages": [ram_pages]}),
+                &|b| b.pages = vec![ram_pages],
                 format!("page {ram_pages:#x} is not guest RAM"),
             ),
             (
-                serde_json::json!({"pages": [u32::MAX]}),
+                &|b| b.pages = vec![u32::MAX],
                 "is not guest RAM".to_string(),
             ),
             (
-                serde_json::json!({"num_pages": ram_pages + 1}),
+                &|b| b.num_pages = ram_pages + 1,
                 format!(
                     "a target of {} pages, over the guest's {ram_pages}",
                     ram_pages + 1
                 ),
             ),
-        ] {
+        ];
+        for (edit, why) in edits {
             let mut bad = st.clone();
-            for (k, v) in edit.as_object().expect("object") {
-                bad.device[k] = v.clone();
-            }
+            let DeviceState::Balloon(b) = &mut bad.device else {
+                panic!("a balloon's state: {:?}", bad.device);
+            };
+            edit(b);
             let e = fresh().0.restore_state(&bad).expect_err("refused");
             assert!(e.to_string().contains(&why), "{e} (expected {why})");
         }
+        // Another device's state, or an unknown field, is refused.
+        let mut bad = st.clone();
+        bad.device = DeviceState::Block(crate::state::BlockState {});
+        let e = fresh().0.restore_state(&bad).expect_err("refused");
+        assert!(
+            e.to_string().contains("a disk does not fit the balloon"),
+            "{e}"
+        );
+        let json = serde_json::to_string(&st).expect("json");
+        let renamed = json.replace("\"num_pages\"", "\"target_pages\"");
+        assert_ne!(json, renamed);
+        let e = serde_json::from_str::<crate::TransportState>(&renamed).expect_err("refused");
+        assert!(
+            e.to_string().contains("unknown field `target_pages`"),
+            "{e}"
+        );
     }
 
     #[test]

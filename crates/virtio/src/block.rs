@@ -36,6 +36,7 @@ pub use self::stats::{BlockStats, BlockStatsSnapshot};
 
 use crate::device::{needs_interrupt, read_config_bytes, Activation, DeviceError, VirtioDevice};
 use crate::interrupt::{InterruptKind, IrqLine};
+use crate::state::{BlockState, DeviceState};
 use crate::GuestMemoryMmap;
 
 /// Size of a virtio-blk sector, whatever the disk's block size.
@@ -309,13 +310,13 @@ impl VirtioDevice for Block {
         Ok(self.capacity)
     }
 
-    fn save_state(&mut self) -> serde_json::Value {
+    fn save_state(&mut self) -> DeviceState {
         // Requests complete before they are marked used; what they wrote
         // must be on stable storage before another host opens the disk.
         if let Err(e) = self.disk.flush() {
             tracing::warn!("virtio-blk: flush before saving state failed: {e}");
         }
-        serde_json::Value::Null
+        DeviceState::Block(BlockState {})
     }
 
     fn flush(&mut self) {
@@ -324,7 +325,13 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        let DeviceState::Block(BlockState {}) = state else {
+            return Err(DeviceError::BadState(format!(
+                "the saved state of {} does not fit a disk",
+                state.kind()
+            )));
+        };
         // The image was last written by the saved domain (a migration's source until just
         // now): what this side read of a qcow2 image's tables at start-up may be stale.
         self.disk.reload().map_err(DeviceError::Restore)

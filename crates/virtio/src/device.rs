@@ -8,6 +8,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use crate::interrupt::IrqLine;
+use crate::state::DeviceState;
 use crate::GuestMemoryMmap;
 
 /// Errors a device reports to its transport; each one means the device cannot go on until the
@@ -109,8 +110,8 @@ pub trait VirtioDevice: Send {
 
     /// The device model's own state for a save file or a migration, taken
     /// while its transport is frozen (a disk flushes its writes here).
-    fn save_state(&mut self) -> serde_json::Value {
-        serde_json::Value::Null
+    fn save_state(&mut self) -> DeviceState {
+        DeviceState::None
     }
 
     /// Makes what the device wrote durable, as the VMM ends (a qcow2 disk writes its cached
@@ -121,9 +122,16 @@ pub trait VirtioDevice: Send {
     /// announces its MAC, so that switches learn the new port).
     fn after_migration(&mut self) {}
 
-    /// Applies what `save_state` returned, after the transport re-activated the device.
-    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
-        Ok(())
+    /// Applies what `save_state` returned, after the transport re-activated the device;
+    /// refuses another device's state.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        match state {
+            DeviceState::None => Ok(()),
+            other => Err(DeviceError::BadState(format!(
+                "the saved state of {} does not fit this device",
+                other.kind()
+            ))),
+        }
     }
 }
 

@@ -61,7 +61,7 @@ pub use device::{Activation, DeviceError, VirtioDevice};
 pub use interrupt::{Interrupt, InterruptKind, IrqLine};
 pub use mmio::{MmioError, MmioStateError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use net::{Net, NetConfig, NetError, NetStats, NetStatsSnapshot, Tap};
-pub use state::{QueueRecord, TransportState};
+pub use state::{BalloonState, BlockState, DeviceState, NetState, QueueRecord, TransportState};
 
 /// The guest memory type devices work on: the VMM's, with a dirty bitmap so that device writes are tracked for migration.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -20,7 +20,7 @@ use vm_memory::GuestAddress;
 
 use crate::device::{Activation, VirtioDevice};
 use crate::interrupt::{Interrupt, InterruptKind, IrqLine};
-use crate::state::{QueueRecord, TransportState};
+use crate::state::{DeviceState, QueueRecord, TransportState};
 use crate::GuestMemoryMmap;
 
 /// Size of the MMIO window of one device, in bytes.
@@ -249,7 +249,7 @@ impl MmioTransport {
             device: if self.activated {
                 self.device.save_state()
             } else {
-                serde_json::Value::Null
+                DeviceState::None
             },
         }
     }
@@ -1344,7 +1344,7 @@ mod tests {
                 activated,
                 interrupt_status,
                 queues: queues.clone(),
-                device: serde_json::Value::Null,
+                device: DeviceState::None,
             };
             let (mut t, _, _) = transport();
             if t.restore_state(&st).is_ok() {

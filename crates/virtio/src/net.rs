@@ -35,6 +35,7 @@ pub use self::tap::{NetBackend, Tap, TapError};
 use crate::device::{needs_interrupt, read_config_bytes, Activation, DeviceError, VirtioDevice};
 use crate::interrupt::{InterruptKind, IrqLine};
 use crate::ratetimer::RateTimer;
+use crate::state::{DeviceState, NetState};
 use crate::GuestMemoryMmap;
 
 /// Size of `virtio_net_hdr_v1` (with num_buffers), the header of every frame under VERSION_1.
@@ -463,6 +464,20 @@ impl VirtioDevice for Net {
         match self.backend.send(&rarp_announcement(mac)) {
             Ok(()) => tracing::info!("virtio-net: announced {mac:02x?} after migration"),
             Err(e) => tracing::warn!("virtio-net: cannot announce the MAC: {e}"),
+        }
+    }
+
+    fn save_state(&mut self) -> DeviceState {
+        DeviceState::Net(NetState {})
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        match state {
+            DeviceState::Net(NetState {}) => Ok(()),
+            other => Err(DeviceError::BadState(format!(
+                "the saved state of {} does not fit a NIC",
+                other.kind()
+            ))),
         }
     }
 

@@ -18,12 +18,9 @@ pub mod exit;
 pub mod kvm_vm;
 pub mod loader;
 pub mod memory;
-pub mod pagemap;
-pub mod regcheck;
+pub mod migration;
 pub mod sandbox;
-pub mod snapshot;
 pub mod stats;
-pub mod transfer;
 pub mod vcpu;
 pub mod vmm;
 
@@ -32,4 +29,9 @@ pub use vmm::{run, VmmError};
 /// Locks `m`, carrying on with the data if another thread panicked while holding it.
 pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whole microseconds of `d`.
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

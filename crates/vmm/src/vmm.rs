@@ -2,7 +2,7 @@
 
 use crate::memory::GuestMemory;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
-use rxen_proto::stream::{
-    self as pstream, ConfigRecord, DeviceRecord, Header, RecordType, StreamWriter, VmInfo,
-};
+use rxen_proto::stream::ConfigRecord;
 use rxen_proto::vmctl::{
-    AfterSave, BalloonStats, StopCopyBreakdown, TargetTimings, TransferStats, VcpuState, VcpuStats,
-    VmStats,
+    AfterSave, BalloonStats, TargetTimings, TransferStats, VcpuState, VcpuStats, VmStats,
 };
 use rxen_proto::vmspec::{files, DiskDevice, ExitReason, ExitRecord, NicDevice, VmSpec};
 use vm_memory::GuestAddress;
@@ -31,17 +28,15 @@ use crate::boot::regs::RegsError;
 use crate::boot::{self, BOOT_INFO_ADDR, CMDLINE_ADDR, GDT_ADDR, KERNEL_MIN_ADDR};
 use crate::console::{ConsoleError, ConsoleHub, ConsoleWriter};
 use crate::control::{ControlError, ControlTarget};
-use crate::devices::acpi::{
-    AcpiPorts, AcpiState, GedEvents, ACPI_PORT_LEN, GED_EVENT_POWER_BUTTON, GED_GSI,
-};
-use crate::devices::i8042::{I8042State, COMMAND_PORT, DATA_PORT, I8042};
+use crate::devices::acpi::{AcpiPorts, GedEvents, ACPI_PORT_LEN, GED_EVENT_POWER_BUTTON, GED_GSI};
+use crate::devices::i8042::{COMMAND_PORT, DATA_PORT, I8042};
 use crate::devices::pio_bus::PioBusError;
 use crate::devices::power::{
     HostRequest, HostRequestReg, PowerPorts, HOST_REQUEST_PORT, POWER_PORT, PVPANIC_PORT,
 };
-use crate::devices::rtc::{Rtc, RtcState, RTC_LEN, RTC_PORT};
-use crate::devices::serial::{SerialDevice, SerialSnapshot, COM1_GSI, COM1_LEN, COM1_PORT};
-use crate::devices::vcpu_ports::{mask_of, VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
+use crate::devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
+use crate::devices::serial::{SerialDevice, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::vcpu_ports::{VcpuMasks, VcpuPorts, VCPU_WANTED_PORT};
 use crate::devices::virtio_slots::{self, HotplugPorts, SlotError, VirtioSlots, HOTPLUG_GEN_PORT};
 use crate::devices::PioBus;
 use crate::event_loop::{self, EventLoopError};
@@ -49,12 +44,13 @@ use crate::exit::{ExitError, ExitSignal};
 use crate::kvm_vm::{KvmVm, KvmVmError};
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, MemoryError};
-use crate::regcheck::CpuLimits;
+use crate::micros;
+use crate::migration::channel::{read_line, take_incoming, TIMINGS_PREFIX};
+use crate::migration::devices::{bad_device, DeviceRecord, SavedDevices};
+use crate::migration::regcheck::CpuLimits;
+use crate::migration::vcpu_state::{self as snapshot, SnapshotError};
+use crate::migration::{self, Received, SendOptions, TransferError};
 use crate::sandbox::preopen::{HostFiles, KernelPlan, PreopenError, RunFiles};
-use crate::snapshot::{self, SnapshotError};
-use crate::transfer::{
-    self, merge_sorted, DirtyLog, PageHashes, PageSender, Received, TransferError,
-};
 use crate::vcpu::{self, RunControl, VcpuContext, VcpuError, VcpuHandle, VcpuInfo};
 use crate::{cpuid, stats};
 
@@ -62,144 +58,12 @@ use crate::{cpuid, stats};
 /// online-vCPU masks behind ports 0x516/0x517.
 type VmExtras = (Option<rxen_virtio::BalloonHandle>, Arc<VcpuMasks>);
 
-/// Device state read from a save file or migration stream (all absent on a fresh boot).
-#[derive(Default)]
-struct SavedDevices {
-    serial: Option<SerialSnapshot>,
-    host_request: u8,
-    acpi: Option<AcpiState>,
-    i8042: Option<I8042State>,
-    rtc: Option<RtcState>,
-    /// The masks behind ports 0x516/0x517: wanted, and what the guest last reported.
-    vcpu_masks: Option<(u32, Option<u32>)>,
-    /// The virtio slots' devices.
-    slots: Vec<virtio_slots::SlotState>,
-}
-
-impl SavedDevices {
-    /// Decodes the device records of a stream for the VM of `spec`, before
-    /// anything is applied: each device at most once, every one known here,
-    /// and no value the device itself could not have come to hold.
-    fn decode(records: &[DeviceRecord], spec: &VmSpec) -> Result<SavedDevices, VmmError> {
-        let mut saved = SavedDevices::default();
-        let mut seen: Vec<&str> = Vec::new();
-        for d in records {
-            let name = d.name.as_str();
-            if seen.contains(&name) {
-                return Err(bad_device(name, "its state appears twice in the stream"));
-            }
-            seen.push(name);
-            match name {
-                "serial" => {
-                    let st: SerialSnapshot = device_state(d)?;
-                    if st.fifo.len() > SERIAL_FIFO {
-                        return Err(bad_device(
-                            name,
-                            format!(
-                                "{} bytes in its {SERIAL_FIFO}-byte receive FIFO",
-                                st.fifo.len()
-                            ),
-                        ));
-                    }
-                    if st.queued_input.len() > crate::console::INPUT_QUEUE_MAX {
-                        return Err(bad_device(
-                            name,
-                            format!(
-                                "{} bytes of queued input, over the {} the console queues",
-                                st.queued_input.len(),
-                                crate::console::INPUT_QUEUE_MAX
-                            ),
-                        ));
-                    }
-                    if crate::console::InputQueue::restore(&st.queued_input, &st.queued_breaks)
-                        .is_none()
-                    {
-                        return Err(bad_device(
-                            name,
-                            format!(
-                                "queued BREAKs at {:?} do not fit its {} bytes of queued input",
-                                st.queued_breaks,
-                                st.queued_input.len()
-                            ),
-                        ));
-                    }
-                    saved.serial = Some(st);
-                }
-                "acpi" => {
-                    let st: AcpiState = device_state(d)?;
-                    st.check(virtio_slots::SLOT_COUNT)
-                        .map_err(|e| bad_device(name, e))?;
-                    saved.acpi = Some(st);
-                }
-                "i8042" => saved.i8042 = Some(device_state(d)?),
-                "rtc" => saved.rtc = Some(device_state(d)?),
-                "power" => {
-                    saved.host_request = d
-                        .state
-                        .get("host_request")
-                        .and_then(serde_json::Value::as_u64)
-                        .and_then(|v| u8::try_from(v).ok())
-                        .filter(|&v| v <= HostRequest::Reboot as u8)
-                        .ok_or_else(|| {
-                            bad_device(
-                                name,
-                                "host_request is not 0 (none), 1 (shut down) or 2 (reboot)",
-                            )
-                        })?
-                }
-                "vcpus" => {
-                    let mask = |k: &str| {
-                        d.state
-                            .get(k)
-                            .and_then(serde_json::Value::as_u64)
-                            .and_then(|v| u32::try_from(v).ok())
-                    };
-                    let wanted = mask("wanted").ok_or_else(|| bad_device(name, "no wanted"))?;
-                    // The host only ever asks for the first n of the domain's vCPUs, n >= 1.
-                    let n = wanted.count_ones();
-                    if wanted == 0 || wanted != mask_of(n) || n > spec.vcpus {
-                        return Err(bad_device(
-                            name,
-                            format!(
-                                "wanted mask {wanted:#x} is not the first 1 to {} vCPUs",
-                                spec.vcpus
-                            ),
-                        ));
-                    }
-                    saved.vcpu_masks = Some((wanted, mask("reported")));
-                }
-                other if other.starts_with("virtio:") => {
-                    let st = serde_json::from_value::<virtio_slots::SlotState>(d.state.clone())
-                        .map_err(|e| bad_device(other, e))?;
-                    if st.slot >= virtio_slots::SLOT_COUNT || other != format!("virtio:{}", st.slot)
-                    {
-                        return Err(bad_device(
-                            other,
-                            format!("slot {} (there are {})", st.slot, virtio_slots::SLOT_COUNT),
-                        ));
-                    }
-                    saved.slots.push(st);
-                }
-                other => return Err(bad_device(other, "unknown device")),
-            }
-        }
-        Ok(saved)
-    }
-}
-
-/// The UART's receive FIFO (vm-superio's).
-const SERIAL_FIFO: usize = 64;
-
 /// Where a VM's state comes from.
 enum Restore {
     /// A fresh boot of this kernel.
     Boot(LoadedKernel),
     /// A save file or migration stream, already read and checked, and its devices.
     Saved(Box<Received>, Box<SavedDevices>),
-}
-
-fn bad_device(name: &str, why: impl std::fmt::Display) -> VmmError {
-    VmmError::Restore(TransferError::Mismatch(format!("device {name}: {why}")))
 }
 
 /// The UART type of COM1.
@@ -368,61 +232,23 @@ pub struct Vm {
     pending: Vec<VcpuFd>,
     /// Opened at start-up, so that nothing opens a path once the guest runs:
     /// /proc/self/pagemap (when it tells zero pages apart),
-    pagemap: Option<Arc<crate::pagemap::Pagemap>>,
+    pub(crate) pagemap: Option<Arc<crate::migration::pagemap::Pagemap>>,
     /// /proc/self/status (RSS),
     proc_status: Option<stats::ProcFile>,
     /// each vCPU thread's /proc/self/task/TID/stat (in `vcpus` order),
     vcpu_stat: Vec<Option<stats::ProcFile>>,
     /// and `RUN_DIR/transfer.json`.
-    progress: Option<File>,
+    pub(crate) progress: Option<File>,
     /// A save with `then: hold` waits for rxend's `SaveFinish`: whether the
     /// guest was paused before it.
-    held_save: Option<bool>,
+    pub(crate) held_save: Option<bool>,
     /// An incoming migration's: when the whole stream was in (the target's
     /// restore starts there).
     received_at: Option<Instant>,
 }
 
-/// What [`Vm::send_stream`] leaves behind once the stream is written: the guest is paused.
-pub struct Sent<W> {
-    /// The writer, flushed.
-    pub writer: W,
-    /// The figures so far.
-    pub stats: TransferStats,
-    /// When the guest was paused for the last round.
-    pub paused_at: Instant,
-    /// Whether the guest was paused before the transfer began.
-    pub was_paused: bool,
-    /// When the transfer began.
-    pub started: Instant,
-}
-
-/// How to send the stream.
-pub struct SendOptions<'a> {
-    /// The config record.
-    pub config: &'a ConfigRecord,
-    /// Pre-copy while the guest runs.
-    pub live: bool,
-    /// Most pre-copy rounds.
-    pub max_rounds: u32,
-    /// Downtime target in milliseconds.
-    pub downtime_ms: u64,
-    /// A migration's connection: the guest is paused only once the target
-    /// says `ready` on it (its VM is built), so that the downtime does not
-    /// include the target's start-up.
-    pub wait_ready: Option<&'a File>,
-}
-
-/// Fewer dirty pages than this go straight to stop-and-copy (Xen's threshold).
-const DIRTY_THRESHOLD: usize = 50;
-
 fn vcpu_err(id: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::VcpuIoctl { id, what, source }
-}
-
-/// The typed state of a saved device record.
-fn device_state<T: serde::de::DeserializeOwned>(d: &DeviceRecord) -> Result<T, VmmError> {
-    serde_json::from_value(d.state.clone()).map_err(|e| bad_device(&d.name, e))
 }
 
 /// Reads and parses the spec file.
@@ -573,13 +399,13 @@ impl Vm {
         );
         let mut received_at = None;
         let restored = if let (Some(path), Some(f)) = (&spec.restore_from, restore) {
-            let r = transfer::receive(
+            let r = migration::receive(
                 BufReader::with_capacity(1 << 20, f),
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,
                 &cpu,
-                transfer::StreamSource::File,
+                migration::StreamSource::File,
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
@@ -588,13 +414,13 @@ impl Vm {
             (&*sock)
                 .write_all(b"ready\n")
                 .map_err(|e| VmmError::Incoming(format!("cannot answer the source: {e}")))?;
-            let r = transfer::receive(
+            let r = migration::receive(
                 BufReader::with_capacity(1 << 20, sock),
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,
                 &cpu,
-                transfer::StreamSource::Connection,
+                migration::StreamSource::Connection,
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
             received_at = Some(Instant::now());
@@ -603,8 +429,8 @@ impl Vm {
         } else {
             None
         };
-        if let Some(r) = restored {
-            let devices = SavedDevices::decode(&r.devices, &spec)?;
+        if let Some(mut r) = restored {
+            let devices = SavedDevices::decode(std::mem::take(&mut r.devices), spec.vcpus)?;
             let mut vm = Self::assemble(
                 spec,
                 kvm,
@@ -675,8 +501,8 @@ impl Vm {
             }
             Restore::Saved(r, devices) => {
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
-                if let Some((wanted, reported)) = devices.vcpu_masks {
-                    extras.1.restore(wanted, reported);
+                if let Some(m) = devices.vcpu_masks {
+                    extras.1.restore(m.wanted, m.reported);
                 }
                 let kind = if r.info.kernel == "linux" {
                     KernelKind::Linux
@@ -731,7 +557,7 @@ impl Vm {
         let serial_state = saved.serial;
         let exit = Arc::new(ExitSignal::new()?);
         let host_request = Arc::new(HostRequestReg::default());
-        host_request.set_raw(saved.host_request);
+        host_request.set_raw(saved.power.host_request);
         let console = Arc::new(ConsoleHub::with_log(Some(run.console_log)));
         let evt =
             || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::EventFd);
@@ -746,7 +572,7 @@ impl Vm {
                 ConsoleWriter(console.clone()),
                 st,
             )
-            .map_err(|e| bad_device("serial", e))?,
+            .map_err(|e| VmmError::Restore(bad_device("serial", e)))?,
             None => SerialDevice::new(irq, drained_for_uart, ConsoleWriter(console.clone())),
         };
         let serial = Arc::new(Mutex::new(serial));
@@ -993,7 +819,7 @@ impl Vm {
     }
 
     /// Pauses every vCPU.
-    fn pause_all(&self) -> Result<(), VcpuError> {
+    pub(crate) fn pause_all(&self) -> Result<(), VcpuError> {
         let vcpus = &self.vcpus;
         self.control.pause(&self.infos, |i| {
             if let Some(v) = vcpus.get(i) {
@@ -1003,7 +829,7 @@ impl Vm {
     }
 
     /// Runs `job` on every parked vCPU's own thread and collects the results.
-    fn on_each_vcpu<T: Send + 'static>(
+    pub(crate) fn on_each_vcpu<T: Send + 'static>(
         &self,
         job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
     ) -> Result<Vec<T>, TransferError> {
@@ -1033,7 +859,7 @@ impl Vm {
     /// re-enter KVM_RUN with `immediate_exit` set. PVM may emulate a few
     /// instructions on the way (guest writes), so this comes before the last
     /// dirty pages are collected.
-    fn settle_vcpus(&self) -> Result<(), TransferError> {
+    pub(crate) fn settle_vcpus(&self) -> Result<(), TransferError> {
         self.on_each_vcpu(|v, _| {
             v.set_kvm_immediate_exit(1);
             let _ = v.run();
@@ -1043,7 +869,7 @@ impl Vm {
     }
 
     /// Captures every vCPU's state on its own (parked, settled) thread.
-    fn capture_vcpus(&self) -> Result<Vec<Vec<u8>>, TransferError> {
+    pub(crate) fn capture_vcpus(&self) -> Result<Vec<Vec<u8>>, TransferError> {
         let msrs = Arc::new(snapshot::msr_list(&self.kvm.kvm));
         self.on_each_vcpu(move |v, id| snapshot::capture_vcpu(v, id, &msrs))?
             .into_iter()
@@ -1052,45 +878,24 @@ impl Vm {
     }
 
     /// The device records (virtio devices frozen, guest paused).
-    fn device_records(&self) -> Vec<DeviceRecord> {
+    pub(crate) fn device_records(&self) -> Vec<DeviceRecord> {
         let mut serial = crate::lock(&self.serial).snapshot();
         serial.queued_input = self.input.contents();
         serial.queued_breaks = self.input.breaks();
-        let virtio = self.slots.save_states().into_iter().map(|st| DeviceRecord {
-            name: format!("virtio:{}", st.slot),
-            state: serde_json::to_value(st).unwrap_or_default(),
-        });
         let mut out = vec![
-            DeviceRecord {
-                name: "serial".into(),
-                state: serde_json::to_value(serial).unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "i8042".into(),
-                state: serde_json::to_value(crate::lock(&self.i8042).snapshot())
-                    .unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "rtc".into(),
-                state: serde_json::to_value(crate::lock(&self.rtc).snapshot()).unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "acpi".into(),
-                state: serde_json::to_value(self.ged.snapshot()).unwrap_or_default(),
-            },
-            DeviceRecord {
-                name: "power".into(),
-                state: serde_json::json!({ "host_request": self.host_request.get() }),
-            },
-            DeviceRecord {
-                name: "vcpus".into(),
-                state: serde_json::json!({
-                    "wanted": self.vcpu_masks.wanted(),
-                    "reported": self.vcpu_masks.reported(),
-                }),
-            },
+            DeviceRecord::Serial(serial),
+            DeviceRecord::I8042(crate::lock(&self.i8042).snapshot()),
+            DeviceRecord::Rtc(crate::lock(&self.rtc).snapshot()),
+            DeviceRecord::Acpi(self.ged.snapshot()),
+            DeviceRecord::Power(self.host_request.snapshot()),
+            DeviceRecord::Vcpus(self.vcpu_masks.snapshot()),
         ];
-        out.extend(virtio);
+        out.extend(
+            self.slots
+                .save_states()
+                .into_iter()
+                .map(DeviceRecord::Virtio),
+        );
         out
     }
 
@@ -1155,376 +960,12 @@ impl Vm {
     }
 
     /// Lets the devices and the vCPUs run again after a transfer stopped them.
-    fn resume_after_transfer(&self, was_paused: bool) {
+    pub(crate) fn resume_after_transfer(&self, was_paused: bool) {
         self.slots.thaw_all();
         if !was_paused {
             self.control.unpause();
         }
     }
-
-    /// Writes the whole stream to `out`. Live: pre-copy rounds with dirty
-    /// logging while the guest runs, then pause and the last pages; else pause
-    /// first and send every page once. Returns with the guest paused; on an
-    /// error the guest runs again as before.
-    pub fn send_stream<W: Write>(
-        &mut self,
-        out: W,
-        opts: &SendOptions<'_>,
-    ) -> Result<Sent<W>, TransferError> {
-        let started = Instant::now();
-        let was_paused = self.control.is_paused();
-        match self.send_inner(out, opts, was_paused) {
-            Ok((writer, stats, paused_at)) => Ok(Sent {
-                writer,
-                stats,
-                paused_at,
-                was_paused,
-                started,
-            }),
-            Err(e) => {
-                self.resume_after_transfer(was_paused);
-                Err(e)
-            }
-        }
-    }
-
-    fn send_inner<W: Write>(
-        &mut self,
-        out: W,
-        opts: &SendOptions<'_>,
-        was_paused: bool,
-    ) -> Result<(W, TransferStats, Instant), TransferError> {
-        let mut w = StreamWriter::new(out, Header::new(opts.live))?;
-        w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
-        let info = VmInfo {
-            memory_mib: self.spec.memory_mib,
-            vcpus: self.spec.vcpus,
-            kernel: match self.kind {
-                KernelKind::TestGuest => "testguest".into(),
-                KernelKind::Linux => "linux".into(),
-            },
-        };
-        w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
-        let mut stats = TransferStats::default();
-        let mut sender = PageSender::with_pagemap(self.pagemap.clone());
-        let mut meter = transfer::ProgressFile::new(
-            self.progress.as_ref().and_then(|f| f.try_clone().ok()),
-            memory::ram_bytes(&self.mem) / pstream::PAGE_SIZE as u64,
-        );
-        let mut hashes = None;
-        let mut log = None;
-        if opts.live && !was_paused {
-            let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
-            let hashes = hashes.insert(PageHashes::new(&self.mem, self.pagemap.clone()));
-            let mut pfns = transfer::all_pfns(&self.mem);
-            let mut round = 1u32;
-            loop {
-                let t = Instant::now();
-                let before = w.bytes;
-                meter.round(round, pfns.len() as u64, false, w.bytes);
-                sender.send(&mut w, &self.mem, &pfns, &mut stats, Some(hashes), |n| {
-                    meter.advance(n)
-                })?;
-                w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
-                stats.rounds = round;
-                let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
-                pfns = dirty.collect(&self.kvm, &self.mem)?;
-                // Pages written since the collect count here too: an upper
-                // bound on what the log missed, so only traced.
-                let unlogged = hashes.changed(&self.mem, &pfns);
-                let rehashed = unlogged.len();
-                pfns = merge_sorted(pfns, unlogged);
-                let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
-                tracing::info!(
-                    round,
-                    sent_mib = (w.bytes - before) >> 20,
-                    dirty = pfns.len(),
-                    rehashed,
-                    estimate_ms,
-                    "pre-copy round done"
-                );
-                if pfns.len() < DIRTY_THRESHOLD
-                    || estimate_ms <= opts.downtime_ms as f64
-                    || round >= opts.max_rounds
-                {
-                    break;
-                }
-                round += 1;
-            }
-        }
-        if let Some(sock) = opts.wait_ready {
-            // Let the target take what was sent while it finishes building its VM.
-            w.flush()?;
-            match read_line(sock) {
-                Ok(l) if l == "ready" => {}
-                Ok(l) => {
-                    let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-                    return Err(TransferError::Peer(format!(
-                        "the target refused the domain: {why}"
-                    )));
-                }
-                Err(e) => {
-                    return Err(TransferError::Peer(format!("the target went away: {e}")));
-                }
-            }
-        }
-        // The downtime starts with the pause request: the first vCPU stops
-        // as soon as it is kicked.
-        let paused_at = Instant::now();
-        let mut phases = StopCopyBreakdown::default();
-        self.pause_all()
-            .map_err(|e| TransferError::Peer(e.to_string()))?;
-        self.settle_vcpus()?;
-        phases.vcpu_pause_us = micros(paused_at.elapsed());
-        // From here no device writes guest memory: the last pages and the
-        // queues' progress describe the same moment.
-        let t = Instant::now();
-        self.slots.freeze_all();
-        phases.device_freeze_us = micros(t.elapsed());
-        let last = match (log.as_ref(), hashes.as_ref()) {
-            (Some(d), Some(h)) => {
-                let t = Instant::now();
-                let logged = d.collect(&self.kvm, &self.mem)?;
-                phases.dirty_sync_us = Some(micros(t.elapsed()));
-                // The guest is paused: what the rehash adds here the log missed.
-                let t = Instant::now();
-                let unlogged = h.changed(&self.mem, &logged);
-                phases.rehash_us = Some(micros(t.elapsed()));
-                stats.unlogged_pages = unlogged.len() as u64;
-                if !unlogged.is_empty() {
-                    tracing::warn!(
-                        pages = unlogged.len(),
-                        "dirty log missed pages the guest rewrote; sending them from the rehash"
-                    );
-                }
-                merge_sorted(logged, unlogged)
-            }
-            _ => {
-                let t = Instant::now();
-                let all = transfer::all_pfns(&self.mem);
-                phases.page_list_us = Some(micros(t.elapsed()));
-                all
-            }
-        };
-        stats.last_round_pages = last.len() as u64;
-        let last_from = w.bytes;
-        meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
-        let t = Instant::now();
-        sender.send(&mut w, &self.mem, &last, &mut stats, None, |n| {
-            meter.advance(n)
-        })?;
-        let mut wire = t.elapsed();
-        stats.rounds += 1;
-        let t = Instant::now();
-        let vcpus = self.capture_vcpus()?;
-        let vm = snapshot::capture_vm(&self.kvm.fd)?;
-        let devices = self
-            .device_records()
-            .iter()
-            .map(pstream::json_body)
-            .collect::<Result<Vec<_>, _>>()?;
-        phases.state_capture_us = micros(t.elapsed());
-        let t = Instant::now();
-        for body in vcpus {
-            w.record(RecordType::Vcpu, &body)?;
-        }
-        w.record(RecordType::VmState, &vm)?;
-        for body in devices {
-            w.record(RecordType::Device, &body)?;
-        }
-        w.record(RecordType::End, &[])?;
-        w.flush()?;
-        wire += t.elapsed();
-        phases.last_round_wire_us = micros(wire);
-        phases.last_round_bytes = w.bytes - last_from;
-        stats.bytes = w.bytes;
-        stats.stop_copy = Some(phases);
-        Ok((w.into_inner(), stats, paused_at))
-    }
-
-    /// Saves the domain to `file`, then exits, resumes or stays paused. rxend
-    /// made `file` (an unnamed file beside `path`, which names it in messages)
-    /// and gives it `path`'s name once this succeeded: a failed or interrupted
-    /// save leaves whatever was there untouched.
-    pub fn save_to(
-        &mut self,
-        file: File,
-        path: &Path,
-        config: &ConfigRecord,
-        then: AfterSave,
-    ) -> Result<TransferStats, TransferError> {
-        let sync = file
-            .try_clone()
-            .map_err(|e| TransferError::Peer(format!("cannot write {}: {e}", path.display())))?;
-        let opts = SendOptions {
-            config,
-            live: false,
-            max_rounds: 1,
-            downtime_ms: 0,
-            wait_ready: None,
-        };
-        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts)?;
-        let t = Instant::now();
-        let flushed = sent
-            .writer
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|_| sync.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()));
-        let file_sync_us = micros(t.elapsed());
-        if let Err(e) = flushed {
-            self.resume_after_transfer(sent.was_paused);
-            return Err(TransferError::Peer(e));
-        }
-        let mut stats = sent.stats;
-        if let Some(p) = &mut stats.stop_copy {
-            p.file_sync_us = Some(file_sync_us);
-        }
-        match then {
-            AfterSave::Exit => self
-                .exit
-                .request(ExitReason::Saved, format!("saved to {}", path.display())),
-            AfterSave::Resume => self.resume_after_transfer(sent.was_paused),
-            AfterSave::Pause => self.slots.thaw_all(),
-            AfterSave::Hold => self.held_save = Some(sent.was_paused),
-        }
-        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
-        stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            ?stats,
-            file = %path.display(),
-            stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
-            "domain saved"
-        );
-        Ok(stats)
-    }
-
-    /// Sends the domain over `sock` to a receiving VMM. Exits once the target
-    /// says it runs the guest; any failure before the target is cleared to
-    /// resume leaves the guest running here as it was.
-    pub fn migrate_to(
-        &mut self,
-        sock: OwnedFd,
-        opts: &SendOptions<'_>,
-    ) -> Result<TransferStats, TransferError> {
-        let sock = File::from(sock);
-        set_timeout(&sock, Some(Duration::from_secs(60)));
-        let opts = SendOptions {
-            wait_ready: Some(&sock),
-            ..*opts
-        };
-        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
-        drop(sent.writer);
-        // The target takes the disks' locks once the stream is in.
-        self.slots.release_disk_locks();
-        let resume_here = |vm: &Self, e: TransferError| {
-            if let Err(lock) = vm.slots.take_disk_locks(Duration::from_secs(5)) {
-                tracing::error!("resuming after a failed migration: {lock}");
-            }
-            vm.resume_after_transfer(sent.was_paused);
-            tracing::warn!("migration failed, domain resumed here: {e}");
-            e
-        };
-        match read_line(&sock) {
-            Ok(l) if l == "received" => {}
-            Ok(l) => {
-                let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-                return Err(resume_here(
-                    self,
-                    TransferError::Peer(format!("the target refused the domain: {why}")),
-                ));
-            }
-            Err(e) => {
-                return Err(resume_here(
-                    self,
-                    TransferError::Peer(format!("the target went away: {e}")),
-                ))
-            }
-        }
-        if let Err(e) = (&sock).write_all(b"go\n") {
-            return Err(resume_here(
-                self,
-                TransferError::Peer(format!("the target went away: {e}")),
-            ));
-        }
-        // From here on the target owns the domain: never resume it here.
-        match read_line(&sock) {
-            Ok(l) if l == "resumed" => {}
-            other => {
-                tracing::error!(
-                    "the target did not confirm that the domain runs ({other:?}); it stays paused here"
-                );
-                return Err(TransferError::Peer(
-                    "the target did not confirm that the domain runs there; the domain stays paused here".into(),
-                ));
-            }
-        }
-        let mut stats = sent.stats;
-        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
-        stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
-        self.exit
-            .request(ExitReason::Migrated, "migrated to another host");
-        // The guest runs there: its side of the downtime, if it says (a target
-        // from before the breakdown closes the connection instead).
-        set_timeout(&sock, Some(Duration::from_secs(2)));
-        match read_line(&sock).map(|l| target_timings(&l)) {
-            Ok(Some(t)) => {
-                if let Some(p) = &mut stats.stop_copy {
-                    p.target_restore_us = Some(t.restore_us);
-                    p.target_resume_us = Some(t.resume_us);
-                }
-            }
-            Ok(None) => tracing::warn!("the target's timings line is garbled"),
-            Err(e) => tracing::info!("the target reported no timings: {e}"),
-        }
-        tracing::info!(
-            ?stats,
-            stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
-            "domain migrated"
-        );
-        Ok(stats)
-    }
-}
-
-/// Whole microseconds of `d`.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The target's `timings {json}` line, sent after `resumed`.
-fn target_timings(line: &str) -> Option<TargetTimings> {
-    serde_json::from_str(line.strip_prefix(TIMINGS_PREFIX)?).ok()
-}
-
-/// What starts the target's timings line.
-const TIMINGS_PREFIX: &str = "timings ";
-
-/// Sets the receive timeout of a socket (ignored for other files).
-fn set_timeout(f: &File, t: Option<Duration>) {
-    let tv = nix::sys::time::TimeVal::new(t.map(|d| d.as_secs() as i64).unwrap_or(0), 0);
-    let _ = nix::sys::socket::setsockopt(f, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
-}
-
-/// Reads one short handshake line (without its newline).
-pub fn read_line(f: &File) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match (&*f).read(&mut b) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ))
-            }
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) if line.len() < 4096 => line.push(b[0]),
-            Ok(_) => return Err(std::io::Error::other("handshake line too long")),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 impl ControlTarget for Vm {
@@ -1840,13 +1281,6 @@ pub(crate) fn take_fd(fd: i32) -> std::io::Result<File> {
     Ok(f)
 }
 
-/// Takes ownership of the inherited migration socket `fd`.
-fn take_incoming(fd: i32) -> Result<File, VmmError> {
-    let f = take_fd(fd).map_err(|e| VmmError::Incoming(e.to_string()))?;
-    set_timeout(&f, Some(Duration::from_secs(120)));
-    Ok(f)
-}
-
 /// Opens (empty) `RUN_DIR/transfer.json`, which save and migration progress
 /// is written to in place.
 pub(crate) fn open_progress(run_dir: &Path) -> std::io::Result<File> {
@@ -1966,177 +1400,4 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
 fn balloon_pages(ram_mib: u64, target_mib: u64) -> u32 {
     let pages = ram_mib.saturating_sub(target_mib) * (1 << 20) / rxen_virtio::BALLOON_PAGE;
     u32::try_from(pages).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn spec(vcpus: u32) -> VmSpec {
-        VmSpec {
-            name: "t".into(),
-            domid: 1,
-            uuid: String::new(),
-            memory_mib: 64,
-            vcpus,
-            kernel: rxen_proto::vmspec::KernelSource::Builtin("testguest".into()),
-            initrd: None,
-            cmdline: String::new(),
-            run_dir: PathBuf::new(),
-            start_paused: false,
-            restore_from: None,
-            incoming_fd: None,
-            restore_fd: None,
-            sandbox: false,
-            sandbox_uid: None,
-            disks: Vec::new(),
-            nics: Vec::new(),
-            balloon: false,
-            balloon_target_mib: None,
-            max_vcpus: 0,
-        }
-    }
-
-    fn record(name: &str, state: serde_json::Value) -> DeviceRecord {
-        DeviceRecord {
-            name: name.into(),
-            state,
-        }
-    }
-
-    /// The device records a 4-vCPU test guest saves.
-    fn saved() -> Vec<DeviceRecord> {
-        vec![
-            record(
-                "serial",
-                serde_json::json!({"divisor": [1, 0], "regs": [0, 1, 3, 0x60, 8, 0xB0, 0], "fifo": [104, 105], "queued_input": [10]}),
-            ),
-            record(
-                "acpi",
-                serde_json::json!({"pending": 1, "seen": 3, "changed": 2}),
-            ),
-            record("power", serde_json::json!({"host_request": 2})),
-            record("vcpus", serde_json::json!({"wanted": 7, "reported": 5})),
-        ]
-    }
-
-    #[test]
-    fn saved_device_states_are_checked_before_anything_is_applied() {
-        let d = SavedDevices::decode(&saved(), &spec(4)).expect("plausible devices");
-        assert_eq!(d.vcpu_masks, Some((7, Some(5))));
-        assert_eq!(d.host_request, 2);
-        let refused = |edit: &dyn Fn(&mut Vec<DeviceRecord>), why: &str| {
-            let mut recs = saved();
-            edit(&mut recs);
-            let e = SavedDevices::decode(&recs, &spec(4))
-                .err()
-                .expect("refused")
-                .to_string();
-            assert!(e.contains(why), "{e} (expected {why})");
-        };
-        refused(&|r| r[3].state["wanted"] = 0.into(), "wanted mask 0x0");
-        refused(&|r| r[3].state["wanted"] = 0x1F.into(), "wanted mask 0x1f");
-        refused(&|r| r[3].state["wanted"] = 6.into(), "wanted mask 0x6");
-        refused(
-            &|r| r[2].state["host_request"] = 3.into(),
-            "host_request is not",
-        );
-        refused(
-            &|r| r[1].state["pending"] = 0x80.into(),
-            "pending events 0x80",
-        );
-        refused(
-            &|r| r[0].state["fifo"] = vec![0u8; 65].into(),
-            "65 bytes in its 64-byte receive FIFO",
-        );
-        refused(
-            &|r| r[0].state["queued_input"] = vec![0u8; 64 * 1024 + 1].into(),
-            "bytes of queued input",
-        );
-        refused(
-            &|r| r[0].state["queued_breaks"] = vec![5usize].into(),
-            "queued BREAKs at [5] do not fit its 1 bytes",
-        );
-        refused(
-            &|r| r.push(r[2].clone()),
-            "device power: its state appears twice",
-        );
-        refused(
-            &|r| r.push(record("floppy", serde_json::Value::Null)),
-            "device floppy: unknown device",
-        );
-        refused(
-            &|r| {
-                r.push(record(
-                    "virtio:16",
-                    serde_json::json!({"slot": 16, "device": "balloon", "transport": {}}),
-                ))
-            },
-            "device virtio:16",
-        );
-    }
-
-    /// Any JSON value.
-    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<u64>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            (0u64..300).prop_map(serde_json::Value::from),
-            ".{0,8}".prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(3, 32, 6, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
-                proptest::collection::btree_map(
-                    prop_oneof![
-                        Just("wanted".to_string()),
-                        Just("reported".to_string()),
-                        Just("host_request".to_string()),
-                        Just("pending".to_string()),
-                        Just("fifo".to_string()),
-                        Just("slot".to_string()),
-                        ".{0,6}",
-                    ],
-                    inner,
-                    0..6
-                )
-                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
-    proptest! {
-        /// Random device records (known names, random states; real states
-        /// with one field changed): refused or decoded, never a panic.
-        #[test]
-        fn random_device_records_never_panic(
-            recs in proptest::collection::vec(
-                (
-                    prop_oneof![
-                        Just("serial"), Just("acpi"), Just("i8042"), Just("rtc"), Just("power"),
-                        Just("vcpus"), Just("virtio:0"), Just("virtio:15"), Just("virtio:16"), Just("x"),
-                    ],
-                    arb_json(),
-                ),
-                0..8,
-            ),
-            field in (0usize..4, ".{0,12}", arb_json()),
-            vcpus in 1u32..40,
-        ) {
-            let recs: Vec<DeviceRecord> = recs.into_iter().map(|(n, s)| record(n, s)).collect();
-            let _ = SavedDevices::decode(&recs, &spec(vcpus));
-            let mut real = saved();
-            let (which, key, value) = field;
-            real[which].state[key] = value;
-            if let Ok(d) = SavedDevices::decode(&real, &spec(vcpus)) {
-                prop_assert!(d.host_request <= 2);
-                if let Some((wanted, _)) = d.vcpu_masks {
-                    prop_assert!(wanted != 0 && wanted.count_ones() <= vcpus);
-                }
-            }
-        }
-    }
 }

@@ -103,6 +103,7 @@ impl GedEvents {
 
 /// What a save file keeps of the ACPI platform.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AcpiState {
     /// GED events raised and not yet read by the guest.
     pub pending: u32,

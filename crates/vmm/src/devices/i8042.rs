@@ -122,6 +122,7 @@ enum KbdArg {
 
 /// The whole state of the controller and its keyboard, for save/restore and migration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct I8042State {
     /// The command byte.
     ctr: u8,

@@ -48,6 +48,34 @@ impl HostRequestReg {
     pub fn get(&self) -> u8 {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// The register's state for a save file or migration.
+    pub fn snapshot(&self) -> PowerState {
+        PowerState {
+            host_request: self.get(),
+        }
+    }
+}
+
+/// The power ports' saved state: the host request register.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerState {
+    /// The pending host request: 0 (none), 1 (shut down) or 2 (reboot).
+    pub host_request: u8,
+}
+
+impl PowerState {
+    /// Refuses a value the register never holds.
+    pub fn check(&self) -> Result<(), String> {
+        if self.host_request > HostRequest::Reboot as u8 {
+            return Err(format!(
+                "host_request is {}, not 0 (none), 1 (shut down) or 2 (reboot)",
+                self.host_request
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The three rxen power ports as one device.

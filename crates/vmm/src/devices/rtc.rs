@@ -67,6 +67,7 @@ const SECS_PER_DAY: i64 = 86_400;
 
 /// The RTC's state, for save/restore and migration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RtcState {
     /// The CMOS bytes ([`CMOS_SIZE`]; the time registers as last latched or written).
     pub cmos: Vec<u8>,

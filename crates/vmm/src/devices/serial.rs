@@ -42,6 +42,7 @@ impl SerialEvents for InputDrained {
 
 /// The UART's registers and receive FIFO, as saved in the stream's `serial` device record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SerialSnapshot {
     /// Divisor latch, low and high bytes.
     pub divisor: [u8; 2],

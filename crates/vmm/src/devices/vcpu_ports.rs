@@ -62,6 +62,38 @@ impl VcpuMasks {
             .load(Ordering::SeqCst)
             .then(|| self.reported.load(Ordering::SeqCst))
     }
+
+    /// Both masks, for a save file or migration.
+    pub fn snapshot(&self) -> VcpuMaskState {
+        VcpuMaskState {
+            wanted: self.wanted(),
+            reported: self.reported(),
+        }
+    }
+}
+
+/// The saved masks behind ports 0x516/0x517.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuMaskState {
+    /// The vCPUs the host wants online.
+    pub wanted: u32,
+    /// What the guest last reported online (none if it never did).
+    pub reported: Option<u32>,
+}
+
+impl VcpuMaskState {
+    /// Refuses a wanted mask the host never sets: the first 1 to `vcpus` vCPUs.
+    pub fn check(&self, vcpus: u32) -> Result<(), String> {
+        let n = self.wanted.count_ones();
+        if self.wanted == 0 || self.wanted != mask_of(n) || n > vcpus {
+            return Err(format!(
+                "wanted mask {:#x} is not the first 1 to {vcpus} vCPUs",
+                self.wanted
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The port device over [`VcpuMasks`].

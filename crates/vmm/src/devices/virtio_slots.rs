@@ -247,6 +247,7 @@ fn wire(vm: &VmFd, dev: &SlotDev, slot: usize, on: bool) -> Result<(), SlotError
 
 /// One slot's saved device.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SlotState {
     /// The slot.
     pub slot: usize,

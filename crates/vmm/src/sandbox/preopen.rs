@@ -44,7 +44,7 @@ pub struct RunFiles {
     /// `RUN_DIR/transfer.json`, written in place with save and migration progress.
     pub progress: File,
     /// `/proc/self/pagemap`, where this process may read it.
-    pub pagemap: Option<crate::pagemap::Pagemap>,
+    pub pagemap: Option<crate::migration::pagemap::Pagemap>,
     /// `/proc/self/status`, for the resident memory.
     pub proc_status: Option<ProcFile>,
 }
@@ -129,7 +129,7 @@ impl HostFiles {
                 .map_err(open_err(spec.run_dir.join(files::CONSOLE_LOG)))?,
             progress: crate::vmm::open_progress(&spec.run_dir)
                 .map_err(open_err(spec.run_dir.join(files::TRANSFER_PROGRESS)))?,
-            pagemap: crate::pagemap::Pagemap::open(),
+            pagemap: crate::migration::pagemap::Pagemap::open(),
             proc_status: ProcFile::status()
                 .map_err(|e| tracing::warn!("RSS will read as 0: {e}"))
                 .ok(),

@@ -12,10 +12,11 @@ use common::{spec, Console, Domain};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use proptest::prelude::*;
 use rxen_proto::stream::{
-    self, ConfigRecord, DeviceRecord, Header, RecordType, StreamReader, StreamWriter, VmInfo,
+    self, ConfigRecord, Header, RecordType, StreamReader, StreamWriter, VmInfo,
 };
 use rxen_proto::vmctl::{AfterSave, VmRequest, VmResponse};
 use rxen_proto::vmspec::{ExitReason, KernelSource};
+use rxen_vmm::migration::devices::DeviceRecord;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -238,7 +239,7 @@ fn with_registers(
 fn with_device(
     recs: &[(RecordType, Vec<u8>)],
     name: &str,
-    edit: &dyn Fn(&mut serde_json::Value),
+    edit: &dyn Fn(&mut DeviceRecord),
 ) -> Vec<(RecordType, Vec<u8>)> {
     let mut recs = recs.to_vec();
     let mut found = false;
@@ -247,8 +248,8 @@ fn with_device(
             continue;
         }
         let mut d: DeviceRecord = serde_json::from_slice(body).expect("device");
-        if d.name == name {
-            edit(&mut d.state);
+        if d.name() == name {
+            edit(&mut d);
             *body = stream::json_body(&d).expect("json");
             found = true;
         }
@@ -358,27 +359,51 @@ fn hand_made_impossible_states_are_refused_before_anything_runs() {
 
     // Device states the devices could never have held.
     refused(
-        &with_device(&recs, "vcpus", &|s| s["wanted"] = 0b101.into()),
+        &with_device(&recs, "vcpus", &|d| {
+            if let DeviceRecord::Vcpus(s) = d {
+                s.wanted = 0b101;
+            }
+        }),
         "device vcpus: wanted mask 0x5",
     );
     refused(
-        &with_device(&recs, "vcpus", &|s| s["wanted"] = 0b111.into()),
+        &with_device(&recs, "vcpus", &|d| {
+            if let DeviceRecord::Vcpus(s) = d {
+                s.wanted = 0b111;
+            }
+        }),
         "device vcpus: wanted mask 0x7",
     );
     refused(
-        &with_device(&recs, "acpi", &|s| s["pending"] = 4.into()),
+        &with_device(&recs, "acpi", &|d| {
+            if let DeviceRecord::Acpi(s) = d {
+                s.pending = 4;
+            }
+        }),
         "device acpi: pending events 0x4",
     );
     refused(
-        &with_device(&recs, "acpi", &|s| s["seen"] = (1u64 << 20).into()),
+        &with_device(&recs, "acpi", &|d| {
+            if let DeviceRecord::Acpi(s) = d {
+                s.seen = 1 << 20;
+            }
+        }),
         "device acpi: seen slot mask",
     );
     refused(
-        &with_device(&recs, "power", &|s| s["host_request"] = 7.into()),
-        "device power: host_request is not",
+        &with_device(&recs, "power", &|d| {
+            if let DeviceRecord::Power(s) = d {
+                s.host_request = 7;
+            }
+        }),
+        "device power: host_request is 7, not",
     );
     refused(
-        &with_device(&recs, "serial", &|s| s["fifo"] = vec![b'x'; 65].into()),
+        &with_device(&recs, "serial", &|d| {
+            if let DeviceRecord::Serial(s) = d {
+                s.fifo = vec![b'x'; 65];
+            }
+        }),
         "device serial: 65 bytes in its 64-byte receive FIFO",
     );
     let mut twice = recs.clone();

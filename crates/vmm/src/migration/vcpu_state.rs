@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
-use crate::regcheck::{self, CpuLimits};
+use super::regcheck::{self, CpuLimits};
 
 /// Errors while capturing or restoring state.
 #[derive(Debug, thiserror::Error)]

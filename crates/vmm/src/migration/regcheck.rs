@@ -22,7 +22,7 @@ use kvm_bindings::{
     KVM_VCPUEVENT_VALID_SMM,
 };
 
-use crate::snapshot::SnapshotError;
+use super::vcpu_state::SnapshotError;
 
 /// CR0 bits (SDM vol. 3 §2.5).
 mod cr0 {

@@ -1,0 +1,380 @@
+//! Writing the stream: the config and the VM's shape, pre-copy rounds while
+//! the guest runs (dirty log plus rehash), the pause, the last pages, then
+//! vCPU, VM and device state. A save writes it to a file; a migration to the
+//! target VMM's connection, with the handshake of [`super::channel`].
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rxen_proto::stream::{self as pstream, ConfigRecord, Header, RecordType, StreamWriter, VmInfo};
+use rxen_proto::vmctl::{AfterSave, StopCopyBreakdown, TransferStats};
+use rxen_proto::vmspec::ExitReason;
+
+use super::channel::{read_line, set_timeout, target_timings};
+use super::memory::{self as pages, merge_sorted, DirtyLog, PageHashes, PageSender};
+use super::TransferError;
+use crate::loader::KernelKind;
+use crate::memory;
+use crate::micros;
+use crate::vmm::Vm;
+
+/// What [`Vm::send_stream`] leaves behind once the stream is written: the guest is paused.
+pub struct Sent<W> {
+    /// The writer, flushed.
+    pub writer: W,
+    /// The figures so far.
+    pub stats: TransferStats,
+    /// When the guest was paused for the last round.
+    pub paused_at: Instant,
+    /// Whether the guest was paused before the transfer began.
+    pub was_paused: bool,
+    /// When the transfer began.
+    pub started: Instant,
+}
+
+/// How to send the stream.
+pub struct SendOptions<'a> {
+    /// The config record.
+    pub config: &'a ConfigRecord,
+    /// Pre-copy while the guest runs.
+    pub live: bool,
+    /// Most pre-copy rounds.
+    pub max_rounds: u32,
+    /// Downtime target in milliseconds.
+    pub downtime_ms: u64,
+    /// A migration's connection: the guest is paused only once the target
+    /// says `ready` on it (its VM is built), so that the downtime does not
+    /// include the target's start-up.
+    pub wait_ready: Option<&'a File>,
+}
+
+/// Fewer dirty pages than this go straight to stop-and-copy (Xen's threshold).
+const DIRTY_THRESHOLD: usize = 50;
+
+impl Vm {
+    /// Writes the whole stream to `out`. Live: pre-copy rounds with dirty
+    /// logging while the guest runs, then pause and the last pages; else pause
+    /// first and send every page once. Returns with the guest paused; on an
+    /// error the guest runs again as before.
+    pub fn send_stream<W: Write>(
+        &mut self,
+        out: W,
+        opts: &SendOptions<'_>,
+    ) -> Result<Sent<W>, TransferError> {
+        let started = Instant::now();
+        let was_paused = self.control.is_paused();
+        match self.send_inner(out, opts, was_paused) {
+            Ok((writer, stats, paused_at)) => Ok(Sent {
+                writer,
+                stats,
+                paused_at,
+                was_paused,
+                started,
+            }),
+            Err(e) => {
+                self.resume_after_transfer(was_paused);
+                Err(e)
+            }
+        }
+    }
+
+    fn send_inner<W: Write>(
+        &mut self,
+        out: W,
+        opts: &SendOptions<'_>,
+        was_paused: bool,
+    ) -> Result<(W, TransferStats, Instant), TransferError> {
+        let mut w = StreamWriter::new(out, Header::new(opts.live))?;
+        w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
+        let info = VmInfo {
+            memory_mib: self.spec.memory_mib,
+            vcpus: self.spec.vcpus,
+            kernel: match self.kind {
+                KernelKind::TestGuest => "testguest".into(),
+                KernelKind::Linux => "linux".into(),
+            },
+        };
+        w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
+        let mut stats = TransferStats::default();
+        let mut sender = PageSender::with_pagemap(self.pagemap.clone());
+        let mut meter = pages::ProgressFile::new(
+            self.progress.as_ref().and_then(|f| f.try_clone().ok()),
+            memory::ram_bytes(&self.mem) / pstream::PAGE_SIZE as u64,
+        );
+        let mut hashes = None;
+        let mut log = None;
+        if opts.live && !was_paused {
+            let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
+            let hashes = hashes.insert(PageHashes::new(&self.mem, self.pagemap.clone()));
+            let mut pfns = pages::all_pfns(&self.mem);
+            let mut round = 1u32;
+            loop {
+                let t = Instant::now();
+                let before = w.bytes;
+                meter.round(round, pfns.len() as u64, false, w.bytes);
+                sender.send(&mut w, &self.mem, &pfns, &mut stats, Some(hashes), |n| {
+                    meter.advance(n)
+                })?;
+                w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
+                stats.rounds = round;
+                let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                pfns = dirty.collect(&self.kvm, &self.mem)?;
+                // Pages written since the collect count here too: an upper
+                // bound on what the log missed, so only traced.
+                let unlogged = hashes.changed(&self.mem, &pfns);
+                let rehashed = unlogged.len();
+                pfns = merge_sorted(pfns, unlogged);
+                let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
+                tracing::info!(
+                    round,
+                    sent_mib = (w.bytes - before) >> 20,
+                    dirty = pfns.len(),
+                    rehashed,
+                    estimate_ms,
+                    "pre-copy round done"
+                );
+                if pfns.len() < DIRTY_THRESHOLD
+                    || estimate_ms <= opts.downtime_ms as f64
+                    || round >= opts.max_rounds
+                {
+                    break;
+                }
+                round += 1;
+            }
+        }
+        if let Some(sock) = opts.wait_ready {
+            // Let the target take what was sent while it finishes building its VM.
+            w.flush()?;
+            match read_line(sock) {
+                Ok(l) if l == "ready" => {}
+                Ok(l) => {
+                    let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
+                    return Err(TransferError::Peer(format!(
+                        "the target refused the domain: {why}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(TransferError::Peer(format!("the target went away: {e}")));
+                }
+            }
+        }
+        // The downtime starts with the pause request: the first vCPU stops
+        // as soon as it is kicked.
+        let paused_at = Instant::now();
+        let mut phases = StopCopyBreakdown::default();
+        self.pause_all()
+            .map_err(|e| TransferError::Peer(e.to_string()))?;
+        self.settle_vcpus()?;
+        phases.vcpu_pause_us = micros(paused_at.elapsed());
+        // From here no device writes guest memory: the last pages and the
+        // queues' progress describe the same moment.
+        let t = Instant::now();
+        self.slots.freeze_all();
+        phases.device_freeze_us = micros(t.elapsed());
+        let last = match (log.as_ref(), hashes.as_ref()) {
+            (Some(d), Some(h)) => {
+                let t = Instant::now();
+                let logged = d.collect(&self.kvm, &self.mem)?;
+                phases.dirty_sync_us = Some(micros(t.elapsed()));
+                // The guest is paused: what the rehash adds here the log missed.
+                let t = Instant::now();
+                let unlogged = h.changed(&self.mem, &logged);
+                phases.rehash_us = Some(micros(t.elapsed()));
+                stats.unlogged_pages = unlogged.len() as u64;
+                if !unlogged.is_empty() {
+                    tracing::warn!(
+                        pages = unlogged.len(),
+                        "dirty log missed pages the guest rewrote; sending them from the rehash"
+                    );
+                }
+                merge_sorted(logged, unlogged)
+            }
+            _ => {
+                let t = Instant::now();
+                let all = pages::all_pfns(&self.mem);
+                phases.page_list_us = Some(micros(t.elapsed()));
+                all
+            }
+        };
+        stats.last_round_pages = last.len() as u64;
+        let last_from = w.bytes;
+        meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
+        let t = Instant::now();
+        sender.send(&mut w, &self.mem, &last, &mut stats, None, |n| {
+            meter.advance(n)
+        })?;
+        let mut wire = t.elapsed();
+        stats.rounds += 1;
+        let t = Instant::now();
+        let vcpus = self.capture_vcpus()?;
+        let vm = super::vcpu_state::capture_vm(&self.kvm.fd)?;
+        let devices = self
+            .device_records()
+            .iter()
+            .map(pstream::json_body)
+            .collect::<Result<Vec<_>, _>>()?;
+        phases.state_capture_us = micros(t.elapsed());
+        let t = Instant::now();
+        for body in vcpus {
+            w.record(RecordType::Vcpu, &body)?;
+        }
+        w.record(RecordType::VmState, &vm)?;
+        for body in devices {
+            w.record(RecordType::Device, &body)?;
+        }
+        w.record(RecordType::End, &[])?;
+        w.flush()?;
+        wire += t.elapsed();
+        phases.last_round_wire_us = micros(wire);
+        phases.last_round_bytes = w.bytes - last_from;
+        stats.bytes = w.bytes;
+        stats.stop_copy = Some(phases);
+        Ok((w.into_inner(), stats, paused_at))
+    }
+
+    /// Saves the domain to `file`, then exits, resumes or stays paused. rxend
+    /// made `file` (an unnamed file beside `path`, which names it in messages)
+    /// and gives it `path`'s name once this succeeded: a failed or interrupted
+    /// save leaves whatever was there untouched.
+    pub fn save_to(
+        &mut self,
+        file: File,
+        path: &Path,
+        config: &ConfigRecord,
+        then: AfterSave,
+    ) -> Result<TransferStats, TransferError> {
+        let sync = file
+            .try_clone()
+            .map_err(|e| TransferError::Peer(format!("cannot write {}: {e}", path.display())))?;
+        let opts = SendOptions {
+            config,
+            live: false,
+            max_rounds: 1,
+            downtime_ms: 0,
+            wait_ready: None,
+        };
+        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts)?;
+        let t = Instant::now();
+        let flushed = sent
+            .writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|_| sync.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        let file_sync_us = micros(t.elapsed());
+        if let Err(e) = flushed {
+            self.resume_after_transfer(sent.was_paused);
+            return Err(TransferError::Peer(e));
+        }
+        let mut stats = sent.stats;
+        if let Some(p) = &mut stats.stop_copy {
+            p.file_sync_us = Some(file_sync_us);
+        }
+        match then {
+            AfterSave::Exit => self
+                .exit
+                .request(ExitReason::Saved, format!("saved to {}", path.display())),
+            AfterSave::Resume => self.resume_after_transfer(sent.was_paused),
+            AfterSave::Pause => self.slots.thaw_all(),
+            AfterSave::Hold => self.held_save = Some(sent.was_paused),
+        }
+        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
+        stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            ?stats,
+            file = %path.display(),
+            stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
+            "domain saved"
+        );
+        Ok(stats)
+    }
+
+    /// Sends the domain over `sock` to a receiving VMM. Exits once the target
+    /// says it runs the guest; any failure before the target is cleared to
+    /// resume leaves the guest running here as it was.
+    pub fn migrate_to(
+        &mut self,
+        sock: OwnedFd,
+        opts: &SendOptions<'_>,
+    ) -> Result<TransferStats, TransferError> {
+        let sock = File::from(sock);
+        set_timeout(&sock, Some(Duration::from_secs(60)));
+        let opts = SendOptions {
+            wait_ready: Some(&sock),
+            ..*opts
+        };
+        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
+        drop(sent.writer);
+        // The target takes the disks' locks once the stream is in.
+        self.slots.release_disk_locks();
+        let resume_here = |vm: &Self, e: TransferError| {
+            if let Err(lock) = vm.slots.take_disk_locks(Duration::from_secs(5)) {
+                tracing::error!("resuming after a failed migration: {lock}");
+            }
+            vm.resume_after_transfer(sent.was_paused);
+            tracing::warn!("migration failed, domain resumed here: {e}");
+            e
+        };
+        match read_line(&sock) {
+            Ok(l) if l == "received" => {}
+            Ok(l) => {
+                let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
+                return Err(resume_here(
+                    self,
+                    TransferError::Peer(format!("the target refused the domain: {why}")),
+                ));
+            }
+            Err(e) => {
+                return Err(resume_here(
+                    self,
+                    TransferError::Peer(format!("the target went away: {e}")),
+                ))
+            }
+        }
+        if let Err(e) = (&sock).write_all(b"go\n") {
+            return Err(resume_here(
+                self,
+                TransferError::Peer(format!("the target went away: {e}")),
+            ));
+        }
+        // From here on the target owns the domain: never resume it here.
+        match read_line(&sock) {
+            Ok(l) if l == "resumed" => {}
+            other => {
+                tracing::error!(
+                    "the target did not confirm that the domain runs ({other:?}); it stays paused here"
+                );
+                return Err(TransferError::Peer(
+                    "the target did not confirm that the domain runs there; the domain stays paused here".into(),
+                ));
+            }
+        }
+        let mut stats = sent.stats;
+        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
+        stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
+        self.exit
+            .request(ExitReason::Migrated, "migrated to another host");
+        // The guest runs there: its side of the downtime, if it says (a target
+        // from before the breakdown closes the connection instead).
+        set_timeout(&sock, Some(Duration::from_secs(2)));
+        match read_line(&sock).map(|l| target_timings(&l)) {
+            Ok(Some(t)) => {
+                if let Some(p) = &mut stats.stop_copy {
+                    p.target_restore_us = Some(t.restore_us);
+                    p.target_resume_us = Some(t.resume_us);
+                }
+            }
+            Ok(None) => tracing::warn!("the target's timings line is garbled"),
+            Err(e) => tracing::info!("the target reported no timings: {e}"),
+        }
+        tracing::info!(
+            ?stats,
+            stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
+            "domain migrated"
+        );
+        Ok(stats)
+    }
+}
