@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use rxen_proto::vmctl::TargetTimings;
 
-use crate::vmm::VmmError;
-
 /// The target's `timings {json}` line, sent after `resumed`.
 pub(crate) fn target_timings(line: &str) -> Option<TargetTimings> {
     serde_json::from_str(line.strip_prefix(TIMINGS_PREFIX)?).ok()
@@ -50,8 +48,8 @@ pub fn read_line(f: &File) -> std::io::Result<String> {
 }
 
 /// Takes ownership of the inherited migration socket `fd`.
-pub(crate) fn take_incoming(fd: i32) -> Result<File, VmmError> {
-    let f = crate::vmm::take_fd(fd).map_err(|e| VmmError::Incoming(e.to_string()))?;
+pub(crate) fn take_incoming(fd: i32) -> std::io::Result<File> {
+    let f = crate::vm::take_fd(fd)?;
     set_timeout(&f, Some(Duration::from_secs(120)));
     Ok(f)
 }
