@@ -13,7 +13,7 @@ use rxen_proto::stream::{self as pstream, ConfigRecord, Header, RecordType, Stre
 use rxen_proto::vmctl::{AfterSave, StopCopyBreakdown, TransferStats};
 use rxen_proto::vmspec::ExitReason;
 
-use super::channel::{read_line, set_timeout, target_timings};
+use super::channel::{self, read_line, set_timeout, target_timings};
 use super::memory::{self as pages, merge_sorted, DirtyLog, PageHashes, PageSender};
 use super::TransferError;
 use crate::memory;
@@ -139,18 +139,7 @@ impl Vm {
         if let Some(sock) = opts.wait_ready {
             // Let the target take what was sent while it finishes building its VM.
             w.flush()?;
-            match read_line(sock) {
-                Ok(l) if l == "ready" => {}
-                Ok(l) => {
-                    let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-                    return Err(TransferError::Peer(format!(
-                        "the target refused the domain: {why}"
-                    )));
-                }
-                Err(e) => {
-                    return Err(TransferError::Peer(format!("the target went away: {e}")));
-                }
-            }
+            channel::expect(sock, channel::READY)?;
         }
         // The downtime starts with the pause request: the first vCPU stops
         // as soon as it is kicked.
@@ -309,23 +298,10 @@ impl Vm {
             tracing::warn!("migration failed, domain resumed here: {e}");
             e
         };
-        match read_line(&sock) {
-            Ok(l) if l == "received" => {}
-            Ok(l) => {
-                let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-                return Err(resume_here(
-                    self,
-                    TransferError::Peer(format!("the target refused the domain: {why}")),
-                ));
-            }
-            Err(e) => {
-                return Err(resume_here(
-                    self,
-                    TransferError::Peer(format!("the target went away: {e}")),
-                ))
-            }
+        if let Err(e) = channel::expect(&sock, channel::RECEIVED) {
+            return Err(resume_here(self, e));
         }
-        if let Err(e) = (&sock).write_all(b"go\n") {
+        if let Err(e) = channel::say(&sock, channel::GO) {
             return Err(resume_here(
                 self,
                 TransferError::Peer(format!("the target went away: {e}")),
@@ -333,7 +309,7 @@ impl Vm {
         }
         // From here on the target owns the domain: never resume it here.
         match read_line(&sock) {
-            Ok(l) if l == "resumed" => {}
+            Ok(l) if l == channel::RESUMED => {}
             other => {
                 tracing::error!(
                     "the target did not confirm that the domain runs ({other:?}); it stays paused here"

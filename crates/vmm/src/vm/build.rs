@@ -2,7 +2,7 @@
 //! or migration stream, vCPUs, and every device.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,9 +33,10 @@ use crate::exit::ExitSignal;
 use crate::kvm_vm::KvmVm;
 use crate::loader::{self, KernelKind, LoadedKernel, LoaderError};
 use crate::memory::{self, GuestMemory};
+use crate::migration::channel;
 use crate::migration::devices::{bad_device, SavedDevices};
 use crate::migration::regcheck::CpuLimits;
-use crate::migration::vcpu_state::{self as snapshot};
+use crate::migration::vcpu_state as snapshot;
 use crate::migration::{self, Received};
 use crate::sandbox::preopen::{HostFiles, KernelPlan, RunFiles};
 use crate::vcpu::RunControl;
@@ -216,8 +217,7 @@ impl Vm {
             Some(r)
         } else if let Some(sock) = incoming {
             // The source pauses the guest only once this VM is built.
-            (&*sock)
-                .write_all(b"ready\n")
+            channel::say(sock, channel::READY)
                 .map_err(|e| VmmError::Incoming(format!("cannot answer the source: {e}")))?;
             let r = migration::receive(
                 BufReader::with_capacity(1 << 20, sock),

@@ -3,7 +3,6 @@
 //! until the guest ends.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -17,7 +16,7 @@ use super::error::VmmError;
 use super::running::Vm;
 use crate::event_loop;
 use crate::micros;
-use crate::migration::channel::{read_line, take_incoming, TIMINGS_PREFIX};
+use crate::migration::channel::{self, read_line, take_incoming};
 use crate::sandbox::preopen::HostFiles;
 
 /// Binds a Unix socket at `path` with mode 0600, replacing a stale one.
@@ -95,7 +94,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     };
     let tell_source = |e: VmmError| {
         if let Some(sock) = &incoming {
-            let _ = (&*sock).write_all(format!("error: {e}\n").as_bytes());
+            channel::refuse(sock, &e);
         }
         e
     };
@@ -129,11 +128,9 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     if let Some(sock) = &incoming {
         timings.restore_us = vm.received_at.map_or(0, |t| micros(t.elapsed()));
         // The source may still back out until it says "go".
-        let go = (&*sock)
-            .write_all(b"received\n")
-            .and_then(|()| read_line(sock));
+        let go = channel::say(sock, channel::RECEIVED).and_then(|()| read_line(sock));
         match go {
-            Ok(l) if l == "go" => go_at = Some(Instant::now()),
+            Ok(l) if l == channel::GO => go_at = Some(Instant::now()),
             other => {
                 return Err(VmmError::Incoming(format!(
                     "the source did not clear the domain to run ({other:?})"
@@ -145,14 +142,10 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     vm.start()?;
     if let Some(sock) = &incoming {
         timings.resume_us = go_at.map_or(0, |t| micros(t.elapsed()));
-        if let Err(e) = (&*sock).write_all(b"resumed\n") {
+        if let Err(e) = channel::say(sock, channel::RESUMED) {
             tracing::warn!("cannot tell the source that the domain runs: {e}");
         }
-        // After "resumed", which a source from before the breakdown reads last.
-        let line = serde_json::to_string(&timings)
-            .map(|j| format!("{TIMINGS_PREFIX}{j}\n"))
-            .unwrap_or_default();
-        if let Err(e) = (&*sock).write_all(line.as_bytes()) {
+        if let Err(e) = channel::send_timings(sock, &timings) {
             tracing::warn!("cannot send the source the target's timings: {e}");
         }
         tracing::info!(
