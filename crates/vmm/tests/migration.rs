@@ -180,7 +180,7 @@ fn vcpu_body(id: u32, sections: &[(u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Section tags of a vCPU record (crates/vmm/src/snapshot.rs).
+/// Section tags of a vCPU record (crates/vmm/src/migration/vcpu_state.rs).
 const REGS: u32 = 1;
 const SREGS: u32 = 2;
 
