@@ -117,7 +117,9 @@ mod tests {
         let e = expect(&source, RECEIVED).expect_err("refused").to_string();
         assert_eq!(e, "the target refused the domain: no room for 64 MiB");
         say(&target, GO).expect("say");
-        let e = expect(&source, RECEIVED).expect_err("wrong line").to_string();
+        let e = expect(&source, RECEIVED)
+            .expect_err("wrong line")
+            .to_string();
         assert_eq!(e, "the target refused the domain: go");
         let timings = TargetTimings {
             restore_us: 12,
