@@ -534,7 +534,8 @@ mod tests {
         assert_eq!(handle.inflated_pages(), u64::from(PAGES));
         let ram_pages = MEM_SIZE / BALLOON_PAGE;
         let ram_pages = u32::try_from(ram_pages).expect("small");
-        let edits: [(&dyn Fn(&mut BalloonState), String); 3] = [
+        type Edit<'a> = &'a dyn Fn(&mut BalloonState);
+        let edits: [(Edit, String); 3] = [
             (
                 &|b| b.pages = vec![ram_pages],
                 format!("page {ram_pages:#x} is not guest RAM"),

@@ -1105,6 +1105,15 @@ mod tests {
         let mut other = back.clone();
         other.queues.pop();
         assert!(transport().0.restore_state(&other).is_err());
+        // A device that keeps nothing of its own takes no other device's state.
+        let mut other = back.clone();
+        other.device = DeviceState::Balloon(crate::state::BalloonState::default());
+        let e = transport().0.restore_state(&other).expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("the saved state of a balloon does not fit this device"),
+            "{e}"
+        );
         // States the driver could not have brought the transport to.
         let refused = |edit: &dyn Fn(&mut TransportState), why: &str| {
             let mut other = back.clone();

@@ -1,5 +1,6 @@
 //! The VMM's main loop (epoll): control and console sockets, console input,
-//! SIGTERM, and the exit of the VM.
+//! SIGTERM, and the exit of the VM. It serves any [`Served`] (the VM
+//! implements it) and knows nothing else of it.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -13,9 +14,39 @@ use rxen_proto::vmspec::{ExitReason, ExitRecord};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::{self, LineBuffer};
+use crate::control::{self, ControlTarget, LineBuffer};
 use crate::exit::{ExitError, ExitRecordFile};
-use crate::vmm::Vm;
+
+/// What the loop needs of the VM it serves, besides the control requests.
+pub trait Served: ControlTarget {
+    /// Readable once an exit is pending.
+    fn exit_event(&self) -> &EventFd;
+    /// Readable when the guest drained the UART's receive FIFO.
+    fn input_drained_event(&self) -> &EventFd;
+    /// The exit record, once the VM has ended.
+    fn exit_record(&self) -> Option<ExitRecord>;
+    /// Ends the VM for `reason`.
+    fn request_exit(&self, reason: ExitReason, detail: &str);
+    /// Sends the console's output to client `id` too.
+    fn attach_console(&self, id: u64, out: UnixStream);
+    /// Stops sending the console's output to client `id`.
+    fn detach_console(&self, id: u64);
+    /// Queues console input; returns the bytes that did not fit.
+    fn queue_input(&mut self, bytes: &[u8]) -> usize;
+    /// Moves queued console input into the UART as it has room.
+    fn feed_input(&mut self);
+    /// As the VM ends: makes the disks' writes durable and returns the NICs' byte counts.
+    fn end_io(&self) -> NetTotals;
+}
+
+/// The NICs' byte counts as the VM ends, for the exit record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetTotals {
+    /// Bytes sent by the guest.
+    pub tx_bytes: u64,
+    /// Bytes received by the guest.
+    pub rx_bytes: u64,
+}
 
 /// Errors of the main loop.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +104,8 @@ struct ControlClient {
     fds: Vec<OwnedFd>,
 }
 
-struct Loop<'a> {
-    vm: &'a mut Vm,
+struct Loop<'a, V: Served> {
+    vm: &'a mut V,
     epoll: Epoll,
     control: UnixListener,
     console: UnixListener,
@@ -109,7 +140,7 @@ fn send_reply(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
     r
 }
 
-impl Loop<'_> {
+impl<V: Served> Loop<'_, V> {
     fn accept(&mut self, console: bool) {
         loop {
             let listener = if console {
@@ -144,7 +175,7 @@ impl Loop<'_> {
             if console {
                 match stream.try_clone() {
                     Ok(out) => {
-                        self.vm.console.attach(id, out);
+                        self.vm.attach_console(id, out);
                         self.console_clients.insert(id, stream);
                         tracing::info!(client = id, "console client attached");
                     }
@@ -233,7 +264,7 @@ impl Loop<'_> {
         };
         let (data, gone) = Self::drain(stream);
         if !data.is_empty() {
-            let dropped = self.vm.input.push(&data);
+            let dropped = self.vm.queue_input(&data);
             if dropped > 0 {
                 tracing::warn!(dropped, "console input queue full");
             }
@@ -247,7 +278,7 @@ impl Loop<'_> {
                     EpollEvent::default(),
                 );
             }
-            self.vm.console.detach(id);
+            self.vm.detach_console(id);
             tracing::info!(client = id, "console client detached");
         }
     }
@@ -290,7 +321,7 @@ impl Loop<'_> {
             let mut finished = None;
             if reply.finish {
                 // The record must exist before the client hears "ok".
-                if let Some(record) = self.vm.exit.record() {
+                if let Some(record) = self.vm.exit_record() {
                     finished = Some(self.write_final(record)?);
                 }
             }
@@ -312,7 +343,7 @@ impl Loop<'_> {
     }
 
     fn finish(&mut self) -> Result<Flow, EventLoopError> {
-        match self.vm.exit.record() {
+        match self.vm.exit_record() {
             Some(record) => Ok(Flow::Finish(self.write_final(record)?)),
             None => Ok(Flow::Continue),
         }
@@ -322,10 +353,9 @@ impl Loop<'_> {
     /// domain's totals: its own samples are seconds old, or missing while it is away).
     fn write_final(&self, mut record: ExitRecord) -> Result<ExitRecord, EventLoopError> {
         // Before the record: once rxend reads it, another VMM may open the disks.
-        self.vm.slots.flush_disks();
-        let (_, nics) = self.vm.slots.stats();
-        record.net_tx_bytes = nics.iter().map(|n| n.tx_bytes).sum();
-        record.net_rx_bytes = nics.iter().map(|n| n.rx_bytes).sum();
+        let net = self.vm.end_io();
+        record.net_tx_bytes = net.tx_bytes;
+        record.net_rx_bytes = net.rx_bytes;
         self.exit_file.write(&record)?;
         Ok(record)
     }
@@ -335,16 +365,16 @@ impl Loop<'_> {
             TOKEN_CONTROL => self.accept(false),
             TOKEN_CONSOLE => self.accept(true),
             TOKEN_EXIT => {
-                let _ = self.vm.exit.eventfd().read();
+                let _ = self.vm.exit_event().read();
                 return self.finish();
             }
             TOKEN_DRAINED => {
-                let _ = self.vm.input_drained.read();
+                let _ = self.vm.input_drained_event().read();
                 self.feed_input();
             }
             TOKEN_SIGTERM => {
                 tracing::info!("SIGTERM: destroying the domain");
-                self.vm.exit.request(ExitReason::Destroyed, "SIGTERM");
+                self.vm.request_exit(ExitReason::Destroyed, "SIGTERM");
                 return self.finish();
             }
             t if t & KIND_MASK == KIND_CONSOLE_CLIENT => self.console_event(t & !KIND_MASK),
@@ -356,8 +386,8 @@ impl Loop<'_> {
 }
 
 /// Serves the sockets until the VM ends; writes the exit record to `exit_file` and returns it.
-pub fn run(
-    vm: &mut Vm,
+pub fn run<V: Served>(
+    vm: &mut V,
     control: UnixListener,
     console: UnixListener,
     sigterm: EventFd,
@@ -366,8 +396,8 @@ pub fn run(
     let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
     add(&epoll, control.as_raw_fd(), TOKEN_CONTROL)?;
     add(&epoll, console.as_raw_fd(), TOKEN_CONSOLE)?;
-    add(&epoll, vm.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
-    add(&epoll, vm.input_drained.as_raw_fd(), TOKEN_DRAINED)?;
+    add(&epoll, vm.exit_event().as_raw_fd(), TOKEN_EXIT)?;
+    add(&epoll, vm.input_drained_event().as_raw_fd(), TOKEN_DRAINED)?;
     add(&epoll, sigterm.as_raw_fd(), TOKEN_SIGTERM)?;
     let mut lp = Loop {
         vm,

@@ -22,9 +22,9 @@ pub mod migration;
 pub mod sandbox;
 pub mod stats;
 pub mod vcpu;
-pub mod vmm;
+pub mod vm;
 
-pub use vmm::{run, VmmError};
+pub use vm::{run, VmmError};
 
 /// Locks `m`, carrying on with the data if another thread panicked while holding it.
 pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

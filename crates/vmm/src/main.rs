@@ -24,7 +24,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let result = rxen_vmm::vmm::read_spec(&args.spec).and_then(|spec| {
+    let result = rxen_vmm::vm::read_spec(&args.spec).and_then(|spec| {
         tracing::info!(name = %spec.name, domid = spec.domid, "starting");
         rxen_vmm::run(spec, || {
             let mut out = std::io::stdout().lock();

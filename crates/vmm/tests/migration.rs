@@ -101,7 +101,7 @@ fn save_restore_keeps_the_heartbeat_and_corruption_is_refused() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut s = spec(dir.path(), KernelSource::Builtin("testguest".into()), 2, 64);
     s.restore_from = Some(bad_file);
-    let e = rxen_vmm::vmm::Vm::create(s)
+    let e = rxen_vmm::vm::Vm::create(s)
         .err()
         .expect("corrupt file accepted");
     assert!(e.to_string().contains("corrupt"), "{e}");
@@ -180,7 +180,7 @@ fn vcpu_body(id: u32, sections: &[(u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Section tags of a vCPU record (crates/vmm/src/snapshot.rs).
+/// Section tags of a vCPU record (crates/vmm/src/migration/vcpu_state.rs).
 const REGS: u32 = 1;
 const SREGS: u32 = 2;
 
@@ -265,7 +265,7 @@ fn restore_error(dir: &Path, bytes: &[u8]) -> String {
     let run = tempfile::tempdir().expect("tmp");
     let mut s = spec(run.path(), KernelSource::Builtin("testguest".into()), 2, 64);
     s.restore_from = Some(file);
-    match rxen_vmm::vmm::Vm::create(s) {
+    match rxen_vmm::vm::Vm::create(s) {
         Ok(_) => panic!("an impossible save file was restored"),
         Err(e) => e.to_string(),
     }
@@ -286,7 +286,7 @@ fn hand_made_impossible_states_are_refused_before_anything_runs() {
     std::fs::write(&again, write(&recs)).expect("write");
     let mut s = spec(run.path(), KernelSource::Builtin("testguest".into()), 2, 64);
     s.restore_from = Some(again);
-    drop(rxen_vmm::vmm::Vm::create(s).expect("the saved state restores"));
+    drop(rxen_vmm::vm::Vm::create(s).expect("the saved state restores"));
 
     let cases: [(&str, Edit, u32); 12] = [
         ("vCPU 1: impossible EFER", |_, s| s.efer |= 1 << 5, 1),

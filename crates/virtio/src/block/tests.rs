@@ -1072,3 +1072,36 @@ fn a_read_only_drive_takes_a_new_medium_and_a_writable_one_refuses() {
         Err(DeviceError::NotRemovable)
     ));
 }
+
+#[test]
+fn saved_state_is_the_disks_own_and_another_devices_is_refused() {
+    let mut h = Harness::new(serial("saved"));
+    let st = h.t.save_state();
+    assert_eq!(
+        st.device,
+        crate::state::DeviceState::Block(crate::state::BlockState {})
+    );
+    let fresh = |h: &Harness| {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(h.image.path())
+            .expect("open image");
+        let block = Block::new(file, serial("saved")).expect("block");
+        MmioTransport::new(
+            Box::new(block),
+            h.mem.clone(),
+            Box::new(Recorder::default()),
+        )
+        .expect("t")
+    };
+    fresh(&h).restore_state(&st).expect("restore");
+    let mut other = st.clone();
+    other.device = crate::state::DeviceState::Net(crate::state::NetState {});
+    let e = fresh(&h).restore_state(&other).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("the saved state of a NIC does not fit a disk"),
+        "{e}"
+    );
+}

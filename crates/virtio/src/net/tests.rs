@@ -544,3 +544,27 @@ proptest! {
         prop_assert_eq!(h.used_from(1, tx_used.len() as u16), vec![(0, 0)]);
     }
 }
+
+#[test]
+fn saved_state_is_the_nics_own_and_another_devices_is_refused() {
+    let mut h = Harness::new(config());
+    let st = h.t.save_state();
+    assert_eq!(
+        st.device,
+        crate::state::DeviceState::Net(crate::state::NetState {})
+    );
+    let fresh = |h: &Harness| {
+        let net = Net::new(Box::new(h.fake.clone()), config()).expect("net");
+        MmioTransport::new(Box::new(net), h.mem.clone(), Box::new(Recorder::default()))
+            .expect("transport")
+    };
+    fresh(&h).restore_state(&st).expect("restore");
+    let mut other = st.clone();
+    other.device = crate::state::DeviceState::Block(crate::state::BlockState {});
+    let e = fresh(&h).restore_state(&other).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("the saved state of a disk does not fit a NIC"),
+        "{e}"
+    );
+}

@@ -201,8 +201,7 @@ mod tests {
             let mut recs = saved();
             edit(&mut recs);
             let e = SavedDevices::decode(recs, 4)
-                .err()
-                .expect("refused")
+                .expect_err("refused")
                 .to_string();
             assert!(e.contains(why), "{e} (expected {why})");
         };
@@ -227,8 +226,7 @@ mod tests {
                 edit(s);
             }
             SavedDevices::decode(recs, 4)
-                .err()
-                .expect("refused")
+                .expect_err("refused")
                 .to_string()
         };
         let e = serial(&|s| s.fifo = vec![0u8; 65]);

@@ -9,17 +9,16 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rxen_proto::stream::{self as pstream, ConfigRecord, Header, RecordType, StreamWriter, VmInfo};
+use rxen_proto::stream::{self as pstream, ConfigRecord, Header, RecordType, StreamWriter};
 use rxen_proto::vmctl::{AfterSave, StopCopyBreakdown, TransferStats};
 use rxen_proto::vmspec::ExitReason;
 
-use super::channel::{read_line, set_timeout, target_timings};
+use super::channel::{self, read_line, set_timeout, target_timings};
 use super::memory::{self as pages, merge_sorted, DirtyLog, PageHashes, PageSender};
 use super::TransferError;
-use crate::loader::KernelKind;
 use crate::memory;
 use crate::micros;
-use crate::vmm::Vm;
+use crate::vm::Vm;
 
 /// What [`Vm::send_stream`] leaves behind once the stream is written: the guest is paused.
 pub struct Sent<W> {
@@ -65,7 +64,7 @@ impl Vm {
         opts: &SendOptions<'_>,
     ) -> Result<Sent<W>, TransferError> {
         let started = Instant::now();
-        let was_paused = self.control.is_paused();
+        let was_paused = self.is_paused();
         match self.send_inner(out, opts, was_paused) {
             Ok((writer, stats, paused_at)) => Ok(Sent {
                 writer,
@@ -89,42 +88,34 @@ impl Vm {
     ) -> Result<(W, TransferStats, Instant), TransferError> {
         let mut w = StreamWriter::new(out, Header::new(opts.live))?;
         w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
-        let info = VmInfo {
-            memory_mib: self.spec.memory_mib,
-            vcpus: self.spec.vcpus,
-            kernel: match self.kind {
-                KernelKind::TestGuest => "testguest".into(),
-                KernelKind::Linux => "linux".into(),
-            },
-        };
-        w.record(RecordType::VmInfo, &pstream::json_body(&info)?)?;
+        w.record(RecordType::VmInfo, &pstream::json_body(&self.shape())?)?;
         let mut stats = TransferStats::default();
-        let mut sender = PageSender::with_pagemap(self.pagemap.clone());
+        let mut sender = PageSender::with_pagemap(self.pagemap());
         let mut meter = pages::ProgressFile::new(
-            self.progress.as_ref().and_then(|f| f.try_clone().ok()),
-            memory::ram_bytes(&self.mem) / pstream::PAGE_SIZE as u64,
+            self.progress_file(),
+            memory::ram_bytes(self.mem()) / pstream::PAGE_SIZE as u64,
         );
         let mut hashes = None;
         let mut log = None;
         if opts.live && !was_paused {
-            let dirty = log.insert(DirtyLog::start(&self.kvm, &self.mem)?);
-            let hashes = hashes.insert(PageHashes::new(&self.mem, self.pagemap.clone()));
-            let mut pfns = pages::all_pfns(&self.mem);
+            let dirty = log.insert(DirtyLog::start(self.kvm(), self.mem())?);
+            let hashes = hashes.insert(PageHashes::new(self.mem(), self.pagemap()));
+            let mut pfns = pages::all_pfns(self.mem());
             let mut round = 1u32;
             loop {
                 let t = Instant::now();
                 let before = w.bytes;
                 meter.round(round, pfns.len() as u64, false, w.bytes);
-                sender.send(&mut w, &self.mem, &pfns, &mut stats, Some(hashes), |n| {
+                sender.send(&mut w, self.mem(), &pfns, &mut stats, Some(hashes), |n| {
                     meter.advance(n)
                 })?;
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
-                pfns = dirty.collect(&self.kvm, &self.mem)?;
+                pfns = dirty.collect(self.kvm(), self.mem())?;
                 // Pages written since the collect count here too: an upper
                 // bound on what the log missed, so only traced.
-                let unlogged = hashes.changed(&self.mem, &pfns);
+                let unlogged = hashes.changed(self.mem(), &pfns);
                 let rehashed = unlogged.len();
                 pfns = merge_sorted(pfns, unlogged);
                 let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
@@ -148,18 +139,7 @@ impl Vm {
         if let Some(sock) = opts.wait_ready {
             // Let the target take what was sent while it finishes building its VM.
             w.flush()?;
-            match read_line(sock) {
-                Ok(l) if l == "ready" => {}
-                Ok(l) => {
-                    let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-                    return Err(TransferError::Peer(format!(
-                        "the target refused the domain: {why}"
-                    )));
-                }
-                Err(e) => {
-                    return Err(TransferError::Peer(format!("the target went away: {e}")));
-                }
-            }
+            channel::expect(sock, channel::READY)?;
         }
         // The downtime starts with the pause request: the first vCPU stops
         // as soon as it is kicked.
@@ -172,16 +152,16 @@ impl Vm {
         // From here no device writes guest memory: the last pages and the
         // queues' progress describe the same moment.
         let t = Instant::now();
-        self.slots.freeze_all();
+        self.slots().freeze_all();
         phases.device_freeze_us = micros(t.elapsed());
         let last = match (log.as_ref(), hashes.as_ref()) {
             (Some(d), Some(h)) => {
                 let t = Instant::now();
-                let logged = d.collect(&self.kvm, &self.mem)?;
+                let logged = d.collect(self.kvm(), self.mem())?;
                 phases.dirty_sync_us = Some(micros(t.elapsed()));
                 // The guest is paused: what the rehash adds here the log missed.
                 let t = Instant::now();
-                let unlogged = h.changed(&self.mem, &logged);
+                let unlogged = h.changed(self.mem(), &logged);
                 phases.rehash_us = Some(micros(t.elapsed()));
                 stats.unlogged_pages = unlogged.len() as u64;
                 if !unlogged.is_empty() {
@@ -194,7 +174,7 @@ impl Vm {
             }
             _ => {
                 let t = Instant::now();
-                let all = pages::all_pfns(&self.mem);
+                let all = pages::all_pfns(self.mem());
                 phases.page_list_us = Some(micros(t.elapsed()));
                 all
             }
@@ -203,14 +183,14 @@ impl Vm {
         let last_from = w.bytes;
         meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
         let t = Instant::now();
-        sender.send(&mut w, &self.mem, &last, &mut stats, None, |n| {
+        sender.send(&mut w, self.mem(), &last, &mut stats, None, |n| {
             meter.advance(n)
         })?;
         let mut wire = t.elapsed();
         stats.rounds += 1;
         let t = Instant::now();
         let vcpus = self.capture_vcpus()?;
-        let vm = super::vcpu_state::capture_vm(&self.kvm.fd)?;
+        let vm = super::vcpu_state::capture_vm(&self.kvm().fd)?;
         let devices = self
             .device_records()
             .iter()
@@ -275,11 +255,11 @@ impl Vm {
         }
         match then {
             AfterSave::Exit => self
-                .exit
+                .exit()
                 .request(ExitReason::Saved, format!("saved to {}", path.display())),
             AfterSave::Resume => self.resume_after_transfer(sent.was_paused),
-            AfterSave::Pause => self.slots.thaw_all(),
-            AfterSave::Hold => self.held_save = Some(sent.was_paused),
+            AfterSave::Pause => self.slots().thaw_all(),
+            AfterSave::Hold => self.hold_save(sent.was_paused),
         }
         stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
@@ -309,32 +289,19 @@ impl Vm {
         let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
         drop(sent.writer);
         // The target takes the disks' locks once the stream is in.
-        self.slots.release_disk_locks();
+        self.slots().release_disk_locks();
         let resume_here = |vm: &Self, e: TransferError| {
-            if let Err(lock) = vm.slots.take_disk_locks(Duration::from_secs(5)) {
+            if let Err(lock) = vm.slots().take_disk_locks(Duration::from_secs(5)) {
                 tracing::error!("resuming after a failed migration: {lock}");
             }
             vm.resume_after_transfer(sent.was_paused);
             tracing::warn!("migration failed, domain resumed here: {e}");
             e
         };
-        match read_line(&sock) {
-            Ok(l) if l == "received" => {}
-            Ok(l) => {
-                let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
-                return Err(resume_here(
-                    self,
-                    TransferError::Peer(format!("the target refused the domain: {why}")),
-                ));
-            }
-            Err(e) => {
-                return Err(resume_here(
-                    self,
-                    TransferError::Peer(format!("the target went away: {e}")),
-                ))
-            }
+        if let Err(e) = channel::expect(&sock, channel::RECEIVED) {
+            return Err(resume_here(self, e));
         }
-        if let Err(e) = (&sock).write_all(b"go\n") {
+        if let Err(e) = channel::say(&sock, channel::GO) {
             return Err(resume_here(
                 self,
                 TransferError::Peer(format!("the target went away: {e}")),
@@ -342,7 +309,7 @@ impl Vm {
         }
         // From here on the target owns the domain: never resume it here.
         match read_line(&sock) {
-            Ok(l) if l == "resumed" => {}
+            Ok(l) if l == channel::RESUMED => {}
             other => {
                 tracing::error!(
                     "the target did not confirm that the domain runs ({other:?}); it stays paused here"
@@ -355,7 +322,7 @@ impl Vm {
         let mut stats = sent.stats;
         stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
-        self.exit
+        self.exit()
             .request(ExitReason::Migrated, "migrated to another host");
         // The guest runs there: its side of the downtime, if it says (a target
         // from before the breakdown closes the connection instead).

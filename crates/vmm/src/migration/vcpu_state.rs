@@ -615,7 +615,6 @@ pub(crate) mod testing {
     }
 
     /// A VM state body: both PICs, the IOAPIC, the PIT.
-    #[allow(dead_code)] // Used by the stream tests (transfer.rs) from the next commit on.
     pub fn vm_body() -> Vec<u8> {
         let mut out = Vec::new();
         for (t, chip) in [

@@ -114,12 +114,10 @@ impl HostFiles {
             .collect::<Result<Vec<_>, _>>()?;
         let restore = match (&spec.restore_from, spec.restore_fd) {
             (Some(path), Some(fd)) => {
-                Some(
-                    crate::vmm::take_fd(fd).map_err(|source| PreopenError::Open {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
+                Some(crate::vm::take_fd(fd).map_err(|source| PreopenError::Open {
+                    path: path.clone(),
+                    source,
+                })?)
             }
             (Some(path), None) => Some(File::open(path).map_err(open_err(path.clone()))?),
             (None, _) => None,
@@ -127,7 +125,7 @@ impl HostFiles {
         let run = RunFiles {
             console_log: crate::console::open_log(&spec.run_dir.join(files::CONSOLE_LOG))
                 .map_err(open_err(spec.run_dir.join(files::CONSOLE_LOG)))?,
-            progress: crate::vmm::open_progress(&spec.run_dir)
+            progress: crate::vm::open_progress(&spec.run_dir)
                 .map_err(open_err(spec.run_dir.join(files::TRANSFER_PROGRESS)))?,
             pagemap: crate::migration::pagemap::Pagemap::open(),
             proc_status: ProcFile::status()
