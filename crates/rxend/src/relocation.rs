@@ -204,6 +204,10 @@ struct Msg {
     ok: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// In the source's step 2: what the connection is for once authenticated; absent for a
+    /// migration, [`crate::pool::remote::PURPOSE`] for a pool request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purpose: Option<String>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -262,12 +266,14 @@ fn read_line(mut r: impl Read) -> Result<Vec<u8>, RelocationError> {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(r: impl Read) -> Result<T, RelocationError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    r: impl Read,
+) -> Result<T, RelocationError> {
     let line = read_line(r)?;
     serde_json::from_slice(&line).map_err(|e| RelocationError::Protocol(e.to_string()))
 }
 
-fn write_json<T: Serialize>(mut w: impl Write, v: &T) -> Result<(), RelocationError> {
+pub(crate) fn write_json<T: Serialize>(mut w: impl Write, v: &T) -> Result<(), RelocationError> {
     let mut b = serde_json::to_vec(v).map_err(|e| RelocationError::Protocol(e.to_string()))?;
     b.push(b'\n');
     w.write_all(&b)?;
@@ -291,6 +297,19 @@ pub fn client_handshake(
     key: &[u8],
     reservation: &Reservation,
 ) -> Result<(), RelocationError> {
+    client_authenticate(sock, key, None)?;
+    reserve_as_source(sock, reservation)?;
+    sock.set_read_timeout(None)?;
+    Ok(())
+}
+
+/// The connecting side's authentication (both ways), saying what the connection is for
+/// (`None`: a migration; see [`Msg::purpose`]).
+pub fn client_authenticate(
+    sock: &TcpStream,
+    key: &[u8],
+    purpose: Option<&str>,
+) -> Result<(), RelocationError> {
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
     let hello: Msg = read_json(sock)?;
     if let Some(e) = hello.error {
@@ -313,6 +332,7 @@ pub fn client_handshake(
         &Msg {
             nonce: Some(hex(&n2)),
             mac: Some(hex(&mac(key, "rxen-relocation source", &n1, &n2)?)),
+            purpose: purpose.map(str::to_string),
             ..Default::default()
         },
     )?;
@@ -326,8 +346,6 @@ pub fn client_handshake(
             "the target does not hold the shared key".into(),
         ));
     }
-    reserve_as_source(sock, reservation)?;
-    sock.set_read_timeout(None)?;
     Ok(())
 }
 
@@ -420,7 +438,7 @@ fn handle(daemon: &Daemon, sock: TcpStream, key: &[u8], allow: &HostsAllow) {
         refuse(&sock, "your host is not allowed to migrate domains here");
         return;
     }
-    let r = (|| -> Result<(), RelocationError> {
+    let r = (|| -> Result<Option<String>, RelocationError> {
         sock.set_read_timeout(Some(Duration::from_secs(30)))?;
         let n1 = nonce()?;
         write_json(
@@ -451,10 +469,18 @@ fn handle(daemon: &Daemon, sock: TcpStream, key: &[u8], allow: &HostsAllow) {
                 ..Default::default()
             },
         )?;
-        Ok(())
+        Ok(m.purpose)
     })();
-    if let Err(e) = r {
-        daemon.log.warn(format!("relocation: refused {peer}: {e}"));
+    let purpose = match r {
+        Ok(p) => p,
+        Err(e) => {
+            daemon.log.warn(format!("relocation: refused {peer}: {e}"));
+            return;
+        }
+    };
+    // Authenticated as for a migration (hosts-allow and the key): a pool request instead.
+    if purpose.as_deref() == Some(crate::pool::remote::PURPOSE) {
+        crate::pool::remote::serve(daemon, sock, &peer.to_string());
         return;
     }
     let fd = match sock.as_fd().try_clone_to_owned() {

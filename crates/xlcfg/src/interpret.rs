@@ -558,7 +558,8 @@ pub(crate) fn interpret(
     let pool = cx.string("pool", "a CPU pool name")?.map(|(s, _)| s);
     // pool placement (rxen's own keys)
     let pool_host = pool_word(&mut cx, "pool_host", "a host name of the pool")?;
-    let pool_anti_affinity = pool_word(&mut cx, "pool_anti_affinity", "an anti-affinity group name")?;
+    let pool_anti_affinity =
+        pool_word(&mut cx, "pool_anti_affinity", "an anti-affinity group name")?;
 
     // boot
     let kernel = cx.string("kernel", "a kernel path")?.map(|(s, _)| s);

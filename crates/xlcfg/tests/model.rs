@@ -785,7 +785,10 @@ fn pool_placement_keys_are_read_checked_and_render_back() {
     assert_eq!(again.config.pool_host.as_deref(), Some("h2"));
     assert_eq!(again.config.pool_anti_affinity.as_deref(), Some("web"));
     let none = ok("");
-    assert_eq!((none.config.pool_host, none.config.pool_anti_affinity), (None, None));
+    assert_eq!(
+        (none.config.pool_host, none.config.pool_anti_affinity),
+        (None, None)
+    );
     for bad in [
         "pool_host = ''",
         "pool_host = 'a b'",
