@@ -28,7 +28,7 @@ fn free_port() -> u16 {
 /// Three hosts `h1`..`h3` in pool `pool`, each with a relocation server on 127.0.0.1.
 struct Pool {
     _etcd: TestEtcd,
-    _keys: tempfile::TempDir,
+    keys: tempfile::TempDir,
     hosts: Vec<Host>,
 }
 
@@ -60,7 +60,7 @@ impl Pool {
         }
         let p = Pool {
             _etcd: etcd,
-            _keys: keys,
+            keys,
             hosts,
         };
         wait_until(SLOW, "three hosts up", || {
@@ -68,6 +68,11 @@ impl Pool {
             l.len() == 3 && l.values().all(|(s, _)| s == "up")
         });
         p
+    }
+
+    /// The relocation key file every host was started with.
+    fn key(&self) -> std::path::PathBuf {
+        self.keys.path().join("relocation.key")
     }
 
     fn h(&self, name: &str) -> &Host {
@@ -225,6 +230,25 @@ fn create_pool_places_by_free_memory_pool_host_and_anti_affinity() {
     );
     assert!(h3.list_row(&n("p2")).is_some());
     assert!(h1.list_row(&n("p2")).is_none());
+
+    // The relocation key guards placement as it guards migrations: with h1 holding another
+    // key than h2's relocation server (which read it at start), the create that placement
+    // sends to h2 is refused there, and nothing is created.
+    std::fs::write(p.key(), "another secret, not the pool's one\n").expect("key");
+    let cfg = guest_cfg(h1, &n("k"), 16, "");
+    let out = h1.rxl(&["create", "--pool", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("host h2") && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert!(!p.where_is().contains_key(&n("k")));
+    wait_until(SLOW, "h2 logs the refusal", || {
+        p.h("h2")
+            .rxend_log()
+            .contains("relocation: refused 127.0.0.1")
+    });
 }
 
 #[test]

@@ -60,7 +60,12 @@ impl Etcd {
             .args(["--name", "bench", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
             .args(["--initial-cluster", &format!("bench={p}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -126,10 +131,7 @@ fn start_pool(ctx: &Ctx, bin: &PathBuf) -> Result<PoolHosts> {
             key.display()
         ))?);
     }
-    let p = PoolHosts {
-        hosts,
-        _etcd: etcd,
-    };
+    let p = PoolHosts { hosts, _etcd: etcd };
     // Every host registered (and its relocation server up: it starts before the pool).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -141,7 +143,10 @@ fn start_pool(ctx: &Ctx, bin: &PathBuf) -> Result<PoolHosts> {
             return Ok(p);
         }
         if Instant::now() > deadline {
-            return Err(BenchError::timeout("three pool hosts up", Duration::from_secs(30)));
+            return Err(BenchError::timeout(
+                "three pool hosts up",
+                Duration::from_secs(30),
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -181,7 +186,10 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         .iter()
         .map(|n| {
             let mut r = Row::new(
-                &format!("host-evacuate, {n} domain{}", if *n == 1 { "" } else { "s" }),
+                &format!(
+                    "host-evacuate, {n} domain{}",
+                    if *n == 1 { "" } else { "s" }
+                ),
                 &format!("{GUEST_MIB} MiB, 1 vCPU, idle; 2 at a time"),
                 "s",
                 2,
