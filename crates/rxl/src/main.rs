@@ -1121,12 +1121,17 @@ fn evacuate(socket: &Path, host: &str, parallel: u32) -> Outcome {
             break;
         }
         tried.extend(todo.iter().cloned());
+        let total = tried.len();
         let queue = Arc::new(Mutex::new(todo));
         let failures = Arc::new(Mutex::new(0usize));
+        let ended = Arc::new(Mutex::new(
+            total - queue.lock().map(|q| q.len()).unwrap_or(0),
+        ));
         let workers: Vec<_> = (0..parallel)
             .map(|_| {
                 let (queue, failures) = (Arc::clone(&queue), Arc::clone(&failures));
                 let (socket, host) = (socket.to_path_buf(), host.to_string());
+                let (out, ended) = (p.printer(), Arc::clone(&ended));
                 std::thread::spawn(move || loop {
                     let Some(domain) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
                         return;
@@ -1140,19 +1145,25 @@ fn evacuate(socket: &Path, host: &str, parallel: u32) -> Outcome {
                             })
                             .map_err(|e| e.to_string())
                         });
-                    match r {
+                    let line = match r {
                         Ok(Response::PoolMoved { host: to, .. }) => {
-                            println!("{domain} moved to {to}")
+                            format!("{domain} moved to {to}")
                         }
                         Ok(other) => {
-                            println!("{domain} could not move: unexpected answer {other:?}");
                             *failures.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            format!("{domain} could not move: unexpected answer {other:?}")
                         }
                         Err(why) => {
-                            println!("{domain} could not move: {why}");
                             *failures.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            format!("{domain} could not move: {why}")
                         }
-                    }
+                    };
+                    out.line(&line);
+                    let mut n = ended.lock().unwrap_or_else(|e| e.into_inner());
+                    *n += 1;
+                    out.message(format!(
+                        "evacuating host {host}: {n} of {total} domains done"
+                    ));
                 })
             })
             .collect();
