@@ -310,8 +310,8 @@ pub enum Cmd {
     /// Live-migrate every domain off a host of the pool to the others, then leave it disabled (rxen; see docs/pools.md).
     #[command(name = "host-evacuate")]
     HostEvacuate {
-        /// Domains migrated at once.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        /// Domains migrated at once (1 to 4: a relocation server serves 4 connections per peer).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4))]
         parallel: u32,
         /// The host's name in the pool.
         host: String,
