@@ -34,6 +34,12 @@ struct Pool {
 
 impl Pool {
     fn start() -> Pool {
+        Pool::start_with(None)
+    }
+
+    /// With `unreachable`'s relocation address in the pool a port nobody listens on (its
+    /// server listens elsewhere): the pool shows it up, but nothing reaches it.
+    fn start_with(unreachable: Option<&str>) -> Pool {
         let etcd = TestEtcd::start();
         let keys = tempfile::tempdir().expect("tmp");
         let key = keys.path().join("relocation.key");
@@ -43,9 +49,14 @@ impl Pool {
             .iter()
             .map(|name| {
                 let port = free_port();
+                let published = if unreachable == Some(*name) {
+                    free_port()
+                } else {
+                    port
+                };
                 Host::start_configured(&format!(
                     "[pool]\nendpoints = [\"{}\"]\nname = \"{pool}\"\nhost = \"{name}\"\nttl = {TTL}\n\
-                     relocation-address = \"127.0.0.1:{port}\"\n\
+                     relocation-address = \"127.0.0.1:{published}\"\n\
                      [relocation]\nserver = true\naddress = \"127.0.0.1\"\nport = {port}\n\
                      hosts-allow = [\"^127\\\\.0\\\\.0\\\\.1$\"]\nkey-file = \"{}\"\n",
                     etcd.endpoint(),
@@ -333,4 +344,42 @@ fn host_evacuate_moves_every_domain_and_leaves_the_host_empty_and_disabled() {
     assert!(stderr.contains("could not move off host h2"), "{stderr}");
     assert!(p.h("h2").list_row(&stay).is_some());
     assert_beats_past(&mut con, beat);
+}
+
+#[test]
+fn an_evacuation_step_whose_migration_fails_tries_the_next_host() {
+    // h2 has the most free memory, but its published relocation address leads nowhere: each
+    // domain's migration to h2 fails, it runs on on h1, and goes to h3 instead.
+    let p = Pool::start_with(Some("h2"));
+    let t = unique();
+    let h1 = p.h("h1");
+    let _h3 = p.h("h3").create_guest(&format!("h3load-{t}"), 1, 32, "");
+    let names: Vec<String> = (1..=2).map(|i| format!("r{i}-{t}")).collect();
+    let mut before = BTreeMap::new();
+    for name in &names {
+        let mut con = h1.create_guest(name, 1, 16, "");
+        before.insert(name.clone(), con.heartbeat());
+    }
+    let out = h1.rxl(&["host-evacuate", "--parallel", "1", "h1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}\nh1: {}",
+        String::from_utf8_lossy(&out.stderr),
+        h1.rxend_log()
+    );
+    for name in &names {
+        assert!(
+            stdout.lines().any(|l| l == format!("{name} moved to h3")),
+            "{stdout}"
+        );
+        let mut con = p.h("h3").console(name);
+        assert_beats_past(&mut con, before[name]);
+    }
+    let log = h1.rxend_log();
+    assert_eq!(
+        log.matches("to host h2 failed").count(),
+        2,
+        "each domain tried h2 first: {log}"
+    );
 }

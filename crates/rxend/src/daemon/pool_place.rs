@@ -18,6 +18,8 @@ use crate::record::DomainState;
 /// defaults).
 const EVACUATE_MAX_ROUNDS: u32 = 30;
 const EVACUATE_DOWNTIME_MS: u64 = 20;
+/// Hosts an evacuation step tries before it reports the domain as not moved.
+const EVACUATE_TRIES: usize = 3;
 
 /// What placement needs to know of a domain of `config`.
 fn need_of(config: &DomainConfig) -> Need {
@@ -110,7 +112,8 @@ impl Daemon {
     }
 
     /// Live-migrates this host's domain `domain` to the host placement chooses among the
-    /// others; the host it went to. On failure the domain runs on here.
+    /// others; the host it went to. When a migration fails (the domain runs on here), the
+    /// next host placement chooses is tried, up to [`EVACUATE_TRIES`] hosts.
     pub fn evacuate_here(&self, caller: &Caller, domain: &str) -> Result<String, DaemonError> {
         let pool = self.placing_pool(caller, "evacuate hosts of the pool")?;
         let (config, paused) = {
@@ -125,12 +128,66 @@ impl Daemon {
         };
         let mut need = need_of(&config);
         need.exclude = vec![pool.host.clone()];
-        let (target, _promise) = pool.place(&need)?;
-        let address = pool.relocation_address(&target)?;
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let (target, _promise) = match pool.place(&need) {
+                Ok(p) => p,
+                Err(e) if failed.is_empty() => return Err(e.into()),
+                Err(e) => {
+                    return Err(DaemonError::Config(format!(
+                        "{}; then {e}",
+                        failed.join("; ")
+                    )))
+                }
+            };
+            match self.migrate_to(caller, pool, domain, &target, paused) {
+                Ok(()) => {
+                    self.log.info(format!(
+                        "pool {}: domain {domain} evacuated to host {target} for {}",
+                        pool.name,
+                        caller.describe()
+                    ));
+                    return Ok(target);
+                }
+                Err(e) => {
+                    // A failed migration leaves the domain running here: another host may
+                    // take it. Only while it is still here, and a few hosts at most.
+                    let here = self
+                        .table()
+                        .domains
+                        .values()
+                        .any(|e| e.rec.name == domain && e.busy.is_none());
+                    if !here {
+                        return Err(e);
+                    }
+                    self.log.warn(format!(
+                        "pool {}: moving domain {domain} to host {target} failed: {e}",
+                        pool.name
+                    ));
+                    failed.push(format!("migration to host {target} failed: {e}"));
+                    need.exclude.push(target);
+                    if failed.len() >= EVACUATE_TRIES {
+                        return Err(DaemonError::Config(failed.join("; ")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Live-migrates `domain` to `target`'s relocation server (its address from the pool).
+    fn migrate_to(
+        &self,
+        caller: &Caller,
+        pool: &Pool,
+        domain: &str,
+        target: &str,
+        paused: bool,
+    ) -> Result<(), DaemonError> {
+        let address = pool.relocation_address(target)?;
         let (addr, port) = remote::split_address(&address).ok_or_else(|| {
             DaemonError::Pool(PoolError::Remote {
                 pool: pool.name.clone(),
-                host: target.clone(),
+                host: target.to_string(),
                 why: format!("relocation address {address:?} is not HOST:PORT"),
             })
         })?;
@@ -147,12 +204,7 @@ impl Daemon {
                 paused,
                 channel: None,
             },
-        )?;
-        self.log.info(format!(
-            "pool {}: domain {domain} evacuated to host {target} for {}",
-            pool.name,
-            caller.describe()
-        ));
-        Ok(target)
+        )
+        .map(|_| ())
     }
 }
