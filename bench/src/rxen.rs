@@ -65,6 +65,11 @@ impl RxenHost {
         )
     }
 
+    /// Starts a confined `rxend` with `config` as its rxend.toml.
+    pub fn start_configured(config: String) -> Result<RxenHost> {
+        RxenHost::start_with(Some(config), true)
+    }
+
     /// Whether this build's `rxend` has `--no-sandbox` (its help lists it).
     pub fn can_unsandbox() -> bool {
         rxend_help().contains("--no-sandbox")

@@ -8,6 +8,7 @@ pub mod iosplit;
 pub mod memory;
 pub mod migration;
 pub mod net;
+pub mod pool;
 pub mod sandbox;
 pub mod saverestore;
 pub mod sched;

@@ -384,6 +384,38 @@ pub enum Request {
         /// Enabled (`true`) or disabled.
         enabled: bool,
     },
+    /// Create a domain on the host of the pool that placement chooses (`rxl create --pool`).
+    PoolCreate {
+        /// Absolute path of the config file.
+        path: String,
+        /// The file's text as the client read it.
+        text: String,
+        /// Trailing `KEY=VALUE` overrides.
+        overrides: Vec<String>,
+        /// Leave the vCPUs paused (`-p`).
+        paused: bool,
+        /// Start even if the config has keys rxen does not support.
+        ignore_unsupported: bool,
+    },
+    /// Restore a domain on the host of the pool that placement chooses (`rxl restore
+    /// --pool`); the save file must be where that host sees it too.
+    PoolRestore {
+        /// Absolute path of the save file.
+        path: String,
+        /// A config to use instead of the one in the file.
+        #[serde(default)]
+        config: Option<ConfigText>,
+        /// Leave the restored domain paused (`-p`).
+        paused: bool,
+    },
+    /// Live-migrate one domain off `host` to the host placement chooses (a step of `rxl
+    /// host-evacuate`); asked of another host's rxend, it is passed on to `host`'s.
+    PoolEvacuate {
+        /// The host being emptied.
+        host: String,
+        /// The domain (its name).
+        domain: String,
+    },
 }
 
 /// A host's state in its pool.
@@ -828,6 +860,24 @@ pub enum Response {
         pool: String,
         /// Its domains.
         domains: Vec<PoolDomain>,
+    },
+    /// The answer to `PoolCreate` and `PoolRestore`: where the domain now runs.
+    Placed {
+        /// The host placement chose.
+        host: String,
+        /// The domain's ID there.
+        domid: u32,
+        /// Its name.
+        name: String,
+        /// Warnings to show the user.
+        warnings: Vec<String>,
+    },
+    /// The answer to `PoolEvacuate`: the domain runs on `host` now.
+    PoolMoved {
+        /// The domain.
+        name: String,
+        /// The host it moved to.
+        host: String,
     },
     /// The request failed; `message` is one line for the user.
     Error {

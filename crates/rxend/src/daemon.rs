@@ -36,6 +36,7 @@ use crate::vmm::{self, VmmError};
 mod cpupool_ops;
 mod memory_ops;
 mod pool_ops;
+mod pool_place;
 mod recovery;
 mod sched_ops;
 pub use sched_ops::{SchedOptions, DEFAULT_DOM0_WEIGHT};

@@ -304,6 +304,18 @@ fn transferred(r: Result<(String, rxen_proto::vmctl::TransferStats), DaemonError
     }
 }
 
+fn placed(r: Result<crate::pool::remote::Placed, DaemonError>) -> Reply {
+    match r {
+        Ok(p) => Reply::Plain(Response::Placed {
+            host: p.host,
+            domid: p.domid,
+            name: p.name,
+            warnings: p.warnings,
+        }),
+        Err(e) => error(e),
+    }
+}
+
 fn result(r: Result<(), DaemonError>) -> Reply {
     Reply::Plain(match r {
         Ok(()) => Response::Ok,
@@ -520,6 +532,36 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
         },
         Request::PoolHostEnable { host, enabled } => {
             result(daemon.pool_host_enable(caller, &host, enabled))
+        }
+        Request::PoolCreate {
+            path,
+            text,
+            overrides,
+            paused,
+            ignore_unsupported,
+        } => placed(daemon.pool_create(
+            caller,
+            &crate::pool::remote::CreateSpec {
+                path,
+                text,
+                overrides,
+                paused,
+                ignore_unsupported,
+            },
+        )),
+        Request::PoolRestore {
+            path,
+            config,
+            paused,
+        } => placed(daemon.pool_restore(caller, &path, config.as_ref(), paused)),
+        Request::PoolEvacuate { host, domain } => {
+            match daemon.pool_evacuate(caller, &host, &domain) {
+                Ok(to) => Reply::Plain(Response::PoolMoved {
+                    name: domain,
+                    host: to,
+                }),
+                Err(e) => error(e),
+            }
         }
         Request::Ended { domid } => Reply::Plain(Response::Ended {
             reason: daemon.ended(caller, domid),

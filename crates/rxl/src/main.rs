@@ -52,6 +52,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             dry_run,
             quiet,
             ignore_unsupported,
+            pool,
             vnc,
             file,
             overrides,
@@ -70,6 +71,18 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             }
             let abs = std::path::absolute(&path).unwrap_or(path);
             let mut c = connect()?;
+            if pool {
+                let p = Progress::start(format!("placing {} in the pool", abs.display()));
+                let r = c.call(&Request::PoolCreate {
+                    path: abs.display().to_string(),
+                    text,
+                    overrides,
+                    paused,
+                    ignore_unsupported,
+                });
+                p.finish();
+                return placed(r?, "created");
+            }
             let resp = c.call(&Request::Create {
                 path: abs.display().to_string(),
                 text,
@@ -102,6 +115,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             })?;
             Ok(())
         }
+        Cmd::HostEvacuate { parallel, host } => evacuate(&socket, &host, parallel),
         Cmd::HostEnable { host } => {
             connect()?.call_ok(&Request::PoolHostEnable {
                 host,
@@ -281,6 +295,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
         }
         Cmd::Restore {
             paused,
+            pool,
             no_wait: _,
             console,
             vnc,
@@ -300,6 +315,16 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             let config = config.map(|c| read_config(&c)).transpose()?;
             let mut c = connect()?;
             eprintln!("Loading new save file {} (new rxl fmt)", abs.display());
+            if pool {
+                let p = Progress::start(format!("restoring {} in the pool", abs.display()));
+                let r = c.call(&Request::PoolRestore {
+                    path: abs.display().to_string(),
+                    config,
+                    paused,
+                });
+                p.finish();
+                return placed(r?, "restored");
+            }
             let p = Progress::start(format!("restoring {}", abs.display()));
             let r = c.call(&Request::Restore {
                 path: abs.display().to_string(),
@@ -1054,6 +1079,116 @@ fn lookup(c: &mut Client, domain: &str) -> Result<(u32, String), Failure> {
 }
 
 /// After `create` or `boot`: shows rxend's warnings and, with `-c`, attaches the console.
+/// The answer to `create --pool` or `restore --pool`: warnings on stderr, then
+/// `Domain NAME created on host HOST` on stdout.
+fn placed(resp: Response, what: &str) -> Outcome {
+    let Response::Placed {
+        host,
+        name,
+        warnings,
+        ..
+    } = resp
+    else {
+        return Err(Failure(format!("unexpected answer: {resp:?}")));
+    };
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("Domain {name} {what} on host {host}");
+    Ok(())
+}
+
+/// `rxl host-evacuate`: disables `host`, then moves its domains off, `parallel` at a time,
+/// each on a connection of its own; one line per domain on stdout as it ends (`NAME moved to
+/// HOST`, `NAME could not move: WHY`). Domains that appear on the host meanwhile are moved
+/// too; a domain that could not move is tried once only.
+fn evacuate(socket: &Path, host: &str, parallel: u32) -> Outcome {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    let connect = || Client::connect_or_start(socket).map_err(Failure::from);
+    connect()?.call_ok(&Request::PoolHostEnable {
+        host: host.to_string(),
+        enabled: false,
+    })?;
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut failed = 0usize;
+    let p = Progress::start(format!("evacuating host {host}"));
+    loop {
+        let resp = connect()?.call(&Request::PoolDomains)?;
+        let Response::PoolDomains { domains, .. } = resp else {
+            p.finish();
+            return Err(Failure(format!("unexpected answer: {resp:?}")));
+        };
+        let todo: Vec<String> = domains
+            .into_iter()
+            .filter(|d| d.host == host && !tried.contains(&d.name))
+            .map(|d| d.name)
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+        tried.extend(todo.iter().cloned());
+        let total = tried.len();
+        let queue = Arc::new(Mutex::new(todo));
+        let failures = Arc::new(Mutex::new(0usize));
+        let ended = Arc::new(Mutex::new(
+            total - queue.lock().map(|q| q.len()).unwrap_or(0),
+        ));
+        let workers: Vec<_> = (0..parallel)
+            .map(|_| {
+                let (queue, failures) = (Arc::clone(&queue), Arc::clone(&failures));
+                let (socket, host) = (socket.to_path_buf(), host.to_string());
+                let (out, ended) = (p.printer(), Arc::clone(&ended));
+                std::thread::spawn(move || loop {
+                    let Some(domain) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                        return;
+                    };
+                    let r = Client::connect(&socket)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut c| {
+                            c.call(&Request::PoolEvacuate {
+                                host: host.clone(),
+                                domain: domain.clone(),
+                            })
+                            .map_err(|e| e.to_string())
+                        });
+                    let line = match r {
+                        Ok(Response::PoolMoved { host: to, .. }) => {
+                            format!("{domain} moved to {to}")
+                        }
+                        Ok(other) => {
+                            *failures.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            format!("{domain} could not move: unexpected answer {other:?}")
+                        }
+                        Err(why) => {
+                            *failures.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            format!("{domain} could not move: {why}")
+                        }
+                    };
+                    out.line(&line);
+                    let mut n = ended.lock().unwrap_or_else(|e| e.into_inner());
+                    *n += 1;
+                    out.message(format!(
+                        "evacuating host {host}: {n} of {total} domains done"
+                    ));
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        failed += *failures.lock().unwrap_or_else(|e| e.into_inner());
+    }
+    p.finish();
+    if failed > 0 {
+        return Err(Failure(format!(
+            "{failed} of {} domains could not move off host {host}; they run on there",
+            tried.len()
+        )));
+    }
+    Ok(())
+}
+
 fn started(c: &mut Client, resp: Response, console: bool) -> Outcome {
     let Response::Domain { name, warnings, .. } = resp else {
         return Err(Failure(format!("unexpected answer: {resp:?}")));

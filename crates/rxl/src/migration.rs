@@ -150,6 +150,12 @@ impl Progress {
         p
     }
 
+    /// A handle that prints lines on stdout from any thread without garbling the spinner,
+    /// and changes its message.
+    pub fn printer(&self) -> Printer {
+        Printer(self.bar.clone())
+    }
+
     /// Removes the spinner or bar.
     pub fn finish(self) {
         if let Some(stop) = self.stop {
@@ -160,6 +166,27 @@ impl Progress {
         }
         if let Some(pb) = self.bar {
             pb.finish_and_clear();
+        }
+    }
+}
+
+/// Prints beside a [`Progress`] (see [`Progress::printer`]).
+#[derive(Clone)]
+pub struct Printer(Option<indicatif::ProgressBar>);
+
+impl Printer {
+    /// Prints `text` and a newline on stdout, the spinner hidden meanwhile.
+    pub fn line(&self, text: &str) {
+        match &self.0 {
+            Some(pb) => pb.suspend(|| println!("{text}")),
+            None => println!("{text}"),
+        }
+    }
+
+    /// Changes the spinner's message (nothing when there is no spinner).
+    pub fn message(&self, text: String) {
+        if let Some(pb) = &self.0 {
+            pb.set_message(text);
         }
     }
 }

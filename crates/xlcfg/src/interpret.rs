@@ -253,6 +253,32 @@ pub fn check_config(c: &crate::DomainConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// A host or group name of a pool key (`pool_host`, `pool_anti_affinity`): one word of at
+/// most 64 bytes, without `/`, white space or control characters (it becomes part of etcd keys
+/// and of `rxl host-list`'s columns).
+fn pool_word(cx: &mut Cx<'_>, key: &str, expected: &'static str) -> R<Option<String>> {
+    let Some((v, pos)) = cx.string(key, expected)? else {
+        return Ok(None);
+    };
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && !v.contains('/')
+        && !v.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        return Err(cx.err(
+            pos,
+            ConfigErrorKind::BadValue {
+                key: key.into(),
+                value: v,
+                expected: format!(
+                    "{expected}: 1 to 64 bytes, without `/`, white space or control characters"
+                ),
+            },
+        ));
+    }
+    Ok(Some(v))
+}
+
 /// Why a domain name is refused, if it is.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -530,6 +556,10 @@ pub(crate) fn interpret(
         )?
         .map_or(0, |(n, _)| n as u32);
     let pool = cx.string("pool", "a CPU pool name")?.map(|(s, _)| s);
+    // pool placement (rxen's own keys)
+    let pool_host = pool_word(&mut cx, "pool_host", "a host name of the pool")?;
+    let pool_anti_affinity =
+        pool_word(&mut cx, "pool_anti_affinity", "an anti-affinity group name")?;
 
     // boot
     let kernel = cx.string("kernel", "a kernel path")?.map(|(s, _)| s);
@@ -791,6 +821,8 @@ pub(crate) fn interpret(
         on_crash,
         on_soft_reset,
         xen_shell,
+        pool_host,
+        pool_anti_affinity,
         bootloader_args,
         vnc: vnc.is_some_and(|(v, _)| v),
         sdl: sdl.is_some_and(|(v, _)| v),

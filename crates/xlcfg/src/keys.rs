@@ -316,6 +316,8 @@ pub const MODELED: &[&str] = &[
     "vfb",
     "serial",
     "xen_shell",
+    "pool_host",
+    "pool_anti_affinity",
 ];
 
 /// Edit distance (insertions, deletions, substitutions, adjacent swaps), capped at `max + 1`.

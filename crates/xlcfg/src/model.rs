@@ -160,6 +160,14 @@ pub struct DomainConfig {
     pub on_soft_reset: Action,
     /// `xen_shell` (or `xen-shell`): the users who may manage this domain from rxen-shell.
     pub xen_shell: Vec<String>,
+    /// `pool_host` (rxen's own): the host of the pool the domain must be placed on by
+    /// `rxl create --pool` (and evacuation); `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_host: Option<String>,
+    /// `pool_anti_affinity` (rxen's own): the domain's anti-affinity group; placement puts
+    /// domains of one group on hosts that hold none of it while such a host has room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_anti_affinity: Option<String>,
     /// `bootloader_args`.
     #[serde(default)]
     pub bootloader_args: Vec<String>,

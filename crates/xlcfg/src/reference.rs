@@ -54,6 +54,8 @@ pub const KEYS: &[KeyDoc] = &[
     k("vfb", "[]", "Accepted when empty; a framebuffer is refused."),
     k("serial", "pty", "The serial console: pty (reached with rxl console); other devices are refused."),
     k("xen_shell", "[]", "rxen-shell users allowed to manage the domain (xen-shell's key; xen-shell is also read)."),
+    k("pool_host", "-", "rxen's own: the host of the pool (rxl host-list) that rxl create --pool and rxl restore --pool must put the domain on; refused when that host is down, disabled or full. rxl host-evacuate cannot move such a domain off its host."),
+    k("pool_anti_affinity", "-", "rxen's own: an anti-affinity group. rxl create --pool, rxl restore --pool and rxl host-evacuate put domains of one group on hosts that hold none of it while such a host has room (best-effort, as XenServer's VM groups: when none has, the domain goes where it fits)."),
 ];
 
 #[cfg(test)]

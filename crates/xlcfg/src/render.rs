@@ -245,6 +245,12 @@ impl DomainConfig {
         if !self.xen_shell.is_empty() {
             line("xen_shell", list(self.xen_shell.iter().map(|s| quote(s))));
         }
+        if let Some(h) = &self.pool_host {
+            line("pool_host", quote(h));
+        }
+        if let Some(g) = &self.pool_anti_affinity {
+            line("pool_anti_affinity", quote(g));
+        }
         for (k, v) in &self.other_keys {
             line(k, json_value(v));
         }

@@ -773,3 +773,41 @@ fn pool_names_the_cpu_pool_and_renders_back() {
     assert_eq!(again.config.pool.as_deref(), Some("fast"));
     assert_eq!(ok("").config.pool, None);
 }
+
+#[test]
+fn pool_placement_keys_are_read_checked_and_render_back() {
+    let p = ok("pool_host = 'h2'\npool_anti_affinity = \"web\"");
+    assert_eq!(p.config.pool_host.as_deref(), Some("h2"));
+    assert_eq!(p.config.pool_anti_affinity.as_deref(), Some("web"));
+    assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+    assert!(p.config.other_keys.is_empty());
+    let again = xlcfg::parse(&p.config.to_xl_cfg(), "again.cfg", &[]).expect("reparse");
+    assert_eq!(again.config.pool_host.as_deref(), Some("h2"));
+    assert_eq!(again.config.pool_anti_affinity.as_deref(), Some("web"));
+    let none = ok("");
+    assert_eq!(
+        (none.config.pool_host, none.config.pool_anti_affinity),
+        (None, None)
+    );
+    for bad in [
+        "pool_host = ''",
+        "pool_host = 'a b'",
+        "pool_host = 'a/b'",
+        "pool_anti_affinity = ['a', 'b']",
+        "pool_anti_affinity = 'tab\there'",
+    ] {
+        let e = err(bad);
+        assert!(
+            matches!(
+                e.kind,
+                ConfigErrorKind::BadValue { .. } | ConfigErrorKind::ExpectedSingleValue { .. }
+            ),
+            "{bad}: {e}"
+        );
+    }
+    // A config of an older rxen (JSON without the keys) still reads.
+    let mut json = serde_json::to_value(&ok("").config).expect("json");
+    json.as_object_mut().expect("object").remove("pool_host");
+    let back: xlcfg::DomainConfig = serde_json::from_value(json).expect("old json");
+    assert_eq!(back.pool_host, None);
+}

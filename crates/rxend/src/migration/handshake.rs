@@ -162,6 +162,10 @@ struct Msg {
     ok: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// In the source's step 2: what the connection is for once authenticated; absent for a
+    /// migration, [`crate::pool::remote::PURPOSE`] for a pool request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purpose: Option<String>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -220,12 +224,14 @@ fn read_line(mut r: impl Read) -> Result<Vec<u8>, RelocationError> {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(r: impl Read) -> Result<T, RelocationError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    r: impl Read,
+) -> Result<T, RelocationError> {
     let line = read_line(r)?;
     serde_json::from_slice(&line).map_err(|e| RelocationError::Protocol(e.to_string()))
 }
 
-fn write_json<T: Serialize>(mut w: impl Write, v: &T) -> Result<(), RelocationError> {
+pub(crate) fn write_json<T: Serialize>(mut w: impl Write, v: &T) -> Result<(), RelocationError> {
     let mut b = serde_json::to_vec(v).map_err(|e| RelocationError::Protocol(e.to_string()))?;
     b.push(b'\n');
     w.write_all(&b)?;
@@ -250,6 +256,19 @@ pub fn client_handshake(
     key: &[u8],
     reservation: &Reservation,
 ) -> Result<(), RelocationError> {
+    client_authenticate(sock, key, None)?;
+    reserve_as_source(sock, reservation)?;
+    sock.set_read_timeout(None)?;
+    Ok(())
+}
+
+/// The connecting side's authentication (both ways), saying what the connection is for
+/// (`None`: a migration; see [`Msg::purpose`]).
+pub fn client_authenticate(
+    sock: &TcpStream,
+    key: &[u8],
+    purpose: Option<&str>,
+) -> Result<(), RelocationError> {
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
     let hello: Msg = read_json(sock)?;
     if let Some(e) = hello.error {
@@ -272,6 +291,7 @@ pub fn client_handshake(
         &Msg {
             nonce: Some(hex(&n2)),
             mac: Some(hex(&mac(key, "rxen-relocation source", &n1, &n2)?)),
+            purpose: purpose.map(str::to_string),
             ..Default::default()
         },
     )?;
@@ -285,8 +305,6 @@ pub fn client_handshake(
             "the target does not hold the shared key".into(),
         ));
     }
-    reserve_as_source(sock, reservation)?;
-    sock.set_read_timeout(None)?;
     Ok(())
 }
 
@@ -322,8 +340,9 @@ pub fn ssh_sender_handshake(
 }
 
 /// The target's side of the handshake, up to the reservation: greet, check that the
-/// source holds the key, prove that we hold it. A source that fails is told so.
-pub fn server_handshake(sock: &TcpStream, key: &[u8]) -> Result<(), RelocationError> {
+/// source holds the key, prove that we hold it. A source that fails is told so. Returns what
+/// the source came for ([`Msg::purpose`]: `None` for a migration).
+pub fn server_handshake(sock: &TcpStream, key: &[u8]) -> Result<Option<String>, RelocationError> {
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
     let n1 = nonce()?;
     write_json(
@@ -354,7 +373,7 @@ pub fn server_handshake(sock: &TcpStream, key: &[u8]) -> Result<(), RelocationEr
             ..Default::default()
         },
     )?;
-    Ok(())
+    Ok(m.purpose)
 }
 
 /// The receiver's side of the ssh transport (ssh authenticated the peer): xl's ready line.

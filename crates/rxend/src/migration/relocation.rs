@@ -72,9 +72,16 @@ fn handle(daemon: &Daemon, sock: TcpStream, key: &[u8], allow: &handshake::Hosts
         handshake::refuse(&sock, "your host is not allowed to migrate domains here");
         return;
     }
-    let r = handshake::server_handshake(&sock, key);
-    if let Err(e) = r {
-        daemon.log.warn(format!("relocation: refused {peer}: {e}"));
+    let purpose = match handshake::server_handshake(&sock, key) {
+        Ok(p) => p,
+        Err(e) => {
+            daemon.log.warn(format!("relocation: refused {peer}: {e}"));
+            return;
+        }
+    };
+    // Authenticated as for a migration (hosts-allow and the key): a pool request instead.
+    if purpose.as_deref() == Some(crate::pool::remote::PURPOSE) {
+        crate::pool::remote::serve(daemon, sock, &peer.to_string());
         return;
     }
     let fd = match sock.as_fd().try_clone_to_owned() {

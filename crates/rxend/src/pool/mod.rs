@@ -3,10 +3,14 @@
 //! `etcd.rs` is the etcd client, `schema.rs` the keys and their values, `keeper.rs` the thread
 //! that registers this host under a lease, keeps it alive and publishes this host's domains;
 //! this file holds the pool's handle and what clients ask of it (host list, pool-wide domain
-//! list, enabling hosts, claiming names).
+//! list, enabling hosts, claiming names). `placement.rs` chooses a host for a domain,
+//! `remote.rs` creates, restores or evacuates domains on another host of the pool through its
+//! relocation server.
 
 pub mod etcd;
 pub mod keeper;
+pub mod placement;
+pub mod remote;
 pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +75,24 @@ pub enum PoolError {
         /// Why it could not be read.
         why: String,
     },
+    /// No host could be chosen.
+    #[error("pool {pool}: {source}")]
+    Placement {
+        /// The pool.
+        pool: String,
+        /// Why.
+        source: placement::PlacementError,
+    },
+    /// Another host of the pool could not be asked, or refused.
+    #[error("pool {pool}: host {host}: {why}")]
+    Remote {
+        /// The pool.
+        pool: String,
+        /// The host asked.
+        host: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// This host's handle on its pool.
@@ -89,6 +111,10 @@ pub struct Pool {
     released: Mutex<BTreeSet<String>>,
     /// Names received by migration: their keys are taken over from the source host.
     taking_over: Mutex<BTreeSet<String>>,
+    /// Placements under way from this host (memory promised to a host before it shows).
+    pending: Mutex<Vec<remote::PendingPlacement>>,
+    /// Held while a placement chooses and promises.
+    placing: Mutex<()>,
     /// Set when the domain table changed; the keeper waits on it.
     changed: Mutex<bool>,
     wake: Condvar,
@@ -145,6 +171,8 @@ impl Pool {
             claiming: Mutex::new(BTreeSet::new()),
             released: Mutex::new(BTreeSet::new()),
             taking_over: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(Vec::new()),
+            placing: Mutex::new(()),
             changed: Mutex::new(false),
             wake: Condvar::new(),
         })

@@ -100,6 +100,9 @@ pub enum Cmd {
         /// Start the domain even if its config uses keys rxen does not support (they are ignored).
         #[arg(long)]
         ignore_unsupported: bool,
+        /// Create it on the host of this host's pool that placement chooses (rxen; see docs/pools.md).
+        #[arg(long, conflicts_with = "console")]
+        pool: bool,
         #[command(flatten)]
         vnc: Vnc,
         /// The config file (looked up in /etc/xen/ if it has no slash and is not here).
@@ -301,6 +304,15 @@ pub enum Cmd {
     /// Mark a disabled host of the pool enabled again (rxen; see docs/pools.md).
     #[command(name = "host-enable")]
     HostEnable {
+        /// The host's name in the pool.
+        host: String,
+    },
+    /// Live-migrate every domain off a host of the pool to the others, then leave it disabled (rxen; see docs/pools.md).
+    #[command(name = "host-evacuate")]
+    HostEvacuate {
+        /// Domains migrated at once (1 to 4: a relocation server serves 4 connections per peer).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4))]
+        parallel: u32,
         /// The host's name in the pool.
         host: String,
     },
@@ -565,6 +577,10 @@ pub enum Cmd {
         /// Leave the restored domain paused.
         #[arg(short = 'p')]
         paused: bool,
+        /// Restore it on the host of this host's pool that placement chooses; the save file
+        /// must be where that host sees it too (rxen; see docs/pools.md).
+        #[arg(long, conflicts_with = "console")]
+        pool: bool,
         /// Do not wait in the background for the death of the domain (accepted for xl compatibility).
         #[arg(short = 'e')]
         no_wait: bool,
