@@ -22,7 +22,8 @@ fn pool_config(etcd: &TestEtcd, pool: &str, host: &str) -> String {
     )
 }
 
-/// `rxl host-list` on `h`, as host name → (state, domains), with the header checked.
+/// `rxl host-list` on `h`, as host name → (state, domains), with the header and the leader
+/// line checked.
 fn host_list(h: &Host) -> BTreeMap<String, (String, u32)> {
     let out = h.rxl_ok(&["host-list"]);
     let mut lines = out.lines();
@@ -32,7 +33,11 @@ fn host_list(h: &Host) -> BTreeMap<String, (String, u32)> {
         ["Name", "State", "MemFree", "MemTotal", "CPUs", "Load", "Domains"],
         "{out}"
     );
+    // The last line names the leader.
+    let leader = out.lines().last().unwrap_or("");
+    assert!(leader.starts_with("Leader: "), "{out}");
     lines
+        .filter(|l| !l.starts_with("Leader: "))
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f.len(), 7, "{l}");

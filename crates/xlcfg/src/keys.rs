@@ -316,6 +316,7 @@ pub const MODELED: &[&str] = &[
     "vfb",
     "serial",
     "xen_shell",
+    "ha",
 ];
 
 /// Edit distance (insertions, deletions, substitutions, adjacent swaps), capped at `max + 1`.

@@ -1,6 +1,7 @@
 //! The daemon's side of pools: joining one, what the keeper publishes of the domain table and
 //! the host's memory, and the pool requests of clients (`rxl host-list`, `rxl list --pool`,
-//! `rxl host-disable`/`host-enable`).
+//! `rxl host-disable`/`host-enable`), and what HA and fencing ask of the daemon (restarting a
+//! domain of a dead host here, destroying a fenced one, giving leadership up when stopping).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use rxen_proto::api::{PoolDomain, PoolHost};
 use super::{Busy, Daemon, DaemonError};
 use crate::auth::Caller;
 use crate::pool::schema::{DomainRecord as PoolRecord, DomainState as PoolState};
-use crate::pool::{keeper, Pool};
+use crate::pool::{fence, keeper, Pool};
 use crate::record::DomainState;
 
 impl Daemon {
@@ -26,8 +27,48 @@ impl Daemon {
             pool.host,
             pool_ttl_text(&pool)
         ));
+        pool.fence.load(self.paths.state_dir.join("pool-lease"));
         let daemon = Arc::clone(self);
+        let fenced = Arc::clone(&pool);
         std::thread::spawn(move || keeper::run(pool, daemon));
+        let daemon = Arc::clone(self);
+        std::thread::spawn(move || fence::run(fenced, daemon));
+    }
+
+    /// rxend is stopping: gives the pool's leadership up, if this host holds it, so that
+    /// another host leads at once (the lease is left to run: the domains run on).
+    pub fn pool_stop(&self) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        match pool.resign() {
+            Ok(true) => self
+                .log
+                .info(format!("pool {}: gave the pool's leadership up", pool.name)),
+            Ok(false) => {}
+            Err(e) => self.log.warn(format!(
+                "cannot give the pool's leadership up ({e}); it passes when the lease ends"
+            )),
+        }
+    }
+
+    /// HA: starts a domain of a dead host here, from its recorded configuration (the normal
+    /// create path: the name is claimed in the pool, memory admitted); its ID.
+    pub fn pool_restart(
+        &self,
+        config: xlcfg::DomainConfig,
+        config_path: Option<String>,
+    ) -> Result<u32, DaemonError> {
+        Ok(self.start(config, config_path, false)?.domid)
+    }
+
+    /// Fencing and HA: destroys domain `name` at once (`why` names who asked, for the log).
+    pub fn pool_destroy(&self, name: &str, why: &str) -> Result<(), DaemonError> {
+        let caller = Caller {
+            uid: 0,
+            user: Some(format!("rxend ({why})")),
+        };
+        self.destroy(&caller, name)
     }
 
     fn pool_or_err(&self, caller: &Caller, what: &str) -> Result<&Arc<Pool>, DaemonError> {

@@ -1,0 +1,181 @@
+//! Fencing: a host that cannot renew its lease stops its `ha = 1` domains before etcd could
+//! let the lease expire (and the pool's leader restart them elsewhere), so that a domain never
+//! runs on two hosts at once.
+//!
+//! The keeper tells [`Fence`] when each successful keep-alive (or grant) was *sent*: etcd
+//! counts the TTL from when it received it, which is later. A thread of its own ([`run`])
+//! checks every 100 ms; once `ttl - margin` (margin: the larger of 2 s and a third of the TTL)
+//! has passed since then, it destroys every local `ha = 1` domain, logging why, and keeps doing
+//! so while no renewal succeeds. The fenced domains' keys are left as they are (the keeper does
+//! not delete them): when etcd answers again, a fenced domain whose key still names this host
+//! (nobody restarted it elsewhere) is restarted here, claimed with the same compare-and-swap
+//! the leader uses (`ha::restart`), and one the pool moved is dropped.
+//!
+//! The lease and the wall-clock time of its last renewal are kept in the state directory
+//! (`pool-lease`): a restarted rxend renews the same lease if it is still alive (a quick restart
+//! does not make the pool think the host died), and knows how long ago it was renewed, so
+//! adopted `ha = 1` domains are fenced on time even when etcd cannot be reached at start.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::Pool;
+use crate::daemon::Daemon;
+
+/// How often the fence looks at the clock.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What is kept in `pool-lease`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    /// The lease's ID.
+    lease: i64,
+    /// When its last renewal was sent, seconds since the Unix epoch.
+    renewed: f64,
+}
+
+/// What the fence knows.
+#[derive(Default)]
+struct State {
+    /// When the last successful renewal was sent; `None` before the first look.
+    renewed: Option<Instant>,
+    /// The file the lease is kept in.
+    file: Option<PathBuf>,
+    /// A lease saved by an earlier rxend, to renew instead of granting one.
+    saved_lease: Option<i64>,
+    /// Domains destroyed by fencing, not yet restarted here or found moved: name -> reason.
+    fenced: BTreeMap<String, String>,
+}
+
+/// The fence's state, shared by the keeper and the fence thread.
+#[derive(Default)]
+pub struct Fence {
+    state: Mutex<State>,
+}
+
+/// How long after the last renewal was sent the host's `ha = 1` domains are stopped: the TTL
+/// less the larger of 2 s and a third of the TTL (at least 500 ms).
+pub fn fence_after(ttl: u64) -> Duration {
+    let ttl = Duration::from_secs(ttl);
+    let margin = Duration::from_secs(2).max(ttl / 3);
+    ttl.saturating_sub(margin).max(Duration::from_millis(500))
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Fence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the lease an earlier rxend kept in `file` and starts the clock from its last
+    /// renewal (or from now when there is none).
+    pub fn load(&self, file: PathBuf) {
+        let saved = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Saved>(&b).ok());
+        let mut s = self.lock();
+        s.renewed = Some(match &saved {
+            Some(v) => {
+                let ago = Duration::from_secs_f64((now_unix() - v.renewed).clamp(0.0, 1e9));
+                Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+            }
+            None => Instant::now(),
+        });
+        s.saved_lease = saved.map(|v| v.lease);
+        s.file = Some(file);
+    }
+
+    /// The lease an earlier rxend held, once (the keeper tries to renew it before granting).
+    pub fn take_saved_lease(&self) -> Option<i64> {
+        self.lock().saved_lease.take()
+    }
+
+    /// A renewal of `lease` sent at `sent` succeeded.
+    pub fn renewed(&self, lease: i64, sent: Instant) {
+        let file = {
+            let mut s = self.lock();
+            s.renewed = Some(sent);
+            s.file.clone()
+        };
+        if let Some(file) = file {
+            let ago = sent.elapsed().as_secs_f64();
+            let v = Saved {
+                lease,
+                renewed: now_unix() - ago,
+            };
+            // Best effort: without it a restarted rxend grants a new lease.
+            let tmp = file.with_extension("tmp");
+            if std::fs::write(&tmp, serde_json::to_vec(&v).unwrap_or_default()).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+    }
+
+    /// Whether the deadline passed: the host may no longer run `ha = 1` domains.
+    pub fn expired(&self, ttl: u64) -> bool {
+        self.lock()
+            .renewed
+            .is_some_and(|r| r.elapsed() >= fence_after(ttl))
+    }
+
+    /// Whether `name` was destroyed by fencing and is waiting to be restarted or dropped.
+    pub fn is_fenced(&self, name: &str) -> bool {
+        self.lock().fenced.contains_key(name)
+    }
+
+    /// The domains destroyed by fencing.
+    pub fn fenced(&self) -> Vec<String> {
+        self.lock().fenced.keys().cloned().collect()
+    }
+
+    /// `name` was restarted here or found elsewhere: no longer fenced.
+    pub fn settle(&self, name: &str) {
+        self.lock().fenced.remove(name);
+    }
+
+    fn mark(&self, name: &str, why: &str) {
+        self.lock().fenced.insert(name.to_string(), why.to_string());
+    }
+}
+
+/// Runs the fence for `pool` until rxend ends.
+pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
+    loop {
+        std::thread::sleep(TICK);
+        if !pool.fence.expired(pool.ttl) {
+            continue;
+        }
+        for d in daemon.pool_domains(&pool.host) {
+            if !d.config.ha || pool.fence.is_fenced(&d.name) {
+                continue;
+            }
+            let why = format!(
+                "no renewal of this host's lease for {:.1} s (the lease lasts {} s)",
+                fence_after(pool.ttl).as_secs_f64(),
+                pool.ttl
+            );
+            daemon.log.warn(format!(
+                "pool {}: fencing: destroying ha domain {} ({why}), so that it never runs on \
+                 two hosts; the pool's leader restarts it elsewhere",
+                pool.name, d.name
+            ));
+            match daemon.pool_destroy(&d.name, "fencing") {
+                Ok(()) => pool.fence.mark(&d.name, &why),
+                Err(e) => daemon.log.error(format!(
+                    "pool {}: fencing: cannot destroy domain {}: {e}",
+                    pool.name, d.name
+                )),
+            }
+        }
+    }
+}
