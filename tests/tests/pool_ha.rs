@@ -3,8 +3,9 @@
 //! on another host by the pool's leader (a new boot) and its other domain reported lost; a host
 //! cut off from etcd stops its `ha = 1` domain before the pool starts it elsewhere (never two
 //! at once, by the VMM processes and the guests' heartbeats) and does not take it back when
-//! the link returns; a clean restart of the leader's rxend hands leadership over without
-//! moving its domains, and etcd restarted loses nothing.
+//! the link returns; a host whose rxend alone dies has its `ha = 1` domain's VMM stop itself
+//! (its fence deadline) before the domain runs elsewhere; a clean restart of the leader's
+//! rxend hands leadership over without moving its domains, and etcd restarted loses nothing.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -280,6 +281,59 @@ fn create(p: &Pool, i: usize, name: &str, ha: bool) {
     });
 }
 
+/// The number of VMMs of each host, checked: never more than one in all (each test's pool
+/// runs one domain when this is used).
+fn sample(p: &Pool) -> Vec<usize> {
+    let s: Vec<usize> = p.hosts.iter().map(|h| vmms(h).len()).collect();
+    assert!(s.iter().sum::<usize>() <= 1, "two copies at once: {s:?}");
+    s
+}
+
+/// Samples every host's VMMs until the domain of host `from` runs on another host, never two
+/// at once; that host, and when `from`'s VMM was first seen gone.
+fn watch_move(p: &Pool, from: usize) -> (usize, Instant) {
+    let start = Instant::now();
+    let mut old_gone = None;
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(TTL + 15),
+            "the ha domain did not start elsewhere: {}",
+            p.hosts[from].rxend_log()
+        );
+        let s = sample(p);
+        if s[from] == 0 && old_gone.is_none() {
+            old_gone = Some(Instant::now());
+        }
+        if let Some(i) = (0..s.len()).find(|i| *i != from && s[*i] == 1) {
+            return (i, old_gone.expect("the old VMM went first"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// By the guests' own heartbeats: the old copy's last beat came before the new copy (on host
+/// `new_host`) had run for as long as it says it has. The new copy's probe and first count.
+fn beats_do_not_overlap(
+    p: &Pool,
+    new_host: usize,
+    name: &str,
+    old: Heartbeats,
+    old_gone: Instant,
+) -> (Heartbeats, u64) {
+    let new = Heartbeats::start(&p.hosts[new_host], name);
+    let (at, n) = new.sample_after(Instant::now());
+    // It had run n ticks of 100 ms when it answered: it started no later than that.
+    let new_started_by = at.checked_sub(Duration::from_millis(n * 100)).unwrap_or(at);
+    let old_last = old.samples().last().map(|(t, _)| *t).expect("old beats");
+    assert!(
+        old_last <= new_started_by,
+        "the old copy beat {:?} after the new one had started",
+        old_last - new_started_by
+    );
+    assert!(old_last <= old_gone + Duration::from_millis(500));
+    (new, n)
+}
+
 #[test]
 fn a_dead_host_s_ha_domain_restarts_elsewhere_and_its_other_domain_is_lost() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -376,36 +430,9 @@ fn a_host_cut_off_from_etcd_stops_its_ha_domain_before_it_runs_elsewhere() {
     let old = Heartbeats::start(&p.hosts[cut], &name);
     old.next_after(Instant::now());
 
-    // Samples of every host's VMMs, all along: never two at once.
-    let sample = |p: &Pool| -> Vec<usize> { p.hosts.iter().map(|h| vmms(h).len()).collect() };
-    let mut old_gone: Option<Instant> = None;
-    let check = |p: &Pool, old_gone: &mut Option<Instant>| {
-        let s = sample(p);
-        assert!(s.iter().sum::<usize>() <= 1, "two copies at once: {s:?}");
-        if s[cut] == 0 && old_gone.is_none() {
-            *old_gone = Some(Instant::now());
-        }
-        s
-    };
+    // Every host's VMMs are sampled all along: never two at once.
     p.net.link(cut, false);
-    let cut_at = Instant::now();
-    let mut new_host = None;
-    while new_host.is_none() {
-        assert!(
-            cut_at.elapsed() < Duration::from_secs(TTL + 15),
-            "the ha domain did not start elsewhere: {}",
-            p.hosts[cut].rxend_log()
-        );
-        let s = check(&p, &mut old_gone);
-        new_host = s
-            .iter()
-            .enumerate()
-            .find(|(i, n)| *i != cut && **n == 1)
-            .map(|(i, _)| i);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let new_host = new_host.unwrap_or_default();
-    let old_gone = old_gone.expect("the cut-off host's VMM went first");
+    let (new_host, old_gone) = watch_move(&p, cut);
     assert!(
         p.hosts[cut]
             .rxend_log()
@@ -413,31 +440,18 @@ fn a_host_cut_off_from_etcd_stops_its_ha_domain_before_it_runs_elsewhere() {
         "{}",
         p.hosts[cut].rxend_log()
     );
-    // By the guests' heartbeats too: the old copy's last beat came before the new copy had
-    // run for as long as it says it has.
-    let new = Heartbeats::start(&p.hosts[new_host], &name);
-    let (at, n) = new.sample_after(Instant::now());
-    // It had run n ticks of 100 ms when it answered: it started no later than that.
-    let new_started_by = at.checked_sub(Duration::from_millis(n * 100)).unwrap_or(at);
-    let old_last = old.samples().last().map(|(t, _)| *t).expect("old beats");
-    assert!(
-        old_last <= new_started_by,
-        "the old copy beat {:?} after the new one had started",
-        old_last - new_started_by
-    );
-    assert!(old_last <= old_gone + Duration::from_millis(500));
-    drop(old);
+    let (new, n) = beats_do_not_overlap(&p, new_host, &name, old, old_gone);
 
     // The link comes back: h3 registers again and leaves the domain where the pool put it.
     p.net.link(cut, true);
     wait_until(SLOW, "h3 is up again", || {
-        let s = check(&p, &mut Some(old_gone));
+        let s = sample(&p);
         assert_eq!(s[new_host], 1);
         host_list(&p.hosts[cut]).0.get("h3").map(String::as_str) == Some("up")
     });
     let settled = Instant::now();
     while settled.elapsed() < Duration::from_secs(TTL) {
-        let s = check(&p, &mut Some(old_gone));
+        let s = sample(&p);
         assert_eq!(s[cut], 0, "h3 started it again");
         assert!(!runs_on(&p.hosts[cut], &name));
         std::thread::sleep(Duration::from_millis(200));
@@ -471,7 +485,13 @@ fn a_clean_restart_of_the_leader_hands_leadership_over_and_etcd_restarts_lose_no
     if let Some(mut c) = p.hosts[li].rxend.take() {
         let _ = c.wait();
     }
+    assert!(p.hosts[li]
+        .rxend_log()
+        .contains("gave the pool's leadership up"));
+    // Started again at once (its domain's VMM stops itself when no renewal comes for a few
+    // seconds): it renews the same lease, so nothing moves.
     let stopped = Instant::now();
+    p.hosts[li].start_rxend();
     let viewer = (li + 1) % 3;
     let mut next = None;
     // Another host leads well before the stopped host's lease could have run out.
@@ -480,7 +500,6 @@ fn a_clean_restart_of_the_leader_hands_leadership_over_and_etcd_restarts_lose_no
         next.is_some()
     });
     assert!(stopped.elapsed() < Duration::from_secs(TTL));
-    p.hosts[li].start_rxend();
     wait_until(SLOW, "the restarted host is up", || {
         host_list(&p.hosts[viewer])
             .0
@@ -517,4 +536,36 @@ fn a_clean_restart_of_the_leader_hands_leadership_over_and_etcd_restarts_lose_no
     assert_eq!(total, 1);
     let lost = pool_list(&p.hosts[viewer]);
     assert!(lost.values().all(|(s, _)| s != "lost"), "{lost:?}");
+}
+
+#[test]
+fn an_ha_domain_whose_rxend_died_stops_itself_before_it_runs_elsewhere() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut p = Pool::new();
+    let name = format!("ha-{}", unique());
+    let dead = Pool::index("h2");
+    create(&p, dead, &name, true);
+    let old = Heartbeats::start(&p.hosts[dead], &name);
+    old.next_after(Instant::now());
+    // rxend alone dies: its VMM runs on, and no renewal reaches it any more. It destroys its
+    // domain itself before the lease runs out and the leader restarts it elsewhere.
+    p.hosts[dead].kill_rxend();
+    let (new_host, old_gone) = watch_move(&p, dead);
+    let (new, n) = beats_do_not_overlap(&p, new_host, &name, old, old_gone);
+    assert!(new.next_after(Instant::now()) > n);
+    // Started again, rxend finds its domain gone and leaves it where the pool put it.
+    p.hosts[dead].start_rxend();
+    wait_until(SLOW, "h2 is up again", || {
+        sample(&p);
+        host_list(&p.hosts[0]).0.get("h2").map(String::as_str) == Some("up")
+    });
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_secs(TTL) {
+        assert_eq!(sample(&p)[dead], 0, "h2 started it again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        pool_list(&p.hosts[dead]).get(&name),
+        Some(&("r-----".to_string(), NAMES[new_host].to_string()))
+    );
 }

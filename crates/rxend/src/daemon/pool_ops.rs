@@ -62,6 +62,62 @@ impl Daemon {
         Ok(self.start(config, config_path, false)?.domid)
     }
 
+    /// Fencing: gives the VMM of `ha = 1` domain `name` (just started) the deadline of the
+    /// host's last renewal, so that it never runs unguarded until the next.
+    pub(super) fn pool_arm_fence(&self, name: &str, run_dir: &std::path::Path) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        let req = rxen_proto::vmctl::VmRequest::FenceDeadline {
+            ms: pool.fence.vmm_deadline_now(pool.ttl()),
+        };
+        if let Err(e) = crate::vmm::command(run_dir, &req) {
+            self.log.warn(format!(
+                "domain {name}: cannot give its VMM a fence deadline: {e}"
+            ));
+        }
+    }
+
+    /// Fencing: gives the VMM of every running `ha = 1` domain the deadline `ms` milliseconds
+    /// from now, past which it destroys its domain itself (sent at every renewal of the lease).
+    pub fn pool_arm_fences(&self, ms: u64) {
+        let dirs: Vec<(String, std::path::PathBuf)> = self
+            .table()
+            .domains
+            .values()
+            .filter(|e| {
+                e.rec.config.ha
+                    && matches!(e.rec.state, DomainState::Running { .. })
+                    && !matches!(e.busy, Some(Busy::Destroying | Busy::Starting))
+            })
+            .map(|e| (e.rec.name.clone(), self.paths.run_dir(e.rec.domid)))
+            .collect();
+        for (name, dir) in dirs {
+            let req = rxen_proto::vmctl::VmRequest::FenceDeadline { ms };
+            if let Err(e) = crate::vmm::command(&dir, &req) {
+                self.log.warn(format!(
+                    "domain {name}: cannot renew its VMM's fence deadline: {e}"
+                ));
+            }
+        }
+    }
+
+    /// Fencing: the VMM of domain `id` destroyed it itself, its deadline passed (rxend was
+    /// down, or too late renewing): the pool's keeper restarts it here once the lease is
+    /// renewed, should nobody have moved it meanwhile.
+    pub(super) fn pool_vmm_fenced(&self, id: u32) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        let name = self.name_of(id);
+        self.log.warn(format!(
+            "pool {}: the VMM of ha domain {name} destroyed it: its fence deadline passed",
+            pool.name
+        ));
+        pool.fence.mark(&name, "its VMM's fence deadline passed");
+        pool.nudge();
+    }
+
     /// Fencing and HA: destroys domain `name` at once (`why` names who asked, for the log).
     pub fn pool_destroy(&self, name: &str, why: &str) -> Result<(), DaemonError> {
         let caller = Caller {

@@ -11,6 +11,11 @@
 //! (nobody restarted it elsewhere) is restarted here, claimed with the same compare-and-swap
 //! the leader uses (`ha::restart`), and one the pool moved is dropped.
 //!
+//! The VMMs of `ha = 1` domains guard themselves too: at every renewal each is sent a deadline
+//! ([`vmm_deadline`], half a second after this fence's), past which it destroys its domain
+//! itself (`crates/vmm/src/fence.rs`). So a domain whose rxend died, or was stopped and not
+//! started again, stops before its host's lease expires, as it would with rxend alive.
+//!
 //! The lease and the wall-clock time of its last renewal are kept in the state directory
 //! (`pool-lease`): a restarted rxend renews the same lease if it is still alive (a quick restart
 //! does not make the pool think the host died), and knows how long ago it was renewed, so
@@ -63,6 +68,17 @@ pub fn fence_after(ttl: u64) -> Duration {
     let ttl = Duration::from_secs(ttl);
     let margin = Duration::from_secs(2).max(ttl / 3);
     ttl.saturating_sub(margin).max(Duration::from_millis(500))
+}
+
+/// How much later than rxend's own fence a VMM destroys its domain itself: rxend, when alive,
+/// acts first (and knows to restart the domain here should nobody move it).
+const VMM_GRACE: Duration = Duration::from_millis(500);
+
+/// The deadline given to the VMMs of `ha = 1` domains after a renewal sent `since_sent` ago,
+/// in milliseconds from now (at least 1: 0 would disarm it).
+pub fn vmm_deadline(ttl: u64, since_sent: Duration) -> u64 {
+    let left = (fence_after(ttl) + VMM_GRACE).saturating_sub(since_sent);
+    u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn now_unix() -> f64 {
@@ -121,6 +137,12 @@ impl Fence {
         }
     }
 
+    /// The deadline for VMMs now, from the last renewal ([`vmm_deadline`]).
+    pub fn vmm_deadline_now(&self, ttl: u64) -> u64 {
+        let since = self.lock().renewed.map_or(Duration::MAX, |r| r.elapsed());
+        vmm_deadline(ttl, since)
+    }
+
     /// Whether the deadline passed: the host may no longer run `ha = 1` domains.
     pub fn expired(&self, ttl: u64) -> bool {
         self.lock()
@@ -143,8 +165,44 @@ impl Fence {
         self.lock().fenced.remove(name);
     }
 
-    fn mark(&self, name: &str, why: &str) {
+    /// `name` was destroyed by fencing (`why`): its key is kept until it is settled.
+    pub fn mark(&self, name: &str, why: &str) {
         self.lock().fenced.insert(name.to_string(), why.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_comes_before_the_lease_ends_with_a_margin() {
+        assert_eq!(fence_after(6), Duration::from_secs(4));
+        assert_eq!(fence_after(30), Duration::from_secs(20));
+        assert_eq!(fence_after(3), Duration::from_secs(1));
+        assert_eq!(fence_after(2), Duration::from_millis(500));
+        assert_eq!(vmm_deadline(6, Duration::from_secs(1)), 3500);
+        assert_eq!(vmm_deadline(6, Duration::from_secs(60)), 1);
+    }
+
+    #[test]
+    fn a_saved_lease_is_renewed_once_and_its_age_counts() {
+        let dir = std::env::temp_dir().join(format!("rxen-fence-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("pool-lease");
+        let f = Fence::default();
+        f.load(file.clone());
+        assert_eq!(f.take_saved_lease(), None);
+        assert!(!f.expired(6));
+        f.renewed(0x42, Instant::now() - Duration::from_secs(5));
+        let g = Fence::default();
+        g.load(file);
+        assert_eq!(g.take_saved_lease(), Some(0x42));
+        assert_eq!(g.take_saved_lease(), None);
+        // Renewed five seconds ago: past the fence of a 6 s lease, not of a 30 s one.
+        assert!(g.expired(6));
+        assert!(!g.expired(30));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

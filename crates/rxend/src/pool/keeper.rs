@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::etcd::{EtcdError, Expect};
 use super::schema::{DomainRecord, DomainState};
-use super::{ha, leader, Pool};
+use super::{fence, ha, leader, Pool};
 use crate::daemon::Daemon;
 
 /// How often "etcd is still unreachable" is repeated in the log.
@@ -43,6 +43,8 @@ struct Keeper {
     lease: i64,
     /// When the lease was last renewed.
     renewed: Instant,
+    /// When this host last registered (it stands for leader only an interval later).
+    registered: Instant,
     published: BTreeMap<String, Published>,
     /// Local domains whose key another host holds (the target of a migration took it over).
     foreign: BTreeSet<String>,
@@ -57,6 +59,7 @@ pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
         daemon,
         lease: 0,
         renewed: Instant::now(),
+        registered: Instant::now(),
         published: BTreeMap::new(),
         foreign: BTreeSet::new(),
         down_since: None,
@@ -124,6 +127,8 @@ impl Keeper {
             if self.pool.etcd.keep_alive(self.lease)? {
                 self.renewed = sent;
                 self.pool.fence.renewed(self.lease, sent);
+                self.daemon
+                    .pool_arm_fences(fence::vmm_deadline(self.pool.ttl, sent.elapsed()));
                 self.write_host(self.lease)?;
                 self.recover_fenced()?;
             } else {
@@ -147,7 +152,12 @@ impl Keeper {
 
     /// Stands for the pool's leadership and, while leading, restarts or marks lost the domains
     /// of dead hosts.
+    /// A host that just registered waits an interval first, so that the others, which
+    /// campaign at every renewal, take over from a leader that resigned to restart.
     fn lead(&mut self) -> Result<(), EtcdError> {
+        if self.registered.elapsed() < self.pool.interval() {
+            return Ok(());
+        }
         let leading = leader::campaign(&self.pool, self.lease)?;
         if self.pool.set_leading(leading) {
             if leading {
@@ -272,8 +282,11 @@ impl Keeper {
             }
         }
         self.lease = lease;
+        self.registered = Instant::now();
         self.renewed = sent;
         self.pool.fence.renewed(lease, sent);
+        self.daemon
+            .pool_arm_fences(fence::vmm_deadline(self.pool.ttl, sent.elapsed()));
         self.daemon.log.info(format!(
             "pool {}: host {} registered (lease {lease:x}, {} s), {} domains",
             self.pool.name,

@@ -161,6 +161,11 @@ impl Pool {
         })
     }
 
+    /// The lease's TTL, seconds.
+    pub fn ttl(&self) -> u64 {
+        self.ttl
+    }
+
     /// How often the lease is renewed and the host's figures written: a third of the TTL.
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.ttl.saturating_mul(1000) / 3).max(Duration::from_millis(500))
