@@ -171,6 +171,38 @@ impl Fence {
     }
 }
 
+/// Runs the fence for `pool` until rxend ends.
+pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
+    loop {
+        std::thread::sleep(TICK);
+        if !pool.fence.expired(pool.ttl) {
+            continue;
+        }
+        for d in daemon.pool_domains(&pool.host) {
+            if !d.config.ha || pool.fence.is_fenced(&d.name) {
+                continue;
+            }
+            let why = format!(
+                "no renewal of this host's lease for {:.1} s (the lease lasts {} s)",
+                fence_after(pool.ttl).as_secs_f64(),
+                pool.ttl
+            );
+            daemon.log.warn(format!(
+                "pool {}: fencing: destroying ha domain {} ({why}), so that it never runs on \
+                 two hosts; the pool's leader restarts it elsewhere",
+                pool.name, d.name
+            ));
+            match daemon.pool_destroy(&d.name, "fencing") {
+                Ok(()) => pool.fence.mark(&d.name, &why),
+                Err(e) => daemon.log.error(format!(
+                    "pool {}: fencing: cannot destroy domain {}: {e}",
+                    pool.name, d.name
+                )),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,37 +235,5 @@ mod tests {
         assert!(g.expired(6));
         assert!(!g.expired(30));
         let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-/// Runs the fence for `pool` until rxend ends.
-pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
-    loop {
-        std::thread::sleep(TICK);
-        if !pool.fence.expired(pool.ttl) {
-            continue;
-        }
-        for d in daemon.pool_domains(&pool.host) {
-            if !d.config.ha || pool.fence.is_fenced(&d.name) {
-                continue;
-            }
-            let why = format!(
-                "no renewal of this host's lease for {:.1} s (the lease lasts {} s)",
-                fence_after(pool.ttl).as_secs_f64(),
-                pool.ttl
-            );
-            daemon.log.warn(format!(
-                "pool {}: fencing: destroying ha domain {} ({why}), so that it never runs on \
-                 two hosts; the pool's leader restarts it elsewhere",
-                pool.name, d.name
-            ));
-            match daemon.pool_destroy(&d.name, "fencing") {
-                Ok(()) => pool.fence.mark(&d.name, &why),
-                Err(e) => daemon.log.error(format!(
-                    "pool {}: fencing: cannot destroy domain {}: {e}",
-                    pool.name, d.name
-                )),
-            }
-        }
     }
 }
