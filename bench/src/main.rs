@@ -5,7 +5,7 @@
 //!
 //! Options: `--quick` (a smoke run), `--runs N` (or `RXEN_BENCH_RUNS`),
 //! `--out FILE`, `--only SECTION,...` (boot, memory, saverestore, migration,
-//! disk, iosplit, net, sched, sandbox).
+//! disk, iosplit, net, sched, sandbox, pool-ha).
 
 mod console;
 mod error;
@@ -51,7 +51,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.only = Some(args.next().ok_or("--only needs sections")?.split(',').map(str::to_string).collect())
             }
             "-h" | "--help" => {
-                return Err("usage: rxen-bench [--quick] [--runs N] [--out FILE] [--only boot,memory,saverestore,migration,disk,iosplit,net,sched,sandbox]".into())
+                return Err("usage: rxen-bench [--quick] [--runs N] [--out FILE] [--only boot,memory,saverestore,migration,disk,iosplit,net,sched,sandbox,pool-ha]".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -75,6 +75,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("net", sections::net::run),
     ("sched", sections::sched::run),
     ("sandbox", sections::sandbox::run),
+    ("pool-ha", sections::poolha::run),
 ];
 
 fn main() {

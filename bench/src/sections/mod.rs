@@ -7,6 +7,7 @@ pub mod iosplit;
 pub mod memory;
 pub mod migration;
 pub mod net;
+pub mod poolha;
 pub mod sandbox;
 pub mod saverestore;
 pub mod sched;
