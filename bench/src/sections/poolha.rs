@@ -68,9 +68,11 @@ impl Etcd {
             endpoint,
             _dir: dir,
         };
-        wait(Duration::from_secs(30), "etcd answering", || {
-            Ok(e.healthy())
-        })?;
+        wait(
+            Duration::from_secs(30),
+            "etcd answering",
+            || Ok(e.healthy()),
+        )?;
         Ok(e)
     }
 
@@ -174,16 +176,23 @@ fn one(etcd: &Etcd, pool: &str, ttl: u64) -> Result<f64> {
     };
     let mut a = RxenHost::start_configured(&config("a"))?;
     let b = RxenHost::start_configured(&config("b"))?;
-    wait(Duration::from_secs(30), "both hosts up and a leader", || {
-        let Ok(list) = b.rxl(&["host-list"]) else {
-            return Ok(false);
-        };
-        let up = list
-            .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some("up"))
-            .count();
-        Ok(up == 2 && list.lines().any(|l| l.starts_with("Leader: ") && l != "Leader: none"))
-    })?;
+    wait(
+        Duration::from_secs(30),
+        "both hosts up and a leader",
+        || {
+            let Ok(list) = b.rxl(&["host-list"]) else {
+                return Ok(false);
+            };
+            let up = list
+                .lines()
+                .filter(|l| l.split_whitespace().nth(1) == Some("up"))
+                .count();
+            Ok(up == 2
+                && list
+                    .lines()
+                    .any(|l| l.starts_with("Leader: ") && l != "Leader: none"))
+        },
+    )?;
     let name = format!("{pool}-ha");
     let mut d = a.boot(&name, 16, 1, "ha = 1")?;
     d.console.heartbeat(Duration::from_secs(10))?;

@@ -4,8 +4,8 @@
 //!
 //! The keeper tells [`Fence`] when each successful keep-alive (or grant) was *sent*: etcd
 //! counts the TTL from when it received it, which is later. A thread of its own ([`run`])
-//! checks every 100 ms; once `ttl - margin` (margin: the larger of 2 s and a third of the TTL)
-//! has passed since then, it destroys every local `ha = 1` domain, logging why, and keeps doing
+//! checks every 100 ms; once two thirds of the TTL (two renewal intervals) have passed since
+//! then, it destroys every local `ha = 1` domain, logging why, and keeps doing
 //! so while no renewal succeeds. The fenced domains' keys are left as they are (the keeper does
 //! not delete them): when etcd answers again, a fenced domain whose key still names this host
 //! (nobody restarted it elsewhere) is restarted here, claimed with the same compare-and-swap
@@ -62,12 +62,13 @@ pub struct Fence {
     state: Mutex<State>,
 }
 
-/// How long after the last renewal was sent the host's `ha = 1` domains are stopped: the TTL
-/// less the larger of 2 s and a third of the TTL (at least 500 ms).
+/// How long after the last renewal was sent the host's `ha = 1` domains are stopped: two
+/// thirds of the TTL. From a TTL of 6 s up that is the TTL less the larger of 2 s and a third
+/// of it; below, a margin of 2 s would come before the next renewal is even due (a renewal is
+/// due every third of the TTL), so the margin is a third of the TTL there too: fencing always
+/// waits for one renewal to be missed and the next to be late.
 pub fn fence_after(ttl: u64) -> Duration {
-    let ttl = Duration::from_secs(ttl);
-    let margin = Duration::from_secs(2).max(ttl / 3);
-    ttl.saturating_sub(margin).max(Duration::from_millis(500))
+    Duration::from_millis(ttl.saturating_mul(2000) / 3)
 }
 
 /// How much later than rxend's own fence a VMM destroys its domain itself: rxend, when alive,
@@ -211,8 +212,13 @@ mod tests {
     fn the_fence_comes_before_the_lease_ends_with_a_margin() {
         assert_eq!(fence_after(6), Duration::from_secs(4));
         assert_eq!(fence_after(30), Duration::from_secs(20));
-        assert_eq!(fence_after(3), Duration::from_secs(1));
-        assert_eq!(fence_after(2), Duration::from_millis(500));
+        assert_eq!(fence_after(3), Duration::from_secs(2));
+        assert_eq!(fence_after(10), Duration::from_millis(6666));
+        // Never before a renewal is missed: the keeper renews every third of the TTL.
+        for ttl in 2..100 {
+            assert!(fence_after(ttl) >= 2 * Duration::from_millis(ttl * 1000 / 3));
+            assert!(fence_after(ttl) < Duration::from_secs(ttl));
+        }
         assert_eq!(vmm_deadline(6, Duration::from_secs(1)), 3500);
         assert_eq!(vmm_deadline(6, Duration::from_secs(60)), 1);
     }
