@@ -68,10 +68,7 @@ impl Daemon {
         let Some(pool) = self.pool.get() else {
             return;
         };
-        let req = rxen_proto::vmctl::VmRequest::FenceDeadline {
-            ms: pool.fence.vmm_deadline_now(pool.ttl()),
-        };
-        if let Err(e) = crate::vmm::command(run_dir, &req) {
+        if let Err(e) = fence_request(run_dir, pool.fence.vmm_deadline_now(pool.ttl())) {
             self.log.warn(format!(
                 "domain {name}: cannot give its VMM a fence deadline: {e}"
             ));
@@ -86,15 +83,17 @@ impl Daemon {
             .domains
             .values()
             .filter(|e| {
+                // A VMM busy saving or migrating answers only when done: its deadline is not
+                // renewed meanwhile (if that outlasts it and the domain stays, it is fenced,
+                // and restarted here at the next renewal when nobody moved it).
                 e.rec.config.ha
                     && matches!(e.rec.state, DomainState::Running { .. })
-                    && !matches!(e.busy, Some(Busy::Destroying | Busy::Starting))
+                    && e.busy.is_none()
             })
             .map(|e| (e.rec.name.clone(), self.paths.run_dir(e.rec.domid)))
             .collect();
         for (name, dir) in dirs {
-            let req = rxen_proto::vmctl::VmRequest::FenceDeadline { ms };
-            if let Err(e) = crate::vmm::command(&dir, &req) {
+            if let Err(e) = fence_request(&dir, ms) {
                 self.log.warn(format!(
                     "domain {name}: cannot renew its VMM's fence deadline: {e}"
                 ));
@@ -214,6 +213,21 @@ impl Daemon {
             caller.describe()
         ));
         Ok(())
+    }
+}
+
+/// How long the keeper waits for a VMM to take its fence deadline: a hung VMM must not hold
+/// up the renewals.
+const FENCE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends a VMM its fence deadline, `ms` from now.
+fn fence_request(run_dir: &std::path::Path, ms: u64) -> Result<(), crate::vmm::VmmError> {
+    let req = rxen_proto::vmctl::VmRequest::FenceDeadline { ms };
+    match crate::vmm::request_with_fds(run_dir, &req, &[], FENCE_REQUEST_TIMEOUT)? {
+        rxen_proto::vmctl::VmResponse::Error { message } => {
+            Err(crate::vmm::VmmError::Control(message))
+        }
+        _ => Ok(()),
     }
 }
 

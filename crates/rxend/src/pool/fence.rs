@@ -180,7 +180,12 @@ pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
             continue;
         }
         for d in daemon.pool_domains(&pool.host) {
-            if !d.config.ha || pool.fence.is_fenced(&d.name) {
+            // One being saved or migrated cannot be destroyed until that ends (a migration's
+            // target takes its key over, so the pool does not restart it meanwhile).
+            if !d.config.ha
+                || pool.fence.is_fenced(&d.name)
+                || d.state == super::schema::DomainState::Transferring
+            {
                 continue;
             }
             let why = format!(
