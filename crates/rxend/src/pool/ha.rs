@@ -3,9 +3,9 @@
 //! `ha = 1` is restarted from its recorded configuration on a surviving host and recorded
 //! there; any other is marked `lost`. A restart is claimed first by rewriting the domain's key
 //! with a compare-and-swap on its modification revision, so each is restarted exactly once
-//! even when the leader changes half-way (the next leader finds the key naming a live host, or
-//! naming the dead leader, whose lease then expires in turn, and restarts it once more only
-//! in that case, as the domain never ran).
+//! even when the leader changes half-way: the next leader finds the key naming the host that
+//! claimed it, and restarts it again only if that host's lease expired in turn (its copy is
+//! gone, or fenced).
 //!
 //! Where a domain goes is decided by [`restart_target`] and done by [`restart_on`]: for now
 //! the leader itself, through the daemon's normal create path (admission control included).
