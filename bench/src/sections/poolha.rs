@@ -153,7 +153,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
         versus: None,
         rows,
         method: vec![
-            "pool-ha: two rxend hosts on this machine (own sockets and state directories) join a \
+            "two rxend hosts on this machine (own sockets and state directories) join a \
              fresh pool on an etcd of the section's own (one member, loopback, etcd's defaults); \
              once both are up and a leader is elected, host A boots a 16 MiB test guest with \
              `ha = 1`; then A's rxend and VMMs are killed with SIGKILL and the clock starts. It \
