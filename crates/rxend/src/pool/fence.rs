@@ -34,6 +34,9 @@ use crate::daemon::Daemon;
 /// How often the fence looks at the clock.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How often a domain the fence cannot destroy is reported again.
+const REPEAT_FAILURE: Duration = Duration::from_secs(10);
+
 /// What is kept in `pool-lease`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Saved {
@@ -174,6 +177,9 @@ impl Fence {
 
 /// Runs the fence for `pool` until rxend ends.
 pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
+    // Domains that could not be destroyed, and when that was last logged (once in a while,
+    // not at every tick).
+    let mut failed: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         std::thread::sleep(TICK);
         if !pool.fence.expired(pool.ttl) {
@@ -193,17 +199,30 @@ pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
                 fence_after(pool.ttl).as_secs_f64(),
                 pool.ttl
             );
-            daemon.log.warn(format!(
-                "pool {}: fencing: destroying ha domain {} ({why}), so that it never runs on \
-                 two hosts; the pool's leader restarts it elsewhere",
-                pool.name, d.name
-            ));
-            match daemon.pool_destroy(&d.name, "fencing") {
-                Ok(()) => pool.fence.mark(&d.name, &why),
-                Err(e) => daemon.log.error(format!(
-                    "pool {}: fencing: cannot destroy domain {}: {e}",
+            let quiet = failed
+                .get(&d.name)
+                .is_some_and(|at| at.elapsed() < REPEAT_FAILURE);
+            if !quiet {
+                daemon.log.warn(format!(
+                    "pool {}: fencing: destroying ha domain {} ({why}), so that it never runs \
+                     on two hosts; the pool's leader restarts it elsewhere",
                     pool.name, d.name
-                )),
+                ));
+            }
+            match daemon.pool_destroy(&d.name, "fencing") {
+                Ok(()) => {
+                    failed.remove(&d.name);
+                    pool.fence.mark(&d.name, &why);
+                }
+                Err(e) => {
+                    if !quiet {
+                        daemon.log.error(format!(
+                            "pool {}: fencing: cannot destroy domain {}: {e}",
+                            pool.name, d.name
+                        ));
+                        failed.insert(d.name.clone(), Instant::now());
+                    }
+                }
             }
         }
     }
