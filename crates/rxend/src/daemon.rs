@@ -888,7 +888,9 @@ impl Daemon {
                     p.take_over(&name);
                 }
                 let sched_warnings = self.apply_sched(domid, l.pid, &config, true);
-                if config.ha {
+                // (A domain received by migration is still arriving: its VMM answers once it
+                // runs, and gets its deadline at the next renewal.)
+                if config.ha && !received {
                     self.pool_arm_fence(&name, &run_dir);
                 }
                 self.log.info(format!(
