@@ -115,9 +115,14 @@ impl Fence {
         s.file = Some(file);
     }
 
-    /// The lease an earlier rxend held, once (the keeper tries to renew it before granting).
-    pub fn take_saved_lease(&self) -> Option<i64> {
-        self.lock().saved_lease.take()
+    /// The lease an earlier rxend held (the keeper tries to renew it before granting one).
+    pub fn saved_lease(&self) -> Option<i64> {
+        self.lock().saved_lease
+    }
+
+    /// The saved lease was renewed or found gone: not tried again.
+    pub fn forget_saved_lease(&self) {
+        self.lock().saved_lease = None;
     }
 
     /// A renewal of `lease` sent at `sent` succeeded.
@@ -254,13 +259,14 @@ mod tests {
         let file = dir.join("pool-lease");
         let f = Fence::default();
         f.load(file.clone());
-        assert_eq!(f.take_saved_lease(), None);
+        assert_eq!(f.saved_lease(), None);
         assert!(!f.expired(6));
         f.renewed(0x42, Instant::now() - Duration::from_secs(5));
         let g = Fence::default();
         g.load(file);
-        assert_eq!(g.take_saved_lease(), Some(0x42));
-        assert_eq!(g.take_saved_lease(), None);
+        assert_eq!(g.saved_lease(), Some(0x42));
+        g.forget_saved_lease();
+        assert_eq!(g.saved_lease(), None);
         // Renewed five seconds ago: past the fence of a 6 s lease, not of a 30 s one.
         assert!(g.expired(6));
         assert!(!g.expired(30));

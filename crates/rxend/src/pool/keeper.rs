@@ -217,9 +217,19 @@ impl Keeper {
         // A lease an earlier rxend held is renewed if etcd still has it: a quick restart of
         // rxend is not a host failure.
         let sent = Instant::now();
-        let lease = match self.pool.fence.take_saved_lease() {
-            Some(old) if self.pool.etcd.keep_alive(old)? => old,
-            _ => self.pool.etcd.grant(ttl)?,
+        let saved = match self.pool.fence.saved_lease() {
+            // Kept for the next try while etcd cannot be reached.
+            Some(old) => match self.pool.etcd.keep_alive(old) {
+                Ok(alive) => alive.then_some(old),
+                Err(EtcdError::Refused { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        self.pool.fence.forget_saved_lease();
+        let lease = match saved {
+            Some(old) => old,
+            None => self.pool.etcd.grant(ttl)?,
         };
         self.write_host(lease)?;
         // Whatever etcd holds for this host is rewritten (etcd may have lost it, or hold what
