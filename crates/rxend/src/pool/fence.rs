@@ -19,7 +19,8 @@
 //! The lease and the wall-clock time of its last renewal are kept in the state directory
 //! (`pool-lease`): a restarted rxend renews the same lease if it is still alive (a quick restart
 //! does not make the pool think the host died), and knows how long ago it was renewed, so
-//! adopted `ha = 1` domains are fenced on time even when etcd cannot be reached at start.
+//! adopted `ha = 1` domains are fenced on time even when etcd cannot be reached at start. The
+//! fenced domains not yet settled are kept beside it (`pool-fenced`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -112,7 +113,25 @@ impl Fence {
             None => Instant::now(),
         });
         s.saved_lease = saved.map(|v| v.lease);
+        let fenced_file = file.with_file_name("pool-fenced");
+        s.fenced = std::fs::read(&fenced_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         s.file = Some(file);
+    }
+
+    /// Keeps the fenced domains in `pool-fenced` beside the lease's file, so that a restarted
+    /// rxend still restarts them (best effort).
+    fn save_fenced(s: &State) {
+        let Some(file) = &s.file else {
+            return;
+        };
+        let file = file.with_file_name("pool-fenced");
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&s.fenced).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
     }
 
     /// The lease an earlier rxend held (the keeper tries to renew it before granting one).
@@ -171,12 +190,17 @@ impl Fence {
 
     /// `name` was restarted here or found elsewhere: no longer fenced.
     pub fn settle(&self, name: &str) {
-        self.lock().fenced.remove(name);
+        let mut s = self.lock();
+        if s.fenced.remove(name).is_some() {
+            Self::save_fenced(&s);
+        }
     }
 
     /// `name` was destroyed by fencing (`why`): its key is kept until it is settled.
     pub fn mark(&self, name: &str, why: &str) {
-        self.lock().fenced.insert(name.to_string(), why.to_string());
+        let mut s = self.lock();
+        s.fenced.insert(name.to_string(), why.to_string());
+        Self::save_fenced(&s);
     }
 }
 
@@ -270,6 +294,15 @@ mod tests {
         // Renewed five seconds ago: past the fence of a 6 s lease, not of a 30 s one.
         assert!(g.expired(6));
         assert!(!g.expired(30));
+        // Fenced domains outlive a restart until settled.
+        g.mark("web", "test");
+        let h = Fence::default();
+        h.load(dir.join("pool-lease"));
+        assert!(h.is_fenced("web"));
+        h.settle("web");
+        let i = Fence::default();
+        i.load(dir.join("pool-lease"));
+        assert!(i.fenced().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 }
