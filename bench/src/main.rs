@@ -5,8 +5,8 @@
 //!
 //! Options: `--quick` (a smoke run), `--runs N` (or `RXEN_BENCH_RUNS`),
 //! `--out FILE`, `--only SECTION,...` (boot, memory, saverestore, migration,
-//! migration-intact, disk, iosplit, net, sched, sandbox, pool; `migration`
-//! selects `migration-intact` too).
+//! migration-intact, disk, iosplit, net, sched, sandbox, pool, pool-ha;
+//! `migration` selects `migration-intact` too).
 
 mod console;
 mod error;
@@ -52,7 +52,7 @@ fn parse_args() -> Result<Opts, String> {
                 o.only = Some(args.next().ok_or("--only needs sections")?.split(',').map(str::to_string).collect())
             }
             "-h" | "--help" => {
-                return Err("usage: rxen-bench [--quick] [--runs N] [--out FILE] [--only boot,memory,saverestore,migration,migration-intact,disk,iosplit,net,sched,sandbox,pool]".into())
+                return Err("usage: rxen-bench [--quick] [--runs N] [--out FILE] [--only boot,memory,saverestore,migration,migration-intact,disk,iosplit,net,sched,sandbox,pool,pool-ha]".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -78,6 +78,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("sched", sections::sched::run),
     ("sandbox", sections::sandbox::run),
     ("pool", sections::pool::run),
+    ("pool-ha", sections::poolha::run),
 ];
 
 fn main() {

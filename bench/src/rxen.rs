@@ -65,9 +65,31 @@ impl RxenHost {
         )
     }
 
-    /// Starts a confined `rxend` with `config` as its rxend.toml.
-    pub fn start_configured(config: String) -> Result<RxenHost> {
-        RxenHost::start_with(Some(config), true)
+    /// Starts `rxend` with `config` as its rxend.toml (e.g. a `[pool]` section).
+    pub fn start_configured(config: &str) -> Result<RxenHost> {
+        RxenHost::start_with(Some(config.to_string()), true)
+    }
+
+    /// Kills this host as a crash would: its rxend and every VMM it started, with SIGKILL.
+    pub fn kill_all(&mut self) {
+        let _ = self.rxend.kill();
+        let _ = self.rxend.wait();
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("rxen-vmm") && cmdline.contains(&marker) {
+                // SAFETY: kill(2) takes no pointers; a PID that has gone meanwhile only
+                // makes it fail.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 
     /// Whether this build's `rxend` has `--no-sandbox` (its help lists it).

@@ -1,6 +1,7 @@
 //! Pools on etcd: three rxend hosts (own sockets and state directories) joined to one pool on a
 //! test etcd of their own; `rxl host-list` and `rxl list --pool` from any host, names unique
-//! across the pool, a host whose rxend dies shown down once its lease expires, and etcd
+//! across the pool, a host whose rxend dies shown down once its lease expires (its domain
+//! reported lost, and running again when it comes back), and etcd
 //! stopped and started again (also with its data lost) without losing anything.
 
 use std::collections::BTreeMap;
@@ -22,7 +23,8 @@ fn pool_config(etcd: &TestEtcd, pool: &str, host: &str) -> String {
     )
 }
 
-/// `rxl host-list` on `h`, as host name → (state, domains), with the header checked.
+/// `rxl host-list` on `h`, as host name → (state, domains), with the header and the leader
+/// line checked.
 fn host_list(h: &Host) -> BTreeMap<String, (String, u32)> {
     let out = h.rxl_ok(&["host-list"]);
     let mut lines = out.lines();
@@ -32,7 +34,11 @@ fn host_list(h: &Host) -> BTreeMap<String, (String, u32)> {
         ["Name", "State", "MemFree", "MemTotal", "CPUs", "Load", "Domains"],
         "{out}"
     );
+    // The last line names the leader.
+    let leader = out.lines().last().unwrap_or("");
+    assert!(leader.starts_with("Leader: "), "{out}");
     lines
+        .filter(|l| !l.starts_with("Leader: "))
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f.len(), 7, "{l}");
@@ -321,13 +327,24 @@ fn three_hosts_share_one_view_and_ride_out_etcd_and_host_failures() {
         assert!(pool_list(&hs[0])
             .iter()
             .any(|r| r[0] == guests[2] && r[6] == "h3"));
+        // Not `ha = 1`: the pool's leader reports it lost, on its host.
+        wait_until(SLOW, "h3's domain is reported lost", || {
+            pool_list(&hs[1])
+                .iter()
+                .any(|r| r[0] == guests[2] && r[4] == "lost" && r[6] == "h3")
+        });
     }
     assert_runs(&mut cons[2]);
-    // Back up: it registers again and adopts its domain.
+    // Back up: it registers again and adopts its domain, running again in the pool's eyes.
     hs[2].start_rxend();
     let hosts: Vec<(&str, &Host)> = names.iter().copied().zip(hs.iter()).collect();
     wait_until(SLOW, "h3 is up again", || {
         hosts_show(&hosts, &[("h1", "up", 1), ("h2", "up", 1), ("h3", "up", 1)])
+    });
+    wait_until(SLOW, "h3's domain is running again in the pool", || {
+        pool_list(&hs[0])
+            .iter()
+            .any(|r| r[0] == guests[2] && r[4] == "r-----" && r[6] == "h3")
     });
     assert_pool_agrees(&hosts, &hs[2]);
     for con in cons.iter_mut() {

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod migration;
 pub mod net;
 pub mod pool;
+pub mod poolha;
 pub mod sandbox;
 pub mod saverestore;
 pub mod sched;

@@ -121,7 +121,7 @@ fn start_pool(ctx: &Ctx, bin: &PathBuf) -> Result<PoolHosts> {
     for (i, name) in ["h1", "h2", "h3"].iter().enumerate() {
         let port = free_port()?;
         let first_uid = 90_000_000 + (std::process::id() % 1000) * 3000 + i as u32 * 1000;
-        hosts.push(RxenHost::start_configured(format!(
+        hosts.push(RxenHost::start_configured(&format!(
             "[pool]\nendpoints = [\"http://127.0.0.1:{}\"]\nname = \"{pool}\"\nhost = \"{name}\"\n\
              relocation-address = \"127.0.0.1:{port}\"\n\
              [relocation]\nserver = true\naddress = \"127.0.0.1\"\nport = {port}\n\

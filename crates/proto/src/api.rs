@@ -455,6 +455,9 @@ pub struct PoolHost {
     pub relocation_address: Option<String>,
     /// When it last wrote its figures, seconds since the Unix epoch.
     pub updated: f64,
+    /// Whether it leads the pool (restarts the `ha = 1` domains of dead hosts).
+    #[serde(default)]
+    pub leader: bool,
 }
 
 /// One domain of a pool (`rxl list --pool`).

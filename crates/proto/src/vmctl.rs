@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The exit record's detail when a VMM destroyed its domain because its fence deadline
+/// ([`VmRequest::FenceDeadline`]) passed.
+pub const FENCE_EXIT_DETAIL: &str = "fence deadline passed";
+
 /// A request from rxend to a running VMM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -113,6 +117,14 @@ pub enum VmRequest {
     MergeDirty {
         /// The disk's map as taken.
         disk: DirtyDisk,
+    },
+    /// Fencing of an `ha = 1` domain in a pool: the VMM destroys the domain itself unless this
+    /// request comes again within `ms` milliseconds (rxend sends it at every renewal of its
+    /// host's lease, so a domain whose rxend died or lost etcd stops before the pool restarts
+    /// it elsewhere); `ms = 0` disarms it.
+    FenceDeadline {
+        /// Milliseconds from now.
+        ms: u64,
     },
     /// Inject a non-maskable interrupt into one vCPU (`rxl trigger DOMAIN nmi [VCPU]`); a
     /// paused vCPU takes it when the domain runs again.

@@ -961,6 +961,11 @@ impl Daemon {
                     p.take_over(&name);
                 }
                 let sched_warnings = self.apply_sched(domid, l.pid, &config, true);
+                // (A domain received by migration is still arriving: its VMM answers once it
+                // runs, and gets its deadline at the next renewal.)
+                if config.ha && !received {
+                    self.pool_arm_fence(&name, &run_dir);
+                }
                 self.log.info(format!(
                     "domain {domid} ({name}) started: VMM pid {}, {} MiB, {} vCPUs{}",
                     l.pid,
@@ -1445,6 +1450,9 @@ impl Daemon {
         } else {
             (reason, detail)
         };
+        if reason == ExitReason::Destroyed && detail == rxen_proto::vmctl::FENCE_EXIT_DETAIL {
+            self.pool_vmm_fenced(id);
+        }
         let Some(mut rec) = self.table().domains.get(&id).map(|e| {
             let mut r = e.rec.clone();
             r.cpu_time_ns += e.live_cpu_ns;

@@ -33,13 +33,16 @@ pub fn host_row(h: &PoolHost) -> String {
     )
 }
 
-/// The whole `rxl host-list` table.
+/// The whole `rxl host-list` table, then a line naming the pool's leader (`Leader: HOST`,
+/// or `Leader: none` while no host leads).
 pub fn host_table(hosts: &[PoolHost]) -> String {
     let mut out = format!("{HOST_HEADER}\n");
     for h in hosts {
         out.push_str(&host_row(h));
         out.push('\n');
     }
+    let leader = hosts.iter().find(|h| h.leader).map_or("none", |h| &h.name);
+    out.push_str(&format!("Leader: {leader}\n"));
     out
 }
 
@@ -95,6 +98,7 @@ mod tests {
             version: "0.1.0".into(),
             relocation_address: None,
             updated: 0.0,
+            leader: true,
         };
         let row = host_row(&h);
         assert_eq!(row.len(), HOST_HEADER.len(), "{row}\n{HOST_HEADER}");
@@ -126,5 +130,8 @@ mod tests {
             .collect();
         assert_eq!(words, ["web", "4", "128", "2", "r-----", "1.5", "h2"]);
         assert!(domain_table(&[d]).starts_with("Name "));
+        assert!(host_table(std::slice::from_ref(&h)).ends_with("\nLeader: h1\n"));
+        let follower = PoolHost { leader: false, ..h };
+        assert!(host_table(&[follower]).ends_with("\nLeader: none\n"));
     }
 }

@@ -229,6 +229,7 @@ pub fn handle_line_with_fds(
         VmRequest::DumpCore { path } => ok(target.dump_core(fd, &path).map(|_| ())),
         VmRequest::Sysrq { key } => ok(target.sysrq(key)),
         VmRequest::Nmi { vcpu } => ok(target.nmi(vcpu)),
+        VmRequest::FenceDeadline { ms } => ok(crate::fence::arm(ms).map_err(ControlError::Failed)),
         VmRequest::ChangeMedia { devid } => ok(target.change_media(devid, fd).map(|_| ())),
         VmRequest::AttachDisk { disk, backing } => {
             if extra.len() == backing.len() {

@@ -67,6 +67,7 @@ const TOKEN_CONSOLE: u64 = 2;
 const TOKEN_EXIT: u64 = 3;
 const TOKEN_DRAINED: u64 = 4;
 const TOKEN_SIGTERM: u64 = 5;
+const TOKEN_FENCE: u64 = 6;
 /// Client tokens: kind in the high half, client id in the low half.
 const KIND_CONTROL_CLIENT: u64 = 1 << 32;
 const KIND_CONSOLE_CLIENT: u64 = 2 << 32;
@@ -372,6 +373,13 @@ impl<V: Served> Loop<'_, V> {
                 let _ = self.vm.input_drained_event().read();
                 self.feed_input();
             }
+            TOKEN_FENCE if crate::fence::fired() => {
+                tracing::warn!("fence deadline passed (ha domain, no lease renewal from rxend)");
+                self.vm
+                    .exit
+                    .request(ExitReason::Destroyed, rxen_proto::vmctl::FENCE_EXIT_DETAIL);
+                return self.finish();
+            }
             TOKEN_SIGTERM => {
                 tracing::info!("SIGTERM: destroying the domain");
                 self.vm.request_exit(ExitReason::Destroyed, "SIGTERM");
@@ -399,6 +407,11 @@ pub fn run<V: Served>(
     add(&epoll, vm.exit_event().as_raw_fd(), TOKEN_EXIT)?;
     add(&epoll, vm.input_drained_event().as_raw_fd(), TOKEN_DRAINED)?;
     add(&epoll, sigterm.as_raw_fd(), TOKEN_SIGTERM)?;
+    add(
+        &epoll,
+        crate::fence::fd().map_err(EventLoopError::Epoll)?,
+        TOKEN_FENCE,
+    )?;
     let mut lp = Loop {
         vm,
         epoll,

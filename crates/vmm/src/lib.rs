@@ -15,6 +15,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod fence;
 pub mod kvm_vm;
 pub mod loader;
 pub mod memory;

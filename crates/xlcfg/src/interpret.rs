@@ -646,6 +646,7 @@ pub(crate) fn interpret(
         );
     }
     let sdl = cx.boolean("sdl")?;
+    let ha = cx.boolean("ha")?.is_some_and(|(v, _)| v);
     if let Some((true, pos)) = sdl {
         cx.diag(
             pos,
@@ -826,6 +827,7 @@ pub(crate) fn interpret(
         bootloader_args,
         vnc: vnc.is_some_and(|(v, _)| v),
         sdl: sdl.is_some_and(|(v, _)| v),
+        ha,
         vfb,
         serial,
         other_keys,

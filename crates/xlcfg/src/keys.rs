@@ -318,6 +318,7 @@ pub const MODELED: &[&str] = &[
     "xen_shell",
     "pool_host",
     "pool_anti_affinity",
+    "ha",
 ];
 
 /// Edit distance (insertions, deletions, substitutions, adjacent swaps), capped at `max + 1`.

@@ -180,6 +180,10 @@ pub struct DomainConfig {
     /// `vfb`: framebuffer specs as written.
     #[serde(default)]
     pub vfb: Vec<String>,
+    /// `ha` (rxen's own key, default 0): in a pool, restart the domain on another host when
+    /// its host dies (docs/pools.md).
+    #[serde(default)]
+    pub ha: bool,
     /// `serial`: serial port specs as written (qemu `-serial` syntax).
     #[serde(default)]
     pub serial: Vec<String>,

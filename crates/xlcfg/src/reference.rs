@@ -53,6 +53,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("sdl", "0", "Accepted when off; refused when on."),
     k("vfb", "[]", "Accepted when empty; a framebuffer is refused."),
     k("serial", "pty", "The serial console: pty (reached with rxl console); other devices are refused."),
+    k("ha", "0", "rxen's own key (xl has none): 1 restarts the domain from its configuration on another host of its pool when its host dies or is cut off from etcd (its disks must be on storage every host reaches); the cut-off host stops it first. See docs/pools.md."),
     k("xen_shell", "[]", "rxen-shell users allowed to manage the domain (xen-shell's key; xen-shell is also read)."),
     k("pool_host", "-", "rxen's own: the host of the pool (rxl host-list) that rxl create --pool and rxl restore --pool must put the domain on; refused when that host is down, disabled or full. rxl host-evacuate cannot move such a domain off its host."),
     k("pool_anti_affinity", "-", "rxen's own: an anti-affinity group. rxl create --pool, rxl restore --pool and rxl host-evacuate put domains of one group on hosts that hold none of it while such a host has room (best-effort, as XenServer's VM groups: when none has, the domain goes where it fits)."),
@@ -94,6 +95,7 @@ mod tests {
         assert_eq!(c.maxvcpus, c.vcpus);
         assert_eq!(default("cpu_weight"), c.cpu_weight.to_string());
         assert_eq!(default("cap"), c.cap.to_string());
+        assert_eq!(default("ha"), u8::from(c.ha).to_string());
         for (key, action) in [
             ("on_poweroff", c.on_poweroff),
             ("on_reboot", c.on_reboot),

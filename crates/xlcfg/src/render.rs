@@ -242,6 +242,9 @@ impl DomainConfig {
         if !self.serial.is_empty() {
             line("serial", list(self.serial.iter().map(|s| quote(s))));
         }
+        if self.ha {
+            line("ha", "1".into());
+        }
         if !self.xen_shell.is_empty() {
             line("xen_shell", list(self.xen_shell.iter().map(|s| quote(s))));
         }

@@ -1,6 +1,7 @@
 //! The daemon's side of pools: joining one, what the keeper publishes of the domain table and
 //! the host's memory, and the pool requests of clients (`rxl host-list`, `rxl list --pool`,
-//! `rxl host-disable`/`host-enable`).
+//! `rxl host-disable`/`host-enable`), and what HA and fencing ask of the daemon (restarting a
+//! domain of a dead host here, destroying a fenced one, giving leadership up when stopping).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use rxen_proto::api::{PoolDomain, PoolHost};
 use super::{Busy, Daemon, DaemonError};
 use crate::auth::Caller;
 use crate::pool::schema::{DomainRecord as PoolRecord, DomainState as PoolState};
-use crate::pool::{keeper, Pool};
+use crate::pool::{fence, keeper, Pool};
 use crate::record::DomainState;
 
 impl Daemon {
@@ -26,8 +27,103 @@ impl Daemon {
             pool.host,
             pool_ttl_text(&pool)
         ));
+        pool.fence.load(self.paths.state_dir.join("pool-lease"));
         let daemon = Arc::clone(self);
+        let fenced = Arc::clone(&pool);
         std::thread::spawn(move || keeper::run(pool, daemon));
+        let daemon = Arc::clone(self);
+        std::thread::spawn(move || fence::run(fenced, daemon));
+    }
+
+    /// rxend is stopping: gives the pool's leadership up, if this host holds it, so that
+    /// another host leads at once (the lease is left to run: the domains run on).
+    pub fn pool_stop(&self) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        match pool.resign() {
+            Ok(true) => self
+                .log
+                .info(format!("pool {}: gave the pool's leadership up", pool.name)),
+            Ok(false) => {}
+            Err(e) => self.log.warn(format!(
+                "cannot give the pool's leadership up ({e}); it passes when the lease ends"
+            )),
+        }
+    }
+
+    /// HA: starts a domain of a dead host here, from its recorded configuration (the normal
+    /// create path: the name is claimed in the pool, memory admitted); its ID.
+    pub fn pool_restart(
+        &self,
+        config: xlcfg::DomainConfig,
+        config_path: Option<String>,
+    ) -> Result<u32, DaemonError> {
+        Ok(self.start(config, config_path, false)?.domid)
+    }
+
+    /// Fencing: gives the VMM of `ha = 1` domain `name` (just started) the deadline of the
+    /// host's last renewal, so that it never runs unguarded until the next.
+    pub(super) fn pool_arm_fence(&self, name: &str, run_dir: &std::path::Path) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        if let Err(e) = fence_request(run_dir, pool.fence.vmm_deadline_now(pool.ttl())) {
+            self.log.warn(format!(
+                "domain {name}: cannot give its VMM a fence deadline: {e}"
+            ));
+        }
+    }
+
+    /// Fencing: gives the VMM of every running `ha = 1` domain the deadline `ms` milliseconds
+    /// from now, past which it destroys its domain itself (sent at every renewal of the lease).
+    pub fn pool_arm_fences(&self, ms: u64) {
+        let dirs: Vec<(String, std::path::PathBuf)> = self
+            .table()
+            .domains
+            .values()
+            .filter(|e| {
+                // A VMM busy saving or migrating answers only when done: its deadline is not
+                // renewed meanwhile (if that outlasts it and the domain stays, it is fenced,
+                // and restarted here at the next renewal when nobody moved it).
+                e.rec.config.ha
+                    && matches!(e.rec.state, DomainState::Running { .. })
+                    && e.busy.is_none()
+            })
+            .map(|e| (e.rec.name.clone(), self.paths.run_dir(e.rec.domid)))
+            .collect();
+        for (name, dir) in dirs {
+            if let Err(e) = fence_request(&dir, ms) {
+                self.log.warn(format!(
+                    "domain {name}: cannot renew its VMM's fence deadline: {e}"
+                ));
+            }
+        }
+    }
+
+    /// Fencing: the VMM of domain `id` destroyed it itself, its deadline passed (rxend was
+    /// down, or too late renewing): the pool's keeper restarts it here once the lease is
+    /// renewed, should nobody have moved it meanwhile.
+    pub(super) fn pool_vmm_fenced(&self, id: u32) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        let name = self.name_of(id);
+        self.log.warn(format!(
+            "pool {}: the VMM of ha domain {name} destroyed it: its fence deadline passed",
+            pool.name
+        ));
+        pool.fence.mark(&name, "its VMM's fence deadline passed");
+        pool.nudge();
+    }
+
+    /// Fencing and HA: destroys domain `name` at once (`why` names who asked, for the log).
+    pub fn pool_destroy(&self, name: &str, why: &str) -> Result<(), DaemonError> {
+        let caller = Caller {
+            uid: 0,
+            user: Some(format!("rxend ({why})")),
+        };
+        self.destroy(&caller, name)
     }
 
     fn pool_or_err(&self, caller: &Caller, what: &str) -> Result<&Arc<Pool>, DaemonError> {
@@ -117,6 +213,21 @@ impl Daemon {
             caller.describe()
         ));
         Ok(())
+    }
+}
+
+/// How long the keeper waits for a VMM to take its fence deadline: a hung VMM must not hold
+/// up the renewals.
+const FENCE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends a VMM its fence deadline, `ms` from now.
+fn fence_request(run_dir: &std::path::Path, ms: u64) -> Result<(), crate::vmm::VmmError> {
+    let req = rxen_proto::vmctl::VmRequest::FenceDeadline { ms };
+    match crate::vmm::request_with_fds(run_dir, &req, &[], FENCE_REQUEST_TIMEOUT)? {
+        rxen_proto::vmctl::VmResponse::Error { message } => {
+            Err(crate::vmm::VmmError::Control(message))
+        }
+        _ => Ok(()),
     }
 }
 

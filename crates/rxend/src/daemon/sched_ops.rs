@@ -205,6 +205,7 @@ impl Daemon {
         self.log.info(format!(
             "rxend stopping on {signal}; running domains keep running and are adopted at the next start"
         ));
+        self.pool_stop();
         if let Some(cg) = &self.cgroups {
             match cg.leave_dom0() {
                 Ok(true) => self.log.info("removed Domain-0's cgroup".to_string()),

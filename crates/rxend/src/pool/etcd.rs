@@ -601,6 +601,17 @@ impl Etcd {
         value: &[u8],
         expect: Expect,
     ) -> Result<Result<i64, Option<KeyValue>>, EtcdError> {
+        self.put_if_leased(key, value, expect, 0)
+    }
+
+    /// [`Etcd::put_if`] with the key attached to `lease` (0: none): it vanishes with the lease.
+    pub fn put_if_leased(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        lease: i64,
+    ) -> Result<Result<i64, Option<KeyValue>>, EtcdError> {
         let (k, v) = (b64(key.as_bytes()), b64(value));
         let compare = match expect {
             Expect::Absent => Compare {
@@ -623,7 +634,7 @@ impl Etcd {
             success: vec![TxnOp::Put(PutReq {
                 key: &k,
                 value: &v,
-                lease: 0,
+                lease,
             })],
             failure: vec![TxnOp::Range(RangeReq {
                 key: &k,

@@ -2,14 +2,18 @@
 //! host's figures every interval, and publishes this host's domains as they change. When etcd
 //! cannot be reached it says so once (and once a minute after that), keeps trying, and when
 //! etcd answers again registers anew and rewrites every domain; the domains run on meanwhile.
+//! Each renewal is reported to the fence (`fence.rs`); at each renewal the keeper also stands
+//! for the pool's leadership (`leader.rs`) and, while leading, restarts the `ha = 1` domains of
+//! dead hosts (`ha.rs`). Registering again, it destroys the local domains the pool moved to
+//! another host meanwhile, and restarts here the fenced ones nobody moved.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::etcd::{EtcdError, Expect};
-use super::schema::DomainRecord;
-use super::Pool;
+use super::schema::{DomainRecord, DomainState};
+use super::{fence, ha, leader, Pool};
 use crate::daemon::Daemon;
 
 /// How often "etcd is still unreachable" is repeated in the log.
@@ -39,6 +43,8 @@ struct Keeper {
     lease: i64,
     /// When the lease was last renewed.
     renewed: Instant,
+    /// When this host last registered (it stands for leader only an interval later).
+    registered: Instant,
     published: BTreeMap<String, Published>,
     /// Local domains whose key another host holds (the target of a migration took it over).
     foreign: BTreeSet<String>,
@@ -53,6 +59,7 @@ pub fn run(pool: Arc<Pool>, daemon: Arc<Daemon>) {
         daemon,
         lease: 0,
         renewed: Instant::now(),
+        registered: Instant::now(),
         published: BTreeMap::new(),
         foreign: BTreeSet::new(),
         down_since: None,
@@ -116,9 +123,14 @@ impl Keeper {
     fn round(&mut self) -> Result<(), EtcdError> {
         let due = self.lease == 0 || self.renewed.elapsed() >= self.pool.interval();
         if self.lease != 0 && due {
+            let sent = Instant::now();
             if self.pool.etcd.keep_alive(self.lease)? {
-                self.renewed = Instant::now();
+                self.renewed = sent;
+                self.pool.fence.renewed(self.lease, sent);
+                self.daemon
+                    .pool_arm_fences(fence::vmm_deadline(self.pool.ttl, sent.elapsed()));
                 self.write_host(self.lease)?;
+                self.recover_fenced()?;
             } else {
                 self.daemon.log.warn(format!(
                     "pool {}: lease {:x} of host {} expired; registering again",
@@ -129,8 +141,72 @@ impl Keeper {
         }
         if self.lease == 0 {
             self.register()?;
+            self.recover_fenced()?;
         }
-        self.publish(due)
+        self.publish(due)?;
+        if due {
+            self.lead()?;
+        }
+        Ok(())
+    }
+
+    /// Stands for the pool's leadership and, while leading, restarts or marks lost the domains
+    /// of dead hosts.
+    /// A host that just registered waits an interval first, so that the others, which
+    /// campaign at every renewal, take over from a leader that resigned to restart.
+    fn lead(&mut self) -> Result<(), EtcdError> {
+        if self.registered.elapsed() < self.pool.interval() {
+            return Ok(());
+        }
+        let leading = leader::campaign(&self.pool, self.lease)?;
+        if self.pool.set_leading(leading) {
+            if leading {
+                self.daemon.log.info(format!(
+                    "pool {}: host {} leads the pool",
+                    self.pool.name, self.pool.host
+                ));
+            } else {
+                self.daemon.log.info(format!(
+                    "pool {}: host {} no longer leads the pool",
+                    self.pool.name, self.pool.host
+                ));
+            }
+        }
+        if leading {
+            ha::scan(&self.pool, &self.daemon)?;
+        }
+        Ok(())
+    }
+
+    /// Domains destroyed by fencing, now that the lease is renewed: restarted here when their
+    /// key still names this host (claimed as the leader would), dropped when the pool moved
+    /// them or marked them lost.
+    fn recover_fenced(&mut self) -> Result<(), EtcdError> {
+        for name in self.pool.fence.fenced() {
+            let key = self.pool.keys.domain(&name);
+            let Some(kv) = self.pool.etcd.get(&key)? else {
+                self.pool.fence.settle(&name);
+                continue;
+            };
+            match serde_json::from_slice::<DomainRecord>(&kv.value) {
+                Ok(rec) if rec.host == self.pool.host && rec.state != DomainState::Lost => {
+                    self.daemon.log.info(format!(
+                        "pool {}: ha domain {name} was stopped by fencing and nobody restarted                          it; restarting it here",
+                        self.pool.name
+                    ));
+                    ha::restart(&self.pool, &self.daemon, &kv, &rec, &self.pool.host)?;
+                }
+                Ok(rec) => {
+                    self.daemon.log.info(format!(
+                        "pool {}: ha domain {name}, stopped here by fencing, is now on host {}                          ({:?}); not restarting it here",
+                        self.pool.name, rec.host, rec.state
+                    ));
+                }
+                Err(_) => {}
+            }
+            self.pool.fence.settle(&name);
+        }
+        Ok(())
     }
 
     /// Grants a lease, writes the host's keys and takes stock of the domain keys in etcd. The
@@ -138,7 +214,23 @@ impl Keeper {
     /// that failed half-way just expires).
     fn register(&mut self) -> Result<(), EtcdError> {
         let ttl = i64::try_from(self.pool.ttl).unwrap_or(i64::MAX);
-        let lease = self.pool.etcd.grant(ttl)?;
+        // A lease an earlier rxend held is renewed if etcd still has it: a quick restart of
+        // rxend is not a host failure.
+        let sent = Instant::now();
+        let saved = match self.pool.fence.saved_lease() {
+            // Kept for the next try while etcd cannot be reached.
+            Some(old) => match self.pool.etcd.keep_alive(old) {
+                Ok(alive) => alive.then_some(old),
+                Err(EtcdError::Refused { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        self.pool.fence.forget_saved_lease();
+        let lease = match saved {
+            Some(old) => old,
+            None => self.pool.etcd.grant(ttl)?,
+        };
         self.write_host(lease)?;
         // Whatever etcd holds for this host is rewritten (etcd may have lost it, or hold what
         // an earlier rxend wrote), and keys of domains that no longer run here go.
@@ -156,11 +248,32 @@ impl Keeper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let transferring: BTreeSet<String> = self
+            .daemon
+            .pool_domains(&self.pool.host)
+            .into_iter()
+            .filter(|d| d.state == DomainState::Transferring)
+            .map(|d| d.name)
+            .collect();
         for kv in self.pool.etcd.get_prefix(&self.pool.keys.domains())? {
             let Ok(rec) = serde_json::from_slice::<DomainRecord>(&kv.value) else {
                 continue;
             };
             if rec.host != self.pool.host {
+                // Still running here, but the pool has it elsewhere (restarted there while
+                // this host was cut off or its rxend down): this copy goes, never published.
+                if local.contains(&rec.name) && !transferring.contains(&rec.name) {
+                    self.daemon.log.warn(format!(
+                        "pool {}: domain {} runs here but the pool has it on host {} now;                          destroying this copy",
+                        self.pool.name, rec.name, rec.host
+                    ));
+                    if let Err(e) = self.daemon.pool_destroy(&rec.name, "moved by the pool") {
+                        self.daemon.log.error(format!(
+                            "pool {}: cannot destroy domain {}: {e}",
+                            self.pool.name, rec.name
+                        ));
+                    }
+                }
                 continue;
             }
             if local.contains(&rec.name) {
@@ -172,14 +285,18 @@ impl Keeper {
                         full: Vec::new(),
                     },
                 );
-            } else if !claiming.contains(&rec.name) {
+            } else if !claiming.contains(&rec.name) && !self.pool.fence.is_fenced(&rec.name) {
                 self.pool
                     .etcd
                     .delete_if_unchanged(&kv.key, kv.mod_revision)?;
             }
         }
         self.lease = lease;
-        self.renewed = Instant::now();
+        self.registered = Instant::now();
+        self.renewed = sent;
+        self.pool.fence.renewed(lease, sent);
+        self.daemon
+            .pool_arm_fences(fence::vmm_deadline(self.pool.ttl, sent.elapsed()));
         self.daemon.log.info(format!(
             "pool {}: host {} registered (lease {lease:x}, {} s), {} domains",
             self.pool.name,
@@ -288,7 +405,9 @@ impl Keeper {
         let gone: Vec<String> = self
             .published
             .keys()
-            .filter(|n| !names.contains(*n) && !claiming.contains(*n))
+            .filter(|n| {
+                !names.contains(*n) && !claiming.contains(*n) && !self.pool.fence.is_fenced(n)
+            })
             .cloned()
             .collect();
         for name in gone {

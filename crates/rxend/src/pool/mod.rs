@@ -2,13 +2,18 @@
 //!
 //! `etcd.rs` is the etcd client, `schema.rs` the keys and their values, `keeper.rs` the thread
 //! that registers this host under a lease, keeps it alive and publishes this host's domains;
+//! `leader.rs` elects the pool's leader, `ha.rs` is the leader's restart of `ha = 1` domains
+//! of dead hosts, `fence.rs` stops this host's `ha = 1` domains when it cannot renew its lease;
 //! this file holds the pool's handle and what clients ask of it (host list, pool-wide domain
 //! list, enabling hosts, claiming names). `placement.rs` chooses a host for a domain,
 //! `remote.rs` creates, restores or evacuates domains on another host of the pool through its
 //! relocation server.
 
 pub mod etcd;
+pub mod fence;
+pub mod ha;
 pub mod keeper;
+pub mod leader;
 pub mod placement;
 pub mod remote;
 pub mod schema;
@@ -118,6 +123,10 @@ pub struct Pool {
     /// Set when the domain table changed; the keeper waits on it.
     changed: Mutex<bool>,
     wake: Condvar,
+    /// When the lease was last renewed, and the domains destroyed by fencing.
+    pub fence: fence::Fence,
+    /// Whether this host led the pool at the keeper's last look.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// A name being claimed; dropping it lets the keeper publish (or drop) the domain.
@@ -142,7 +151,7 @@ impl Drop for Claim<'_> {
     }
 }
 
-fn now_secs() -> f64 {
+pub(crate) fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -175,7 +184,14 @@ impl Pool {
             placing: Mutex::new(()),
             changed: Mutex::new(false),
             wake: Condvar::new(),
+            fence: fence::Fence::default(),
+            leading: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The lease's TTL, seconds.
+    pub fn ttl(&self) -> u64 {
+        self.ttl
     }
 
     /// How often the lease is renewed and the host's figures written: a third of the TTL.
@@ -259,6 +275,24 @@ impl Pool {
         }
     }
 
+    /// Whether this host led the pool at the keeper's last look.
+    pub fn leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records whether this host leads; whether that changed.
+    fn set_leading(&self, now: bool) -> bool {
+        self.leading.swap(now, std::sync::atomic::Ordering::Relaxed) != now
+    }
+
+    /// Gives leadership up if this host holds it (rxend stopping): another host takes over
+    /// at its next round. Its lease is left to run: its domains run on, and a restarted rxend
+    /// renews it.
+    pub fn resign(&self) -> Result<bool, PoolError> {
+        self.set_leading(false);
+        leader::resign(self).map_err(|e| self.etcd_err(e))
+    }
+
     /// Marks `name` as received by migration: this host takes its key over from the source.
     pub fn take_over(&self, name: &str) {
         self.taking_over
@@ -306,6 +340,7 @@ impl Pool {
     /// The pool's hosts, by name.
     pub fn hosts(&self) -> Result<Vec<PoolHost>, PoolError> {
         let v = self.read_all()?;
+        let leader = leader::current(self).map_err(|e| self.etcd_err(e))?;
         let names: BTreeSet<&String> = v.members.keys().chain(v.alive.keys()).collect();
         Ok(names
             .into_iter()
@@ -330,6 +365,7 @@ impl Pool {
                     version: rec.version.clone(),
                     relocation_address: rec.relocation_address.clone(),
                     updated: rec.updated,
+                    leader: leader.as_deref() == Some(name.as_str()),
                 })
             })
             .collect())
@@ -348,6 +384,7 @@ impl Pool {
                     DomainState::Paused | DomainState::Starting => "--p---",
                     DomainState::Shutdown => "---s--",
                     DomainState::Transferring => "-----d",
+                    DomainState::Lost => "lost",
                 }
                 .to_string(),
                 name: d.name,

@@ -6,6 +6,7 @@
 //! | `members/HOST` | [`HostRecord`]: the same, kept when the lease ends (so a dead host shows as down) | none |
 //! | `disabled/HOST` | [`DisabledRecord`]: present while the host is disabled | none |
 //! | `domains/DOMAIN` | [`DomainRecord`]: one per domain of the pool, written by its host | none |
+//! | `leader` | [`LeaderRecord`]: the pool's elected leader (`leader.rs`) | the leader's |
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,11 @@ impl Keys {
     /// `domains/DOMAIN`.
     pub fn domain(&self, name: &str) -> String {
         format!("{}domains/{name}", self.prefix)
+    }
+
+    /// `leader`: the pool's leader, under its lease.
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
     }
 
     /// What `key` (a full key) is.
@@ -137,6 +143,18 @@ pub enum DomainState {
     Transferring,
     /// Stopped and preserved (`on_* = "preserve"`).
     Shutdown,
+    /// Its host's lease expired and it is not `ha = 1` (or its HA restart failed): the pool's
+    /// leader marked it so; the host rewrites it if it comes back with the domain running.
+    Lost,
+}
+
+/// The pool's leader (the `leader` key, under the leader's lease).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The leading host.
+    pub host: String,
+    /// Since when, seconds since the Unix epoch.
+    pub since: f64,
 }
 
 /// A domain of the pool.
