@@ -376,8 +376,7 @@ impl<V: Served> Loop<'_, V> {
             TOKEN_FENCE if crate::fence::fired() => {
                 tracing::warn!("fence deadline passed (ha domain, no lease renewal from rxend)");
                 self.vm
-                    .exit
-                    .request(ExitReason::Destroyed, rxen_proto::vmctl::FENCE_EXIT_DETAIL);
+                    .request_exit(ExitReason::Destroyed, rxen_proto::vmctl::FENCE_EXIT_DETAIL);
                 return self.finish();
             }
             TOKEN_SIGTERM => {
