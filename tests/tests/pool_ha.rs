@@ -101,12 +101,15 @@ impl Drop for Net {
     }
 }
 
-/// A pool of three hosts (h1, h2, h3) on a fresh etcd.
+/// A pool of three hosts (h1, h2, h3) on a fresh etcd, each with a relocation server on its
+/// own address and one shared key (the leader creates restarted domains on the host placement
+/// chooses, through that host's relocation server).
 struct Pool {
     // Dropped in this order: the hosts, then etcd, then the namespaces.
     hosts: Vec<Host>,
     etcd: TestEtcd,
     net: Net,
+    _keys: tempfile::TempDir,
 }
 
 const NAMES: [&str; 3] = ["h1", "h2", "h3"];
@@ -116,21 +119,34 @@ impl Pool {
         let net = Net::new(3);
         let etcd = TestEtcd::start_in(&net.etcd_ns, "10.78.0.1");
         let pool = format!("p{}", unique());
+        let keys = tempfile::tempdir().expect("tmp");
+        let key = keys.path().join("relocation.key");
+        std::fs::write(&key, "a shared secret of enough length\n").expect("key");
         let hosts = NAMES
             .iter()
             .zip(&net.hosts)
-            .map(|(name, ns)| {
+            .enumerate()
+            .map(|(i, (name, ns))| {
+                let addr = format!("10.78.0.{}", 10 + i);
                 Host::start_in(
                     ns,
                     &format!(
                         "[pool]\nendpoints = [\"{}\"]\nname = \"{pool}\"\nhost = \"{name}\"\n\
-                         ttl = {TTL}\n",
-                        etcd.endpoint()
+                         ttl = {TTL}\nrelocation-address = \"{addr}:8002\"\n\
+                         [relocation]\nserver = true\naddress = \"{addr}\"\nport = 8002\n\
+                         hosts-allow = [\"^10\\\\.78\\\\.0\\\\.\"]\nkey-file = \"{}\"\n",
+                        etcd.endpoint(),
+                        key.display()
                     ),
                 )
             })
             .collect();
-        let p = Pool { hosts, etcd, net };
+        let p = Pool {
+            hosts,
+            etcd,
+            net,
+            _keys: keys,
+        };
         wait_until(SLOW, "three hosts up and a leader", || {
             let (hosts, leader) = host_list(&p.hosts[0]);
             hosts.len() == 3 && hosts.values().all(|s| s == "up") && leader.is_some()
@@ -274,7 +290,12 @@ impl Drop for Heartbeats {
 /// Creates domain `name` on `h` (`ha = 1` when `ha`) and waits until it booted and the pool
 /// shows it running there.
 fn create(p: &Pool, i: usize, name: &str, ha: bool) {
-    let con = p.hosts[i].create_guest(name, 1, 16, if ha { "ha = 1" } else { "" });
+    create_with(p, i, name, if ha { "ha = 1" } else { "" });
+}
+
+/// Creates domain `name` on host `i` with `extra` config lines; waits until the pool shows it.
+fn create_with(p: &Pool, i: usize, name: &str, extra: &str) {
+    let con = p.hosts[i].create_guest(name, 1, 16, extra);
     drop(con);
     wait_until(SLOW, "the pool shows the domain running", || {
         pool_list(&p.hosts[(i + 1) % 3]).get(name) == Some(&("r-----".into(), NAMES[i].into()))
@@ -347,6 +368,12 @@ fn a_dead_host_s_ha_domain_restarts_elsewhere_and_its_other_domain_is_lost() {
     create(&p, 2, &ha, true);
     create(&p, 2, &plain, false);
     create(&p, 0, &other, false);
+    // An ha domain pinned (pool_host) to a survivor that does not lead: its restart is a
+    // creation on another host than the leader, through that host's relocation server.
+    let leader_before = host_list(&p.hosts[0]).1.expect("a leader");
+    let pin = if leader_before == "h1" { "h2" } else { "h1" };
+    let pinned = format!("pinned-{tag}");
+    create_with(&p, 2, &pinned, &format!("ha = 1\npool_host = \"{pin}\""));
 
     // h3 dies: rxend and its VMMs, SIGKILL.
     let victim = Pool::index("h3");
@@ -376,6 +403,21 @@ fn a_dead_host_s_ha_domain_restarts_elsewhere_and_its_other_domain_is_lost() {
         },
     );
     let restarted_after = killed.elapsed();
+    wait_until(
+        Duration::from_secs(TTL + 12),
+        "the pinned ha domain runs on its pool_host",
+        || pool_list(&p.hosts[0]).get(&pinned) == Some(&("r-----".into(), pin.into())),
+    );
+    assert!(runs_on(&p.hosts[Pool::index(pin)], &pinned));
+    let leader_now = host_list(&p.hosts[0]).1.expect("a leader");
+    eprintln!("leader {leader_before} before h3 died, {leader_now} after; pinned domain restarted on {pin}");
+    if leader_now != pin {
+        let log = p.hosts[Pool::index(&leader_now)].rxend_log();
+        assert!(
+            log.contains(&format!("restarting ha domain {pinned} on host {pin}")),
+            "{log}"
+        );
+    }
     let new_host = new_host.unwrap_or_default();
     let target = &p.hosts[Pool::index(&new_host)];
     assert!(runs_on(target, &ha), "{}", target.rxend_log());
