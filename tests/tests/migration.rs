@@ -441,7 +441,6 @@ fn migrate_and_save_with_v_break_the_downtime_down() {
             "vCPU pause",
             "device freeze",
             "dirty-log sync",
-            "rehash",
             "state capture",
             "last round on the wire",
             "target restore",
@@ -449,7 +448,7 @@ fn migrate_and_save_with_v_break_the_downtime_down() {
         ],
         &[
             "vCPU pause",
-            "rehash",
+            "dirty-log sync",
             "state capture",
             "last round on the wire",
             "target restore",

@@ -31,7 +31,6 @@ const PHASES: &[&str] = &[
     "vCPU pause",
     "device freeze",
     "dirty-log sync",
-    "rehash",
     "state capture",
     "last round on the wire",
     "target restore",

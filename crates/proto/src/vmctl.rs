@@ -202,7 +202,9 @@ pub struct TransferStats {
     /// Pages sent in the last (stop-and-copy) round.
     pub last_round_pages: u64,
     /// Pages whose content changed after they were sent although KVM's dirty
-    /// log did not report them: found by rehashing and sent again.
+    /// log did not report them, found by rehashing: reported by VMMs before
+    /// the rehash went (it found only what the last pre-copy round left
+    /// unsent); 0 from current ones.
     #[serde(default)]
     pub unlogged_pages: u64,
     /// From the request to the end, in milliseconds.
@@ -234,8 +236,8 @@ pub struct StopCopyBreakdown {
     /// The last read of KVM's dirty log (live migration only).
     #[serde(default)]
     pub dirty_sync_us: Option<u64>,
-    /// Rehashing the pages the dirty log did not report, for pages it missed
-    /// (live migration only).
+    /// Rehashing pages for writes the dirty log missed: from VMMs before the
+    /// rehash went; current ones leave it out.
     #[serde(default)]
     pub rehash_us: Option<u64>,
     /// Reading the vCPUs', the VM's and the devices' state.

@@ -108,8 +108,7 @@ impl KvmVm {
     /// creation, before the guest's first instruction, and never stops: no
     /// writable mapping of guest memory predates the log, and a live migration
     /// starts by clearing the log instead of switching it on (which
-    /// write-protected all of RAM at once). On PVM hosts the log still misses
-    /// writes, so the migration rehash stays (docs/internals.md). The cost
+    /// write-protected all of RAM at once). The cost
     /// while no migration runs is one fault per page on its first write and
     /// no huge pages in KVM's mappings.
     pub fn register_memory(&self, mem: &GuestMemory) -> Result<Vec<MemSlot>, KvmVmError> {

@@ -75,182 +75,6 @@ impl DirtyLog {
     }
 }
 
-/// A 64-bit fingerprint of each guest page as it was last sent, so that the
-/// sender can find pages that changed without KVM's dirty log saying so.
-///
-/// On some hosts (seen on PVM) dirty logging misses writes through mappings
-/// the guest already had, so a page rewritten after it was sent would arrive
-/// stale. Rehashing all of RAM at the end of each round, and once more while
-/// the guest is paused, closes that gap at the cost of reading memory.
-pub struct PageHashes {
-    /// Indexed by page frame number; `UNSENT` where nothing was sent yet.
-    hashes: Vec<u64>,
-    /// Where available, tells pages never written (zero page or absent)
-    /// from the others, so that only the others are read.
-    pagemap: Option<std::sync::Arc<crate::migration::pagemap::Pagemap>>,
-    /// Whether the host swaps: then an absent page may hold data, and only
-    /// the page map (which marks swapped pages) can tell.
-    swap_active: bool,
-    /// The fingerprint of a zero page.
-    zero: u64,
-}
-
-/// Marks a page frame whose content has not been sent.
-const UNSENT: u64 = u64::MAX;
-
-/// The fingerprint of one 4 KiB page: CRC-32C of each half.
-fn page_hash(page: &[u8]) -> u64 {
-    let (a, b) = page.split_at(page.len() / 2);
-    let h = (u64::from(crc32c::crc32c(a)) << 32) | u64::from(crc32c::crc32c(b));
-    h.min(UNSENT - 1)
-}
-
-impl PageHashes {
-    /// Room for every page frame of `mem`, none sent yet; `pagemap` is the
-    /// page map opened at start-up, if it helps.
-    pub fn new(
-        mem: &GuestMemory,
-        pagemap: Option<std::sync::Arc<crate::migration::pagemap::Pagemap>>,
-    ) -> Self {
-        let end = mem
-            .iter()
-            .map(|r| (r.start_addr().0 + r.len()) >> stream::PAGE_SHIFT)
-            .max()
-            .unwrap_or(0);
-        Self {
-            hashes: vec![UNSENT; usize::try_from(end).unwrap_or(0)],
-            pagemap,
-            swap_active: crate::migration::pagemap::swap_active(),
-            zero: page_hash(&[0u8; PAGE_SIZE]),
-        }
-    }
-
-    /// Which of `pages` pages from host address `host` may hold data:
-    /// `mincore` residency without swap (about three times cheaper than the
-    /// page map: it matters in the downtime), else the page map; `None`
-    /// where neither can tell.
-    fn backed(&self, host: usize, pages: usize) -> Option<Vec<bool>> {
-        if !self.swap_active {
-            if let Ok(r) = crate::migration::pagemap::resident(host, pages) {
-                return Some(r);
-            }
-        }
-        self.pagemap.as_ref()?.backed(host, pages).ok()
-    }
-
-    fn record_zero(&mut self, pfn: u64) {
-        let zero = self.zero;
-        if let Some(h) = usize::try_from(pfn)
-            .ok()
-            .and_then(|i| self.hashes.get_mut(i))
-        {
-            *h = zero;
-        }
-    }
-
-    fn record(&mut self, pfn: u64, page: &[u8]) {
-        if let Some(h) = usize::try_from(pfn)
-            .ok()
-            .and_then(|i| self.hashes.get_mut(i))
-        {
-            *h = page_hash(page);
-        }
-    }
-
-    /// Page frames of `mem` whose content differs from what was last sent
-    /// (or that were never sent), leaving out those in `already` (sorted).
-    /// Reads every page the host has backed with data (all of RAM where the
-    /// page map cannot tell), split over the host's CPUs.
-    pub fn changed(&self, mem: &GuestMemory, already: &[u64]) -> Vec<u64> {
-        let mut spans = Vec::new();
-        let mut backed = Vec::new();
-        for r in mem.iter() {
-            let start = r.start_addr().0 >> stream::PAGE_SHIFT;
-            let pages = r.len() >> stream::PAGE_SHIFT;
-            let host = r.as_ptr() as usize;
-            spans.push((start, pages, host));
-            backed.push(self.backed(host, pages as usize));
-        }
-        let zero = self.zero;
-        let threads = usable_cpus().clamp(1, 8) as u64;
-        let mut found: Vec<u64> = std::thread::scope(|s| {
-            let workers: Vec<_> = spans
-                .iter()
-                .zip(&backed)
-                .flat_map(|(&(start, pages, host), backed)| {
-                    let per = pages.div_ceil(threads).max(1);
-                    (0..threads).filter_map(move |t| {
-                        let from = t * per;
-                        (from < pages).then(|| (start, from, (from + per).min(pages), host, backed))
-                    })
-                })
-                .map(|(start, from, to, host, backed)| {
-                    s.spawn(move || {
-                        let mut out = Vec::new();
-                        for p in from..to {
-                            let pfn = start + p;
-                            let sent = usize::try_from(pfn)
-                                .ok()
-                                .and_then(|i| self.hashes.get(i))
-                                .copied()
-                                .unwrap_or(UNSENT);
-                            let never_written = backed
-                                .as_ref()
-                                .and_then(|b| b.get(p as usize))
-                                .is_some_and(|b| !b);
-                            if never_written {
-                                // Zero now: changed only if something else was sent.
-                                if sent != zero {
-                                    out.push(pfn);
-                                }
-                                continue;
-                            }
-                            // SAFETY: `host` maps this region's `pages` pages for as
-                            // long as `mem` lives, which outlives this scope; vCPUs may
-                            // write meanwhile, which at worst makes the page look changed.
-                            let page = unsafe {
-                                std::slice::from_raw_parts(
-                                    (host + (p as usize) * PAGE_SIZE) as *const u8,
-                                    PAGE_SIZE,
-                                )
-                            };
-                            if sent == UNSENT || sent != page_hash(page) {
-                                out.push(pfn);
-                            }
-                        }
-                        out
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
-        found.retain(|pfn| already.binary_search(pfn).is_err());
-        found
-    }
-}
-
-/// CPUs this process may run on, from its affinity mask (`sched_getaffinity`):
-/// unlike `available_parallelism`, which reads cgroup files under /proc, it
-/// opens no path, as the VMM may not once its guest runs.
-fn usable_cpus() -> usize {
-    // SAFETY: zeroed is a valid (empty) `cpu_set_t`.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid out buffer of the size passed, for the whole call.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return 1;
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads bit `i` of `set`, within its CPU_SETSIZE bits.
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .count()
-        .max(1)
-}
-
 /// Keeps `transfer.json` in the run directory up to date while a stream is
 /// written, at most ten times a second, for `rxl`'s progress bar: rewritten in
 /// place through the descriptor opened at start-up (no path is opened), and
@@ -412,14 +236,13 @@ impl PageSender {
     }
 
     /// Sends `pfns` in batches: zero pages as a flag, the others with their
-    /// data; records what each page held in `hashes` when given.
+    /// data.
     pub fn send<W: std::io::Write>(
         &mut self,
         w: &mut StreamWriter<W>,
         mem: &GuestMemory,
         pfns: &[u64],
         stats: &mut TransferStats,
-        mut hashes: Option<&mut PageHashes>,
         mut progress: impl FnMut(u64),
     ) -> Result<(), TransferError> {
         self.page.resize(PAGE_SIZE, 0);
@@ -430,18 +253,12 @@ impl PageSender {
             let known = self.batch_backed(mem, chunk);
             for (i, &pfn) in chunk.iter().enumerate() {
                 if known && !self.backed.get(i).copied().unwrap_or(true) {
-                    if let Some(h) = hashes.as_deref_mut() {
-                        h.record_zero(pfn);
-                    }
                     self.entries.push(pfn | ZERO_PAGE);
                     stats.zero_pages += 1;
                     continue;
                 }
                 let addr = pfn << stream::PAGE_SHIFT;
                 read_page(mem, addr, &mut self.page)?;
-                if let Some(h) = hashes.as_deref_mut() {
-                    h.record(pfn, &self.page);
-                }
                 if is_zero(&self.page) {
                     self.entries.push(pfn | ZERO_PAGE);
                     stats.zero_pages += 1;
@@ -461,12 +278,6 @@ impl PageSender {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn usable_cpus_counts_the_affinity_mask() {
-        let n = usable_cpus();
-        assert!((1..=libc::CPU_SETSIZE as usize).contains(&n), "{n}");
-    }
     use super::super::receive::{receive, StreamSource};
     use super::*;
     use rxen_proto::stream::{StreamWriter, VmInfo};
@@ -502,7 +313,7 @@ mod tests {
         PageSender::with_pagemap(
             crate::migration::pagemap::Pagemap::open().map(std::sync::Arc::new),
         )
-        .send(&mut w, &src, &all_pfns(&src), &mut stats, None, |_| {})
+        .send(&mut w, &src, &all_pfns(&src), &mut stats, |_| {})
         .expect("send");
         assert_eq!(stats.pages, 1);
         assert_eq!(stats.zero_pages, 8 * 256 - 1);
@@ -555,39 +366,8 @@ mod tests {
     }
 
     #[test]
-    fn rehash_finds_pages_rewritten_after_they_were_sent() {
-        let mem = memory::create_guest_memory(8).expect("mem");
-        mem.write_slice(&[1u8; 64], GuestAddress(0x3000))
-            .expect("w");
-        let mut hashes = PageHashes::new(
-            &mem,
-            crate::migration::pagemap::Pagemap::open().map(std::sync::Arc::new),
-        );
-        // Before anything is sent, every page counts as changed.
-        assert_eq!(hashes.changed(&mem, &[]).len(), 8 * 256);
-        let mut w = StreamWriter::new(Vec::new(), stream::Header::new(true)).expect("w");
-        let mut stats = TransferStats::default();
-        PageSender::with_pagemap(
-            crate::migration::pagemap::Pagemap::open().map(std::sync::Arc::new),
-        )
-        .send(
-            &mut w,
-            &mem,
-            &all_pfns(&mem),
-            &mut stats,
-            Some(&mut hashes),
-            |_| {},
-        )
-        .expect("send");
-        assert!(hashes.changed(&mem, &[]).is_empty());
-        // A zero page written, a data page rewritten, one byte in a third.
-        mem.write_slice(&[9u8; 8], GuestAddress(0x7000)).expect("w");
-        mem.write_slice(&[2u8; 64], GuestAddress(0x3000))
-            .expect("w");
-        mem.write_slice(&[5u8], GuestAddress(0x1F_FFFF)).expect("w");
-        assert_eq!(hashes.changed(&mem, &[]), vec![3, 7, 0x1FF]);
-        // Pages the dirty log already reported are left out.
-        assert_eq!(hashes.changed(&mem, &[3, 0x1FF]), vec![7]);
+    fn merged_page_lists_are_sorted_without_repeats() {
         assert_eq!(merge_sorted(vec![3, 0x1FF], vec![7, 3]), vec![3, 7, 0x1FF]);
+        assert_eq!(merge_sorted(vec![5], Vec::new()), vec![5]);
     }
 }

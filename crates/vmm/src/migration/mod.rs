@@ -6,8 +6,7 @@
 //!   device state; `Vm::save_to` (a save file) and `Vm::migrate_to` (a
 //!   connection to the target VMM).
 //! - `memory.rs`: guest memory on its way out: dirty tracking (KVM's log and
-//!   the VMM's bitmap), the page rehash that catches writes the log missed,
-//!   page batches, the progress file `rxl` reads.
+//!   the VMM's bitmap), page batches, the progress file `rxl` reads.
 //! - `pagemap.rs`: `/proc/self/pagemap`, which tells never-written pages apart.
 //! - `receive.rs`: reading a whole stream into guest memory and checking
 //!   every record before anything runs.

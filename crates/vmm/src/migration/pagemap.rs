@@ -1,7 +1,8 @@
 //! Which pages of guest memory the host has ever backed with data, from
 //! `/proc/self/pagemap`: a page that is not present, or that maps the
 //! kernel's shared zero page, has not been written since it was last zero.
-//! The migration rehash uses it to read only pages that can have changed.
+//! The migration sender uses it to send never-written pages as zero pages
+//! without reading them.
 //! The VMM opens it at start-up (it may open no path once the guest runs).
 
 use std::collections::HashSet;
@@ -80,41 +81,6 @@ impl Pagemap {
     }
 }
 
-/// Whether the host has swap space (`sysinfo(2)`: no file is read, so it
-/// can be asked while the guest runs); true where it cannot tell.
-pub fn swap_active() -> bool {
-    // SAFETY: zeroed is a valid `sysinfo` (plain integers); sysinfo fills it.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid out pointer for the whole call.
-    if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return true;
-    }
-    info.totalswap > 0
-}
-
-/// For each of the `pages` pages from host address `host` (page-aligned),
-/// whether the host has a page there at all (`mincore`): a page never
-/// touched, or dropped by the balloon, is absent and reads as zero. Cheaper
-/// than the page map, but a page the guest only read (the zero page) counts
-/// as present.
-pub fn resident(host: usize, pages: usize) -> std::io::Result<Vec<bool>> {
-    let mut vec = vec![0u8; pages];
-    // SAFETY: mincore reads the page tables of [host, host + pages * 4096),
-    // which the caller's mapping covers, and writes one byte per page into
-    // `vec`, which has exactly `pages` bytes.
-    let rc = unsafe {
-        libc::mincore(
-            host as *mut libc::c_void,
-            pages * PAGE,
-            vec.as_mut_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
-}
-
 /// Reads the page map entries of the pages from `host` into `out`.
 fn read_entries(file: &File, host: usize, out: &mut [u64]) -> std::io::Result<()> {
     let mut bytes = vec![0u8; out.len() * 8];
@@ -176,27 +142,5 @@ mod tests {
             backed,
             vec![false, false, false, false, false, true, false, false]
         );
-    }
-
-    #[test]
-    fn resident_tells_touched_pages_from_untouched_ones() {
-        // SAFETY: private anonymous mapping, unmapped below.
-        let m = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4 * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(m, libc::MAP_FAILED);
-        // SAFETY: inside the mapping.
-        unsafe { std::ptr::write_volatile((m as usize + 2 * PAGE) as *mut u8, 1) };
-        let r = resident(m as usize, 4).expect("mincore");
-        // SAFETY: the mapping made above.
-        unsafe { libc::munmap(m, 4 * PAGE) };
-        assert_eq!(r, vec![false, false, true, false]);
     }
 }

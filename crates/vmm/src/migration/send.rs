@@ -1,5 +1,5 @@
 //! Writing the stream: the config and the VM's shape, pre-copy rounds while
-//! the guest runs (dirty log plus rehash), the pause, the last pages, then
+//! the guest runs (KVM's dirty log and the VMM's bitmap), the pause, the last pages, then
 //! vCPU, VM and device state. A save writes it to a file; a migration to the
 //! target VMM's connection, with the handshake of [`super::channel`].
 
@@ -14,7 +14,7 @@ use rxen_proto::vmctl::{AfterSave, StopCopyBreakdown, TransferStats};
 use rxen_proto::vmspec::ExitReason;
 
 use super::channel::{self, read_line, set_timeout, target_timings};
-use super::memory::{self as pages, merge_sorted, DirtyLog, PageHashes, PageSender};
+use super::memory::{self as pages, merge_sorted, DirtyLog, PageSender};
 use super::TransferError;
 use crate::memory;
 use crate::micros;
@@ -95,35 +95,30 @@ impl Vm {
             self.progress_file(),
             memory::ram_bytes(self.mem()) / pstream::PAGE_SIZE as u64,
         );
-        let mut hashes = None;
         let mut log = None;
+        // Pages the last pre-copy round left dirty: collected (and so cleared in the log) but
+        // not sent yet; they go in the stop-and-copy round.
+        let mut pending = Vec::new();
         if opts.live && !was_paused {
             let dirty = log.insert(DirtyLog::start(self.kvm(), self.mem())?);
-            let hashes = hashes.insert(PageHashes::new(self.mem(), self.pagemap()));
             let mut pfns = pages::all_pfns(self.mem());
             let mut round = 1u32;
             loop {
                 let t = Instant::now();
                 let before = w.bytes;
                 meter.round(round, pfns.len() as u64, false, w.bytes);
-                sender.send(&mut w, self.mem(), &pfns, &mut stats, Some(hashes), |n| {
+                sender.send(&mut w, self.mem(), &pfns, &mut stats, |n| {
                     meter.advance(n)
                 })?;
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
                 pfns = dirty.collect(self.kvm(), self.mem())?;
-                // Pages written since the collect count here too: an upper
-                // bound on what the log missed, so only traced.
-                let unlogged = hashes.changed(self.mem(), &pfns);
-                let rehashed = unlogged.len();
-                pfns = merge_sorted(pfns, unlogged);
                 let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
                 tracing::info!(
                     round,
                     sent_mib = (w.bytes - before) >> 20,
                     dirty = pfns.len(),
-                    rehashed,
                     estimate_ms,
                     "pre-copy round done"
                 );
@@ -131,6 +126,7 @@ impl Vm {
                     || estimate_ms <= opts.downtime_ms as f64
                     || round >= opts.max_rounds
                 {
+                    pending = std::mem::take(&mut pfns);
                     break;
                 }
                 round += 1;
@@ -154,23 +150,16 @@ impl Vm {
         let t = Instant::now();
         self.slots().freeze_all();
         phases.device_freeze_us = micros(t.elapsed());
-        let last = match (log.as_ref(), hashes.as_ref()) {
-            (Some(d), Some(h)) => {
+        let last = match log.as_ref() {
+            Some(d) => {
+                // What the last pre-copy round left dirty, and what the guest wrote since.
                 let t = Instant::now();
-                let logged = d.collect(self.kvm(), self.mem())?;
+                let logged = merge_sorted(
+                    std::mem::take(&mut pending),
+                    d.collect(self.kvm(), self.mem())?,
+                );
                 phases.dirty_sync_us = Some(micros(t.elapsed()));
-                // The guest is paused: what the rehash adds here the log missed.
-                let t = Instant::now();
-                let unlogged = h.changed(self.mem(), &logged);
-                phases.rehash_us = Some(micros(t.elapsed()));
-                stats.unlogged_pages = unlogged.len() as u64;
-                if !unlogged.is_empty() {
-                    tracing::warn!(
-                        pages = unlogged.len(),
-                        "dirty log missed pages the guest rewrote; sending them from the rehash"
-                    );
-                }
-                merge_sorted(logged, unlogged)
+                logged
             }
             _ => {
                 let t = Instant::now();
@@ -183,7 +172,7 @@ impl Vm {
         let last_from = w.bytes;
         meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
         let t = Instant::now();
-        sender.send(&mut w, self.mem(), &last, &mut stats, None, |n| {
+        sender.send(&mut w, self.mem(), &last, &mut stats, |n| {
             meter.advance(n)
         })?;
         let mut wire = t.elapsed();

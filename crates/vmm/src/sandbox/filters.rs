@@ -180,7 +180,6 @@ const CONTROL: &[i64] = &[
     libc::SYS_dup,
     libc::SYS_dup3,
     libc::SYS_flock,
-    libc::SYS_mincore,
     libc::SYS_statx,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
