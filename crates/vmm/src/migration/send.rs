@@ -107,9 +107,7 @@ impl Vm {
                 let t = Instant::now();
                 let before = w.bytes;
                 meter.round(round, pfns.len() as u64, false, w.bytes);
-                sender.send(&mut w, self.mem(), &pfns, &mut stats, |n| {
-                    meter.advance(n)
-                })?;
+                sender.send(&mut w, self.mem(), &pfns, &mut stats, |n| meter.advance(n))?;
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
@@ -172,9 +170,7 @@ impl Vm {
         let last_from = w.bytes;
         meter.round(stats.rounds + 1, last.len() as u64, true, w.bytes);
         let t = Instant::now();
-        sender.send(&mut w, self.mem(), &last, &mut stats, |n| {
-            meter.advance(n)
-        })?;
+        sender.send(&mut w, self.mem(), &last, &mut stats, |n| meter.advance(n))?;
         let mut wire = t.elapsed();
         stats.rounds += 1;
         let t = Instant::now();
