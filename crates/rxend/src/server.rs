@@ -567,6 +567,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             downtime_ms,
             paused,
             ssh: _,
+            copy_storage,
         } => transferred(daemon.migrate_domain(
             caller,
             &domain,
@@ -579,6 +580,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
                 downtime_ms,
                 paused,
                 channel: fd,
+                copy_storage,
             },
         )),
         Request::MigrateReceive { paused } => {

@@ -187,8 +187,17 @@ pub fn figures(stats: &TransferStats) -> String {
     } else {
         String::new()
     };
+    let disks = if stats.disk_bytes > 0 {
+        format!(
+            "; disks {:.1} MiB, {} bytes in the last round",
+            stats.disk_bytes as f64 / (1u64 << 20) as f64,
+            stats.last_round_disk_bytes
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms{unlogged}",
+        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms{unlogged}{disks}",
         stats.rounds,
         stats.bytes,
         stats.bytes as f64 / (1u64 << 20) as f64,
@@ -211,6 +220,9 @@ pub fn breakdown(stats: &TransferStats) -> String {
         out.push_str(&format!("  {what:<24}{us:>10} us"));
         if what == "last round on the wire" {
             out.push_str(&format!(" ({} bytes)", p.last_round_bytes));
+        }
+        if what == "last disk blocks" {
+            out.push_str(&format!(" ({} bytes)", stats.last_round_disk_bytes));
         }
         out.push('\n');
     }

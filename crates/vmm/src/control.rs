@@ -66,6 +66,7 @@ pub trait ControlTarget {
         _live: bool,
         _max_rounds: u32,
         _downtime_ms: u64,
+        _copy_storage: bool,
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
     }
@@ -219,7 +220,8 @@ pub fn handle_line_with_fds(
             live,
             max_rounds,
             downtime_ms,
-        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms) {
+            copy_storage,
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms, copy_storage) {
             Ok(s) => {
                 finish = true;
                 VmResponse::Transferred(s)

@@ -406,6 +406,7 @@ impl Vm {
                 spec.vcpus,
                 &cpu,
                 migration::StreamSource::File,
+                None,
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
@@ -421,6 +422,7 @@ impl Vm {
                 spec.vcpus,
                 &cpu,
                 migration::StreamSource::Connection,
+                Some(&*slots),
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
             received_at = Some(Instant::now());
@@ -1092,6 +1094,7 @@ impl ControlTarget for Vm {
         live: bool,
         max_rounds: u32,
         downtime_ms: u64,
+        copy_storage: bool,
     ) -> Result<TransferStats, ControlError> {
         let sock = sock.ok_or_else(|| {
             ControlError::Failed("migrate_send needs a connected socket passed with it".into())
@@ -1102,6 +1105,7 @@ impl ControlTarget for Vm {
             max_rounds: max_rounds.max(1),
             downtime_ms,
             wait_ready: None,
+            copy_storage,
         };
         self.migrate_to(sock, &opts)
             .map_err(|e| ControlError::Failed(e.to_string()))
