@@ -214,6 +214,7 @@ fn raw_and_qcow2_disks_move_while_the_guest_writes() {
         p.a.rxend_log(),
         p.b.rxend_log()
     );
+    eprintln!("{stdout}");
     assert!(stdout.contains("; disks "), "no disk figures: {stdout}");
     assert!(
         stdout.contains("last disk blocks"),
@@ -346,6 +347,11 @@ fn a_target_that_has_the_file_refuses_and_one_killed_mid_copy_leaves_nothing() {
         last
     };
     std::fs::remove_file(&taken).expect("rm");
+    // An incremental backup chain starts here: the failed migration below must leave the
+    // disks' dirty maps as they were (given back), so the next backup is an increment.
+    let chain = p.storage_a.path().join("chain");
+    let chain = chain.to_str().expect("utf-8");
+    p.a.rxl_ok(&["backup", "--incremental", "smig2", chain]);
 
     // The receiving VMM killed as soon as it exists (while the disks are copied): the
     // migration fails, the source runs on, B removes the images it made.
@@ -374,6 +380,11 @@ fn a_target_that_has_the_file_refuses_and_one_killed_mid_copy_leaves_nothing() {
     wait_until(BOOT, "the heartbeat grows on A", || con.heartbeat() > hb);
     con.blkwrite_flushed("xvda", 300, 8, 21);
     con.assert_blkread("xvda", 300, 8, 21);
+    let out = p.a.rxl_ok(&["backup", "--incremental", "smig2", chain]);
+    assert!(
+        out.contains("xvda 65536 bytes (increment)"),
+        "the failed migration disturbed the dirty maps: {out}"
+    );
     wait_until(BOOT, "B removes the images it made", || p.on_b().is_empty());
     assert!(p.b.list_row("smig2").is_none());
 }

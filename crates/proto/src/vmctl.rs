@@ -85,10 +85,20 @@ pub enum VmRequest {
         max_rounds: u32,
         /// Go to stop-and-copy once the dirty set can be sent within this many milliseconds.
         downtime_ms: u64,
-        /// Copy every disk in the stream too (`rxl migrate --copy-storage`): the target
-        /// does not share the storage.
-        #[serde(default)]
-        copy_storage: bool,
+    },
+    /// A storage migration (`rxl migrate --copy-storage`): as `MigrateSend`, and every disk
+    /// travels in the stream too (the target does not share the storage). A request of its
+    /// own, not a field of `MigrateSend`: a VMM from before storage migration refuses it
+    /// (an unknown request) instead of sending the domain without its disks.
+    MigrateSendStorage {
+        /// The config that rides in the stream.
+        config: crate::stream::ConfigRecord,
+        /// Pre-copy while the guest runs (else pause, copy, resume there).
+        live: bool,
+        /// Most pre-copy rounds before stop-and-copy.
+        max_rounds: u32,
+        /// Go to stop-and-copy once the dirty set can be sent within this many milliseconds.
+        downtime_ms: u64,
     },
     /// Write an ELF core file of the guest's memory and vCPU registers to the file passed
     /// with this request (SCM_RIGHTS; rxend gives it `path`'s name once the VMM answered).

@@ -220,8 +220,19 @@ pub fn handle_line_with_fds(
             live,
             max_rounds,
             downtime_ms,
-            copy_storage,
-        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms, copy_storage) {
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms, false) {
+            Ok(s) => {
+                finish = true;
+                VmResponse::Transferred(s)
+            }
+            Err(e) => error(e),
+        },
+        VmRequest::MigrateSendStorage {
+            config,
+            live,
+            max_rounds,
+            downtime_ms,
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms, true) {
             Ok(s) => {
                 finish = true;
                 VmResponse::Transferred(s)

@@ -380,12 +380,20 @@ impl Daemon {
                 ""
             },
         );
-        let req = VmRequest::MigrateSend {
-            config: record,
-            live: opts.live,
-            max_rounds: opts.max_rounds,
-            downtime_ms: opts.downtime_ms,
-            copy_storage: opts.copy_storage,
+        let req = if opts.copy_storage {
+            VmRequest::MigrateSendStorage {
+                config: record,
+                live: opts.live,
+                max_rounds: opts.max_rounds,
+                downtime_ms: opts.downtime_ms,
+            }
+        } else {
+            VmRequest::MigrateSend {
+                config: record,
+                live: opts.live,
+                max_rounds: opts.max_rounds,
+                downtime_ms: opts.downtime_ms,
+            }
         };
         let resp = vmm::request_long(dir, &req, Some(&channel), TRANSFER_TIMEOUT)?;
         drop(channel);
