@@ -374,6 +374,7 @@ mod tests {
                 file_sync_us: None,
                 target_restore_us: Some(2000),
                 target_resume_us: Some(400),
+                disk_last_round_us: None,
             }),
             ..Default::default()
         };
@@ -395,5 +396,28 @@ mod tests {
             text.ends_with("  downtime                     10000 us\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_storage_migration_shows_its_disk_figures_and_phase() {
+        let s = TransferStats {
+            downtime_ms: 10.0,
+            disk_bytes: 3 << 20,
+            last_round_disk_bytes: 65536,
+            stop_copy: Some(rxen_proto::vmctl::StopCopyBreakdown {
+                disk_last_round_us: Some(700),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            figures(&s).ends_with("; disks 3.0 MiB, 65536 bytes in the last round"),
+            "{}",
+            figures(&s)
+        );
+        let text = breakdown(&s);
+        assert!(text.contains("last disk blocks"), "{text}");
+        assert!(text.contains("700 us (65536 bytes)"), "{text}");
+        assert!(!figures(&TransferStats::default()).contains("disks"));
     }
 }

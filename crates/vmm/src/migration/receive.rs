@@ -272,10 +272,13 @@ mod tests {
         receive(bytes, &mem, 8, vcpus, &limits(), StreamSource::File, None)
     }
 
-    /// A sink that keeps what it got: (devid, offset, len, data or zeros) and its flushes.
+    /// One write a sink got: devid, offset, length, data or zeros.
+    type Got = (u32, u64, u64, Option<Vec<u8>>);
+
+    /// A sink that keeps what it got and counts its flushes.
     #[derive(Default)]
     struct Sink {
-        got: std::sync::Mutex<Vec<(u32, u64, u64, Option<Vec<u8>>)>>,
+        got: std::sync::Mutex<Vec<Got>>,
         flushes: std::sync::atomic::AtomicU32,
     }
 
