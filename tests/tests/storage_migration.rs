@@ -276,6 +276,13 @@ fn raw_and_qcow2_disks_move_while_the_guest_writes() {
     }
     drop(e);
     assert_eq!(sha256(&raw_b), sha256(&expected), "raw copies differ");
+    // Sparse: the source's holes were not sent, so they are holes on B too.
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&raw_b).expect("stat").blocks() * 512;
+    assert!(
+        allocated < (DISK_MIB << 20) / 2,
+        "B's raw copy is not sparse: {allocated} bytes allocated"
+    );
     // The qcow2 copy: a standalone, consistent image whose guest view is A's chain's with
     // the bursts in place.
     let qb = qcow_b.to_str().expect("utf-8");
