@@ -13,7 +13,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rxen_proto::vmspec::ImageFormat;
@@ -122,6 +122,17 @@ impl TargetDisks {
                 config.disks.len()
             )));
         }
+        // The directory itself is made on first use (root's only).
+        if !dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| StorageMigrationError::Create {
+                    path: dir.display().to_string(),
+                    why: e.to_string(),
+                })?;
+        }
         let mut made = TargetDisks::default();
         for c in disks {
             let safe = !c.vdev.is_empty()
@@ -205,7 +216,10 @@ mod tests {
 
     #[test]
     fn target_images_are_new_files_in_the_storage_dir_and_go_on_failure() {
-        let dir = tempfile::tempdir().expect("tmp");
+        let top = tempfile::tempdir().expect("tmp");
+        // Made on first use.
+        let dir = top.path().join("images");
+        let dir = &dir;
         let mut cfg = config(Path::new("/elsewhere"));
         let disks = vec![
             CopiedDisk {
@@ -219,9 +233,9 @@ mod tests {
                 size: 16 << 20,
             },
         ];
-        let made = TargetDisks::create(dir.path(), &disks, &mut cfg).expect("made");
-        let raw = dir.path().join("vm1-xvda.raw");
-        let q = dir.path().join("vm1-xvdb.qcow2");
+        let made = TargetDisks::create(dir.as_path(), &disks, &mut cfg).expect("made");
+        let raw = dir.as_path().join("vm1-xvda.raw");
+        let q = dir.as_path().join("vm1-xvdb.qcow2");
         assert_eq!(made.paths(), &[raw.clone(), q.clone()]);
         assert_eq!(fs::metadata(&raw).expect("raw").len(), 8 << 20);
         let img = Qcow2Image::open(File::open(&q).expect("q"), &q, false, &mut |p| {
@@ -242,7 +256,7 @@ mod tests {
         // and what it made before the clash is gone.
         fs::remove_file(&q).expect("rm");
         let mut again = config(Path::new("/elsewhere"));
-        let e = TargetDisks::create(dir.path(), &disks, &mut again).expect_err("refused");
+        let e = TargetDisks::create(dir.as_path(), &disks, &mut again).expect_err("refused");
         assert!(e.to_string().contains("vm1-xvda.raw"), "{e}");
         assert!(!q.exists(), "nothing made after the clash");
         drop(made);
@@ -253,14 +267,14 @@ mod tests {
             d[0].vdev = bad.into();
             let mut c = config(Path::new("/elsewhere"));
             assert!(
-                TargetDisks::create(dir.path(), &d, &mut c).is_err(),
+                TargetDisks::create(dir.as_path(), &d, &mut c).is_err(),
                 "{bad}"
             );
         }
         let mut c = config(Path::new("/elsewhere"));
-        assert!(TargetDisks::create(dir.path(), &disks[..1], &mut c).is_err());
-        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);
-        let kept = TargetDisks::create(dir.path(), &disks, &mut c).expect("made");
+        assert!(TargetDisks::create(dir.as_path(), &disks[..1], &mut c).is_err());
+        assert_eq!(fs::read_dir(dir.as_path()).expect("dir").count(), 0);
+        let kept = TargetDisks::create(dir.as_path(), &disks, &mut c).expect("made");
         kept.keep();
         assert!(raw.exists() && q.exists());
     }
