@@ -49,17 +49,22 @@ impl RxenHost {
     }
 
     /// Starts an `rxend` whose relocation server listens on ADDRESS:PORT with
-    /// KEY, its VMMs confined (`sandbox`) or not (`--no-sandbox`).
+    /// KEY, its VMMs confined (`sandbox`) or not (`--no-sandbox`). Storage
+    /// migrations to it create their disks in [`RxenHost::storage_dir_of`]`(key)`.
     pub fn start_relocation_sandbox(
         address: &str,
         port: u16,
         key: &Path,
         sandbox: bool,
     ) -> Result<RxenHost> {
+        let storage = RxenHost::storage_dir_of(key);
+        std::fs::create_dir_all(&storage)
+            .map_err(|e| BenchError::io("make the target's storage directory", e))?;
         RxenHost::start_with(
             Some(format!(
-                "[relocation]\nserver = true\naddress = \"{address}\"\nport = {port}\nkey-file = \"{}\"\n",
-                key.display()
+                "[relocation]\nserver = true\naddress = \"{address}\"\nport = {port}\nkey-file = \"{}\"\nstorage-dir = \"{}\"\n",
+                key.display(),
+                storage.display()
             )),
             sandbox,
         )
@@ -90,6 +95,11 @@ impl RxenHost {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+    }
+
+    /// The `storage-dir` of a relocation target started with `key`: beside the key.
+    pub fn storage_dir_of(key: &Path) -> std::path::PathBuf {
+        key.with_extension("images")
     }
 
     /// Whether this build's `rxend` has `--no-sandbox` (its help lists it).

@@ -310,6 +310,10 @@ pub enum Request {
         /// The connection to the receiver is passed with the request (ssh transport).
         #[serde(default)]
         ssh: bool,
+        /// Copy the disks to the target, which does not share the storage
+        /// (`--copy-storage`).
+        #[serde(default)]
+        copy_storage: bool,
     },
     /// Receive a domain on the connection passed with this request (SCM_RIGHTS):
     /// `rxl migrate-receive`, run by ssh on the target.

@@ -119,6 +119,10 @@ pub enum RecordType {
     Device = 6,
     /// The end of one pre-copy round (optional; statistics only).
     RoundEnd = OPTIONAL | 7,
+    /// Blocks of a disk copied by a storage migration ([`DiskBlock`]). Mandatory: a
+    /// target that does not know it refuses the stream (the source then runs on), as it
+    /// must, since it would otherwise run the guest over a disk missing those blocks.
+    DiskBlocks = 8,
 }
 
 impl RecordType {
@@ -133,6 +137,7 @@ impl RecordType {
             5 => RecordType::VmState,
             6 => RecordType::Device,
             c if c == RecordType::RoundEnd as u32 => RecordType::RoundEnd,
+            8 => RecordType::DiskBlocks,
             _ => return None,
         })
     }
@@ -148,6 +153,7 @@ impl RecordType {
             RecordType::VmState => "vm state",
             RecordType::Device => "device",
             RecordType::RoundEnd => "round end",
+            RecordType::DiskBlocks => "disk blocks",
         }
     }
 }
@@ -429,6 +435,91 @@ pub fn from_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Most data bytes in one [`RecordType::DiskBlocks`] record.
+pub const MAX_DISK_BLOCK: u64 = 1 << 20;
+/// Flag of a [`DiskBlock`]: the range reads as zeros and carries no data.
+pub const DISK_ZERO: u32 = 1;
+/// Length of a [`DiskBlock`]'s header: device ID, flags, offset, length.
+pub const DISK_BLOCK_HEADER: usize = 24;
+
+/// One range of a disk in a storage migration: `len` bytes at byte `offset` of the disk
+/// with Xen device ID `devid`, given as `data` or, with [`DISK_ZERO`], as zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskBlock<'a> {
+    /// The disk's Xen device ID.
+    pub devid: u32,
+    /// Byte offset in the disk (the guest's view).
+    pub offset: u64,
+    /// Bytes in the range.
+    pub len: u64,
+    /// The bytes, or `None` for a range of zeros.
+    pub data: Option<&'a [u8]>,
+}
+
+/// Encodes a disk block body: devid, flags, offset, length (all little-endian), then the
+/// data unless it is a zero range.
+pub fn encode_disk_block(b: &DiskBlock<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&b.devid.to_le_bytes());
+    let flags = if b.data.is_none() { DISK_ZERO } else { 0 };
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&b.offset.to_le_bytes());
+    out.extend_from_slice(&b.len.to_le_bytes());
+    if let Some(d) = b.data {
+        out.extend_from_slice(d);
+    }
+}
+
+/// Decodes and checks a disk block body: known flags, a length of 1 to
+/// [`MAX_DISK_BLOCK`] bytes (any for a zero range), data of exactly that length, no overflow.
+pub fn decode_disk_block(body: &[u8]) -> Result<DiskBlock<'_>, StreamError> {
+    let bad = |why: String| StreamError::Malformed {
+        what: "disk blocks",
+        why,
+    };
+    let head = body
+        .get(..DISK_BLOCK_HEADER)
+        .ok_or_else(|| bad("shorter than its header".into()))?;
+    let word = |at: usize, n: usize| {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&head[at..at + n]);
+        u64::from_le_bytes(w)
+    };
+    let (devid, flags, offset, len) = (
+        word(0, 4) as u32,
+        word(4, 4) as u32,
+        word(8, 8),
+        word(16, 8),
+    );
+    if flags & !DISK_ZERO != 0 {
+        return Err(bad(format!("unknown flags {flags:#x}")));
+    }
+    if len == 0 || offset.checked_add(len).is_none() {
+        return Err(bad(format!("bad range {offset}+{len}")));
+    }
+    let rest = &body[DISK_BLOCK_HEADER..];
+    let data = if flags & DISK_ZERO != 0 {
+        if !rest.is_empty() {
+            return Err(bad("a zero range carries data".into()));
+        }
+        None
+    } else {
+        if len > MAX_DISK_BLOCK || rest.len() as u64 != len {
+            return Err(bad(format!(
+                "{} data bytes for a range of {len} (at most {MAX_DISK_BLOCK})",
+                rest.len()
+            )));
+        }
+        Some(rest)
+    };
+    Ok(DiskBlock {
+        devid,
+        offset,
+        len,
+        data,
+    })
+}
+
 /// A page batch being read: entries (PFN and zero flag) and the data of the non-zero pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageBatch<'a> {
@@ -493,6 +584,52 @@ mod tests {
     use super::*;
     use proptest::strategy::Strategy;
     use std::io::Cursor;
+
+    #[test]
+    fn disk_blocks_round_trip_and_bad_ones_are_refused() {
+        let data = vec![7u8; 4096];
+        let mut body = Vec::new();
+        let b = DiskBlock {
+            devid: 51712,
+            offset: 1 << 20,
+            len: 4096,
+            data: Some(&data),
+        };
+        encode_disk_block(&b, &mut body);
+        assert_eq!(decode_disk_block(&body).expect("decoded"), b);
+        let z = DiskBlock {
+            devid: 5,
+            offset: 0,
+            len: 1 << 40,
+            data: None,
+        };
+        encode_disk_block(&z, &mut body);
+        assert_eq!(decode_disk_block(&body).expect("decoded"), z);
+        assert_eq!(
+            RecordType::from_code(8),
+            Some(RecordType::DiskBlocks),
+            "mandatory: a target that does not know it refuses the stream"
+        );
+        // Short data, data on a zero range, unknown flags, an overflowing range, a short header.
+        let mut short = Vec::new();
+        encode_disk_block(&b, &mut short);
+        short.pop();
+        let mut zero_with_data = body.clone();
+        zero_with_data.push(1);
+        let mut flags = body.clone();
+        flags[4] = 2;
+        let mut wrap = Vec::new();
+        encode_disk_block(
+            &DiskBlock {
+                offset: u64::MAX,
+                ..z.clone()
+            },
+            &mut wrap,
+        );
+        for bad in [short, zero_with_data, flags, wrap, body[..10].to_vec()] {
+            assert!(decode_disk_block(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     fn sample() -> Vec<u8> {
         let mut w = StreamWriter::new(Vec::new(), Header::new(false)).expect("header");

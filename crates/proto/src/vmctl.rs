@@ -90,6 +90,20 @@ pub enum VmRequest {
         /// Go to stop-and-copy once the dirty set can be sent within this many milliseconds.
         downtime_ms: u64,
     },
+    /// A storage migration (`rxl migrate --copy-storage`): as `MigrateSend`, and every disk
+    /// travels in the stream too (the target does not share the storage). A request of its
+    /// own, not a field of `MigrateSend`: a VMM from before storage migration refuses it
+    /// (an unknown request) instead of sending the domain without its disks.
+    MigrateSendStorage {
+        /// The config that rides in the stream.
+        config: crate::stream::ConfigRecord,
+        /// Pre-copy while the guest runs (else pause, copy, resume there).
+        live: bool,
+        /// Most pre-copy rounds before stop-and-copy.
+        max_rounds: u32,
+        /// Go to stop-and-copy once the dirty set can be sent within this many milliseconds.
+        downtime_ms: u64,
+    },
     /// Write an ELF core file of the guest's memory and vCPU registers to the file passed
     /// with this request (SCM_RIGHTS; rxend gives it `path`'s name once the VMM answered).
     /// The guest is paused meanwhile and runs again after unless it was paused before.
@@ -207,6 +221,12 @@ pub struct TransferStats {
     /// unsent); 0 from current ones.
     #[serde(default)]
     pub unlogged_pages: u64,
+    /// Disk bytes sent by a storage migration (data and zero ranges, all rounds).
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Disk bytes sent in the last (stop-and-copy) round.
+    #[serde(default)]
+    pub last_round_disk_bytes: u64,
     /// From the request to the end, in milliseconds.
     pub total_ms: f64,
     /// From pausing the guest to its run on the target (migration) or here (checkpoint), in milliseconds.
@@ -240,6 +260,10 @@ pub struct StopCopyBreakdown {
     /// rehash went; current ones leave it out.
     #[serde(default)]
     pub rehash_us: Option<u64>,
+    /// Taking the disks' dirty maps a last time and sending their last blocks (storage
+    /// migration only).
+    #[serde(default)]
+    pub disk_last_round_us: Option<u64>,
     /// Reading the vCPUs', the VM's and the devices' state.
     pub state_capture_us: u64,
     /// Stream bytes of the last round: its pages and the state records.
@@ -276,6 +300,9 @@ impl StopCopyBreakdown {
         }
         if let Some(us) = self.rehash_us {
             out.push(("rehash", us));
+        }
+        if let Some(us) = self.disk_last_round_us {
+            out.push(("last disk blocks", us));
         }
         out.push(("state capture", self.state_capture_us));
         out.push(("last round on the wire", self.last_round_wire_us));

@@ -46,6 +46,14 @@ pub struct RelocationConfig {
     /// The shared key; both sides need the same.
     #[serde(default)]
     pub key_file: Option<std::path::PathBuf>,
+    /// Where a storage migration (`rxl migrate --copy-storage`) to this host creates the
+    /// domain's disks (`<domain>-<vdev>.raw` or `.qcow2`).
+    #[serde(default = "default_storage_dir")]
+    pub storage_dir: std::path::PathBuf,
+}
+
+fn default_storage_dir() -> std::path::PathBuf {
+    crate::migration::storage::DEFAULT_STORAGE_DIR.into()
 }
 
 fn default_port() -> u16 {
@@ -60,6 +68,7 @@ impl Default for RelocationConfig {
             address: String::new(),
             hosts_allow: Vec::new(),
             key_file: None,
+            storage_dir: default_storage_dir(),
         }
     }
 }

@@ -176,6 +176,8 @@ pub struct Daemon {
     dom0_weight: std::sync::atomic::AtomicU32,
     /// The relocation key file from rxend's config, used when `rxl migrate` names none.
     relocation_key: Mutex<Option<PathBuf>>,
+    /// Where storage migrations to this host create disks (`[relocation] storage-dir`).
+    storage_dir: Mutex<PathBuf>,
     /// The memory all domains may have together, in percent of the host's RAM.
     memory_percent: std::sync::atomic::AtomicU32,
     /// Whether VMMs confine themselves (off only with `--no-sandbox`).
@@ -308,6 +310,7 @@ impl Daemon {
                 next_domid,
             }),
             relocation_key: Mutex::new(None),
+            storage_dir: Mutex::new(crate::migration::storage::DEFAULT_STORAGE_DIR.into()),
             memory_percent: std::sync::atomic::AtomicU32::new(100),
             sandbox: std::sync::atomic::AtomicBool::new(true),
             sandbox_uids: Mutex::new(crate::config::SandboxConfig::default().uids()),
@@ -415,6 +418,22 @@ impl Daemon {
             .relocation_key
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = path;
+    }
+
+    /// Sets where storage migrations to this host create disks (from rxend's config).
+    pub fn set_storage_dir(&self, dir: PathBuf) {
+        *self
+            .storage_dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = dir;
+    }
+
+    /// Where storage migrations to this host create disks.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage_dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The relocation key file from rxend's config.

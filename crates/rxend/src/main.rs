@@ -149,6 +149,7 @@ fn main() -> ExitCode {
         eprintln!("rxend: WARNING: {msg}");
     }
     daemon.set_relocation_key_file(config.relocation.key_file.clone());
+    daemon.set_storage_dir(config.relocation.storage_dir.clone());
     daemon.set_memory_overcommit_percent(config.host.memory_overcommit_percent);
     daemon.set_sandbox_uids(config.sandbox.uids());
     daemon.set_domains_config(config.domains.clone());

@@ -609,6 +609,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
             downtime_ms,
             paused,
             ssh: _,
+            copy_storage,
         } => transferred(daemon.migrate_domain(
             caller,
             &domain,
@@ -621,6 +622,7 @@ fn dispatch(daemon: &Daemon, caller: &Caller, req: Request, fd: Option<OwnedFd>)
                 downtime_ms,
                 paused,
                 channel: fd,
+                copy_storage,
             },
         )),
         Request::MigrateReceive { paused } => {

@@ -355,6 +355,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
             max_rounds,
             downtime_ms,
             verbose,
+            copy_storage,
             domain,
             host,
         } => {
@@ -369,6 +370,7 @@ fn run(globals: Globals, cli: Cli) -> Outcome {
                 downtime_ms,
                 paused,
                 ssh: false,
+                copy_storage,
             };
             let mut c = connect()?;
             let p = follow(&socket, format!("migrating {domain} to {host}"), &domain);

@@ -214,8 +214,17 @@ pub fn figures(stats: &TransferStats) -> String {
     } else {
         String::new()
     };
+    let disks = if stats.disk_bytes > 0 {
+        format!(
+            "; disks {:.1} MiB, {} bytes in the last round",
+            stats.disk_bytes as f64 / (1u64 << 20) as f64,
+            stats.last_round_disk_bytes
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms{unlogged}",
+        "rounds {}, {} bytes sent ({:.1} MiB; {} pages, {} zero pages), total {:.0} ms, downtime {:.1} ms{unlogged}{disks}",
         stats.rounds,
         stats.bytes,
         stats.bytes as f64 / (1u64 << 20) as f64,
@@ -238,6 +247,9 @@ pub fn breakdown(stats: &TransferStats) -> String {
         out.push_str(&format!("  {what:<24}{us:>10} us"));
         if what == "last round on the wire" {
             out.push_str(&format!(" ({} bytes)", p.last_round_bytes));
+        }
+        if what == "last disk blocks" {
+            out.push_str(&format!(" ({} bytes)", stats.last_round_disk_bytes));
         }
         out.push('\n');
     }
@@ -389,6 +401,7 @@ mod tests {
                 file_sync_us: None,
                 target_restore_us: Some(2000),
                 target_resume_us: Some(400),
+                disk_last_round_us: None,
             }),
             ..Default::default()
         };
@@ -410,5 +423,28 @@ mod tests {
             text.ends_with("  downtime                     10000 us\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_storage_migration_shows_its_disk_figures_and_phase() {
+        let s = TransferStats {
+            downtime_ms: 10.0,
+            disk_bytes: 3 << 20,
+            last_round_disk_bytes: 65536,
+            stop_copy: Some(rxen_proto::vmctl::StopCopyBreakdown {
+                disk_last_round_us: Some(700),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            figures(&s).ends_with("; disks 3.0 MiB, 65536 bytes in the last round"),
+            "{}",
+            figures(&s)
+        );
+        let text = breakdown(&s);
+        assert!(text.contains("last disk blocks"), "{text}");
+        assert!(text.contains("700 us (65536 bytes)"), "{text}");
+        assert!(!figures(&TransferStats::default()).contains("disks"));
     }
 }

@@ -319,6 +319,10 @@ impl VirtioDevice for Block {
         DeviceState::Block(BlockState {})
     }
 
+    fn disk(&self) -> Option<&Disk> {
+        Some(&self.disk)
+    }
+
     fn flush(&mut self) {
         if let Err(e) = self.disk.flush() {
             tracing::warn!("virtio-blk: flush as the VMM ends failed: {e}");

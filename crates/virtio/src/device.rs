@@ -114,6 +114,12 @@ pub trait VirtioDevice: Send {
         DeviceState::None
     }
 
+    /// The disk behind a block device (a storage migration reads and writes it while the
+    /// transport's lock keeps requests out); `None` for other devices.
+    fn disk(&self) -> Option<&crate::block::Disk> {
+        None
+    }
+
     /// Makes what the device wrote durable, as the VMM ends (a qcow2 disk writes its cached
     /// tables back); nothing by default.
     fn flush(&mut self) {}

@@ -66,6 +66,7 @@ pub trait ControlTarget {
         _live: bool,
         _max_rounds: u32,
         _downtime_ms: u64,
+        _copy_storage: bool,
     ) -> Result<TransferStats, ControlError> {
         Err(ControlError::Failed("migration is not supported".into()))
     }
@@ -219,7 +220,19 @@ pub fn handle_line_with_fds(
             live,
             max_rounds,
             downtime_ms,
-        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms) {
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms, false) {
+            Ok(s) => {
+                finish = true;
+                VmResponse::Transferred(s)
+            }
+            Err(e) => error(e),
+        },
+        VmRequest::MigrateSendStorage {
+            config,
+            live,
+            max_rounds,
+            downtime_ms,
+        } => match target.migrate(fd, &config, live, max_rounds, downtime_ms, true) {
             Ok(s) => {
                 finish = true;
                 VmResponse::Transferred(s)

@@ -204,6 +204,8 @@ impl Daemon {
                 downtime_ms: EVACUATE_DOWNTIME_MS,
                 paused,
                 channel: None,
+                // The pool's hosts share the storage.
+                copy_storage: false,
             },
         )
         .map(|_| ())

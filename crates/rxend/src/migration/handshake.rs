@@ -420,6 +420,10 @@ pub struct Reservation {
     /// so that the target's record (and `rxl list`) agree with the guest.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// A storage migration: the disks the stream carries (the target creates new images for
+    /// them in its own storage directory). `None`: the hosts share the storage.
+    #[serde(default)]
+    pub copy_storage: Option<Vec<super::storage::CopiedDisk>>,
 }
 
 /// Settings changed on a running domain that are not in its config.
@@ -564,6 +568,7 @@ mod tests {
             config_path: None,
             paused: false,
             runtime: RuntimeSettings::default(),
+            copy_storage: None,
         }
     }
 

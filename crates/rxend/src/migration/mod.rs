@@ -12,6 +12,8 @@
 //! - [`relocation`]: the relocation server (TCP, xend's `xend-relocation-server`) and
 //!   `rxl migrate-receive`: admit the peer, run the target's handshake, have the daemon
 //!   reserve and receive.
+//! - [`storage`]: storage migration (`--copy-storage`): the source's list of disks, the
+//!   target's new images in its `storage-dir` (removed if the domain does not arrive).
 //! - [`savefile`]: save and core files written to an unnamed file and named only once
 //!   complete.
 //!
@@ -22,6 +24,7 @@ pub mod handshake;
 pub mod ops;
 pub mod relocation;
 pub mod savefile;
+pub mod storage;
 
 pub use handshake::{Reservation, RuntimeSettings};
 pub use ops::MigrateOptions;

@@ -42,6 +42,8 @@ pub struct MigrateOptions {
     pub paused: bool,
     /// The connection to the receiver, for the ssh transport (else rxend connects).
     pub channel: Option<OwnedFd>,
+    /// Copy the disks in the stream (`--copy-storage`): the target does not share them.
+    pub copy_storage: bool,
 }
 
 fn transfer_err(e: impl std::fmt::Display) -> DaemonError {
@@ -283,8 +285,14 @@ impl Daemon {
         match result {
             Ok(stats) => {
                 self.log.info(format!(
-                    "domain {id} ({name}) migrated to {target}: {} rounds, {} bytes sent, total {:.0} ms, downtime {:.1} ms; {}",
-                    stats.rounds, stats.bytes, stats.total_ms, stats.downtime_ms,
+                    "domain {id} ({name}) migrated to {target}: {} rounds, {} bytes sent{}, total {:.0} ms, downtime {:.1} ms; {}",
+                    stats.rounds, stats.bytes,
+                    if stats.disk_bytes > 0 {
+                        format!(" ({} disk bytes, {} in the last round)", stats.disk_bytes, stats.last_round_disk_bytes)
+                    } else {
+                        String::new()
+                    },
+                    stats.total_ms, stats.downtime_ms,
                     stop_copy_line(&stats)
                 ));
                 self.finish_gone(id, &rec);
@@ -320,6 +328,11 @@ impl Daemon {
                 mem_max_mib: rec.mem_max_mib,
                 online_vcpus: rec.online_vcpus,
             },
+            copy_storage: if opts.copy_storage {
+                Some(super::storage::describe_disks(&rec.config).map_err(transfer_err)?)
+            } else {
+                None
+            },
         };
         let channel: OwnedFd = match &opts.channel {
             Some(fd) => fd.try_clone().map_err(transfer_err)?,
@@ -350,22 +363,37 @@ impl Daemon {
         if opts.channel.is_some() {
             handshake::ssh_sender_handshake(&channel, &reservation).map_err(transfer_err)?;
         }
-        self.log.info(format!(
-            "domain {id} ({}): sending to {} ({} MiB, {})",
-            rec.name,
-            if opts.channel.is_some() {
-                "ssh"
+        self.log.info(
+            format!(
+                "domain {id} ({}): sending to {} ({} MiB, {})",
+                rec.name,
+                if opts.channel.is_some() {
+                    "ssh"
+                } else {
+                    &opts.host
+                },
+                rec.config.memory_mib,
+                if opts.live { "live" } else { "non-live" }
+            ) + if opts.copy_storage {
+                ", with its disks"
             } else {
-                &opts.host
+                ""
             },
-            rec.config.memory_mib,
-            if opts.live { "live" } else { "non-live" }
-        ));
-        let req = VmRequest::MigrateSend {
-            config: record,
-            live: opts.live,
-            max_rounds: opts.max_rounds,
-            downtime_ms: opts.downtime_ms,
+        );
+        let req = if opts.copy_storage {
+            VmRequest::MigrateSendStorage {
+                config: record,
+                live: opts.live,
+                max_rounds: opts.max_rounds,
+                downtime_ms: opts.downtime_ms,
+            }
+        } else {
+            VmRequest::MigrateSend {
+                config: record,
+                live: opts.live,
+                max_rounds: opts.max_rounds,
+                downtime_ms: opts.downtime_ms,
+            }
         };
         let resp = vmm::request_long(dir, &req, Some(&channel), TRANSFER_TIMEOUT)?;
         drop(channel);
@@ -416,7 +444,9 @@ impl Daemon {
                 r.vcpus
             ));
         }
-        for d in &config.disks {
+        // A storage migration's disks are made here once the reservation holds.
+        let shared = r.copy_storage.is_none();
+        for d in config.disks.iter().filter(|_| shared) {
             let Some(target) = d.target.as_deref().filter(|t| !t.is_empty()) else {
                 continue;
             };

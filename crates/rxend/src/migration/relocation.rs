@@ -136,7 +136,7 @@ fn receive_reserved_as(
         }
     };
     reservation.paused |= force_paused;
-    let config = match daemon.reserve(&reservation) {
+    let mut config = match daemon.reserve(&reservation) {
         Ok(c) => c,
         Err(why) => {
             daemon.log.warn(format!(
@@ -145,6 +145,36 @@ fn receive_reserved_as(
             ));
             handshake::refuse(&f, &why);
             return None;
+        }
+    };
+    // A storage migration: new images here, before anything is sent; gone again unless
+    // the domain arrives.
+    let copied = match &reservation.copy_storage {
+        None => None,
+        Some(disks) => {
+            let dir = daemon.storage_dir();
+            match super::storage::TargetDisks::create(&dir, disks, &mut config) {
+                Ok(made) => {
+                    daemon.log.info(format!(
+                        "relocation: domain {} from {from}: copying its disks to {}",
+                        reservation.name,
+                        made.paths()
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    Some(made)
+                }
+                Err(e) => {
+                    daemon.log.warn(format!(
+                        "relocation: refused domain {} from {from}: {e}",
+                        reservation.name
+                    ));
+                    handshake::refuse(&f, &e.to_string());
+                    return None;
+                }
+            }
         }
     };
     if let Err(e) = handshake::accept_reservation(&f) {
@@ -157,7 +187,12 @@ fn receive_reserved_as(
         reservation.name, reservation.memory_mib, reservation.vcpus
     ));
     match daemon.receive(config, &reservation, channel, from) {
-        Ok(c) => Some(c.name),
+        Ok(c) => {
+            if let Some(made) = copied {
+                made.keep();
+            }
+            Some(c.name)
+        }
         Err(e) => {
             daemon.log.error(format!(
                 "relocation: domain {} from {from} did not arrive: {e}",

@@ -632,6 +632,10 @@ pub enum Cmd {
         /// Also print where the downtime went, phase by phase.
         #[arg(short = 'v', long = "verbose")]
         verbose: bool,
+        /// Copy the disks too: the target does not share the storage (it creates them in
+        /// its `[relocation] storage-dir`).
+        #[arg(long = "copy-storage")]
+        copy_storage: bool,
         /// The domain (name or ID).
         domain: String,
         /// The target host.

@@ -175,6 +175,52 @@ impl Disk {
         }
     }
 
+    /// The ranges of `from..to` that may hold data, as `(offset, len)` in order: a raw image
+    /// file's allocated extents (`SEEK_DATA`/`SEEK_HOLE`; holes read as zeros); the whole
+    /// range for a qcow2 image or a block device (the caller skips what reads as zeros).
+    pub fn data_extents(&self, from: u64, to: u64) -> io::Result<Vec<(u64, u64)>> {
+        let to = to.min(self.size);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        if self.is_qcow2() || self.kind != DiskKind::RegularFile {
+            return Ok(vec![(from, to - from)]);
+        }
+        let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+            let at = libc::off_t::try_from(at)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: lseek on a descriptor we own with integer arguments; it touches no memory.
+            let r = unsafe { libc::lseek(self.file.as_raw_fd(), at, whence) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                // ENXIO: no data (or hole) at or after `at`.
+                return if e.raw_os_error() == Some(libc::ENXIO) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+            Ok(Some(r as u64))
+        };
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            let Some(data) = seek(at, libc::SEEK_DATA)? else {
+                break;
+            };
+            if data >= to {
+                break;
+            }
+            let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(to).min(to);
+            if hole <= data {
+                break;
+            }
+            out.push((data, hole - data));
+            at = hole;
+        }
+        Ok(out)
+    }
+
     /// Makes written data durable (fdatasync; a qcow2 image first writes its cached tables).
     pub fn flush(&self) -> io::Result<()> {
         match &self.backend {

@@ -199,6 +199,22 @@ fn io_storage(file: File, path: &Path, writable: bool) -> Result<Storage, Qcow2E
     })
 }
 
+/// Formats `file` (empty, at `path`, which names it in messages) as a standalone qcow2 image
+/// of `size` bytes with no backing file: what a storage migration's target copies a qcow2
+/// disk (its chain flattened) into.
+pub fn create_standalone(file: File, path: &Path, size: u64) -> Result<(), Qcow2Error> {
+    use imago::FormatCreateBuilder;
+    let storage = io_storage(file, path, true)?;
+    Qcow2::<Storage>::create_builder(storage)
+        .size(size)
+        .create()
+        .map(|_| ())
+        .map_err(|source| Qcow2Error::Invalid {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 /// Opens one qcow2 layer and returns it with the backing file its header names (resolved) and
 /// that file's format, when the header says it.
 fn open_layer(file: File, path: &Path, writable: bool) -> Result<(Layer, Below), Qcow2Error> {

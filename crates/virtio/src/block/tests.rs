@@ -1105,3 +1105,32 @@ fn saved_state_is_the_disks_own_and_another_devices_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn data_extents_skip_a_raw_files_holes_and_the_block_device_sees_its_disk() {
+    let f = tempfile::tempfile().expect("tmp");
+    f.set_len(8 << 20).expect("size");
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0x5A; 4096], 3 << 20).expect("write");
+    let disk = Disk::open(f.try_clone().expect("dup")).expect("disk");
+    let ext = disk.data_extents(0, 8 << 20).expect("extents");
+    assert!(
+        ext.iter()
+            .any(|&(o, l)| o <= 3 << 20 && o + l >= (3 << 20) + 4096),
+        "the data is not in {ext:?}"
+    );
+    let total: u64 = ext.iter().map(|&(_, l)| l).sum();
+    assert!(total < 8 << 20, "the holes were not skipped: {ext:?}");
+    assert!(ext.iter().all(|&(o, l)| o + l <= 8 << 20));
+    // A range past the data: nothing; the range is clipped to the disk.
+    assert_eq!(
+        disk.data_extents(4 << 20, 64 << 20).expect("extents"),
+        vec![]
+    );
+    // Through the device: what a storage migration reads and writes.
+    let block = Block::new(f, BlockConfig::default()).expect("block");
+    let d = block.disk().expect("a block device has a disk");
+    let mut buf = [0u8; 4096];
+    d.read_at(&mut buf, 3 << 20).expect("read");
+    assert_eq!(buf, [0x5A; 4096]);
+}

@@ -1126,6 +1126,37 @@ impl VirtioSlots {
         tracing::info!(slot, "device removed");
     }
 
+    /// Every disk: its launch description and dirty map (a storage migration's list).
+    pub fn disk_maps(&self) -> Vec<(DiskDevice, Arc<rxen_virtio::block::DirtyMap>)> {
+        self.read_slots()
+            .iter()
+            .flatten()
+            .filter_map(|dev| match &dev.kind {
+                SlotKind::Disk { spec, dirty, .. } => Some((spec.clone(), dirty.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs `f` on the disk with Xen device ID `devid`, its transport locked (no request of
+    /// the guest's runs meanwhile); `None` when no such disk is attached.
+    pub fn with_disk<R>(
+        &self,
+        devid: u32,
+        f: impl FnOnce(&rxen_virtio::block::Disk) -> R,
+    ) -> Option<R> {
+        let dev = self
+            .read_slots()
+            .iter()
+            .flatten()
+            .find_map(|dev| match &dev.kind {
+                SlotKind::Disk { spec, .. } if spec.devid == devid => Some(dev.clone()),
+                _ => None,
+            })?;
+        let t = lock(&dev.transport);
+        t.device().disk().map(f)
+    }
+
     /// Reads and clears every disk's dirty map, all under the slots' lock (no disk is added
     /// or removed meanwhile).
     pub fn take_dirty(&self) -> Vec<DirtyDisk> {

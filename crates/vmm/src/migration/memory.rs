@@ -323,7 +323,7 @@ mod tests {
         let limits = super::super::vcpu_state::testing::limits();
         // What receiving `stream` into the 8 MiB, 1-vCPU `dst` refuses it with.
         let refused = |stream: &[u8], source| {
-            receive(stream, &dst, 8, 1, &limits, source)
+            receive(stream, &dst, 8, 1, &limits, source, None)
                 .err()
                 .expect("refused")
         };
@@ -334,7 +334,7 @@ mod tests {
         dst.read_slice(&mut got, GuestAddress(0x5000)).expect("r");
         assert_eq!(got, [7u8; 16]);
         // Another shape: refused.
-        assert!(receive(&bytes[..], &dst, 16, 1, &limits, StreamSource::File).is_err());
+        assert!(receive(&bytes[..], &dst, 16, 1, &limits, StreamSource::File, None).is_err());
         // A kernel kind this VMM does not know: refused before anything is read.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");
         w.record(RecordType::Config, CONFIG).expect("c");

@@ -15,6 +15,8 @@
 //!   registers a vCPU could really hold.
 //! - `devices.rs`: the device records: what each device saves, and the
 //!   checks a restore makes on them before any device is built.
+//! - `storage.rs`: storage migration (`--copy-storage`): the disks' extents, then their
+//!   dirty blocks each round, as disk block records; the target's [`storage::DiskSink`].
 //! - `channel.rs`: the migration connection's handshake lines
 //!   (`ready`, `received`, `go`, `resumed`, `timings`).
 
@@ -25,6 +27,7 @@ pub mod pagemap;
 pub mod receive;
 pub mod regcheck;
 pub mod send;
+pub mod storage;
 pub mod vcpu_state;
 
 pub use receive::{receive, Received, StreamSource, KERNEL_KINDS};

@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::devices::DeviceRecord;
 use super::regcheck::CpuLimits;
+use super::storage::DiskSink;
 use super::vcpu_state::{self as snapshot, VcpuState, VmState};
 use super::TransferError;
 use crate::memory::{self, GuestMemory};
@@ -46,6 +47,8 @@ pub enum StreamSource {
 /// stream must describe a VM of `memory_mib` MiB with `vcpus` vCPUs whose
 /// registers keep to `cpu` (the limits of the vCPUs built for it). Nothing
 /// runs until the caller applies the result, so any error here leaves no guest running.
+/// A storage migration's disk blocks go to `disks` (flushed at the end of the stream); a
+/// stream that carries some where no sink is given (a save file) is refused.
 pub fn receive<R: Read>(
     input: R,
     mem: &GuestMemory,
@@ -53,6 +56,7 @@ pub fn receive<R: Read>(
     vcpus: u32,
     cpu: &CpuLimits,
     source: StreamSource,
+    disks: Option<&dyn DiskSink>,
 ) -> Result<Received, TransferError> {
     let mut r = StreamReader::new(input)?;
     // The daemon took what it needs from the config record (or was given
@@ -86,6 +90,7 @@ pub fn receive<R: Read>(
     // Pages this stream has written: any other page is still fresh (zero), so
     // a zero page there needs no work, and reading it would fault it in.
     let mut written = vec![0u64; (ram_end >> stream::PAGE_SHIFT).div_ceil(64) as usize];
+    let mut disk_blocks = 0u64;
     loop {
         let rec = r.next_record()?;
         match rec.kind {
@@ -146,7 +151,24 @@ pub fn receive<R: Read>(
             }
             RecordType::VmState => vm = Some(snapshot::decode_vm(&rec.body)?),
             RecordType::Device => devices.push(stream::from_json("device", &rec.body)?),
+            RecordType::DiskBlocks => {
+                let block = stream::decode_disk_block(&rec.body)?;
+                let sink = disks.ok_or_else(|| {
+                    TransferError::Mismatch(
+                        "the stream carries disk blocks (a storage migration), which only a \
+                         migration's target takes"
+                            .into(),
+                    )
+                })?;
+                sink.write_block(&block)?;
+                disk_blocks += 1;
+            }
             RecordType::End => {
+                if disk_blocks > 0 {
+                    if let Some(sink) = disks {
+                        sink.flush_all()?;
+                    }
+                }
                 if source == StreamSource::File {
                     let mut extra = [0u8; 1];
                     let n = r
@@ -247,7 +269,110 @@ mod tests {
     /// `receive` into a fresh 8 MiB guest of `vcpus` vCPUs.
     fn take(bytes: &[u8], vcpus: u32) -> Result<Received, TransferError> {
         let mem = memory::create_guest_memory(8).expect("mem");
-        receive(bytes, &mem, 8, vcpus, &limits(), StreamSource::File)
+        receive(bytes, &mem, 8, vcpus, &limits(), StreamSource::File, None)
+    }
+
+    /// One write a sink got: devid, offset, length, data or zeros.
+    type Got = (u32, u64, u64, Option<Vec<u8>>);
+
+    /// A sink that keeps what it got and counts its flushes.
+    #[derive(Default)]
+    struct Sink {
+        got: std::sync::Mutex<Vec<Got>>,
+        flushes: std::sync::atomic::AtomicU32,
+    }
+
+    impl DiskSink for Sink {
+        fn write_block(&self, b: &stream::DiskBlock<'_>) -> Result<(), TransferError> {
+            if b.devid != 51712 {
+                return Err(TransferError::Mismatch(format!("no disk {}", b.devid)));
+            }
+            self.got.lock().expect("lock").push((
+                b.devid,
+                b.offset,
+                b.len,
+                b.data.map(<[u8]>::to_vec),
+            ));
+            Ok(())
+        }
+        fn flush_all(&self) -> Result<(), TransferError> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn disk_blocks_reach_the_sink_and_are_flushed_and_a_save_file_refuses_them() {
+        let mut recs = records(1);
+        let mut body = Vec::new();
+        let data = vec![0x3Cu8; 8192];
+        stream::encode_disk_block(
+            &stream::DiskBlock {
+                devid: 51712,
+                offset: 65536,
+                len: 8192,
+                data: Some(&data),
+            },
+            &mut body,
+        );
+        recs.insert(2, (RecordType::DiskBlocks as u32, body.clone()));
+        let mut zero = Vec::new();
+        stream::encode_disk_block(
+            &stream::DiskBlock {
+                devid: 51712,
+                offset: 0,
+                len: 4096,
+                data: None,
+            },
+            &mut zero,
+        );
+        recs.insert(3, (RecordType::DiskBlocks as u32, zero));
+        let bytes = write(&recs);
+        let sink = Sink::default();
+        let mem = memory::create_guest_memory(8).expect("mem");
+        receive(
+            &bytes[..],
+            &mem,
+            8,
+            1,
+            &limits(),
+            StreamSource::File,
+            Some(&sink),
+        )
+        .expect("received");
+        assert_eq!(
+            *sink.got.lock().expect("lock"),
+            vec![(51712, 65536, 8192, Some(data)), (51712, 0, 4096, None)]
+        );
+        assert_eq!(sink.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let e = take(&bytes, 1).err().expect("refused without a sink");
+        assert!(e.to_string().contains("disk blocks"), "{e}");
+        // A disk the domain does not have: refused.
+        let mut other = Vec::new();
+        stream::encode_disk_block(
+            &stream::DiskBlock {
+                devid: 7,
+                offset: 0,
+                len: 1,
+                data: Some(&[1]),
+            },
+            &mut other,
+        );
+        let mut recs = records(1);
+        recs.insert(2, (RecordType::DiskBlocks as u32, other));
+        let mem = memory::create_guest_memory(8).expect("mem");
+        let sink = Sink::default();
+        assert!(receive(
+            &write(&recs)[..],
+            &mem,
+            8,
+            1,
+            &limits(),
+            StreamSource::File,
+            Some(&sink)
+        )
+        .is_err());
     }
 
     /// Index of the `n`-th record of type `kind`.
@@ -264,7 +389,8 @@ mod tests {
     fn a_whole_stream_is_received() {
         let bytes = write(&records(3));
         let mem = memory::create_guest_memory(8).expect("mem");
-        let r = receive(&bytes[..], &mem, 8, 3, &limits(), StreamSource::File).expect("received");
+        let r =
+            receive(&bytes[..], &mem, 8, 3, &limits(), StreamSource::File, None).expect("received");
         assert_eq!(r.vcpus.len(), 3);
         assert!(r.vcpus.iter().enumerate().all(|(i, v)| v.id as usize == i));
         assert_eq!(r.devices.len(), 1);

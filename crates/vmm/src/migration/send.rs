@@ -15,6 +15,7 @@ use rxen_proto::vmspec::ExitReason;
 
 use super::channel::{self, read_line, set_timeout, target_timings};
 use super::memory::{self as pages, merge_sorted, DirtyLog, PageSender};
+use super::storage::StorageSender;
 use super::TransferError;
 use crate::memory;
 use crate::micros;
@@ -32,6 +33,8 @@ pub struct Sent<W> {
     pub was_paused: bool,
     /// When the transfer began.
     pub started: Instant,
+    /// A storage migration's dirty maps, to give back if the target fails after all.
+    pub storage: Option<StorageSender>,
 }
 
 /// How to send the stream.
@@ -48,6 +51,8 @@ pub struct SendOptions<'a> {
     /// says `ready` on it (its VM is built), so that the downtime does not
     /// include the target's start-up.
     pub wait_ready: Option<&'a File>,
+    /// Copy the disks in the stream too (a storage migration, see [`super::storage`]).
+    pub copy_storage: bool,
 }
 
 /// Fewer dirty pages than this go straight to stop-and-copy (Xen's threshold).
@@ -65,13 +70,21 @@ impl Vm {
     ) -> Result<Sent<W>, TransferError> {
         let started = Instant::now();
         let was_paused = self.is_paused();
-        match self.send_inner(out, opts, was_paused) {
+        let mut storage = None;
+        let sent = self.send_inner(out, opts, was_paused, &mut storage);
+        if sent.is_err() {
+            if let Some(s) = storage.take() {
+                s.give_back();
+            }
+        }
+        match sent {
             Ok((writer, stats, paused_at)) => Ok(Sent {
                 writer,
                 stats,
                 paused_at,
                 was_paused,
                 started,
+                storage,
             }),
             Err(e) => {
                 self.resume_after_transfer(was_paused);
@@ -85,6 +98,7 @@ impl Vm {
         out: W,
         opts: &SendOptions<'_>,
         was_paused: bool,
+        storage: &mut Option<StorageSender>,
     ) -> Result<(W, TransferStats, Instant), TransferError> {
         let mut w = StreamWriter::new(out, Header::new(opts.live))?;
         w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
@@ -99,6 +113,17 @@ impl Vm {
         // Pages the last pre-copy round left dirty: collected (and so cleared in the log) but
         // not sent yet; they go in the stop-and-copy round.
         let mut pending = Vec::new();
+        if opts.copy_storage {
+            // Before the first memory round: from here every write is in a dirty map.
+            let t = Instant::now();
+            let s = storage.insert(StorageSender::start(self.slots())?);
+            s.send_all(self.slots(), &mut w)?;
+            tracing::info!(
+                disk_mib = s.bytes >> 20,
+                ms = t.elapsed().as_millis() as u64,
+                "disks copied; their dirty blocks follow each round"
+            );
+        }
         if opts.live && !was_paused {
             let dirty = log.insert(DirtyLog::start(self.kvm(), self.mem())?);
             let mut pfns = pages::all_pfns(self.mem());
@@ -108,6 +133,9 @@ impl Vm {
                 let before = w.bytes;
                 meter.round(round, pfns.len() as u64, false, w.bytes);
                 sender.send(&mut w, self.mem(), &pfns, &mut stats, |n| meter.advance(n))?;
+                if let Some(s) = storage.as_mut() {
+                    s.send_dirty(self.slots(), &mut w)?;
+                }
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
@@ -173,6 +201,13 @@ impl Vm {
         sender.send(&mut w, self.mem(), &last, &mut stats, |n| meter.advance(n))?;
         let mut wire = t.elapsed();
         stats.rounds += 1;
+        if let Some(s) = storage.as_mut() {
+            // Devices are frozen: no request is in flight, the maps are final.
+            let t = Instant::now();
+            stats.last_round_disk_bytes = s.send_dirty(self.slots(), &mut w)?;
+            phases.disk_last_round_us = Some(micros(t.elapsed()));
+            stats.disk_bytes = s.bytes;
+        }
         let t = Instant::now();
         let vcpus = self.capture_vcpus()?;
         let vm = super::vcpu_state::capture_vm(&self.kvm().fd)?;
@@ -220,6 +255,7 @@ impl Vm {
             max_rounds: 1,
             downtime_ms: 0,
             wait_ready: None,
+            copy_storage: false,
         };
         let sent = self.send_stream(BufWriter::with_capacity(1 << 20, file), &opts)?;
         let t = Instant::now();
@@ -271,13 +307,17 @@ impl Vm {
             wait_ready: Some(&sock),
             ..*opts
         };
-        let sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
+        let mut sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
         drop(sent.writer);
+        let storage = std::cell::Cell::new(sent.storage.take());
         // The target takes the disks' locks once the stream is in.
         self.slots().release_disk_locks();
         let resume_here = |vm: &Self, e: TransferError| {
             if let Err(lock) = vm.slots().take_disk_locks(Duration::from_secs(5)) {
                 tracing::error!("resuming after a failed migration: {lock}");
+            }
+            if let Some(s) = storage.take() {
+                s.give_back();
             }
             vm.resume_after_transfer(sent.was_paused);
             tracing::warn!("migration failed, domain resumed here: {e}");

@@ -212,6 +212,7 @@ impl Vm {
                 spec.vcpus,
                 &cpu,
                 migration::StreamSource::File,
+                None,
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
@@ -226,6 +227,7 @@ impl Vm {
                 spec.vcpus,
                 &cpu,
                 migration::StreamSource::Connection,
+                Some(&*slots),
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
             received_at = Some(Instant::now());

@@ -142,6 +142,7 @@ impl ControlTarget for Vm {
         live: bool,
         max_rounds: u32,
         downtime_ms: u64,
+        copy_storage: bool,
     ) -> Result<TransferStats, ControlError> {
         let sock = sock.ok_or_else(|| {
             ControlError::Failed("migrate_send needs a connected socket passed with it".into())
@@ -152,6 +153,7 @@ impl ControlTarget for Vm {
             max_rounds: max_rounds.max(1),
             downtime_ms,
             wait_ready: None,
+            copy_storage,
         };
         self.migrate_to(sock, &opts)
             .map_err(|e| ControlError::Failed(e.to_string()))
