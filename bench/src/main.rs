@@ -10,6 +10,7 @@
 
 mod console;
 mod error;
+mod etcd;
 mod guestimg;
 mod machine;
 mod procfs;

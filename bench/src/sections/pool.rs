@@ -3,11 +3,10 @@
 //! servers on loopback), for N = 1, 4 and 8 domains, two at a time (the default). QEMU has no
 //! pools: its cells say so.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::migration::free_port;
 use super::Ctx;
 use crate::error::{BenchError, Result};
 use crate::report::{Better, Cell, Row, SectionReport};
@@ -19,100 +18,14 @@ const GUEST_MIB: u64 = 64;
 /// How many domains each row evacuates.
 const COUNTS: &[usize] = &[1, 4, 8];
 
-/// A test etcd: one member on free loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    client: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::io("find a free port", e))
-}
-
-fn etcd_binary() -> Option<PathBuf> {
-    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-impl Etcd {
-    fn start(bin: &PathBuf) -> Result<Etcd> {
-        let dir = tempfile::Builder::new()
-            .prefix("rxen-bench-etcd-")
-            .tempdir()
-            .map_err(|e| BenchError::io("make etcd's directory", e))?;
-        let (client, peer) = (free_port()?, free_port()?);
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(bin)
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &format!("bench={p}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| BenchError::Spawn {
-                program: bin.display().to_string(),
-                source,
-            })?;
-        let e = Etcd {
-            child,
-            client,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !e.healthy() {
-            if Instant::now() > deadline {
-                return Err(BenchError::timeout("etcd", Duration::from_secs(30)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(e)
-    }
-
-    fn healthy(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut a = String::new();
-        let _ = s.read_to_string(&mut a);
-        a.contains("\"health\":\"true\"")
-    }
-}
-
 /// The pool: etcd and hosts h1 (evacuated), h2 and h3.
 struct PoolHosts {
     hosts: Vec<RxenHost>,
-    _etcd: Etcd,
+    _etcd: crate::etcd::Etcd,
 }
 
 fn start_pool(ctx: &Ctx, bin: &PathBuf) -> Result<PoolHosts> {
-    let etcd = Etcd::start(bin)?;
+    let etcd = crate::etcd::Etcd::start(bin)?;
     let key = ctx.path().join("pool-relocation.key");
     std::fs::write(&key, "the pool benchmark's relocation key\n")
         .map_err(|e| BenchError::io("write the relocation key", e))?;
@@ -122,12 +35,12 @@ fn start_pool(ctx: &Ctx, bin: &PathBuf) -> Result<PoolHosts> {
         let port = free_port()?;
         let first_uid = 90_000_000 + (std::process::id() % 1000) * 3000 + i as u32 * 1000;
         hosts.push(RxenHost::start_configured(&format!(
-            "[pool]\nendpoints = [\"http://127.0.0.1:{}\"]\nname = \"{pool}\"\nhost = \"{name}\"\n\
+            "[pool]\nendpoints = [\"{}\"]\nname = \"{pool}\"\nhost = \"{name}\"\n\
              relocation-address = \"127.0.0.1:{port}\"\n\
              [relocation]\nserver = true\naddress = \"127.0.0.1\"\nport = {port}\n\
              hosts-allow = [\"^127\\\\.0\\\\.0\\\\.1$\"]\nkey-file = \"{}\"\n\
              [sandbox]\nfirst-uid = {first_uid}\nuid-count = 1000\n",
-            etcd.client,
+            etcd.endpoint(),
             key.display()
         ))?);
     }
@@ -199,7 +112,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             r
         })
         .collect();
-    let pending = match (ctx.rxen_blocked(None), etcd_binary()) {
+    let pending = match (ctx.rxen_blocked(None), crate::etcd::binary()) {
         (Some(why), _) => Some(why),
         (None, None) => Some("etcd is not installed (Debian's etcd-server)".to_string()),
         (None, Some(_)) => match ctx.host() {
@@ -209,7 +122,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             _ => None,
         },
     };
-    let pool = match (&pending, etcd_binary()) {
+    let pool = match (&pending, crate::etcd::binary()) {
         (None, Some(bin)) => start_pool(ctx, &bin).map_err(|e| e.to_string()),
         (Some(why), _) => Err(why.clone()),
         (None, None) => Err("etcd is not installed".to_string()),

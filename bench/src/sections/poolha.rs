@@ -4,100 +4,12 @@
 //! leader restarts the domain once the dead host's lease expired. QEMU has no pools: its cells
 //! say so.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Ctx;
 use crate::error::{BenchError, Result};
 use crate::report::{Better, Cell, Row, SectionReport};
 use crate::rxen::RxenHost;
-
-/// etcd's binary (Debian's `etcd-server`), if installed.
-fn etcd_binary() -> Option<PathBuf> {
-    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::io("find a free port", e))
-}
-
-/// A single-member etcd on loopback with its own data directory; killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start(bin: &PathBuf) -> Result<Etcd> {
-        let dir = tempfile::Builder::new()
-            .prefix("rxen-bench-etcd-")
-            .tempdir()
-            .map_err(|e| BenchError::io("make etcd's directory", e))?;
-        let (client, peer) = (free_port()?, free_port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(bin)
-            .arg("--name")
-            .arg("bench")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| BenchError::Spawn {
-                program: bin.display().to_string(),
-                source,
-            })?;
-        let e = Etcd {
-            child,
-            endpoint,
-            _dir: dir,
-        };
-        wait(
-            Duration::from_secs(30),
-            "etcd answering",
-            || Ok(e.healthy()),
-        )?;
-        Ok(e)
-    }
-
-    fn healthy(&self) -> bool {
-        use std::io::{Read, Write};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
-        answer.contains("\"health\":\"true\"")
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Polls `cond` every 50 ms until it holds, or fails after `timeout`.
 fn wait(timeout: Duration, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -124,9 +36,9 @@ fn ttls(quick: bool) -> &'static [u64] {
 
 /// One row per TTL: seconds from SIGKILL of the host to the first heartbeat elsewhere.
 pub fn run(ctx: &mut Ctx) -> SectionReport {
-    let etcd = etcd_binary()
+    let etcd = crate::etcd::binary()
         .ok_or_else(|| "etcd is not installed (Debian's etcd-server)".to_string())
-        .and_then(|b| Etcd::start(&b).map_err(|e| e.to_string()));
+        .and_then(|b| crate::etcd::Etcd::start(&b).map_err(|e| e.to_string()));
     let mut rows = Vec::new();
     for &ttl in ttls(ctx.quick) {
         let mut row = Row::new(
@@ -167,11 +79,11 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
 }
 
 /// One measurement in pool `pool` with lease `ttl`: seconds.
-fn one(etcd: &Etcd, pool: &str, ttl: u64) -> Result<f64> {
+fn one(etcd: &crate::etcd::Etcd, pool: &str, ttl: u64) -> Result<f64> {
     let config = |host: &str| {
         format!(
             "[pool]\nendpoints = [\"{}\"]\nname = \"{pool}\"\nhost = \"{host}\"\nttl = {ttl}\n",
-            etcd.endpoint
+            etcd.endpoint()
         )
     };
     let mut a = RxenHost::start_configured(&config("a"))?;
