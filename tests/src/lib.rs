@@ -492,6 +492,47 @@ impl Drop for Bridge {
     }
 }
 
+/// Runs `cmd args` (in `dir` when given); panics with its output unless it succeeds; returns
+/// its stdout. For host tools the tests need (`qemu-img`, `qemu-io`, `sha256sum`; scripts/test.sh
+/// installs them).
+pub fn run_tool(dir: Option<&Path>, cmd: &str, args: &[&str]) -> String {
+    let mut c = Command::new(cmd);
+    c.args(args);
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kills, with SIGKILL, the first `rxen-vmm` of `host` to appear within about 20 s (a
+/// migration's receiving VMM, killed mid-transfer); whether one appeared.
+pub fn kill_first_vmm_of(host: &Host) -> std::thread::JoinHandle<bool> {
+    let marker = host.dir.path().to_string_lossy().into_owned();
+    std::thread::spawn(move || {
+        for _ in 0..20_000 {
+            if let Some(pid) = pids_with(&["rxen-vmm", &marker]).first() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    })
+}
+
 /// PIDs of processes whose command line contains every one of `needles`.
 pub fn pids_with(needles: &[&str]) -> Vec<i32> {
     let mut out = Vec::new();

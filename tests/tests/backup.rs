@@ -403,18 +403,7 @@ fn kill_mid_backup(
 
 /// `qemu-img check IMAGE` finds no error.
 fn qemu_img_check(image: &Path) {
-    let out = std::process::Command::new("qemu-img")
-        .arg("check")
-        .arg(image)
-        .output()
-        .expect("run qemu-img (qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img check {}: {}{}",
-        image.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rxen_e2e::run_tool(None, "qemu-img", &["check", image.to_str().expect("utf-8")]);
 }
 
 #[test]
@@ -422,21 +411,13 @@ fn incremental_backups_of_a_qcow2_overlay_hold_guest_blocks_and_restore_each_ins
     let h = Host::start();
     let dir = h.dir.path();
     // A base image with data, and the domain's overlay on it (relative backing name).
-    let qemu_img = |args: &[&str]| {
-        let out = std::process::Command::new("qemu-img")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run qemu-img (qemu-utils)");
-        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
-    };
+    let qemu_img = |args: &[&str]| rxen_e2e::run_tool(Some(dir), "qemu-img", args);
     qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "64M"]);
-    let out = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0xab 40M 8M"])
-        .arg(dir.join("base.qcow2"))
-        .output()
-        .expect("run qemu-io (qemu-utils)");
-    assert!(out.status.success(), "qemu-io: {out:?}");
+    rxen_e2e::run_tool(
+        Some(dir),
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0xab 40M 8M", "base.qcow2"],
+    );
     qemu_img(&[
         "create",
         "-q",

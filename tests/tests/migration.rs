@@ -547,21 +547,8 @@ fn killing_the_target_mid_migration_leaves_the_source_running() {
     let before = heartbeat_beyond(&mut con, 2);
     con.send("dirty 256");
     con.wait_for("dirtying 256 MiB/s", BOOT);
-    let marker = p.b.dir.path().to_string_lossy().into_owned();
-    let killer = std::thread::spawn(move || {
-        // Kill the receiving VMM as soon as it exists.
-        for _ in 0..20_000 {
-            if let Some(pid) = rxen_e2e::pids_with(&["rxen-vmm", &marker]).first() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        false
-    });
+    // Kill the receiving VMM as soon as it exists.
+    let killer = rxen_e2e::kill_first_vmm_of(&p.b);
     let out = p.a.rxl(&[
         "migrate",
         "--key",

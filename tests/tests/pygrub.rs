@@ -168,12 +168,7 @@ fn a_qcow2_disk_and_an_overlay_on_it_boot_through_pygrub() {
             "top.qcow2",
         ][..],
     ] {
-        let out = Command::new("qemu-img")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run qemu-img (qemu-utils)");
-        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+        rxen_e2e::run_tool(Some(dir), "qemu-img", args);
     }
     fs::remove_file(&raw).expect("remove the raw image");
     for (name, image) in [("pyq", "base.qcow2"), ("pyqt", "top.qcow2")] {

@@ -5,28 +5,15 @@
 //! chain), save/restore and live migration with qcow2 disks.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
 
 const CMD: Duration = Duration::from_secs(30);
 
-/// Runs `cmd args` in `dir`; panics with its output unless it succeeds; returns its stdout.
+/// Runs `cmd args` in `dir` ([`rxen_e2e::run_tool`]).
 fn run_in(dir: &Path, cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test.sh installs qemu-utils)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    rxen_e2e::run_tool(Some(dir), cmd, args)
 }
 
 /// `qemu-img create -f qcow2 [OPTIONS] NAME SIZE` in `dir`.

@@ -6,7 +6,6 @@
 //! mid-copy leaves the source running and nothing behind.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
@@ -30,20 +29,9 @@ fn burst_seed(d: u64, i: u64) -> u32 {
     (100 + d * 50 + i) as u32
 }
 
-/// Runs `cmd args`; panics with its output unless it succeeds; returns its stdout.
+/// Runs `cmd args` ([`rxen_e2e::run_tool`]).
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test.sh installs qemu-utils)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    rxen_e2e::run_tool(None, cmd, args)
 }
 
 fn sha256(path: &Path) -> String {
@@ -362,20 +350,7 @@ fn a_target_that_has_the_file_refuses_and_one_killed_mid_copy_leaves_nothing() {
 
     // The receiving VMM killed as soon as it exists (while the disks are copied): the
     // migration fails, the source runs on, B removes the images it made.
-    let marker = p.b.dir.path().to_string_lossy().into_owned();
-    let killer = std::thread::spawn(move || {
-        for _ in 0..20_000 {
-            if let Some(pid) = rxen_e2e::pids_with(&["rxen-vmm", &marker]).first() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        false
-    });
+    let killer = rxen_e2e::kill_first_vmm_of(&p.b);
     let out = p.migrate("smig2");
     assert!(killer.join().expect("killer"), "no receiving VMM appeared");
     assert!(
