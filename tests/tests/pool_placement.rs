@@ -100,6 +100,8 @@ impl Pool {
             .rxl_ok(&["host-list"])
             .lines()
             .skip(1)
+            // The last line names the pool's leader.
+            .filter(|l| !l.starts_with("Leader:"))
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (
@@ -116,6 +118,8 @@ impl Pool {
             .rxl_ok(&["list", "--pool"])
             .lines()
             .skip(1)
+            // The last line names the pool's leader.
+            .filter(|l| !l.starts_with("Leader:"))
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (f[0].to_string(), f[6].to_string())
