@@ -191,7 +191,8 @@ impl Keeper {
             match serde_json::from_slice::<DomainRecord>(&kv.value) {
                 Ok(rec) if rec.host == self.pool.host && rec.state != DomainState::Lost => {
                     self.daemon.log.info(format!(
-                        "pool {}: ha domain {name} was stopped by fencing and nobody restarted                          it; restarting it here",
+                        "pool {}: ha domain {name} was stopped by fencing and nobody restarted \
+                         it; restarting it here",
                         self.pool.name
                     ));
                     ha::restart(&self.pool, &self.daemon, &kv, &rec, &self.pool.host)?;
@@ -236,11 +237,12 @@ impl Keeper {
         // an earlier rxend wrote), and keys of domains that no longer run here go.
         self.published.clear();
         self.foreign.clear();
-        let local: BTreeSet<String> = self
-            .daemon
-            .pool_domains(&self.pool.host)
-            .into_iter()
-            .map(|d| d.name)
+        let here = self.daemon.pool_domains(&self.pool.host);
+        let local: BTreeSet<&str> = here.iter().map(|d| d.name.as_str()).collect();
+        let transferring: BTreeSet<&str> = here
+            .iter()
+            .filter(|d| d.state == DomainState::Transferring)
+            .map(|d| d.name.as_str())
             .collect();
         let claiming = self
             .pool
@@ -248,13 +250,6 @@ impl Keeper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let transferring: BTreeSet<String> = self
-            .daemon
-            .pool_domains(&self.pool.host)
-            .into_iter()
-            .filter(|d| d.state == DomainState::Transferring)
-            .map(|d| d.name)
-            .collect();
         for kv in self.pool.etcd.get_prefix(&self.pool.keys.domains())? {
             let Ok(rec) = serde_json::from_slice::<DomainRecord>(&kv.value) else {
                 continue;
@@ -262,9 +257,10 @@ impl Keeper {
             if rec.host != self.pool.host {
                 // Still running here, but the pool has it elsewhere (restarted there while
                 // this host was cut off or its rxend down): this copy goes, never published.
-                if local.contains(&rec.name) && !transferring.contains(&rec.name) {
+                if local.contains(rec.name.as_str()) && !transferring.contains(rec.name.as_str()) {
                     self.daemon.log.warn(format!(
-                        "pool {}: domain {} runs here but the pool has it on host {} now;                          destroying this copy",
+                        "pool {}: domain {} runs here but the pool has it on host {} now; \
+                         destroying this copy",
                         self.pool.name, rec.name, rec.host
                     ));
                     if let Err(e) = self.daemon.pool_destroy(&rec.name, "moved by the pool") {
@@ -276,7 +272,7 @@ impl Keeper {
                 }
                 continue;
             }
-            if local.contains(&rec.name) {
+            if local.contains(rec.name.as_str()) {
                 self.published.insert(
                     rec.name,
                     Published {
