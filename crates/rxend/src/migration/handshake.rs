@@ -11,7 +11,7 @@
 //! 5. target → source: `{"ok":true}` or `{"error":...}`; then the stream.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,6 +52,26 @@ pub enum RelocationError {
     /// A `hosts-allow` entry is not a regular expression.
     #[error("hosts-allow entry {0:?}: {1}")]
     BadPattern(String, String),
+    /// The relocation server could not be found or reached (the message names it).
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// Connects to the relocation server at `addrs` (the first address they resolve to) within
+/// `timeout`; `name` is how messages call it. The caller then authenticates
+/// ([`client_handshake`], [`client_authenticate`]).
+pub fn connect(
+    name: &str,
+    addrs: impl ToSocketAddrs,
+    timeout: Duration,
+) -> Result<TcpStream, RelocationError> {
+    let addr = addrs
+        .to_socket_addrs()
+        .map_err(|e| RelocationError::Connect(format!("{name}: {e}")))?
+        .next()
+        .ok_or_else(|| RelocationError::Connect(format!("{name}: no address")))?;
+    TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| RelocationError::Connect(format!("cannot connect to {addr}: {e}")))
 }
 
 /// Reads a shared key file (its bytes, without a trailing newline); at least 16 bytes.

@@ -3,7 +3,6 @@
 //! to the VMM) and the target's reservation check and receiving VMM. An `impl Daemon` block.
 
 use std::fs;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -348,13 +347,12 @@ impl Daemon {
                         )
                     })?;
                 let key = handshake::read_key(&key_path).map_err(transfer_err)?;
-                let addr = (opts.host.as_str(), opts.port)
-                    .to_socket_addrs()
-                    .map_err(|e| transfer_err(format!("{}: {e}", opts.host)))?
-                    .next()
-                    .ok_or_else(|| transfer_err(format!("{}: no address", opts.host)))?;
-                let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                    .map_err(|e| transfer_err(format!("cannot connect to {addr}: {e}")))?;
+                let sock = handshake::connect(
+                    &opts.host,
+                    (opts.host.as_str(), opts.port),
+                    Duration::from_secs(10),
+                )
+                .map_err(transfer_err)?;
                 handshake::client_handshake(&sock, &key, &reservation).map_err(transfer_err)?;
                 let _ = sock.set_nodelay(true);
                 OwnedFd::from(sock)

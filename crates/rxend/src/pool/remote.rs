@@ -11,7 +11,7 @@
 //! Placement's ledger is here too: memory promised to a host by a placement under way, until
 //! the host's own figures show it.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -261,13 +261,8 @@ fn ask(
         err("this host has no relocation key to prove itself with ([relocation] key-file in rxend.toml)".into())
     })?;
     let key = handshake::read_key(&key_path).map_err(|e| err(e.to_string()))?;
-    let addr = addr_text
-        .to_socket_addrs()
-        .map_err(|e| err(format!("{addr_text}: {e}")))?
-        .next()
-        .ok_or_else(|| err(format!("{addr_text}: no address")))?;
-    let sock = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-        .map_err(|e| err(format!("cannot connect to {addr}: {e}")))?;
+    let sock = handshake::connect(&addr_text, addr_text.as_str(), CONNECT_TIMEOUT)
+        .map_err(|e| err(e.to_string()))?;
     handshake::client_authenticate(&sock, &key, Some(PURPOSE)).map_err(|e| err(e.to_string()))?;
     handshake::write_json(&sock, req).map_err(|e| err(e.to_string()))?;
     sock.set_read_timeout(Some(wait))
@@ -287,16 +282,19 @@ fn created(pool: &Pool, host: &str, reply: RemoteReply) -> Result<Placed, PoolEr
             name,
             warnings,
         }),
-        RemoteReply::Error { message } => Err(PoolError::Remote {
-            pool: pool.name.clone(),
-            host: host.to_string(),
-            why: message,
-        }),
-        other => Err(PoolError::Remote {
-            pool: pool.name.clone(),
-            host: host.to_string(),
-            why: format!("unexpected answer {other:?}"),
-        }),
+        other => Err(refused(pool, host, other)),
+    }
+}
+
+/// `host`'s answer when it is not the one asked for: its error, or the odd answer.
+fn refused(pool: &Pool, host: &str, reply: RemoteReply) -> PoolError {
+    PoolError::Remote {
+        pool: pool.name.clone(),
+        host: host.to_string(),
+        why: match reply {
+            RemoteReply::Error { message } => message,
+            other => format!("unexpected answer {other:?}"),
+        },
     }
 }
 
@@ -386,16 +384,7 @@ pub fn evacuate_on(
     };
     match ask(pool, daemon, host, &req, EVACUATE_TIMEOUT)? {
         RemoteReply::Moved { host: to } => Ok(to),
-        RemoteReply::Error { message } => Err(PoolError::Remote {
-            pool: pool.name.clone(),
-            host: host.to_string(),
-            why: message,
-        }),
-        other => Err(PoolError::Remote {
-            pool: pool.name.clone(),
-            host: host.to_string(),
-            why: format!("unexpected answer {other:?}"),
-        }),
+        other => Err(refused(pool, host, other)),
     }
 }
 
