@@ -154,21 +154,10 @@ impl GuestView {
     }
 }
 
-/// Size of a disk as the guest sees it.
-fn disk_size(path: &Path, format: ImageFormat) -> std::io::Result<u64> {
-    GuestView::open(path, format)?.size()
-}
-
-/// Copies the `extents` of disk `src` (guest offsets) into the new file `dst`, one after
+/// Copies the `extents` of disk `from` (guest offsets) into the new file `dst`, one after
 /// another.
-fn copy_extents(
-    src: &Path,
-    format: ImageFormat,
-    dst: &Path,
-    extents: &[Extent],
-) -> std::io::Result<()> {
+fn copy_extents(from: &GuestView, dst: &Path, extents: &[Extent]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let from = GuestView::open(src, format)?;
     let to = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -302,7 +291,9 @@ impl Daemon {
             .iter()
             .map(|d| {
                 let map = taken.iter().find(|t| t.devid == d.devid);
-                let size = disk_size(&d.path, d.format).map_err(io_err(&d.path))?;
+                // Opened once: its size, then (for an increment) its dirty blocks.
+                let mut view = GuestView::open(&d.path, d.format).map_err(io_err(&d.path))?;
+                let size = view.size().map_err(io_err(&d.path))?;
                 let before = previous.as_ref().and_then(|(_, _, m)| {
                     m.disks
                         .iter()
@@ -325,7 +316,7 @@ impl Daemon {
                     Some(map) => {
                         let extents = extents_of(map, size);
                         let dst = partial.join(format!("{}.incr", d.vdev));
-                        copy_extents(&d.path, d.format, &dst, &extents).map_err(fail)?;
+                        copy_extents(&view, &dst, &extents).map_err(fail)?;
                         (
                             dst,
                             "increment",
