@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::migration::{free_port, start_target};
+use super::migration::{free_port, target_unless};
 use super::saverestore::QEMU_MAX_BANDWIDTH;
 use super::Ctx;
 use crate::console::Console;
@@ -125,17 +125,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     }
     let mut rxen_blocked = ctx.rxen_blocked(None);
     let key = ctx.path().join("relocation-intact.key");
-    let target = if rxen_blocked.is_none() {
-        match start_target(&key, true) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                rxen_blocked = Some(format!("the target rxend did not start: {e}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let target = target_unless(&mut rxen_blocked, &key);
     let qemu_blocked = ctx.qemu_unavailable.clone();
     for _ in 0..ctx.runs {
         if let Some((t, port)) = &target {

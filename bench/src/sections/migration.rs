@@ -83,17 +83,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
     let mut rxen_blocked = ctx.rxen_blocked(rxen_pending.as_deref());
     // The target: a second rxend whose relocation server listens on 127.0.0.2.
     let key = ctx.path().join("relocation.key");
-    let target = if rxen_blocked.is_none() {
-        match start_target(&key, true) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                rxen_blocked = Some(format!("the target rxend did not start: {e}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let target = target_unless(&mut rxen_blocked, &key);
     let qemu_blocked = ctx.qemu_unavailable.clone();
     let mut rows = Vec::new();
     for (mib, rate) in cases {
@@ -281,17 +271,7 @@ fn rxen_migrate_storage(
             "127.0.0.2",
         ])?;
         alive_on(target, name)?;
-        let get = |k: &str| {
-            field(&out, k).ok_or_else(|| {
-                BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
-            })
-        };
-        Ok(Figures {
-            downtime_ms: get("downtime ")?,
-            total_ms: get("total ")?,
-            sent_mib: get("bytes sent (")?,
-            phases: phases(&out),
-        })
+        figures_of(&out)
     })();
     src.destroy(name);
     target.destroy(name);
@@ -299,6 +279,24 @@ fn rxen_migrate_storage(
     let _ = std::fs::remove_file(&img);
     let _ = std::fs::remove_file(RxenHost::storage_dir_of(key).join(format!("{name}-xvda.raw")));
     r
+}
+
+/// The migration target ([`start_target`], sandboxed) unless rxen is `blocked`; when it does
+/// not start, `blocked` says why.
+pub fn target_unless(
+    blocked: &mut Option<String>,
+    key: &std::path::Path,
+) -> Option<(RxenHost, u16)> {
+    if blocked.is_some() {
+        return None;
+    }
+    match start_target(key, true) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            *blocked = Some(format!("the target rxend did not start: {e}"));
+            None
+        }
+    }
 }
 
 /// Writes a relocation key to `key` and starts a target rxend whose relocation
@@ -401,21 +399,26 @@ pub fn rxen_migrate(
         ])?;
         alive_on(target, name)?;
         check(target, name)?;
-        let get = |k: &str| {
-            field(&out, k).ok_or_else(|| {
-                BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
-            })
-        };
-        Ok(Figures {
-            downtime_ms: get("downtime ")?,
-            total_ms: get("total ")?,
-            sent_mib: get("bytes sent (")?,
-            phases: phases(&out),
-        })
+        figures_of(&out)
     })();
     src.destroy(name);
     target.destroy(name);
     r
+}
+
+/// The figures of `rxl migrate -v`'s output `out`.
+fn figures_of(out: &str) -> Result<Figures> {
+    let get = |k: &str| {
+        field(out, k).ok_or_else(|| {
+            BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
+        })
+    };
+    Ok(Figures {
+        downtime_ms: get("downtime ")?,
+        total_ms: get("total ")?,
+        sent_mib: get("bytes sent (")?,
+        phases: phases(out),
+    })
 }
 
 /// Attaches to the migrated domain on the target and asks for its heartbeat;
