@@ -170,6 +170,20 @@ impl Qemu {
         }
     }
 
+    /// When QEMU last sent the event `name` (e.g. `STOP`, `RESUME`), in microseconds since the
+    /// Unix epoch by its own timestamp, among the events read so far.
+    pub fn event_unix_us(&self, name: &str) -> Option<u64> {
+        let e = self
+            .qmp
+            .as_ref()?
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["event"].as_str() == Some(name))?;
+        let ts = &e["timestamp"];
+        Some(ts["seconds"].as_u64()? * 1_000_000 + ts["microseconds"].as_u64()?)
+    }
+
     /// Polls `query-migrate` until it completes or fails; returns its last answer.
     pub fn wait_migration(&mut self, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
@@ -260,6 +274,8 @@ pub fn nic_args(tap: &str, mac: &str) -> Vec<String> {
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// The events read so far (QEMU sends them between answers), oldest first.
+    pub events: Vec<Value>,
 }
 
 impl Qmp {
@@ -284,6 +300,7 @@ impl Qmp {
         let mut q = Qmp {
             reader: BufReader::new(stream),
             writer,
+            events: Vec::new(),
         };
         let greeting = q.read()?;
         if greeting.get("QMP").is_none() {
@@ -317,6 +334,7 @@ impl Qmp {
         loop {
             let v = self.read()?;
             if v.get("event").is_some() {
+                self.events.push(v);
                 continue;
             }
             if let Some(r) = v.get("return") {

@@ -13,8 +13,13 @@ use crate::rxen::RxenHost;
 
 /// One migration's figures, as the monitor reports them.
 pub struct Figures {
-    /// The time the guest did not run, in ms.
+    /// The time the guest did not run, in ms: from its pause on the source to its run on
+    /// the target.
     pub downtime_ms: f64,
+    /// The downtime as the source alone counts it, in ms: from the pause until the last of
+    /// the stream is sent (QEMU's `query-migrate` figure, in whole ms; rxen's source-side
+    /// phases added up).
+    pub source_side_ms: Option<f64>,
     /// From the start of the migration to its end, in ms.
     pub total_ms: f64,
     /// Bytes sent, in MiB.
@@ -93,7 +98,14 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             format!("dirtying {rate} MiB/s")
         };
         let guest = format!("{mib} MiB, 1 vCPU, {load}");
-        let mut down = Row::new("migration: downtime", &guest, "ms", 0, Better::Lower);
+        let mut down = Row::new("migration: downtime", &guest, "ms", 2, Better::Lower);
+        let mut source_side = Row::new(
+            "migration: downtime as the source counts it",
+            &guest,
+            "ms",
+            2,
+            Better::Lower,
+        );
         let mut total = Row::new("migration: total time", &guest, "ms", 0, Better::Lower);
         let mut sent = Row::new("migration: data sent", &guest, "MiB", 1, Better::Lower);
         let mut breakdown: Vec<Row> = PHASES
@@ -117,14 +129,16 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
                     rxen_migrate(src, t, &name, *port, &key, mib, rate, &|_, _| Ok(()))
                 });
                 push_phases(&mut breakdown, &f);
+                push_source_side(&mut source_side.rxen, &f);
                 push(&mut down.rxen, &mut total.rxen, &mut sent.rxen, f);
             }
             if qemu_blocked.is_none() {
                 let f = qemu_migrate(ctx, mib, rate);
+                push_source_side(&mut source_side.qemu, &f);
                 push(&mut down.qemu, &mut total.qemu, &mut sent.qemu, f);
             }
         }
-        for r in [&mut down, &mut total, &mut sent] {
+        for r in [&mut down, &mut source_side, &mut total, &mut sent] {
             if let Some(why) = &rxen_blocked {
                 r.rxen = Cell::Pending(why.clone());
             }
@@ -139,6 +153,7 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             }
         }
         rows.push(down);
+        rows.push(source_side);
         rows.extend(breakdown);
         rows.extend([total, sent]);
     }
@@ -336,6 +351,24 @@ fn push_phases(rows: &mut [Row], f: &Result<Figures>) {
     }
 }
 
+/// The phases of rxen's breakdown that happen on the source before the stream's end is sent.
+const SOURCE_PHASES: &[&str] = &[
+    "vCPU pause",
+    "device freeze",
+    "dirty-log sync",
+    "state capture",
+    "last round on the wire",
+];
+
+fn push_source_side(cell: &mut Cell, f: &Result<Figures>) {
+    cell.push(match f {
+        Ok(f) => f
+            .source_side_ms
+            .ok_or_else(|| "no source-side figure".to_string()),
+        Err(e) => Err(e.to_string()),
+    });
+}
+
 fn push(down: &mut Cell, total: &mut Cell, sent: &mut Cell, f: Result<Figures>) {
     match f {
         Ok(f) => {
@@ -413,8 +446,27 @@ fn figures_of(out: &str) -> Result<Figures> {
             BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
         })
     };
+    // The breakdown's `downtime N us` line, in microseconds, over the figures line's 0.1 ms.
+    let exact = phases(out)
+        .iter()
+        .find(|(l, _)| l == "downtime")
+        .map(|(_, us)| us / 1000.0);
     Ok(Figures {
-        downtime_ms: get("downtime ")?,
+        downtime_ms: match exact {
+            Some(ms) => ms,
+            None => get("downtime ")?,
+        },
+        source_side_ms: {
+            let ph = phases(out);
+            let sum: f64 = ph
+                .iter()
+                .filter(|(l, _)| SOURCE_PHASES.contains(&l.as_str()))
+                .map(|(_, us)| us)
+                .sum();
+            ph.iter()
+                .any(|(l, _)| l == "vCPU pause")
+                .then_some(sum / 1000.0)
+        },
         total_ms: get("total ")?,
         sent_mib: get("bytes sent (")?,
         phases: phases(out),
@@ -496,8 +548,22 @@ fn qemu_migrate(ctx: &mut Ctx, mib: u64, rate: u64) -> Result<Figures> {
         k.as_f64()
             .ok_or_else(|| BenchError::Unexpected(format!("query-migrate has no {what}: {v}")))
     };
+    // From the source's STOP to the target's RESUME, by QEMU's own event timestamps (the
+    // same host's clock): the guest's downtime as rxen's figure counts it. QEMU's STOP comes
+    // once its vCPUs are paused, RESUME just before they run.
+    let stop = src.event_unix_us("STOP");
+    let resume = dst.event_unix_us("RESUME");
+    let downtime_ms = match (stop, resume) {
+        (Some(a), Some(b)) if b >= a => (b - a) as f64 / 1000.0,
+        _ => {
+            return Err(BenchError::Unexpected(format!(
+                "no STOP event on the source or RESUME on the target (STOP {stop:?}, RESUME {resume:?})"
+            )))
+        }
+    };
     Ok(Figures {
-        downtime_ms: num(&v["downtime"], "downtime")?,
+        downtime_ms,
+        source_side_ms: Some(num(&v["downtime"], "downtime")?),
         total_ms: num(&v["total-time"], "total-time")?,
         sent_mib: num(&v["ram"]["transferred"], "ram.transferred")? / (1u64 << 20) as f64,
         phases: Vec::new(),
@@ -532,8 +598,10 @@ mod tests {
             .chain(&["last round bytes"])
             .map(|l| Row::new(l, "g", "µs", 0, Better::Lower))
             .collect();
+        assert_eq!(figures_of(out).expect("figures").source_side_ms, Some(3.12));
         let f = Ok(Figures {
             downtime_ms: 6.1,
+            source_side_ms: None,
             total_ms: 20.0,
             sent_mib: 0.0,
             phases: p,

@@ -173,6 +173,13 @@ pub struct Header {
 
 /// Header flag: the stream comes from a live migration.
 pub const FLAG_LIVE: u32 = 1;
+/// Header flag: the sender waits, after each pre-copy round's end record, for the receiver's
+/// `applied N` line on the connection (a migration only), so that the guest is paused only
+/// once the target has every earlier page in place. A receiver from before it refuses the
+/// flag, so the migration fails cleanly instead of waiting for lines that never come.
+pub const FLAG_ROUND_ACKS: u32 = 2;
+/// Every header flag this code knows.
+const KNOWN_FLAGS: u32 = FLAG_LIVE | FLAG_ROUND_ACKS;
 
 impl Header {
     /// The header this host writes.
@@ -183,6 +190,19 @@ impl Header {
             page_shift: PAGE_SHIFT,
             flags: if live { FLAG_LIVE } else { 0 },
         }
+    }
+
+    /// This header with [`FLAG_ROUND_ACKS`] set.
+    pub fn with_round_acks(self) -> Header {
+        Header {
+            flags: self.flags | FLAG_ROUND_ACKS,
+            ..self
+        }
+    }
+
+    /// Whether the sender waits for the receiver's `applied N` after each round.
+    pub fn round_acks(&self) -> bool {
+        self.flags & FLAG_ROUND_ACKS != 0
     }
 
     /// The header's bytes.
@@ -234,7 +254,7 @@ impl Header {
         if h.page_shift != PAGE_SHIFT {
             return Err(StreamError::BadPageShift(h.page_shift));
         }
-        if h.flags & !FLAG_LIVE != 0 {
+        if h.flags & !KNOWN_FLAGS != 0 {
             return Err(StreamError::BadFlags(h.flags));
         }
         if word(5) != crc32c::crc32c(&b[..HEADER_LEN - 4]) {
@@ -735,6 +755,20 @@ mod tests {
         ));
         let mut w = StreamWriter::new(Vec::new(), Header::new(false)).expect("w");
         assert!(w.raw_record(1, &vec![0; MAX_RECORD as usize + 1]).is_err());
+    }
+
+    #[test]
+    fn round_acks_flag_round_trips_and_unknown_flags_are_refused() {
+        let h = Header::new(true).with_round_acks();
+        let back = Header::decode(&h.encode()).expect("known flags");
+        assert!(back.round_acks() && back.flags & FLAG_LIVE != 0);
+        assert!(!Header::new(true).round_acks());
+        let mut odd = Header::new(true);
+        odd.flags |= 4;
+        assert!(matches!(
+            Header::decode(&odd.encode()),
+            Err(StreamError::BadFlags(5))
+        ));
     }
 
     #[test]

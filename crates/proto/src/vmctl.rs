@@ -229,7 +229,9 @@ pub struct TransferStats {
     pub last_round_disk_bytes: u64,
     /// From the request to the end, in milliseconds.
     pub total_ms: f64,
-    /// From pausing the guest to its run on the target (migration) or here (checkpoint), in milliseconds.
+    /// From pausing the guest to its run on the target (migration) or here (checkpoint), in
+    /// milliseconds. A migration's: until the target's vCPUs ran, by the target's report,
+    /// kept between the source's "go" and its reading of "resumed".
     pub downtime_ms: f64,
     /// Where the downtime went, phase by phase (absent from VMMs that did not measure it).
     #[serde(default)]
@@ -343,6 +345,12 @@ pub struct TargetTimings {
     pub restore_us: u64,
     /// From "go" to the guest running, in microseconds.
     pub resume_us: u64,
+    /// When the guest ran on the target: the last vCPU's first entry into the guest, in
+    /// microseconds since the Unix epoch by the target host's clock (absent from targets
+    /// before it). The source bounds it by what it saw itself, so a skewed clock cannot make
+    /// the downtime it reports wrong by more than the handshake's last message.
+    #[serde(default)]
+    pub running_at_unix_us: Option<u64>,
 }
 
 /// What a vCPU is doing, as `xl vcpu-list` shows it.

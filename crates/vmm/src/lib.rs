@@ -32,7 +32,14 @@ pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Whole microseconds of `d`.
+/// Now, in microseconds since the Unix epoch (the clock two processes on a host share).
+pub(crate) fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, micros)
+}
+
+/// A duration in whole microseconds (saturating).
 pub(crate) fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -6,7 +6,7 @@
 //! clears the byte, notices the flag and parks on a condvar. A pause is done
 //! once every vCPU is parked (or gone).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +48,12 @@ impl std::fmt::Debug for Jobs {
     }
 }
 
+/// How long a pause watches for the vCPUs to park before sleeping on it.
+const PAUSE_SPIN: Duration = Duration::from_micros(500);
+
+/// Most KVM_RUN calls [`settle`] makes: a string I/O instruction may exit once per element.
+const SETTLE_RUNS: usize = 64;
+
 /// The real-time signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
@@ -74,6 +80,9 @@ pub struct VcpuInfo {
     /// An NMI was asked for (`rxl trigger DOMAIN nmi`): the thread injects it (`KVM_NMI`)
     /// before it next enters the guest.
     nmi_pending: AtomicBool,
+    /// When the thread first entered the guest, in microseconds since the Unix epoch (0
+    /// until then): a migration's target reports when the guest ran again.
+    pub first_run_unix_us: AtomicU64,
 }
 
 impl VcpuInfo {
@@ -83,6 +92,7 @@ impl VcpuInfo {
             tid: AtomicI32::new(0),
             immediate_exit: AtomicPtr::new(std::ptr::null_mut()),
             nmi_pending: AtomicBool::new(false),
+            first_run_unix_us: AtomicU64::new(0),
         }
     }
 
@@ -112,6 +122,7 @@ impl VcpuInfo {
 #[derive(Debug)]
 struct RunState {
     paused: bool,
+    started: Vec<bool>,
     parked: Vec<bool>,
     gone: Vec<bool>,
     jobs: Jobs,
@@ -132,6 +143,7 @@ impl RunControl {
             flag: AtomicBool::new(paused),
             state: Mutex::new(RunState {
                 paused,
+                started: vec![false; count],
                 parked: vec![false; count],
                 gone: vec![false; count],
                 jobs: Jobs((0..count).map(|_| None).collect()),
@@ -180,6 +192,41 @@ impl RunControl {
         }
     }
 
+    /// Notes that vCPU `id`'s thread runs (its tid is known).
+    fn mark_started(&self, id: usize) {
+        let mut g = lock(&self.state);
+        if let Some(s) = g.started.get_mut(id) {
+            *s = true;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Waits until every vCPU thread runs and, if `parked`, is parked by the pause it started
+    /// in (a thread that ended counts as both); false if `timeout` passed first. Woken by the
+    /// threads themselves: no polling nap inside a migration's downtime.
+    pub fn wait_started(&self, parked: bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.state);
+        loop {
+            let done = (0..g.started.len()).all(|i| {
+                let gone = g.gone.get(i).copied().unwrap_or(true);
+                gone || (g.started[i] && (!parked || g.parked.get(i).copied().unwrap_or(false)))
+            });
+            if done {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
     fn mark_gone(&self, id: usize) {
         let mut g = lock(&self.state);
         if let Some(p) = g.gone.get_mut(id) {
@@ -196,14 +243,15 @@ impl RunControl {
             self.flag.store(true, Ordering::SeqCst);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
+        let stopped = |s: &RunState| {
+            s.parked
+                .iter()
+                .zip(&s.gone)
+                .all(|(parked, gone)| *parked || *gone)
+        };
         let mut g = lock(&self.state);
+        let mut spin_until = None;
         loop {
-            let stopped = |s: &RunState| {
-                s.parked
-                    .iter()
-                    .zip(&s.gone)
-                    .all(|(parked, gone)| *parked || *gone)
-            };
             if stopped(&g) {
                 return Ok(());
             }
@@ -217,6 +265,19 @@ impl RunControl {
                 if running {
                     info.set_immediate_exit(1);
                     kick(i);
+                }
+            }
+            // After the first kick, watch for a moment before sleeping: a vCPU leaves the
+            // guest within microseconds, and a sleeping thread's wake-up takes longer than that
+            // (a migration's downtime starts here).
+            let until = *spin_until.get_or_insert_with(|| Instant::now() + PAUSE_SPIN);
+            while Instant::now() < until {
+                drop(g);
+                // Yielding: on a host with few CPUs the vCPU thread may need this one.
+                std::thread::yield_now();
+                g = lock(&self.state);
+                if stopped(&g) {
+                    return Ok(());
                 }
             }
             g = self
@@ -371,6 +432,7 @@ fn gettid() -> i32 {
 fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
     let id = info.id;
     info.tid.store(gettid(), Ordering::SeqCst);
+    ctx.control.mark_started(id as usize);
     // Confined before the guest runs a single instruction on this vCPU.
     if let Err(e) = crate::sandbox::enter(crate::sandbox::ThreadKind::Vcpu) {
         ctx.exit
@@ -382,8 +444,10 @@ fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
     info.immediate_exit
         .store(std::ptr::addr_of_mut!(run.immediate_exit), Ordering::SeqCst);
     let idx = id as usize;
+    let mut ran = false;
     loop {
         if ctx.control.flag.load(Ordering::SeqCst) {
+            settle(id, &mut vcpu, &ctx);
             ctx.control.park(idx, Some(&mut vcpu));
         }
         if ctx.exit.is_requested() {
@@ -395,6 +459,11 @@ fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
                 Ok(()) => tracing::info!(vcpu = id, "NMI injected"),
                 Err(e) => tracing::warn!(vcpu = id, "cannot inject an NMI: {e}"),
             }
+        }
+        if !ran {
+            ran = true;
+            info.first_run_unix_us
+                .store(crate::unix_micros(), Ordering::SeqCst);
         }
         match vcpu.run() {
             Ok(exit) => {
@@ -428,6 +497,27 @@ fn run_loop(mut vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
         .store(std::ptr::null_mut(), Ordering::SeqCst);
     ctx.control.mark_gone(idx);
     tracing::debug!(vcpu = id, "vCPU thread ends");
+}
+
+/// Lets KVM finish the instruction a vCPU leaving the guest is in the middle of (port I/O
+/// whose data this thread just handled), without running the guest: KVM_RUN with
+/// `immediate_exit` set completes it and returns. PVM may write guest memory on the way, so a
+/// pause settles every vCPU before it parks: the state a save or migration then reads (and
+/// the dirty log after it) is whole. An I/O exit on the way (a string instruction's next
+/// element) is handled like any other.
+fn settle(id: u32, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    for _ in 0..SETTLE_RUNS {
+        vcpu.set_kvm_immediate_exit(1);
+        let r = vcpu.run();
+        let more = match r {
+            Ok(exit) => matches!(handle_exit(id, exit, ctx), Next::Continue),
+            Err(_) => false,
+        };
+        vcpu.set_kvm_immediate_exit(0);
+        if !more {
+            return;
+        }
+    }
 }
 
 /// Starts vCPU `id` on a thread named `vcpu<id>`.

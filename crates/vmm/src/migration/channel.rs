@@ -1,13 +1,16 @@
 //! The migration connection between the source and the target VMM: short
 //! handshake lines around the stream. The target says `ready` once its VM is
-//! built (the source pauses the guest only then) and `received` once the
-//! stream is in; the source answers `go`; the target says `resumed` once the
-//! guest runs there, then `timings {json}` (its side of the downtime). Any
-//! `error: why` line ends the migration, and the guest goes on at the source.
+//! built (the source pauses the guest only then), `applied N` once it has
+//! put round N's pages in place (when the stream's header asks for it), and
+//! `received` once the stream is in; the source answers `go`; the target says
+//! `resumed` once the guest runs there, then `timings {json}` (its side of
+//! the downtime). Any `error: why` line ends the migration, and the guest goes
+//! on at the source.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use rxen_proto::vmctl::TargetTimings;
 
@@ -22,6 +25,54 @@ pub const GO: &str = "go";
 /// The guest runs on the target.
 pub const RESUMED: &str = "resumed";
 
+/// What starts the target's line after a pre-copy round: `applied N`.
+const APPLIED_PREFIX: &str = "applied ";
+
+/// The target's line once round `round`'s pages are in place.
+pub(crate) fn applied(round: u32) -> String {
+    format!("{APPLIED_PREFIX}{round}")
+}
+
+/// How long the source polls for the target's answer to a round before sleeping on it: the
+/// guest still runs, so the wait must not take its CPU for long.
+pub(crate) const ROUND_SPIN: Duration = Duration::from_micros(200);
+/// How long either side polls for a line of the stop-and-copy phase before sleeping on it: the
+/// guest is paused, and a sleeping thread's wake-up (tens of microseconds, far more under
+/// nested virtualization) was a good part of the downtime.
+pub(crate) const PAUSE_SPIN: Duration = Duration::from_millis(3);
+
+/// The source's side of a round's end: reads the target's lines until `applied round`. The
+/// target's `ready` (said before any round) and earlier rounds' lines pass; `ready` is noted in
+/// `ready_seen`.
+pub(crate) fn expect_applied(
+    sock: &File,
+    round: u32,
+    ready_seen: &mut bool,
+) -> Result<(), TransferError> {
+    let want = applied(round);
+    loop {
+        let l = read_line_spinning(sock, ROUND_SPIN)
+            .map_err(|e| TransferError::Peer(format!("the target went away: {e}")))?;
+        if l == want {
+            return Ok(());
+        }
+        if l == READY && !*ready_seen {
+            *ready_seen = true;
+            continue;
+        }
+        let earlier = l
+            .strip_prefix(APPLIED_PREFIX)
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n < round);
+        if !earlier {
+            let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
+            return Err(TransferError::Peer(format!(
+                "the target refused the domain: {why}"
+            )));
+        }
+    }
+}
+
 /// Sends one handshake line (`line` without its newline).
 pub(crate) fn say(sock: &File, line: &str) -> std::io::Result<()> {
     (&*sock).write_all(format!("{line}\n").as_bytes())
@@ -35,7 +86,16 @@ pub(crate) fn refuse(sock: &File, why: &dyn std::fmt::Display) {
 /// The source's side: waits for the target's `want` line; an `error: why`
 /// line, another line or a closed connection is the peer's error.
 pub(crate) fn expect(sock: &File, want: &str) -> Result<(), TransferError> {
-    match read_line(sock) {
+    expect_spinning(sock, want, Duration::ZERO)
+}
+
+/// [`expect`], polling for up to `spin` before sleeping on the connection.
+pub(crate) fn expect_spinning(
+    sock: &File,
+    want: &str,
+    spin: Duration,
+) -> Result<(), TransferError> {
+    match read_line_spinning(sock, spin) {
         Ok(l) if l == want => Ok(()),
         Ok(l) => {
             let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
@@ -90,6 +150,37 @@ pub fn read_line(f: &File) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
+/// [`read_line`], polling the connection for up to `spin` first instead of sleeping at once.
+pub(crate) fn read_line_spinning(f: &File, spin: Duration) -> std::io::Result<String> {
+    wait_readable(f, spin);
+    read_line(f)
+}
+
+/// Polls `f` until it has data or `spin` passed, yielding the CPU between polls: a thread that
+/// sleeps on a socket is woken tens of microseconds after the data comes, and an idle CPU of a
+/// nested virtual machine (as on the benchmark's hosts) sometimes takes a millisecond and more;
+/// yielding leaves the CPU to any thread that has work, so that on a host with few CPUs the
+/// poll does not keep the one it waits for from running.
+pub(crate) fn wait_readable(f: &File, spin: Duration) {
+    if spin.is_zero() {
+        return;
+    }
+    let until = Instant::now() + spin;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd that lives through the call; a zero timeout never blocks.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if ready != 0 || Instant::now() >= until {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Takes ownership of the inherited migration socket `fd`.
 pub(crate) fn take_incoming(fd: i32) -> std::io::Result<File> {
     let f = crate::vm::take_fd(fd)?;
@@ -124,13 +215,39 @@ mod tests {
         let timings = TargetTimings {
             restore_us: 12,
             resume_us: 34,
+            running_at_unix_us: Some(1_800_000_000_000_000),
         };
         send_timings(&target, &timings).expect("timings");
         let line = read_line(&source).expect("line");
         let back = target_timings(&line).expect("parsed");
-        assert_eq!((back.restore_us, back.resume_us), (12, 34));
+        assert_eq!(back, timings);
+        // A target from before the stamp.
+        let old = target_timings(r#"timings {"restore_us":1,"resume_us":2}"#).expect("old");
+        assert_eq!(old.running_at_unix_us, None);
         drop(target);
         let e = expect(&source, RESUMED).expect_err("gone").to_string();
         assert!(e.starts_with("the target went away"), "{e}");
+    }
+
+    #[test]
+    fn round_acknowledgements_pass_ready_and_earlier_rounds() {
+        let (source, target) = pair();
+        for l in [READY.to_string(), applied(1), applied(2)] {
+            say(&target, &l).expect("say");
+        }
+        let mut ready = false;
+        expect_applied(&source, 2, &mut ready).expect("round 2");
+        assert!(ready, "ready was seen on the way");
+        say(&target, &applied(4)).expect("say");
+        let e = expect_applied(&source, 3, &mut ready).expect_err("a later round");
+        assert_eq!(e.to_string(), "the target refused the domain: applied 4");
+        refuse(&target, &"cannot write a page");
+        let e = expect_applied(&source, 5, &mut ready).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "the target refused the domain: cannot write a page"
+        );
+        say(&target, GO).expect("say");
+        expect_spinning(&source, GO, PAUSE_SPIN).expect("spinning read");
     }
 }

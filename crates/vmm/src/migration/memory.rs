@@ -351,7 +351,7 @@ mod tests {
         junk.extend_from_slice(b"trailing junk");
         let e = refused(&junk[..], StreamSource::File);
         assert!(e.to_string().contains("after its end record"), "{e}");
-        let e = refused(&junk[..], StreamSource::Connection);
+        let e = refused(&junk[..], StreamSource::Connection(None));
         assert!(e.to_string().contains("no state for vCPU 0"), "{e}");
         // A page beyond RAM: refused.
         let mut w = StreamWriter::new(Vec::new(), stream::Header::new(false)).expect("w");

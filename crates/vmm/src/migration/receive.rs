@@ -35,12 +35,13 @@ pub const KERNEL_KINDS: [&str; 2] = ["testguest", "linux"];
 
 /// Where a stream comes from: a save file ends with its end record; a migration connection
 /// stays open after it (the target answers on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamSource {
+#[derive(Debug, Clone, Copy)]
+pub enum StreamSource<'a> {
     /// A save file: nothing may follow the end record.
     File,
-    /// A migration connection.
-    Connection,
+    /// A migration connection; the socket is where the target says `applied N` after each
+    /// round when the source asks for it ([`stream::FLAG_ROUND_ACKS`]).
+    Connection(Option<&'a std::fs::File>),
 }
 
 /// Reads a whole stream into `mem` and returns the rest of the state. The
@@ -55,10 +56,28 @@ pub fn receive<R: Read>(
     memory_mib: u64,
     vcpus: u32,
     cpu: &CpuLimits,
-    source: StreamSource,
+    source: StreamSource<'_>,
     disks: Option<&dyn DiskSink>,
 ) -> Result<Received, TransferError> {
     let mut r = StreamReader::new(input)?;
+    // The source waits for this side to have applied each round before the next step.
+    let acks = match source {
+        StreamSource::Connection(sock) if r.header.round_acks() => Some(sock.ok_or_else(|| {
+            TransferError::Mismatch(
+                "the stream asks for round acknowledgements, which only a migration's \
+                 connection carries"
+                    .into(),
+            )
+        })?),
+        StreamSource::File if r.header.round_acks() => {
+            return Err(TransferError::Mismatch(
+                "the save file's header asks for round acknowledgements (corrupt or not a \
+                 save file)"
+                    .into(),
+            ))
+        }
+        _ => None,
+    };
     // The daemon took what it needs from the config record (or was given
     // another config); here it must at least be one.
     let config: stream::ConfigRecord = stream::from_json("config", &r.expect(RecordType::Config)?)?;
@@ -169,7 +188,7 @@ pub fn receive<R: Read>(
                         sink.flush_all()?;
                     }
                 }
-                if source == StreamSource::File {
+                if matches!(source, StreamSource::File) {
                     let mut extra = [0u8; 1];
                     let n = r
                         .get_mut()
@@ -184,7 +203,26 @@ pub fn receive<R: Read>(
                 }
                 break;
             }
-            RecordType::RoundEnd => {}
+            RecordType::RoundEnd => {
+                if let Some(sock) = acks {
+                    let round = rec
+                        .body
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_le_bytes)
+                        .ok_or_else(|| StreamError::Malformed {
+                            what: "round end",
+                            why: "no round number".into(),
+                        })?;
+                    super::channel::say(sock, &super::channel::applied(round)).map_err(|e| {
+                        TransferError::Peer(format!("cannot answer the source: {e}"))
+                    })?;
+                    // The source sends nothing more until it has this answer, and pauses the
+                    // guest right after it when pre-copy is done: watch for what comes next
+                    // instead of sleeping on it.
+                    super::channel::wait_readable(sock, super::channel::PAUSE_SPIN);
+                }
+            }
             RecordType::Config | RecordType::VmInfo => {
                 return Err(StreamError::Unexpected(rec.kind.name()).into())
             }

@@ -29,6 +29,8 @@ pub struct Sent<W> {
     pub stats: TransferStats,
     /// When the guest was paused for the last round.
     pub paused_at: Instant,
+    /// The same moment in microseconds since the Unix epoch (a target reports its resume so).
+    pub paused_unix_us: u64,
     /// Whether the guest was paused before the transfer began.
     pub was_paused: bool,
     /// When the transfer began.
@@ -78,10 +80,11 @@ impl Vm {
             }
         }
         match sent {
-            Ok((writer, stats, paused_at)) => Ok(Sent {
+            Ok((writer, stats, (paused_at, paused_unix_us))) => Ok(Sent {
                 writer,
                 stats,
                 paused_at,
+                paused_unix_us,
                 was_paused,
                 started,
                 storage,
@@ -99,8 +102,16 @@ impl Vm {
         opts: &SendOptions<'_>,
         was_paused: bool,
         storage: &mut Option<StorageSender>,
-    ) -> Result<(W, TransferStats, Instant), TransferError> {
-        let mut w = StreamWriter::new(out, Header::new(opts.live))?;
+    ) -> Result<(W, TransferStats, (Instant, u64)), TransferError> {
+        // A live migration's target acknowledges each round, so that the guest is paused only
+        // once the target has caught up with the stream (its backlog would be downtime).
+        let acks = opts.wait_ready.filter(|_| opts.live && !was_paused);
+        let header = match acks {
+            Some(_) => Header::new(opts.live).with_round_acks(),
+            None => Header::new(opts.live),
+        };
+        let mut ready_seen = false;
+        let mut w = StreamWriter::new(out, header)?;
         w.record(RecordType::Config, &pstream::json_body(opts.config)?)?;
         w.record(RecordType::VmInfo, &pstream::json_body(&self.shape())?)?;
         let mut stats = TransferStats::default();
@@ -138,7 +149,12 @@ impl Vm {
                 }
                 w.record(RecordType::RoundEnd, &round.to_le_bytes())?;
                 stats.rounds = round;
+                if let Some(sock) = acks {
+                    w.flush()?;
+                    channel::expect_applied(sock, round, &mut ready_seen)?;
+                }
                 let rate = (w.bytes - before) as f64 / t.elapsed().as_secs_f64().max(1e-6);
+                let sent_pages = pfns.len();
                 pfns = dirty.collect(self.kvm(), self.mem())?;
                 let estimate_ms = pfns.len() as f64 * pstream::PAGE_SIZE as f64 / rate * 1000.0;
                 tracing::info!(
@@ -148,8 +164,11 @@ impl Vm {
                     estimate_ms,
                     "pre-copy round done"
                 );
+                // Within the downtime target, another round is still worth it while it
+                // halves the dirty set: the pause then sends less (the target is only a bound).
+                let converging = pfns.len() * 2 <= sent_pages;
                 if pfns.len() < DIRTY_THRESHOLD
-                    || estimate_ms <= opts.downtime_ms as f64
+                    || (estimate_ms <= opts.downtime_ms as f64 && !converging)
                     || round >= opts.max_rounds
                 {
                     pending = std::mem::take(&mut pfns);
@@ -158,7 +177,7 @@ impl Vm {
                 round += 1;
             }
         }
-        if let Some(sock) = opts.wait_ready {
+        if let Some(sock) = opts.wait_ready.filter(|_| !ready_seen) {
             // Let the target take what was sent while it finishes building its VM.
             w.flush()?;
             channel::expect(sock, channel::READY)?;
@@ -166,11 +185,16 @@ impl Vm {
         // The downtime starts with the pause request: the first vCPU stops
         // as soon as it is kicked.
         let paused_at = Instant::now();
+        let paused_unix_us = crate::unix_micros();
         let mut phases = StopCopyBreakdown::default();
+        // Each vCPU settles (finishes the port I/O it was in) on its own thread as it parks.
         self.pause_all()
             .map_err(|e| TransferError::Peer(e.to_string()))?;
-        self.settle_vcpus()?;
         phases.vcpu_pause_us = micros(paused_at.elapsed());
+        // The vCPU threads read their state while this one sends the last pages.
+        let t = Instant::now();
+        let vcpu_states = self.capture_vcpus()?;
+        let mut capture = t.elapsed();
         // From here no device writes guest memory: the last pages and the
         // queues' progress describe the same moment.
         let t = Instant::now();
@@ -209,14 +233,18 @@ impl Vm {
             stats.disk_bytes = s.bytes;
         }
         let t = Instant::now();
-        let vcpus = self.capture_vcpus()?;
+        let vcpus = vcpu_states
+            .collect(channel::PAUSE_SPIN)?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         let vm = super::vcpu_state::capture_vm(&self.kvm().fd)?;
         let devices = self
             .device_records()
             .iter()
             .map(pstream::json_body)
             .collect::<Result<Vec<_>, _>>()?;
-        phases.state_capture_us = micros(t.elapsed());
+        capture += t.elapsed();
+        phases.state_capture_us = micros(capture);
         let t = Instant::now();
         for body in vcpus {
             w.record(RecordType::Vcpu, &body)?;
@@ -232,7 +260,7 @@ impl Vm {
         phases.last_round_bytes = w.bytes - last_from;
         stats.bytes = w.bytes;
         stats.stop_copy = Some(phases);
-        Ok((w.into_inner(), stats, paused_at))
+        Ok((w.into_inner(), stats, (paused_at, paused_unix_us)))
     }
 
     /// Saves the domain to `file`, then exits, resumes or stays paused. rxend
@@ -323,7 +351,7 @@ impl Vm {
             tracing::warn!("migration failed, domain resumed here: {e}");
             e
         };
-        if let Err(e) = channel::expect(&sock, channel::RECEIVED) {
+        if let Err(e) = channel::expect_spinning(&sock, channel::RECEIVED, channel::PAUSE_SPIN) {
             return Err(resume_here(self, e));
         }
         if let Err(e) = channel::say(&sock, channel::GO) {
@@ -332,7 +360,9 @@ impl Vm {
                 TransferError::Peer(format!("the target went away: {e}")),
             ));
         }
+        let go_at = Instant::now();
         // From here on the target owns the domain: never resume it here.
+        // Not polled: the target's new vCPU threads need this CPU more than this wait does.
         match read_line(&sock) {
             Ok(l) if l == channel::RESUMED => {}
             other => {
@@ -344,29 +374,65 @@ impl Vm {
                 ));
             }
         }
+        let confirmed_at = Instant::now();
         let mut stats = sent.stats;
-        stats.downtime_ms = sent.paused_at.elapsed().as_secs_f64() * 1000.0;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
         self.exit()
             .request(ExitReason::Migrated, "migrated to another host");
-        // The guest runs there: its side of the downtime, if it says (a target
-        // from before the breakdown closes the connection instead).
+        // The guest runs there: its side of the downtime, if it says (a target from before
+        // the breakdown closes the connection instead).
         set_timeout(&sock, Some(Duration::from_secs(2)));
-        match read_line(&sock).map(|l| target_timings(&l)) {
-            Ok(Some(t)) => {
-                if let Some(p) = &mut stats.stop_copy {
-                    p.target_restore_us = Some(t.restore_us);
-                    p.target_resume_us = Some(t.resume_us);
-                }
+        let timings = match read_line(&sock).map(|l| target_timings(&l)) {
+            Ok(Some(t)) => Some(t),
+            Ok(None) => {
+                tracing::warn!("the target's timings line is garbled");
+                None
             }
-            Ok(None) => tracing::warn!("the target's timings line is garbled"),
-            Err(e) => tracing::info!("the target reported no timings: {e}"),
+            Err(e) => {
+                tracing::info!("the target reported no timings: {e}");
+                None
+            }
+        };
+        if let (Some(t), Some(p)) = (&timings, &mut stats.stop_copy) {
+            p.target_restore_us = Some(t.restore_us);
+            p.target_resume_us = Some(t.resume_us);
         }
+        let down_us = downtime_us(
+            micros(go_at - sent.paused_at),
+            micros(confirmed_at - sent.paused_at),
+            timings
+                .and_then(|t| t.running_at_unix_us)
+                .and_then(|r| r.checked_sub(sent.paused_unix_us)),
+        );
+        stats.downtime_ms = down_us as f64 / 1000.0;
         tracing::info!(
             ?stats,
             stop_copy = %stats.stop_copy.map(|p| p.summary()).unwrap_or_default(),
             "domain migrated"
         );
         Ok(stats)
+    }
+}
+
+/// A migration's downtime in microseconds: from the pause to the guest's run on the target as
+/// the target reports it (`reported`, by its clock), kept between what the source saw itself:
+/// the guest cannot run there before the source said "go" (`go`), and ran by the time the
+/// source read "resumed" (`confirmed`). Without a report, `confirmed`.
+fn downtime_us(go: u64, confirmed: u64, reported: Option<u64>) -> u64 {
+    reported.map_or(confirmed, |r| r.clamp(go, confirmed.max(go)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downtime_us;
+
+    #[test]
+    fn the_target_s_report_is_bounded_by_what_the_source_saw() {
+        assert_eq!(downtime_us(700, 1000, Some(800)), 800);
+        assert_eq!(downtime_us(700, 1000, None), 1000);
+        // A target clock behind or ahead of the source's cannot move it outside the bounds.
+        assert_eq!(downtime_us(700, 1000, Some(10)), 700);
+        assert_eq!(downtime_us(700, 1000, Some(50_000)), 1000);
+        assert_eq!(downtime_us(700, 600, Some(650)), 700);
     }
 }

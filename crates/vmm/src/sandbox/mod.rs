@@ -101,6 +101,42 @@ fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Resul
     Ok(())
 }
 
+/// Every thread kind's filter, compiled once: a thread started inside a migration's downtime
+/// (the target's vCPUs) only installs its filter.
+struct Compiled {
+    vcpu: seccompiler::BpfProgram,
+    device_io: seccompiler::BpfProgram,
+    control: seccompiler::BpfProgram,
+    clone3: seccompiler::BpfProgram,
+}
+
+static COMPILED: std::sync::OnceLock<Result<Compiled, String>> = std::sync::OnceLock::new();
+
+fn compiled() -> Result<&'static Compiled, &'static String> {
+    COMPILED
+        .get_or_init(|| {
+            Ok(Compiled {
+                vcpu: filters::program(ThreadKind::Vcpu)?,
+                device_io: filters::program(ThreadKind::DeviceIo)?,
+                control: filters::program(ThreadKind::Control)?,
+                clone3: filters::clone3_program()?,
+            })
+        })
+        .as_ref()
+}
+
+/// Compiles every filter now, so that no thread's start pays for it (the VMM calls this
+/// before it builds its domain; [`enter`] would otherwise do it on first use).
+pub fn prepare() -> Result<(), SandboxError> {
+    if !enabled() {
+        return Ok(());
+    }
+    compiled().map(|_| ()).map_err(|why| SandboxError::Seccomp {
+        kind: ThreadKind::Control,
+        why: why.clone(),
+    })
+}
+
 /// Confines the calling thread as a `kind` thread: drops every capability, sets
 /// `no_new_privs`, installs the SIGSYS reporter and the thread's seccomp filter. Threads it
 /// starts afterwards inherit all of it (and may narrow it further).
@@ -110,10 +146,17 @@ pub fn enter(kind: ThreadKind) -> Result<(), SandboxError> {
     }
     sigsys::install().map_err(sys("install the SIGSYS handler"))?;
     drop_capabilities()?;
-    let program = filters::program(kind).map_err(|why| SandboxError::Seccomp { kind, why })?;
-    let clone3 = filters::clone3_program().map_err(|why| SandboxError::Seccomp { kind, why })?;
+    let compiled = compiled().map_err(|why| SandboxError::Seccomp {
+        kind,
+        why: why.clone(),
+    })?;
+    let program = match kind {
+        ThreadKind::Vcpu => &compiled.vcpu,
+        ThreadKind::DeviceIo => &compiled.device_io,
+        ThreadKind::Control => &compiled.control,
+    };
     // apply_filter also sets no_new_privs, which seccomp needs without CAP_SYS_ADMIN.
-    for p in [&clone3, &program] {
+    for p in [&compiled.clone3, program] {
         seccompiler::apply_filter(p).map_err(|e| SandboxError::Seccomp {
             kind,
             why: e.to_string(),
@@ -139,11 +182,32 @@ struct CapData {
     inheritable: u32,
 }
 
+/// Set once the main thread emptied its bounding set before it started any other thread
+/// ([`empty_bounding_set_early`]): every thread inherits that empty set.
+static BOUNDING_SET_EMPTY: AtomicBool = AtomicBool::new(false);
+
+/// Empties the bounding set of the calling thread, which must be the process's only thread,
+/// so that every thread started afterwards inherits it empty and [`enter`] need not go through
+/// it capability by capability (two calls each, some 80 in all: most of a vCPU thread's
+/// start, inside a migration's downtime). The thread keeps the capabilities it holds until
+/// it enters the sandbox itself.
+pub fn empty_bounding_set_early() -> Result<(), SandboxError> {
+    if !enabled() {
+        return Ok(());
+    }
+    drop_bounding_set()?;
+    BOUNDING_SET_EMPTY.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
 /// Empties the calling thread's bounding, ambient, effective, permitted and inheritable sets.
 fn drop_capabilities() -> Result<(), SandboxError> {
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes last.
-    // A thread started by a confined thread has an empty set already (and no CAP_SETPCAP).
-    drop_bounding_set()?;
+    // A thread started by a confined thread, or after the main thread emptied its set early,
+    // has an empty set already.
+    if !BOUNDING_SET_EMPTY.load(Ordering::SeqCst) {
+        drop_bounding_set()?;
+    }
     clear_thread_capabilities()
 }
 

@@ -49,8 +49,9 @@ type VmExtras = (Option<rxen_virtio::BalloonHandle>, Arc<VcpuMasks>);
 enum Restore {
     /// A fresh boot of this kernel.
     Boot(LoadedKernel),
-    /// A save file or migration stream, already read and checked, and its devices.
-    Saved(Box<Received>, Box<SavedDevices>),
+    /// A save file or migration stream, already read and checked, its devices, and the
+    /// vCPUs made for it (their CPUID set) before it was read.
+    Saved(Box<Received>, Box<SavedDevices>, Vec<VcpuFd>),
 }
 
 fn vcpu_err(id: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -204,6 +205,13 @@ impl Vm {
             cpuid::for_vcpu(&kvm.supported_cpuid, 0, spec.vcpus, kvm.tsc_deadline).as_slice(),
         );
         let mut received_at = None;
+        // A restore's vCPUs are made (KVM_CREATE_VCPU, CPUID) before its stream is read: for a
+        // migration that is before the source pauses the guest, not inside the downtime.
+        let made = if spec.restore_from.is_some() || incoming.is_some() {
+            Self::make_vcpus(&kvm, spec.vcpus)?
+        } else {
+            Vec::new()
+        };
         let restored = if let (Some(path), Some(f)) = (&spec.restore_from, restore) {
             let r = migration::receive(
                 BufReader::with_capacity(1 << 20, f),
@@ -226,7 +234,7 @@ impl Vm {
                 spec.memory_mib,
                 spec.vcpus,
                 &cpu,
-                migration::StreamSource::Connection,
+                migration::StreamSource::Connection(Some(sock)),
                 Some(&*slots),
             )?;
             tracing::info!(bytes = r.bytes, "migration stream received");
@@ -243,7 +251,7 @@ impl Vm {
                 kvm,
                 mem,
                 slots,
-                Restore::Saved(Box::new(r), Box::new(devices)),
+                Restore::Saved(Box::new(r), Box::new(devices), made),
                 (balloon, vcpu_masks),
                 run,
             )?;
@@ -281,32 +289,32 @@ impl Vm {
         kvm: KvmVm,
         mem: GuestMemory,
         slots: Arc<VirtioSlots>,
-        from: Restore,
+        mut from: Restore,
         extras: VmExtras,
         run: RunFiles,
     ) -> Result<Self, VmmError> {
         let mut pending = Vec::new();
-        for id in 0..spec.vcpus {
-            let vcpu = kvm.create_vcpu(id)?;
-            match &from {
-                Restore::Boot(kernel) => setup_vcpu(&kvm, &vcpu, id, spec.vcpus, kernel)?,
-                Restore::Saved(r, _) => {
-                    let cpuid =
-                        cpuid::for_vcpu(&kvm.supported_cpuid, id, spec.vcpus, kvm.tsc_deadline);
-                    vcpu.set_cpuid2(&cpuid).map_err(vcpu_err(id, "set CPUID"))?;
-                    if let Some(st) = r.vcpus.get(id as usize) {
-                        snapshot::restore_vcpu(&vcpu, st)?;
-                    }
+        match &mut from {
+            Restore::Boot(kernel) => {
+                for id in 0..spec.vcpus {
+                    let vcpu = kvm.create_vcpu(id)?;
+                    setup_vcpu(&kvm, &vcpu, id, spec.vcpus, kernel)?;
+                    pending.push(vcpu);
                 }
             }
-            pending.push(vcpu);
+            Restore::Saved(r, _, made) => {
+                pending = std::mem::take(made);
+                for (vcpu, st) in pending.iter().zip(&r.vcpus) {
+                    snapshot::restore_vcpu(vcpu, st)?;
+                }
+            }
         }
         let (kind, saved) = match from {
             Restore::Boot(kernel) => {
                 Self::write_boot_info(&spec, &mem, &kernel, &pending)?;
                 (kernel.kind, SavedDevices::default())
             }
-            Restore::Saved(r, devices) => {
+            Restore::Saved(r, devices, _) => {
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
                 if let Some(m) = devices.vcpu_masks {
                     extras.1.restore(m.wanted, m.reported);
@@ -325,6 +333,19 @@ impl Vm {
             slots.restore_states(&kvm.fd, &saved.slots)?;
         }
         Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras, run))
+    }
+
+    /// The `count` vCPUs of a domain to restore, each with its CPUID set: what does not
+    /// depend on the saved state.
+    fn make_vcpus(kvm: &KvmVm, count: u32) -> Result<Vec<VcpuFd>, VmmError> {
+        (0..count)
+            .map(|id| {
+                let vcpu = kvm.create_vcpu(id)?;
+                let cpuid = cpuid::for_vcpu(&kvm.supported_cpuid, id, count, kvm.tsc_deadline);
+                vcpu.set_cpuid2(&cpuid).map_err(vcpu_err(id, "set CPUID"))?;
+                Ok(vcpu)
+            })
+            .collect()
     }
 
     fn write_boot_info(

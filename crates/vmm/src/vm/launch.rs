@@ -7,7 +7,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rxen_proto::vmctl::TargetTimings;
 use rxen_proto::vmspec::{files, ExitRecord, VmSpec};
@@ -16,7 +16,7 @@ use super::error::VmmError;
 use super::running::Vm;
 use crate::event_loop;
 use crate::micros;
-use crate::migration::channel::{self, read_line, take_incoming};
+use crate::migration::channel::{self, take_incoming};
 use crate::sandbox::preopen::HostFiles;
 
 /// Binds a Unix socket at `path` with mode 0600, replacing a stale one.
@@ -78,6 +78,10 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         tracing::warn!("running unconfined: the sandbox is off (rxend --no-sandbox)");
     }
     crate::sandbox::limit_resources()?;
+    // The process has one thread yet: what every thread's confinement has in common is
+    // done here once, not in each new thread.
+    crate::sandbox::empty_bounding_set_early()?;
+    crate::sandbox::prepare()?;
     let run_dir = spec.run_dir.clone();
     if !run_dir.is_dir() {
         return Err(VmmError::RunDir {
@@ -124,13 +128,16 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     }
     let mut vm = Vm::build(spec, incoming.as_ref(), host).map_err(tell_source)?;
     let mut timings = TargetTimings::default();
-    let mut go_at = None;
+    let mut go_unix_us = 0;
     if let Some(sock) = &incoming {
         timings.restore_us = vm.received_at.map_or(0, |t| micros(t.elapsed()));
         // The source may still back out until it says "go".
-        let go = channel::say(sock, channel::RECEIVED).and_then(|()| read_line(sock));
+        let go = channel::say(sock, channel::RECEIVED)
+            .and_then(|()| channel::read_line_spinning(sock, channel::PAUSE_SPIN));
         match go {
-            Ok(l) if l == channel::GO => go_at = Some(Instant::now()),
+            Ok(l) if l == channel::GO => {
+                go_unix_us = crate::unix_micros();
+            }
             other => {
                 return Err(VmmError::Incoming(format!(
                     "the source did not clear the domain to run ({other:?})"
@@ -141,10 +148,15 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     // Each vCPU and device thread confines itself before its first instruction.
     vm.start()?;
     if let Some(sock) = &incoming {
-        timings.resume_us = go_at.map_or(0, |t| micros(t.elapsed()));
         if let Err(e) = channel::say(sock, channel::RESUMED) {
             tracing::warn!("cannot tell the source that the domain runs: {e}");
         }
+        // The guest runs once every vCPU thread has confined itself and entered it.
+        timings.running_at_unix_us = vm.first_run_unix_us(Duration::from_millis(100));
+        let ran = timings
+            .running_at_unix_us
+            .unwrap_or_else(crate::unix_micros);
+        timings.resume_us = ran.saturating_sub(go_unix_us);
         if let Err(e) = channel::send_timings(sock, &timings) {
             tracing::warn!("cannot send the source the target's timings: {e}");
         }

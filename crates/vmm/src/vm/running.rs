@@ -98,8 +98,7 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts one thread per vCPU (parked at once when the spec says `start_paused`).
-    pub fn start(&mut self) -> Result<(), VmmError> {
+    fn spawn_vcpus(&mut self) -> Result<(), VmmError> {
         vcpu::install_kick_handler()?;
         let ctx = VcpuContext {
             pio: self.pio.clone(),
@@ -112,23 +111,17 @@ impl Vm {
             self.infos.push(handle.info.clone());
             self.vcpus.push(handle);
         }
+        Ok(())
+    }
+
+    /// Starts one thread per vCPU (parked at once when the spec says `start_paused`).
+    pub fn start(&mut self) -> Result<(), VmmError> {
+        self.spawn_vcpus()?;
         // "ready" promises that every vCPU thread exists (its tid is known to
         // stats) and, for a paused start, that it is parked.
         let timeout = std::time::Duration::from_secs(10);
-        let deadline = std::time::Instant::now() + timeout;
-        let pending = |vm: &Self| {
-            vm.infos.iter().enumerate().any(|(i, info)| {
-                info.tid.load(std::sync::atomic::Ordering::SeqCst) == 0
-                    || (vm.spec.start_paused && !vm.control.is_parked(i))
-            })
-        };
-        while pending(self) {
-            if std::time::Instant::now() >= deadline {
-                return Err(VmmError::VcpusNotStarted(timeout));
-            }
-            // Briefly: a migration's target says "resumed" only after this
-            // (a 1 ms nap here was a millisecond of every migration's downtime).
-            std::thread::sleep(std::time::Duration::from_micros(20));
+        if !self.control.wait_started(self.spec.start_paused, timeout) {
+            return Err(VmmError::VcpusNotStarted(timeout));
         }
         // A jailed VMM has no /proc (rxend samples its threads from the host's instead).
         if !crate::sandbox::jail::entered() {
@@ -144,6 +137,33 @@ impl Vm {
                 .collect();
         }
         Ok(())
+    }
+
+    /// When the last vCPU first entered the guest, in microseconds since the Unix epoch,
+    /// waiting up to `wait` for threads just started; None for a domain started paused, or
+    /// if one has not run by then.
+    pub(crate) fn first_run_unix_us(&self, wait: Duration) -> Option<u64> {
+        if self.spec.start_paused {
+            return None;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let stamps: Vec<u64> = self
+                .infos
+                .iter()
+                .map(|i| {
+                    i.first_run_unix_us
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                })
+                .collect();
+            if stamps.iter().all(|&t| t != 0) {
+                return stamps.into_iter().max();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Passes a shutdown or reboot request to the guest.
@@ -247,8 +267,17 @@ impl Vm {
         &self,
         job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
     ) -> Result<Vec<T>, TransferError> {
+        self.post_each_vcpu(job)?.collect(Duration::ZERO)
+    }
+
+    /// Posts `job` to every parked vCPU's own thread at once; their results come in through
+    /// what this returns, while this thread does something else.
+    pub(crate) fn post_each_vcpu<T: Send + 'static>(
+        &self,
+        job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
+    ) -> Result<VcpuResults<T>, TransferError> {
         let job = Arc::new(job);
-        let mut out = Vec::with_capacity(self.vcpus.len());
+        let mut pending = Vec::with_capacity(self.vcpus.len());
         for (i, h) in self.vcpus.iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let id = h.info.id;
@@ -261,34 +290,17 @@ impl Vm {
                     }),
                 )
                 .map_err(|e| TransferError::Peer(e.to_string()))?;
-            let r = rx
-                .recv_timeout(Duration::from_secs(5))
-                .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer")))?;
-            out.push(r);
+            pending.push((id, rx));
         }
-        Ok(out)
+        Ok(VcpuResults(pending))
     }
 
-    /// Lets KVM complete any port I/O a paused vCPU is in the middle of:
-    /// re-enter KVM_RUN with `immediate_exit` set. PVM may emulate a few
-    /// instructions on the way (guest writes), so this comes before the last
-    /// dirty pages are collected.
-    pub(crate) fn settle_vcpus(&self) -> Result<(), TransferError> {
-        self.on_each_vcpu(|v, _| {
-            v.set_kvm_immediate_exit(1);
-            let _ = v.run();
-            v.set_kvm_immediate_exit(0);
-        })
-        .map(|_| ())
-    }
-
-    /// Captures every vCPU's state on its own (parked, settled) thread.
-    pub(crate) fn capture_vcpus(&self) -> Result<Vec<Vec<u8>>, TransferError> {
+    /// Starts capturing every vCPU's state on its own (parked, settled) thread.
+    pub(crate) fn capture_vcpus(
+        &self,
+    ) -> Result<VcpuResults<Result<Vec<u8>, snapshot::SnapshotError>>, TransferError> {
         let msrs = Arc::new(snapshot::msr_list(&self.kvm.kvm));
-        self.on_each_vcpu(move |v, id| snapshot::capture_vcpu(v, id, &msrs))?
-            .into_iter()
-            .map(|r| r.map_err(TransferError::from))
-            .collect()
+        self.post_each_vcpu(move |v, id| snapshot::capture_vcpu(v, id, &msrs))
     }
 
     /// The device records (virtio devices frozen, guest paused).
@@ -476,5 +488,29 @@ impl Served for Vm {
             tx_bytes: nics.iter().map(|n| n.tx_bytes).sum(),
             rx_bytes: nics.iter().map(|n| n.rx_bytes).sum(),
         }
+    }
+}
+
+/// The results of a job posted to every vCPU ([`Vm::post_each_vcpu`]), in vCPU order.
+pub(crate) struct VcpuResults<T>(Vec<(u32, std::sync::mpsc::Receiver<T>)>);
+
+impl<T> VcpuResults<T> {
+    /// Waits for every result, watching for up to `spin` before sleeping on each.
+    pub(crate) fn collect(self, spin: Duration) -> Result<Vec<T>, TransferError> {
+        let until = std::time::Instant::now() + spin;
+        self.0
+            .into_iter()
+            .map(|(id, rx)| {
+                while std::time::Instant::now() < until {
+                    match rx.try_recv() {
+                        Ok(r) => return Ok(r),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                    }
+                }
+                rx.recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer")))
+            })
+            .collect()
     }
 }
