@@ -171,14 +171,24 @@ pub fn run(ctx: &mut Ctx) -> SectionReport {
             "live migration to a second monitor on the same host over loopback TCP, after the \
              guest's banner (and, when dirtying, after `dirty R`: the guest rewrites its free memory \
              at R MiB/s). QEMU: `-incoming tcp:127.0.0.1:PORT` on the target, `migrate` with \
-             max-bandwidth uncapped and the default 300 ms downtime limit; downtime, total time \
-             and `ram.transferred` are QEMU's own figures from `query-migrate`. The target guest's \
+             max-bandwidth uncapped and the default 300 ms downtime limit; total time and \
+             `ram.transferred` are QEMU's own figures from `query-migrate`. The target guest's \
              heartbeat is checked afterwards (not timed)."
                 .into(),
             "rxen: `rxl migrate --port P --key KEY NAME 127.0.0.2` from the benchmark's rxend to a \
              second rxend whose relocation server listens on 127.0.0.2:P (pre-copy with rxl's \
              defaults: at most 30 rounds, 20 ms downtime target); downtime, total time and bytes \
              sent are the figures `rxl migrate` prints."
+                .into(),
+            "downtime, both monitors: from the guest's stop on the source to its run on the \
+             target. QEMU: its STOP event (source, sent once its vCPUs are paused) to its RESUME \
+             event (target, sent just before its vCPUs run), by the events' own timestamps (one \
+             host, one clock). rxen: from the pause request to the target's last vCPU entering \
+             the guest, which the target reports; the source keeps the report between its own \
+             \"go\" and its reading of \"resumed\". \"Downtime as the source counts it\": \
+             QEMU's `query-migrate` downtime (source only: the stop to the last byte written, \
+             whole ms), and for rxen its source-side phases added up (vCPU pause, device \
+             freeze, dirty-log sync, state capture, last round on the wire)."
                 .into(),
             "rxen: the \"downtime: PHASE\" rows are the stop-and-copy phases `rxl migrate -v` \
              prints, each measured by the VMM where it runs (target restore and resume by the \
