@@ -37,27 +37,7 @@ fn every_thread_of_a_vmm_is_confined() {
         .parse()
         .expect("domid");
     let pid = h.vmm_pid(id);
-    let mut threads = Vec::new();
-    for t in fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("tasks")
-        .flatten()
-    {
-        let tid = t.file_name().to_string_lossy().into_owned();
-        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        threads.push((tid, comm.trim().to_string()));
-    }
-    assert!(
-        threads.iter().any(|(_, c)| c.starts_with("vcpu")),
-        "no vCPU thread among {threads:?}"
-    );
-    for (tid, comm) in &threads {
-        let st = status(&format!("/proc/{pid}/task/{tid}/status"));
-        assert_eq!(field(&st, "CapEff"), "0000000000000000", "{comm}: CapEff");
-        assert_eq!(field(&st, "CapPrm"), "0000000000000000", "{comm}: CapPrm");
-        assert_eq!(field(&st, "CapBnd"), "0000000000000000", "{comm}: CapBnd");
-        assert_eq!(field(&st, "NoNewPrivs"), "1", "{comm}: NoNewPrivs");
-        assert_eq!(field(&st, "Seccomp"), "2", "{comm}: Seccomp (filter mode)");
-    }
+    assert_threads_confined(pid, 2);
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
     let core = limits
         .lines()
@@ -75,6 +55,56 @@ fn every_thread_of_a_vmm_is_confined() {
             .any(|l| l.starts_with("rxen_sandbox") && l.ends_with(": on")),
         "{info}"
     );
+    drop(con);
+    // A restored domain's vCPU threads start before its state is read (and wait for their
+    // vCPUs): they are confined all the same, and the guest runs through their filters.
+    let file = h.dir.path().join("jailed.save");
+    let file = file.to_str().expect("utf-8");
+    h.rxl_ok(&["save", "jailed", file]);
+    h.rxl_ok(&["restore", file]);
+    let id: u32 = h
+        .rxl_ok(&["domid", "jailed"])
+        .trim()
+        .parse()
+        .expect("domid");
+    assert_threads_confined(h.vmm_pid(id), 2);
+    let mut con = h.console("jailed");
+    let before = con.heartbeat();
+    wait_until(
+        Duration::from_secs(10),
+        "the restored heartbeat moves",
+        || con.heartbeat() > before,
+    );
+}
+
+/// Every thread of VMM `pid` holds no capability, has `no_new_privs` and a seccomp filter;
+/// `vcpus` of them are vCPU threads.
+fn assert_threads_confined(pid: i32, vcpus: usize) {
+    let mut threads = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        threads.push((tid, comm.trim().to_string()));
+    }
+    assert_eq!(
+        threads
+            .iter()
+            .filter(|(_, c)| c.starts_with("vcpu"))
+            .count(),
+        vcpus,
+        "vCPU threads among {threads:?}"
+    );
+    for (tid, comm) in &threads {
+        let st = status(&format!("/proc/{pid}/task/{tid}/status"));
+        assert_eq!(field(&st, "CapEff"), "0000000000000000", "{comm}: CapEff");
+        assert_eq!(field(&st, "CapPrm"), "0000000000000000", "{comm}: CapPrm");
+        assert_eq!(field(&st, "CapBnd"), "0000000000000000", "{comm}: CapBnd");
+        assert_eq!(field(&st, "NoNewPrivs"), "1", "{comm}: NoNewPrivs");
+        assert_eq!(field(&st, "Seccomp"), "2", "{comm}: Seccomp (filter mode)");
+    }
 }
 
 #[test]

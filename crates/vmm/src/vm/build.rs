@@ -39,7 +39,7 @@ use crate::migration::regcheck::CpuLimits;
 use crate::migration::vcpu_state as snapshot;
 use crate::migration::{self, Received};
 use crate::sandbox::preopen::{HostFiles, KernelPlan, RunFiles};
-use crate::vcpu::RunControl;
+use crate::vcpu::{self, RunControl};
 
 /// Devices made before the VM is assembled: the balloon (if any) and the
 /// online-vCPU masks behind ports 0x516/0x517.
@@ -207,10 +207,14 @@ impl Vm {
         let mut received_at = None;
         // A restore's vCPUs are made (KVM_CREATE_VCPU, CPUID) before its stream is read: for a
         // migration that is before the source pauses the guest, not inside the downtime.
-        let made = if spec.restore_from.is_some() || incoming.is_some() {
-            Self::make_vcpus(&kvm, spec.vcpus)?
+        // Their threads start now too, and confine themselves while the stream comes in.
+        let (made, standby) = if spec.restore_from.is_some() || incoming.is_some() {
+            let threads = (0..spec.vcpus)
+                .map(vcpu::spawn_standby)
+                .collect::<Result<Vec<_>, _>>()?;
+            (Self::make_vcpus(&kvm, spec.vcpus)?, threads)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let restored = if let (Some(path), Some(f)) = (&spec.restore_from, restore) {
             let r = migration::receive(
@@ -237,8 +241,11 @@ impl Vm {
                 migration::StreamSource::Connection(Some(sock)),
                 Some(&*slots),
             )?;
-            tracing::info!(bytes = r.bytes, "migration stream received");
             received_at = Some(Instant::now());
+            for thread in &standby {
+                thread.arm();
+            }
+            tracing::info!(bytes = r.bytes, "migration stream received");
             slots.take_disk_locks(Duration::from_secs(5))?;
             Some(r)
         } else {
@@ -256,6 +263,7 @@ impl Vm {
                 run,
             )?;
             vm.received_at = received_at;
+            vm.standby = standby;
             return Ok(vm);
         }
 
@@ -509,6 +517,7 @@ impl Vm {
             progress: Some(progress),
             held_save: None,
             received_at: None,
+            standby: Vec::new(),
         })
     }
 }

@@ -95,6 +95,9 @@ pub struct Vm {
     /// An incoming migration's: when the whole stream was in (the target's
     /// restore starts there).
     pub(super) received_at: Option<Instant>,
+    /// A restore's vCPU threads, started before the stream was read, waiting for their vCPU
+    /// (in `pending`, in the same order).
+    pub(super) standby: Vec<vcpu::Standby>,
 }
 
 impl Vm {
@@ -106,8 +109,13 @@ impl Vm {
             control: self.control.clone(),
             mmio: self.slots.clone(),
         };
+        let mut standby = std::mem::take(&mut self.standby).into_iter();
         for (id, fd) in (0u32..).zip(std::mem::take(&mut self.pending)) {
-            let handle = vcpu::spawn(fd, id, ctx.clone())?;
+            // A restore's vCPUs have their threads already, confined and waiting.
+            let handle = match standby.next() {
+                Some(thread) => thread.run(fd, ctx.clone()),
+                None => vcpu::spawn(fd, id, ctx.clone())?,
+            };
             self.infos.push(handle.info.clone());
             self.vcpus.push(handle);
         }
