@@ -301,9 +301,24 @@ impl RunControl {
         Ok(())
     }
 
+    /// Runs `job` on vCPU `id`'s thread as soon as it is parked: at once if it is, else when
+    /// the pause that follows stops it (the thread is awake then; waking it again for the job
+    /// would cost a wake-up inside a migration's downtime). Jobs left when the vCPUs run
+    /// again are dropped.
+    pub fn post_at_park(&self, id: usize, job: VcpuJob) {
+        let mut g = lock(&self.state);
+        if let Some(slot) = g.jobs.0.get_mut(id) {
+            *slot = Some(job);
+        }
+        self.cv.notify_all();
+    }
+
     /// Lets the vCPUs run again.
     pub fn unpause(&self) {
         let mut g = lock(&self.state);
+        for slot in &mut g.jobs.0 {
+            *slot = None;
+        }
         g.paused = false;
         self.flag.store(false, Ordering::SeqCst);
         self.cv.notify_all();

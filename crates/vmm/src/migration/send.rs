@@ -187,14 +187,13 @@ impl Vm {
         let paused_at = Instant::now();
         let paused_unix_us = crate::unix_micros();
         let mut phases = StopCopyBreakdown::default();
-        // Each vCPU settles (finishes the port I/O it was in) on its own thread as it parks.
+        // Each vCPU settles (finishes the port I/O it was in) on its own thread as it parks,
+        // then reads its state there while this thread sends the last pages.
+        let vcpu_states = self.capture_vcpus_at_park()?;
         self.pause_all()
             .map_err(|e| TransferError::Peer(e.to_string()))?;
         phases.vcpu_pause_us = micros(paused_at.elapsed());
-        // The vCPU threads read their state while this one sends the last pages.
-        let t = Instant::now();
-        let vcpu_states = self.capture_vcpus()?;
-        let mut capture = t.elapsed();
+        let mut capture = Duration::ZERO;
         // From here no device writes guest memory: the last pages and the
         // queues' progress describe the same moment.
         let t = Instant::now();

@@ -284,31 +284,45 @@ impl Vm {
         &self,
         job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
     ) -> Result<VcpuResults<T>, TransferError> {
+        self.post_jobs(job, false)
+    }
+
+    /// Posts `job` to every vCPU's thread, each to run as it parks (see
+    /// [`RunControl::post_at_park`]) or at once if it is parked; `at_park` false: only to
+    /// parked ones.
+    fn post_jobs<T: Send + 'static>(
+        &self,
+        job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
+        at_park: bool,
+    ) -> Result<VcpuResults<T>, TransferError> {
         let job = Arc::new(job);
         let mut pending = Vec::with_capacity(self.vcpus.len());
         for (i, h) in self.vcpus.iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let id = h.info.id;
             let job = job.clone();
-            self.control
-                .post(
-                    i,
-                    Box::new(move |v: &mut VcpuFd| {
-                        let _ = tx.send(job(v, id));
-                    }),
-                )
-                .map_err(|e| TransferError::Peer(e.to_string()))?;
+            let job: vcpu::VcpuJob = Box::new(move |v: &mut VcpuFd| {
+                let _ = tx.send(job(v, id));
+            });
+            if at_park {
+                self.control.post_at_park(i, job);
+            } else {
+                self.control
+                    .post(i, job)
+                    .map_err(|e| TransferError::Peer(e.to_string()))?;
+            }
             pending.push((id, rx));
         }
         Ok(VcpuResults(pending))
     }
 
-    /// Starts capturing every vCPU's state on its own (parked, settled) thread.
-    pub(crate) fn capture_vcpus(
+    /// Has every vCPU's thread capture its state as it parks for the pause that follows (or
+    /// at once, if paused): each is awake then, and settled.
+    pub(crate) fn capture_vcpus_at_park(
         &self,
     ) -> Result<VcpuResults<Result<Vec<u8>, snapshot::SnapshotError>>, TransferError> {
         let msrs = Arc::new(snapshot::msr_list(&self.kvm.kvm));
-        self.post_each_vcpu(move |v, id| snapshot::capture_vcpu(v, id, &msrs))
+        self.post_jobs(move |v, id| snapshot::capture_vcpu(v, id, &msrs), true)
     }
 
     /// The device records (virtio devices frozen, guest paused).
