@@ -304,6 +304,39 @@ mod tests {
         w.into_inner()
     }
 
+    #[test]
+    fn a_stream_asking_for_round_acks_gets_them_on_a_connection_and_is_refused_elsewhere() {
+        let mut recs = records(1);
+        // Round 1 ends with its number, as the source writes it.
+        for (kind, body) in &mut recs {
+            if *kind == ROUND_END {
+                *body = 1u32.to_le_bytes().to_vec();
+            }
+        }
+        let mut w =
+            StreamWriter::new(Vec::new(), stream::Header::new(true).with_round_acks()).expect("w");
+        for (kind, body) in &recs {
+            w.raw_record(*kind, body).expect("record");
+        }
+        let bytes = w.into_inner();
+        let mem = memory::create_guest_memory(8).expect("mem");
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let target = std::fs::File::from(std::os::fd::OwnedFd::from(a));
+        let source = std::fs::File::from(std::os::fd::OwnedFd::from(b));
+        let conn = StreamSource::Connection(Some(&target));
+        receive(&bytes[..], &mem, 8, 1, &limits(), conn, None).expect("received");
+        assert_eq!(
+            super::super::channel::read_line(&source).expect("line"),
+            "applied 1"
+        );
+        for source in [StreamSource::File, StreamSource::Connection(None)] {
+            let e = receive(&bytes[..], &mem, 8, 1, &limits(), source, None)
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains("round acknowledgements"), "{e}");
+        }
+    }
+
     /// `receive` into a fresh 8 MiB guest of `vcpus` vCPUs.
     fn take(bytes: &[u8], vcpus: u32) -> Result<Received, TransferError> {
         let mem = memory::create_guest_memory(8).expect("mem");
