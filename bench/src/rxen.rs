@@ -180,6 +180,23 @@ impl RxenHost {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `rxl migrate FLAGS --port PORT --key KEY NAME 127.0.0.2`: a live migration to the
+    /// benchmark's relocation target on 127.0.0.2; returns what rxl printed.
+    pub fn migrate_to_target(
+        &self,
+        flags: &[&str],
+        port: u16,
+        key: &Path,
+        name: &str,
+    ) -> Result<String> {
+        let port = port.to_string();
+        let key = key.to_string_lossy();
+        let mut args = vec!["migrate"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--port", &port, "--key", &key, name, "127.0.0.2"]);
+        self.rxl_all(&args)
+    }
+
     /// Runs `rxl ARGS`; an error unless it exits 0. Returns stdout and stderr together.
     pub fn rxl_all(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(bin_dir().join("rxl"))

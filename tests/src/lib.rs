@@ -393,7 +393,8 @@ pub struct NetPair {
     pub addr_b: &'static str,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS` (iproute2); panics with its stderr unless it succeeds.
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rxen_e2e::etcd::TestEtcd;
-use rxen_e2e::{pids_with, unique, wait_until, Host};
+use rxen_e2e::{ip, pids_with, unique, wait_until, Host};
 
 /// The hosts' lease, seconds: fencing comes 2 s before it runs out (`fence.rs`).
 const TTL: u64 = 6;
@@ -31,15 +31,6 @@ struct Net {
     hosts: Vec<String>,
     /// Each host's end of its link (in the host's namespace).
     links: Vec<String>,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Net {

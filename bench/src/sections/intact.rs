@@ -208,15 +208,7 @@ fn rxen_run(
     let r = (|| {
         let mut d = src.boot(name, GUEST_MIB, 1, "")?;
         let expected = prepare(&mut d.console)?;
-        src.rxl_all(&[
-            "migrate",
-            "--port",
-            &port.to_string(),
-            "--key",
-            &key.to_string_lossy(),
-            name,
-            "127.0.0.2",
-        ])?;
+        src.migrate_to_target(&[], port, key, name)?;
         drop(d);
         let (rewriting_at_pause, intact) = verify_on(target, name, mark, expected)?;
         Ok(Outcome {

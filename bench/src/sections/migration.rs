@@ -284,17 +284,7 @@ fn rxen_migrate_storage(
         drop(f);
         let extra = format!("disk = [ 'file:{},xvda,w' ]", img.display());
         drop(src.boot(name, 256, 1, &extra)?);
-        let out = src.rxl_all(&[
-            "migrate",
-            "-v",
-            "--copy-storage",
-            "--port",
-            &port.to_string(),
-            "--key",
-            &key.to_string_lossy(),
-            name,
-            "127.0.0.2",
-        ])?;
+        let out = src.migrate_to_target(&["-v", "--copy-storage"], port, key, name)?;
         alive_on(target, name)?;
         figures_of(&out)
     })();
@@ -430,16 +420,7 @@ pub fn rxen_migrate(
             std::thread::sleep(Duration::from_millis(500));
         }
         drop(d);
-        let out = src.rxl_all(&[
-            "migrate",
-            "-v",
-            "--port",
-            &port.to_string(),
-            "--key",
-            &key.to_string_lossy(),
-            name,
-            "127.0.0.2",
-        ])?;
+        let out = src.migrate_to_target(&["-v"], port, key, name)?;
         alive_on(target, name)?;
         check(target, name)?;
         figures_of(&out)

@@ -429,23 +429,14 @@ pub fn serve(daemon: &Daemon, sock: TcpStream, peer: &str) {
                 "pool {}: {peer} asks to create a domain from {}",
                 pool.name, spec.path
             ));
-            match daemon.create(
+            created_reply(daemon.create(
                 &caller,
                 &spec.path,
                 &spec.text,
                 &spec.overrides,
                 spec.paused,
                 spec.ignore_unsupported,
-            ) {
-                Ok(c) => RemoteReply::Created {
-                    domid: c.domid,
-                    name: c.name,
-                    warnings: c.warnings,
-                },
-                Err(e) => RemoteReply::Error {
-                    message: e.to_string(),
-                },
-            }
+            ))
         }
         RemoteRequest::Restore {
             path,
@@ -456,16 +447,7 @@ pub fn serve(daemon: &Daemon, sock: TcpStream, peer: &str) {
                 "pool {}: {peer} asks to restore a domain from {path}",
                 pool.name
             ));
-            match daemon.restore_domain(&caller, &path, config.as_ref(), paused) {
-                Ok(c) => RemoteReply::Created {
-                    domid: c.domid,
-                    name: c.name,
-                    warnings: c.warnings,
-                },
-                Err(e) => RemoteReply::Error {
-                    message: e.to_string(),
-                },
-            }
+            created_reply(daemon.restore_domain(&caller, &path, config.as_ref(), paused))
         }
         RemoteRequest::Evacuate { domain } => {
             daemon.log.info(format!(
@@ -481,6 +463,20 @@ pub fn serve(daemon: &Daemon, sock: TcpStream, peer: &str) {
         }
     };
     answer(&reply);
+}
+
+/// The reply to a create or restore request.
+fn created_reply(r: Result<crate::daemon::Created, crate::daemon::DaemonError>) -> RemoteReply {
+    match r {
+        Ok(c) => RemoteReply::Created {
+            domid: c.domid,
+            name: c.name,
+            warnings: c.warnings,
+        },
+        Err(e) => RemoteReply::Error {
+            message: e.to_string(),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -275,21 +275,13 @@ impl Vm {
         &self,
         job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
     ) -> Result<Vec<T>, TransferError> {
-        self.post_each_vcpu(job)?.collect(Duration::ZERO)
+        self.post_jobs(job, false)?.collect(Duration::ZERO)
     }
 
-    /// Posts `job` to every parked vCPU's own thread at once; their results come in through
-    /// what this returns, while this thread does something else.
-    pub(crate) fn post_each_vcpu<T: Send + 'static>(
-        &self,
-        job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
-    ) -> Result<VcpuResults<T>, TransferError> {
-        self.post_jobs(job, false)
-    }
-
-    /// Posts `job` to every vCPU's thread, each to run as it parks (see
+    /// Posts `job` to every vCPU's thread at once, each to run as it parks (see
     /// [`RunControl::post_at_park`]) or at once if it is parked; `at_park` false: only to
-    /// parked ones.
+    /// parked ones. Their results come in through what this returns, while this thread does
+    /// something else.
     fn post_jobs<T: Send + 'static>(
         &self,
         job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
@@ -513,7 +505,7 @@ impl Served for Vm {
     }
 }
 
-/// The results of a job posted to every vCPU ([`Vm::post_each_vcpu`]), in vCPU order.
+/// The results of a job posted to every vCPU ([`Vm::capture_vcpus_at_park`]), in vCPU order.
 pub(crate) struct VcpuResults<T>(Vec<(u32, std::sync::mpsc::Receiver<T>)>);
 
 impl<T> VcpuResults<T> {
