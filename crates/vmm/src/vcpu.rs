@@ -521,16 +521,7 @@ fn standby_loop(info: Arc<VcpuInfo>, orders: std::sync::mpsc::Receiver<Order>) {
     let mut watch_until = None;
     loop {
         let order = match watch_until {
-            Some(until) => loop {
-                match orders.try_recv() {
-                    Ok(o) => break Some(o),
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => break None,
-                    Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() >= until => {
-                        break orders.recv().ok()
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-                }
-            },
+            Some(until) => watch_recv(&orders, until).or_else(|| orders.recv().ok()),
             None => orders.recv().ok(),
         };
         match order {
@@ -541,6 +532,21 @@ fn standby_loop(info: Arc<VcpuInfo>, orders: std::sync::mpsc::Receiver<Order>) {
             }
             // The domain was not assembled after all: the VMM exits.
             None => return,
+        }
+    }
+}
+
+/// The next message on `rx`, watched for until `until` with the CPU yielded between looks
+/// (a sleeping thread's wake-up is slow on nested CPUs, and a waiter that yields leaves the
+/// CPU to the thread it waits for); None if none came by then or the sender is gone, and the
+/// caller then sleeps on `rx` if it still wants one.
+pub(crate) fn watch_recv<T>(rx: &std::sync::mpsc::Receiver<T>, until: Instant) -> Option<T> {
+    loop {
+        match rx.try_recv() {
+            Ok(m) => return Some(m),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() >= until => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
 }

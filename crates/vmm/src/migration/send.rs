@@ -193,7 +193,6 @@ impl Vm {
         self.pause_all()
             .map_err(|e| TransferError::Peer(e.to_string()))?;
         phases.vcpu_pause_us = micros(paused_at.elapsed());
-        let mut capture = Duration::ZERO;
         // From here no device writes guest memory: the last pages and the
         // queues' progress describe the same moment.
         let t = Instant::now();
@@ -242,8 +241,7 @@ impl Vm {
             .iter()
             .map(pstream::json_body)
             .collect::<Result<Vec<_>, _>>()?;
-        capture += t.elapsed();
-        phases.state_capture_us = micros(capture);
+        phases.state_capture_us = micros(t.elapsed());
         let t = Instant::now();
         for body in vcpus {
             w.record(RecordType::Vcpu, &body)?;

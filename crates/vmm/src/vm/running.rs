@@ -514,16 +514,11 @@ impl<T> VcpuResults<T> {
         let until = std::time::Instant::now() + spin;
         self.0
             .into_iter()
-            .map(|(id, rx)| {
-                while std::time::Instant::now() < until {
-                    match rx.try_recv() {
-                        Ok(r) => return Ok(r),
-                        Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-                    }
-                }
-                rx.recv_timeout(Duration::from_secs(5))
-                    .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer")))
+            .map(|(id, rx)| match vcpu::watch_recv(&rx, until) {
+                Some(r) => Ok(r),
+                None => rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer"))),
             })
             .collect()
     }
