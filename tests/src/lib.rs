@@ -393,6 +393,20 @@ pub struct NetPair {
     pub addr_b: &'static str,
 }
 
+/// The stdout of an `rxl migrate` from `a` to `b`, which must have succeeded: otherwise
+/// panics with what it printed and both rxends' logs.
+pub fn migrated(out: &Output, a: &Host, b: &Host) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
+        String::from_utf8_lossy(&out.stderr),
+        a.rxend_log(),
+        b.rxend_log()
+    );
+    stdout
+}
+
 /// Runs `ip ARGS` (iproute2); panics with its stderr unless it succeeds.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
+use rxen_e2e::{blk_pattern, migrated, wait_until, Console, Host, NetPair};
 
 const BOOT: Duration = Duration::from_secs(30);
 
@@ -78,15 +78,7 @@ impl Pair {
         let out = self
             .a
             .rxl(&["migrate", "--key", &self.key, name, self.net.addr_b]);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
-            String::from_utf8_lossy(&out.stderr),
-            self.a.rxend_log(),
-            self.b.rxend_log()
-        );
-        stdout
+        migrated(&out, &self.a, &self.b)
     }
 }
 
@@ -426,14 +418,7 @@ fn migrate_and_save_with_v_break_the_downtime_down() {
     con.wait_for("dirtying 16 MiB/s", BOOT);
     let out =
         p.a.rxl(&["migrate", "-v", "--key", &p.key, "mig7", p.net.addr_b]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        p.a.rxend_log(),
-        p.b.rxend_log()
-    );
+    let stdout = migrated(&out, &p.a, &p.b);
     eprintln!("migration: {stdout}");
     check_breakdown(
         &stdout,

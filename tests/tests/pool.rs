@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rxen_e2e::etcd::{TestEtcd, TlsFiles};
-use rxen_e2e::{unique, wait_until, Console, Host, NetPair};
+use rxen_e2e::{migrated, unique, wait_until, Console, Host, NetPair};
 
 /// The hosts' lease, seconds: short, so that a dead host shows as down quickly.
 const TTL: u64 = 3;
@@ -386,13 +386,7 @@ fn a_migrated_domain_moves_to_its_new_host_in_the_pool() {
     drop(con);
 
     let out = a.rxl(&["migrate", "--key", &key, &name, net.addr_b]);
-    assert!(
-        out.status.success(),
-        "migrate: {}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        a.rxend_log(),
-        b.rxend_log()
-    );
+    migrated(&out, &a, &b);
     // The key passes to B; A, whose domain ended by leaving, does not take it back or
     // delete it.
     wait_until(SLOW, "the pool shows the domain on B", || {

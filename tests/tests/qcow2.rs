@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
+use rxen_e2e::{blk_pattern, migrated, wait_until, Console, Host, NetPair};
 
 const CMD: Duration = Duration::from_secs(30);
 
@@ -437,13 +437,7 @@ fn a_domain_with_a_qcow2_chain_saves_restores_and_migrates() {
         "qm",
         net.addr_b,
     ]);
-    assert!(
-        out.status.success(),
-        "migrate failed: {}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        a.rxend_log(),
-        b.rxend_log()
-    );
+    migrated(&out, &a, &b);
     assert!(a.list_row("qm").is_none(), "still on A");
     let mut con = b.console("qm");
     con.assert_blkread("xvda", 9000, 300, 6);

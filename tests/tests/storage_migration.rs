@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rxen_e2e::{blk_pattern, wait_until, Console, Host, NetPair};
+use rxen_e2e::{blk_pattern, migrated, wait_until, Console, Host, NetPair};
 
 const BOOT: Duration = Duration::from_secs(30);
 
@@ -194,14 +194,7 @@ fn raw_and_qcow2_disks_move_while_the_guest_writes() {
     con.type_text(&typed);
     con.wait_for("blkwrite ok", BOOT);
     let out = p.migrate("smig");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "migrate failed: {}\n{stdout}\nA: {}\nB: {}",
-        String::from_utf8_lossy(&out.stderr),
-        p.a.rxend_log(),
-        p.b.rxend_log()
-    );
+    let stdout = migrated(&out, &p.a, &p.b);
     eprintln!("{stdout}");
     assert!(stdout.contains("; disks "), "no disk figures: {stdout}");
     assert!(
