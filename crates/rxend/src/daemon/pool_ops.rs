@@ -68,6 +68,9 @@ impl Daemon {
         let Some(pool) = self.pool.get() else {
             return;
         };
+        // Under the arming lock: a renewal between reading the deadline and sending it would
+        // otherwise send the newer deadline first, and this older one would replace it.
+        let _arming = pool.fence.arming();
         if let Err(e) = fence_request(run_dir, pool.fence.vmm_deadline_now(pool.ttl())) {
             self.log.warn(format!(
                 "domain {name}: cannot give its VMM a fence deadline: {e}"
@@ -75,9 +78,16 @@ impl Daemon {
         }
     }
 
-    /// Fencing: gives the VMM of every running `ha = 1` domain the deadline `ms` milliseconds
-    /// from now, past which it destroys its domain itself (sent at every renewal of the lease).
-    pub fn pool_arm_fences(&self, ms: u64) {
+    /// Fencing: gives the VMM of every running `ha = 1` domain the deadline of the lease's
+    /// last renewal ([`fence::vmm_deadline`]), past which it destroys its domain itself (sent
+    /// at every renewal of the lease).
+    pub fn pool_arm_fences(&self) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        // Deadlines are read and sent under one lock, so that they reach each VMM in the order
+        // of the renewals they come from (see `pool_arm_fence`).
+        let _arming = pool.fence.arming();
         let dirs: Vec<(String, std::path::PathBuf)> = self
             .table()
             .domains
@@ -93,7 +103,8 @@ impl Daemon {
             .map(|e| (e.rec.name.clone(), self.paths.run_dir(e.rec.domid)))
             .collect();
         for (name, dir) in dirs {
-            if let Err(e) = fence_request(&dir, ms) {
+            // Read for each: the deadline is relative, and the requests before took time.
+            if let Err(e) = fence_request(&dir, pool.fence.vmm_deadline_now(pool.ttl())) {
                 self.log.warn(format!(
                     "domain {name}: cannot renew its VMM's fence deadline: {e}"
                 ));

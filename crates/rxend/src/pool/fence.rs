@@ -64,6 +64,8 @@ struct State {
 #[derive(Default)]
 pub struct Fence {
     state: Mutex<State>,
+    /// Held while a deadline is read and sent to VMMs ([`Fence::arming`]).
+    arming: Mutex<()>,
 }
 
 /// How long after the last renewal was sent the host's `ha = 1` domains are stopped: two
@@ -169,6 +171,14 @@ impl Fence {
     pub fn vmm_deadline_now(&self, ttl: u64) -> u64 {
         let since = self.lock().renewed.map_or(Duration::MAX, |r| r.elapsed());
         vmm_deadline(ttl, since)
+    }
+
+    /// Held while a VMM deadline is read ([`Fence::vmm_deadline_now`]) and sent: the VMM takes
+    /// the last deadline it is sent, so one read before a renewal must not arrive after one
+    /// read after it (a domain started while the lease is renewed would keep the older one,
+    /// and stop itself a renewal early).
+    pub fn arming(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.arming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the deadline passed: the host may no longer run `ha = 1` domains.

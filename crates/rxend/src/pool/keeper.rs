@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::etcd::{EtcdError, Expect};
 use super::schema::{DomainRecord, DomainState};
-use super::{fence, ha, leader, Pool};
+use super::{ha, leader, Pool};
 use crate::daemon::Daemon;
 
 /// How often "etcd is still unreachable" is repeated in the log.
@@ -127,8 +127,7 @@ impl Keeper {
             if self.pool.etcd.keep_alive(self.lease)? {
                 self.renewed = sent;
                 self.pool.fence.renewed(self.lease, sent);
-                self.daemon
-                    .pool_arm_fences(fence::vmm_deadline(self.pool.ttl, sent.elapsed()));
+                self.daemon.pool_arm_fences();
                 self.write_host(self.lease)?;
                 self.recover_fenced()?;
             } else {
@@ -291,8 +290,7 @@ impl Keeper {
         self.registered = Instant::now();
         self.renewed = sent;
         self.pool.fence.renewed(lease, sent);
-        self.daemon
-            .pool_arm_fences(fence::vmm_deadline(self.pool.ttl, sent.elapsed()));
+        self.daemon.pool_arm_fences();
         self.daemon.log.info(format!(
             "pool {}: host {} registered (lease {lease:x}, {} s), {} domains",
             self.pool.name,
