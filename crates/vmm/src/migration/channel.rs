@@ -181,6 +181,12 @@ pub(crate) fn wait_readable(f: &File, spin: Duration) {
     }
 }
 
+/// The buffered reader an incoming migration's stream is read through (see `Vm::build`).
+pub type Incoming<'a> = std::io::BufReader<&'a File>;
+
+/// The buffer of an [`Incoming`] reader: large enough for a round's page batches.
+pub const INCOMING_BUFFER: usize = 1 << 20;
+
 /// Takes ownership of the inherited migration socket `fd`.
 pub(crate) fn take_incoming(fd: i32) -> std::io::Result<File> {
     let f = crate::vm::take_fd(fd)?;

@@ -333,7 +333,9 @@ impl Vm {
             ..*opts
         };
         let mut sent = self.send_stream(BufWriter::with_capacity(1 << 20, &sock), &opts)?;
-        drop(sent.writer);
+        // Dropped once the target runs the guest: freeing its buffer unmaps it, which would
+        // take this CPU from the target's restore on a small host.
+        let writer = sent.writer;
         let storage = std::cell::Cell::new(sent.storage.take());
         // The target takes the disks' locks once the stream is in.
         self.slots().release_disk_locks();
@@ -372,6 +374,7 @@ impl Vm {
             }
         }
         let confirmed_at = Instant::now();
+        drop(writer);
         let mut stats = sent.stats;
         stats.total_ms = sent.started.elapsed().as_secs_f64() * 1000.0;
         self.exit()

@@ -117,14 +117,23 @@ impl Vm {
     /// Builds the VM of `spec`, booting its kernel, or restoring it from
     /// `spec.restore_from` or from `incoming` (a migration stream). A restored
     /// VM is checked in full before this returns; nothing has run yet.
-    pub fn create_with(spec: VmSpec, incoming: Option<&File>) -> Result<Self, VmmError> {
+    pub fn create_with(
+        spec: VmSpec,
+        incoming: Option<&mut channel::Incoming<'_>>,
+    ) -> Result<Self, VmmError> {
         let host = HostFiles::open(&spec)?;
         Self::build(spec, incoming, host)
     }
 
     /// Builds the VM of `spec` from the files opened for it (see [`HostFiles`]): what a VMM
-    /// does once it has confined itself.
-    pub fn build(spec: VmSpec, incoming: Option<&File>, host: HostFiles) -> Result<Self, VmmError> {
+    /// does once it has confined itself. An incoming migration is read through the caller's
+    /// buffer, which the caller drops once the guest runs: freeing it unmaps it, which takes
+    /// longer than anything else between the stream's end and the target's answer.
+    pub fn build(
+        spec: VmSpec,
+        mut incoming: Option<&mut channel::Incoming<'_>>,
+        host: HostFiles,
+    ) -> Result<Self, VmmError> {
         let HostFiles {
             kvm,
             kernel,
@@ -228,12 +237,13 @@ impl Vm {
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
-        } else if let Some(sock) = incoming {
+        } else if let Some(input) = incoming.as_deref_mut() {
+            let sock: &File = input.get_ref();
             // The source pauses the guest only once this VM is built.
             channel::say(sock, channel::READY)
                 .map_err(|e| VmmError::Incoming(format!("cannot answer the source: {e}")))?;
             let r = migration::receive(
-                BufReader::with_capacity(1 << 20, sock),
+                input,
                 &mem,
                 spec.memory_mib,
                 spec.vcpus,

@@ -126,7 +126,11 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
             "jailed: own namespaces, empty root"
         );
     }
-    let mut vm = Vm::build(spec, incoming.as_ref(), host).map_err(tell_source)?;
+    // Kept until the guest runs on this side: its buffer is unmapped when it goes.
+    let mut input = incoming
+        .as_ref()
+        .map(|sock| channel::Incoming::with_capacity(channel::INCOMING_BUFFER, sock));
+    let mut vm = Vm::build(spec, input.as_mut(), host).map_err(tell_source)?;
     let mut timings = TargetTimings::default();
     let mut go_unix_us = 0;
     if let Some(sock) = &incoming {
@@ -168,6 +172,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
         tracing::info!("incoming migration complete; the domain runs here");
         vm.slots.after_migration();
     }
+    drop(input);
     drop(incoming);
     // This thread, which serves rxend's requests and the console, and every thread it starts
     // (hotplug, migration) from here on: no path is opened after this.
