@@ -33,6 +33,9 @@ pub enum VcpuError {
     /// A job was posted to a vCPU that is not parked.
     #[error("vCPU {0} is not parked")]
     NotParked(usize),
+    /// A standby vCPU thread ended in a job it was lent its vCPU for.
+    #[error("the thread of vCPU {0} ended before it handed its vCPU back")]
+    NotHandedBack(u32),
 }
 
 /// Work for a parked vCPU thread, run with its `VcpuFd` (state capture for save and migration).
@@ -47,9 +50,6 @@ impl std::fmt::Debug for Jobs {
         write!(f, "Jobs({} pending)", self.0.iter().flatten().count())
     }
 }
-
-/// How long a pause watches for the vCPUs to park before sleeping on it.
-const PAUSE_SPIN: Duration = Duration::from_micros(500);
 
 /// Most KVM_RUN calls [`settle`] makes: a string I/O instruction may exit once per element.
 const SETTLE_RUNS: usize = 64;
@@ -250,7 +250,6 @@ impl RunControl {
                 .all(|(parked, gone)| *parked || *gone)
         };
         let mut g = lock(&self.state);
-        let mut spin_until = None;
         loop {
             if stopped(&g) {
                 return Ok(());
@@ -265,19 +264,6 @@ impl RunControl {
                 if running {
                     info.set_immediate_exit(1);
                     kick(i);
-                }
-            }
-            // After the first kick, watch for a moment before sleeping: a vCPU leaves the
-            // guest within microseconds, and a sleeping thread's wake-up takes longer than that
-            // (a migration's downtime starts here).
-            let until = *spin_until.get_or_insert_with(|| Instant::now() + PAUSE_SPIN);
-            while Instant::now() < until {
-                drop(g);
-                // Yielding: on a host with few CPUs the vCPU thread may need this one.
-                std::thread::yield_now();
-                g = lock(&self.state);
-                if stopped(&g) {
-                    return Ok(());
                 }
             }
             g = self
@@ -460,14 +446,22 @@ fn run_loop(vcpu: VcpuFd, info: Arc<VcpuInfo>, ctx: VcpuContext) {
 
 /// What a vCPU thread started ahead of its domain ([`spawn_standby`]) is told.
 enum Order {
-    /// Its domain is being assembled: watch for [`Order::Run`] instead of sleeping.
-    Arm,
+    /// Do this with this vCPU, which the job hands back ([`Standby::lend`]).
+    Lend(VcpuFd, Box<dyn FnOnce(VcpuFd) + Send>),
     /// Enter the guest with this vCPU.
     Run(VcpuFd, VcpuContext),
 }
 
-/// How long an armed standby thread watches for the order to run before sleeping on it.
-const ORDER_SPIN: Duration = Duration::from_millis(5);
+/// A vCPU lent to its standby thread for a job ([`Standby::lend`]).
+pub struct Lent<R>(std::sync::mpsc::Receiver<(VcpuFd, R)>);
+
+impl<R> Lent<R> {
+    /// The vCPU back and what the job returned, once it is done; None if the thread ended
+    /// in the job.
+    pub fn take_back(self) -> Option<(VcpuFd, R)> {
+        self.0.recv().ok()
+    }
+}
 
 /// A vCPU thread started before its domain was assembled: a restore's (a save file's or a
 /// migration's), started before the stream is read. It confines itself at once, so that
@@ -476,13 +470,38 @@ const ORDER_SPIN: Duration = Duration::from_millis(5);
 pub struct Standby {
     orders: std::sync::mpsc::Sender<Order>,
     handle: VcpuHandle,
+    /// Says once the thread has confined itself (closed if it could not).
+    confined: std::sync::mpsc::Receiver<()>,
 }
 
 impl Standby {
-    /// Tells the thread that the order to run is near (the stream is in): it wakes now, while
-    /// the state is applied, and watches for it.
-    pub fn arm(&self) {
-        let _ = self.orders.send(Order::Arm);
+    /// Waits up to `timeout` for the thread to have confined itself. A migration's target
+    /// does before it lets the source pause the guest: on a host with few CPUs a thread just
+    /// started may otherwise not have run yet when its vCPU's state arrives, and its start
+    /// and confinement would fall in the downtime. False if it could not, or not by then.
+    pub fn wait_confined(&self, timeout: Duration) -> bool {
+        self.confined.recv_timeout(timeout).is_ok()
+    }
+
+    /// Has the thread run `job` on `vcpu` while this one goes on (a restore's vCPU state is
+    /// applied there while the main thread restores the VM and its devices). A thread that
+    /// ended already leaves the job to this one, done before this returns.
+    pub fn lend<R: Send + 'static>(
+        &self,
+        vcpu: VcpuFd,
+        job: impl FnOnce(&mut VcpuFd) -> R + Send + 'static,
+    ) -> Lent<R> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let work: Box<dyn FnOnce(VcpuFd) + Send> = Box::new(move |mut vcpu| {
+            let r = job(&mut vcpu);
+            let _ = tx.send((vcpu, r));
+        });
+        if let Err(std::sync::mpsc::SendError(Order::Lend(vcpu, work))) =
+            self.orders.send(Order::Lend(vcpu, work))
+        {
+            work(vcpu);
+        }
+        Lent(rx)
     }
 
     /// Lets the thread enter the guest with `vcpu` and `ctx`.
@@ -506,11 +525,20 @@ impl Standby {
 pub fn spawn_standby(id: u32) -> Result<Standby, VcpuError> {
     install_kick_handler()?;
     let (orders, rx) = std::sync::mpsc::channel();
-    let handle = spawn_thread(id, move |info| standby_loop(info, rx))?;
-    Ok(Standby { orders, handle })
+    let (said, confined) = std::sync::mpsc::sync_channel(1);
+    let handle = spawn_thread(id, move |info| standby_loop(info, rx, said))?;
+    Ok(Standby {
+        orders,
+        handle,
+        confined,
+    })
 }
 
-fn standby_loop(info: Arc<VcpuInfo>, orders: std::sync::mpsc::Receiver<Order>) {
+fn standby_loop(
+    info: Arc<VcpuInfo>,
+    orders: std::sync::mpsc::Receiver<Order>,
+    confined: std::sync::mpsc::SyncSender<()>,
+) {
     let id = info.id;
     info.tid.store(gettid(), Ordering::SeqCst);
     // Confined before it gets its vCPU.
@@ -518,35 +546,17 @@ fn standby_loop(info: Arc<VcpuInfo>, orders: std::sync::mpsc::Receiver<Order>) {
         tracing::error!("vcpu{id}: {e}");
         return;
     }
-    let mut watch_until = None;
+    let _ = confined.try_send(());
+    drop(confined);
     loop {
-        let order = match watch_until {
-            Some(until) => watch_recv(&orders, until).or_else(|| orders.recv().ok()),
-            None => orders.recv().ok(),
-        };
-        match order {
-            Some(Order::Arm) => watch_until = Some(Instant::now() + ORDER_SPIN),
+        match orders.recv().ok() {
+            Some(Order::Lend(vcpu, work)) => work(vcpu),
             Some(Order::Run(vcpu, ctx)) => {
                 ctx.control.mark_started(id as usize);
                 return guest_loop(vcpu, info, ctx);
             }
             // The domain was not assembled after all: the VMM exits.
             None => return,
-        }
-    }
-}
-
-/// The next message on `rx`, watched for until `until` with the CPU yielded between looks
-/// (a sleeping thread's wake-up is slow on nested CPUs, and a waiter that yields leaves the
-/// CPU to the thread it waits for); None if none came by then or the sender is gone, and the
-/// caller then sleeps on `rx` if it still wants one.
-pub(crate) fn watch_recv<T>(rx: &std::sync::mpsc::Receiver<T>, until: Instant) -> Option<T> {
-    loop {
-        match rx.try_recv() {
-            Ok(m) => return Some(m),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-            Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() >= until => return None,
-            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
 }

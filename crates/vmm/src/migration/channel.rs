@@ -9,8 +9,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rxen_proto::vmctl::TargetTimings;
 
@@ -33,14 +32,6 @@ pub(crate) fn applied(round: u32) -> String {
     format!("{APPLIED_PREFIX}{round}")
 }
 
-/// How long the source polls for the target's answer to a round before sleeping on it: the
-/// guest still runs, so the wait must not take its CPU for long.
-pub(crate) const ROUND_SPIN: Duration = Duration::from_micros(200);
-/// How long either side polls for a line of the stop-and-copy phase before sleeping on it: the
-/// guest is paused, and a sleeping thread's wake-up (tens of microseconds, far more under
-/// nested virtualization) was a good part of the downtime.
-pub(crate) const PAUSE_SPIN: Duration = Duration::from_millis(3);
-
 /// The source's side of a round's end: reads the target's lines until `applied round`. The
 /// target's `ready` (said before any round) and earlier rounds' lines pass; `ready` is noted in
 /// `ready_seen`.
@@ -51,7 +42,7 @@ pub(crate) fn expect_applied(
 ) -> Result<(), TransferError> {
     let want = applied(round);
     loop {
-        let l = read_line_spinning(sock, ROUND_SPIN)
+        let l = read_line(sock)
             .map_err(|e| TransferError::Peer(format!("the target went away: {e}")))?;
         if l == want {
             return Ok(());
@@ -85,17 +76,13 @@ pub(crate) fn refuse(sock: &File, why: &dyn std::fmt::Display) {
 
 /// The source's side: waits for the target's `want` line; an `error: why`
 /// line, another line or a closed connection is the peer's error.
+///
+/// Every wait of the handshake sleeps on the connection. Polling instead (tried at stop 22)
+/// cut the median wake-up a little on an otherwise idle host, but when the source and the
+/// target share few CPUs (the benchmark's loopback on two), a poller holds a CPU that the
+/// thread it waits for needs: one migration in four then paused the guest for 2 to 4 ms.
 pub(crate) fn expect(sock: &File, want: &str) -> Result<(), TransferError> {
-    expect_spinning(sock, want, Duration::ZERO)
-}
-
-/// [`expect`], polling for up to `spin` before sleeping on the connection.
-pub(crate) fn expect_spinning(
-    sock: &File,
-    want: &str,
-    spin: Duration,
-) -> Result<(), TransferError> {
-    match read_line_spinning(sock, spin) {
+    match read_line(sock) {
         Ok(l) if l == want => Ok(()),
         Ok(l) => {
             let why = l.strip_prefix("error: ").unwrap_or(&l).to_string();
@@ -148,37 +135,6 @@ pub fn read_line(f: &File) -> std::io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
-/// [`read_line`], polling the connection for up to `spin` first instead of sleeping at once.
-pub(crate) fn read_line_spinning(f: &File, spin: Duration) -> std::io::Result<String> {
-    wait_readable(f, spin);
-    read_line(f)
-}
-
-/// Polls `f` until it has data or `spin` passed, yielding the CPU between polls: a thread that
-/// sleeps on a socket is woken tens of microseconds after the data comes, and an idle CPU of a
-/// nested virtual machine (as on the benchmark's hosts) sometimes takes a millisecond and more;
-/// yielding leaves the CPU to any thread that has work, so that on a host with few CPUs the
-/// poll does not keep the one it waits for from running.
-pub(crate) fn wait_readable(f: &File, spin: Duration) {
-    if spin.is_zero() {
-        return;
-    }
-    let until = Instant::now() + spin;
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd that lives through the call; a zero timeout never blocks.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if ready != 0 || Instant::now() >= until {
-            return;
-        }
-        std::thread::yield_now();
-    }
 }
 
 /// The buffered reader an incoming migration's stream is read through (see `Vm::build`).
@@ -254,6 +210,6 @@ mod tests {
             "the target refused the domain: cannot write a page"
         );
         say(&target, GO).expect("say");
-        expect_spinning(&source, GO, PAUSE_SPIN).expect("spinning read");
+        expect(&source, GO).expect("go");
     }
 }

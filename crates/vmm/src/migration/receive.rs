@@ -217,10 +217,6 @@ pub fn receive<R: Read>(
                     super::channel::say(sock, &super::channel::applied(round)).map_err(|e| {
                         TransferError::Peer(format!("cannot answer the source: {e}"))
                     })?;
-                    // The source sends nothing more until it has this answer, and pauses the
-                    // guest right after it when pre-copy is done: watch for what comes next
-                    // instead of sleeping on it.
-                    super::channel::wait_readable(sock, super::channel::PAUSE_SPIN);
                 }
             }
             RecordType::Config | RecordType::VmInfo => {

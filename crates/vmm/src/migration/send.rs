@@ -232,7 +232,7 @@ impl Vm {
         }
         let t = Instant::now();
         let vcpus = vcpu_states
-            .collect(channel::PAUSE_SPIN)?
+            .collect()?
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         let vm = super::vcpu_state::capture_vm(&self.kvm().fd)?;
@@ -350,7 +350,7 @@ impl Vm {
             tracing::warn!("migration failed, domain resumed here: {e}");
             e
         };
-        if let Err(e) = channel::expect_spinning(&sock, channel::RECEIVED, channel::PAUSE_SPIN) {
+        if let Err(e) = channel::expect(&sock, channel::RECEIVED) {
             return Err(resume_here(self, e));
         }
         if let Err(e) = channel::say(&sock, channel::GO) {

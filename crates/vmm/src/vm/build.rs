@@ -50,9 +50,13 @@ enum Restore {
     /// A fresh boot of this kernel.
     Boot(LoadedKernel),
     /// A save file or migration stream, already read and checked, its devices, and the
-    /// vCPUs made for it (their CPUID set) before it was read.
-    Saved(Box<Received>, Box<SavedDevices>, Vec<VcpuFd>),
+    /// vCPUs made for it (their CPUID set) before it was read, lent to their threads while
+    /// those apply their saved state.
+    Saved(Box<Received>, Box<SavedDevices>, Vec<RestoringVcpu>),
 }
+
+/// A vCPU whose thread applies its saved state ([`vcpu::Standby::lend`]).
+type RestoringVcpu = vcpu::Lent<Result<(), snapshot::SnapshotError>>;
 
 fn vcpu_err(id: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::VcpuIoctl { id, what, source }
@@ -131,7 +135,7 @@ impl Vm {
     /// longer than anything else between the stream's end and the target's answer.
     pub fn build(
         spec: VmSpec,
-        mut incoming: Option<&mut channel::Incoming<'_>>,
+        incoming: Option<&mut channel::Incoming<'_>>,
         host: HostFiles,
     ) -> Result<Self, VmmError> {
         let HostFiles {
@@ -237,8 +241,14 @@ impl Vm {
             )?;
             tracing::info!(bytes = r.bytes, file = %path.display(), "save file read");
             Some(r)
-        } else if let Some(input) = incoming.as_deref_mut() {
+        } else if let Some(input) = incoming {
             let sock: &File = input.get_ref();
+            // The source pauses the guest only once this VM is built, its vCPU threads
+            // included: on a small host a thread not yet confined by then confines itself
+            // inside the downtime (it goes on without one that cannot: see `Standby::run`).
+            for thread in &standby {
+                thread.wait_confined(Duration::from_secs(1));
+            }
             // The source pauses the guest only once this VM is built.
             channel::say(sock, channel::READY)
                 .map_err(|e| VmmError::Incoming(format!("cannot answer the source: {e}")))?;
@@ -252,23 +262,31 @@ impl Vm {
                 Some(&*slots),
             )?;
             received_at = Some(Instant::now());
-            for thread in &standby {
-                thread.arm();
-            }
-            tracing::info!(bytes = r.bytes, "migration stream received");
-            slots.take_disk_locks(Duration::from_secs(5))?;
             Some(r)
         } else {
             None
         };
         if let Some(mut r) = restored {
+            // Each vCPU's thread applies its state while this one restores the rest.
+            let lent = standby
+                .iter()
+                .zip(made)
+                .zip(std::mem::take(&mut r.vcpus))
+                .map(|((thread, vcpu), st)| {
+                    thread.lend(vcpu, move |vcpu| snapshot::restore_vcpu(vcpu, &st))
+                })
+                .collect();
+            if received_at.is_some() {
+                tracing::info!(bytes = r.bytes, "migration stream received");
+                slots.take_disk_locks(Duration::from_secs(5))?;
+            }
             let devices = SavedDevices::decode(std::mem::take(&mut r.devices), spec.vcpus)?;
             let mut vm = Self::assemble(
                 spec,
                 kvm,
                 mem,
                 slots,
-                Restore::Saved(Box::new(r), Box::new(devices), made),
+                Restore::Saved(Box::new(r), Box::new(devices), lent),
                 (balloon, vcpu_masks),
                 run,
             )?;
@@ -320,19 +338,17 @@ impl Vm {
                     pending.push(vcpu);
                 }
             }
-            Restore::Saved(r, _, made) => {
-                pending = std::mem::take(made);
-                for (vcpu, st) in pending.iter().zip(&r.vcpus) {
-                    snapshot::restore_vcpu(vcpu, st)?;
-                }
-            }
+            // Their threads apply the vCPUs' state; they are taken back below.
+            Restore::Saved(..) => {}
         }
+        let mut lent = Vec::new();
         let (kind, saved) = match from {
             Restore::Boot(kernel) => {
                 Self::write_boot_info(&spec, &mem, &kernel, &pending)?;
                 (kernel.kind, SavedDevices::default())
             }
-            Restore::Saved(r, devices, _) => {
+            Restore::Saved(r, devices, restoring) => {
+                lent = restoring;
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
                 if let Some(m) = devices.vcpu_masks {
                     extras.1.restore(m.wanted, m.reported);
@@ -350,7 +366,15 @@ impl Vm {
         if !saved.slots.is_empty() {
             slots.restore_states(&kvm.fd, &saved.slots)?;
         }
-        Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras, run))
+        let mut vm = Self::finish(spec, kvm, mem, slots, kind, pending, (saved, extras, run))?;
+        for (id, restoring) in (0u32..).zip(lent) {
+            let (vcpu, restored) = restoring
+                .take_back()
+                .ok_or(vcpu::VcpuError::NotHandedBack(id))?;
+            restored?;
+            vm.pending.push(vcpu);
+        }
+        Ok(vm)
     }
 
     /// The `count` vCPUs of a domain to restore, each with its CPUID set: what does not

@@ -136,8 +136,7 @@ pub fn run(spec: VmSpec, on_ready: impl FnOnce()) -> Result<ExitRecord, VmmError
     if let Some(sock) = &incoming {
         timings.restore_us = vm.received_at.map_or(0, |t| micros(t.elapsed()));
         // The source may still back out until it says "go".
-        let go = channel::say(sock, channel::RECEIVED)
-            .and_then(|()| channel::read_line_spinning(sock, channel::PAUSE_SPIN));
+        let go = channel::say(sock, channel::RECEIVED).and_then(|()| channel::read_line(sock));
         match go {
             Ok(l) if l == channel::GO => {
                 go_unix_us = crate::unix_micros();

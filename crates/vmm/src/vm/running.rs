@@ -275,7 +275,7 @@ impl Vm {
         &self,
         job: impl Fn(&mut VcpuFd, u32) -> T + Send + Sync + 'static,
     ) -> Result<Vec<T>, TransferError> {
-        self.post_jobs(job, false)?.collect(Duration::ZERO)
+        self.post_jobs(job, false)?.collect()
     }
 
     /// Posts `job` to every vCPU's thread at once, each to run as it parks (see
@@ -509,16 +509,13 @@ impl Served for Vm {
 pub(crate) struct VcpuResults<T>(Vec<(u32, std::sync::mpsc::Receiver<T>)>);
 
 impl<T> VcpuResults<T> {
-    /// Waits for every result, watching for up to `spin` before sleeping on each.
-    pub(crate) fn collect(self, spin: Duration) -> Result<Vec<T>, TransferError> {
-        let until = std::time::Instant::now() + spin;
+    /// Waits for every result.
+    pub(crate) fn collect(self) -> Result<Vec<T>, TransferError> {
         self.0
             .into_iter()
-            .map(|(id, rx)| match vcpu::watch_recv(&rx, until) {
-                Some(r) => Ok(r),
-                None => rx
-                    .recv_timeout(Duration::from_secs(5))
-                    .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer"))),
+            .map(|(id, rx)| {
+                rx.recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| TransferError::Peer(format!("vCPU {id} did not answer")))
             })
             .collect()
     }
