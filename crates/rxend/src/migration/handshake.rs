@@ -428,8 +428,9 @@ pub struct Reservation {
     pub memory_mib: u64,
     /// vCPUs.
     pub vcpus: u32,
-    /// The domain's config (JSON of `xlcfg::DomainConfig`).
-    pub config: serde_json::Value,
+    /// The domain's config. A config this rxend cannot read (another version's, or not one
+    /// at all) fails the reservation as a whole, and the source is told why.
+    pub config: xlcfg::DomainConfig,
     /// The config file it came from.
     #[serde(default)]
     pub config_path: Option<String>,
@@ -584,7 +585,7 @@ mod tests {
             name: c.name.clone(),
             memory_mib: 64,
             vcpus: 1,
-            config: serde_json::to_value(&c).expect("config"),
+            config: c,
             config_path: None,
             paused: false,
             runtime: RuntimeSettings::default(),
@@ -619,6 +620,24 @@ mod tests {
         let source = client_handshake(&sock, source_key, &reservation());
         drop(sock);
         (source, target.join().expect("target thread"))
+    }
+
+    #[test]
+    fn a_reservation_whose_config_this_rxend_cannot_read_is_refused_whole() {
+        let mut line = Vec::new();
+        write_json(&mut line, &reservation()).expect("write");
+        assert_eq!(read_reservation(&line[..]).expect("read"), reservation());
+        // Another version's config, or none: the reservation itself does not parse.
+        let text = String::from_utf8(line).expect("utf-8");
+        let start = text.find("\"config\":{").expect("config") + "\"config\":".len();
+        let end = text[start..].find("},\"config_path\"").expect("end") + start + 1;
+        for bad in [r#"{"name":"web"}"#, "\"web\"", "null"] {
+            let broken = format!("{}{bad}{}", &text[..start], &text[end..]);
+            // Well-formed JSON all the same: only the config is wrong.
+            serde_json::from_str::<serde_json::Value>(&broken).expect(bad);
+            let e = read_reservation(broken.as_bytes()).expect_err(bad);
+            assert!(matches!(e, RelocationError::Protocol(_)), "{bad}: {e:?}");
+        }
     }
 
     #[test]

@@ -319,7 +319,7 @@ impl Daemon {
             name: rec.name.clone(),
             memory_mib: crate::record::ram_mib(&rec.config),
             vcpus: rec.config.vcpus,
-            config: record.config.clone(),
+            config: rec.config.clone(),
             config_path: record.config_path.clone(),
             paused: opts.paused,
             runtime: RuntimeSettings {
@@ -404,9 +404,8 @@ impl Daemon {
 
     /// Checks a reservation: name free, memory and vCPUs available, disks openable.
     pub fn reserve(&self, r: &Reservation) -> Result<DomainConfig, String> {
-        let config: DomainConfig = serde_json::from_value(r.config.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|c| xlcfg::check_config(&c).map(|()| c))
+        let config = r.config.clone();
+        xlcfg::check_config(&config)
             .map_err(|e| format!("the domain's config is unusable here: {e}"))?;
         if config.name != r.name
             || crate::record::ram_mib(&config) != r.memory_mib
