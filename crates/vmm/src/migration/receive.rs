@@ -109,7 +109,10 @@ pub fn receive<R: Read>(
     // Pages this stream has written: any other page is still fresh (zero), so
     // a zero page there needs no work, and reading it would fault it in.
     let mut written = vec![0u64; (ram_end >> stream::PAGE_SHIFT).div_ceil(64) as usize];
-    let mut disk_blocks = 0u64;
+    // Disk blocks written since the disks were last flushed: each round's are flushed at its
+    // end, while the guest still runs on the source, so that the end record's flush (inside
+    // the downtime) has only the last round's to write back.
+    let mut unflushed_blocks = 0u64;
     loop {
         let rec = r.next_record()?;
         match rec.kind {
@@ -180,10 +183,10 @@ pub fn receive<R: Read>(
                     )
                 })?;
                 sink.write_block(&block)?;
-                disk_blocks += 1;
+                unflushed_blocks += 1;
             }
             RecordType::End => {
-                if disk_blocks > 0 {
+                if unflushed_blocks > 0 {
                     if let Some(sink) = disks {
                         sink.flush_all()?;
                     }
@@ -204,6 +207,10 @@ pub fn receive<R: Read>(
                 break;
             }
             RecordType::RoundEnd => {
+                if let (Some(sink), true) = (disks, unflushed_blocks > 0) {
+                    sink.flush_all()?;
+                    unflushed_blocks = 0;
+                }
                 if let Some(sock) = acks {
                     let round = rec
                         .body
@@ -412,7 +419,28 @@ mod tests {
             *sink.got.lock().expect("lock"),
             vec![(51712, 65536, 8192, Some(data)), (51712, 0, 4096, None)]
         );
+        // Flushed at the round's end; the end record has nothing left to flush.
         assert_eq!(sink.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A block in the last round (after the round end) is flushed at the end record.
+        let mut last = recs.clone();
+        let round_end = last
+            .iter()
+            .position(|(kind, _)| *kind == ROUND_END)
+            .expect("a round end");
+        last.insert(round_end + 1, (RecordType::DiskBlocks as u32, body.clone()));
+        let sink = Sink::default();
+        receive(
+            &write(&last)[..],
+            &mem,
+            8,
+            1,
+            &limits(),
+            StreamSource::File,
+            Some(&sink),
+        )
+        .expect("received");
+        assert_eq!(sink.got.lock().expect("lock").len(), 3);
+        assert_eq!(sink.flushes.load(std::sync::atomic::Ordering::SeqCst), 2);
         let e = take(&bytes, 1).err().expect("refused without a sink");
         assert!(e.to_string().contains("disk blocks"), "{e}");
         // A disk the domain does not have: refused.
