@@ -948,8 +948,9 @@ impl VirtioSlots {
         Ok(())
     }
 
-    /// Writes every disk's cached state back and makes it durable (the VMM is ending: a qcow2
-    /// image's tables would otherwise be lost with the process).
+    /// Writes every disk's cached state back and makes it durable: as the VMM ends (a qcow2
+    /// image's tables would otherwise be lost with the process), and before a live
+    /// migration's pause (so that the flush inside it has little left to write).
     pub fn flush_disks(&self) {
         for (_, d) in self.devices() {
             if let SlotKind::Disk { .. } = &d.kind {

@@ -182,6 +182,12 @@ impl Vm {
             w.flush()?;
             channel::expect(sock, channel::READY)?;
         }
+        if opts.live && !was_paused {
+            // Each disk's state is saved with a flush inside the pause; what the guest wrote
+            // so far is made durable now, while it runs, so that that flush has only the last
+            // moments' writes left (a disk of 64 MiB written just before: 40 ms of downtime).
+            self.slots().flush_disks();
+        }
         // The downtime starts with the pause request: the first vCPU stops
         // as soon as it is kicked.
         let paused_at = Instant::now();
