@@ -186,11 +186,7 @@ pub fn receive<R: Read>(
                 unflushed_blocks += 1;
             }
             RecordType::End => {
-                if unflushed_blocks > 0 {
-                    if let Some(sink) = disks {
-                        sink.flush_all()?;
-                    }
-                }
+                flush_written(disks, &mut unflushed_blocks)?;
                 if matches!(source, StreamSource::File) {
                     let mut extra = [0u8; 1];
                     let n = r
@@ -207,10 +203,7 @@ pub fn receive<R: Read>(
                 break;
             }
             RecordType::RoundEnd => {
-                if let (Some(sink), true) = (disks, unflushed_blocks > 0) {
-                    sink.flush_all()?;
-                    unflushed_blocks = 0;
-                }
+                flush_written(disks, &mut unflushed_blocks)?;
                 if let Some(sock) = acks {
                     let round = rec
                         .body
@@ -245,6 +238,16 @@ pub fn receive<R: Read>(
         devices,
         bytes: r.bytes,
     })
+}
+
+/// Flushes the disks if blocks were written to them since the last flush (`unflushed`,
+/// counted back to 0).
+fn flush_written(disks: Option<&dyn DiskSink>, unflushed: &mut u64) -> Result<(), TransferError> {
+    if let (Some(sink), true) = (disks, *unflushed > 0) {
+        sink.flush_all()?;
+        *unflushed = 0;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
