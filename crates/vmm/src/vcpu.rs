@@ -466,7 +466,8 @@ impl<R> Lent<R> {
 /// A vCPU thread started before its domain was assembled: a restore's (a save file's or a
 /// migration's), started before the stream is read. It confines itself at once, so that
 /// neither its start nor loading its seccomp filter (some 200 µs here) falls in a migration's
-/// downtime, and waits for its vCPU ([`Standby::run`]), whose state the main thread applied.
+/// downtime, then applies its vCPU's saved state when lent it ([`Standby::lend`]) and waits
+/// for the order to run ([`Standby::run`]).
 pub struct Standby {
     orders: std::sync::mpsc::Sender<Order>,
     handle: VcpuHandle,

@@ -249,7 +249,6 @@ impl Vm {
             for thread in &standby {
                 thread.wait_confined(Duration::from_secs(1));
             }
-            // The source pauses the guest only once this VM is built.
             channel::say(sock, channel::READY)
                 .map_err(|e| VmmError::Incoming(format!("cannot answer the source: {e}")))?;
             let r = migration::receive(
@@ -325,30 +324,24 @@ impl Vm {
         kvm: KvmVm,
         mem: GuestMemory,
         slots: Arc<VirtioSlots>,
-        mut from: Restore,
+        from: Restore,
         extras: VmExtras,
         run: RunFiles,
     ) -> Result<Self, VmmError> {
         let mut pending = Vec::new();
-        match &mut from {
+        // A restore's vCPUs are with their threads, which apply their state meanwhile; they
+        // are taken back below.
+        let (kind, saved, lent) = match from {
             Restore::Boot(kernel) => {
                 for id in 0..spec.vcpus {
                     let vcpu = kvm.create_vcpu(id)?;
-                    setup_vcpu(&kvm, &vcpu, id, spec.vcpus, kernel)?;
+                    setup_vcpu(&kvm, &vcpu, id, spec.vcpus, &kernel)?;
                     pending.push(vcpu);
                 }
-            }
-            // Their threads apply the vCPUs' state; they are taken back below.
-            Restore::Saved(..) => {}
-        }
-        let mut lent = Vec::new();
-        let (kind, saved) = match from {
-            Restore::Boot(kernel) => {
                 Self::write_boot_info(&spec, &mem, &kernel, &pending)?;
-                (kernel.kind, SavedDevices::default())
+                (kernel.kind, SavedDevices::default(), Vec::new())
             }
-            Restore::Saved(r, devices, restoring) => {
-                lent = restoring;
+            Restore::Saved(r, devices, lent) => {
                 snapshot::restore_vm(&kvm.fd, &r.vm)?;
                 if let Some(m) = devices.vcpu_masks {
                     extras.1.restore(m.wanted, m.reported);
@@ -358,7 +351,7 @@ impl Vm {
                 } else {
                     KernelKind::TestGuest
                 };
-                (kind, *devices)
+                (kind, *devices, lent)
             }
         };
         // Streams from before devices were saved carry none: the devices then
