@@ -437,30 +437,29 @@ fn figures_of(out: &str) -> Result<Figures> {
             BenchError::Unexpected(format!("no `{k}` figure in rxl migrate's output {out:?}"))
         })
     };
+    let phases = phases(out);
     // The breakdown's `downtime N us` line, in microseconds, over the figures line's 0.1 ms.
-    let exact = phases(out)
+    let exact = phases
         .iter()
         .find(|(l, _)| l == "downtime")
         .map(|(_, us)| us / 1000.0);
+    let source_side_us: f64 = phases
+        .iter()
+        .filter(|(l, _)| SOURCE_PHASES.contains(&l.as_str()))
+        .map(|(_, us)| us)
+        .sum();
     Ok(Figures {
         downtime_ms: match exact {
             Some(ms) => ms,
             None => get("downtime ")?,
         },
-        source_side_ms: {
-            let ph = phases(out);
-            let sum: f64 = ph
-                .iter()
-                .filter(|(l, _)| SOURCE_PHASES.contains(&l.as_str()))
-                .map(|(_, us)| us)
-                .sum();
-            ph.iter()
-                .any(|(l, _)| l == "vCPU pause")
-                .then_some(sum / 1000.0)
-        },
+        source_side_ms: phases
+            .iter()
+            .any(|(l, _)| l == "vCPU pause")
+            .then_some(source_side_us / 1000.0),
         total_ms: get("total ")?,
         sent_mib: get("bytes sent (")?,
-        phases: phases(out),
+        phases,
     })
 }
 
